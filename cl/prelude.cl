@@ -1,0 +1,152 @@
+/* prelude.cl: helpers shared by every clattn kernel, prepended to each kernel file.
+ *
+ * Storage types. Q_DT, K_DT, V_DT, O_DT (build options) take clattn_dtype's values:
+ * 0 = float, 1 = half (read with vload_half / written with vstore_half_rte, core OpenCL
+ * 1.2, so no cl_khr_fp16 is needed), 2 = bfloat16 held in a ushort. Arithmetic is float.
+ *
+ * Masking (SPEC §1, in this order): s = scale*dot; softcap; ALiBi; additive mask; then the
+ * exclusions. Exclusions by position (causal, window, key lengths) reduce to one key
+ * range [lo, hi) per query row, so kernels can skip whole tiles; only a boolean mask
+ * excludes keys one by one. Features are compiled in with -D options:
+ *   CAUSAL 0|1|2 (none, top-left, bottom-right), HAS_WINDOW, HAS_KVLENS, HAS_SOFTCAP,
+ *   HAS_ALIBI, MASK_KIND 0|1|2 (none, bool, float).
+ * Every kernel takes the same MASK_PARAMS arguments, set by clattn__set_mask_args().
+ *
+ * Fully masked rows: kernels keep -INFINITY as "excluded" and must never compute
+ * exp(-inf - (-inf)); the build never uses -cl-fast-relaxed-math or -cl-finite-math-only.
+ */
+#ifndef Q_DT
+#define Q_DT 0
+#endif
+#ifndef K_DT
+#define K_DT 0
+#endif
+#ifndef V_DT
+#define V_DT 0
+#endif
+#ifndef O_DT
+#define O_DT 0
+#endif
+#ifndef CAUSAL
+#define CAUSAL 0
+#endif
+#ifndef HAS_WINDOW
+#define HAS_WINDOW 0
+#endif
+#ifndef HAS_KVLENS
+#define HAS_KVLENS 0
+#endif
+#ifndef HAS_SOFTCAP
+#define HAS_SOFTCAP 0
+#endif
+#ifndef HAS_ALIBI
+#define HAS_ALIBI 0
+#endif
+#ifndef MASK_KIND
+#define MASK_KIND 0
+#endif
+
+#define CLATTN_CAT_(a, b) a##b
+#define CLATTN_CAT(a, b) CLATTN_CAT_(a, b)
+
+/* ---- storage types ---- */
+#define CLATTN_DT_0 float
+#define CLATTN_DT_1 half
+#define CLATTN_DT_2 ushort
+#define Q_T CLATTN_CAT(CLATTN_DT_, Q_DT)
+#define K_T CLATTN_CAT(CLATTN_DT_, K_DT)
+#define V_T CLATTN_CAT(CLATTN_DT_, V_DT)
+#define O_T CLATTN_CAT(CLATTN_DT_, O_DT)
+
+inline float clattn_load0(const __global float *p, long i) { return p[i]; }
+inline float clattn_load1(const __global half *p, long i) { return vload_half((size_t)i, p); }
+inline float clattn_load2(const __global ushort *p, long i) { return as_float((uint)p[i] << 16); }
+inline void clattn_store0(__global float *p, long i, float v) { p[i] = v; }
+inline void clattn_store1(__global half *p, long i, float v) { vstore_half_rte(v, (size_t)i, p); }
+inline void clattn_store2(__global ushort *p, long i, float v)
+{
+    uint u = as_uint(v);
+    /* round to nearest even; a NaN stays a (quiet) NaN */
+    u = isnan(v) ? (u | 0x400000u) : u + 0x7fffu + ((u >> 16) & 1u);
+    p[i] = (ushort)(u >> 16);
+}
+#define LOAD_Q(p, i) CLATTN_CAT(clattn_load, Q_DT)((p), (i))
+#define LOAD_K(p, i) CLATTN_CAT(clattn_load, K_DT)((p), (i))
+#define LOAD_V(p, i) CLATTN_CAT(clattn_load, V_DT)((p), (i))
+#define STORE_O(p, i, v) CLATTN_CAT(clattn_store, O_DT)((p), (i), (v))
+
+/* A tensor argument: pointer, element offset, four element strides. */
+#define TENSOR_PARAMS(T, name) \
+    T name, long name##_off, long name##_s0, long name##_s1, long name##_s2, long name##_s3
+
+#if MASK_KIND == 1
+#define MASK_T uchar
+#else
+#define MASK_T float
+#endif
+
+/* The masking arguments every kernel takes, in this order. */
+#define MASK_PARAMS                                                                      \
+    float scale, float softcap, const __global float *alibi, long alibi_off,             \
+        long alibi_st, const __global MASK_T *mask, long mask_off, long mask_s0,          \
+        long mask_s1, long mask_s2, long mask_s3, long win_left, long win_right,          \
+        const __global int *kv_lens, long kvl_off, long kvl_st, long Lq, long Lk
+
+/* The keys row (b, i) may see by position: [lo, hi). Empty when lo >= hi. */
+inline long2 clattn_key_range(long b, long i, long Lq, long Lk, long win_left,
+                              long win_right, const __global int *kv_lens, long kvl_off,
+                              long kvl_st)
+{
+    long lo = 0, hi = Lk;
+    const long ip = i + Lk - Lq; /* the query's position aligned to the end of the keys */
+#if CAUSAL == 1
+    hi = min(hi, i + 1);
+#elif CAUSAL == 2
+    hi = min(hi, ip + 1);
+#endif
+#if HAS_WINDOW
+    if (win_left >= 0) lo = max(lo, ip - win_left);
+    if (win_right >= 0) hi = min(hi, ip + win_right + 1);
+#endif
+#if HAS_KVLENS
+    hi = min(hi, (long)clamp(kv_lens[kvl_off + b * kvl_st], 0, (int)min(Lk, (long)INT_MAX)));
+#endif
+    return (long2)(lo, max(lo, hi));
+}
+#define KEY_RANGE(b, i) \
+    clattn_key_range((b), (i), Lq, Lk, win_left, win_right, kv_lens, kvl_off, kvl_st)
+
+/* ALiBi slope of query head h (0 when off). */
+#if HAS_ALIBI
+#define ALIBI_SLOPE(h) (alibi[alibi_off + (long)(h) * alibi_st])
+#else
+#define ALIBI_SLOPE(h) 0.0f
+#endif
+
+/* Score of key j for row (b, h, i) from the raw dot product, for j inside KEY_RANGE.
+ * slope = ALIBI_SLOPE(h). Returns -INFINITY when a boolean mask excludes the key. */
+inline float clattn_score(float dot, long b, long h, long i, long j, float slope, float scale,
+                          float softcap, long Lq, long Lk, const __global MASK_T *mask,
+                          long mask_off, long mask_s0, long mask_s1, long mask_s2,
+                          long mask_s3)
+{
+    float s = scale * dot;
+#if HAS_SOFTCAP
+    s = softcap * tanh(s / softcap);
+#endif
+#if HAS_ALIBI
+    s -= slope * (float)abs((i + Lk - Lq) - j);
+#endif
+#if MASK_KIND != 0
+    const MASK_T m = mask[mask_off + b * mask_s0 + h * mask_s1 + i * mask_s2 + j * mask_s3];
+#if MASK_KIND == 1
+    if (m == 0) s = -INFINITY;
+#else
+    s += m;
+#endif
+#endif
+    return s;
+}
+#define SCORE(dot, b, h, i, j, slope)                                                 \
+    clattn_score((dot), (b), (h), (i), (j), (slope), scale, softcap, Lq, Lk, mask,     \
+                 mask_off, mask_s0, mask_s1, mask_s2, mask_s3)

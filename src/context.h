@@ -1,0 +1,121 @@
+/* The context's layout and the internal services every path uses: the kernel program
+ * cache, the staging of tensors on the device, and the dispatch table's entry type. */
+#ifndef CLATTN_CONTEXT_H
+#define CLATTN_CONTEXT_H
+
+#include "internal.h"
+
+/* One compiled program (prelude + one kernel file, with build options) and its kernels. */
+typedef struct clattn__program {
+    char *key;       /* file name + '\n' + options */
+    cl_program program;
+    struct {
+        char name[64];
+        cl_kernel kernel;
+    } kernels[8];
+    int nkernels;
+} clattn__program;
+
+/* A failure of a path recorded for this context's device (see fallback in dispatch.c). */
+typedef struct clattn__failure {
+    clattn_path path;
+    char config[192]; /* build options or a shape class the failure applies to */
+    clattn_status status;
+    char reason[256];
+} clattn__failure;
+
+struct clattn_context {
+    cl_context cl_ctx;
+    cl_device_id device;
+    cl_command_queue queue;
+    clattn_device_props props;
+    bool log;
+    int64_t workspace_bytes;
+    char last_error[16384]; /* room for a kernel build log */
+    clattn_path last_path;
+    char last_reason[256];
+    clattn__program *programs;
+    size_t nprograms, cap_programs;
+    clattn__failure failures[32];
+    int nfailures;
+};
+
+/* ---- Kernel sources and programs (program.c, sources.c) -------------------------- */
+/* The text of cl/<name> (built in, or read from CLATTN_KERNEL_DIR). NULL if unknown.
+ * A source read from CLATTN_KERNEL_DIR is cached for the process. */
+const char *clattn__kernel_source(const char *name);
+
+/* The kernel `kernel_name` from the program built from cl/prelude.cl + cl/<file> with
+ * build options `options` (cached on ctx; the kernel is owned by the cache, do not
+ * release). Build failures return CLATTN_ERROR_BUILD_FAILED with the log in last_error. */
+clattn_status clattn__kernel_get(clattn_context *ctx, const char *file, const char *options,
+                                 const char *kernel_name, cl_kernel *kernel);
+void clattn__programs_free(clattn_context *ctx);
+
+/* Append printf-formatted text to an options buffer (truncation is reported). */
+bool clattn__opts_add(char *buf, size_t cap, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 3, 4)))
+#endif
+    ;
+
+/* ---- Tensors on the device (staging.c) ------------------------------------------- */
+/* A tensor as kernels see it: a buffer, an element offset and element strides. */
+typedef struct clattn__dev_tensor {
+    cl_mem mem;        /* NULL when the tensor is absent */
+    cl_long off;       /* element offset */
+    cl_long st[4];     /* element strides */
+    clattn_dtype dtype;
+    bool owned;        /* mem is a staging copy to release */
+    bool download;     /* host output: read the span back after the kernels */
+    const clattn_tensor *src;
+    size_t span_base;  /* byte offset in the host memory the staging copy starts at */
+    size_t span;
+} clattn__dev_tensor;
+
+typedef struct clattn__dev_problem {
+    const clattn__problem *p;
+    clattn__dev_tensor q, k, v, o, mask, kv_lens, alibi, lse;
+} clattn__dev_problem;
+
+/* Make every tensor of p visible to kernels: cl_mem tensors are used in place, host
+ * tensors are copied to new buffers (outputs too, so padding between elements survives
+ * the copy back). clattn__stage_finish copies host outputs back and releases copies. */
+clattn_status clattn__stage(clattn_context *ctx, const clattn__problem *p,
+                            clattn__dev_problem *dp);
+clattn_status clattn__stage_finish(clattn_context *ctx, clattn__dev_problem *dp, bool ok);
+
+/* A scratch buffer of at least `bytes` (never 0). */
+clattn_status clattn__buffer_create(clattn_context *ctx, size_t bytes, cl_mem *mem);
+
+/* ---- Kernel argument helpers (kernel_args.c) ------------------------------------- */
+/* -D options that specialise the masking code of cl/prelude.cl and the dtypes of q, k,
+ * v and o (Q_DT, K_DT, V_DT, O_DT, MASK_KIND, CAUSAL, HAS_WINDOW, HAS_KVLENS,
+ * HAS_SOFTCAP, HAS_ALIBI). */
+bool clattn__mask_options(const clattn__dev_problem *dp, char *buf, size_t cap);
+/* Set the MASK_PARAMS arguments of cl/prelude.cl starting at *arg. */
+clattn_status clattn__set_mask_args(clattn_context *ctx, cl_kernel k, cl_uint *arg,
+                                    const clattn__dev_problem *dp);
+/* Set a tensor's (pointer, offset, 4 strides) arguments starting at *arg. */
+clattn_status clattn__set_tensor_args(clattn_context *ctx, cl_kernel k, cl_uint *arg,
+                                      const clattn__dev_tensor *t);
+clattn_status clattn__set_arg(clattn_context *ctx, cl_kernel k, cl_uint *arg, size_t size,
+                              const void *value);
+#define CLATTN_ARG(ctx, k, argi, value) clattn__set_arg((ctx), (k), (argi), sizeof(value), &(value))
+
+/* Enqueue an NDRange; local may be NULL. Global sizes are rounded up to local ones. */
+clattn_status clattn__enqueue(clattn_context *ctx, cl_kernel k, cl_uint dims,
+                              const size_t *global, const size_t *local, cl_event *event);
+
+/* ---- Paths (dispatch.c and path_*.c) --------------------------------------------- */
+typedef struct clattn__path_impl {
+    clattn_path id;
+    /* Can this path compute p on ctx's device? If not, *why says why (static string). */
+    bool (*supports)(const clattn_context *ctx, const clattn__problem *p, const char **why);
+    /* Enqueue the computation; the last command's event goes to *event when not NULL. */
+    clattn_status (*run)(clattn_context *ctx, const clattn__dev_problem *dp, cl_event *event);
+} clattn__path_impl;
+
+extern const clattn__path_impl clattn__path_unfused;
+
+#endif /* CLATTN_CONTEXT_H */

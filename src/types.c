@@ -1,0 +1,117 @@
+/* Small value types of the public API: version, dtypes, tensor descriptor constructors,
+ * attention options and path names. */
+#include "internal.h"
+
+#include <math.h>
+#include <string.h>
+#include <strings.h>
+
+unsigned clattn_version_number(void) { return CLATTN_VERSION_NUMBER; }
+
+const char *clattn_version_string(void)
+{
+#define CLATTN_STR_(x) #x
+#define CLATTN_STR(x) CLATTN_STR_(x)
+    return CLATTN_STR(CLATTN_VERSION_MAJOR) "." CLATTN_STR(CLATTN_VERSION_MINOR) "." CLATTN_STR(
+        CLATTN_VERSION_PATCH);
+}
+
+size_t clattn_dtype_size(clattn_dtype dtype)
+{
+    switch (dtype) {
+    case CLATTN_F32: return 4;
+    case CLATTN_F16: return 2;
+    case CLATTN_BF16: return 2;
+    case CLATTN_BOOL: return 1;
+    case CLATTN_I32: return 4;
+    }
+    return 0;
+}
+
+const char *clattn_dtype_name(clattn_dtype dtype)
+{
+    switch (dtype) {
+    case CLATTN_F32: return "f32";
+    case CLATTN_F16: return "f16";
+    case CLATTN_BF16: return "bf16";
+    case CLATTN_BOOL: return "bool";
+    case CLATTN_I32: return "i32";
+    }
+    return "unknown";
+}
+
+static clattn_tensor dense(void *host, cl_mem buffer, size_t offset, clattn_dtype dtype,
+                           int64_t d0, int64_t d1, int64_t d2, int64_t d3)
+{
+    clattn_tensor t;
+    memset(&t, 0, sizeof t);
+    t.host = host;
+    t.buffer = buffer;
+    t.offset = offset;
+    t.dtype = dtype;
+    t.ne[0] = d0;
+    t.ne[1] = d1;
+    t.ne[2] = d2;
+    t.ne[3] = d3;
+    int64_t es = (int64_t)clattn_dtype_size(dtype);
+    t.nb[3] = es;
+    t.nb[2] = es * d3;
+    t.nb[1] = es * d3 * d2;
+    t.nb[0] = es * d3 * d2 * d1;
+    return t;
+}
+
+clattn_tensor clattn_tensor_host(void *host, clattn_dtype dtype, int64_t d0, int64_t d1,
+                                 int64_t d2, int64_t d3)
+{
+    return dense(host, NULL, 0, dtype, d0, d1, d2, d3);
+}
+
+clattn_tensor clattn_tensor_cl(cl_mem buffer, size_t offset, clattn_dtype dtype, int64_t d0,
+                               int64_t d1, int64_t d2, int64_t d3)
+{
+    return dense(NULL, buffer, offset, dtype, d0, d1, d2, d3);
+}
+
+clattn_tensor clattn_tensor_blhd(clattn_tensor t)
+{
+    /* memory order [B, L, H, D]: D innermost, then H, then L */
+    int64_t es = (int64_t)clattn_dtype_size(t.dtype);
+    t.nb[3] = es;
+    t.nb[1] = es * t.ne[3];
+    t.nb[2] = es * t.ne[3] * t.ne[1];
+    t.nb[0] = es * t.ne[3] * t.ne[1] * t.ne[2];
+    return t;
+}
+
+void clattn_options_init(clattn_options *opt)
+{
+    if (!opt) return;
+    memset(opt, 0, sizeof *opt);
+    opt->scale = NAN;
+    opt->softcap = 0.0f;
+    opt->causal = CLATTN_CAUSAL_NONE;
+    opt->window_left = -1;
+    opt->window_right = -1;
+    opt->path = CLATTN_PATH_AUTO;
+}
+
+static const char *const path_names[CLATTN_PATH_COUNT_] = {"auto", "fused", "decode",
+                                                            "clblast", "unfused"};
+
+const char *clattn_path_name(clattn_path path)
+{
+    if ((int)path < 0 || path >= CLATTN_PATH_COUNT_) return "unknown";
+    return path_names[path];
+}
+
+clattn_status clattn_path_from_name(const char *name, clattn_path *path)
+{
+    if (!name || !path) return CLATTN_ERROR_INVALID_ARGUMENT;
+    for (int i = 0; i < CLATTN_PATH_COUNT_; i++)
+        if (strcasecmp(name, path_names[i]) == 0) {
+            *path = (clattn_path)i;
+            return CLATTN_SUCCESS;
+        }
+    return CLATTN_ERROR_INVALID_ARGUMENT;
+}
