@@ -258,6 +258,14 @@ CLATTN_API clattn_status clattn_attention(clattn_context *ctx, const clattn_tens
 CLATTN_API clattn_path clattn_context_last_path(const clattn_context *ctx);
 CLATTN_API const char *clattn_context_last_path_reason(const clattn_context *ctx);
 
+/* Failures of paths recorded on ctx by the fallback chain: in auto mode a path that fails
+ * to build or launch is skipped for that problem class on this context from then on,
+ * and the next path answers. reason is owned by ctx. */
+CLATTN_API size_t clattn_context_failure_count(const clattn_context *ctx);
+CLATTN_API clattn_status clattn_context_failure_get(const clattn_context *ctx, size_t i,
+                                                    clattn_path *path, clattn_status *status,
+                                                    const char **reason);
+
 /* ---- CPU reference --------------------------------------------------------------- */
 /* The SPEC §1 computation on the host in float64, for tests and `clattn check`. All
  * tensors must be host tensors; opt->lse and opt->path are ignored. out receives dense

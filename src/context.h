@@ -38,6 +38,7 @@ struct clattn_context {
     size_t nprograms, cap_programs;
     clattn__failure failures[32];
     int nfailures;
+    clattn_path running_path; /* the path being run, for CLATTN_FAIL_PATH */
 };
 
 /* ---- Kernel sources and programs (program.c, sources.c) -------------------------- */
@@ -51,6 +52,14 @@ const char *clattn__kernel_source(const char *name);
 clattn_status clattn__kernel_get(clattn_context *ctx, const char *file, const char *options,
                                  const char *kernel_name, cl_kernel *kernel);
 void clattn__programs_free(clattn_context *ctx);
+
+/* On-disk cache of program binaries (program_disk.c), keyed by a hash of the sources,
+ * options, device name, driver and platform version. A load that finds nothing or a
+ * damaged file sets *prog = NULL and returns success: the caller builds from source. */
+clattn_status clattn__disk_cache_load(clattn_context *ctx, const char *file, const char *prelude,
+                                      const char *body, const char *options, cl_program *prog);
+void clattn__disk_cache_store(clattn_context *ctx, const char *file, const char *prelude,
+                              const char *body, const char *options, cl_program prog);
 
 /* Append printf-formatted text to an options buffer (truncation is reported). */
 bool clattn__opts_add(char *buf, size_t cap, const char *fmt, ...)
@@ -117,5 +126,10 @@ typedef struct clattn__path_impl {
 } clattn__path_impl;
 
 extern const clattn__path_impl clattn__path_unfused;
+
+/* Choose a path for dp (forced or auto with fallback) and run it. */
+clattn_status clattn__dispatch(clattn_context *ctx, const clattn__dev_problem *dp, cl_event *event);
+/* Test switch CLATTN_FAIL_PATH: should `path` fail at `stage` ("build" or "launch")? */
+bool clattn__fail_injected(clattn_path path, const char *stage);
 
 #endif /* CLATTN_CONTEXT_H */

@@ -52,6 +52,18 @@ void clattn__log(const clattn_context *ctx, const char *fmt, ...)
 #endif
     ;
 
+/* Copy a string into a fixed buffer, truncating (truncation is intended where used). */
+static inline void clattn__copy_str(char *dst, size_t cap, const char *src)
+{
+    size_t n = 0;
+    if (!cap) return;
+    while (n + 1 < cap && src[n]) {
+        dst[n] = src[n];
+        n++;
+    }
+    dst[n] = '\0';
+}
+
 /* ---- Host conversions ------------------------------------------------------------ */
 float clattn__half_to_float(uint16_t h);
 uint16_t clattn__float_to_half(float f);   /* round to nearest even */

@@ -1,0 +1,163 @@
+/* On-disk cache of compiled program binaries, so a second process on the same device
+ * does not recompile. Files are named by a 64-bit FNV-1a hash of everything that affects
+ * the binary (sources, build options, device name, driver and platform version, clattn
+ * version), carry a header with a checksum, are written to a temporary name and renamed
+ * (atomic on POSIX), and are silently ignored and rebuilt when damaged.
+ * Folder: CLATTN_CACHE_DIR, else $XDG_CACHE_HOME/clattn, else ~/.cache/clattn;
+ * CLATTN_CACHE_DIR=off disables it. */
+#include "context.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define MAGIC "CLATTNB1"
+#define MAX_BINARY ((size_t)256 << 20)
+
+typedef struct disk_header {
+    char magic[8];
+    uint64_t key;      /* the hash the name was made from (guards against a renamed file) */
+    uint64_t size;     /* bytes of binary that follow */
+    uint64_t checksum; /* FNV-1a of the binary */
+} disk_header;
+
+static uint64_t fnv1a(uint64_t h, const void *data, size_t n)
+{
+    const unsigned char *p = data;
+    for (size_t i = 0; i < n; i++) {
+        h ^= p[i];
+        h *= 0x100000001b3ull;
+    }
+    return h;
+}
+static uint64_t fnv1a_str(uint64_t h, const char *s) { return fnv1a(h, s, strlen(s) + 1); }
+
+static uint64_t cache_key(const clattn_context *ctx, const char *file, const char *prelude,
+                          const char *body, const char *options)
+{
+    uint64_t h = 0xcbf29ce484222325ull;
+    h = fnv1a_str(h, clattn_version_string());
+    h = fnv1a_str(h, file);
+    h = fnv1a_str(h, prelude);
+    h = fnv1a_str(h, body);
+    h = fnv1a_str(h, options);
+    h = fnv1a_str(h, ctx->props.name);
+    h = fnv1a_str(h, ctx->props.vendor);
+    h = fnv1a_str(h, ctx->props.driver_version);
+    h = fnv1a_str(h, ctx->props.platform_name);
+    h = fnv1a_str(h, ctx->props.platform_version);
+    return h;
+}
+
+/* mkdir -p; true when the folder exists afterwards. */
+static bool make_dirs(char *path)
+{
+    for (char *p = path + 1; *p; p++) {
+        if (*p != '/') continue;
+        *p = '\0';
+        int r = mkdir(path, 0755);
+        *p = '/';
+        if (r != 0 && errno != EEXIST) return false;
+    }
+    return mkdir(path, 0755) == 0 || errno == EEXIST;
+}
+
+/* The cache folder, created if needed; false when disabled or unusable. */
+static bool cache_dir(char *buf, size_t cap)
+{
+    const char *env = getenv("CLATTN_CACHE_DIR");
+    if (env && strcmp(env, "off") == 0) return false;
+    int n;
+    if (env && *env) {
+        n = snprintf(buf, cap, "%s", env);
+    } else if (getenv("XDG_CACHE_HOME") && *getenv("XDG_CACHE_HOME")) {
+        n = snprintf(buf, cap, "%s/clattn", getenv("XDG_CACHE_HOME"));
+    } else if (getenv("HOME") && *getenv("HOME")) {
+        n = snprintf(buf, cap, "%s/.cache/clattn", getenv("HOME"));
+    } else {
+        return false;
+    }
+    return n > 0 && (size_t)n < cap && make_dirs(buf);
+}
+
+static bool cache_path(const clattn_context *ctx, uint64_t key, char *buf, size_t cap)
+{
+    char dir[1024];
+    if (!cache_dir(dir, sizeof dir)) return false;
+    int n = snprintf(buf, cap, "%s/%016llx.bin", dir, (unsigned long long)key);
+    (void)ctx;
+    return n > 0 && (size_t)n < cap;
+}
+
+clattn_status clattn__disk_cache_load(clattn_context *ctx, const char *file, const char *prelude,
+                                      const char *body, const char *options, cl_program *prog)
+{
+    *prog = NULL;
+    uint64_t key = cache_key(ctx, file, prelude, body, options);
+    char path[1100];
+    if (!cache_path(ctx, key, path, sizeof path)) return CLATTN_SUCCESS;
+    FILE *f = fopen(path, "rb");
+    if (!f) return CLATTN_SUCCESS;
+    disk_header hdr;
+    unsigned char *bin = NULL;
+    bool ok = fread(&hdr, sizeof hdr, 1, f) == 1 && memcmp(hdr.magic, MAGIC, 8) == 0 &&
+              hdr.key == key && hdr.size > 0 && hdr.size <= MAX_BINARY &&
+              (bin = malloc((size_t)hdr.size)) != NULL &&
+              fread(bin, 1, (size_t)hdr.size, f) == hdr.size && fgetc(f) == EOF &&
+              fnv1a(0xcbf29ce484222325ull, bin, (size_t)hdr.size) == hdr.checksum;
+    fclose(f);
+    if (ok) {
+        size_t size = (size_t)hdr.size;
+        const unsigned char *bins[1] = {bin};
+        cl_int status = CL_SUCCESS, err;
+        cl_program p =
+            clCreateProgramWithBinary(ctx->cl_ctx, 1, &ctx->device, &size, bins, &status, &err);
+        if (err == CL_SUCCESS && status == CL_SUCCESS &&
+            clBuildProgram(p, 1, &ctx->device, options, NULL, NULL) == CL_SUCCESS) {
+            *prog = p;
+            clattn__log(ctx, "program cache hit: %s (%s)", path, file);
+        } else {
+            if (err == CL_SUCCESS) clReleaseProgram(p);
+            ok = false;
+        }
+    }
+    if (!ok) {
+        clattn__log(ctx, "program cache: %s is damaged or stale, rebuilding", path);
+        remove(path);
+    }
+    free(bin);
+    return CLATTN_SUCCESS;
+}
+
+void clattn__disk_cache_store(clattn_context *ctx, const char *file, const char *prelude,
+                              const char *body, const char *options, cl_program prog)
+{
+    uint64_t key = cache_key(ctx, file, prelude, body, options);
+    char path[1100], tmp[1200];
+    if (!cache_path(ctx, key, path, sizeof path)) return;
+    size_t size = 0;
+    if (clGetProgramInfo(prog, CL_PROGRAM_BINARY_SIZES, sizeof size, &size, NULL) != CL_SUCCESS ||
+        size == 0 || size > MAX_BINARY)
+        return;
+    unsigned char *bin = malloc(size);
+    if (!bin) return;
+    unsigned char *bins[1] = {bin};
+    if (clGetProgramInfo(prog, CL_PROGRAM_BINARIES, sizeof bins, bins, NULL) == CL_SUCCESS) {
+        disk_header hdr;
+        memcpy(hdr.magic, MAGIC, 8);
+        hdr.key = key;
+        hdr.size = size;
+        hdr.checksum = fnv1a(0xcbf29ce484222325ull, bin, size);
+        snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
+        FILE *f = fopen(tmp, "wb");
+        bool ok = f && fwrite(&hdr, sizeof hdr, 1, f) == 1 && fwrite(bin, 1, size, f) == size;
+        if (f && fclose(f) != 0) ok = false;
+        if (ok && rename(tmp, path) == 0)
+            clattn__log(ctx, "program cache: stored %s (%s)", path, file);
+        else
+            remove(tmp);
+    }
+    free(bin);
+}
