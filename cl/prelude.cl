@@ -75,6 +75,15 @@ inline void clattn_store2(__global ushort *p, long i, float v)
 #define LOAD_V(p, i) CLATTN_CAT(clattn_load, V_DT)((p), (i))
 #define STORE_O(p, i, v) CLATTN_CAT(clattn_store, O_DT)((p), (i), (v))
 
+/* Flattened row of [B, Hq, Lq] -> (b, h, i). Written without %: LLVM pairs / and % into a
+ * `freeze` instruction that oclgrind's --uninitialized mode cannot follow. */
+inline long3 clattn_decode_row(long row, long Hq, long Lq)
+{
+    const long bh = row / Lq;
+    const long b = bh / Hq;
+    return (long3)(b, bh - b * Hq, row - bh * Lq);
+}
+
 /* A tensor argument: pointer, element offset, four element strides. */
 #define TENSOR_PARAMS(T, name) \
     T name, long name##_off, long name##_s0, long name##_s1, long name##_s2, long name##_s3

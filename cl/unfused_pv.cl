@@ -11,9 +11,8 @@ __kernel void unfused_pv(const __global float *P, long ldP, TENSOR_PARAMS(const 
     const long r = get_global_id(1);
     if (d >= DV || r >= nrows) return;
     const long row = row0 + r;
-    const long i = row % Lq;
-    const long h = (row / Lq) % Hq;
-    const long b = row / (Lq * Hq);
+    const long3 bhi = clattn_decode_row(row, Hq, Lq);
+    const long b = bhi.x, h = bhi.y, i = bhi.z;
     const long kvh = h / group;
     const __global float *p = P + r * ldP;
     const long vb = v_off + b * v_s0 + kvh * v_s1 + d * v_s3;

@@ -13,9 +13,8 @@ __kernel void unfused_qk(TENSOR_PARAMS(const __global Q_T *, q),
     const long r = get_global_id(1);
     if (j >= Lk || r >= nrows) return;
     const long row = row0 + r;
-    const long i = row % Lq;
-    const long h = (row / Lq) % Hq;
-    const long b = row / (Lq * Hq);
+    const long3 bhi = clattn_decode_row(row, Hq, Lq);
+    const long b = bhi.x, h = bhi.y, i = bhi.z;
     const long kvh = h / group;
     const long qb = q_off + b * q_s0 + h * q_s1 + i * q_s2;
     const long kb = k_off + b * k_s0 + kvh * k_s1 + j * k_s2;

@@ -10,9 +10,8 @@ __kernel void unfused_scale_mask(__global float *S, long ldS, long row0, long nr
     const long r = get_global_id(1);
     if (j >= Lk || r >= nrows) return;
     const long row = row0 + r;
-    const long i = row % Lq;
-    const long h = (row / Lq) % Hq;
-    const long b = row / (Lq * Hq);
+    const long3 bhi = clattn_decode_row(row, Hq, Lq);
+    const long b = bhi.x, h = bhi.y, i = bhi.z;
     const long2 range = KEY_RANGE(b, i);
     __global float *s = S + r * ldS + j;
     if (j < range.x || j >= range.y)

@@ -48,9 +48,8 @@ void unfused_softmax(__global float *S, long ldS, long row0, long nrows, long Hq
 #if HAS_LSE
     if (t == 0) {
         const long row = row0 + r;
-        const long i = row % Lq;
-        const long h = (row / Lq) % Hq;
-        const long b = row / (Lq * Hq);
+        const long3 bhi = clattn_decode_row(row, Hq, Lq);
+        const long b = bhi.x, h = bhi.y, i = bhi.z;
         lse[lse_off + b * lse_s0 + h * lse_s1 + i * lse_s2] = empty ? -INFINITY : m + log(sum);
     }
 #endif
