@@ -258,6 +258,11 @@ CLATTN_API clattn_status clattn_attention(clattn_context *ctx, const clattn_tens
 CLATTN_API clattn_path clattn_context_last_path(const clattn_context *ctx);
 CLATTN_API const char *clattn_context_last_path_reason(const clattn_context *ctx);
 
+/* Device memory clattn allocated itself on ctx (score scratch, staging copies of host
+ * tensors): the peak since the context was created or the peak was last reset. */
+CLATTN_API uint64_t clattn_context_peak_device_bytes(const clattn_context *ctx);
+CLATTN_API void clattn_context_reset_peak_device_bytes(clattn_context *ctx);
+
 /* Failures of paths recorded on ctx by the fallback chain: in auto mode a path that fails
  * to build or launch is skipped for that problem class on this context from then on,
  * and the next path answers. reason is owned by ctx. */

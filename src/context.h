@@ -39,6 +39,8 @@ struct clattn_context {
     clattn__failure failures[32];
     int nfailures;
     clattn_path running_path; /* the path being run, for CLATTN_FAIL_PATH */
+    uint64_t device_bytes;      /* scratch and staging memory clattn holds now */
+    uint64_t device_bytes_peak; /* and its peak since creation or the last reset */
 };
 
 /* ---- Kernel sources and programs (program.c, sources.c) -------------------------- */
@@ -94,8 +96,13 @@ clattn_status clattn__stage(clattn_context *ctx, const clattn__problem *p,
                             clattn__dev_problem *dp);
 clattn_status clattn__stage_finish(clattn_context *ctx, clattn__dev_problem *dp, bool ok);
 
-/* A scratch buffer of at least `bytes` (never 0). */
+/* A scratch buffer of at least `bytes` (never 0), or, when host is not NULL, a copy of
+ * host's first `bytes`. Every buffer clattn allocates goes through here and back through
+ * clattn__buffer_release, so the context knows its peak device memory. */
 clattn_status clattn__buffer_create(clattn_context *ctx, size_t bytes, cl_mem *mem);
+clattn_status clattn__buffer_create_copy(clattn_context *ctx, size_t bytes, const void *host,
+                                         cl_mem *mem);
+void clattn__buffer_release(clattn_context *ctx, cl_mem mem); /* NULL is a no-op */
 
 /* ---- Kernel argument helpers (kernel_args.c) ------------------------------------- */
 /* -D options that specialise the masking code of cl/prelude.cl and the dtypes of q, k,

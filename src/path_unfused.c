@@ -111,7 +111,7 @@ static clattn_status unfused_run(clattn_context *ctx, const clattn__dev_problem 
 #undef TRY
     }
     /* Releasing S while kernels are queued is safe: OpenCL keeps it until they finish. */
-    clReleaseMemObject(S);
+    clattn__buffer_release(ctx, S);
     return st;
 }
 

@@ -6,14 +6,45 @@
 
 #include <string.h>
 
-clattn_status clattn__buffer_create(clattn_context *ctx, size_t bytes, cl_mem *mem)
+clattn_status clattn__buffer_create_copy(clattn_context *ctx, size_t bytes, const void *host,
+                                         cl_mem *mem)
 {
     cl_int err;
-    *mem = clCreateBuffer(ctx->cl_ctx, CL_MEM_READ_WRITE, bytes ? bytes : 16, NULL, &err);
-    if (err != CL_SUCCESS)
+    const size_t size = bytes ? bytes : 16;
+    cl_mem_flags flags = CL_MEM_READ_WRITE | (host && bytes ? CL_MEM_COPY_HOST_PTR : 0);
+    *mem = clCreateBuffer(ctx->cl_ctx, flags, size, host && bytes ? (void *)host : NULL, &err);
+    if (err != CL_SUCCESS) {
+        *mem = NULL;
         return clattn__fail(ctx, (clattn_status)err, "allocating %zu bytes on %s failed: %s",
                             bytes, ctx->props.name, clattn_status_string(err));
+    }
+    ctx->device_bytes += size;
+    if (ctx->device_bytes > ctx->device_bytes_peak) ctx->device_bytes_peak = ctx->device_bytes;
     return CLATTN_SUCCESS;
+}
+
+clattn_status clattn__buffer_create(clattn_context *ctx, size_t bytes, cl_mem *mem)
+{
+    return clattn__buffer_create_copy(ctx, bytes, NULL, mem);
+}
+
+void clattn__buffer_release(clattn_context *ctx, cl_mem mem)
+{
+    if (!mem) return;
+    size_t size = 0;
+    if (clGetMemObjectInfo(mem, CL_MEM_SIZE, sizeof size, &size, NULL) == CL_SUCCESS)
+        ctx->device_bytes -= size <= ctx->device_bytes ? size : ctx->device_bytes;
+    clReleaseMemObject(mem);
+}
+
+uint64_t clattn_context_peak_device_bytes(const clattn_context *ctx)
+{
+    return ctx ? ctx->device_bytes_peak : 0;
+}
+
+void clattn_context_reset_peak_device_bytes(clattn_context *ctx)
+{
+    if (ctx) ctx->device_bytes_peak = ctx->device_bytes;
 }
 
 static clattn_status stage_one(clattn_context *ctx, const char *name, const clattn_tensor *t,
@@ -41,19 +72,7 @@ static clattn_status stage_one(clattn_context *ctx, const char *name, const clat
     d->off = 0;
     d->owned = true;
     d->download = output;
-    cl_int err;
-    if (d->span) {
-        d->mem = clCreateBuffer(ctx->cl_ctx, CL_MEM_READ_WRITE | CL_MEM_COPY_HOST_PTR, d->span,
-                                (char *)t->host + t->offset, &err);
-    } else {
-        d->mem = clCreateBuffer(ctx->cl_ctx, CL_MEM_READ_WRITE, 16, NULL, &err);
-    }
-    if (err != CL_SUCCESS) {
-        d->mem = NULL;
-        return clattn__fail(ctx, (clattn_status)err, "%s: copying %zu bytes to %s failed: %s",
-                            name, d->span, ctx->props.name, clattn_status_string(err));
-    }
-    return CLATTN_SUCCESS;
+    return clattn__buffer_create_copy(ctx, d->span, (const char *)t->host + t->offset, &d->mem);
 }
 
 clattn_status clattn__stage(clattn_context *ctx, const clattn__problem *p, clattn__dev_problem *dp)
@@ -93,7 +112,7 @@ clattn_status clattn__stage_finish(clattn_context *ctx, clattn__dev_problem *dp,
                 st = clattn__fail(ctx, (clattn_status)err, "reading results back failed: %s",
                                   clattn_status_string(err));
         }
-        if (d->owned && d->mem) clReleaseMemObject(d->mem);
+        if (d->owned) clattn__buffer_release(ctx, d->mem);
         d->mem = NULL;
         d->owned = false;
     }
