@@ -1,0 +1,482 @@
+/* clattn bench: measured attention throughput on one or every device and path, for the
+ * shapes given (--shape) or a sweep (--sweep FILE, one line of bench options per case;
+ * the built-in default sweep when neither is given). Inputs live on the device (cl_mem),
+ * so only the attention call is timed: warm-up runs, then timed runs each ended by
+ * clFinish, reported as median, min and max. Prints a table and, with --json, one JSON
+ * object per case (SPEC §2). Cases reuse the tests' problem definitions (attn_case). */
+#include "attn_case.h"
+#include "cli_util.h"
+#include "commands.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+static const char *const CMD = "bench";
+
+/* The default sweep: prefill and decode, f32 and f16, head sizes 64 and 128, causal and
+ * not (the same lines as bench/default.sweep). */
+static const char *const default_sweep[] = {
+    "--shape 1,8,8,1024,1024,64 --dtype f32",
+    "--shape 1,8,8,1024,1024,64 --dtype f32 --causal bottom-right",
+    "--shape 1,8,8,1024,1024,64 --dtype f16",
+    "--shape 1,8,8,1024,1024,128 --dtype f32",
+    "--shape 1,8,8,1024,1024,128 --dtype f16 --causal bottom-right",
+    "--shape 1,32,32,1,8192,128 --dtype f32",
+    "--shape 1,32,32,1,8192,128 --dtype f16",
+    "--shape 1,32,8,1,8192,128 --dtype f32",
+    "--shape 1,32,32,1,8192,64 --dtype f16",
+};
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: clattn bench [--json FILE] [--device SPEC|all] [--path P|all]\n"
+            "                    [--shape B,Hq,Hkv,Lq,Lk,D[,Dv]] [--causal top-left|bottom-right]\n"
+            "                    [--dtype f32|f16|bf16] [--kv-quant none] [--runs N] [--warmup N]\n"
+            "                    [--sweep FILE]\n"
+            "\n"
+            "Times clattn_attention with inputs already on the device: --warmup runs\n"
+            "(default 2), then --runs timed runs (default: as many as fit in about 3 s,\n"
+            "from 3 to 30), each ended by clFinish. Reports median/min/max ms, GFLOP/s\n"
+            "(2*(D+Dv) per unmasked query-key pair) and GB/s (Q, K, V and O moved once).\n"
+            "Without --shape or --sweep, runs the default sweep (bench/default.sweep).\n"
+            "--sweep FILE: one case per line, written as bench options (# comments).\n"
+            "--path all runs every path of this build; a path that cannot run a case\n"
+            "is listed as n/a. --json FILE writes one JSON object per case (JSON Lines).\n");
+}
+
+/* One case to measure: the problem and the options that are not the problem's. */
+typedef struct bench_spec {
+    attn_case c;
+    char kv_quant[16];
+} bench_spec;
+
+typedef struct bench_opts {
+    const char *json, *device, *path, *sweep;
+    long runs, warmup;
+    bench_spec spec;   /* from --shape/--causal/--dtype on the command line */
+    bool have_shape;
+} bench_opts;
+
+static bool parse_shape(const char *s, attn_case *c)
+{
+    int64_t v[7] = {0};
+    int n = 0;
+    char buf[128];
+    if (strlen(s) >= sizeof buf) return false;
+    strcpy(buf, s);
+    for (char *tok = strtok(buf, ","); tok; tok = strtok(NULL, ",")) {
+        if (n == 7 || !cli_parse_int64(tok, &v[n]) || v[n] < 1) return false;
+        n++;
+    }
+    if (n != 6 && n != 7) return false;
+    c->B = v[0];
+    c->Hq = v[1];
+    c->Hkv = v[2];
+    c->Lq = v[3];
+    c->Lk = v[4];
+    c->D = v[5];
+    c->Dv = n == 7 ? v[6] : v[5];
+    return true;
+}
+
+static bool parse_dtype(const char *s, clattn_dtype *dt)
+{
+    if (strcmp(s, "f32") == 0) *dt = CLATTN_F32;
+    else if (strcmp(s, "f16") == 0) *dt = CLATTN_F16;
+    else if (strcmp(s, "bf16") == 0) *dt = CLATTN_BF16;
+    else return false;
+    return true;
+}
+
+/* Parse bench options from argv into o (used for the command line and each sweep line).
+ * Returns CLI_EXIT_OK, or prints one error line and returns CLI_EXIT_USAGE; *help is set
+ * for --help. */
+static int parse_args(int argc, char **argv, bench_opts *o, bool *help, const char *where)
+{
+    static const struct option longopts[] = {
+        {"json", required_argument, NULL, 'j'},   {"device", required_argument, NULL, 'd'},
+        {"path", required_argument, NULL, 'p'},   {"shape", required_argument, NULL, 's'},
+        {"causal", required_argument, NULL, 'c'}, {"dtype", required_argument, NULL, 't'},
+        {"kv-quant", required_argument, NULL, 'k'}, {"runs", required_argument, NULL, 'r'},
+        {"warmup", required_argument, NULL, 'w'}, {"sweep", required_argument, NULL, 'f'},
+        {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0}};
+    cli_getopt_reset();
+    int ch;
+    int64_t n;
+    while ((ch = getopt_long(argc, argv, ":j:d:p:s:c:t:k:r:w:f:h", longopts, NULL)) != -1) {
+        switch (ch) {
+        case 'j': o->json = optarg; break;
+        case 'd': o->device = optarg; break;
+        case 'p': o->path = optarg; break;
+        case 'f': o->sweep = optarg; break;
+        case 's':
+            if (!parse_shape(optarg, &o->spec.c)) {
+                cli_error(CMD, "%s--shape: '%s' is not B,Hq,Hkv,Lq,Lk,D[,Dv] of positive integers",
+                          where, optarg);
+                return CLI_EXIT_USAGE;
+            }
+            o->have_shape = true;
+            break;
+        case 'c':
+            if (strcmp(optarg, "top-left") == 0) o->spec.c.causal = CLATTN_CAUSAL_TOP_LEFT;
+            else if (strcmp(optarg, "bottom-right") == 0) o->spec.c.causal = CLATTN_CAUSAL_BOTTOM_RIGHT;
+            else if (strcmp(optarg, "none") == 0) o->spec.c.causal = CLATTN_CAUSAL_NONE;
+            else {
+                cli_error(CMD, "%s--causal: '%s' is not top-left, bottom-right or none", where, optarg);
+                return CLI_EXIT_USAGE;
+            }
+            break;
+        case 't':
+            if (!parse_dtype(optarg, &o->spec.c.dtype)) {
+                cli_error(CMD, "%s--dtype: '%s' is not f32, f16 or bf16", where, optarg);
+                return CLI_EXIT_USAGE;
+            }
+            break;
+        case 'k':
+            if (strcmp(optarg, "none") != 0) {
+                cli_error(CMD, "%s--kv-quant: format '%s' is not available in this build", where,
+                          optarg);
+                return CLI_EXIT_USAGE;
+            }
+            snprintf(o->spec.kv_quant, sizeof o->spec.kv_quant, "%s", optarg);
+            break;
+        case 'r':
+        case 'w':
+            if (!cli_parse_int64(optarg, &n) || n < (ch == 'r' ? 1 : 0) || n > 10000) {
+                cli_error(CMD, "%s--%s: '%s' is not a count from %d to 10000", where,
+                          ch == 'r' ? "runs" : "warmup", optarg, ch == 'r' ? 1 : 0);
+                return CLI_EXIT_USAGE;
+            }
+            if (ch == 'r') o->runs = (long)n;
+            else o->warmup = (long)n;
+            break;
+        case 'h': *help = true; return CLI_EXIT_OK;
+        default: cli_getopt_error(CMD, ch, argv, longopts); return CLI_EXIT_USAGE;
+        }
+    }
+    if (optind < argc) {
+        cli_error(CMD, "%sunexpected argument '%s'", where, argv[optind]);
+        return CLI_EXIT_USAGE;
+    }
+    return CLI_EXIT_OK;
+}
+
+/* Split a sweep line into words and parse them as bench options for one case. */
+static int parse_line(const char *line, const bench_opts *base, bench_spec *out, const char *where)
+{
+    char buf[512];
+    snprintf(buf, sizeof buf, "%s", line);
+    char *hash = strchr(buf, '#');
+    if (hash) *hash = '\0';
+    char *words[40] = {"bench"};
+    int argc = 1;
+    for (char *tok = strtok(buf, " \t\r\n"); tok; tok = strtok(NULL, " \t\r\n")) {
+        if (argc == 39) {
+            cli_error(CMD, "%stoo many words", where);
+            return CLI_EXIT_USAGE;
+        }
+        words[argc++] = tok;
+    }
+    if (argc == 1) return -1; /* blank or comment */
+    bench_opts o = *base;
+    o.have_shape = false;
+    bool help = false;
+    int rc = parse_args(argc, words, &o, &help, where);
+    if (rc != CLI_EXIT_OK) return rc;
+    if (!o.have_shape || help || o.json != base->json || o.device != base->device ||
+        o.path != base->path || o.sweep != base->sweep) {
+        cli_error(CMD, "%sa sweep line takes --shape and optionally --causal, --dtype, --kv-quant", where);
+        return CLI_EXIT_USAGE;
+    }
+    *out = o.spec;
+    return CLI_EXIT_OK;
+}
+
+static double now_ms(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec * 1e3 + t.tv_nsec * 1e-6;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static const char *causal_name(clattn_causal c)
+{
+    return c == CLATTN_CAUSAL_TOP_LEFT ? "top-left" : c == CLATTN_CAUSAL_BOTTOM_RIGHT ? "bottom-right" : "none";
+}
+
+typedef struct measured {
+    double median, min, max, gflops, gbps;
+    long runs;
+    uint64_t device_bytes;
+    clattn_path path;
+} measured;
+
+/* Time case c on ctx with its data on the device. */
+static clattn_status measure(clattn_context *ctx, const attn_case *c, attn_case_data *d,
+                             const bench_opts *o, measured *m)
+{
+    cl_command_queue q = clattn_context_cl_queue(ctx);
+    clattn_status st;
+    clattn_context_reset_peak_device_bytes(ctx);
+    const uint64_t before = clattn_context_peak_device_bytes(ctx);
+    for (long i = 0; i < (o->warmup < 1 ? 1 : o->warmup); i++) { /* one at least: builds */
+        if ((st = attn_case_run(ctx, c, d, NULL)) != CLATTN_SUCCESS) return st;
+        clFinish(q);
+    }
+    m->path = clattn_context_last_path(ctx);
+    m->device_bytes = clattn_context_peak_device_bytes(ctx) - before;
+    double t[30];
+    long runs = o->runs;
+    for (long i = 0; i < (runs ? runs : 30); i++) {
+        double t0 = now_ms();
+        if ((st = attn_case_run(ctx, c, d, NULL)) != CLATTN_SUCCESS) return st;
+        clFinish(q);
+        double dt = now_ms() - t0;
+        if (i < 30) t[i] = dt;
+        m->runs = i + 1;
+        /* default: stop after ~3 s once 3 runs are in */
+        if (!runs && i >= 2) {
+            double total = 0;
+            for (long j = 0; j <= i; j++) total += t[j];
+            if (total > 3000) break;
+        }
+    }
+    long n = m->runs < 30 ? m->runs : 30;
+    qsort(t, (size_t)n, sizeof t[0], cmp_double);
+    m->median = n % 2 ? t[n / 2] : 0.5 * (t[n / 2 - 1] + t[n / 2]);
+    m->min = t[0];
+    m->max = t[n - 1];
+    const double flops = attn_case_flops(c, d);
+    const int64_t Dv = attn_case_dv(c);
+    const double es = (double)clattn_dtype_size(c->dtype), eo = (double)clattn_dtype_size(c->out_dtype);
+    const double bytes = es * (double)(c->B * c->Hq * c->Lq * c->D + c->B * c->Hkv * c->Lk * (c->D + Dv)) +
+                         eo * (double)(c->B * c->Hq * c->Lq * Dv);
+    m->gflops = flops / (m->median * 1e6);
+    m->gbps = bytes / (m->median * 1e6);
+    return CLATTN_SUCCESS;
+}
+
+static void json_line(FILE *f, const clattn_device_props *p, const bench_spec *s, clattn_path want,
+                      const measured *m)
+{
+    const attn_case *c = &s->c;
+    fprintf(f, "{\"device\": ");
+    cli_json_string(f, p->name);
+    fprintf(f, ", \"platform\": ");
+    cli_json_string(f, p->platform_name);
+    fprintf(f, ", \"driver\": ");
+    cli_json_string(f, p->driver_version);
+    fprintf(f,
+            ", \"path\": \"%s\", \"requested_path\": \"%s\", \"shape\": {\"B\": %lld, \"Hq\": %lld, "
+            "\"Hkv\": %lld, \"Lq\": %lld, \"Lk\": %lld, \"D\": %lld, \"Dv\": %lld}, \"causal\": \"%s\", "
+            "\"dtype\": \"%s\", \"kv_quant\": \"%s\", \"median_ms\": %.4f, \"min_ms\": %.4f, "
+            "\"max_ms\": %.4f, \"runs\": %ld, \"gflops\": %.2f, \"gbps\": %.2f, \"device_bytes\": %llu}\n",
+            clattn_path_name(m->path), clattn_path_name(want), (long long)c->B, (long long)c->Hq,
+            (long long)c->Hkv, (long long)c->Lq, (long long)c->Lk, (long long)c->D,
+            (long long)attn_case_dv(c), causal_name(c->causal), clattn_dtype_name(c->dtype),
+            s->kv_quant, m->median, m->min, m->max, m->runs, m->gflops, m->gbps,
+            (unsigned long long)m->device_bytes);
+    fflush(f);
+}
+
+static int bench_device(size_t index, const bench_spec *specs, size_t nspecs, const bench_opts *o,
+                        FILE *json, size_t *done, size_t total, int *failures)
+{
+    clattn_device_props props;
+    char spec[32];
+    snprintf(spec, sizeof spec, "%zu", index);
+    clattn_context *ctx;
+    if (clattn_device_get_props(index, &props) != CLATTN_SUCCESS ||
+        clattn_context_create(spec, &ctx) != CLATTN_SUCCESS) {
+        cli_error(CMD, "cannot open device %zu", index);
+        return CLI_EXIT_FAILURE;
+    }
+    printf("device %zu: %s | %s | driver %s\n", index, props.name, props.platform_name,
+           props.driver_version);
+    printf("%-8s %-26s %-12s %-5s %9s %9s %9s %5s %9s %8s %10s\n", "path", "shape B,Hq,Hkv,Lq,Lk,D,Dv",
+           "causal", "dtype", "median_ms", "min_ms", "max_ms", "runs", "GFLOP/s", "GB/s", "dev_MiB");
+    clattn_path paths[CLATTN_PATH_COUNT_];
+    int npaths = 0;
+    if (strcmp(o->path, "all") == 0) {
+        for (int p = 1; p < CLATTN_PATH_COUNT_; p++)
+            if (clattn_path_available((clattn_path)p)) paths[npaths++] = (clattn_path)p;
+    } else {
+        clattn_path_from_name(o->path, &paths[npaths++]);
+    }
+    for (size_t i = 0; i < nspecs; i++) {
+        attn_case c = specs[i].c;
+        c.seed = 42;
+        attn_case_data *d = NULL;
+        clattn_status st = attn_case_data_create(&c, &d);
+        if (st == CLATTN_SUCCESS) st = attn_case_data_upload(ctx, d);
+        char shape[64];
+        snprintf(shape, sizeof shape, "%lld,%lld,%lld,%lld,%lld,%lld,%lld", (long long)c.B,
+                 (long long)c.Hq, (long long)c.Hkv, (long long)c.Lq, (long long)c.Lk, (long long)c.D,
+                 (long long)attn_case_dv(&c));
+        for (int p = 0; p < npaths; p++) {
+            ++*done;
+            fprintf(stderr, "[%zu/%zu] %s %s %s ...\r", *done, total, clattn_path_name(paths[p]), shape,
+                    clattn_dtype_name(c.dtype));
+            c.path = paths[p];
+            measured m;
+            memset(&m, 0, sizeof m);
+            clattn_status mst = st == CLATTN_SUCCESS ? measure(ctx, &c, d, o, &m) : st;
+            fprintf(stderr, "%60s\r", "");
+            if (mst == CLATTN_ERROR_PATH_UNSUPPORTED) {
+                printf("%-8s %-26s %-12s %-5s n/a: %s\n", clattn_path_name(paths[p]), shape,
+                       causal_name(c.causal), clattn_dtype_name(c.dtype), clattn_context_last_error(ctx));
+                continue;
+            }
+            if (mst != CLATTN_SUCCESS) {
+                printf("%-8s %-26s %-12s %-5s FAILED: %s: %s\n", clattn_path_name(paths[p]), shape,
+                       causal_name(c.causal), clattn_dtype_name(c.dtype), clattn_status_string(mst),
+                       clattn_context_last_error(ctx));
+                ++*failures;
+                continue;
+            }
+            char pname[24];
+            snprintf(pname, sizeof pname, "%s%s", clattn_path_name(m.path), paths[p] == CLATTN_PATH_AUTO ? "*" : "");
+            printf("%-8s %-26s %-12s %-5s %9.3f %9.3f %9.3f %5ld %9.1f %8.2f %10.2f\n", pname, shape,
+                   causal_name(c.causal), clattn_dtype_name(c.dtype), m.median, m.min, m.max, m.runs,
+                   m.gflops, m.gbps, (double)m.device_bytes / (1024.0 * 1024.0));
+            fflush(stdout);
+            bench_spec s = specs[i];
+            s.c = c;
+            if (json) json_line(json, &props, &s, paths[p], &m);
+        }
+        attn_case_data_free(d);
+    }
+    clattn_context_free(ctx);
+    return CLI_EXIT_OK;
+}
+
+int cmd_bench(int argc, char **argv)
+{
+    bench_opts o;
+    memset(&o, 0, sizeof o);
+    o.path = "auto";
+    o.warmup = 2;
+    snprintf(o.spec.kv_quant, sizeof o.spec.kv_quant, "none");
+    bool help = false;
+    int rc = parse_args(argc, argv, &o, &help, "");
+    if (rc != CLI_EXIT_OK) return rc;
+    if (help) {
+        usage(stdout);
+        return CLI_EXIT_OK;
+    }
+    clattn_path want;
+    if (strcmp(o.path, "all") != 0) {
+        if (clattn_path_from_name(o.path, &want) != CLATTN_SUCCESS) {
+            cli_error(CMD, "--path: '%s' is not auto, fused, decode, clblast, unfused or all", o.path);
+            return CLI_EXIT_USAGE;
+        }
+        if (!clattn_path_available(want)) {
+            cli_error(CMD, "--path: path '%s' is not available in this build", o.path);
+            return CLI_EXIT_USAGE;
+        }
+    }
+    if (o.have_shape && o.sweep) {
+        cli_error(CMD, "--shape and --sweep cannot be combined");
+        return CLI_EXIT_USAGE;
+    }
+
+    /* The cases: --shape, or each line of the sweep file, or the default sweep. */
+    bench_spec specs[256];
+    size_t nspecs = 0;
+    if (o.have_shape) {
+        specs[nspecs++] = o.spec;
+    } else if (o.sweep) {
+        FILE *f = fopen(o.sweep, "r");
+        if (!f) {
+            cli_error(CMD, "--sweep: cannot open '%s'", o.sweep);
+            return CLI_EXIT_FAILURE;
+        }
+        char line[512], where[600];
+        int lineno = 0;
+        while (fgets(line, sizeof line, f)) {
+            lineno++;
+            snprintf(where, sizeof where, "%s:%d: ", o.sweep, lineno);
+            if (nspecs == sizeof specs / sizeof specs[0]) {
+                cli_error(CMD, "%stoo many cases (at most 256)", where);
+                fclose(f);
+                return CLI_EXIT_USAGE;
+            }
+            int lrc = parse_line(line, &o, &specs[nspecs], where);
+            if (lrc == CLI_EXIT_OK) nspecs++;
+            else if (lrc != -1) {
+                fclose(f);
+                return lrc;
+            }
+        }
+        fclose(f);
+    } else {
+        for (size_t i = 0; i < sizeof default_sweep / sizeof default_sweep[0]; i++) {
+            int lrc = parse_line(default_sweep[i], &o, &specs[nspecs], "default sweep: ");
+            if (lrc != CLI_EXIT_OK) return lrc;
+            nspecs++;
+        }
+    }
+    for (size_t i = 0; i < nspecs; i++) specs[i].c.out_dtype = specs[i].c.dtype;
+
+    size_t count = 0;
+    clattn_device_count(&count);
+    if (count == 0) {
+        cli_error(CMD, "no OpenCL device found");
+        return CLI_EXIT_FAILURE;
+    }
+    size_t first = 0, last = count;
+    if (!o.device || strcmp(o.device, "all") != 0) {
+        if (clattn_device_find(o.device, &first) != CLATTN_SUCCESS) {
+            cli_error(CMD, "--device: no OpenCL device matches '%s'", o.device ? o.device : "");
+            return CLI_EXIT_USAGE;
+        }
+        last = first + 1;
+    }
+
+    /* JSON goes to a temporary name, renamed once every case ran. */
+    FILE *json = NULL;
+    char tmp[4096];
+    if (o.json) {
+        snprintf(tmp, sizeof tmp, "%s.tmp.%ld", o.json, (long)getpid());
+        json = fopen(tmp, "w");
+        if (!json) {
+            cli_error(CMD, "--json: cannot write '%s'", o.json);
+            return CLI_EXIT_FAILURE;
+        }
+    }
+    int npaths = 1;
+    if (strcmp(o.path, "all") == 0) {
+        npaths = 0;
+        for (int p = 1; p < CLATTN_PATH_COUNT_; p++) npaths += clattn_path_available((clattn_path)p);
+    }
+    size_t done = 0, total = (last - first) * nspecs * (size_t)npaths;
+    int failures = 0;
+    rc = CLI_EXIT_OK;
+    for (size_t i = first; i < last && rc == CLI_EXIT_OK; i++)
+        rc = bench_device(i, specs, nspecs, &o, json, &done, total, &failures);
+    if (json) {
+        bool ok = fclose(json) == 0 && rc == CLI_EXIT_OK;
+        if (!ok || rename(tmp, o.json) != 0) {
+            remove(tmp);
+            if (rc == CLI_EXIT_OK) {
+                cli_error(CMD, "--json: writing '%s' failed", o.json);
+                rc = CLI_EXIT_FAILURE;
+            }
+        }
+    }
+    if (rc == CLI_EXIT_OK && failures) {
+        cli_error(CMD, "%d case(s) failed to run", failures);
+        rc = CLI_EXIT_FAILURE;
+    }
+    return rc;
+}
