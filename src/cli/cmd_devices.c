@@ -1,0 +1,137 @@
+/* `clattn devices [--json]`: every OpenCL device clattn can use, with the properties the
+ * library reports (clattn_device_props), as text for people or as a JSON array for
+ * scripts. The device a plain `clattn run` would pick is marked as the default. */
+#include "clattn.h"
+#include "cli_util.h"
+#include "commands.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+
+static const char *const CMD = "devices";
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: clattn devices [--json]\n"
+            "\n"
+            "List every OpenCL platform/device with its capabilities. The default device\n"
+            "(CLATTN_DEVICE if set, else the first GPU, else the first device) is marked '*'.\n"
+            "Devices are chosen elsewhere with --device SPEC: an index from this list, a\n"
+            "case-insensitive substring of the platform or device name, or cpu|gpu.\n"
+            "\n"
+            "  --json     print a JSON array with one object per device\n"
+            "  -h, --help this text\n");
+}
+
+static const char *type_name(clattn_device_type t)
+{
+    switch (t) {
+    case CLATTN_DEVICE_CPU: return "cpu";
+    case CLATTN_DEVICE_GPU: return "gpu";
+    case CLATTN_DEVICE_ACCELERATOR: return "accelerator";
+    case CLATTN_DEVICE_OTHER: return "other";
+    }
+    return "other";
+}
+
+static void print_text(const clattn_device_props *p, int is_default)
+{
+    printf("%c[%zu] %s: %s (%s)\n", is_default ? '*' : ' ', p->index, p->platform_name, p->name,
+           type_name(p->type));
+    printf("     vendor %s; driver %s; %s; %s\n", p->vendor, p->driver_version,
+           p->platform_version, p->opencl_c_version);
+    printf("     %" PRIu32 " compute units at %" PRIu32 " MHz; global memory %" PRIu64
+           " MiB (max allocation %" PRIu64 " MiB); local memory %" PRIu64 " KiB (%s)\n",
+           p->compute_units, p->max_clock_mhz, p->global_mem_bytes >> 20,
+           p->max_alloc_bytes >> 20, p->local_mem_bytes >> 10,
+           p->local_mem_is_dedicated ? "dedicated" : "emulated in global memory");
+    printf("     max work-group size %zu; fp16 %s; subgroups %s\n", p->max_work_group_size,
+           p->has_fp16 ? "yes" : "no", p->has_subgroups ? "yes" : "no");
+}
+
+static void print_json(const clattn_device_props *p, int is_default)
+{
+    printf("  {\"index\": %zu, \"default\": %s, \"platform_name\": ", p->index,
+           is_default ? "true" : "false");
+    cli_json_string(stdout, p->platform_name);
+    printf(", \"platform_version\": ");
+    cli_json_string(stdout, p->platform_version);
+    printf(", \"name\": ");
+    cli_json_string(stdout, p->name);
+    printf(", \"vendor\": ");
+    cli_json_string(stdout, p->vendor);
+    printf(", \"driver_version\": ");
+    cli_json_string(stdout, p->driver_version);
+    printf(", \"opencl_c_version\": ");
+    cli_json_string(stdout, p->opencl_c_version);
+    printf(", \"type\": \"%s\", \"compute_units\": %" PRIu32 ", \"max_clock_mhz\": %" PRIu32
+           ", \"global_mem_bytes\": %" PRIu64 ", \"max_alloc_bytes\": %" PRIu64
+           ", \"local_mem_bytes\": %" PRIu64 ", \"local_mem_is_dedicated\": %s"
+           ", \"max_work_group_size\": %zu, \"has_fp16\": %s, \"has_subgroups\": %s}",
+           type_name(p->type), p->compute_units, p->max_clock_mhz, p->global_mem_bytes,
+           p->max_alloc_bytes, p->local_mem_bytes, p->local_mem_is_dedicated ? "true" : "false",
+           p->max_work_group_size, p->has_fp16 ? "true" : "false",
+           p->has_subgroups ? "true" : "false");
+}
+
+int cmd_devices(int argc, char **argv)
+{
+    enum { OPT_JSON = 256 };
+    static const struct option longopts[] = {
+        {"json", no_argument, NULL, OPT_JSON},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    int json = 0;
+    cli_getopt_reset();
+    int c;
+    while ((c = getopt_long(argc, argv, ":h", longopts, NULL)) != -1) {
+        switch (c) {
+        case OPT_JSON: json = 1; break;
+        case 'h': usage(stdout); return CLI_EXIT_OK;
+        default: cli_getopt_error(CMD, c, argv, longopts); return CLI_EXIT_USAGE;
+        }
+    }
+    if (optind < argc) {
+        cli_error(CMD, "unexpected argument '%s' (see clattn devices --help)", argv[optind]);
+        return CLI_EXIT_USAGE;
+    }
+
+    size_t count = 0;
+    clattn_status st = clattn_device_count(&count);
+    if (st != CLATTN_SUCCESS) {
+        cli_error(CMD, "listing OpenCL devices failed: %s", clattn_status_string(st));
+        return CLI_EXIT_FAILURE;
+    }
+    size_t default_index = (size_t)-1;
+    if (count > 0 && clattn_device_find(NULL, &default_index) != CLATTN_SUCCESS)
+        default_index = (size_t)-1; /* CLATTN_DEVICE names nothing: mark no default */
+
+    if (json) printf("[");
+    for (size_t i = 0; i < count; i++) {
+        clattn_device_props p;
+        st = clattn_device_get_props(i, &p);
+        if (st != CLATTN_SUCCESS) {
+            if (json) printf("]\n");
+            fflush(stdout);
+            cli_error(CMD, "reading the properties of device %zu failed: %s", i,
+                      clattn_status_string(st));
+            return CLI_EXIT_FAILURE;
+        }
+        if (json) {
+            printf(i ? ",\n" : "\n");
+            print_json(&p, i == default_index);
+        } else {
+            print_text(&p, i == default_index);
+        }
+    }
+    if (json) printf(count ? "\n]\n" : "]\n");
+    else if (count == 0) printf("no OpenCL devices (is an OpenCL driver such as pocl-opencl-icd installed?)\n");
+    if (fflush(stdout) != 0 || ferror(stdout)) {
+        cli_error(CMD, "writing the list failed");
+        return CLI_EXIT_FAILURE;
+    }
+    return CLI_EXIT_OK;
+}

@@ -1,0 +1,493 @@
+/* `clattn run`: attention on .npy files (SPEC §2). Every option is checked before any work
+ * starts, the problem is validated by the library's own rules before a device context is
+ * made, and the outputs are written under temporary names and renamed only once all of
+ * them are complete, so a failure leaves one line on stderr and no output file. */
+#include "clattn.h"
+#include "cli_util.h"
+#include "commands.h"
+#include "device.h"   /* clattn__device_find: the reason a --device spec matches nothing */
+#include "internal.h" /* clattn__problem_init: validate before creating a context */
+#include "npy.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char *const CMD = "run";
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: clattn run --q Q.npy --k K.npy --v V.npy --out O.npy [options]\n"
+            "\n"
+            "O = softmax(scale * Q K^T + mask) V on an OpenCL device (SPEC.md section 1).\n"
+            "Q [B,Hq,Lq,D], K [B,Hkv,Lk,D], V [B,Hkv,Lk,Dv]: little-endian float32 (<f4) or\n"
+            "float16 (<f2), C order; Hq must be a multiple of Hkv. O is [B,Hq,Lq,Dv].\n"
+            "\n"
+            "  --lse FILE.npy            also write the log-sum-exp [B,Hq,Lq], float32\n"
+            "  --mask FILE.npy           bool (true = may attend) or float32 (added to the\n"
+            "                            scores), rank 2..4, broadcast to [B,Hq,Lq,Lk]\n"
+            "  --causal top-left|bottom-right\n"
+            "                            top-left: key j > i excluded (PyTorch is_causal);\n"
+            "                            bottom-right: j > i + Lk - Lq (FlashAttention)\n"
+            "  --window LEFT,RIGHT       keys outside [i'-LEFT, i'+RIGHT] excluded; -1 =\n"
+            "                            unbounded (i' = i + Lk - Lq)\n"
+            "  --kv-lens FILE.npy        int32 [B]: keys j >= kv_lens[b] excluded (0..Lk)\n"
+            "  --scale X                 score scale (default 1/sqrt(D))\n"
+            "  --softcap X               s = X*tanh(s/X) when X > 0 (default 0 = off)\n"
+            "  --alibi FILE.npy          float32 [Hq] ALiBi slopes\n"
+            "  --layout bhld|blhd        layout of q, k, v and out (default bhld); blhd files\n"
+            "                            are [B,L,H,D]; LSE is always [B,Hq,Lq]\n"
+            "  --path auto|fused|unfused|clblast|decode   (default auto)\n"
+            "  --device SPEC             index from `clattn devices`, a case-insensitive\n"
+            "                            substring of the platform/device name, or cpu|gpu\n"
+            "  --out-dtype f32|f16       storage type of O (default f32)\n"
+            "  --kv-quant FORMAT         not available yet\n"
+            "  -h, --help                this text\n"
+            "\n"
+            "Options take their value as the next argument or after '=' (--window=-1,0).\n"
+            "On success one line on stdout says what was written and which path ran.\n"
+            "Exit status: 0 done, 1 the work failed, 2 bad command line.\n");
+}
+
+enum {
+    OPT_Q = 256,
+    OPT_K,
+    OPT_V,
+    OPT_OUT,
+    OPT_LSE,
+    OPT_MASK,
+    OPT_CAUSAL,
+    OPT_WINDOW,
+    OPT_KV_LENS,
+    OPT_SCALE,
+    OPT_SOFTCAP,
+    OPT_ALIBI,
+    OPT_LAYOUT,
+    OPT_PATH,
+    OPT_DEVICE,
+    OPT_OUT_DTYPE,
+    OPT_KV_QUANT,
+    OPT_END_
+};
+#define NOPTS (OPT_END_ - OPT_Q)
+
+static const struct option longopts[] = {
+    {"q", required_argument, NULL, OPT_Q},
+    {"k", required_argument, NULL, OPT_K},
+    {"v", required_argument, NULL, OPT_V},
+    {"out", required_argument, NULL, OPT_OUT},
+    {"lse", required_argument, NULL, OPT_LSE},
+    {"mask", required_argument, NULL, OPT_MASK},
+    {"causal", required_argument, NULL, OPT_CAUSAL},
+    {"window", required_argument, NULL, OPT_WINDOW},
+    {"kv-lens", required_argument, NULL, OPT_KV_LENS},
+    {"scale", required_argument, NULL, OPT_SCALE},
+    {"softcap", required_argument, NULL, OPT_SOFTCAP},
+    {"alibi", required_argument, NULL, OPT_ALIBI},
+    {"layout", required_argument, NULL, OPT_LAYOUT},
+    {"path", required_argument, NULL, OPT_PATH},
+    {"device", required_argument, NULL, OPT_DEVICE},
+    {"out-dtype", required_argument, NULL, OPT_OUT_DTYPE},
+    {"kv-quant", required_argument, NULL, OPT_KV_QUANT},
+    {"help", no_argument, NULL, 'h'},
+    {NULL, 0, NULL, 0},
+};
+
+/* Everything one run holds, so one cleanup releases it whatever failed. */
+typedef struct run_state {
+    const char *arg[NOPTS]; /* option values by OPT_* - OPT_Q; NULL when not given */
+    int blhd;
+    clattn_dtype out_dtype;
+    clattn_options opt;
+    npy_array q, k, v, mask, kv_lens, alibi;
+    clattn_tensor tq, tk, tv, to, tmask, tkv, talibi, tlse;
+    float *o, *lse;
+    int64_t o_shape[4];
+    clattn_context *ctx;
+    size_t device_index;
+    npy_pending out_pending, lse_pending;
+} run_state;
+
+#define ARG(s, id) ((s)->arg[(id) - OPT_Q])
+
+static void run_state_free(run_state *s)
+{
+    npy_write_abort(&s->out_pending);
+    npy_write_abort(&s->lse_pending);
+    clattn_context_free(s->ctx);
+    npy_free(&s->q);
+    npy_free(&s->k);
+    npy_free(&s->v);
+    npy_free(&s->mask);
+    npy_free(&s->kv_lens);
+    npy_free(&s->alibi);
+    free(s->o);
+    free(s->lse);
+}
+
+/* ---- Option values --------------------------------------------------------------- */
+
+static int parse_options(run_state *s)
+{
+    char name[64];
+    clattn_options_init(&s->opt);
+    s->out_dtype = CLATTN_F32;
+
+    if (ARG(s, OPT_KV_QUANT)) {
+        cli_error(CMD, "--kv-quant %s: KV-cache quantization is not available yet",
+                  ARG(s, OPT_KV_QUANT));
+        return -1;
+    }
+    static const int required[] = {OPT_Q, OPT_K, OPT_V, OPT_OUT};
+    for (size_t i = 0; i < sizeof required / sizeof required[0]; i++)
+        if (!ARG(s, required[i])) {
+            cli_error(CMD, "missing %s (see clattn run --help)",
+                      cli_option_name(longopts, required[i], name, sizeof name));
+            return -1;
+        }
+    /* An empty value is never meaningful; "--q=" is a typo, not a file. */
+    for (int id = OPT_Q; id < OPT_END_; id++)
+        if (ARG(s, id) && ARG(s, id)[0] == '\0') {
+            cli_error(CMD, "%s: empty value", cli_option_name(longopts, id, name, sizeof name));
+            return -1;
+        }
+
+    const char *v;
+    if ((v = ARG(s, OPT_CAUSAL)) != NULL) {
+        if (strcmp(v, "top-left") == 0) {
+            s->opt.causal = CLATTN_CAUSAL_TOP_LEFT;
+        } else if (strcmp(v, "bottom-right") == 0) {
+            s->opt.causal = CLATTN_CAUSAL_BOTTOM_RIGHT;
+        } else {
+            cli_error(CMD, "--causal %s: expected top-left or bottom-right", v);
+            return -1;
+        }
+    }
+    if ((v = ARG(s, OPT_WINDOW)) != NULL) {
+        const char *comma = strchr(v, ',');
+        char left[64], right[64];
+        size_t ln = comma ? (size_t)(comma - v) : 0;
+        int64_t l = 0, r = 0;
+        bool ok = comma && ln < sizeof left && strlen(comma + 1) < sizeof right;
+        if (ok) {
+            memcpy(left, v, ln);
+            left[ln] = '\0';
+            strcpy(right, comma + 1);
+            ok = cli_parse_int64(left, &l) && cli_parse_int64(right, &r) && l >= -1 && r >= -1;
+        }
+        if (!ok) {
+            cli_error(CMD,
+                      "--window %s: expected LEFT,RIGHT, two integers >= 0 or -1 for "
+                      "unbounded (e.g. 128,0)",
+                      v);
+            return -1;
+        }
+        s->opt.window_left = l;
+        s->opt.window_right = r;
+    }
+    if ((v = ARG(s, OPT_SCALE)) != NULL) {
+        if (!cli_parse_float(v, &s->opt.scale)) {
+            cli_error(CMD, "--scale %s: expected a finite number", v);
+            return -1;
+        }
+    }
+    if ((v = ARG(s, OPT_SOFTCAP)) != NULL) {
+        if (!cli_parse_float(v, &s->opt.softcap) || s->opt.softcap < 0.0f) {
+            cli_error(CMD, "--softcap %s: expected a finite number >= 0 (0 = off)", v);
+            return -1;
+        }
+    }
+    if ((v = ARG(s, OPT_LAYOUT)) != NULL) {
+        if (strcmp(v, "bhld") == 0) {
+            s->blhd = 0;
+        } else if (strcmp(v, "blhd") == 0) {
+            s->blhd = 1;
+        } else {
+            cli_error(CMD, "--layout %s: expected bhld or blhd", v);
+            return -1;
+        }
+    }
+    if ((v = ARG(s, OPT_PATH)) != NULL) {
+        clattn_path p;
+        if (clattn_path_from_name(v, &p) != CLATTN_SUCCESS) {
+            cli_error(CMD, "--path %s: expected auto, fused, unfused, clblast or decode", v);
+            return -1;
+        }
+        if (!clattn_path_available(p)) {
+            cli_error(CMD, "--path %s: this build of clattn does not have that path", v);
+            return -1;
+        }
+        s->opt.path = p;
+    }
+    if ((v = ARG(s, OPT_OUT_DTYPE)) != NULL) {
+        if (strcmp(v, "f32") == 0) {
+            s->out_dtype = CLATTN_F32;
+        } else if (strcmp(v, "f16") == 0) {
+            s->out_dtype = CLATTN_F16;
+        } else {
+            cli_error(CMD, "--out-dtype %s: expected f32 or f16", v);
+            return -1;
+        }
+    }
+    if (ARG(s, OPT_LSE) && strcmp(ARG(s, OPT_LSE), ARG(s, OPT_OUT)) == 0) {
+        cli_error(CMD, "--out and --lse name the same file %s", ARG(s, OPT_OUT));
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- Input files ----------------------------------------------------------------- */
+
+static int load(run_state *s, int id, npy_array *a)
+{
+    char name[64], err[1024];
+    if (npy_read(ARG(s, id), a, err, sizeof err) != 0) {
+        cli_error(CMD, "%s: %s", cli_option_name(longopts, id, name, sizeof name), err);
+        return -1;
+    }
+    return 0;
+}
+
+static int fail_file(run_state *s, int id, const char *fmt, const char *detail,
+                     const npy_array *a)
+{
+    char name[64], shape[128];
+    cli_option_name(longopts, id, name, sizeof name);
+    npy_shape_string(a->rank, a->shape, shape, sizeof shape);
+    char what[256];
+    snprintf(what, sizeof what, fmt, detail);
+    cli_error(CMD, "%s: %s: %s, got %s %s", name, ARG(s, id), what,
+              npy_dtype_label(a->dtype), shape);
+    return -1;
+}
+
+/* Q, K or V: float32/float16, rank 4, as a descriptor in the chosen layout. */
+static int load_qkv(run_state *s, int id, npy_array *a, clattn_tensor *t)
+{
+    if (load(s, id, a)) return -1;
+    const char *dims = id == OPT_Q   ? (s->blhd ? "[B,Lq,Hq,D]" : "[B,Hq,Lq,D]")
+                       : id == OPT_K ? (s->blhd ? "[B,Lk,Hkv,D]" : "[B,Hkv,Lk,D]")
+                                     : (s->blhd ? "[B,Lk,Hkv,Dv]" : "[B,Hkv,Lk,Dv]");
+    if (a->dtype != CLATTN_F32 && a->dtype != CLATTN_F16)
+        return fail_file(s, id, "expected float32 or float16 %s", dims, a);
+    if (a->rank != 4) return fail_file(s, id, "expected rank 4 %s", dims, a);
+    const int64_t *n = a->shape;
+    if (s->blhd) /* memory [B, L, H, D]; the descriptor stays logical [B, H, L, D] */
+        *t = clattn_tensor_blhd(clattn_tensor_host(a->data, a->dtype, n[0], n[2], n[1], n[3]));
+    else
+        *t = clattn_tensor_host(a->data, a->dtype, n[0], n[1], n[2], n[3]);
+    return 0;
+}
+
+static int load_inputs(run_state *s)
+{
+    if (load_qkv(s, OPT_Q, &s->q, &s->tq) || load_qkv(s, OPT_K, &s->k, &s->tk) ||
+        load_qkv(s, OPT_V, &s->v, &s->tv))
+        return -1;
+
+    if (ARG(s, OPT_MASK)) {
+        npy_array *m = &s->mask;
+        if (load(s, OPT_MASK, m)) return -1;
+        if (m->dtype != CLATTN_BOOL && m->dtype != CLATTN_F32)
+            return fail_file(s, OPT_MASK, "expected bool or float32%s", "", m);
+        if (m->rank < 2 || m->rank > 4)
+            return fail_file(s, OPT_MASK, "expected rank 2..4 broadcastable to %s",
+                             "[B,Hq,Lq,Lk]", m);
+        /* numpy broadcasting: missing leading dimensions are 1 */
+        int64_t ne[4] = {1, 1, 1, 1};
+        for (int i = 0; i < m->rank; i++) ne[4 - m->rank + i] = m->shape[i];
+        s->tmask = clattn_tensor_host(m->data, m->dtype, ne[0], ne[1], ne[2], ne[3]);
+        s->opt.mask = &s->tmask;
+    }
+    if (ARG(s, OPT_KV_LENS)) {
+        npy_array *a = &s->kv_lens;
+        if (load(s, OPT_KV_LENS, a)) return -1;
+        if (a->dtype != CLATTN_I32 || a->rank != 1)
+            return fail_file(s, OPT_KV_LENS, "expected int32 %s", "[B]", a);
+        s->tkv = clattn_tensor_host(a->data, CLATTN_I32, a->shape[0], 1, 1, 1);
+        s->opt.kv_lens = &s->tkv;
+    }
+    if (ARG(s, OPT_ALIBI)) {
+        npy_array *a = &s->alibi;
+        if (load(s, OPT_ALIBI, a)) return -1;
+        if (a->dtype != CLATTN_F32 || a->rank != 1)
+            return fail_file(s, OPT_ALIBI, "expected float32 %s slopes", "[Hq]", a);
+        s->talibi = clattn_tensor_host(a->data, CLATTN_F32, a->shape[0], 1, 1, 1);
+        s->opt.alibi = &s->talibi;
+    }
+    return 0;
+}
+
+/* Product of n extents as a size_t, or 0 with *ok false on overflow. */
+static size_t checked_count(const int64_t *ne, int n, bool *ok)
+{
+    size_t c = 1;
+    for (int i = 0; i < n; i++) {
+        uint64_t d = (uint64_t)ne[i];
+        if (d != 0 && c > SIZE_MAX / sizeof(float) / d) {
+            *ok = false;
+            return 0;
+        }
+        c *= (size_t)d;
+    }
+    return c;
+}
+
+/* Allocate O and LSE and let the library check every rule about the problem, before a
+ * device is touched. */
+static int prepare_outputs(run_state *s)
+{
+    const int64_t B = s->tq.ne[0], Hq = s->tq.ne[1], Lq = s->tq.ne[2], Dv = s->tv.ne[3];
+    const int64_t logical[4] = {B, Hq, Lq, Dv};
+    bool ok = true;
+    size_t count = checked_count(logical, 4, &ok);
+    size_t lse_count = checked_count(logical, 3, &ok);
+    if (!ok) {
+        cli_error(CMD, "the output [B,Hq,Lq,Dv] is too large for this machine");
+        return -1;
+    }
+    s->o = malloc(count ? count * sizeof(float) : 1);
+    if (ARG(s, OPT_LSE)) s->lse = malloc(lse_count ? lse_count * sizeof(float) : 1);
+    if (!s->o || (ARG(s, OPT_LSE) && !s->lse)) {
+        cli_error(CMD, "out of memory for the output (%zu floats)", count);
+        return -1;
+    }
+    s->to = clattn_tensor_host(s->o, CLATTN_F32, B, Hq, Lq, Dv);
+    if (s->blhd) s->to = clattn_tensor_blhd(s->to);
+    s->o_shape[0] = B;
+    s->o_shape[1] = s->blhd ? Lq : Hq;
+    s->o_shape[2] = s->blhd ? Hq : Lq;
+    s->o_shape[3] = Dv;
+    if (s->lse) {
+        s->tlse = clattn_tensor_host(s->lse, CLATTN_F32, B, Hq, Lq, 1);
+        s->opt.lse = &s->tlse;
+    }
+    clattn__problem p;
+    char err[1024];
+    clattn_status st =
+        clattn__problem_init(&p, &s->tq, &s->tk, &s->tv, &s->to, &s->opt, err, sizeof err);
+    if (st != CLATTN_SUCCESS) {
+        cli_error(CMD, "%s", err);
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- Device and outputs ---------------------------------------------------------- */
+
+static int resolve_device(run_state *s)
+{
+    char err[1024] = "";
+    clattn_status st = clattn__device_find(ARG(s, OPT_DEVICE), &s->device_index, err, sizeof err);
+    if (st != CLATTN_SUCCESS) {
+        cli_error(CMD, "%s%s", ARG(s, OPT_DEVICE) ? "--device: " : "",
+                  err[0] ? err : clattn_status_string(st));
+        return -1;
+    }
+    return 0;
+}
+
+static int compute(run_state *s)
+{
+    char spec[32];
+    snprintf(spec, sizeof spec, "%zu", s->device_index);
+    clattn_status st = clattn_context_create(spec, &s->ctx);
+    if (st != CLATTN_SUCCESS) {
+        clattn_device_props props;
+        const char *dev = clattn_device_get_props(s->device_index, &props) == CLATTN_SUCCESS
+                              ? props.name
+                              : "?";
+        cli_error(CMD, "cannot create an OpenCL context on device %zu (%s): %s",
+                  s->device_index, dev, clattn_status_string(st));
+        return -1;
+    }
+    st = clattn_attention(s->ctx, &s->tq, &s->tk, &s->tv, &s->to, &s->opt, NULL);
+    if (st != CLATTN_SUCCESS) {
+        const char *why = clattn_context_last_error(s->ctx);
+        cli_error(CMD, "attention failed: %s%s%s", clattn_status_string(st),
+                  why && *why ? ": " : "", why ? why : "");
+        return -1;
+    }
+    return 0;
+}
+
+static int write_outputs(run_state *s)
+{
+    char err[1024];
+    if (npy_write_begin(&s->out_pending, ARG(s, OPT_OUT), s->out_dtype, 4, s->o_shape, s->o,
+                        CLATTN_F32, err, sizeof err) != 0) {
+        cli_error(CMD, "--out: %s", err);
+        return -1;
+    }
+    if (s->lse) {
+        const int64_t shape[3] = {s->tlse.ne[0], s->tlse.ne[1], s->tlse.ne[2]};
+        if (npy_write_begin(&s->lse_pending, ARG(s, OPT_LSE), CLATTN_F32, 3, shape, s->lse,
+                            CLATTN_F32, err, sizeof err) != 0) {
+            cli_error(CMD, "--lse: %s", err);
+            return -1; /* run_state_free removes the pending --out */
+        }
+    }
+    /* Both complete on disk: now rename. If the second rename fails, take the first
+     * output away again so no half of the result is left. */
+    if (npy_write_commit(&s->out_pending, err, sizeof err) != 0) {
+        cli_error(CMD, "--out: %s", err);
+        return -1;
+    }
+    if (s->lse && npy_write_commit(&s->lse_pending, err, sizeof err) != 0) {
+        remove(ARG(s, OPT_OUT));
+        cli_error(CMD, "--lse: %s", err);
+        return -1;
+    }
+    return 0;
+}
+
+int cmd_run(int argc, char **argv)
+{
+    run_state s;
+    memset(&s, 0, sizeof s);
+    char name[64];
+    cli_getopt_reset();
+    int c;
+    while ((c = getopt_long(argc, argv, ":h", longopts, NULL)) != -1) {
+        if (c == 'h') {
+            usage(stdout);
+            return CLI_EXIT_OK;
+        }
+        if (c < OPT_Q || c >= OPT_END_) {
+            cli_getopt_error(CMD, c, argv, longopts);
+            return CLI_EXIT_USAGE;
+        }
+        if (ARG(&s, c)) {
+            cli_error(CMD, "%s given twice", cli_option_name(longopts, c, name, sizeof name));
+            return CLI_EXIT_USAGE;
+        }
+        ARG(&s, c) = optarg;
+    }
+    if (optind < argc) {
+        cli_error(CMD, "unexpected argument '%s' (options take the form --name VALUE)",
+                  argv[optind]);
+        return CLI_EXIT_USAGE;
+    }
+    if (parse_options(&s)) return CLI_EXIT_USAGE;
+
+    int rc = CLI_EXIT_FAILURE;
+    if (resolve_device(&s) || load_inputs(&s) || prepare_outputs(&s) || compute(&s) ||
+        write_outputs(&s))
+        goto done;
+
+    clattn_device_props props;
+    if (clattn_context_device_props(s.ctx, &props) != CLATTN_SUCCESS)
+        snprintf(props.name, sizeof props.name, "device %zu", s.device_index);
+    char shape[128];
+    npy_shape_string(4, s.o_shape, shape, sizeof shape);
+    printf("clattn run: wrote %s (%s %s)%s%s using path %s on %s\n", ARG(&s, OPT_OUT),
+           npy_dtype_label(s.out_dtype), shape, s.lse ? " and " : "",
+           s.lse ? ARG(&s, OPT_LSE) : "", clattn_path_name(clattn_context_last_path(s.ctx)),
+           props.name);
+    rc = CLI_EXIT_OK;
+done:
+    run_state_free(&s);
+    return rc;
+}
