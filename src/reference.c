@@ -1,0 +1,133 @@
+/* The CPU reference: SPEC §1 computed on the host in float64, rule by rule, so tests and
+ * `clattn check` can judge every device path against one plain, obviously-correct loop.
+ * Speed matters only enough for test shapes: K and V of a head are gathered once. */
+#include "internal.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Index into a broadcast mask: an extent of 1 repeats index 0. */
+static int64_t bcast(const clattn_tensor *m, int axis, int64_t i)
+{
+    return m->ne[axis] == 1 ? 0 : i;
+}
+
+/* One query row: scores into s[jlo..jhi), then softmax and P·V into out_row.
+ * Returns the row's LSE (-inf when every key is excluded, out_row then zero). */
+static double reference_row(const clattn__problem *p, int64_t b, int64_t h, int64_t i,
+                            int64_t kv_len, const double *qrow, const double *kbuf,
+                            const double *vbuf, double *s, double *out_row)
+{
+    const int64_t Lq = p->Lq, Lk = p->Lk, D = p->D, Dv = p->Dv;
+    const int64_t ip = i + Lk - Lq; /* the query aligned to the end of the keys */
+
+    /* Exclusions by position reduce to a key range [jlo, jhi). */
+    int64_t jlo = 0, jhi = kv_len;
+    if (p->causal == CLATTN_CAUSAL_TOP_LEFT && jhi > i + 1) jhi = i + 1;
+    if (p->causal == CLATTN_CAUSAL_BOTTOM_RIGHT && jhi > ip + 1) jhi = ip + 1;
+    if (p->win_left >= 0 && jlo < ip - p->win_left) jlo = ip - p->win_left;
+    if (p->win_right >= 0 && jhi > ip + p->win_right + 1) jhi = ip + p->win_right + 1;
+
+    const double scale = (double)p->scale;
+    const double softcap = (double)p->softcap;
+    const double slope = p->alibi ? clattn__host_get(p->alibi, h, 0, 0, 0) : 0.0;
+    const clattn_tensor *m = p->mask;
+    int64_t mb = 0, mh = 0, mi = 0;
+    if (m) {
+        mb = bcast(m, 0, b);
+        mh = bcast(m, 1, h);
+        mi = bcast(m, 2, i);
+    }
+
+    double mx = -INFINITY;
+    for (int64_t j = jlo; j < jhi; j++) {
+        const double *krow = kbuf + j * D;
+        double dot = 0.0;
+        for (int64_t d = 0; d < D; d++) dot += qrow[d] * krow[d];
+        double sc = scale * dot;
+        if (softcap > 0.0) sc = softcap * tanh(sc / softcap);
+        if (p->alibi) sc -= slope * fabs((double)(ip - j));
+        if (m) {
+            double mv = clattn__host_get(m, mb, mh, mi, bcast(m, 3, j));
+            if (m->dtype == CLATTN_BOOL) {
+                if (mv == 0.0) sc = -INFINITY;
+            } else {
+                sc += mv;
+            }
+        }
+        s[j] = sc;
+        if (sc > mx) mx = sc;
+    }
+
+    for (int64_t d = 0; d < Dv; d++) out_row[d] = 0.0;
+    /* Also catches a float mask that sets every score to -inf. */
+    if (mx == -INFINITY) return -INFINITY;
+
+    double sum = 0.0;
+    for (int64_t j = jlo; j < jhi; j++) {
+        if (s[j] == -INFINITY) continue;
+        const double e = exp(s[j] - mx);
+        sum += e;
+        const double *vrow = vbuf + j * Dv;
+        for (int64_t d = 0; d < Dv; d++) out_row[d] += e * vrow[d];
+    }
+    for (int64_t d = 0; d < Dv; d++) out_row[d] /= sum;
+    return mx + log(sum);
+}
+
+clattn_status clattn_reference_attention(const clattn_tensor *q, const clattn_tensor *k,
+                                         const clattn_tensor *v, const clattn_options *opt,
+                                         double *out, double *lse)
+{
+    clattn__problem p;
+    char err[256];
+    /* o == NULL asks problem_init for reference mode: every tensor must be on the host.
+     * There is no context to keep the message on, so only the status is returned. */
+    clattn_status st = clattn__problem_init(&p, q, k, v, NULL, opt, err, sizeof err);
+    if (st != CLATTN_SUCCESS) return st;
+    const int64_t B = p.B, Hq = p.Hq, Lq = p.Lq, Lk = p.Lk, D = p.D, Dv = p.Dv;
+    if (B * Hq * Lq == 0) return CLATTN_SUCCESS; /* nothing to write */
+    if (out == NULL) return CLATTN_ERROR_INVALID_ARGUMENT;
+
+    /* +1 so that Lk == 0 never asks malloc for zero bytes. */
+    double *kbuf = malloc((size_t)(Lk * D + 1) * sizeof *kbuf);
+    double *vbuf = malloc((size_t)(Lk * Dv + 1) * sizeof *vbuf);
+    double *s = malloc((size_t)(Lk + 1) * sizeof *s);
+    double *qrow = malloc((size_t)D * sizeof *qrow);
+    if (!kbuf || !vbuf || !s || !qrow) {
+        free(kbuf);
+        free(vbuf);
+        free(s);
+        free(qrow);
+        return CLATTN_ERROR_OUT_OF_MEMORY;
+    }
+
+    for (int64_t b = 0; b < B; b++) {
+        /* problem_init has checked host kv_lens values are within 0..Lk. */
+        const int64_t kv_len = p.kv_lens ? (int64_t)clattn__host_get(p.kv_lens, b, 0, 0, 0) : Lk;
+        for (int64_t kvh = 0; kvh < p.Hkv; kvh++) {
+            /* Keys past kv_len are never read, so they need not be gathered. */
+            for (int64_t j = 0; j < kv_len; j++) {
+                for (int64_t d = 0; d < D; d++) kbuf[j * D + d] = clattn__host_get(k, b, kvh, j, d);
+                for (int64_t d = 0; d < Dv; d++)
+                    vbuf[j * Dv + d] = clattn__host_get(v, b, kvh, j, d);
+            }
+            /* Query heads kvh*group .. kvh*group+group-1 read this KV head. */
+            for (int64_t h = kvh * p.group; h < (kvh + 1) * p.group; h++) {
+                for (int64_t i = 0; i < Lq; i++) {
+                    for (int64_t d = 0; d < D; d++) qrow[d] = clattn__host_get(q, b, h, i, d);
+                    const int64_t row = (b * Hq + h) * Lq + i;
+                    const double l =
+                        reference_row(&p, b, h, i, kv_len, qrow, kbuf, vbuf, s, out + row * Dv);
+                    if (lse) lse[row] = l;
+                }
+            }
+        }
+    }
+    free(kbuf);
+    free(vbuf);
+    free(s);
+    free(qrow);
+    return CLATTN_SUCCESS;
+}

@@ -1,0 +1,40 @@
+/* Helpers shared by the cmocka tests: a context on the default device that fails the test
+ * loudly when there is no OpenCL device (CI must fail, not skip), and runners that check a
+ * list of attention cases against the CPU reference and print each failing case. */
+#ifndef CLATTN_TEST_UTIL_H
+#define CLATTN_TEST_UTIL_H
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include "attn_case.h"
+#include "clattn.h"
+
+/* A context on the default device (CLATTN_DEVICE, else the first GPU, else the first
+ * device). Fails the running test, with the reason, when none can be created. */
+clattn_context *test_context(void);
+
+enum {
+    TEST_ALLOW_UNSUPPORTED = 1, /* a forced path answering PATH_UNSUPPORTED is a skip */
+    TEST_ON_DEVICE = 2          /* pass cl_mem tensors (attn_case_data_upload) */
+};
+
+/* Run every case with path forced (AUTO: the library's choice) and compare it with the
+ * reference. Every failing case is printed with its parameters and result; the test fails
+ * after all of them ran. Returns the number of cases that ran (not skipped). */
+size_t test_run_cases(clattn_context *ctx, const attn_case *cases, size_t n,
+                      clattn_path path, int flags);
+
+/* The same for count random cases drawn from seeds first_seed, first_seed + 1, ... */
+size_t test_run_random_cases(clattn_context *ctx, uint64_t first_seed, size_t count,
+                             clattn_path path, int flags);
+
+/* CLATTN_TEST_CASES from the environment when set (to run more or fewer random cases),
+ * else dflt. */
+size_t test_case_count(size_t dflt);
+
+#endif /* CLATTN_TEST_UTIL_H */
