@@ -4,6 +4,7 @@
  * out-of-bounds accesses, races and API misuse. Results are also compared with the CPU
  * reference. Usage: oclgrind_driver PATH... ; "own" names every path of this build whose
  * kernels are clattn's own (all but clblast). Exit status 0 when every case matched. */
+#define _POSIX_C_SOURCE 200809L /* setenv */
 #include "attn_case.h"
 
 #include <stdio.h>
@@ -32,6 +33,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "usage: oclgrind_driver PATH...\n");
         return 2;
     }
+    setvbuf(stdout, NULL, _IONBF, 0); /* keep case lines in order with oclgrind's reports */
     /* kernels must be built here, under the checker, not loaded from an earlier cache */
     setenv("CLATTN_CACHE_DIR", "off", 1);
     clattn_context *ctx;
@@ -40,6 +42,7 @@ int main(int argc, char **argv)
         printf("no OpenCL device: %s\n", clattn_status_string(st));
         return 1;
     }
+    clattn_context_free(ctx);
     clattn_path paths[CLATTN_PATH_COUNT_ * 4];
     int npaths = 0, failures = 0;
     for (int a = 1; a < argc && npaths < CLATTN_PATH_COUNT_ * 3; a++) {
@@ -64,12 +67,17 @@ int main(int argc, char **argv)
             c.seed = 1000 + i;
             char line[512];
             attn_case_format(&c, line, sizeof line);
+            /* A fresh context per case: oclgrind 21.10's --uninitialized reports false
+             * "uninitialized value written" errors when a kernel object runs a second
+             * time with new buffers (the same case in two fresh contexts is clean). */
             attn_case_data *d = NULL;
-            st = attn_case_data_create(&c, &d);
+            st = clattn_context_create(NULL, &ctx);
+            if (st == CLATTN_SUCCESS) st = attn_case_data_create(&c, &d);
             if (st == CLATTN_SUCCESS) st = attn_case_run(ctx, &c, d, NULL);
             if (st == CLATTN_ERROR_PATH_UNSUPPORTED) {
                 printf("%-8s %-26s not supported by this path\n", pname, c.name);
                 attn_case_data_free(d);
+                clattn_context_free(ctx);
                 continue;
             }
             attn_case_result r;
@@ -82,8 +90,8 @@ int main(int argc, char **argv)
                 printf("%-8s %-26s ok (max err %.3g)\n", pname, c.name, r.max_err);
             }
             attn_case_data_free(d);
+            clattn_context_free(ctx);
         }
     }
-    clattn_context_free(ctx);
     return failures ? 1 : 0;
 }
