@@ -473,7 +473,8 @@ int cmd_run(int argc, char **argv)
     if (parse_options(&s)) return CLI_EXIT_USAGE;
 
     int rc = CLI_EXIT_FAILURE;
-    if (resolve_device(&s) || load_inputs(&s) || prepare_outputs(&s) || compute(&s) ||
+    /* Files and the problem first: a bad input is reported without touching OpenCL. */
+    if (load_inputs(&s) || prepare_outputs(&s) || resolve_device(&s) || compute(&s) ||
         write_outputs(&s))
         goto done;
 
