@@ -16,8 +16,8 @@ void unfused_softmax(__global float *S, long ldS, long row0, long nrows, long Hq
 {
     __local float red[WG];
     const int t = (int)get_local_id(0);
-    const long r = get_group_id(1);
-    if (r >= nrows) return; /* uniform across the work-group */
+    const long r = get_group_id(1); /* the grid has exactly nrows groups: no bounds test,
+                                       and no return before a barrier */
     __global float *s = S + r * ldS;
 
     float m = -INFINITY;

@@ -16,7 +16,7 @@ static bool unfused_supports(const clattn_context *ctx, const clattn__problem *p
     return true;
 }
 
-/* Largest power of two <= n and <= 64: the softmax work-group. */
+/* Largest power of two <= 64 the device takes as a work-group: the softmax work-group. */
 static size_t softmax_wg(const clattn_context *ctx)
 {
     size_t wg = 64;
@@ -24,22 +24,107 @@ static size_t softmax_wg(const clattn_context *ctx)
     return wg;
 }
 
+/* Side of the square QKᵀ and P·V tiles: 16 (256 work-items) where the device allows; 1
+ * (no local-memory tiles) on CPU devices, where barriers cost more than they save. */
+static size_t tile_side(const clattn_context *ctx)
+{
+    if (ctx->props.type == CLATTN_DEVICE_CPU) return 1;
+    size_t t = 16;
+    while (t > 1 && t * t > ctx->props.max_work_group_size) t >>= 1;
+    return t;
+}
+
+static size_t round_up(size_t x, size_t m) { return (x + m - 1) / m * m; }
+
+/* One chunk of query rows: `nh` whole heads from flattened head bh0 (ni = Lq, i0 = 0), or
+ * the queries [i0, i0 + ni) of head bh0 (nh = 1). Its score rows are contiguous in the
+ * flattened [B, Hq, Lq] order, from row0 = bh0*Lq + i0. */
+typedef struct chunk {
+    cl_long bh0, nh, i0, ni;
+} chunk;
+
+static clattn_status run_chunk(clattn_context *ctx, const clattn__dev_problem *dp, cl_kernel kqk,
+                               cl_kernel kmask, cl_kernel ksoft, cl_kernel kpv, cl_mem S, chunk c,
+                               size_t tile, size_t wg, cl_event *event)
+{
+    const clattn__problem *p = dp->p;
+    const cl_long ldS = p->Lk > 0 ? p->Lk : 1;
+    const cl_long Hq = p->Hq, Lq = p->Lq, Lk = p->Lk, group = p->group;
+    const cl_long row0 = c.bh0 * Lq + c.i0, n = c.nh * c.ni;
+    cl_uint a = 0;
+    CLATTN_FORWARD(clattn__set_tensor_args(ctx, kqk, &a, &dp->q));
+    CLATTN_FORWARD(clattn__set_tensor_args(ctx, kqk, &a, &dp->k));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, kqk, &a, S));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, kqk, &a, ldS));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, kqk, &a, c.bh0));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, kqk, &a, c.i0));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, kqk, &a, c.ni));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, kqk, &a, Hq));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, kqk, &a, Lk));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, kqk, &a, group));
+    const size_t lt[3] = {tile, tile, 1};
+    const size_t *local = tile > 1 ? lt : NULL;
+    const size_t gqk[3] = {round_up((size_t)Lk, tile), round_up((size_t)c.ni, tile), (size_t)c.nh};
+    CLATTN_FORWARD(clattn__enqueue(ctx, kqk, 3, gqk, local, NULL));
+
+    a = 0;
+    CLATTN_FORWARD(CLATTN_ARG(ctx, kmask, &a, S));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, kmask, &a, ldS));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, kmask, &a, row0));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, kmask, &a, n));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, kmask, &a, Hq));
+    CLATTN_FORWARD(clattn__set_mask_args(ctx, kmask, &a, dp));
+    const size_t gm[2] = {(size_t)Lk, (size_t)n};
+    CLATTN_FORWARD(clattn__enqueue(ctx, kmask, 2, gm, NULL, NULL));
+
+    a = 0;
+    CLATTN_FORWARD(CLATTN_ARG(ctx, ksoft, &a, S));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, ksoft, &a, ldS));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, ksoft, &a, row0));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, ksoft, &a, n));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, ksoft, &a, Hq));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, ksoft, &a, Lq));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, ksoft, &a, Lk));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, ksoft, &a, dp->lse.mem));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, ksoft, &a, dp->lse.off));
+    for (int i = 0; i < 3; i++) CLATTN_FORWARD(CLATTN_ARG(ctx, ksoft, &a, dp->lse.st[i]));
+    const size_t gs[2] = {wg, (size_t)n}, ls[2] = {wg, 1};
+    CLATTN_FORWARD(clattn__enqueue(ctx, ksoft, 2, gs, ls, NULL));
+
+    a = 0;
+    CLATTN_FORWARD(CLATTN_ARG(ctx, kpv, &a, S));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, kpv, &a, ldS));
+    CLATTN_FORWARD(clattn__set_tensor_args(ctx, kpv, &a, &dp->v));
+    CLATTN_FORWARD(clattn__set_tensor_args(ctx, kpv, &a, &dp->o));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, kpv, &a, c.bh0));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, kpv, &a, c.i0));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, kpv, &a, c.ni));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, kpv, &a, Hq));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, kpv, &a, Lk));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, kpv, &a, group));
+    const size_t gpv[3] = {round_up((size_t)p->Dv, tile), round_up((size_t)c.ni, tile), (size_t)c.nh};
+    return clattn__enqueue(ctx, kpv, 3, gpv, local, event);
+}
+
 static clattn_status unfused_run(clattn_context *ctx, const clattn__dev_problem *dp, cl_event *event)
 {
     const clattn__problem *p = dp->p;
-    const cl_long rows = p->B * p->Hq * p->Lq;
-    const cl_long ldS = p->Lk > 0 ? p->Lk : 1;
-    cl_long chunk = ctx->workspace_bytes / (ldS * (cl_long)sizeof(float));
-    if (chunk > rows) chunk = rows;
-    CLATTN_RETURN_IF(ctx, chunk < 1, CLATTN_ERROR_OUT_OF_MEMORY,
+    const cl_long heads = p->B * p->Hq;
+    const cl_long row_bytes = (p->Lk > 0 ? p->Lk : 1) * (cl_long)sizeof(float);
+    const cl_long rows_fit = ctx->workspace_bytes / row_bytes;
+    CLATTN_RETURN_IF(ctx, rows_fit < 1, CLATTN_ERROR_OUT_OF_MEMORY,
                      "unfused: a row of %lld scores does not fit the %lld-byte workspace",
                      (long long)p->Lk, (long long)ctx->workspace_bytes);
+    /* whole heads per chunk when a head's scores fit, else a block of one head's queries */
+    const cl_long heads_per_chunk = rows_fit / p->Lq;
+    const cl_long rows_per_chunk = heads_per_chunk >= 1 ? p->Lq : rows_fit;
+    const cl_long nh_max = heads_per_chunk >= 1 ? (heads_per_chunk < heads ? heads_per_chunk : heads) : 1;
 
-    const size_t wg = softmax_wg(ctx);
+    const size_t wg = softmax_wg(ctx), tile = tile_side(ctx);
     char opts[512] = "";
     bool ok = clattn__mask_options(dp, opts, sizeof opts) &&
-              clattn__opts_add(opts, sizeof opts, " -DD=%lld -DDV=%lld -DWG=%zu -DHAS_LSE=%d",
-                               (long long)p->D, (long long)p->Dv, wg, p->lse ? 1 : 0);
+              clattn__opts_add(opts, sizeof opts, " -DD=%lld -DDV=%lld -DWG=%zu -DTILE=%zu -DHAS_LSE=%d",
+                               (long long)p->D, (long long)p->Dv, wg, tile, p->lse ? 1 : 0);
     CLATTN_RETURN_IF(ctx, !ok, CLATTN_ERROR_INTERNAL, "unfused: build options too long");
 
     cl_kernel kqk, kmask, ksoft, kpv;
@@ -49,66 +134,15 @@ static clattn_status unfused_run(clattn_context *ctx, const clattn__dev_problem 
     CLATTN_FORWARD(clattn__kernel_get(ctx, "unfused_pv.cl", opts, "unfused_pv", &kpv));
 
     cl_mem S;
-    CLATTN_FORWARD(clattn__buffer_create(ctx, (size_t)(chunk * ldS) * sizeof(float), &S));
+    CLATTN_FORWARD(clattn__buffer_create(ctx, (size_t)(nh_max * rows_per_chunk * row_bytes), &S));
     clattn_status st = CLATTN_SUCCESS;
-    const cl_long Hq = p->Hq, Lq = p->Lq, Lk = p->Lk, group = p->group;
-    for (cl_long row0 = 0; row0 < rows && st == CLATTN_SUCCESS; row0 += chunk) {
-        const cl_long n = rows - row0 < chunk ? rows - row0 : chunk;
-        const bool last = row0 + n >= rows;
-        cl_uint a;
-#define TRY(x)                                                                             \
-    if (st == CLATTN_SUCCESS) st = (x)
-        a = 0;
-        TRY(clattn__set_tensor_args(ctx, kqk, &a, &dp->q));
-        TRY(clattn__set_tensor_args(ctx, kqk, &a, &dp->k));
-        TRY(CLATTN_ARG(ctx, kqk, &a, S));
-        TRY(CLATTN_ARG(ctx, kqk, &a, ldS));
-        TRY(CLATTN_ARG(ctx, kqk, &a, row0));
-        TRY(CLATTN_ARG(ctx, kqk, &a, n));
-        TRY(CLATTN_ARG(ctx, kqk, &a, Hq));
-        TRY(CLATTN_ARG(ctx, kqk, &a, Lq));
-        TRY(CLATTN_ARG(ctx, kqk, &a, Lk));
-        TRY(CLATTN_ARG(ctx, kqk, &a, group));
-        size_t g2[2] = {(size_t)Lk, (size_t)n};
-        TRY(clattn__enqueue(ctx, kqk, 2, g2, NULL, NULL));
-
-        a = 0;
-        TRY(CLATTN_ARG(ctx, kmask, &a, S));
-        TRY(CLATTN_ARG(ctx, kmask, &a, ldS));
-        TRY(CLATTN_ARG(ctx, kmask, &a, row0));
-        TRY(CLATTN_ARG(ctx, kmask, &a, n));
-        TRY(CLATTN_ARG(ctx, kmask, &a, Hq));
-        TRY(clattn__set_mask_args(ctx, kmask, &a, dp));
-        TRY(clattn__enqueue(ctx, kmask, 2, g2, NULL, NULL));
-
-        a = 0;
-        TRY(CLATTN_ARG(ctx, ksoft, &a, S));
-        TRY(CLATTN_ARG(ctx, ksoft, &a, ldS));
-        TRY(CLATTN_ARG(ctx, ksoft, &a, row0));
-        TRY(CLATTN_ARG(ctx, ksoft, &a, n));
-        TRY(CLATTN_ARG(ctx, ksoft, &a, Hq));
-        TRY(CLATTN_ARG(ctx, ksoft, &a, Lq));
-        TRY(CLATTN_ARG(ctx, ksoft, &a, Lk));
-        TRY(CLATTN_ARG(ctx, ksoft, &a, dp->lse.mem));
-        TRY(CLATTN_ARG(ctx, ksoft, &a, dp->lse.off));
-        for (int i = 0; i < 3; i++) TRY(CLATTN_ARG(ctx, ksoft, &a, dp->lse.st[i]));
-        size_t gs[2] = {wg, (size_t)n}, ls[2] = {wg, 1};
-        TRY(clattn__enqueue(ctx, ksoft, 2, gs, ls, NULL));
-
-        a = 0;
-        TRY(CLATTN_ARG(ctx, kpv, &a, S));
-        TRY(CLATTN_ARG(ctx, kpv, &a, ldS));
-        TRY(clattn__set_tensor_args(ctx, kpv, &a, &dp->v));
-        TRY(clattn__set_tensor_args(ctx, kpv, &a, &dp->o));
-        TRY(CLATTN_ARG(ctx, kpv, &a, row0));
-        TRY(CLATTN_ARG(ctx, kpv, &a, n));
-        TRY(CLATTN_ARG(ctx, kpv, &a, Hq));
-        TRY(CLATTN_ARG(ctx, kpv, &a, Lq));
-        TRY(CLATTN_ARG(ctx, kpv, &a, Lk));
-        TRY(CLATTN_ARG(ctx, kpv, &a, group));
-        size_t gp[2] = {(size_t)p->Dv, (size_t)n};
-        TRY(clattn__enqueue(ctx, kpv, 2, gp, NULL, last ? event : NULL));
-#undef TRY
+    for (cl_long bh0 = 0; bh0 < heads && st == CLATTN_SUCCESS; bh0 += nh_max) {
+        const cl_long nh = heads - bh0 < nh_max ? heads - bh0 : nh_max;
+        for (cl_long i0 = 0; i0 < p->Lq && st == CLATTN_SUCCESS; i0 += rows_per_chunk) {
+            chunk c = {bh0, nh, i0, p->Lq - i0 < rows_per_chunk ? p->Lq - i0 : rows_per_chunk};
+            const bool last = bh0 + nh >= heads && i0 + c.ni >= p->Lq;
+            st = run_chunk(ctx, dp, kqk, kmask, ksoft, kpv, S, c, tile, wg, last ? event : NULL);
+        }
     }
     /* Releasing S while kernels are queued is safe: OpenCL keeps it until they finish. */
     clattn__buffer_release(ctx, S);
