@@ -39,6 +39,7 @@ struct clattn_context {
     clattn__failure failures[32];
     int nfailures;
     clattn_path running_path; /* the path being run, for CLATTN_FAIL_PATH */
+    unsigned clblast_warm;    /* CLBlast routines compiled on this context (path_clblast.c) */
     uint64_t device_bytes;      /* scratch and staging memory clattn holds now */
     uint64_t device_bytes_peak; /* and its peak since creation or the last reset */
 };
@@ -133,6 +134,11 @@ typedef struct clattn__path_impl {
 } clattn__path_impl;
 
 extern const clattn__path_impl clattn__path_unfused;
+#if CLATTN_WITH_CLBLAST
+extern const clattn__path_impl clattn__path_clblast;
+#endif
+/* Does measured data say the CLBlast path beats the fused one on this device (dispatch.c)? */
+bool clattn__tuning_prefers_clblast(const clattn_device_props *props);
 
 /* Choose a path for dp (forced or auto with fallback) and run it. */
 clattn_status clattn__dispatch(clattn_context *ctx, const clattn__dev_problem *dp, cl_event *event);

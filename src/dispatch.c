@@ -10,6 +10,9 @@
 
 /* Every path this build has, in auto mode's default order of preference. */
 static const clattn__path_impl *const path_table[] = {
+#if CLATTN_WITH_CLBLAST
+    &clattn__path_clblast, /* after fused: moved ahead only where it measures faster */
+#endif
     &clattn__path_unfused,
 };
 #define NPATHS (sizeof path_table / sizeof path_table[0])
@@ -95,15 +98,47 @@ bool clattn__fail_injected(clattn_path path, const char *stage)
     return false;
 }
 
+/* Devices where the CLBlast path was measured to beat the fused one (clattn bench
+ * --path all --shape 1,8,8,1024,1024,64). Only CPU measurements exist: on PoCL CLBlast's
+ * untuned GEMMs ran it at 0.6 to 20 GFLOP/s, behind the fused kernels, so CPUs say no.
+ * A device with no row keeps the table's order (fused first), the safe default. A row
+ * belongs here (or with the other tuning data in src/tuning.c) once a GPU is measured. */
+static const struct {
+    clattn_device_type type;
+    const char *name_part; /* case-sensitive substring of the device name; "" = any */
+    bool prefers;
+} clblast_rows[] = {
+    {CLATTN_DEVICE_CPU, "", false},
+};
+
+bool clattn__tuning_prefers_clblast(const clattn_device_props *props)
+{
+    for (size_t i = 0; i < sizeof clblast_rows / sizeof clblast_rows[0]; i++)
+        if (props->type == clblast_rows[i].type && strstr(props->name, clblast_rows[i].name_part))
+            return clblast_rows[i].prefers;
+    return false;
+}
+
 /* Auto mode's order: the table's, which lists paths from the most specialised to the
- * most general; a path that does not fit is filtered by its supports(). */
+ * most general; a path that does not fit is filtered by its supports(). The CLBlast path
+ * moves ahead of the fused one on devices where it measures faster; it stays in the chain
+ * after fused everywhere else. */
 static size_t clattn__path_order(const clattn_context *ctx, const clattn__problem *p,
                                  const clattn__path_impl *const *table, size_t n,
                                  const clattn__path_impl **order)
 {
-    (void)ctx;
     (void)p;
-    for (size_t i = 0; i < n; i++) order[i] = table[i];
+    size_t fused = n, clblast = n;
+    for (size_t i = 0; i < n; i++) {
+        order[i] = table[i];
+        if (table[i]->id == CLATTN_PATH_FUSED) fused = i;
+        if (table[i]->id == CLATTN_PATH_CLBLAST) clblast = i;
+    }
+    if (fused < clblast && clblast < n && clattn__tuning_prefers_clblast(&ctx->props)) {
+        const clattn__path_impl *c = order[clblast];
+        memmove(&order[fused + 1], &order[fused], (clblast - fused) * sizeof order[0]);
+        order[fused] = c;
+    }
     return n;
 }
 

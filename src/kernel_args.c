@@ -23,17 +23,24 @@ clattn_status clattn__set_tensor_args(clattn_context *ctx, cl_kernel k, cl_uint 
     return CLATTN_SUCCESS;
 }
 
-bool clattn__mask_options(const clattn__dev_problem *dp, char *buf, size_t cap)
+bool clattn__feature_options(const clattn__dev_problem *dp, char *buf, size_t cap)
 {
     const clattn__problem *p = dp->p;
     int mask_kind = !p->mask ? 0 : p->mask->dtype == CLATTN_BOOL ? 1 : 2;
     bool window = p->win_left >= 0 || p->win_right >= 0;
     return clattn__opts_add(buf, cap,
-                            " -DQ_DT=%d -DK_DT=%d -DV_DT=%d -DO_DT=%d -DMASK_KIND=%d -DCAUSAL=%d"
-                            " -DHAS_WINDOW=%d -DHAS_KVLENS=%d -DHAS_SOFTCAP=%d -DHAS_ALIBI=%d",
-                            (int)p->q->dtype, (int)p->k->dtype, (int)p->v->dtype,
-                            (int)p->o->dtype, mask_kind, (int)p->causal, window ? 1 : 0,
-                            p->kv_lens ? 1 : 0, p->softcap > 0 ? 1 : 0, p->alibi ? 1 : 0);
+                            " -DMASK_KIND=%d -DCAUSAL=%d -DHAS_WINDOW=%d -DHAS_KVLENS=%d"
+                            " -DHAS_SOFTCAP=%d -DHAS_ALIBI=%d",
+                            mask_kind, (int)p->causal, window ? 1 : 0, p->kv_lens ? 1 : 0,
+                            p->softcap > 0 ? 1 : 0, p->alibi ? 1 : 0);
+}
+
+bool clattn__mask_options(const clattn__dev_problem *dp, char *buf, size_t cap)
+{
+    const clattn__problem *p = dp->p;
+    return clattn__opts_add(buf, cap, " -DQ_DT=%d -DK_DT=%d -DV_DT=%d -DO_DT=%d", (int)p->q->dtype,
+                            (int)p->k->dtype, (int)p->v->dtype, (int)p->o->dtype) &&
+           clattn__feature_options(dp, buf, cap);
 }
 
 clattn_status clattn__set_mask_args(clattn_context *ctx, cl_kernel k, cl_uint *arg,
