@@ -110,6 +110,8 @@ void clattn__buffer_release(clattn_context *ctx, cl_mem mem); /* NULL is a no-op
  * v and o (Q_DT, K_DT, V_DT, O_DT, MASK_KIND, CAUSAL, HAS_WINDOW, HAS_KVLENS,
  * HAS_SOFTCAP, HAS_ALIBI). */
 bool clattn__mask_options(const clattn__dev_problem *dp, char *buf, size_t cap);
+/* Only the masking features (no dtypes): for kernels that read no tensor but the mask. */
+bool clattn__feature_options(const clattn__dev_problem *dp, char *buf, size_t cap);
 /* Set the MASK_PARAMS arguments of cl/prelude.cl starting at *arg. */
 clattn_status clattn__set_mask_args(clattn_context *ctx, cl_kernel k, cl_uint *arg,
                                     const clattn__dev_problem *dp);
