@@ -386,17 +386,16 @@ static clattn_status clblast_run(clattn_context *ctx, const clattn__dev_problem 
     const cl_long per_chunk = cap >= Lq ? (cap / Lq < pairs ? cap / Lq : pairs) : 1;
     const cl_long chunk_rows = per_chunk * qblock;
 
-    /* Kernels first: the same build options as the unfused path, so the programs are
-     * shared with it in the context's cache. */
+    /* Kernels first: the same build options as the unfused path (only what each kernel
+     * reads), so the programs are shared with it in the context's cache. */
     const size_t wg = softmax_wg(ctx);
-    char opts[512] = "";
-    bool okopt = clattn__mask_options(dp, opts, sizeof opts) &&
-                 clattn__opts_add(opts, sizeof opts, " -DD=%lld -DDV=%lld -DWG=%zu -DHAS_LSE=%d",
-                                  (long long)D, (long long)Dv, wg, p->lse ? 1 : 0);
+    char omask[256] = "", osoft[64] = "";
+    bool okopt = clattn__feature_options(dp, omask, sizeof omask) &&
+                 clattn__opts_add(osoft, sizeof osoft, "-DWG=%zu -DHAS_LSE=%d", wg, p->lse ? 1 : 0);
     CLATTN_RETURN_IF(ctx, !okopt, CLATTN_ERROR_INTERNAL, "clblast: build options too long");
     cl_kernel kmask, ksoft, kq = NULL, ko = NULL;
-    CLATTN_FORWARD(clattn__kernel_get(ctx, "unfused_scale_mask.cl", opts, "unfused_scale_mask", &kmask));
-    CLATTN_FORWARD(clattn__kernel_get(ctx, "unfused_softmax.cl", opts, "unfused_softmax", &ksoft));
+    CLATTN_FORWARD(clattn__kernel_get(ctx, "unfused_scale_mask.cl", omask, "unfused_scale_mask", &kmask));
+    CLATTN_FORWARD(clattn__kernel_get(ctx, "unfused_softmax.cl", osoft, "unfused_softmax", &ksoft));
     if (pl.gather_q) CLATTN_FORWARD(convert_kernel(ctx, true, p->q->dtype, &kq));
     if (pl.scatter_o) CLATTN_FORWARD(convert_kernel(ctx, false, p->o->dtype, &ko));
 
