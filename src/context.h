@@ -135,6 +135,7 @@ typedef struct clattn__path_impl {
     clattn_status (*run)(clattn_context *ctx, const clattn__dev_problem *dp, cl_event *event);
 } clattn__path_impl;
 
+extern const clattn__path_impl clattn__path_fused;
 extern const clattn__path_impl clattn__path_unfused;
 #if CLATTN_WITH_CLBLAST
 extern const clattn__path_impl clattn__path_clblast;

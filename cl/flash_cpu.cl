@@ -1,0 +1,309 @@
+/* flash_cpu.cl: fused (flash) attention for CPU OpenCL devices (PoCL and the like).
+ *
+ * Online softmax over key tiles: each work-item owns BLOCK_M query rows of one (b, h),
+ * keeps their running max m, running sum l and the output accumulators in private
+ * memory (registers), and writes O (and LSE) once. Nothing of size Lq x Lk is ever
+ * stored; the only scratch is the packed K and V below, linear in Lk.
+ *
+ * Two kernels, enqueued in this order on the same scratch buffers:
+ *
+ *   flash_cpu_pack  global (LK_PAD, B*Hkv)          one work-item per key j
+ *     (TENSOR_PARAMS(const __global K_T *, k), TENSOR_PARAMS(const __global V_T *, v),
+ *      long Lk, long B, long Hkv,
+ *      __global float *kt,     // [B, Hkv, D, LK_PAD]  K transposed, f32, zero padded
+ *      __global float *vp,     // [B, Hkv, LK_PAD, DV_PAD]  V, f32, zero padded
+ *      long lk_pad)
+ *
+ *   flash_cpu       global (ceil(Lq / BLOCK_M), B*Hq)   one work-item per BLOCK_M rows
+ *     (TENSOR_PARAMS(const __global Q_T *, q), TENSOR_PARAMS(const __global K_T *, k),
+ *      TENSOR_PARAMS(const __global V_T *, v), TENSOR_PARAMS(__global O_T *, o),
+ *      __global float *lse, long lse_off, long lse_s0, long lse_s1, long lse_s2,
+ *      MASK_PARAMS,
+ *      long B, long Hq, long Hkv,
+ *      const __global float *kt, const __global float *vp, long lk_pad)
+ *   k and v are not read by flash_cpu (it reads the packed copies); they are there so
+ *   every attention kernel takes the same leading arguments. lse may be NULL when
+ *   HAS_LSE is 0. Any local size works (no local memory, no barriers); 1 is fine.
+ *
+ * Build options (besides the prelude's dtype and masking options):
+ *   D, DV        head dims of q/k and v/o, 1..256
+ *   BLOCK_M      query rows per work-item (1..16)
+ *   BLOCK_N      keys per tile, a multiple of 16 (16..128); LK_PAD = Lk rounded up to it
+ *   DV_CHUNK     float16 vectors of the output row updated per pass over a tile (1..8)
+ *   HAS_LSE      0|1
+ *   EXP2         exp2 (default) or native_exp2
+ *
+ * Design (from measurements on PoCL 3.1, 2-core Xeon Cascade Lake with AVX-512):
+ * scores and outputs are rank-1 updates "broadcast scalar x float16 vector": for each d,
+ * s[r][0..BLOCK_N) += q[r][d] * Kt[d][j0..j0+BLOCK_N), so K is read as contiguous
+ * vectors from the transposed copy and the reduction over D is a plain loop (D needs no
+ * padding at all: D=72 costs 72/64 of D=64). P·V is the same pattern over rows of the
+ * packed V, whose row is padded to a multiple of 16 floats (DV_PAD) with zeros, so
+ * Dv=72 pays for 80 columns of P·V and nothing else. Scores are kept in base 2 (scale
+ * * log2(e) folded into q) and exponentiated with exp2 on float16 vectors. Key tiles
+ * entirely outside every row's KEY_RANGE are never visited; tiles entirely inside
+ * every row's range skip the per-key range test.
+ * Measured numbers are in the comment block at the end of this file.
+ */
+#ifndef D
+#error "flash_cpu.cl needs -DD=<head dim of q and k>"
+#endif
+#ifndef DV
+#define DV D
+#endif
+#ifndef BLOCK_M
+#define BLOCK_M 4
+#endif
+#ifndef BLOCK_N
+#define BLOCK_N 64
+#endif
+#ifndef DV_CHUNK
+#define DV_CHUNK 4
+#endif
+#ifndef HAS_LSE
+#define HAS_LSE 0
+#endif
+#ifndef EXP2
+#define EXP2 exp2
+#endif
+
+#if (BLOCK_N % 16) != 0
+#error "BLOCK_N must be a multiple of 16"
+#endif
+#define NVN (BLOCK_N / 16)           /* float16 vectors per key tile */
+#define DV_PAD (((DV) + 15) / 16 * 16) /* row length of the packed V */
+#define NVD (DV_PAD / 16)            /* float16 vectors per output row */
+
+#define CLATTN_LOG2E 1.4426950408889634f
+#define CLATTN_LN2 0.6931471805599453f
+
+__kernel void flash_cpu_pack(TENSOR_PARAMS(const __global K_T *, k),
+                             TENSOR_PARAMS(const __global V_T *, v), long Lk, long B,
+                             long Hkv, __global float *kt, __global float *vp, long lk_pad)
+{
+    const long j = get_global_id(0);
+    const long bh = get_global_id(1);
+    if (j >= lk_pad || bh >= B * Hkv) return;
+    const long b = bh / Hkv, h = bh % Hkv;
+    __global float *ktp = kt + bh * (long)D * lk_pad + j;
+    __global float *vpp = vp + (bh * lk_pad + j) * DV_PAD;
+    if (j < Lk) {
+        const long kb = k_off + b * k_s0 + h * k_s1 + j * k_s2;
+        for (int d = 0; d < D; d++) ktp[(long)d * lk_pad] = LOAD_K(k, kb + d * k_s3);
+        const long vb = v_off + b * v_s0 + h * v_s1 + j * v_s2;
+        for (int c = 0; c < DV; c++) vpp[c] = LOAD_V(v, vb + c * v_s3);
+        for (int c = DV; c < DV_PAD; c++) vpp[c] = 0.0f;
+    } else {
+        for (int d = 0; d < D; d++) ktp[(long)d * lk_pad] = 0.0f;
+        for (int c = 0; c < DV_PAD; c++) vpp[c] = 0.0f;
+    }
+}
+
+/* max without fmax's NaN handling (scores are never NaN). */
+#define CLATTN_VMAX(a, b) max((a), (b))
+/* Largest lane of a float16. */
+inline float clattn_hmax16(float16 x)
+{
+    float8 a = CLATTN_VMAX(x.lo, x.hi);
+    float4 b = CLATTN_VMAX(a.lo, a.hi);
+    float2 c = CLATTN_VMAX(b.lo, b.hi);
+    return CLATTN_VMAX(c.lo, c.hi);
+}
+inline float clattn_hsum16(float16 x)
+{
+    float8 a = x.lo + x.hi;
+    float4 b = a.lo + a.hi;
+    float2 c = b.lo + b.hi;
+    return c.lo + c.hi;
+}
+
+__kernel void flash_cpu(TENSOR_PARAMS(const __global Q_T *, q),
+                        TENSOR_PARAMS(const __global K_T *, k),
+                        TENSOR_PARAMS(const __global V_T *, v),
+                        TENSOR_PARAMS(__global O_T *, o), __global float *lse, long lse_off,
+                        long lse_s0, long lse_s1, long lse_s2, MASK_PARAMS, long B, long Hq,
+                        long Hkv, const __global float *kt, const __global float *vp,
+                        long lk_pad)
+{
+    const long blk = get_global_id(0);
+    const long bh = get_global_id(1);
+    const long i0 = blk * BLOCK_M;
+    if (i0 >= Lq || bh >= B * Hq) return;
+    const long b = bh / Hq, h = bh % Hq;
+    const long kvh = h / (Hq / Hkv);
+    const __global float *ktb = kt + (b * Hkv + kvh) * (long)D * lk_pad;
+    const __global float *vpb = vp + (b * Hkv + kvh) * lk_pad * DV_PAD;
+
+    /* Per-row key ranges and their union / intersection over the block. */
+    int lo[BLOCK_M], hi[BLOCK_M];
+    long lo_min = Lk, hi_max = 0, lo_max = 0, hi_min = Lk;
+#pragma unroll
+    for (int r = 0; r < BLOCK_M; r++) {
+        long2 kr = (long2)(0, 0);
+        if (i0 + r < Lq) kr = KEY_RANGE(b, i0 + r);
+        lo[r] = (int)kr.x;
+        hi[r] = (int)kr.y;
+        if (kr.x < kr.y) {
+            lo_min = min(lo_min, kr.x);
+            hi_max = max(hi_max, kr.y);
+        }
+        lo_max = max(lo_max, kr.x);
+        hi_min = min(hi_min, kr.y);
+    }
+
+    /* q rows, pre-scaled so that scores come out in base 2 (or scaled for softcap). */
+#if HAS_SOFTCAP
+    const float qmul = scale;
+#else
+    const float qmul = scale * CLATTN_LOG2E;
+#endif
+    float qp[BLOCK_M][D];
+#pragma unroll
+    for (int r = 0; r < BLOCK_M; r++) {
+        const long qb = q_off + b * q_s0 + h * q_s1 + min(i0 + r, Lq - 1) * q_s2;
+        for (int d = 0; d < D; d++) qp[r][d] = qmul * LOAD_Q(q, qb + d * q_s3);
+    }
+#if HAS_ALIBI
+    const float slope2 = ALIBI_SLOPE(h) * CLATTN_LOG2E;
+#endif
+
+    float16 acc[BLOCK_M][NVD];
+    float m[BLOCK_M];
+    float16 lv[BLOCK_M]; /* running sums, lane-wise; reduced once at the end */
+#pragma unroll
+    for (int r = 0; r < BLOCK_M; r++) {
+        m[r] = -INFINITY;
+        lv[r] = (float16)0.0f;
+        for (int c = 0; c < NVD; c++) acc[r][c] = (float16)0.0f;
+    }
+    float pbuf[BLOCK_M][BLOCK_N];
+    const int16 lane = (int16)(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+
+    for (long j0 = lo_min / BLOCK_N * BLOCK_N; j0 < hi_max; j0 += BLOCK_N) {
+        /* S = Q Kᵀ for this tile: rank-1 updates over d. */
+        float16 s[BLOCK_M][NVN];
+#pragma unroll
+        for (int r = 0; r < BLOCK_M; r++)
+#pragma unroll
+            for (int n = 0; n < NVN; n++) s[r][n] = (float16)0.0f;
+        const __global float *kp = ktb + j0;
+        for (int d = 0; d < D; d++) {
+            float16 kv[NVN];
+#pragma unroll
+            for (int n = 0; n < NVN; n++) kv[n] = vload16(n, kp);
+            kp += lk_pad;
+#pragma unroll
+            for (int r = 0; r < BLOCK_M; r++) {
+                const float qd = qp[r][d];
+#pragma unroll
+                for (int n = 0; n < NVN; n++) s[r][n] = fma((float16)qd, kv[n], s[r][n]);
+            }
+        }
+
+        /* Scores (SPEC §1 order, as clattn_score in the prelude, on vectors), then the
+         * online softmax update. */
+        const bool full = j0 >= lo_max && j0 + BLOCK_N <= hi_min;
+#pragma unroll
+        for (int r = 0; r < BLOCK_M; r++) {
+            float16 sv[NVN];
+#pragma unroll
+            for (int n = 0; n < NVN; n++) {
+                float16 x = s[r][n];
+                const int16 jv = (int)(j0 + n * 16) + lane;
+#if HAS_SOFTCAP
+                x = softcap * tanh(x / softcap) * CLATTN_LOG2E;
+#endif
+#if HAS_ALIBI
+                {
+                    const int ip = (int)(i0 + r + Lk - Lq);
+                    x -= slope2 * convert_float16(abs(ip - jv));
+                }
+#endif
+#if MASK_KIND != 0
+                {
+                    const long ir = min(i0 + r, Lq - 1);
+                    const __global MASK_T *mp =
+                        mask + mask_off + b * mask_s0 + h * mask_s1 + ir * mask_s2;
+                    const long jb = j0 + n * 16;
+                    float mv[16];
+                    for (int t = 0; t < 16; t++) {
+                        const long jj = min(jb + t, Lk - 1);
+#if MASK_KIND == 1
+                        mv[t] = mp[jj * mask_s3] ? 0.0f : -INFINITY;
+#else
+                        mv[t] = mp[jj * mask_s3] * CLATTN_LOG2E;
+#endif
+                    }
+                    x += vload16(0, mv);
+                }
+#endif
+                if (!full) x = select(x, (float16)(-INFINITY), (jv < lo[r]) | (jv >= hi[r]));
+                sv[n] = x;
+            }
+            float16 mx = sv[0];
+#pragma unroll
+            for (int n = 1; n < NVN; n++) mx = CLATTN_VMAX(mx, sv[n]);
+            const float mnew = CLATTN_VMAX(m[r], clattn_hmax16(mx));
+            /* a row with nothing allowed yet keeps m = -inf; never exp(-inf - -inf) */
+            const float muse = mnew == -INFINITY ? 0.0f : mnew;
+            const float alpha = EXP2(m[r] - muse);
+            float16 ps = (float16)0.0f;
+#pragma unroll
+            for (int n = 0; n < NVN; n++) {
+                const float16 p = EXP2(sv[n] - muse);
+                ps += p;
+                vstore16(p, n, pbuf[r]);
+            }
+            lv[r] = fma(lv[r], (float16)alpha, ps);
+            m[r] = mnew;
+#pragma unroll
+            for (int c = 0; c < NVD; c++) acc[r][c] *= alpha;
+        }
+
+        /* O += P V for this tile, DV_CHUNK vectors of the output row at a time. */
+        const __global float *vt = vpb + j0 * DV_PAD;
+        for (int c0 = 0; c0 < NVD; c0 += DV_CHUNK) {
+            float16 a[BLOCK_M][DV_CHUNK];
+#pragma unroll
+            for (int r = 0; r < BLOCK_M; r++)
+#pragma unroll
+                for (int c = 0; c < DV_CHUNK; c++)
+                    if (c0 + c < NVD) a[r][c] = acc[r][c0 + c];
+            for (int j = 0; j < BLOCK_N; j++) {
+                float16 vv[DV_CHUNK];
+#pragma unroll
+                for (int c = 0; c < DV_CHUNK; c++)
+                    if (c0 + c < NVD) vv[c] = vload16(c0 + c, vt + j * DV_PAD);
+#pragma unroll
+                for (int r = 0; r < BLOCK_M; r++) {
+                    const float pj = pbuf[r][j];
+#pragma unroll
+                    for (int c = 0; c < DV_CHUNK; c++)
+                        if (c0 + c < NVD) a[r][c] = fma((float16)pj, vv[c], a[r][c]);
+                }
+            }
+#pragma unroll
+            for (int r = 0; r < BLOCK_M; r++)
+#pragma unroll
+                for (int c = 0; c < DV_CHUNK; c++)
+                    if (c0 + c < NVD) acc[r][c0 + c] = a[r][c];
+        }
+    }
+
+    /* Write O and LSE once. A row with no allowed key: O = 0, LSE = -inf. */
+#pragma unroll
+    for (int r = 0; r < BLOCK_M; r++) {
+        const long i = i0 + r;
+        if (i >= Lq) break;
+        const float l = clattn_hsum16(lv[r]);
+        const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+        float orow[DV_PAD];
+        for (int c = 0; c < NVD; c++) vstore16(acc[r][c] * inv, c, orow);
+        const long ob = o_off + b * o_s0 + h * o_s1 + i * o_s2;
+        for (int c = 0; c < DV; c++) STORE_O(o, ob + c * o_s3, orow[c]);
+#if HAS_LSE
+        lse[lse_off + b * lse_s0 + h * lse_s1 + i * lse_s2] =
+            l > 0.0f ? (m[r] + log2(l)) * CLATTN_LN2 : -INFINITY;
+#endif
+    }
+}

@@ -1,0 +1,241 @@
+/* The fused path: flash attention in one pass over the keys with an online softmax, O
+ * and LSE written once, never an Lq x Lk score matrix (cl/flash_cpu.cl on CPUs,
+ * cl/flash_gpu.cl on GPUs; the form comes from the tuning table). Its only scratch is a
+ * packed float32 copy of K and V (linear in Lk), made per call by the file's pack kernel;
+ * when the copy for every (batch, KV head) exceeds the workspace bound, the heads are
+ * done in groups that fit. */
+#include "context.h"
+#include "tuning.h"
+
+#include <string.h>
+
+/* Testing only: -1 = the form the tuning table gives the device; 0 = CPU form; 1 = GPU
+ * form (so both are exercised on whatever device runs the tests). Not part of the ABI. */
+int clattn__fused_force_form = -1;
+
+/* Local memory of the GPU form in bytes (cl/flash_gpu.cl's qs, kvs, ps and red). */
+static uint64_t gpu_local_bytes(const clattn__problem *p, int block_m, int block_n)
+{
+    const uint64_t dmax = (uint64_t)(p->D > p->Dv ? p->D : p->Dv);
+    return sizeof(float) * ((uint64_t)block_m * (uint64_t)p->D + (uint64_t)block_n * (dmax + 1) +
+                            (uint64_t)block_m * (uint64_t)(block_n + 1) + (uint64_t)block_m * 16u);
+}
+
+/* The kernel parameters of one call: the tuning row adjusted to the device and p. */
+typedef struct fused_plan {
+    int form, block_m, block_n, dv_chunk, wg;
+    int64_t lk_pad; /* keys of the packed copies: Lk rounded up to block_n (at least one tile) */
+    int64_t dv_pad; /* row length of the packed V */
+} fused_plan;
+
+static int64_t ceil_to(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
+
+static void fused_make_plan(const clattn_context *ctx, const clattn__problem *p, fused_plan *pl)
+{
+    const clattn__fused_tuning *tu = clattn__fused_tuning_for(&ctx->props, p->D, p->Dv);
+    pl->form = clattn__fused_force_form >= 0 ? clattn__fused_force_form : tu->form;
+    pl->block_m = tu->block_m;
+    pl->block_n = tu->block_n;
+    pl->dv_chunk = tu->dv_chunk;
+    pl->wg = tu->wg;
+    if (pl->form != tu->form) { /* forced: the other form's generic values */
+        pl->block_m = pl->form ? 32 : 8;
+        pl->block_n = 32;
+        pl->dv_chunk = 2;
+        pl->wg = pl->form ? 128 : 1;
+    }
+    if (pl->form == 1) {
+        /* work-groups of 16 x TR work-items; BLOCK_M a multiple of TR; the tiles shrink
+         * until the local arrays fit half the local memory (two groups per unit) */
+        while (pl->wg > 16 && (size_t)pl->wg > ctx->props.max_work_group_size) pl->wg >>= 1;
+        if (pl->wg < 16) pl->wg = 16;
+        const uint64_t budget = ctx->props.local_mem_bytes / 2;
+        while (gpu_local_bytes(p, pl->block_m, pl->block_n) > budget) {
+            if (pl->block_n > 16) pl->block_n >>= 1;
+            else if (pl->block_m > pl->wg / 16) pl->block_m >>= 1;
+            else if (pl->wg > 16) {
+                pl->wg >>= 1;
+                pl->block_m = pl->wg / 16;
+            } else break;
+        }
+        if (pl->block_m < pl->wg / 16) pl->block_m = pl->wg / 16;
+    } else {
+        while (pl->wg > 1 && (size_t)pl->wg > ctx->props.max_work_group_size) pl->wg >>= 1;
+    }
+    pl->lk_pad = ceil_to(p->Lk > 0 ? p->Lk : 1, pl->block_n);
+    pl->dv_pad = ceil_to(p->Dv, 16);
+}
+
+/* Bytes of the packed K and V of one (batch, KV head). */
+static uint64_t head_bytes(const clattn__problem *p, const fused_plan *pl)
+{
+    return (uint64_t)pl->lk_pad * (uint64_t)(p->D + pl->dv_pad) * sizeof(float);
+}
+
+/* The most scratch one call may hold: the workspace bound and one allocation. */
+static uint64_t scratch_cap(const clattn_context *ctx)
+{
+    uint64_t cap = (uint64_t)ctx->workspace_bytes;
+    if (ctx->props.max_alloc_bytes && ctx->props.max_alloc_bytes < cap)
+        cap = ctx->props.max_alloc_bytes;
+    return cap;
+}
+
+static bool fused_supports(const clattn_context *ctx, const clattn__problem *p, const char **why)
+{
+    fused_plan pl;
+    fused_make_plan(ctx, p, &pl);
+    /* key indices are int lanes in the kernels */
+    if (p->Lk > (int64_t)0x7fffffff - 2 * pl.block_n) {
+        *why = "more than 2^31 keys";
+        return false;
+    }
+    if (pl.form == 1) {
+        if (gpu_local_bytes(p, pl.block_m, pl.block_n) > ctx->props.local_mem_bytes) {
+            *why = "the GPU form's tiles do not fit the device's local memory";
+            return false;
+        }
+        return true;
+    }
+    if (head_bytes(p, &pl) > scratch_cap(ctx)) {
+        *why = "the packed K and V of one head exceed the workspace bound";
+        return false;
+    }
+    return true;
+}
+
+/* dp restricted to batches [b0, b0+nb) and KV heads [g0, g0+ng) (with their query
+ * heads): every tensor keeps its buffer and strides, only element offsets move. */
+static void shift_problem(const clattn__dev_problem *dp, int64_t b0, int64_t g0,
+                          clattn__dev_problem *out)
+{
+    *out = *dp;
+    const cl_long h0 = (cl_long)(g0 * dp->p->group);
+    out->q.off += b0 * dp->q.st[0] + h0 * dp->q.st[1];
+    out->o.off += b0 * dp->o.st[0] + h0 * dp->o.st[1];
+    out->k.off += b0 * dp->k.st[0] + g0 * dp->k.st[1];
+    out->v.off += b0 * dp->v.st[0] + g0 * dp->v.st[1];
+    if (dp->lse.mem) out->lse.off += b0 * dp->lse.st[0] + h0 * dp->lse.st[1];
+    if (dp->mask.mem) out->mask.off += b0 * dp->mask.st[0] + h0 * dp->mask.st[1];
+    if (dp->kv_lens.mem) out->kv_lens.off += b0 * dp->kv_lens.st[0];
+    if (dp->alibi.mem) out->alibi.off += h0 * dp->alibi.st[0];
+}
+
+/* The arguments both forms share: q, k, v, o, lse, MASK_PARAMS, B, Hq, Hkv. */
+static clattn_status set_main_args(clattn_context *ctx, cl_kernel k, cl_uint *a,
+                                   const clattn__dev_problem *sp, cl_long B, cl_long Hq,
+                                   cl_long Hkv)
+{
+    CLATTN_FORWARD(clattn__set_tensor_args(ctx, k, a, &sp->q));
+    CLATTN_FORWARD(clattn__set_tensor_args(ctx, k, a, &sp->k));
+    CLATTN_FORWARD(clattn__set_tensor_args(ctx, k, a, &sp->v));
+    CLATTN_FORWARD(clattn__set_tensor_args(ctx, k, a, &sp->o));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, k, a, sp->lse.mem));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, k, a, sp->lse.off));
+    for (int i = 0; i < 3; i++) CLATTN_FORWARD(CLATTN_ARG(ctx, k, a, sp->lse.st[i]));
+    CLATTN_FORWARD(clattn__set_mask_args(ctx, k, a, sp));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, k, a, B));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, k, a, Hq));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, k, a, Hkv));
+    return CLATTN_SUCCESS;
+}
+
+static clattn_status fused_run(clattn_context *ctx, const clattn__dev_problem *dp, cl_event *event)
+{
+    const clattn__problem *p = dp->p;
+    fused_plan pl;
+    fused_make_plan(ctx, p, &pl);
+
+    char opts[640] = "";
+    bool ok = clattn__mask_options(dp, opts, sizeof opts) &&
+              clattn__opts_add(opts, sizeof opts,
+                               " -DD=%lld -DDV=%lld -DBLOCK_M=%d -DBLOCK_N=%d -DWG=%d -DHAS_LSE=%d",
+                               (long long)p->D, (long long)p->Dv, pl.block_m, pl.block_n, pl.wg,
+                               p->lse ? 1 : 0) &&
+              (pl.form == 1 || clattn__opts_add(opts, sizeof opts, " -DDV_CHUNK=%d", pl.dv_chunk));
+    CLATTN_RETURN_IF(ctx, !ok, CLATTN_ERROR_INTERNAL, "fused: build options too long");
+    const int64_t Hkv = p->Hq / p->group;
+    const int64_t nblk = (p->Lq + pl.block_m - 1) / pl.block_m;
+
+    if (pl.form == 1) {
+        clattn__log(ctx, "fused: flash_gpu.cl, block_m %d, block_n %d, wg %d", pl.block_m,
+                    pl.block_n, pl.wg);
+        cl_kernel kmain;
+        CLATTN_FORWARD(clattn__kernel_get(ctx, "flash_gpu.cl", opts, "flash_gpu", &kmain));
+        cl_uint a = 0;
+        CLATTN_FORWARD(set_main_args(ctx, kmain, &a, dp, p->B, p->Hq, Hkv));
+        size_t g[2] = {(size_t)(nblk * pl.wg), (size_t)(p->B * p->Hq)}, l[2] = {(size_t)pl.wg, 1};
+        return clattn__enqueue(ctx, kmain, 2, g, l, event);
+    }
+
+    cl_kernel kpack, kmain;
+    CLATTN_FORWARD(clattn__kernel_get(ctx, "flash_cpu.cl", opts, "flash_cpu_pack", &kpack));
+    CLATTN_FORWARD(clattn__kernel_get(ctx, "flash_cpu.cl", opts, "flash_cpu", &kmain));
+
+    /* Heads per launch: all of them if their packed copies fit, else whole batches, else
+     * groups of KV heads of one batch. */
+    const uint64_t per_head = head_bytes(p, &pl), cap = scratch_cap(ctx);
+    int64_t nb = p->B, ng = Hkv;
+    if ((uint64_t)(p->B * Hkv) * per_head > cap) {
+        nb = (int64_t)(cap / (per_head * (uint64_t)Hkv));
+        if (nb < 1) {
+            nb = 1;
+            ng = (int64_t)(cap / per_head);
+        }
+    }
+    CLATTN_RETURN_IF(ctx, ng < 1, CLATTN_ERROR_OUT_OF_MEMORY,
+                     "fused: the packed K and V of one head (%llu bytes) exceed the workspace",
+                     (unsigned long long)per_head);
+    const uint64_t heads = (uint64_t)(nb * ng);
+    clattn__log(ctx, "fused: flash_cpu.cl, block_m %d, block_n %d, dv_chunk %d, wg %d, "
+                "%lld batch(es) x %lld KV head(s) per launch",
+                pl.block_m, pl.block_n, pl.dv_chunk, pl.wg, (long long)nb, (long long)ng);
+
+    cl_mem kt = NULL, vp = NULL;
+    CLATTN_FORWARD(clattn__buffer_create(
+        ctx, (size_t)(heads * (uint64_t)pl.lk_pad * (uint64_t)p->D * sizeof(float)), &kt));
+    clattn_status st = clattn__buffer_create(
+        ctx, (size_t)(heads * (uint64_t)pl.lk_pad * (uint64_t)pl.dv_pad * sizeof(float)), &vp);
+
+    const cl_long lk_pad = pl.lk_pad, Lk = p->Lk;
+#define TRY(x)                                                                             \
+    if (st == CLATTN_SUCCESS) st = (x)
+    for (int64_t b0 = 0; b0 < p->B && st == CLATTN_SUCCESS; b0 += nb) {
+        for (int64_t g0 = 0; g0 < Hkv && st == CLATTN_SUCCESS; g0 += ng) {
+            const cl_long cb = p->B - b0 < nb ? p->B - b0 : nb;
+            const cl_long cg = Hkv - g0 < ng ? Hkv - g0 : ng;
+            const cl_long cq = cg * p->group;
+            const bool last = b0 + nb >= p->B && g0 + ng >= Hkv;
+            clattn__dev_problem sp;
+            shift_problem(dp, b0, g0, &sp);
+
+            cl_uint a = 0;
+            TRY(clattn__set_tensor_args(ctx, kpack, &a, &sp.k));
+            TRY(clattn__set_tensor_args(ctx, kpack, &a, &sp.v));
+            TRY(CLATTN_ARG(ctx, kpack, &a, Lk));
+            TRY(CLATTN_ARG(ctx, kpack, &a, cb));
+            TRY(CLATTN_ARG(ctx, kpack, &a, cg));
+            TRY(CLATTN_ARG(ctx, kpack, &a, kt));
+            TRY(CLATTN_ARG(ctx, kpack, &a, vp));
+            TRY(CLATTN_ARG(ctx, kpack, &a, lk_pad));
+            /* lk_pad is a multiple of block_n, itself a multiple of 16 */
+            size_t gp[2] = {(size_t)lk_pad, (size_t)(cb * cg)}, lp[2] = {16, 1};
+            TRY(clattn__enqueue(ctx, kpack, 2, gp, lp, NULL));
+
+            a = 0;
+            TRY(set_main_args(ctx, kmain, &a, &sp, cb, cq, cg));
+            TRY(CLATTN_ARG(ctx, kmain, &a, kt));
+            TRY(CLATTN_ARG(ctx, kmain, &a, vp));
+            TRY(CLATTN_ARG(ctx, kmain, &a, lk_pad));
+            size_t g[2] = {(size_t)nblk, (size_t)(cb * cq)}, l[2] = {(size_t)pl.wg, 1};
+            TRY(clattn__enqueue(ctx, kmain, 2, g, l, last ? event : NULL));
+        }
+    }
+#undef TRY
+    /* Releasing the scratch while kernels are queued is safe: OpenCL keeps it alive. */
+    clattn__buffer_release(ctx, kt);
+    clattn__buffer_release(ctx, vp);
+    return st;
+}
+
+const clattn__path_impl clattn__path_fused = {CLATTN_PATH_FUSED, fused_supports, fused_run};

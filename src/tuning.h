@@ -1,0 +1,28 @@
+/* Tuned parameters as data: one small table per path, each with a row per device class
+ * (type, then vendor) and a generic default last, so every device gets a row and none is
+ * "unsupported". Values become -D build options of the path's kernels. Rows are chosen
+ * by the first match; the measurements behind each row are cited next to it in tuning.c. */
+#ifndef CLATTN_TUNING_H
+#define CLATTN_TUNING_H
+
+#include "internal.h"
+
+/* The fused (flash) path, cl/flash_cpu.cl (form 0) or cl/flash_gpu.cl (form 1). */
+typedef struct clattn__fused_tuning {
+    clattn_device_type type; /* 0 = any type */
+    const char *vendor;      /* case-insensitive substring of the device vendor; NULL = any */
+    int max_d;               /* the row applies when max(D, Dv) <= max_d */
+    int form;                /* 0 = CPU form, 1 = GPU form */
+    int block_m;             /* query rows per work-item (CPU) / per work-group (GPU) */
+    int block_n;             /* keys per tile (multiple of 16 for the CPU form) */
+    int dv_chunk;            /* CPU: float16 vectors of O updated per pass over a tile */
+    int wg;                  /* work-group size (CPU: work-items per group, 1 = one each) */
+} clattn__fused_tuning;
+
+/* Testing only (path_fused.c): force the fused path's CPU (0) or GPU (1) form; -1 = tuned. */
+extern int clattn__fused_force_form;
+
+const clattn__fused_tuning *clattn__fused_tuning_for(const clattn_device_props *props,
+                                                     int64_t D, int64_t Dv);
+
+#endif /* CLATTN_TUNING_H */
