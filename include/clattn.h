@@ -271,6 +271,105 @@ CLATTN_API clattn_status clattn_context_failure_get(const clattn_context *ctx, s
                                                     clattn_path *path, clattn_status *status,
                                                     const char **reason);
 
+/* ---- KV cache -------------------------------------------------------------------- */
+/* A key/value cache on the device for token-by-token generation: K [B, Hkv, capacity, D]
+ * and V [B, Hkv, capacity, Dv] stored in a (possibly compressed) format, filled by
+ * appends, with per-batch lengths, and read directly by its attention kernels (the cache
+ * is never expanded to floats).
+ *
+ * Formats (keys and values may use different ones; bits per element at D = 128):
+ *   F32, F16   plain storage (32, 16).
+ *   INT8       blocks of 32 along the head dim: one f16 scale d and 32 int8 codes q,
+ *              x = d*q, d = max|x|/127 (8.5 bits; ggml's q8_0).
+ *   INT4       blocks of 32 with an f16 scale d and an f16 minimum m, x = m + d*q, q in
+ *              0..15 (5.0 bits). Keys are grouped per channel over 32 consecutive tokens
+ *              and values per token over 32 channels, as KIVI does; the keys of a group
+ *              that is not full yet are also kept as f16 (re-quantized on every append),
+ *              which adds 512/capacity bits per key element.
+ *   TQ4/3/2    TurboQuant (arXiv 2504.19874): each vector is rotated by a fixed random
+ *              orthogonal transform R (randomized Hadamard; for a D that is not a power of
+ *              two, two rounds of signs, a permutation and Hadamard blocks of D's binary
+ *              digits), each coordinate is coded with b bits by the Lloyd-Max codebook
+ *              of N(0, 1/D), and one f16 scale per vector is kept (b + 16/D bits).
+ *              Attention rotates the query once and the output back once per row.
+ * Scales are halves: values beyond the f16 range saturate (INT4 also clamps each value to
+ * it). The quantizers are documented in src/kv_format.h. */
+typedef enum clattn_kv_format {
+    CLATTN_KV_F32 = 0,
+    CLATTN_KV_F16 = 1,
+    CLATTN_KV_INT8 = 2,
+    CLATTN_KV_INT4 = 3,
+    CLATTN_KV_TQ4 = 4,
+    CLATTN_KV_TQ3 = 5,
+    CLATTN_KV_TQ2 = 6,
+    CLATTN_KV_FORMAT_COUNT_ = 7
+} clattn_kv_format;
+/* "f32", "f16", "int8", "int4", "tq4", "tq3", "tq2"; NULL for an unknown value. */
+CLATTN_API const char *clattn_kv_format_name(clattn_kv_format format);
+CLATTN_API clattn_status clattn_kv_format_from_name(const char *name, clattn_kv_format *format);
+/* The format's nominal bits per element: 32, 16, 8.5, 5, 4, 3, 2 (0 if unknown). A cache
+ * adds at most the per-vector scale of TQ (16/D) and INT4's f16 tail of keys. */
+CLATTN_API double clattn_kv_format_nominal_bits(clattn_kv_format format);
+
+typedef struct clattn_kv_cache clattn_kv_cache;
+
+/* A cache of `capacity` positions per (batch, KV head) on ctx's device, empty. The cache
+ * keeps a pointer to ctx, which must outlive it. Errors: INVALID_ARGUMENT (format),
+ * INVALID_SHAPE (B, Hkv, capacity < 1, D or Dv outside 1..256), OUT_OF_MEMORY. */
+CLATTN_API clattn_status clattn_kv_cache_create(clattn_context *ctx, int64_t B, int64_t Hkv,
+                                                int64_t capacity, int64_t D, int64_t Dv,
+                                                clattn_kv_format k_format,
+                                                clattn_kv_format v_format,
+                                                clattn_kv_cache **cache);
+CLATTN_API void clattn_kv_cache_free(clattn_kv_cache *cache); /* NULL is a no-op */
+/* Forget every position (lengths become 0); no memory is released. */
+CLATTN_API clattn_status clattn_kv_cache_reset(clattn_kv_cache *cache);
+
+/* Append new keys and values: k_new [B, Hkv, n, D] and v_new [B, Hkv, n, Dv] (f32, f16 or
+ * bf16, host or cl_mem, any strides). Batch entry b appends its first n_per_batch[b] rows
+ * (0..n) at its current length; n_per_batch NULL appends all n rows to every entry. The
+ * quantization runs on the device; with cl_mem inputs the work is only enqueued. If any
+ * entry would exceed the capacity the call returns CLATTN_ERROR_CAPACITY and the cache
+ * is left exactly as it was (nothing is written); the same holds for every validation
+ * error. */
+CLATTN_API clattn_status clattn_kv_cache_append(clattn_kv_cache *cache, const clattn_tensor *k_new,
+                                                const clattn_tensor *v_new,
+                                                const int32_t *n_per_batch);
+
+/* Attention of new queries q [B, Hq, Lq, D] over the cache into o [B, Hq, Lq, Dv]
+ * (Hq a multiple of Hkv), for decode (Lq = 1 or a few) and chunked prefill (the chunk's
+ * own keys appended first). Every SPEC §1 option applies, with per-batch key counts taken
+ * from the cache: for batch b the keys are 0 .. len[b]-1 and query i sits at position
+ * i' = i + len[b] - Lq (bottom-right alignment per batch entry). opt == NULL means the
+ * defaults with causal = CLATTN_CAUSAL_BOTTOM_RIGHT (a chunk's queries see the keys up
+ * to their own position); with options, opt->causal is used as given (clattn_options_init
+ * gives NONE). A mask's last extent is max_b len[b] (or 1). opt->kv_lens must be NULL
+ * (lengths come from the cache) and opt->path is ignored (the cache has its own kernels).
+ * Events and host tensors behave as in clattn_attention; ctx must be the cache's. */
+CLATTN_API clattn_status clattn_kv_cache_attention(clattn_context *ctx, clattn_kv_cache *cache,
+                                                   const clattn_tensor *q, clattn_tensor *o,
+                                                   const clattn_options *opt, cl_event *event);
+
+/* Device memory the cache holds, in bytes (codes, scales, INT4's key tail, tables). */
+CLATTN_API uint64_t clattn_kv_cache_bytes(const clattn_kv_cache *cache);
+/* clattn_kv_cache_bytes * 8 / (B * Hkv * capacity * (D + Dv)). */
+CLATTN_API double clattn_kv_cache_bits_per_element(const clattn_kv_cache *cache);
+/* The current length of each batch entry into lengths[0 .. B-1]. */
+CLATTN_API clattn_status clattn_kv_cache_lengths(const clattn_kv_cache *cache, int32_t *lengths);
+
+typedef enum clattn_kv_role {
+    CLATTN_KV_KEYS = 0,  /* INT4 groups 32 consecutive vectors per channel */
+    CLATTN_KV_VALUES = 1 /* INT4 groups 32 channels per vector */
+} clattn_kv_role;
+/* The CPU reference quantizer: quantize n_vectors consecutive vectors of D floats
+ * (x, dense) as a cache of that format stores them for the role, and write the
+ * dequantized values to x_hat (may equal x). *bytes (or NULL) receives the packed size
+ * of the n vectors. This is what the device quantizers are tested against (bit-exact on
+ * devices with correctly rounded division and sqrt, within one code otherwise). */
+CLATTN_API clattn_status clattn_kv_quantize_host(clattn_kv_format format, clattn_kv_role role,
+                                                 const float *x, size_t n_vectors, int64_t D,
+                                                 float *x_hat, uint64_t *bytes);
+
 /* ---- CPU reference --------------------------------------------------------------- */
 /* The SPEC §1 computation on the host in float64, for tests and `clattn check`. All
  * tensors must be host tensors; opt->lse and opt->path are ignored. out receives dense

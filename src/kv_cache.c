@@ -1,0 +1,570 @@
+/* The KV cache object: device buffers in the formats of src/kv_format.h, appends that
+ * quantize on the device (cl/kv_quant.cl), and attention that reads the stored formats
+ * directly (cl/kv_attn.cl). The host keeps the authoritative lengths, so capacity is
+ * checked before anything is written; the device copy of the lengths is a new small
+ * buffer per append, so nothing waits for the queue. */
+#include "context.h"
+#include "kv_cache.h"
+#include "kv_format.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct clattn_kv_cache {
+    clattn_context *ctx;
+    int64_t B, Hkv, cap, D, Dv;
+    clattn_kv_format kf, vf;
+    cl_mem k, v;         /* codes and scales: [B, Hkv] slabs of k_slab / v_slab bytes */
+    cl_mem ktail;        /* INT4 keys: the unfinished group's keys, [B, Hkv, 32, D] halves */
+    cl_mem lens;         /* int32 [B], the device copy of len */
+    cl_mem krot, vrot;   /* TQ rotation tables (kv_format.h), or NULL */
+    cl_mem ktab, vtab;   /* TQ codebook + thresholds (32 floats), or NULL */
+    size_t k_row, v_row; /* bytes per token (INT4 keys: per group of 32 tokens) */
+    size_t k_slab, v_slab;
+    int32_t *len;        /* host lengths: the authority for capacity checks */
+    uint64_t bytes;
+};
+
+static bool is_tq(clattn_kv_format f) { return clattn__kv_traits_of(f)->tq_bits != 0; }
+static bool keys_grouped(clattn_kv_format f) { return f == CLATTN_KV_INT4; }
+
+/* ---- Create, free, reset, queries ----------------------------------------------- */
+
+static clattn_status alloc_tracked(clattn_kv_cache *c, size_t bytes, const void *host, cl_mem *mem)
+{
+    CLATTN_FORWARD(clattn__buffer_create_copy(c->ctx, bytes, host, mem));
+    c->bytes += bytes ? bytes : 16;
+    if (!host) {
+        /* zeroed, so no kernel ever reads bytes nobody wrote (INT4 key groups are read
+         * whole, including the tokens not yet appended) */
+        const cl_uchar zero = 0;
+        CLATTN_CL_CHECK(c->ctx, clEnqueueFillBuffer(c->ctx->queue, *mem, &zero, 1, 0, bytes ? bytes : 16,
+                                                    0, NULL, NULL));
+    }
+    return CLATTN_SUCCESS;
+}
+
+static clattn_status make_tq_tables(clattn_kv_cache *c, clattn_kv_format f, int n, cl_mem *rot,
+                                    cl_mem *tab)
+{
+    if (!is_tq(f)) return CLATTN_SUCCESS;
+    clattn__kv_rot r;
+    clattn__kv_rot_init(&r, n);
+    int32_t table[4 * CLATTN_KV_MAX_DIM];
+    clattn__kv_rot_table(&r, table);
+    float cb[32];
+    clattn__kv_tq_table(clattn__kv_traits_of(f)->tq_bits, cb);
+    CLATTN_FORWARD(alloc_tracked(c, clattn__kv_rot_table_len(&r) * sizeof(int32_t), table, rot));
+    return alloc_tracked(c, sizeof cb, cb, tab);
+}
+
+clattn_status clattn_kv_cache_create(clattn_context *ctx, int64_t B, int64_t Hkv, int64_t capacity,
+                                     int64_t D, int64_t Dv, clattn_kv_format k_format,
+                                     clattn_kv_format v_format, clattn_kv_cache **cache)
+{
+    if (!ctx || !cache) return CLATTN_ERROR_INVALID_ARGUMENT;
+    *cache = NULL;
+    ctx->last_error[0] = '\0';
+    CLATTN_RETURN_IF(ctx, !clattn__kv_traits_of(k_format) || !clattn__kv_traits_of(v_format),
+                     CLATTN_ERROR_INVALID_ARGUMENT, "kv cache: format (%d, %d) is not a clattn_kv_format",
+                     (int)k_format, (int)v_format);
+    CLATTN_RETURN_IF(ctx, B < 1 || Hkv < 1 || capacity < 1, CLATTN_ERROR_INVALID_SHAPE,
+                     "kv cache: B = %lld, Hkv = %lld and capacity = %lld must all be >= 1",
+                     (long long)B, (long long)Hkv, (long long)capacity);
+    CLATTN_RETURN_IF(ctx, D < 1 || D > 256 || Dv < 1 || Dv > 256, CLATTN_ERROR_INVALID_SHAPE,
+                     "kv cache: D = %lld and Dv = %lld must be within 1..256", (long long)D,
+                     (long long)Dv);
+    CLATTN_RETURN_IF(ctx, B > INT32_MAX || capacity > INT32_MAX, CLATTN_ERROR_INVALID_SHAPE,
+                     "kv cache: B and capacity must fit int32");
+
+    clattn_kv_cache *c = calloc(1, sizeof *c);
+    CLATTN_RETURN_IF(ctx, !c, CLATTN_ERROR_OUT_OF_MEMORY, "kv cache: out of host memory");
+    c->ctx = ctx;
+    c->B = B;
+    c->Hkv = Hkv;
+    c->cap = capacity;
+    c->D = D;
+    c->Dv = Dv;
+    c->kf = k_format;
+    c->vf = v_format;
+    c->len = calloc((size_t)B, sizeof(int32_t));
+    if (keys_grouped(k_format)) {
+        c->k_row = (size_t)D * sizeof(clattn__kv_blk_int4);
+        c->k_slab = c->k_row * (size_t)((capacity + 31) / 32);
+    } else {
+        c->k_row = clattn__kv_row_bytes(k_format, (int)D);
+        c->k_slab = c->k_row * (size_t)capacity;
+    }
+    c->v_row = clattn__kv_row_bytes(v_format, (int)Dv);
+    c->v_slab = c->v_row * (size_t)capacity;
+    const double kbytes = (double)c->k_slab * (double)(B * Hkv), vbytes = (double)c->v_slab * (double)(B * Hkv);
+    clattn_status st = CLATTN_SUCCESS;
+    if (!c->len) {
+        st = clattn__fail(ctx, CLATTN_ERROR_OUT_OF_MEMORY, "kv cache: out of host memory");
+    } else if (kbytes > (double)ctx->props.max_alloc_bytes || vbytes > (double)ctx->props.max_alloc_bytes) {
+        st = clattn__fail(ctx, CLATTN_ERROR_OUT_OF_MEMORY,
+                          "kv cache: %.0f bytes of keys or %.0f of values exceed the device's largest "
+                          "allocation (%llu bytes)",
+                          kbytes, vbytes, (unsigned long long)ctx->props.max_alloc_bytes);
+    }
+    if (st == CLATTN_SUCCESS) st = alloc_tracked(c, (size_t)kbytes, NULL, &c->k);
+    if (st == CLATTN_SUCCESS) st = alloc_tracked(c, (size_t)vbytes, NULL, &c->v);
+    if (st == CLATTN_SUCCESS && keys_grouped(k_format))
+        st = alloc_tracked(c, (size_t)(B * Hkv * 32 * D) * 2u, NULL, &c->ktail);
+    if (st == CLATTN_SUCCESS) st = alloc_tracked(c, (size_t)B * sizeof(int32_t), c->len, &c->lens);
+    if (st == CLATTN_SUCCESS) st = make_tq_tables(c, k_format, (int)D, &c->krot, &c->ktab);
+    if (st == CLATTN_SUCCESS) st = make_tq_tables(c, v_format, (int)Dv, &c->vrot, &c->vtab);
+    if (st != CLATTN_SUCCESS) {
+        clattn_kv_cache_free(c);
+        return st;
+    }
+    *cache = c;
+    return CLATTN_SUCCESS;
+}
+
+void clattn_kv_cache_free(clattn_kv_cache *c)
+{
+    if (!c) return;
+    cl_mem all[] = {c->k, c->v, c->ktail, c->lens, c->krot, c->vrot, c->ktab, c->vtab};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) clattn__buffer_release(c->ctx, all[i]);
+    free(c->len);
+    free(c);
+}
+
+/* Replace the device lengths by the host's (a new buffer, so queued kernels keep theirs). */
+static clattn_status upload_lengths(clattn_kv_cache *c, const int32_t *len)
+{
+    cl_mem m;
+    CLATTN_FORWARD(clattn__buffer_create_copy(c->ctx, (size_t)c->B * sizeof(int32_t), len, &m));
+    clattn__buffer_release(c->ctx, c->lens);
+    c->lens = m;
+    return CLATTN_SUCCESS;
+}
+
+clattn_status clattn_kv_cache_reset(clattn_kv_cache *c)
+{
+    if (!c) return CLATTN_ERROR_INVALID_ARGUMENT;
+    int32_t *zero = calloc((size_t)c->B, sizeof(int32_t));
+    CLATTN_RETURN_IF(c->ctx, !zero, CLATTN_ERROR_OUT_OF_MEMORY, "kv cache: out of host memory");
+    clattn_status st = upload_lengths(c, zero);
+    if (st == CLATTN_SUCCESS) memset(c->len, 0, (size_t)c->B * sizeof(int32_t));
+    free(zero);
+    return st;
+}
+
+uint64_t clattn_kv_cache_bytes(const clattn_kv_cache *c) { return c ? c->bytes : 0; }
+
+double clattn_kv_cache_bits_per_element(const clattn_kv_cache *c)
+{
+    if (!c) return 0.0;
+    return 8.0 * (double)c->bytes / ((double)(c->B * c->Hkv * c->cap) * (double)(c->D + c->Dv));
+}
+
+clattn_status clattn_kv_cache_lengths(const clattn_kv_cache *c, int32_t *lengths)
+{
+    if (!c || !lengths) return CLATTN_ERROR_INVALID_ARGUMENT;
+    memcpy(lengths, c->len, (size_t)c->B * sizeof(int32_t));
+    return CLATTN_SUCCESS;
+}
+
+/* ---- Append --------------------------------------------------------------------- */
+
+/* The rules problem.c applies to q/k/v, for an append's input. */
+static clattn_status check_input(clattn_context *ctx, const char *name, const clattn_tensor *t,
+                                 int64_t B, int64_t H, int64_t n, int64_t dim)
+{
+    CLATTN_RETURN_IF(ctx, !t, CLATTN_ERROR_INVALID_ARGUMENT, "kv append: %s is NULL", name);
+    CLATTN_RETURN_IF(ctx, t->dtype != CLATTN_F32 && t->dtype != CLATTN_F16 && t->dtype != CLATTN_BF16,
+                     CLATTN_ERROR_UNSUPPORTED_DTYPE, "kv append: %s: dtype %d is not f32, f16 or bf16",
+                     name, (int)t->dtype);
+    CLATTN_RETURN_IF(ctx, (t->host == NULL) == (t->buffer == NULL), CLATTN_ERROR_INVALID_ARGUMENT,
+                     "kv append: %s: exactly one of host and buffer must be set", name);
+    const int64_t es = (int64_t)clattn_dtype_size(t->dtype);
+    for (int i = 0; i < 4; i++)
+        CLATTN_RETURN_IF(ctx, t->ne[i] < 0 || t->nb[i] < 0 || t->nb[i] % es != 0,
+                         CLATTN_ERROR_INVALID_STRIDE,
+                         "kv append: %s: extent %lld / stride %lld of dimension %d is negative or "
+                         "not a multiple of the element size",
+                         name, (long long)t->ne[i], (long long)t->nb[i], i);
+    CLATTN_RETURN_IF(ctx, t->offset % (size_t)es != 0, CLATTN_ERROR_INVALID_STRIDE,
+                     "kv append: %s: offset %zu is not a multiple of the element size", name, t->offset);
+    CLATTN_RETURN_IF(ctx, t->ne[0] != B || t->ne[1] != H || t->ne[2] != n || t->ne[3] != dim,
+                     CLATTN_ERROR_INVALID_SHAPE,
+                     "kv append: %s: shape [%lld,%lld,%lld,%lld] should be [B,Hkv,n,%s] = "
+                     "[%lld,%lld,%lld,%lld]",
+                     name, (long long)t->ne[0], (long long)t->ne[1], (long long)t->ne[2],
+                     (long long)t->ne[3], name[0] == 'k' ? "D" : "Dv", (long long)B, (long long)H,
+                     (long long)n, (long long)dim);
+    size_t span;
+    CLATTN_RETURN_IF(ctx, !clattn__tensor_span(t, &span) || span > SIZE_MAX - t->offset,
+                     CLATTN_ERROR_INVALID_STRIDE, "kv append: %s: extents and strides overflow", name);
+    if (t->buffer) {
+        size_t size = 0;
+        clGetMemObjectInfo(t->buffer, CL_MEM_SIZE, sizeof size, &size, NULL);
+        CLATTN_RETURN_IF(ctx, size && t->offset + span > size, CLATTN_ERROR_INVALID_ARGUMENT,
+                         "kv append: %s: offset %zu + span %zu bytes runs past its %zu-byte buffer",
+                         name, t->offset, span, size);
+    }
+    return CLATTN_SUCCESS;
+}
+
+/* A tensor as kernels see it; host tensors are copied (whole span) to a new buffer. */
+static clattn_status stage_input(clattn_context *ctx, const clattn_tensor *t, clattn__dev_tensor *d)
+{
+    memset(d, 0, sizeof *d);
+    const cl_long es = (cl_long)clattn_dtype_size(t->dtype);
+    d->dtype = t->dtype;
+    for (int i = 0; i < 4; i++) d->st[i] = t->ne[i] == 1 ? 0 : t->nb[i] / es;
+    if (t->buffer) {
+        d->mem = t->buffer;
+        d->off = (cl_long)(t->offset / (size_t)es);
+        return CLATTN_SUCCESS;
+    }
+    size_t span = 0;
+    clattn__tensor_span(t, &span);
+    d->owned = true;
+    return clattn__buffer_create_copy(ctx, span, (const char *)t->host + t->offset, &d->mem);
+}
+
+static clattn_status enqueue_append(clattn_kv_cache *c, clattn_kv_format f, bool keys,
+                                    const clattn__dev_tensor *x, int64_t n, cl_mem old_lens,
+                                    cl_mem new_lens)
+{
+    clattn_context *ctx = c->ctx;
+    const int64_t dim = keys ? c->D : c->Dv;
+    char opts[128] = "";
+    clattn__opts_add(opts, sizeof opts, "-DKV_APPEND -DDIM=%lld -DFMT=%d -DK_DT=%d", (long long)dim, (int)f,
+                     (int)x->dtype);
+    const bool grouped = keys && keys_grouped(f);
+    cl_kernel k;
+    CLATTN_FORWARD(clattn__kernel_get(ctx, "kv_quant.cl", opts,
+                                      grouped ? "kv_append_int4_keys" : "kv_append_rows", &k));
+    cl_uint a = 0;
+    const cl_long H = c->Hkv;
+    const cl_mem dst = keys ? c->k : c->v, rot = keys ? c->krot : c->vrot, tab = keys ? c->ktab : c->vtab;
+    CLATTN_FORWARD(clattn__set_tensor_args(ctx, k, &a, x));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, k, &a, dst));
+    if (grouped) {
+        const cl_long ngroups = (c->cap + 31) / 32;
+        CLATTN_FORWARD(CLATTN_ARG(ctx, k, &a, c->ktail));
+        CLATTN_FORWARD(CLATTN_ARG(ctx, k, &a, ngroups));
+        CLATTN_FORWARD(CLATTN_ARG(ctx, k, &a, H));
+        CLATTN_FORWARD(CLATTN_ARG(ctx, k, &a, old_lens));
+        CLATTN_FORWARD(CLATTN_ARG(ctx, k, &a, new_lens));
+        const size_t g[3] = {(size_t)dim, (size_t)c->Hkv, (size_t)c->B};
+        return clattn__enqueue(ctx, k, 3, g, NULL, NULL);
+    }
+    const cl_long row_bytes = (cl_long)(keys ? c->k_row : c->v_row), cap = c->cap;
+    const cl_float sqrt_n = sqrtf((float)dim);
+    CLATTN_FORWARD(CLATTN_ARG(ctx, k, &a, row_bytes));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, k, &a, cap));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, k, &a, H));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, k, &a, old_lens));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, k, &a, new_lens));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, k, &a, rot));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, k, &a, tab));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, k, &a, sqrt_n));
+    const size_t g[3] = {(size_t)n, (size_t)c->Hkv, (size_t)c->B};
+    return clattn__enqueue(ctx, k, 3, g, NULL, NULL);
+}
+
+clattn_status clattn_kv_cache_append(clattn_kv_cache *c, const clattn_tensor *k_new,
+                                     const clattn_tensor *v_new, const int32_t *n_per_batch)
+{
+    if (!c) return CLATTN_ERROR_INVALID_ARGUMENT;
+    clattn_context *ctx = c->ctx;
+    ctx->last_error[0] = '\0';
+    CLATTN_RETURN_IF(ctx, !k_new || !v_new, CLATTN_ERROR_INVALID_ARGUMENT, "kv append: %s is NULL",
+                     !k_new ? "k_new" : "v_new");
+    const int64_t n = k_new->ne[2];
+    CLATTN_FORWARD(check_input(ctx, "k_new", k_new, c->B, c->Hkv, n, c->D));
+    CLATTN_FORWARD(check_input(ctx, "v_new", v_new, c->B, c->Hkv, n, c->Dv));
+
+    /* Every check before any write: the cache is untouched on any error below. */
+    int32_t *newlen = malloc((size_t)c->B * sizeof(int32_t));
+    CLATTN_RETURN_IF(ctx, !newlen, CLATTN_ERROR_OUT_OF_MEMORY, "kv append: out of host memory");
+    bool any = false;
+    for (int64_t b = 0; b < c->B; b++) {
+        const int64_t nb = n_per_batch ? n_per_batch[b] : n;
+        if (nb < 0 || nb > n) {
+            free(newlen);
+            return clattn__fail(ctx, CLATTN_ERROR_INVALID_ARGUMENT,
+                                "kv append: n_per_batch[%lld] = %lld is outside 0..n (%lld)",
+                                (long long)b, (long long)nb, (long long)n);
+        }
+        if ((int64_t)c->len[b] + nb > c->cap) {
+            free(newlen);
+            return clattn__fail(ctx, CLATTN_ERROR_CAPACITY,
+                                "kv append: batch entry %lld holds %d positions; %lld more exceed "
+                                "the capacity %lld (nothing was appended)",
+                                (long long)b, c->len[b], (long long)nb, (long long)c->cap);
+        }
+        newlen[b] = (int32_t)(c->len[b] + nb);
+        any |= nb > 0;
+    }
+    if (!any) {
+        free(newlen);
+        return CLATTN_SUCCESS;
+    }
+
+    clattn__dev_tensor kx, vx;
+    memset(&vx, 0, sizeof vx);
+    cl_mem new_lens = NULL;
+    clattn_status st = stage_input(ctx, k_new, &kx);
+    if (st == CLATTN_SUCCESS) st = stage_input(ctx, v_new, &vx);
+    if (st == CLATTN_SUCCESS)
+        st = clattn__buffer_create_copy(ctx, (size_t)c->B * sizeof(int32_t), newlen, &new_lens);
+    if (st == CLATTN_SUCCESS) st = enqueue_append(c, c->kf, true, &kx, n, c->lens, new_lens);
+    if (st == CLATTN_SUCCESS) st = enqueue_append(c, c->vf, false, &vx, n, c->lens, new_lens);
+    if (kx.owned) clattn__buffer_release(ctx, kx.mem); /* queued kernels keep them alive */
+    if (vx.owned) clattn__buffer_release(ctx, vx.mem);
+    if (st == CLATTN_SUCCESS) {
+        clattn__buffer_release(ctx, c->lens);
+        c->lens = new_lens;
+        memcpy(c->len, newlen, (size_t)c->B * sizeof(int32_t));
+    } else {
+        clattn__buffer_release(ctx, new_lens);
+    }
+    free(newlen);
+    return st;
+}
+
+/* ---- Attention ------------------------------------------------------------------ */
+
+/* Launch shape: ROWS rows per work-item, key splits for the compute units.
+ * CPU (PoCL, 2-core Xeon with AVX-512, decode 1x32x32x1x8192x128): as the decode path,
+ * splits of 256 to 2048 keys (K and V of a split stay within a core's 2 MiB L2 for every
+ * format) and about 8 work-groups per compute unit. GPU: untuned, smaller splits for
+ * more work-groups. */
+typedef struct kv_plan {
+    int rows;
+    int64_t nblk, nsplit, chunk;
+} kv_plan;
+
+static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+static void make_plan(const clattn_context *ctx, const clattn__problem *p, int64_t Lmax, kv_plan *pl)
+{
+    const bool cpu = ctx->props.type == CLATTN_DEVICE_CPU;
+    const int64_t nrows = p->group * p->Lq;
+    pl->nblk = ceil_div(nrows, 4);
+    pl->rows = (int)ceil_div(nrows, pl->nblk);
+    const int64_t min_chunk = cpu ? 256 : 64, max_chunk = cpu ? 2048 : 1024;
+    const int64_t per_cu = cpu ? 8 : 4;
+    const int64_t L = Lmax > 0 ? Lmax : 1;
+    const int64_t want = (int64_t)(ctx->props.compute_units ? ctx->props.compute_units : 1) * per_cu;
+    int64_t nsplit = ceil_div(want, p->B * p->Hkv * (cpu ? 1 : pl->nblk));
+    if (nsplit < ceil_div(L, max_chunk)) nsplit = ceil_div(L, max_chunk);
+    if (nsplit > ceil_div(L, min_chunk)) nsplit = ceil_div(L, min_chunk);
+    const uint64_t per_split = (uint64_t)(p->B * p->Hq * p->Lq) * (uint64_t)(ceil_div(p->Dv, 16) * 16 + 2) * 4u;
+    uint64_t cap = (uint64_t)ctx->workspace_bytes < ctx->props.max_alloc_bytes ? (uint64_t)ctx->workspace_bytes
+                                                                               : ctx->props.max_alloc_bytes;
+    if ((uint64_t)nsplit * per_split > cap) nsplit = (int64_t)(cap / per_split);
+    if (nsplit < 1) nsplit = 1;
+    pl->chunk = ceil_div(ceil_div(L, nsplit), 32) * 32;
+    pl->nsplit = ceil_div(L, pl->chunk);
+}
+
+static void rows_options(const clattn_kv_cache *c, const clattn__problem *p, int64_t dim, char *opts,
+                         size_t cap)
+{
+    opts[0] = '\0';
+    clattn__opts_add(opts, cap, "-DKV_ROWS -DDIM=%lld -DQ_DT=%d -DO_DT=%d -DROT_Q=%d -DROT_O=%d",
+                     (long long)dim, (int)p->q->dtype, (int)p->o->dtype, is_tq(c->kf), is_tq(c->vf));
+}
+
+typedef struct kv_scratch {
+    cl_mem qd, part_o, part_ml, od;
+} kv_scratch;
+
+static clattn_status run_kernels(clattn_kv_cache *c, const clattn__dev_problem *dp, int64_t Lmax,
+                                 kv_scratch *s, cl_event *event)
+{
+    clattn_context *ctx = c->ctx;
+    const clattn__problem *p = dp->p;
+    kv_plan pl;
+    make_plan(ctx, p, Lmax, &pl);
+    const int64_t rows_all = p->B * p->Hq * p->Lq;
+    const int64_t DP = ceil_div(p->D, 16) * 16, DVP = ceil_div(p->Dv, 16) * 16;
+    const uint64_t scratch = (uint64_t)rows_all * (uint64_t)pl.nsplit * (uint64_t)(DVP + 2) * 4u;
+    CLATTN_RETURN_IF(ctx, scratch > (uint64_t)ctx->workspace_bytes || scratch > ctx->props.max_alloc_bytes,
+                     CLATTN_ERROR_OUT_OF_MEMORY,
+                     "kv attention: %lld query rows need %llu bytes of partial results, over the "
+                     "workspace bound; pass fewer queries per call",
+                     (long long)rows_all, (unsigned long long)scratch);
+    CLATTN_FORWARD(clattn__buffer_create(ctx, (size_t)(rows_all * DP) * 4u, &s->qd));
+    CLATTN_FORWARD(clattn__buffer_create(ctx, (size_t)(rows_all * pl.nsplit * DVP) * 4u, &s->part_o));
+    CLATTN_FORWARD(clattn__buffer_create(ctx, (size_t)(rows_all * pl.nsplit * 2) * 4u, &s->part_ml));
+    CLATTN_FORWARD(clattn__buffer_create(ctx, (size_t)(rows_all * DVP) * 4u, &s->od));
+    clattn__log(ctx, "kv attention: k %s, v %s, %d rows x %lld blocks, %lld splits of %lld keys",
+                clattn_kv_format_name(c->kf), clattn_kv_format_name(c->vf), pl.rows, (long long)pl.nblk,
+                (long long)pl.nsplit, (long long)pl.chunk);
+
+    const cl_long Hq = p->Hq, Lq = p->Lq, Hkv = p->Hkv, group = p->group;
+    const size_t gq[3] = {(size_t)p->Lq, (size_t)p->Hq, (size_t)p->B};
+
+    /* q: dense float rows, rotated for TQ keys (the same program as kv_store_o's when
+     * D = Dv) */
+    char opts[640] = "";
+    rows_options(c, p, p->D, opts, sizeof opts);
+    cl_kernel kq;
+    CLATTN_FORWARD(clattn__kernel_get(ctx, "kv_quant.cl", opts, "kv_prep_q", &kq));
+    cl_uint a = 0;
+    CLATTN_FORWARD(clattn__set_tensor_args(ctx, kq, &a, &dp->q));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, kq, &a, s->qd));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, kq, &a, Hq));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, kq, &a, Lq));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, kq, &a, c->krot));
+    CLATTN_FORWARD(clattn__enqueue(ctx, kq, 3, gq, NULL, NULL));
+
+    /* partial attention over the splits */
+    opts[0] = '\0';
+    bool ok = clattn__mask_options(dp, opts, sizeof opts) &&
+              clattn__opts_add(opts, sizeof opts, " -DD=%lld -DDV=%lld -DK_FMT=%d -DV_FMT=%d -DROWS=%d -DHAS_LSE=%d",
+                               (long long)p->D, (long long)p->Dv, (int)c->kf, (int)c->vf, pl.rows,
+                               p->lse ? 1 : 0);
+    CLATTN_RETURN_IF(ctx, !ok, CLATTN_ERROR_INTERNAL, "kv attention: build options too long");
+    cl_kernel kp, km;
+    CLATTN_FORWARD(clattn__kernel_get(ctx, "kv_attn.cl", opts, "kv_partial", &kp));
+    CLATTN_FORWARD(clattn__kernel_get(ctx, "kv_attn.cl", opts, "kv_merge", &km));
+    clattn__dev_problem dpl = *dp; /* the cache's lengths play kv_lens */
+    dpl.kv_lens.mem = c->lens;
+    dpl.kv_lens.off = 0;
+    dpl.kv_lens.st[0] = 1;
+    const cl_long k_rs = (cl_long)c->k_slab, k_row = (cl_long)c->k_row, v_rs = (cl_long)c->v_slab,
+                  v_row = (cl_long)c->v_row, nsplit = pl.nsplit, chunk = pl.chunk;
+    a = 0;
+    CLATTN_FORWARD(CLATTN_ARG(ctx, kp, &a, s->qd));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, kp, &a, c->k));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, kp, &a, c->v));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, kp, &a, k_rs));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, kp, &a, k_row));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, kp, &a, v_rs));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, kp, &a, v_row));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, kp, &a, c->ktab));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, kp, &a, c->vtab));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, kp, &a, s->part_o));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, kp, &a, s->part_ml));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, kp, &a, Hq));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, kp, &a, Hkv));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, kp, &a, group));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, kp, &a, nsplit));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, kp, &a, chunk));
+    CLATTN_FORWARD(clattn__set_mask_args(ctx, kp, &a, &dpl));
+    /* the row blocks of a split in one work-group: one core runs them back to back while
+     * the split's keys and values are in its cache */
+    size_t wg = 0;
+    clGetKernelWorkGroupInfo(kp, ctx->device, CL_KERNEL_WORK_GROUP_SIZE, sizeof wg, &wg, NULL);
+    const size_t gp[3] = {(size_t)pl.nblk, (size_t)pl.nsplit, (size_t)(p->B * p->Hkv)};
+    const size_t lp[3] = {(size_t)pl.nblk, 1, 1};
+    CLATTN_FORWARD(clattn__enqueue(ctx, kp, 3, gp, (size_t)pl.nblk <= wg ? lp : NULL, NULL));
+
+    const cl_long nrows = rows_all;
+    a = 0;
+    CLATTN_FORWARD(CLATTN_ARG(ctx, km, &a, s->part_o));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, km, &a, s->part_ml));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, km, &a, nsplit));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, km, &a, nrows));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, km, &a, Hq));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, km, &a, Lq));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, km, &a, s->od));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, km, &a, dp->lse.mem));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, km, &a, dp->lse.off));
+    for (int i = 0; i < 3; i++) CLATTN_FORWARD(CLATTN_ARG(ctx, km, &a, dp->lse.st[i]));
+    const size_t gm[1] = {(size_t)rows_all};
+    CLATTN_FORWARD(clattn__enqueue(ctx, km, 1, gm, NULL, NULL));
+
+    /* O: rotated back for TQ values, stored in o's dtype and strides */
+    rows_options(c, p, p->Dv, opts, sizeof opts);
+    cl_kernel ko;
+    CLATTN_FORWARD(clattn__kernel_get(ctx, "kv_quant.cl", opts, "kv_store_o", &ko));
+    a = 0;
+    CLATTN_FORWARD(CLATTN_ARG(ctx, ko, &a, s->od));
+    CLATTN_FORWARD(clattn__set_tensor_args(ctx, ko, &a, &dp->o));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, ko, &a, Hq));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, ko, &a, Lq));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, ko, &a, c->vrot));
+    return clattn__enqueue(ctx, ko, 3, gq, NULL, event);
+}
+
+clattn_status clattn_kv_cache_attention(clattn_context *ctx, clattn_kv_cache *c, const clattn_tensor *q,
+                                        clattn_tensor *o, const clattn_options *opt, cl_event *event)
+{
+    if (!ctx) return CLATTN_ERROR_INVALID_ARGUMENT;
+    if (event) *event = NULL;
+    ctx->last_error[0] = '\0';
+    CLATTN_RETURN_IF(ctx, !c, CLATTN_ERROR_INVALID_ARGUMENT, "kv attention: cache is NULL");
+    CLATTN_RETURN_IF(ctx, c->ctx != ctx, CLATTN_ERROR_INVALID_ARGUMENT,
+                     "kv attention: the cache belongs to another context");
+    CLATTN_RETURN_IF(ctx, !q || !o, CLATTN_ERROR_INVALID_ARGUMENT, "kv attention: %s is NULL", !q ? "q" : "o");
+    clattn_options o2;
+    if (opt) {
+        o2 = *opt;
+    } else {
+        clattn_options_init(&o2);
+        o2.causal = CLATTN_CAUSAL_BOTTOM_RIGHT;
+    }
+    CLATTN_RETURN_IF(ctx, o2.kv_lens, CLATTN_ERROR_INVALID_ARGUMENT,
+                     "kv attention: options.kv_lens must be NULL: the cache's lengths are used");
+    o2.path = CLATTN_PATH_AUTO;
+
+    /* K and V stand in as cl_mem descriptors of the logical [B, Hkv, Lmax, D|Dv] shape so
+     * the library's own validation checks q, o and every option against the cache. */
+    int64_t Lmax = 0;
+    for (int64_t b = 0; b < c->B; b++) Lmax = c->len[b] > Lmax ? c->len[b] : Lmax;
+    clattn_tensor kd = {NULL, c->k, 0, CLATTN_F32, {c->B, c->Hkv, Lmax, c->D}, {0, 0, 0, 0}};
+    clattn_tensor vd = {NULL, c->v, 0, CLATTN_F32, {c->B, c->Hkv, Lmax, c->Dv}, {0, 0, 0, 0}};
+    clattn__problem p;
+    char err[1024];
+    clattn_status st = clattn__problem_init(&p, q, &kd, &vd, o, &o2, err, sizeof err);
+    if (st != CLATTN_SUCCESS) return clattn__fail(ctx, st, "kv attention: %s", err);
+    if (clattn__tensor_numel(o) == 0) {
+        if (event) CLATTN_CL_CHECK(ctx, clEnqueueMarkerWithWaitList(ctx->queue, 0, NULL, event));
+        return CLATTN_SUCCESS;
+    }
+    clattn__dev_problem dp;
+    CLATTN_FORWARD(clattn__stage(ctx, &p, &dp));
+    kv_scratch s;
+    memset(&s, 0, sizeof s);
+    cl_event ev = NULL;
+    st = run_kernels(c, &dp, Lmax, &s, &ev);
+    /* releasing scratch while kernels are queued is safe: OpenCL keeps it alive */
+    clattn__buffer_release(ctx, s.qd);
+    clattn__buffer_release(ctx, s.part_o);
+    clattn__buffer_release(ctx, s.part_ml);
+    clattn__buffer_release(ctx, s.od);
+    clattn_status fin = clattn__stage_finish(ctx, &dp, st == CLATTN_SUCCESS);
+    if (st == CLATTN_SUCCESS) st = fin;
+    if (st != CLATTN_SUCCESS) {
+        if (ev) clReleaseEvent(ev);
+        return st;
+    }
+    if (event) *event = ev;
+    else if (ev) clReleaseEvent(ev);
+    return CLATTN_SUCCESS;
+}
+
+/* ---- Testing access (kv_cache.h) ------------------------------------------------ */
+
+size_t clattn__kv_cache_slab_bytes(const clattn_kv_cache *c, int which)
+{
+    if (which == CLATTN__KV_KEYS) return c->k_slab;
+    if (which == CLATTN__KV_VALUES) return c->v_slab;
+    return c->ktail ? (size_t)(32 * c->D) * 2u : 0;
+}
+
+size_t clattn__kv_cache_row_bytes(const clattn_kv_cache *c, int which)
+{
+    return which == CLATTN__KV_KEYS ? c->k_row : which == CLATTN__KV_VALUES ? c->v_row : (size_t)c->D * 2u;
+}
+
+clattn_status clattn__kv_cache_download(clattn_kv_cache *c, int which, void *dst, size_t bytes)
+{
+    cl_mem m = which == CLATTN__KV_KEYS ? c->k : which == CLATTN__KV_VALUES ? c->v : c->ktail;
+    const size_t total = clattn__kv_cache_slab_bytes(c, which) * (size_t)(c->B * c->Hkv);
+    CLATTN_RETURN_IF(c->ctx, !m || bytes < total, CLATTN_ERROR_INVALID_ARGUMENT,
+                     "kv cache download: no such buffer or %zu bytes are too few (%zu)", bytes, total);
+    CLATTN_CL_CHECK(c->ctx, clEnqueueReadBuffer(c->ctx->queue, m, CL_TRUE, 0, total, dst, 0, NULL, NULL));
+    return CLATTN_SUCCESS;
+}

@@ -1,0 +1,117 @@
+/* KV-cache formats: the packed blocks each format stores (with compile-time size checks),
+ * a table of their traits, the Lloyd-Max codebooks and the rotation of the TQ formats, and
+ * the CPU reference quantizers. The device kernels (cl/kv_quant.cl, cl/kv_attn.cl) follow
+ * exactly these layouts and arithmetic; the tests compare the two. */
+#ifndef CLATTN_KV_FORMAT_H
+#define CLATTN_KV_FORMAT_H
+
+#include "internal.h"
+
+#include <stdint.h>
+
+/* ---- Packed blocks ----------------------------------------------------------------
+ * Every scale is an IEEE half stored as uint16_t. Codes are packed so that the kernels
+ * unpack 16 lanes with one load, shifts and a mask (cl/kv_attn.cl). */
+
+/* INT8: 32 consecutive elements of a vector; x = d * qs[e]. (ggml's q8_0.) */
+typedef struct clattn__kv_blk_int8 {
+    uint16_t d;
+    int8_t qs[32];
+} clattn__kv_blk_int8;
+
+/* INT4: 32 elements (32 channels of one value vector, or one key channel over 32
+ * consecutive tokens); x = m + d * q, q in 0..15. Byte e holds element e in its low
+ * nibble and element e + 16 in its high nibble (ggml's q4_1 order). */
+typedef struct clattn__kv_blk_int4 {
+    uint16_t d, m;
+    uint8_t qs[16];
+} clattn__kv_blk_int4;
+
+/* TQ granules: 16 rotated coordinates each. A TQ row is one half scale (the vector's
+ * least-squares norm, see clattn__kv_quantize_tq) followed by ceil(D/16) granules;
+ * coordinates at or past D have code 0.
+ *   tq4: byte e (0..7) holds coordinate e (low nibble) and e + 8 (high nibble);
+ *   tq3: the low two bits as tq2 does, then bit e of the 16-bit word hi holds bit 2 of
+ *        coordinate e;
+ *   tq2: byte e (0..3) holds coordinates e, e + 4, e + 8, e + 12 at bits 0, 2, 4, 6. */
+typedef struct clattn__kv_gran_tq4 {
+    uint8_t qs[8];
+} clattn__kv_gran_tq4;
+typedef struct clattn__kv_gran_tq3 {
+    uint8_t lo[4];
+    uint8_t hi[2]; /* little-endian 16-bit word */
+} clattn__kv_gran_tq3;
+typedef struct clattn__kv_gran_tq2 {
+    uint8_t qs[4];
+} clattn__kv_gran_tq2;
+
+_Static_assert(sizeof(clattn__kv_blk_int8) == 34, "int8 block must be packed: 2 + 32 bytes");
+_Static_assert(sizeof(clattn__kv_blk_int4) == 20, "int4 block must be packed: 4 + 16 bytes");
+_Static_assert(sizeof(clattn__kv_gran_tq4) == 8, "tq4 granule: 16 x 4 bits");
+_Static_assert(sizeof(clattn__kv_gran_tq3) == 6, "tq3 granule: 16 x 3 bits");
+_Static_assert(sizeof(clattn__kv_gran_tq2) == 4, "tq2 granule: 16 x 2 bits");
+
+#define CLATTN_KV_QBLOCK 32 /* elements per INT8 / INT4 block */
+#define CLATTN_KV_TQ_GRAN 16 /* coordinates per TQ granule */
+#define CLATTN_KV_MAX_DIM 256
+
+/* ---- Rotation of the TQ formats -------------------------------------------------- *
+ * R is exactly orthogonal and fast: a round is y = H_blocks(P(s ⊙ x)) with random signs s,
+ * a permutation P (y[i] = x[perm[i]]) and normalised Walsh-Hadamard transforms on blocks
+ * whose sizes are the binary digits of n, largest first (n = 80: 64 and 16). A power of
+ * two takes one round with P = identity (the randomized Hadamard transform); any other n
+ * takes two rounds, the second with a random permutation so energy crosses the blocks.
+ * Signs and permutations come from a fixed seed per n, so every cache, device and the
+ * reference agree. Cost per vector: rounds * n * log2(n) additions. */
+typedef struct clattn__kv_rot {
+    int n, rounds;
+    int32_t sign[2][CLATTN_KV_MAX_DIM]; /* +1 or -1 */
+    int32_t perm[2][CLATTN_KV_MAX_DIM];
+} clattn__kv_rot;
+
+void clattn__kv_rot_init(clattn__kv_rot *r, int n);
+void clattn__kv_rot_forward(const clattn__kv_rot *r, float *x);  /* x = R x */
+void clattn__kv_rot_inverse(const clattn__kv_rot *r, float *x);  /* x = Rᵀ x */
+/* The table the kernels read: for round k, sign[k][0..n) then perm[k][0..n), as int32. */
+size_t clattn__kv_rot_table_len(const clattn__kv_rot *r);
+void clattn__kv_rot_table(const clattn__kv_rot *r, int32_t *out);
+
+/* ---- Codebooks --------------------------------------------------------------------
+ * Lloyd-Max codebooks of the standard normal for 2, 3 and 4 bits, ascending; the TQ
+ * coordinate of a unit vector in dimension D is ~N(0, 1/D), so code k stands for
+ * codebook[k] / sqrt(D). thresholds[k] is the midpoint between entries k and k + 1. */
+const float *clattn__kv_codebook(int bits);
+const float *clattn__kv_thresholds(int bits);
+/* The 32 floats a kernel reads for a TQ format: the 2^bits codebook entries repeated to
+ * fill 16 lanes (a 16-entry table for one vector permute), then 2^bits - 1 thresholds
+ * padded with +inf. */
+void clattn__kv_tq_table(int bits, float out[32]);
+
+/* ---- Traits ----------------------------------------------------------------------- */
+typedef struct clattn__kv_traits {
+    clattn_kv_format format;
+    const char *name;
+    double nominal_bits;
+    int block;       /* elements per block (1 for f32/f16, 32 for int8/int4, 16 for tq) */
+    int block_bytes; /* bytes per block (a TQ row adds 2 bytes of scale) */
+    int tq_bits;     /* 2..4 for the TQ formats, 0 otherwise */
+    /* CPU reference for one vector of n elements in the per-vector layout (every format;
+     * INT4 keys use clattn__kv_quantize_int4_keys instead). rot is the rotation for n
+     * (TQ only, NULL otherwise). */
+    void (*from_float)(const clattn__kv_rot *rot, int n, const float *x, uint8_t *row);
+    void (*to_float)(const clattn__kv_rot *rot, int n, const uint8_t *row, float *x);
+} clattn__kv_traits;
+
+/* The traits of a format, or NULL when the value is not a format. */
+const clattn__kv_traits *clattn__kv_traits_of(clattn_kv_format format);
+/* Bytes of one stored vector of n elements in the per-vector layout. */
+size_t clattn__kv_row_bytes(clattn_kv_format format, int n);
+
+/* INT4 keys: ntok (1..32) consecutive key vectors of n channels, x[t * n + i], as one
+ * group: n blocks (one per channel) written to blocks[i]. Tokens past ntok get code 0.
+ * Values are first clamped to the f16 range and rounded to f16, as the cache keeps the
+ * keys of an unfinished group (clattn_kv_format in clattn.h). */
+void clattn__kv_quantize_int4_keys(int n, int ntok, const float *x, clattn__kv_blk_int4 *blocks);
+void clattn__kv_dequantize_int4_keys(int n, int ntok, const clattn__kv_blk_int4 *blocks, float *x);
+
+#endif /* CLATTN_KV_FORMAT_H */
