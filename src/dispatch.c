@@ -10,6 +10,7 @@
 
 /* Every path this build has, in auto mode's default order of preference. */
 static const clattn__path_impl *const path_table[] = {
+    &clattn__path_decode,
     &clattn__path_fused,
 #if CLATTN_WITH_CLBLAST
     &clattn__path_clblast, /* after fused: moved ahead only where it measures faster */

@@ -1,0 +1,627 @@
+/* decode.cl: split-KV attention for a few query rows per head (decode, Lq <= a small
+ * bound). Decode reads every key once and does little arithmetic per byte, so it is
+ * bound by memory bandwidth: the keys are split across work-groups to keep every core
+ * busy, and each (batch, KV head, split) is read once for ALL query rows of its GQA
+ * group (group * Lq rows). Two kernels:
+ *
+ *   decode_partial  one (b, kvh, split, block of ROWS rows of the group) per work-item
+ *                   (DEC_GPU 0) or per work-group (DEC_GPU 1); writes for each row its
+ *                   running max m, sum l = sum exp(s - m) and unnormalised output
+ *                   acc = sum exp(s - m) v over the split's keys to scratch:
+ *                     part_ml[(row * nsplit + split) * 2 + {0, 1}] = m, l
+ *                     part_o [(row * nsplit + split) * DV + d]     = acc[d]
+ *                   row = (b * Hq + h) * Lq + i. A split where a row sees no key writes
+ *                   m = -inf, l = 0, acc = 0.
+ *   decode_merge    one work-item per (d, row): M = max m_s, w_s = exp(m_s - M) (0 for a
+ *                   split with m_s = -inf, never exp(-inf - -inf)), O = sum w_s acc_s /
+ *                   sum w_s l_s, LSE = M + log(sum w_s l_s); M = -inf gives O = 0 and
+ *                   LSE = -inf (SPEC §1).
+ *
+ * Two forms of decode_partial, chosen on the host from the device (tuning data):
+ *   CPU (DEC_GPU 0): one work-item per block of ROWS rows; no local memory, no barriers.
+ *     Keys are taken KTILE at a time: scores as float-vector dot products along D
+ *     (VW-wide vectors, a horizontal sum per key and row), one online-softmax rescale
+ *     per tile, then P·V as scalar-times-vector updates of accumulators held in
+ *     registers. The work-items of one (b, kvh, split) form one work-group, so PoCL runs
+ *     them back to back on one core while the split's K and V are still in its cache.
+ *   GPU (DEC_GPU 1): WG work-items per (b, kvh, split, row block), the split taken
+ *     KTILE keys at a time with local-memory reductions: work-items compute the scores
+ *     of their keys for every row (K rows read as float4), tree reductions give the
+ *     block's max and sum (every work-item then holds the same running m and l), and
+ *     P·V runs with each work-item owning a quad of DV columns and a group of keys, so
+ *     V is read as coalesced float4 rows by several key groups at once; the key groups'
+ *     accumulators are summed once per split.
+ *
+ * Build options (besides the prelude's dtype and masking options):
+ *   D, DV      head dims (1..256)
+ *   DEC_GPU    0 | 1, the form above
+ *   ROWS       query rows per work-item (CPU) or work-group (GPU)
+ *   KTILE      keys per tile (CPU: a multiple of VW; GPU: the local-memory block)
+ *   VW         CPU float vector width: 4, 8 or 16
+ *   WG         GPU work-group size
+ *   K_CONTIG, V_CONTIG   1 when K / V rows are contiguous along D (element stride 1):
+ *              vector loads instead of strided scalar loads
+ *   HAS_LSE    0 | 1 (merge)
+ *
+ * Measured on this machine (2-core Xeon @ 2.5 GHz with AVX-512, PoCL 3.1 pthread device,
+ * median of 30 timed calls after warm-up, clFinish after each, cl_mem tensors so no host
+ * copies; GB/s = bytes of Q, K, V and O at their stored size / time): see the table at
+ * the end of this file.
+ */
+#ifndef D
+#error "decode.cl needs -DD=<head dim of q and k>"
+#endif
+#ifndef DV
+#define DV D
+#endif
+#ifndef DEC_GPU
+#define DEC_GPU 0
+#endif
+#ifndef ROWS
+#define ROWS 1
+#endif
+#ifndef KTILE
+#define KTILE 16
+#endif
+#ifndef VW
+#define VW 16
+#endif
+#ifndef WG
+#define WG 64
+#endif
+#ifndef K_CONTIG
+#define K_CONTIG 0
+#endif
+#ifndef V_CONTIG
+#define V_CONTIG 0
+#endif
+#ifndef HAS_LSE
+#define HAS_LSE 0
+#endif
+
+/* The rows of one (b, kvh): r = g * Lq + i for query head h = kvh * group + g. Row r's
+ * identity is (h, i); its partial results live at flattened row (b * Hq + h) * Lq + i. */
+#define DEC_PART_ROW(b, h, i) (((b) * Hq + (h)) * Lq + (i))
+
+#if !DEC_GPU
+/* ------------------------------------------------------------------------------------
+ * CPU form
+ * ---------------------------------------------------------------------------------- */
+#define FV CLATTN_CAT(float, VW)
+#define VLOAD CLATTN_CAT(vload, VW)
+#define NDC ((D + VW - 1) / VW)  /* vectors per q/k row; the last one zero-padded */
+#define NVC ((DV + VW - 1) / VW) /* vectors per v/o row */
+#if KTILE % VW != 0
+#error "KTILE must be a multiple of VW in the CPU form"
+#endif
+
+/* Horizontal sum and max of a vector, as a tree of halves. Written through a private
+ * array rather than with .lo/.hi swizzles, which crash oclgrind 21.10's --uninitialized
+ * checker; PoCL's optimiser turns both forms into the same shuffles. */
+inline float dec_hsum(FV x)
+{
+    float t[VW];
+    CLATTN_CAT(vstore, VW)(x, 0, t);
+#if VW == 16
+    vstore8(vload8(0, t) + vload8(1, t), 0, t);
+#endif
+#if VW >= 8
+    vstore4(vload4(0, t) + vload4(1, t), 0, t);
+#endif
+    vstore2(vload2(0, t) + vload2(1, t), 0, t);
+    return t[0] + t[1];
+}
+
+inline float dec_hmax(FV x)
+{
+    float t[VW];
+    CLATTN_CAT(vstore, VW)(x, 0, t);
+#if VW == 16
+    vstore8(fmax(vload8(0, t), vload8(1, t)), 0, t);
+#endif
+#if VW >= 8
+    vstore4(fmax(vload4(0, t), vload4(1, t)), 0, t);
+#endif
+    vstore2(fmax(vload2(0, t), vload2(1, t)), 0, t);
+    return fmax(t[0], t[1]);
+}
+
+/* One VW-wide chunk of a stored row as floats: elements c*VW .. c*VW+VW-1 of the row that
+ * starts at element base with element stride st; elements at or beyond n read as 0.
+ * Full chunks of contiguous rows are vector loads; the rest are scalar loads. */
+#if K_DT == 0
+#define VLOAD_K(p) VLOAD(0, (p))
+#elif K_DT == 1
+#define VLOAD_K(p) CLATTN_CAT(vload_half, VW)(0, (p))
+#else
+#define VLOAD_K(p) CLATTN_CAT(as_float, VW)(CLATTN_CAT(convert_uint, VW)(VLOAD(0, (p))) << 16)
+#endif
+#if V_DT == 0
+#define VLOAD_V(p) VLOAD(0, (p))
+#elif V_DT == 1
+#define VLOAD_V(p) CLATTN_CAT(vload_half, VW)(0, (p))
+#else
+#define VLOAD_V(p) CLATTN_CAT(as_float, VW)(CLATTN_CAT(convert_uint, VW)(VLOAD(0, (p))) << 16)
+#endif
+
+inline FV dec_load_k(const __global K_T *p, long base, long st, int c)
+{
+#if K_CONTIG
+    if ((c + 1) * VW <= D) return VLOAD_K(p + base + c * VW);
+#endif
+    float t[VW];
+    for (int e = 0; e < VW; e++)
+        t[e] = (c * VW + e < D) ? LOAD_K(p, base + (long)(c * VW + e) * st) : 0.0f;
+    return VLOAD(0, t);
+}
+
+inline FV dec_load_v(const __global V_T *p, long base, long st, int c)
+{
+#if V_CONTIG
+    if ((c + 1) * VW <= DV) return VLOAD_V(p + base + c * VW);
+#endif
+    float t[VW];
+    for (int e = 0; e < VW; e++)
+        t[e] = (c * VW + e < DV) ? LOAD_V(p, base + (long)(c * VW + e) * st) : 0.0f;
+    return VLOAD(0, t);
+}
+
+inline FV dec_load_q(const __global Q_T *p, long base, long st, int c)
+{
+    float t[VW];
+    for (int e = 0; e < VW; e++)
+        t[e] = (c * VW + e < D) ? LOAD_Q(p, base + (long)(c * VW + e) * st) : 0.0f;
+    return VLOAD(0, t);
+}
+
+/* global (nblk, nsplit, B*Hkv), local (nblk, 1, 1): nblk = ceil(group*Lq / ROWS). */
+__kernel void decode_partial(TENSOR_PARAMS(const __global Q_T *, q),
+                             TENSOR_PARAMS(const __global K_T *, k),
+                             TENSOR_PARAMS(const __global V_T *, v), __global float *part_o,
+                             __global float *part_ml, long Hq, long Hkv, long group,
+                             long nsplit, long chunk, MASK_PARAMS)
+{
+    const long blk = get_global_id(0);
+    const long split = get_global_id(1);
+    const long bk = get_global_id(2);
+    const long b = bk / Hkv;
+    const long kvh = bk - b * Hkv;
+    const long nrows = group * Lq;
+    const long c_lo = split * chunk;
+    const long c_hi = min(Lk, c_lo + chunk);
+
+    /* The block's rows: identity, visible keys within this split, ALiBi slope, q. */
+    long hr[ROWS], ir[ROWS], lo[ROWS], hi[ROWS];
+    float slope[ROWS];
+    FV qv[ROWS][NDC];
+    long jlo = c_hi, jhi = c_lo;
+    for (int r = 0; r < ROWS; r++) {
+        const long row = blk * ROWS + r;
+        const bool active = row < nrows;
+        const long g = active ? row / Lq : 0;
+        const long i = active ? row - g * Lq : 0;
+        hr[r] = kvh * group + g;
+        ir[r] = i;
+        const long2 range = KEY_RANGE(b, i);
+        lo[r] = active ? max(range.x, c_lo) : c_hi;
+        hi[r] = active ? min(range.y, c_hi) : c_lo;
+        if (lo[r] < hi[r]) {
+            jlo = min(jlo, lo[r]);
+            jhi = max(jhi, hi[r]);
+        }
+        slope[r] = active ? ALIBI_SLOPE(hr[r]) : 0.0f;
+        const long qb = q_off + b * q_s0 + hr[r] * q_s1 + i * q_s2;
+        for (int c = 0; c < NDC; c++) qv[r][c] = active ? dec_load_q(q, qb, q_s3, c) : (FV)(0.0f);
+    }
+
+    float m[ROWS], l[ROWS];
+    FV acc[ROWS][NVC];
+    for (int r = 0; r < ROWS; r++) {
+        m[r] = -INFINITY;
+        l[r] = 0.0f;
+        for (int c = 0; c < NVC; c++) acc[r][c] = (FV)(0.0f);
+    }
+
+    const long kb0 = k_off + b * k_s0 + kvh * k_s1;
+    const long vb0 = v_off + b * v_s0 + kvh * v_s1;
+    for (long j0 = jlo; j0 < jhi; j0 += KTILE) {
+        const int nt = (int)min((long)KTILE, jhi - j0);
+        /* scores of the tile; keys past the tile's end and outside a row's range: -inf */
+        float s[ROWS][KTILE];
+        for (int t = 0; t < KTILE; t++) {
+            const long j = j0 + t;
+            const long kb = kb0 + j * k_s2;
+            /* two partial sums per row halve the chain of dependent FMAs */
+            FV dot[ROWS][2];
+#pragma unroll
+            for (int r = 0; r < ROWS; r++) dot[r][0] = dot[r][1] = (FV)(0.0f);
+            if (t < nt) {
+#pragma unroll
+                for (int c = 0; c < NDC; c++) {
+                    const FV kv = dec_load_k(k, kb, k_s3, c);
+#pragma unroll
+                    for (int r = 0; r < ROWS; r++) dot[r][c & 1] = fma(qv[r][c], kv, dot[r][c & 1]);
+                }
+            }
+#pragma unroll
+            for (int r = 0; r < ROWS; r++)
+                s[r][t] = (j >= lo[r] && j < hi[r])
+                              ? SCORE(dec_hsum(dot[r][0] + dot[r][1]), b, hr[r], ir[r], j, slope[r])
+                              : -INFINITY;
+        }
+        /* One rescale per tile and row, on whole vectors of scores. A row that has seen
+         * no finite score keeps m = -inf and gets p = 0: exp(-inf - -inf) is never
+         * evaluated. */
+#pragma unroll
+        for (int r = 0; r < ROWS; r++) {
+            FV sv[KTILE / VW];
+            FV vmax = (FV)(-INFINITY);
+#pragma unroll
+            for (int u = 0; u < KTILE / VW; u++) {
+                sv[u] = VLOAD(u, s[r]);
+                vmax = fmax(vmax, sv[u]);
+            }
+            const float mnew = fmax(m[r], dec_hmax(vmax));
+            if (mnew == -INFINITY) {
+#pragma unroll
+                for (int u = 0; u < KTILE / VW; u++) CLATTN_CAT(vstore, VW)((FV)(0.0f), u, s[r]);
+                continue;
+            }
+            const float corr = exp(m[r] - mnew);
+            FV sum = (FV)(0.0f);
+#pragma unroll
+            for (int u = 0; u < KTILE / VW; u++) {
+                const FV pv = exp(sv[u] - (FV)(mnew));
+                sum += pv;
+                CLATTN_CAT(vstore, VW)(pv, u, s[r]);
+            }
+            l[r] = fma(l[r], corr, dec_hsum(sum));
+            m[r] = mnew;
+#pragma unroll
+            for (int c = 0; c < NVC; c++) acc[r][c] *= corr;
+        }
+        for (int t = 0; t < nt; t++) {
+            const long vb = vb0 + (j0 + t) * v_s2;
+#pragma unroll
+            for (int c = 0; c < NVC; c++) {
+                const FV vv = dec_load_v(v, vb, v_s3, c);
+#pragma unroll
+                for (int r = 0; r < ROWS; r++) acc[r][c] = fma((FV)(s[r][t]), vv, acc[r][c]);
+            }
+        }
+    }
+
+    for (int r = 0; r < ROWS; r++) {
+        if (blk * ROWS + r >= nrows) break;
+        const long pr = DEC_PART_ROW(b, hr[r], ir[r]) * nsplit + split;
+        part_ml[pr * 2] = m[r];
+        part_ml[pr * 2 + 1] = l[r];
+        __global float *po = part_o + pr * DV;
+        for (int c = 0; c < NVC; c++) {
+            if ((c + 1) * VW <= DV) {
+                CLATTN_CAT(vstore, VW)(acc[r][c], 0, po + c * VW);
+            } else {
+                float t[VW];
+                CLATTN_CAT(vstore, VW)(acc[r][c], 0, t);
+                for (int e = 0; c * VW + e < DV; e++) po[c * VW + e] = t[e];
+            }
+        }
+    }
+}
+
+#else
+/* ------------------------------------------------------------------------------------
+ * GPU form
+ * ---------------------------------------------------------------------------------- */
+/* Pass 2 layout: work-item t owns column quads cq = t % CQ (+ CQ, ...) and keys
+ * kg = t / CQ (+ KG, ...): CQ is the smallest power of two >= ceil(DV / 4), at most WG, so
+ * each V load moves 4 elements and KG = WG / CQ key groups stream V side by side. The KG
+ * partial accumulators of a column are summed once, at the end of the split. */
+#define NQ4 ((DV + 3) / 4)
+#if NQ4 > 64 && WG >= 128
+#define CQ 128
+#elif NQ4 > 32 && WG >= 64
+#define CQ 64
+#elif NQ4 > 16 && WG >= 32
+#define CQ 32
+#elif NQ4 > 8 && WG >= 16
+#define CQ 16
+#elif NQ4 > 4 && WG >= 8
+#define CQ 8
+#elif NQ4 > 2 && WG >= 4
+#define CQ 4
+#elif NQ4 > 1 && WG >= 2
+#define CQ 2
+#else
+#define CQ 1
+#endif
+#define KG (WG / CQ)
+#define NU ((NQ4 + CQ - 1) / CQ) /* column quads per work-item */
+
+#if V_CONTIG
+#if V_DT == 0
+#define VLOAD4_V(p) vload4(0, (p))
+#elif V_DT == 1
+#define VLOAD4_V(p) vload_half4(0, (p))
+#else
+#define VLOAD4_V(p) as_float4(convert_uint4(vload4(0, (p))) << 16)
+#endif
+#endif
+
+/* Four elements d .. d+3 of the V row at base; those at or past DV read as 0. */
+inline float4 dec_load_v4(const __global V_T *p, long base, long st, int d)
+{
+#ifdef VLOAD4_V
+    if (d + 4 <= DV) return VLOAD4_V(p + base + d);
+#endif
+    float4 x;
+    x.x = d < DV ? LOAD_V(p, base + (long)d * st) : 0.0f;
+    x.y = d + 1 < DV ? LOAD_V(p, base + (long)(d + 1) * st) : 0.0f;
+    x.z = d + 2 < DV ? LOAD_V(p, base + (long)(d + 2) * st) : 0.0f;
+    x.w = d + 3 < DV ? LOAD_V(p, base + (long)(d + 3) * st) : 0.0f;
+    return x;
+}
+
+#if K_CONTIG && (D % 4) == 0
+#if K_DT == 0
+#define VLOAD4_K(p) vload4(0, (p))
+#elif K_DT == 1
+#define VLOAD4_K(p) vload_half4(0, (p))
+#else
+#define VLOAD4_K(p) as_float4(convert_uint4(vload4(0, (p))) << 16)
+#endif
+#endif
+
+/* global (WG * nblk, nsplit, B*Hkv), local (WG, 1, 1); WG a power of two.
+ * The split's keys are taken KTILE at a time. Pass 1: each work-item computes the scores
+ * of its keys (kk = t, t + WG, ...) for every row of the block, reading its K rows from
+ * global memory, and the block's max and sum come from tree reductions in local memory;
+ * every work-item then holds the same running m and l. Pass 2: work-item t accumulates
+ * P·V for columns t, t + WG, ... of DV, reading V rows coalesced. Three barriers and two
+ * reductions per KTILE keys. */
+__kernel __attribute__((reqd_work_group_size(WG, 1, 1)))
+void decode_partial(TENSOR_PARAMS(const __global Q_T *, q),
+                    TENSOR_PARAMS(const __global K_T *, k),
+                    TENSOR_PARAMS(const __global V_T *, v), __global float *part_o,
+                    __global float *part_ml, long Hq, long Hkv, long group, long nsplit,
+                    long chunk, MASK_PARAMS)
+{
+    __local float qs[ROWS][D];
+    __local float ss[ROWS][KTILE]; /* scores, then probabilities, of the current keys */
+    __local float red[ROWS][WG];   /* reductions */
+    __local float4 red4[NU][WG];   /* the key groups' accumulators of one row, summed */
+    __local long lo_s[ROWS], hi_s[ROWS], h_s[ROWS], i_s[ROWS];
+    __local float slope_s[ROWS];
+
+    const int t = (int)get_local_id(0);
+    const long blk = get_group_id(0);
+    const long split = get_global_id(1);
+    const long bk = get_global_id(2);
+    const long b = bk / Hkv;
+    const long kvh = bk - b * Hkv;
+    const long nrows = group * Lq;
+    const long c_lo = split * chunk;
+    const long c_hi = min(Lk, c_lo + chunk);
+
+    if (t < ROWS) {
+        const long row = blk * ROWS + t;
+        const bool active = row < nrows;
+        const long g = active ? row / Lq : 0;
+        const long i = active ? row - g * Lq : 0;
+        const long h = kvh * group + g;
+        const long2 range = KEY_RANGE(b, i);
+        h_s[t] = h;
+        i_s[t] = i;
+        lo_s[t] = active ? max(range.x, c_lo) : c_hi;
+        hi_s[t] = active ? min(range.y, c_hi) : c_lo;
+        slope_s[t] = active ? ALIBI_SLOPE(h) : 0.0f;
+    }
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (int x = t; x < ROWS * D; x += WG) {
+        const int r = x / D;
+        const int d = x - r * D;
+        const bool active = blk * ROWS + r < nrows;
+        qs[r][d] = active ? LOAD_Q(q, q_off + b * q_s0 + h_s[r] * q_s1 + i_s[r] * q_s2 + d * q_s3)
+                          : 0.0f;
+    }
+    /* The union of the rows' key ranges (every work-item computes the same). */
+    long jlo = c_hi, jhi = c_lo;
+    float m[ROWS], l[ROWS];
+    for (int r = 0; r < ROWS; r++) {
+        if (lo_s[r] < hi_s[r]) {
+            jlo = min(jlo, lo_s[r]);
+            jhi = max(jhi, hi_s[r]);
+        }
+        m[r] = -INFINITY;
+        l[r] = 0.0f;
+    }
+
+    const int cq = t & (CQ - 1);
+    const int kg = t / CQ;
+    float4 acc[ROWS][NU];
+    for (int r = 0; r < ROWS; r++)
+        for (int u = 0; u < NU; u++) acc[r][u] = (float4)(0.0f);
+
+    const long kb0 = k_off + b * k_s0 + kvh * k_s1;
+    const long vb0 = v_off + b * v_s0 + kvh * v_s1;
+    for (long j0 = jlo; j0 < jhi; j0 += KTILE) {
+        const int nt = (int)min((long)KTILE, jhi - j0);
+        barrier(CLK_LOCAL_MEM_FENCE); /* qs written; the previous keys' ss and red used up */
+        /* pass 1: scores of this work-item's keys, and its max per row */
+        float tmax[ROWS];
+        for (int r = 0; r < ROWS; r++) tmax[r] = -INFINITY;
+        for (int kk = t; kk < KTILE; kk += WG) {
+            const long j = j0 + kk;
+            float sdot[ROWS];
+            for (int r = 0; r < ROWS; r++) sdot[r] = 0.0f;
+            if (kk < nt) {
+                const long kb = kb0 + j * k_s2;
+#ifdef VLOAD4_K
+#pragma unroll 8
+                for (int c = 0; c < D / 4; c++) {
+                    const float4 kv = VLOAD4_K(k + kb + 4 * c);
+                    for (int r = 0; r < ROWS; r++) sdot[r] += dot(vload4(c, qs[r]), kv);
+                }
+#else
+#pragma unroll 8
+                for (int d = 0; d < D; d++) {
+                    const float kv = LOAD_K(k, kb + d * k_s3);
+                    for (int r = 0; r < ROWS; r++) sdot[r] = fma(qs[r][d], kv, sdot[r]);
+                }
+#endif
+            }
+            for (int r = 0; r < ROWS; r++) {
+                const float sc = (kk < nt && j >= lo_s[r] && j < hi_s[r])
+                                     ? SCORE(sdot[r], b, h_s[r], i_s[r], j, slope_s[r])
+                                     : -INFINITY;
+                ss[r][kk] = sc;
+                tmax[r] = fmax(tmax[r], sc);
+            }
+        }
+        for (int r = 0; r < ROWS; r++) red[r][t] = tmax[r];
+        barrier(CLK_LOCAL_MEM_FENCE);
+        for (int w = WG / 2; w > 0; w >>= 1) {
+            if (t < w)
+                for (int r = 0; r < ROWS; r++) red[r][t] = fmax(red[r][t], red[r][t + w]);
+            barrier(CLK_LOCAL_MEM_FENCE);
+        }
+        /* new running max; a row with nothing visible yet keeps m = -inf and p = 0, so
+         * exp(-inf - -inf) is never evaluated */
+        float corr[ROWS], psum[ROWS];
+        for (int r = 0; r < ROWS; r++) {
+            const float mnew = fmax(m[r], red[r][0]);
+            corr[r] = mnew == -INFINITY ? 1.0f : exp(m[r] - mnew);
+            psum[r] = 0.0f;
+            for (int kk = t; kk < KTILE; kk += WG) {
+                const float p = mnew == -INFINITY ? 0.0f : exp(ss[r][kk] - mnew);
+                ss[r][kk] = p;
+                psum[r] += p;
+            }
+            m[r] = mnew;
+        }
+        barrier(CLK_LOCAL_MEM_FENCE); /* every red[r][0] read before it is overwritten */
+        for (int r = 0; r < ROWS; r++) red[r][t] = psum[r];
+        barrier(CLK_LOCAL_MEM_FENCE);
+        for (int w = WG / 2; w > 0; w >>= 1) {
+            if (t < w)
+                for (int r = 0; r < ROWS; r++) red[r][t] += red[r][t + w];
+            barrier(CLK_LOCAL_MEM_FENCE);
+        }
+        for (int r = 0; r < ROWS; r++) l[r] = fma(l[r], corr[r], red[r][0]);
+        /* pass 2: P·V for this work-item's column quads over its key group's keys */
+        for (int u = 0; u < NU; u++) {
+            const int d = 4 * (cq + u * CQ);
+            if (d >= DV) break;
+            float4 a[ROWS];
+            for (int r = 0; r < ROWS; r++) a[r] = acc[r][u] * corr[r];
+            int kk = kg;
+            for (; kk + 3 * KG < nt; kk += 4 * KG) { /* four loads in flight */
+                const long jb = vb0 + (j0 + kk) * v_s2;
+                const float4 v0 = dec_load_v4(v, jb, v_s3, d);
+                const float4 v1 = dec_load_v4(v, jb + KG * v_s2, v_s3, d);
+                const float4 v2 = dec_load_v4(v, jb + 2 * KG * v_s2, v_s3, d);
+                const float4 v3 = dec_load_v4(v, jb + 3 * KG * v_s2, v_s3, d);
+                for (int r = 0; r < ROWS; r++) {
+                    a[r] = fma((float4)(ss[r][kk]), v0, a[r]);
+                    a[r] = fma((float4)(ss[r][kk + KG]), v1, a[r]);
+                    a[r] = fma((float4)(ss[r][kk + 2 * KG]), v2, a[r]);
+                    a[r] = fma((float4)(ss[r][kk + 3 * KG]), v3, a[r]);
+                }
+            }
+            for (; kk < nt; kk += KG) {
+                const float4 vv = dec_load_v4(v, vb0 + (j0 + kk) * v_s2, v_s3, d);
+                for (int r = 0; r < ROWS; r++) a[r] = fma((float4)(ss[r][kk]), vv, a[r]);
+            }
+            for (int r = 0; r < ROWS; r++) acc[r][u] = a[r];
+        }
+    }
+
+    /* m and l are the same in every work-item; the key groups' accumulators are summed
+     * through local memory, one row at a time. */
+    for (int r = 0; r < ROWS; r++) {
+        if (blk * ROWS + r >= nrows) break; /* uniform across the work-group */
+        const long pr = DEC_PART_ROW(b, h_s[r], i_s[r]) * nsplit + split;
+        if (t == 0) {
+            part_ml[pr * 2] = m[r];
+            part_ml[pr * 2 + 1] = l[r];
+        }
+        barrier(CLK_LOCAL_MEM_FENCE);
+        for (int u = 0; u < NU; u++) red4[u][t] = acc[r][u];
+        barrier(CLK_LOCAL_MEM_FENCE);
+        if (kg == 0) {
+            for (int u = 0; u < NU; u++) {
+                const int d = 4 * (cq + u * CQ);
+                if (d >= DV) break;
+                float4 sum = red4[u][cq];
+                for (int g = 1; g < KG; g++) sum += red4[u][g * CQ + cq];
+                __global float *po = part_o + pr * DV + d;
+                po[0] = sum.x;
+                if (d + 1 < DV) po[1] = sum.y;
+                if (d + 2 < DV) po[2] = sum.z;
+                if (d + 3 < DV) po[3] = sum.w;
+            }
+        }
+    }
+}
+#endif
+
+/* global (DV, B*Hq*Lq): merge the splits of each row into O (and LSE). */
+__kernel void decode_merge(const __global float *part_o, const __global float *part_ml,
+                           long nsplit, long nrows, long Hq, long Lq,
+                           TENSOR_PARAMS(__global O_T *, o), __global float *lse, long lse_off,
+                           long lse_s0, long lse_s1, long lse_s2)
+{
+    const long d = get_global_id(0);
+    const long row = get_global_id(1);
+    if (d >= DV || row >= nrows) return;
+    const __global float *ml = part_ml + row * nsplit * 2;
+    float M = -INFINITY;
+    for (long s = 0; s < nsplit; s++) M = fmax(M, ml[s * 2]);
+    float L = 0.0f, acc = 0.0f;
+    if (M != -INFINITY) {
+        for (long s = 0; s < nsplit; s++) {
+            const float ms = ml[s * 2];
+            if (ms == -INFINITY) continue; /* this split saw no key of the row */
+            const float w = exp(ms - M);
+            L = fma(w, ml[s * 2 + 1], L);
+            acc = fma(w, part_o[(row * nsplit + s) * DV + d], acc);
+        }
+    }
+    const long3 bhi = clattn_decode_row(row, Hq, Lq);
+    const long b = bhi.x, h = bhi.y, i = bhi.z;
+    STORE_O(o, o_off + b * o_s0 + h * o_s1 + i * o_s2 + d * o_s3, M == -INFINITY ? 0.0f : acc / L);
+#if HAS_LSE
+    if (d == 0)
+        lse[lse_off + b * lse_s0 + h * lse_s1 + i * lse_s2] = M == -INFINITY ? -INFINITY : M + log(L);
+#endif
+}
+
+/* Measured (B=1, Lq=1, Lk=8192, D=Dv=128, no mask; /tmp timing program: cl_mem tensors,
+ * 5 warm-up calls, 30 timed calls each followed by clFinish; GB/s = Q+K+V+O bytes at
+ * their stored size / median time; "limits" = read_gbps of shared/tools/limits.c run
+ * just before and after each round, same machine, same minutes).
+ *
+ * 2-core Xeon @ 2.5 GHz (AVX-512), PoCL 3.1 pthread device, CPU form, 3 rounds. This VM
+ * measured far below the 62-66 GB/s its issue quotes: limits gave 7.9-9.7 GB/s (and
+ * sgemm 90-160 GFLOP/s instead of 460) while other jobs ran on it; ratios are what hold.
+ *   Hq=Hkv=32 f32   29.3-30.2 ms   8.9-9.2 GB/s   limits 7.9-9.7  -> ~1.0 x limits
+ *   Hq=Hkv=32 f16   17.0-18.8 ms   7.1-7.9 GB/s   (0.80-0.86 x f32 GB/s, 0.6 x its time)
+ *   Hq=32 Hkv=8 f32  9.7-11.5 ms   5.9-6.9 GB/s   (4 rows per K/V read: more work per byte)
+ *   Hq=32 Hkv=8 f16  6.2-6.5 ms    5.2-5.4 GB/s
+ * A native single-thread C loop of the same algorithm (gcc -O3 -march=native -ffast-math)
+ * read 12 GB/s from L3 and 7.6 GB/s from DRAM on the same machine; the kernel's inner
+ * loop is 8 zmm FMAs for QK, a shuffle tree, 8 zmm FMAs for PV per key (objdump of
+ * PoCL's output). Tile sizes, rows per block, split lengths and VW 8 vs 16 were timed and
+ * differed by less than the run-to-run noise (up to 2x) of this machine.
+ *
+ * NVIDIA H200 (driver 580.159.04, OpenCL), GPU form, median device time of 50 calls from
+ * event profiling (marker before, clattn's event after):
+ *   Hq=Hkv=32 f32   0.191 ms  1407 GB/s   (PyTorch 2.11 SDPA f32:  0.832 ms,  323 GB/s)
+ *   Hq=Hkv=32 f16   0.192 ms   699 GB/s   (PyTorch 2.11 SDPA f16:  0.057 ms, 2353 GB/s)
+ *   Hq=32 Hkv=8 f32 0.089 ms   755 GB/s   (PyTorch f32 0.399 ms)
+ *   Hq=32 Hkv=8 f16 0.079 ms   425 GB/s   (PyTorch f16 0.053 ms)
+ * f16 takes the time of f32: the GPU form is bound by latency (loads in flight per
+ * work-item), not bytes. Variants timed in the same runs: wg 256 and 4 work-groups per
+ * compute unit were slower on all three shapes tried (MHA f32, MHA f16, GQA f16); key
+ * blocks of 128 and splits of at least 64 keys gained 4-5% on MHA f16 but lost 6% on
+ * MHA f32 and 6-40% on GQA f16; splits of at least 256 keys were within 4%. */

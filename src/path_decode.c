@@ -1,0 +1,281 @@
+/* The decode path: split-KV attention for a few query rows (Lq <= DECODE_MAX_LQ), the
+ * shape of token-by-token generation. cl/decode.cl's decode_partial reads each (batch,
+ * KV head) once for its whole GQA group, in key splits spread over the compute units,
+ * and decode_merge combines the splits by their log-sum-exp. Scratch: per row and split
+ * a max, a sum and Dv floats, bounded by the context's workspace. */
+#include "context.h"
+
+#include <string.h>
+
+/* Testing only: -1 = the form the tuning table gives the device; 0 = CPU form; 1 = GPU
+ * form (so both are exercised on whatever device runs the tests). Not part of the ABI. */
+int clattn__decode_force_form = -1;
+
+/* ---- Tuning data ------------------------------------------------------------------ *
+ * One row per device class, the generic default last (matched by device type only; a
+ * device no row names gets the generic row, so none is unsupported).
+ *
+ *   form       0 = CPU form (one work-item per row block, vectors along D, no local
+ *              memory), 1 = GPU form (work-group per row block, local-memory tiles)
+ *   max_lq     largest Lq the path takes (above it the fused path is better: decode
+ *              re-reads K/V once per row block, the fused kernel tiles queries)
+ *   rows       most query rows per work-item (CPU) / work-group (GPU)
+ *   ktile      keys per tile
+ *   vw         CPU vector width along D
+ *   wg         GPU work-group size
+ *   wgs_per_cu work-groups wanted per compute unit (load balance)
+ *   min_chunk  fewest keys per split (the merge costs DV floats per split and row)
+ *   max_chunk  most keys per split (0 = no bound)
+ *
+ * CPU row: PoCL 3.1 on a 2-core Xeon with AVX-512 (figures at the end of cl/decode.cl).
+ * vw 16 is one zmm register. With rows 4 at Dv = 128 the 32 accumulator vectors spill
+ * to L1 (objdump of PoCL's code); a loop order keeping one column chunk of every row in
+ * registers timed the same (GQA 32/8, f32 and f16), so the simpler order stayed. Splits
+ * of 256..2048 keys keep a split's K and V (2 MiB at D = 128, f32) within one core's L2
+ * for the row blocks that share it; 8 work-groups per core balance the two cores.
+ * Variants (rows 2/8, ktile 32, vw 8, splits
+ * up to 1024/8192 keys, 2 work-groups per core) timed within this machine's run-to-run
+ * noise, so these are reasoned defaults, not measured optima.
+ * GPU row: NVIDIA H200 through its OpenCL driver, measured against variants in the same
+ * runs (figures at the end of cl/decode.cl). The generic row takes the CPU form, which
+ * needs no local memory and runs anywhere. */
+typedef struct decode_tuning {
+    clattn_device_type type; /* 0 = any */
+    int form, max_lq, rows, ktile, vw, wg, wgs_per_cu, min_chunk, max_chunk;
+} decode_tuning;
+
+#define DECODE_MAX_LQ 8
+
+/* Each value can be overridden at compile time for tuning runs (-DDECODE_CPU_ROWS=2),
+ * so variants can be timed without editing the table. */
+#ifndef DECODE_CPU_ROWS
+#define DECODE_CPU_ROWS 4
+#endif
+#ifndef DECODE_CPU_KTILE
+#define DECODE_CPU_KTILE 16
+#endif
+#ifndef DECODE_CPU_VW
+#define DECODE_CPU_VW 16
+#endif
+#ifndef DECODE_CPU_WGS_PER_CU
+#define DECODE_CPU_WGS_PER_CU 8
+#endif
+#ifndef DECODE_CPU_MIN_CHUNK
+#define DECODE_CPU_MIN_CHUNK 256
+#endif
+#ifndef DECODE_CPU_MAX_CHUNK
+#define DECODE_CPU_MAX_CHUNK 2048
+#endif
+#ifndef DECODE_GPU_ROWS
+#define DECODE_GPU_ROWS 8
+#endif
+#ifndef DECODE_GPU_KTILE
+#define DECODE_GPU_KTILE 256
+#endif
+#ifndef DECODE_GPU_WG
+#define DECODE_GPU_WG 128
+#endif
+#ifndef DECODE_GPU_WGS_PER_CU
+#define DECODE_GPU_WGS_PER_CU 8
+#endif
+#ifndef DECODE_GPU_MIN_CHUNK
+#define DECODE_GPU_MIN_CHUNK 128
+#endif
+
+static const decode_tuning decode_table[] = {
+    /* type              form max_lq         rows             ktile             vw             wg
+     *                   wgs/cu                 min_chunk             max_chunk */
+    {CLATTN_DEVICE_CPU,  0,   DECODE_MAX_LQ, DECODE_CPU_ROWS, DECODE_CPU_KTILE, DECODE_CPU_VW, 1,
+                         DECODE_CPU_WGS_PER_CU, DECODE_CPU_MIN_CHUNK, DECODE_CPU_MAX_CHUNK},
+    {CLATTN_DEVICE_GPU,  1,   DECODE_MAX_LQ, DECODE_GPU_ROWS, DECODE_GPU_KTILE, 4,             DECODE_GPU_WG,
+                         DECODE_GPU_WGS_PER_CU, DECODE_GPU_MIN_CHUNK, 0},
+    /* anything else: the CPU form, which needs no local memory and runs everywhere */
+    {0,                  0,   DECODE_MAX_LQ, 4,               16,               8,             1,
+                         4,                     256,                  4096},
+};
+
+static const decode_tuning *decode_tuning_for(const clattn_context *ctx)
+{
+    size_t n = sizeof decode_table / sizeof decode_table[0];
+    for (size_t i = 0; i + 1 < n; i++)
+        if (decode_table[i].type == ctx->props.type) return &decode_table[i];
+    return &decode_table[n - 1];
+}
+
+/* Bytes of scratch for nsplit splits: a (max, sum) pair and Dv floats per row and split. */
+static uint64_t decode_scratch_bytes(const clattn__problem *p, uint64_t nsplit)
+{
+    uint64_t rows = (uint64_t)p->B * (uint64_t)p->Hq * (uint64_t)p->Lq;
+    return rows * nsplit * ((uint64_t)p->Dv + 2) * sizeof(float);
+}
+
+static bool decode_supports(const clattn_context *ctx, const clattn__problem *p, const char **why)
+{
+    const decode_tuning *tu = decode_tuning_for(ctx);
+    if (p->Lq > tu->max_lq) {
+        *why = "more query rows than the decode bound (DECODE_MAX_LQ) on this device";
+        return false;
+    }
+    /* one split per row always works; more splits only if the workspace allows */
+    if (decode_scratch_bytes(p, 1) > (uint64_t)ctx->workspace_bytes ||
+        decode_scratch_bytes(p, 1) > ctx->props.max_alloc_bytes) {
+        *why = "the per-row partial results exceed the workspace bound";
+        return false;
+    }
+    return true;
+}
+
+/* The launch shape of one call, derived from the tuning row, the device and p. */
+typedef struct decode_plan {
+    int form, rows, ktile, vw, wg;
+    int64_t nblk;   /* row blocks per (b, kvh) */
+    int64_t nsplit; /* key splits */
+    int64_t chunk;  /* keys per split */
+} decode_plan;
+
+static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+/* Local memory the GPU form needs (cl/decode.cl: qs, ss, red, red4 and per-row values). */
+static uint64_t gpu_local_bytes(const clattn__problem *p, int rows, int ktile, int wg)
+{
+    uint64_t nq4 = ((uint64_t)p->Dv + 3) / 4, cq = 1;
+    while (cq < nq4 && cq < (uint64_t)wg) cq <<= 1;
+    const uint64_t nu = (nq4 + cq - 1) / cq;
+    return sizeof(float) * (uint64_t)rows * ((uint64_t)p->D + (uint64_t)ktile + (uint64_t)wg + 1u) +
+           4u * sizeof(float) * nu * (uint64_t)wg + sizeof(cl_long) * 4u * (uint64_t)rows;
+}
+
+static void decode_make_plan(const clattn_context *ctx, const clattn__problem *p,
+                             decode_plan *pl)
+{
+    const decode_tuning *tu = decode_tuning_for(ctx);
+    const int64_t nrows = p->group * p->Lq; /* rows of one (b, kvh) */
+    pl->form = clattn__decode_force_form >= 0 ? clattn__decode_force_form : tu->form;
+    pl->vw = tu->vw;
+    pl->ktile = tu->ktile;
+    pl->wg = tu->wg;
+    /* rows per block: at most tu->rows, spread evenly over the blocks */
+    const int max_rows = pl->form == tu->form ? tu->rows : (pl->form ? 8 : 4);
+    pl->nblk = ceil_div(nrows, max_rows);
+    pl->rows = (int)ceil_div(nrows, pl->nblk);
+    if (pl->form == 1) {
+        if (pl->form != tu->form) {
+            pl->wg = 64;
+            pl->ktile = 64;
+        }
+        size_t maxwg = ctx->props.max_work_group_size;
+        while (pl->wg > 1 && (size_t)pl->wg > maxwg) pl->wg >>= 1;
+        /* the key block shrinks until the local arrays fit in half the local memory, so
+         * two work-groups can share a compute unit */
+        uint64_t budget = ctx->props.local_mem_bytes / 2;
+        while (pl->ktile > 1 && gpu_local_bytes(p, pl->rows, pl->ktile, pl->wg) > budget)
+            pl->ktile >>= 1;
+    } else if (pl->form != tu->form) {
+        pl->vw = 16;
+        pl->ktile = 16;
+    }
+
+    /* splits: enough work-groups for every compute unit, within the chunk bounds */
+    const int64_t Lk = p->Lk > 0 ? p->Lk : 1;
+    const int64_t groups = p->B * (p->Hq / p->group) * (pl->form == 1 ? pl->nblk : 1);
+    const int64_t want = (int64_t)(ctx->props.compute_units ? ctx->props.compute_units : 1) *
+                         tu->wgs_per_cu;
+    int64_t nsplit = ceil_div(want, groups);
+    if (tu->max_chunk > 0 && nsplit < ceil_div(Lk, tu->max_chunk)) nsplit = ceil_div(Lk, tu->max_chunk);
+    if (nsplit > ceil_div(Lk, tu->min_chunk)) nsplit = ceil_div(Lk, tu->min_chunk);
+    /* the scratch must fit the workspace and one allocation */
+    uint64_t cap = (uint64_t)ctx->workspace_bytes < ctx->props.max_alloc_bytes
+                       ? (uint64_t)ctx->workspace_bytes
+                       : ctx->props.max_alloc_bytes;
+    uint64_t per_split = decode_scratch_bytes(p, 1);
+    if ((uint64_t)nsplit * per_split > cap) nsplit = (int64_t)(cap / per_split);
+    if (nsplit < 1) nsplit = 1;
+    int64_t chunk = ceil_div(Lk, nsplit);
+    chunk = ceil_div(chunk, 16) * 16; /* aligned splits; the kernels take any chunk */
+    pl->chunk = chunk;
+    pl->nsplit = ceil_div(Lk, chunk);
+}
+
+static clattn_status decode_run(clattn_context *ctx, const clattn__dev_problem *dp, cl_event *event)
+{
+    const clattn__problem *p = dp->p;
+    decode_plan pl;
+    decode_make_plan(ctx, p, &pl);
+
+    char opts[640] = "";
+    bool ok = clattn__mask_options(dp, opts, sizeof opts) &&
+              clattn__opts_add(opts, sizeof opts,
+                               " -DD=%lld -DDV=%lld -DDEC_GPU=%d -DROWS=%d -DKTILE=%d -DVW=%d"
+                               " -DWG=%d -DK_CONTIG=%d -DV_CONTIG=%d -DHAS_LSE=%d",
+                               (long long)p->D, (long long)p->Dv, pl.form, pl.rows, pl.ktile,
+                               pl.vw, pl.wg, dp->k.st[3] == 1, dp->v.st[3] == 1, p->lse ? 1 : 0);
+    CLATTN_RETURN_IF(ctx, !ok, CLATTN_ERROR_INTERNAL, "decode: build options too long");
+    clattn__log(ctx, "decode: form %s, %d rows x %lld blocks, %lld splits of %lld keys, ktile %d",
+                pl.form ? "gpu" : "cpu", pl.rows, (long long)pl.nblk, (long long)pl.nsplit,
+                (long long)pl.chunk, pl.ktile);
+
+    cl_kernel kpart, kmerge;
+    CLATTN_FORWARD(clattn__kernel_get(ctx, "decode.cl", opts, "decode_partial", &kpart));
+    CLATTN_FORWARD(clattn__kernel_get(ctx, "decode.cl", opts, "decode_merge", &kmerge));
+
+    cl_mem part_o, part_ml;
+    const uint64_t nrows_all = (uint64_t)(p->B * p->Hq * p->Lq);
+    CLATTN_FORWARD(clattn__buffer_create(
+        ctx, (size_t)(nrows_all * (uint64_t)pl.nsplit * (uint64_t)p->Dv * sizeof(float)), &part_o));
+    clattn_status st = clattn__buffer_create(
+        ctx, (size_t)(nrows_all * (uint64_t)pl.nsplit * 2u * sizeof(float)), &part_ml);
+    if (st != CLATTN_SUCCESS) {
+        clReleaseMemObject(part_o);
+        return st;
+    }
+
+    const cl_long Hq = p->Hq, Hkv = p->Hq / p->group, group = p->group, Lq = p->Lq;
+    const cl_long nsplit = pl.nsplit, chunk = pl.chunk, nrows = (cl_long)nrows_all;
+    cl_uint a = 0;
+#define TRY(x)                                                                             \
+    if (st == CLATTN_SUCCESS) st = (x)
+    TRY(clattn__set_tensor_args(ctx, kpart, &a, &dp->q));
+    TRY(clattn__set_tensor_args(ctx, kpart, &a, &dp->k));
+    TRY(clattn__set_tensor_args(ctx, kpart, &a, &dp->v));
+    TRY(CLATTN_ARG(ctx, kpart, &a, part_o));
+    TRY(CLATTN_ARG(ctx, kpart, &a, part_ml));
+    TRY(CLATTN_ARG(ctx, kpart, &a, Hq));
+    TRY(CLATTN_ARG(ctx, kpart, &a, Hkv));
+    TRY(CLATTN_ARG(ctx, kpart, &a, group));
+    TRY(CLATTN_ARG(ctx, kpart, &a, nsplit));
+    TRY(CLATTN_ARG(ctx, kpart, &a, chunk));
+    TRY(clattn__set_mask_args(ctx, kpart, &a, dp));
+    if (pl.form == 1) {
+        size_t g[3] = {(size_t)pl.wg * (size_t)pl.nblk, (size_t)nsplit, (size_t)(p->B * Hkv)};
+        size_t l[3] = {(size_t)pl.wg, 1, 1};
+        TRY(clattn__enqueue(ctx, kpart, 3, g, l, NULL));
+    } else {
+        /* the blocks of one split share a work-group, so one core runs them while the
+         * split is in its cache */
+        size_t g[3] = {(size_t)pl.nblk, (size_t)nsplit, (size_t)(p->B * Hkv)};
+        size_t l[3] = {(size_t)pl.nblk, 1, 1};
+        TRY(clattn__enqueue(ctx, kpart, 3, g,
+                            (size_t)pl.nblk <= ctx->props.max_work_group_size ? l : NULL, NULL));
+    }
+
+    a = 0;
+    TRY(CLATTN_ARG(ctx, kmerge, &a, part_o));
+    TRY(CLATTN_ARG(ctx, kmerge, &a, part_ml));
+    TRY(CLATTN_ARG(ctx, kmerge, &a, nsplit));
+    TRY(CLATTN_ARG(ctx, kmerge, &a, nrows));
+    TRY(CLATTN_ARG(ctx, kmerge, &a, Hq));
+    TRY(CLATTN_ARG(ctx, kmerge, &a, Lq));
+    TRY(clattn__set_tensor_args(ctx, kmerge, &a, &dp->o));
+    TRY(CLATTN_ARG(ctx, kmerge, &a, dp->lse.mem));
+    TRY(CLATTN_ARG(ctx, kmerge, &a, dp->lse.off));
+    for (int i = 0; i < 3; i++) TRY(CLATTN_ARG(ctx, kmerge, &a, dp->lse.st[i]));
+    size_t gm[2] = {(size_t)p->Dv, (size_t)nrows};
+    TRY(clattn__enqueue(ctx, kmerge, 2, gm, NULL, event));
+#undef TRY
+    /* Releasing the scratch while kernels are queued is safe: OpenCL keeps it alive. */
+    clReleaseMemObject(part_o);
+    clReleaseMemObject(part_ml);
+    return st;
+}
+
+const clattn__path_impl clattn__path_decode = {CLATTN_PATH_DECODE, decode_supports, decode_run};
