@@ -136,8 +136,6 @@ typedef struct clattn__path_impl {
 } clattn__path_impl;
 
 extern const clattn__path_impl clattn__path_decode;
-/* Testing only (path_decode.c): force decode's CPU (0) or GPU (1) kernel form; -1 = tuned. */
-extern int clattn__decode_force_form;
 extern const clattn__path_impl clattn__path_fused;
 extern const clattn__path_impl clattn__path_unfused;
 #if CLATTN_WITH_CLBLAST

@@ -1,9 +1,10 @@
-/* The decode path: split-KV attention for a few query rows (Lq <= DECODE_MAX_LQ), the
+/* The decode path: split-KV attention for a few query rows (Lq <= max_lq, 8), the
  * shape of token-by-token generation. cl/decode.cl's decode_partial reads each (batch,
  * KV head) once for its whole GQA group, in key splits spread over the compute units,
  * and decode_merge combines the splits by their log-sum-exp. Scratch: per row and split
  * a max, a sum and Dv floats, bounded by the context's workspace. */
 #include "context.h"
+#include "tuning.h"
 
 #include <string.h>
 
@@ -11,95 +12,10 @@
  * form (so both are exercised on whatever device runs the tests). Not part of the ABI. */
 int clattn__decode_force_form = -1;
 
-/* ---- Tuning data ------------------------------------------------------------------ *
- * One row per device class, the generic default last (matched by device type only; a
- * device no row names gets the generic row, so none is unsupported).
- *
- *   form       0 = CPU form (one work-item per row block, vectors along D, no local
- *              memory), 1 = GPU form (work-group per row block, local-memory tiles)
- *   max_lq     largest Lq the path takes (above it the fused path is better: decode
- *              re-reads K/V once per row block, the fused kernel tiles queries)
- *   rows       most query rows per work-item (CPU) / work-group (GPU)
- *   ktile      keys per tile
- *   vw         CPU vector width along D
- *   wg         GPU work-group size
- *   wgs_per_cu work-groups wanted per compute unit (load balance)
- *   min_chunk  fewest keys per split (the merge costs DV floats per split and row)
- *   max_chunk  most keys per split (0 = no bound)
- *
- * CPU row: PoCL 3.1 on a 2-core Xeon with AVX-512 (figures at the end of cl/decode.cl).
- * vw 16 is one zmm register. With rows 4 at Dv = 128 the 32 accumulator vectors spill
- * to L1 (objdump of PoCL's code); a loop order keeping one column chunk of every row in
- * registers timed the same (GQA 32/8, f32 and f16), so the simpler order stayed. Splits
- * of 256..2048 keys keep a split's K and V (2 MiB at D = 128, f32) within one core's L2
- * for the row blocks that share it; 8 work-groups per core balance the two cores.
- * Variants (rows 2/8, ktile 32, vw 8, splits
- * up to 1024/8192 keys, 2 work-groups per core) timed within this machine's run-to-run
- * noise, so these are reasoned defaults, not measured optima.
- * GPU row: NVIDIA H200 through its OpenCL driver, measured against variants in the same
- * runs (figures at the end of cl/decode.cl). The generic row takes the CPU form, which
- * needs no local memory and runs anywhere. */
-typedef struct decode_tuning {
-    clattn_device_type type; /* 0 = any */
-    int form, max_lq, rows, ktile, vw, wg, wgs_per_cu, min_chunk, max_chunk;
-} decode_tuning;
-
-#define DECODE_MAX_LQ 8
-
-/* Each value can be overridden at compile time for tuning runs (-DDECODE_CPU_ROWS=2),
- * so variants can be timed without editing the table. */
-#ifndef DECODE_CPU_ROWS
-#define DECODE_CPU_ROWS 4
-#endif
-#ifndef DECODE_CPU_KTILE
-#define DECODE_CPU_KTILE 16
-#endif
-#ifndef DECODE_CPU_VW
-#define DECODE_CPU_VW 16
-#endif
-#ifndef DECODE_CPU_WGS_PER_CU
-#define DECODE_CPU_WGS_PER_CU 8
-#endif
-#ifndef DECODE_CPU_MIN_CHUNK
-#define DECODE_CPU_MIN_CHUNK 256
-#endif
-#ifndef DECODE_CPU_MAX_CHUNK
-#define DECODE_CPU_MAX_CHUNK 2048
-#endif
-#ifndef DECODE_GPU_ROWS
-#define DECODE_GPU_ROWS 8
-#endif
-#ifndef DECODE_GPU_KTILE
-#define DECODE_GPU_KTILE 256
-#endif
-#ifndef DECODE_GPU_WG
-#define DECODE_GPU_WG 128
-#endif
-#ifndef DECODE_GPU_WGS_PER_CU
-#define DECODE_GPU_WGS_PER_CU 8
-#endif
-#ifndef DECODE_GPU_MIN_CHUNK
-#define DECODE_GPU_MIN_CHUNK 128
-#endif
-
-static const decode_tuning decode_table[] = {
-    /* type              form max_lq         rows             ktile             vw             wg
-     *                   wgs/cu                 min_chunk             max_chunk */
-    {CLATTN_DEVICE_CPU,  0,   DECODE_MAX_LQ, DECODE_CPU_ROWS, DECODE_CPU_KTILE, DECODE_CPU_VW, 1,
-                         DECODE_CPU_WGS_PER_CU, DECODE_CPU_MIN_CHUNK, DECODE_CPU_MAX_CHUNK},
-    {CLATTN_DEVICE_GPU,  1,   DECODE_MAX_LQ, DECODE_GPU_ROWS, DECODE_GPU_KTILE, 4,             DECODE_GPU_WG,
-                         DECODE_GPU_WGS_PER_CU, DECODE_GPU_MIN_CHUNK, 0},
-    /* anything else: the CPU form, which needs no local memory and runs everywhere */
-    {0,                  0,   DECODE_MAX_LQ, 4,               16,               8,             1,
-                         4,                     256,                  4096},
-};
-
-static const decode_tuning *decode_tuning_for(const clattn_context *ctx)
+/* The tuning row (tuning.c) for ctx's device. */
+static const clattn__decode_tuning *decode_tuning_for(const clattn_context *ctx)
 {
-    size_t n = sizeof decode_table / sizeof decode_table[0];
-    for (size_t i = 0; i + 1 < n; i++)
-        if (decode_table[i].type == ctx->props.type) return &decode_table[i];
-    return &decode_table[n - 1];
+    return clattn__decode_tuning_for(&ctx->props);
 }
 
 /* Bytes of scratch for nsplit splits: a (max, sum) pair and Dv floats per row and split. */
@@ -111,9 +27,9 @@ static uint64_t decode_scratch_bytes(const clattn__problem *p, uint64_t nsplit)
 
 static bool decode_supports(const clattn_context *ctx, const clattn__problem *p, const char **why)
 {
-    const decode_tuning *tu = decode_tuning_for(ctx);
+    const clattn__decode_tuning *tu = decode_tuning_for(ctx);
     if (p->Lq > tu->max_lq) {
-        *why = "more query rows than the decode bound (DECODE_MAX_LQ) on this device";
+        *why = "more query rows than the decode bound (max_lq in tuning.c) on this device";
         return false;
     }
     /* one split per row always works; more splits only if the workspace allows */
@@ -148,7 +64,7 @@ static uint64_t gpu_local_bytes(const clattn__problem *p, int rows, int ktile, i
 static void decode_make_plan(const clattn_context *ctx, const clattn__problem *p,
                              decode_plan *pl)
 {
-    const decode_tuning *tu = decode_tuning_for(ctx);
+    const clattn__decode_tuning *tu = decode_tuning_for(ctx);
     const int64_t nrows = p->group * p->Lq; /* rows of one (b, kvh) */
     pl->form = clattn__decode_force_form >= 0 ? clattn__decode_force_form : tu->form;
     pl->vw = tu->vw;

@@ -25,4 +25,25 @@ extern int clattn__fused_force_form;
 const clattn__fused_tuning *clattn__fused_tuning_for(const clattn_device_props *props,
                                                      int64_t D, int64_t Dv);
 
+/* The decode path, cl/decode.cl (see path_decode.c). */
+typedef struct clattn__decode_tuning {
+    clattn_device_type type; /* 0 = any type */
+    const char *vendor;      /* case-insensitive substring of the device vendor; NULL = any */
+    int form;       /* 0 = CPU form (work-item per row block, vectors along D, no local
+                       memory), 1 = GPU form (work-group per row block, local memory) */
+    int max_lq;     /* largest Lq the path takes; above it the fused path tiles queries */
+    int rows;       /* most query rows per work-item (CPU) / work-group (GPU) */
+    int ktile;      /* keys per tile (CPU: a multiple of vw) / per local block (GPU) */
+    int vw;         /* CPU: float vector width along D (4, 8 or 16) */
+    int wg;         /* GPU: work-group size (a power of two) */
+    int wgs_per_cu; /* work-groups wanted per compute unit (load balance) */
+    int min_chunk;  /* fewest keys per split (the merge costs Dv floats per split and row) */
+    int max_chunk;  /* most keys per split (0 = no bound) */
+} clattn__decode_tuning;
+
+/* Testing only (path_decode.c): force the decode path's CPU (0) or GPU (1) form; -1 = tuned. */
+extern int clattn__decode_force_form;
+
+const clattn__decode_tuning *clattn__decode_tuning_for(const clattn_device_props *props);
+
 #endif /* CLATTN_TUNING_H */

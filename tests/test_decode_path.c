@@ -13,8 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "context.h"
 #include "test_util.h"
+#include "tuning.h" /* clattn__decode_force_form */
 
 static clattn_context *ctx;
 
