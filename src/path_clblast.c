@@ -359,14 +359,6 @@ static clattn_status gather_whole(clattn_context *ctx, const clattn__dev_tensor 
 }
 
 /* ---- The path ---------------------------------------------------------------------- */
-/* The unfused path's softmax work-group, so both paths share the built program. */
-static size_t softmax_wg(const clattn_context *ctx)
-{
-    size_t wg = 64;
-    while (wg > 1 && wg > ctx->props.max_work_group_size) wg >>= 1;
-    return wg;
-}
-
 static clattn_status clblast_run(clattn_context *ctx, const clattn__dev_problem *dp, cl_event *event)
 {
     const clattn__problem *p = dp->p;
@@ -388,14 +380,9 @@ static clattn_status clblast_run(clattn_context *ctx, const clattn__dev_problem 
 
     /* Kernels first: the same build options as the unfused path (only what each kernel
      * reads), so the programs are shared with it in the context's cache. */
-    const size_t wg = softmax_wg(ctx);
-    char omask[256] = "", osoft[64] = "";
-    bool okopt = clattn__feature_options(dp, omask, sizeof omask) &&
-                 clattn__opts_add(osoft, sizeof osoft, "-DWG=%zu -DHAS_LSE=%d", wg, p->lse ? 1 : 0);
-    CLATTN_RETURN_IF(ctx, !okopt, CLATTN_ERROR_INTERNAL, "clblast: build options too long");
-    cl_kernel kmask, ksoft, kq = NULL, ko = NULL;
-    CLATTN_FORWARD(clattn__kernel_get(ctx, "unfused_scale_mask.cl", omask, "unfused_scale_mask", &kmask));
-    CLATTN_FORWARD(clattn__kernel_get(ctx, "unfused_softmax.cl", osoft, "unfused_softmax", &ksoft));
+    clattn__softmax_kernels ksm;
+    cl_kernel kq = NULL, ko = NULL;
+    CLATTN_FORWARD(clattn__softmax_kernels_get(ctx, dp, &ksm));
     if (pl.gather_q) CLATTN_FORWARD(convert_kernel(ctx, true, p->q->dtype, &kq));
     if (pl.scatter_o) CLATTN_FORWARD(convert_kernel(ctx, false, p->o->dtype, &ko));
 
@@ -447,29 +434,7 @@ static clattn_status clblast_run(clattn_context *ctx, const clattn__dev_problem 
             }
 
             /* scale, soft cap, ALiBi, masks; then softmax and LSE: as the unfused path */
-            cl_uint a = 0;
-            TRY(CLATTN_ARG(ctx, kmask, &a, S));
-            TRY(CLATTN_ARG(ctx, kmask, &a, ldS));
-            TRY(CLATTN_ARG(ctx, kmask, &a, row0));
-            TRY(CLATTN_ARG(ctx, kmask, &a, n));
-            TRY(CLATTN_ARG(ctx, kmask, &a, Hq));
-            TRY(clattn__set_mask_args(ctx, kmask, &a, dp));
-            size_t g2[2] = {(size_t)Lk, (size_t)n};
-            TRY(clattn__enqueue(ctx, kmask, 2, g2, NULL, NULL));
-
-            a = 0;
-            TRY(CLATTN_ARG(ctx, ksoft, &a, S));
-            TRY(CLATTN_ARG(ctx, ksoft, &a, ldS));
-            TRY(CLATTN_ARG(ctx, ksoft, &a, row0));
-            TRY(CLATTN_ARG(ctx, ksoft, &a, n));
-            TRY(CLATTN_ARG(ctx, ksoft, &a, Hq));
-            TRY(CLATTN_ARG(ctx, ksoft, &a, Lq));
-            TRY(CLATTN_ARG(ctx, ksoft, &a, Lk));
-            TRY(CLATTN_ARG(ctx, ksoft, &a, dp->lse.mem));
-            TRY(CLATTN_ARG(ctx, ksoft, &a, dp->lse.off));
-            for (int i = 0; i < 3; i++) TRY(CLATTN_ARG(ctx, ksoft, &a, dp->lse.st[i]));
-            size_t gs[2] = {wg, (size_t)n}, ls[2] = {wg, 1};
-            TRY(clattn__enqueue(ctx, ksoft, 2, gs, ls, NULL));
+            TRY(clattn__softmax_enqueue(ctx, dp, &ksm, S, ldS, row0, n));
 
             /* O = P V, into O itself or into float32 rows copied out after */
             if (Lk > 0) {

@@ -16,12 +16,51 @@ static bool unfused_supports(const clattn_context *ctx, const clattn__problem *p
     return true;
 }
 
-/* Largest power of two <= 64 the device takes as a work-group: the softmax work-group. */
-static size_t softmax_wg(const clattn_context *ctx)
+clattn_status clattn__softmax_kernels_get(clattn_context *ctx, const clattn__dev_problem *dp,
+                                          clattn__softmax_kernels *k)
 {
-    size_t wg = 64;
-    while (wg > 1 && wg > ctx->props.max_work_group_size) wg >>= 1;
-    return wg;
+    /* the softmax work-group: the largest power of two <= 64 the device takes */
+    k->wg = 64;
+    while (k->wg > 1 && k->wg > ctx->props.max_work_group_size) k->wg >>= 1;
+    /* each kernel built with only the options it reads, so more problems share builds */
+    char omask[256] = "", osoft[64] = "";
+    bool ok = clattn__feature_options(dp, omask, sizeof omask) &&
+              clattn__opts_add(osoft, sizeof osoft, "-DWG=%zu -DHAS_LSE=%d", k->wg,
+                               dp->p->lse ? 1 : 0);
+    CLATTN_RETURN_IF(ctx, !ok, CLATTN_ERROR_INTERNAL, "softmax: build options too long");
+    CLATTN_FORWARD(clattn__kernel_get(ctx, "unfused_scale_mask.cl", omask, "unfused_scale_mask", &k->mask));
+    return clattn__kernel_get(ctx, "unfused_softmax.cl", osoft, "unfused_softmax", &k->soft);
+}
+
+clattn_status clattn__softmax_enqueue(clattn_context *ctx, const clattn__dev_problem *dp,
+                                      const clattn__softmax_kernels *k, cl_mem S, cl_long ldS,
+                                      cl_long row0, cl_long n)
+{
+    const clattn__problem *p = dp->p;
+    const cl_long Hq = p->Hq, Lq = p->Lq, Lk = p->Lk;
+    cl_uint a = 0;
+    CLATTN_FORWARD(CLATTN_ARG(ctx, k->mask, &a, S));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, k->mask, &a, ldS));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, k->mask, &a, row0));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, k->mask, &a, n));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, k->mask, &a, Hq));
+    CLATTN_FORWARD(clattn__set_mask_args(ctx, k->mask, &a, dp));
+    const size_t gm[2] = {(size_t)Lk, (size_t)n};
+    CLATTN_FORWARD(clattn__enqueue(ctx, k->mask, 2, gm, NULL, NULL));
+
+    a = 0;
+    CLATTN_FORWARD(CLATTN_ARG(ctx, k->soft, &a, S));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, k->soft, &a, ldS));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, k->soft, &a, row0));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, k->soft, &a, n));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, k->soft, &a, Hq));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, k->soft, &a, Lq));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, k->soft, &a, Lk));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, k->soft, &a, dp->lse.mem));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, k->soft, &a, dp->lse.off));
+    for (int i = 0; i < 3; i++) CLATTN_FORWARD(CLATTN_ARG(ctx, k->soft, &a, dp->lse.st[i]));
+    const size_t gs[2] = {k->wg, (size_t)n}, ls[2] = {k->wg, 1};
+    return clattn__enqueue(ctx, k->soft, 2, gs, ls, NULL);
 }
 
 /* Side of the square QKᵀ and P·V tiles: 16 (256 work-items) where the device allows; 1
@@ -44,13 +83,13 @@ typedef struct chunk {
 } chunk;
 
 static clattn_status run_chunk(clattn_context *ctx, const clattn__dev_problem *dp, cl_kernel kqk,
-                               cl_kernel kmask, cl_kernel ksoft, cl_kernel kpv, cl_mem S, chunk c,
-                               size_t tile, size_t wg, cl_event *event)
+                               const clattn__softmax_kernels *ksm, cl_kernel kpv, cl_mem S,
+                               chunk c, size_t tile, cl_event *event)
 {
     const clattn__problem *p = dp->p;
     const cl_long ldS = p->Lk > 0 ? p->Lk : 1;
-    const cl_long Hq = p->Hq, Lq = p->Lq, Lk = p->Lk, group = p->group;
-    const cl_long row0 = c.bh0 * Lq + c.i0, n = c.nh * c.ni;
+    const cl_long Hq = p->Hq, Lk = p->Lk, group = p->group;
+    const cl_long row0 = c.bh0 * p->Lq + c.i0, n = c.nh * c.ni;
     cl_uint a = 0;
     CLATTN_FORWARD(clattn__set_tensor_args(ctx, kqk, &a, &dp->q));
     CLATTN_FORWARD(clattn__set_tensor_args(ctx, kqk, &a, &dp->k));
@@ -67,29 +106,7 @@ static clattn_status run_chunk(clattn_context *ctx, const clattn__dev_problem *d
     const size_t gqk[3] = {round_up((size_t)Lk, tile), round_up((size_t)c.ni, tile), (size_t)c.nh};
     CLATTN_FORWARD(clattn__enqueue(ctx, kqk, 3, gqk, local, NULL));
 
-    a = 0;
-    CLATTN_FORWARD(CLATTN_ARG(ctx, kmask, &a, S));
-    CLATTN_FORWARD(CLATTN_ARG(ctx, kmask, &a, ldS));
-    CLATTN_FORWARD(CLATTN_ARG(ctx, kmask, &a, row0));
-    CLATTN_FORWARD(CLATTN_ARG(ctx, kmask, &a, n));
-    CLATTN_FORWARD(CLATTN_ARG(ctx, kmask, &a, Hq));
-    CLATTN_FORWARD(clattn__set_mask_args(ctx, kmask, &a, dp));
-    const size_t gm[2] = {(size_t)Lk, (size_t)n};
-    CLATTN_FORWARD(clattn__enqueue(ctx, kmask, 2, gm, NULL, NULL));
-
-    a = 0;
-    CLATTN_FORWARD(CLATTN_ARG(ctx, ksoft, &a, S));
-    CLATTN_FORWARD(CLATTN_ARG(ctx, ksoft, &a, ldS));
-    CLATTN_FORWARD(CLATTN_ARG(ctx, ksoft, &a, row0));
-    CLATTN_FORWARD(CLATTN_ARG(ctx, ksoft, &a, n));
-    CLATTN_FORWARD(CLATTN_ARG(ctx, ksoft, &a, Hq));
-    CLATTN_FORWARD(CLATTN_ARG(ctx, ksoft, &a, Lq));
-    CLATTN_FORWARD(CLATTN_ARG(ctx, ksoft, &a, Lk));
-    CLATTN_FORWARD(CLATTN_ARG(ctx, ksoft, &a, dp->lse.mem));
-    CLATTN_FORWARD(CLATTN_ARG(ctx, ksoft, &a, dp->lse.off));
-    for (int i = 0; i < 3; i++) CLATTN_FORWARD(CLATTN_ARG(ctx, ksoft, &a, dp->lse.st[i]));
-    const size_t gs[2] = {wg, (size_t)n}, ls[2] = {wg, 1};
-    CLATTN_FORWARD(clattn__enqueue(ctx, ksoft, 2, gs, ls, NULL));
+    CLATTN_FORWARD(clattn__softmax_enqueue(ctx, dp, ksm, S, ldS, row0, n));
 
     a = 0;
     CLATTN_FORWARD(CLATTN_ARG(ctx, kpv, &a, S));
@@ -120,23 +137,21 @@ static clattn_status unfused_run(clattn_context *ctx, const clattn__dev_problem 
     const cl_long rows_per_chunk = heads_per_chunk >= 1 ? p->Lq : rows_fit;
     const cl_long nh_max = heads_per_chunk >= 1 ? (heads_per_chunk < heads ? heads_per_chunk : heads) : 1;
 
-    const size_t wg = softmax_wg(ctx), tile = tile_side(ctx);
+    const size_t tile = tile_side(ctx);
     /* Each kernel is built with only the options it depends on, so problems that differ
      * in what one kernel does not read share that kernel's build (builds dominate the
      * first call on CPU drivers: about a second each on PoCL). */
-    char oqk[160] = "", omask[256] = "", osoft[64] = "", opv[160] = "";
+    char oqk[160] = "", opv[160] = "";
     bool ok = clattn__opts_add(oqk, sizeof oqk, "-DQ_DT=%d -DK_DT=%d -DD=%lld -DTILE=%zu",
                                (int)p->q->dtype, (int)p->k->dtype, (long long)p->D, tile) &&
-              clattn__feature_options(dp, omask, sizeof omask) &&
-              clattn__opts_add(osoft, sizeof osoft, "-DWG=%zu -DHAS_LSE=%d", wg, p->lse ? 1 : 0) &&
               clattn__opts_add(opv, sizeof opv, "-DV_DT=%d -DO_DT=%d -DDV=%lld -DTILE=%zu",
                                (int)p->v->dtype, (int)p->o->dtype, (long long)p->Dv, tile);
     CLATTN_RETURN_IF(ctx, !ok, CLATTN_ERROR_INTERNAL, "unfused: build options too long");
 
-    cl_kernel kqk, kmask, ksoft, kpv;
+    cl_kernel kqk, kpv;
+    clattn__softmax_kernels ksm;
     CLATTN_FORWARD(clattn__kernel_get(ctx, "unfused_qk.cl", oqk, "unfused_qk", &kqk));
-    CLATTN_FORWARD(clattn__kernel_get(ctx, "unfused_scale_mask.cl", omask, "unfused_scale_mask", &kmask));
-    CLATTN_FORWARD(clattn__kernel_get(ctx, "unfused_softmax.cl", osoft, "unfused_softmax", &ksoft));
+    CLATTN_FORWARD(clattn__softmax_kernels_get(ctx, dp, &ksm));
     CLATTN_FORWARD(clattn__kernel_get(ctx, "unfused_pv.cl", opv, "unfused_pv", &kpv));
 
     cl_mem S;
@@ -147,7 +162,7 @@ static clattn_status unfused_run(clattn_context *ctx, const clattn__dev_problem 
         for (cl_long i0 = 0; i0 < p->Lq && st == CLATTN_SUCCESS; i0 += rows_per_chunk) {
             chunk c = {bh0, nh, i0, p->Lq - i0 < rows_per_chunk ? p->Lq - i0 : rows_per_chunk};
             const bool last = bh0 + nh >= heads && i0 + c.ni >= p->Lq;
-            st = run_chunk(ctx, dp, kqk, kmask, ksoft, kpv, S, c, tile, wg, last ? event : NULL);
+            st = run_chunk(ctx, dp, kqk, &ksm, kpv, S, c, tile, last ? event : NULL);
         }
     }
     /* Releasing S while kernels are queued is safe: OpenCL keeps it until they finish. */
