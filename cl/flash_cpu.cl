@@ -10,8 +10,10 @@
  *   flash_cpu_pack  global (LK_PAD, B*Hkv)          one work-item per key j
  *     (TENSOR_PARAMS(const __global K_T *, k), TENSOR_PARAMS(const __global V_T *, v),
  *      long Lk, long B, long Hkv,
- *      __global float *kt,     // [B, Hkv, D, LK_PAD]  K transposed, f32, zero padded
+ *      __global float *kt,     // [B, Hkv, LK_PAD / BLOCK_N, D, BLOCK_N]  K transposed
+ *                              // tile by tile, f32, zero padded
  *      __global float *vp,     // [B, Hkv, LK_PAD, DV_PAD]  V, f32, zero padded
+ *                              // (not written, and may be NULL, when V_DIRECT is 1)
  *      long lk_pad)
  *
  *   flash_cpu       global (ceil(Lq / BLOCK_M), B*Hq)   one work-item per BLOCK_M rows
@@ -31,7 +33,10 @@
  *   BLOCK_N      keys per tile, a multiple of 16 (16..128); LK_PAD = Lk rounded up to it
  *   DV_CHUNK     float16 vectors of the output row updated per pass over a tile (1..8)
  *   HAS_LSE      0|1
+ *   V_DIRECT     1: read V in place instead of the packed copy; only for float32 V with
+ *                unit stride along Dv and DV a multiple of 16 (the host checks)
  *   EXP2         exp2 (default) or native_exp2
+ *   SKIP_RESCALE 1 (default): rescale a row's accumulators only when its running max moves
  *
  * Design (from measurements on PoCL 3.1, 2-core Xeon Cascade Lake with AVX-512):
  * scores and outputs are rank-1 updates "broadcast scalar x float16 vector": for each d,
@@ -66,6 +71,19 @@
 #ifndef EXP2
 #define EXP2 exp2
 #endif
+#ifndef V_DIRECT
+#define V_DIRECT 0
+#endif
+#ifndef SKIP_RESCALE
+#define SKIP_RESCALE 1
+#endif
+#ifndef ROW_GROUPS
+#define ROW_GROUPS 1
+#endif
+#define ROWS (BLOCK_M * ROW_GROUPS) /* query rows per work-item */
+#if V_DIRECT && (V_DT != 0 || (DV % 16) != 0)
+#error "V_DIRECT needs float32 V and DV a multiple of 16"
+#endif
 
 #if (BLOCK_N % 16) != 0
 #error "BLOCK_N must be a multiple of 16"
@@ -85,17 +103,24 @@ __kernel void flash_cpu_pack(TENSOR_PARAMS(const __global K_T *, k),
     const long bh = get_global_id(1);
     if (j >= lk_pad || bh >= B * Hkv) return;
     const long b = bh / Hkv, h = bh % Hkv;
-    __global float *ktp = kt + bh * (long)D * lk_pad + j;
+    /* tile-major: each tile's Kᵀ is one contiguous D x BLOCK_N block */
+    __global float *ktp = kt + bh * (long)D * lk_pad + (j / BLOCK_N) * (long)(D * BLOCK_N) + j % BLOCK_N;
+#if !V_DIRECT
     __global float *vpp = vp + (bh * lk_pad + j) * DV_PAD;
+#endif
     if (j < Lk) {
         const long kb = k_off + b * k_s0 + h * k_s1 + j * k_s2;
-        for (int d = 0; d < D; d++) ktp[(long)d * lk_pad] = LOAD_K(k, kb + d * k_s3);
+        for (int d = 0; d < D; d++) ktp[d * BLOCK_N] = LOAD_K(k, kb + d * k_s3);
+#if !V_DIRECT
         const long vb = v_off + b * v_s0 + h * v_s1 + j * v_s2;
         for (int c = 0; c < DV; c++) vpp[c] = LOAD_V(v, vb + c * v_s3);
         for (int c = DV; c < DV_PAD; c++) vpp[c] = 0.0f;
+#endif
     } else {
-        for (int d = 0; d < D; d++) ktp[(long)d * lk_pad] = 0.0f;
+        for (int d = 0; d < D; d++) ktp[d * BLOCK_N] = 0.0f;
+#if !V_DIRECT
         for (int c = 0; c < DV_PAD; c++) vpp[c] = 0.0f;
+#endif
     }
 }
 
@@ -127,28 +152,46 @@ __kernel void flash_cpu(TENSOR_PARAMS(const __global Q_T *, q),
 {
     const long blk = get_global_id(0);
     const long bh = get_global_id(1);
-    const long i0 = blk * BLOCK_M;
+    const long i0 = blk * ROWS;
     if (i0 >= Lq || bh >= B * Hq) return;
     const long b = bh / Hq, h = bh % Hq;
     const long kvh = h / (Hq / Hkv);
     const __global float *ktb = kt + (b * Hkv + kvh) * (long)D * lk_pad;
-    const __global float *vpb = vp + (b * Hkv + kvh) * lk_pad * DV_PAD;
+#if V_DIRECT
+    const __global float *vrows = v + v_off + b * v_s0 + kvh * v_s1;
+    const long vld = v_s2;
+#else
+    const __global float *vrows = vp + (b * Hkv + kvh) * lk_pad * DV_PAD;
+    const long vld = DV_PAD;
+#endif
 
-    /* Per-row key ranges and their union / intersection over the block. */
-    int lo[BLOCK_M], hi[BLOCK_M];
-    long lo_min = Lk, hi_max = 0, lo_max = 0, hi_min = Lk;
-#pragma unroll
-    for (int r = 0; r < BLOCK_M; r++) {
-        long2 kr = (long2)(0, 0);
-        if (i0 + r < Lq) kr = KEY_RANGE(b, i0 + r);
-        lo[r] = (int)kr.x;
-        hi[r] = (int)kr.y;
-        if (kr.x < kr.y) {
-            lo_min = min(lo_min, kr.x);
-            hi_max = max(hi_max, kr.y);
+    /* Per-row key ranges; per group of BLOCK_M rows their union (tiles to visit) and
+     * intersection (tiles needing no per-key test); the union over all rows. */
+    int lo[ROWS], hi[ROWS];
+    int g_lo_min[ROW_GROUPS], g_hi_max[ROW_GROUPS], g_lo_max[ROW_GROUPS], g_hi_min[ROW_GROUPS];
+    long lo_min = Lk, hi_max = 0;
+    for (int g = 0; g < ROW_GROUPS; g++) {
+        int glmin = (int)Lk, ghmax = 0, glmax = 0, ghmin = (int)Lk;
+        for (int r = g * BLOCK_M; r < (g + 1) * BLOCK_M; r++) {
+            long2 kr = (long2)(0, 0);
+            if (i0 + r < Lq) kr = KEY_RANGE(b, i0 + r);
+            lo[r] = (int)kr.x;
+            hi[r] = (int)kr.y;
+            if (kr.x < kr.y) {
+                glmin = min(glmin, lo[r]);
+                ghmax = max(ghmax, hi[r]);
+            }
+            glmax = max(glmax, lo[r]);
+            ghmin = min(ghmin, hi[r]);
         }
-        lo_max = max(lo_max, kr.x);
-        hi_min = min(hi_min, kr.y);
+        g_lo_min[g] = glmin;
+        g_hi_max[g] = ghmax;
+        g_lo_max[g] = glmax;
+        g_hi_min[g] = ghmin;
+        if (glmin < ghmax) {
+            lo_min = min(lo_min, (long)glmin);
+            hi_max = max(hi_max, (long)ghmax);
+        }
     }
 
     /* q rows, pre-scaled so that scores come out in base 2 (or scaled for softcap). */
@@ -157,9 +200,8 @@ __kernel void flash_cpu(TENSOR_PARAMS(const __global Q_T *, q),
 #else
     const float qmul = scale * CLATTN_LOG2E;
 #endif
-    float qp[BLOCK_M][D];
-#pragma unroll
-    for (int r = 0; r < BLOCK_M; r++) {
+    float qp[ROWS][D];
+    for (int r = 0; r < ROWS; r++) {
         const long qb = q_off + b * q_s0 + h * q_s1 + min(i0 + r, Lq - 1) * q_s2;
         for (int d = 0; d < D; d++) qp[r][d] = qmul * LOAD_Q(q, qb + d * q_s3);
     }
@@ -167,11 +209,10 @@ __kernel void flash_cpu(TENSOR_PARAMS(const __global Q_T *, q),
     const float slope2 = ALIBI_SLOPE(h) * CLATTN_LOG2E;
 #endif
 
-    float16 acc[BLOCK_M][NVD];
-    float m[BLOCK_M];
-    float16 lv[BLOCK_M]; /* running sums, lane-wise; reduced once at the end */
-#pragma unroll
-    for (int r = 0; r < BLOCK_M; r++) {
+    float16 acc[ROWS][NVD];
+    float m[ROWS];
+    float16 lv[ROWS]; /* running sums, lane-wise; reduced once at the end */
+    for (int r = 0; r < ROWS; r++) {
         m[r] = -INFINITY;
         lv[r] = (float16)0.0f;
         for (int c = 0; c < NVD; c++) acc[r][c] = (float16)0.0f;
@@ -180,21 +221,31 @@ __kernel void flash_cpu(TENSOR_PARAMS(const __global Q_T *, q),
     const int16 lane = (int16)(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
 
     for (long j0 = lo_min / BLOCK_N * BLOCK_N; j0 < hi_max; j0 += BLOCK_N) {
+        const __global float *vt = vrows + j0 * vld;
+#if V_DIRECT
+        const int jn = (int)min((long)BLOCK_N, Lk - j0); /* V has no rows past Lk */
+#else
+        const int jn = BLOCK_N;
+#endif
+        /* The groups of rows take the tile in turn while it is in the cache. */
+        for (int g = 0; g < ROW_GROUPS; g++) {
+        if (j0 + BLOCK_N <= g_lo_min[g] || j0 >= g_hi_max[g]) continue; /* nothing here */
+        const int rb = g * BLOCK_M;
         /* S = Q Kᵀ for this tile: rank-1 updates over d. */
         float16 s[BLOCK_M][NVN];
 #pragma unroll
         for (int r = 0; r < BLOCK_M; r++)
 #pragma unroll
             for (int n = 0; n < NVN; n++) s[r][n] = (float16)0.0f;
-        const __global float *kp = ktb + j0;
+        const __global float *kp = ktb + j0 * D; /* tile j0 / BLOCK_N */
         for (int d = 0; d < D; d++) {
             float16 kv[NVN];
 #pragma unroll
             for (int n = 0; n < NVN; n++) kv[n] = vload16(n, kp);
-            kp += lk_pad;
+            kp += BLOCK_N;
 #pragma unroll
             for (int r = 0; r < BLOCK_M; r++) {
-                const float qd = qp[r][d];
+                const float qd = qp[rb + r][d];
 #pragma unroll
                 for (int n = 0; n < NVN; n++) s[r][n] = fma((float16)qd, kv[n], s[r][n]);
             }
@@ -202,9 +253,10 @@ __kernel void flash_cpu(TENSOR_PARAMS(const __global Q_T *, q),
 
         /* Scores (SPEC §1 order, as clattn_score in the prelude, on vectors), then the
          * online softmax update. */
-        const bool full = j0 >= lo_max && j0 + BLOCK_N <= hi_min;
+        const bool full = j0 >= g_lo_max[g] && j0 + BLOCK_N <= g_hi_min[g];
 #pragma unroll
         for (int r = 0; r < BLOCK_M; r++) {
+            const int R = rb + r;
             float16 sv[NVN];
 #pragma unroll
             for (int n = 0; n < NVN; n++) {
@@ -215,13 +267,13 @@ __kernel void flash_cpu(TENSOR_PARAMS(const __global Q_T *, q),
 #endif
 #if HAS_ALIBI
                 {
-                    const int ip = (int)(i0 + r + Lk - Lq);
+                    const int ip = (int)(i0 + R + Lk - Lq);
                     x -= slope2 * convert_float16(abs(ip - jv));
                 }
 #endif
 #if MASK_KIND != 0
                 {
-                    const long ir = min(i0 + r, Lq - 1);
+                    const long ir = min(i0 + R, Lq - 1);
                     const __global MASK_T *mp =
                         mask + mask_off + b * mask_s0 + h * mask_s1 + ir * mask_s2;
                     const long jb = j0 + n * 16;
@@ -237,16 +289,16 @@ __kernel void flash_cpu(TENSOR_PARAMS(const __global Q_T *, q),
                     x += vload16(0, mv);
                 }
 #endif
-                if (!full) x = select(x, (float16)(-INFINITY), (jv < lo[r]) | (jv >= hi[r]));
+                if (!full) x = select(x, (float16)(-INFINITY), (jv < lo[R]) | (jv >= hi[R]));
                 sv[n] = x;
             }
             float16 mx = sv[0];
 #pragma unroll
             for (int n = 1; n < NVN; n++) mx = CLATTN_VMAX(mx, sv[n]);
-            const float mnew = CLATTN_VMAX(m[r], clattn_hmax16(mx));
+            const float mold = m[R];
+            const float mnew = CLATTN_VMAX(mold, clattn_hmax16(mx));
             /* a row with nothing allowed yet keeps m = -inf; never exp(-inf - -inf) */
             const float muse = mnew == -INFINITY ? 0.0f : mnew;
-            const float alpha = EXP2(m[r] - muse);
             float16 ps = (float16)0.0f;
 #pragma unroll
             for (int n = 0; n < NVN; n++) {
@@ -254,26 +306,37 @@ __kernel void flash_cpu(TENSOR_PARAMS(const __global Q_T *, q),
                 ps += p;
                 vstore16(p, n, pbuf[r]);
             }
-            lv[r] = fma(lv[r], (float16)alpha, ps);
-            m[r] = mnew;
-#pragma unroll
-            for (int c = 0; c < NVD; c++) acc[r][c] *= alpha;
+#if SKIP_RESCALE
+            /* the running max rarely moves once a row has seen a few tiles: rescale only
+             * when it does (alpha = 1 otherwise) */
+            if (mnew > mold) {
+#else
+            {
+#endif
+                const float alpha = EXP2(mold - muse);
+                lv[R] *= alpha;
+                for (int c = 0; c < NVD; c++) acc[R][c] *= alpha;
+            }
+            lv[R] += ps;
+            m[R] = mnew;
         }
 
-        /* O += P V for this tile, DV_CHUNK vectors of the output row at a time. */
-        const __global float *vt = vpb + j0 * DV_PAD;
+        /* O += P V for this tile, DV_CHUNK vectors of the output row at a time,
+         * unrolled so each chunk's width is known and its loop keeps a[][] in registers
+         * (a run-time chunk loop spilled: D = 80 ran at 0.45x the speed of D = 64). */
+#pragma unroll
         for (int c0 = 0; c0 < NVD; c0 += DV_CHUNK) {
             float16 a[BLOCK_M][DV_CHUNK];
 #pragma unroll
             for (int r = 0; r < BLOCK_M; r++)
 #pragma unroll
                 for (int c = 0; c < DV_CHUNK; c++)
-                    if (c0 + c < NVD) a[r][c] = acc[r][c0 + c];
-            for (int j = 0; j < BLOCK_N; j++) {
+                    if (c0 + c < NVD) a[r][c] = acc[rb + r][c0 + c];
+            for (int j = 0; j < jn; j++) {
                 float16 vv[DV_CHUNK];
 #pragma unroll
                 for (int c = 0; c < DV_CHUNK; c++)
-                    if (c0 + c < NVD) vv[c] = vload16(c0 + c, vt + j * DV_PAD);
+                    if (c0 + c < NVD) vv[c] = vload16(c0 + c, vt + j * vld);
 #pragma unroll
                 for (int r = 0; r < BLOCK_M; r++) {
                     const float pj = pbuf[r][j];
@@ -286,13 +349,13 @@ __kernel void flash_cpu(TENSOR_PARAMS(const __global Q_T *, q),
             for (int r = 0; r < BLOCK_M; r++)
 #pragma unroll
                 for (int c = 0; c < DV_CHUNK; c++)
-                    if (c0 + c < NVD) acc[r][c0 + c] = a[r][c];
+                    if (c0 + c < NVD) acc[rb + r][c0 + c] = a[r][c];
         }
+        } /* groups */
     }
 
     /* Write O and LSE once. A row with no allowed key: O = 0, LSE = -inf. */
-#pragma unroll
-    for (int r = 0; r < BLOCK_M; r++) {
+    for (int r = 0; r < ROWS; r++) {
         const long i = i0 + r;
         if (i >= Lq) break;
         const float l = clattn_hsum16(lv[r]);

@@ -23,26 +23,41 @@ static uint64_t gpu_local_bytes(const clattn__problem *p, int block_m, int block
 
 /* The kernel parameters of one call: the tuning row adjusted to the device and p. */
 typedef struct fused_plan {
-    int form, block_m, block_n, dv_chunk, wg;
+    int form, block_m, block_n, dv_chunk, row_groups, wg;
     int64_t lk_pad; /* keys of the packed copies: Lk rounded up to block_n (at least one tile) */
     int64_t dv_pad; /* row length of the packed V */
+    bool v_direct;  /* CPU form: V is read in place (f32, unit stride along Dv, Dv % 16 == 0) */
 } fused_plan;
 
 static int64_t ceil_to(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
 
 static void fused_make_plan(const clattn_context *ctx, const clattn__problem *p, fused_plan *pl)
 {
+    /* the packed V only converts and pads: skip it when V already is f32 rows of whole
+     * float16 vectors (the kernel reads V as float16 vectors) */
+    pl->v_direct = p->v->dtype == CLATTN_F32 && p->v->nb[3] == (int64_t)sizeof(float) &&
+                   p->Dv % 16 == 0;
     const clattn__fused_tuning *tu = clattn__fused_tuning_for(&ctx->props, p->D, p->Dv);
     pl->form = clattn__fused_force_form >= 0 ? clattn__fused_force_form : tu->form;
     pl->block_m = tu->block_m;
     pl->block_n = tu->block_n;
     pl->dv_chunk = tu->dv_chunk;
+    pl->row_groups = tu->row_groups > 0 ? tu->row_groups : 1;
     pl->wg = tu->wg;
     if (pl->form != tu->form) { /* forced: the other form's generic values */
-        pl->block_m = pl->form ? 32 : 8;
-        pl->block_n = 32;
-        pl->dv_chunk = 2;
+        pl->block_m = pl->form ? 32 : 6;
+        pl->block_n = pl->form ? 32 : 64;
+        pl->dv_chunk = 4;
+        pl->row_groups = pl->form ? 1 : 4;
         pl->wg = pl->form ? 128 : 1;
+    }
+    if (pl->form == 0) {
+        /* fewer row groups when they would leave compute units idle: at least 4
+         * work-items per unit */
+        const int64_t want = 4 * (int64_t)(ctx->props.compute_units ? ctx->props.compute_units : 1);
+        const int64_t blocks = p->B * p->Hq * ((p->Lq + pl->block_m - 1) / pl->block_m);
+        while (pl->row_groups > 1 && (blocks + pl->row_groups - 1) / pl->row_groups < want)
+            pl->row_groups--;
     }
     if (pl->form == 1) {
         /* work-groups of 16 x TR work-items; BLOCK_M a multiple of TR; the tiles shrink
@@ -69,7 +84,7 @@ static void fused_make_plan(const clattn_context *ctx, const clattn__problem *p,
 /* Bytes of the packed K and V of one (batch, KV head). */
 static uint64_t head_bytes(const clattn__problem *p, const fused_plan *pl)
 {
-    return (uint64_t)pl->lk_pad * (uint64_t)(p->D + pl->dv_pad) * sizeof(float);
+    return (uint64_t)pl->lk_pad * (uint64_t)(p->D + (pl->v_direct ? 0 : pl->dv_pad)) * sizeof(float);
 }
 
 /* The most scratch one call may hold: the workspace bound and one allocation. */
@@ -152,10 +167,14 @@ static clattn_status fused_run(clattn_context *ctx, const clattn__dev_problem *d
                                " -DD=%lld -DDV=%lld -DBLOCK_M=%d -DBLOCK_N=%d -DWG=%d -DHAS_LSE=%d",
                                (long long)p->D, (long long)p->Dv, pl.block_m, pl.block_n, pl.wg,
                                p->lse ? 1 : 0) &&
-              (pl.form == 1 || clattn__opts_add(opts, sizeof opts, " -DDV_CHUNK=%d", pl.dv_chunk));
+              (pl.form == 1 ||
+               clattn__opts_add(opts, sizeof opts, " -DDV_CHUNK=%d -DROW_GROUPS=%d -DV_DIRECT=%d",
+                                pl.dv_chunk, pl.row_groups, pl.v_direct ? 1 : 0));
     CLATTN_RETURN_IF(ctx, !ok, CLATTN_ERROR_INTERNAL, "fused: build options too long");
     const int64_t Hkv = p->Hq / p->group;
-    const int64_t nblk = (p->Lq + pl.block_m - 1) / pl.block_m;
+    /* work-items (CPU) / work-groups (GPU) along the query rows */
+    const int64_t rows = pl.form == 1 ? pl.block_m : (int64_t)pl.block_m * pl.row_groups;
+    const int64_t nblk = (p->Lq + rows - 1) / rows;
 
     if (pl.form == 1) {
         clattn__log(ctx, "fused: flash_gpu.cl, block_m %d, block_n %d, wg %d", pl.block_m,
@@ -187,15 +206,18 @@ static clattn_status fused_run(clattn_context *ctx, const clattn__dev_problem *d
                      "fused: the packed K and V of one head (%llu bytes) exceed the workspace",
                      (unsigned long long)per_head);
     const uint64_t heads = (uint64_t)(nb * ng);
-    clattn__log(ctx, "fused: flash_cpu.cl, block_m %d, block_n %d, dv_chunk %d, wg %d, "
-                "%lld batch(es) x %lld KV head(s) per launch",
-                pl.block_m, pl.block_n, pl.dv_chunk, pl.wg, (long long)nb, (long long)ng);
+    clattn__log(ctx, "fused: flash_cpu.cl, block_m %d x %d groups, block_n %d, dv_chunk %d, wg %d, "
+                "V %s, %lld batch(es) x %lld KV head(s) per launch",
+                pl.block_m, pl.row_groups, pl.block_n, pl.dv_chunk, pl.wg,
+                pl.v_direct ? "in place" : "packed", (long long)nb, (long long)ng);
 
     cl_mem kt = NULL, vp = NULL;
     CLATTN_FORWARD(clattn__buffer_create(
         ctx, (size_t)(heads * (uint64_t)pl.lk_pad * (uint64_t)p->D * sizeof(float)), &kt));
-    clattn_status st = clattn__buffer_create(
-        ctx, (size_t)(heads * (uint64_t)pl.lk_pad * (uint64_t)pl.dv_pad * sizeof(float)), &vp);
+    clattn_status st = CLATTN_SUCCESS;
+    if (!pl.v_direct)
+        st = clattn__buffer_create(
+            ctx, (size_t)(heads * (uint64_t)pl.lk_pad * (uint64_t)pl.dv_pad * sizeof(float)), &vp);
 
     const cl_long lk_pad = pl.lk_pad, Lk = p->Lk;
 #define TRY(x)                                                                             \

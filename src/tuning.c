@@ -27,10 +27,10 @@ static bool contains_ci(const char *hay, const char *needle)
  * the end of cl/flash_cpu.cl. FILLED IN BELOW.
  * GPU rows (cl/flash_gpu.cl): untuned defaults. */
 static const clattn__fused_tuning fused_table[] = {
-    /* type               vendor max_d form block_m block_n dv_chunk wg */
-    {CLATTN_DEVICE_CPU,   NULL,  256,  0,   8,      32,     2,       1},
-    {CLATTN_DEVICE_GPU,   NULL,  256,  1,   32,     32,     0,       128},
-    {0,                   NULL,  256,  0,   8,      32,     2,       1},
+    /* type               vendor max_d form block_m block_n dv_chunk row_groups wg */
+    {CLATTN_DEVICE_CPU,   NULL,  256,  0,   6,      64,     4,       4,         1},
+    {CLATTN_DEVICE_GPU,   NULL,  256,  1,   32,     32,     0,       1,         128},
+    {0,                   NULL,  256,  0,   6,      64,     4,       4,         1},
 };
 
 const clattn__fused_tuning *clattn__fused_tuning_for(const clattn_device_props *props,

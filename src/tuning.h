@@ -16,6 +16,8 @@ typedef struct clattn__fused_tuning {
     int block_m;             /* query rows per work-item (CPU) / per work-group (GPU) */
     int block_n;             /* keys per tile (multiple of 16 for the CPU form) */
     int dv_chunk;            /* CPU: float16 vectors of O updated per pass over a tile */
+    int row_groups;          /* CPU: groups of block_m rows per work-item, taking each K/V
+                                tile in turn while it is in the cache */
     int wg;                  /* work-group size (CPU: work-items per group, 1 = one each) */
 } clattn__fused_tuning;
 
