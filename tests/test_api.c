@@ -8,22 +8,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-static clattn_context *ctx;
-
-static clattn_context *get_ctx(void)
-{
-    if (!ctx) ctx = test_context(); /* fails the test when there is no device */
-    return ctx;
-}
-
-static int teardown(void **state)
-{
-    (void)state;
-    clattn_context_free(ctx);
-    ctx = NULL;
-    return 0;
-}
-
 /* A small valid problem on the host; each test breaks one thing. */
 enum { B = 2, HQ = 4, HKV = 2, LQ = 3, LK = 5, D = 8, DV = 6 };
 typedef struct problem {
@@ -58,8 +42,8 @@ static void problem_init(problem *p)
 /* Run p and require status `want`, a message containing `needle`, and O untouched. */
 static void expect_refused(problem *p, clattn_status want, const char *needle)
 {
-    clattn_status st = clattn_attention(get_ctx(), &p->tq, &p->tk, &p->tv, &p->to, &p->opt, NULL);
-    const char *msg = clattn_context_last_error(get_ctx());
+    clattn_status st = clattn_attention(test_shared_context(), &p->tq, &p->tk, &p->tv, &p->to, &p->opt, NULL);
+    const char *msg = clattn_context_last_error(test_shared_context());
     if (st != want || (needle && !strstr(msg, needle)))
         fail_msg("expected %s mentioning '%s', got %s: '%s'", clattn_status_string(want),
                  needle ? needle : "", clattn_status_string(st), msg);
@@ -72,7 +56,7 @@ static void test_valid_problem_runs(void **state)
     (void)state;
     problem *p = malloc(sizeof *p);
     problem_init(p);
-    assert_int_equal(clattn_attention(get_ctx(), &p->tq, &p->tk, &p->tv, &p->to, &p->opt, NULL),
+    assert_int_equal(clattn_attention(test_shared_context(), &p->tq, &p->tk, &p->tv, &p->to, &p->opt, NULL),
                      CLATTN_SUCCESS);
     assert_true(p->o[0] != 42.0f);
     free(p);
@@ -85,12 +69,12 @@ static void test_null_arguments_are_refused(void **state)
     problem_init(p);
     assert_int_equal(clattn_attention(NULL, &p->tq, &p->tk, &p->tv, &p->to, NULL, NULL),
                      CLATTN_ERROR_INVALID_ARGUMENT);
-    assert_int_equal(clattn_attention(get_ctx(), NULL, &p->tk, &p->tv, &p->to, NULL, NULL),
+    assert_int_equal(clattn_attention(test_shared_context(), NULL, &p->tk, &p->tv, &p->to, NULL, NULL),
                      CLATTN_ERROR_INVALID_ARGUMENT);
-    assert_non_null(strstr(clattn_context_last_error(get_ctx()), "q is NULL"));
-    assert_int_equal(clattn_attention(get_ctx(), &p->tq, &p->tk, NULL, &p->to, NULL, NULL),
+    assert_non_null(strstr(clattn_context_last_error(test_shared_context()), "q is NULL"));
+    assert_int_equal(clattn_attention(test_shared_context(), &p->tq, &p->tk, NULL, &p->to, NULL, NULL),
                      CLATTN_ERROR_INVALID_ARGUMENT);
-    assert_int_equal(clattn_attention(get_ctx(), &p->tq, &p->tk, &p->tv, NULL, NULL, NULL),
+    assert_int_equal(clattn_attention(test_shared_context(), &p->tq, &p->tk, &p->tv, NULL, NULL, NULL),
                      CLATTN_ERROR_INVALID_ARGUMENT);
     p->tq.host = NULL; /* neither host nor buffer */
     expect_refused(p, CLATTN_ERROR_INVALID_ARGUMENT, "q: exactly one of host and buffer");
@@ -228,9 +212,9 @@ static void test_invalid_clattn_path_environment_is_reported(void **state)
     setenv("CLATTN_PATH", "warp-drive", 1);
     expect_refused(p, CLATTN_ERROR_INVALID_ARGUMENT, "CLATTN_PATH=warp-drive");
     setenv("CLATTN_PATH", "unfused", 1);
-    assert_int_equal(clattn_attention(get_ctx(), &p->tq, &p->tk, &p->tv, &p->to, &p->opt, NULL),
+    assert_int_equal(clattn_attention(test_shared_context(), &p->tq, &p->tk, &p->tv, &p->to, &p->opt, NULL),
                      CLATTN_SUCCESS);
-    assert_int_equal(clattn_context_last_path(get_ctx()), CLATTN_PATH_UNFUSED);
+    assert_int_equal(clattn_context_last_path(test_shared_context()), CLATTN_PATH_UNFUSED);
     unsetenv("CLATTN_PATH");
     free(p);
 }
@@ -239,8 +223,8 @@ static void test_invalid_clattn_path_environment_is_reported(void **state)
 static void test_caller_owned_opencl_objects_and_buffers_work_with_an_event(void **state)
 {
     (void)state;
-    cl_context clctx = clattn_context_cl_context(get_ctx());
-    cl_device_id dev = clattn_context_cl_device(get_ctx());
+    cl_context clctx = clattn_context_cl_context(test_shared_context());
+    cl_device_id dev = clattn_context_cl_device(test_shared_context());
     cl_int err;
     cl_command_queue queue = clCreateCommandQueue(clctx, dev, 0, &err);
     assert_int_equal(err, CL_SUCCESS);
@@ -296,13 +280,13 @@ static void test_caller_owned_opencl_objects_and_buffers_work_with_an_event(void
 static void test_foreign_queue_is_refused(void **state)
 {
     (void)state;
-    cl_device_id dev = clattn_context_cl_device(get_ctx());
+    cl_device_id dev = clattn_context_cl_device(test_shared_context());
     cl_int err;
     cl_context other = clCreateContext(NULL, 1, &dev, NULL, NULL, &err);
     assert_int_equal(err, CL_SUCCESS);
     cl_command_queue q = clCreateCommandQueue(other, dev, 0, &err);
     clattn_context *c = (clattn_context *)1;
-    assert_int_equal(clattn_context_create_from_cl(clattn_context_cl_context(get_ctx()), dev, q, &c),
+    assert_int_equal(clattn_context_create_from_cl(clattn_context_cl_context(test_shared_context()), dev, q, &c),
                      CLATTN_ERROR_INVALID_ARGUMENT);
     assert_null(c);
     assert_int_equal(clattn_context_create_from_cl(NULL, dev, q, &c), CLATTN_ERROR_INVALID_ARGUMENT);
@@ -315,18 +299,18 @@ static void test_parameters_have_bounds(void **state)
 {
     (void)state;
     clattn_bounds b;
-    assert_int_equal(clattn_param_bounds(get_ctx(), CLATTN_PARAM_WORKSPACE_BYTES, &b), CLATTN_SUCCESS);
+    assert_int_equal(clattn_param_bounds(test_shared_context(), CLATTN_PARAM_WORKSPACE_BYTES, &b), CLATTN_SUCCESS);
     assert_true(b.lower == 4096 && b.upper > b.lower);
-    assert_int_equal(clattn_context_set_param(get_ctx(), CLATTN_PARAM_WORKSPACE_BYTES, 100),
+    assert_int_equal(clattn_context_set_param(test_shared_context(), CLATTN_PARAM_WORKSPACE_BYTES, 100),
                      CLATTN_ERROR_INVALID_ARGUMENT);
-    assert_int_equal(clattn_context_set_param(get_ctx(), CLATTN_PARAM_WORKSPACE_BYTES, 1 << 20),
+    assert_int_equal(clattn_context_set_param(test_shared_context(), CLATTN_PARAM_WORKSPACE_BYTES, 1 << 20),
                      CLATTN_SUCCESS);
     int64_t v = 0;
-    assert_int_equal(clattn_context_get_param(get_ctx(), CLATTN_PARAM_WORKSPACE_BYTES, &v), CLATTN_SUCCESS);
+    assert_int_equal(clattn_context_get_param(test_shared_context(), CLATTN_PARAM_WORKSPACE_BYTES, &v), CLATTN_SUCCESS);
     assert_int_equal(v, 1 << 20);
-    assert_int_equal(clattn_context_set_param(get_ctx(), (clattn_param)77, 1), CLATTN_ERROR_INVALID_ARGUMENT);
-    assert_int_equal(clattn_context_get_param(get_ctx(), CLATTN_PARAM_LOG, NULL), CLATTN_ERROR_INVALID_ARGUMENT);
-    assert_int_equal(clattn_context_set_param(get_ctx(), CLATTN_PARAM_WORKSPACE_BYTES, (int64_t)256 << 20),
+    assert_int_equal(clattn_context_set_param(test_shared_context(), (clattn_param)77, 1), CLATTN_ERROR_INVALID_ARGUMENT);
+    assert_int_equal(clattn_context_get_param(test_shared_context(), CLATTN_PARAM_LOG, NULL), CLATTN_ERROR_INVALID_ARGUMENT);
+    assert_int_equal(clattn_context_set_param(test_shared_context(), CLATTN_PARAM_WORKSPACE_BYTES, (int64_t)256 << 20),
                      CLATTN_SUCCESS);
 }
 
@@ -412,5 +396,5 @@ int main(void)
         cmocka_unit_test(test_devices_are_listed_and_found_by_spec),
         cmocka_unit_test(test_version_options_and_descriptor_helpers),
     };
-    return cmocka_run_group_tests(tests, NULL, teardown);
+    return cmocka_run_group_tests(tests, NULL, test_shared_context_teardown);
 }

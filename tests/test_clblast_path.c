@@ -17,22 +17,6 @@
 #include "context.h"
 #include "test_util.h"
 
-static clattn_context *ctx;
-
-static int teardown(void **state)
-{
-    (void)state;
-    clattn_context_free(ctx);
-    ctx = NULL;
-    return 0;
-}
-
-static clattn_context *get_ctx(void)
-{
-    if (!ctx) ctx = test_context(); /* fails the test when there is no device */
-    return ctx;
-}
-
 /* This build has the path, or the test checks that asking for it says so and stops. */
 static bool have_clblast(void)
 {
@@ -43,7 +27,7 @@ static bool have_clblast(void)
     clattn_options opt;
     clattn_options_init(&opt);
     opt.path = CLATTN_PATH_CLBLAST;
-    assert_int_equal(clattn_attention(get_ctx(), &q, &q, &q, &out, &opt, NULL),
+    assert_int_equal(clattn_attention(test_shared_context(), &q, &q, &q, &out, &opt, NULL),
                      CLATTN_ERROR_PATH_UNAVAILABLE);
     print_message("this build has no CLBlast path (CLATTN_WITH_CLBLAST=OFF): checked that "
                   "forcing it answers PATH_UNAVAILABLE\n");
@@ -54,7 +38,7 @@ static bool have_clblast(void)
 
 static void set_workspace(int64_t bytes)
 {
-    assert_int_equal(clattn_context_set_param(get_ctx(), CLATTN_PARAM_WORKSPACE_BYTES, bytes),
+    assert_int_equal(clattn_context_set_param(test_shared_context(), CLATTN_PARAM_WORKSPACE_BYTES, bytes),
                      CLATTN_SUCCESS);
 }
 
@@ -68,7 +52,7 @@ static void test_clblast_matches_reference_on_every_spec_option(void **state)
     if (!have_clblast()) return;
     size_t n;
     const attn_case *suite = attn_case_suite(&n);
-    assert_int_equal(test_run_cases(get_ctx(), suite, n, CLATTN_PATH_CLBLAST, 0), n);
+    assert_int_equal(test_run_cases(test_shared_context(), suite, n, CLATTN_PATH_CLBLAST, 0), n);
 }
 
 static void test_clblast_matches_reference_on_random_cases(void **state)
@@ -76,7 +60,7 @@ static void test_clblast_matches_reference_on_random_cases(void **state)
     (void)state;
     if (!have_clblast()) return;
     const size_t count = test_case_count(24);
-    assert_int_equal(test_run_random_cases(get_ctx(), 0xc1b1a57ull, count, CLATTN_PATH_CLBLAST, 0),
+    assert_int_equal(test_run_random_cases(test_shared_context(), 0xc1b1a57ull, count, CLATTN_PATH_CLBLAST, 0),
                      count);
 }
 
@@ -95,7 +79,7 @@ static void test_clblast_reads_and_writes_device_tensors_in_place(void **state)
          .seed = 405},
     };
     size_t n = sizeof cases / sizeof cases[0];
-    assert_int_equal(test_run_cases(get_ctx(), cases, n, CLATTN_PATH_CLBLAST, TEST_ON_DEVICE), n);
+    assert_int_equal(test_run_cases(test_shared_context(), cases, n, CLATTN_PATH_CLBLAST, TEST_ON_DEVICE), n);
 }
 
 /* With device tensors the call only enqueues; the event it returns completes when O is
@@ -108,9 +92,9 @@ static void test_clblast_event_completes_when_output_is_written(void **state)
                    .path = CLATTN_PATH_CLBLAST};
     attn_case_data *d = NULL;
     assert_int_equal(attn_case_data_create(&c, &d), CLATTN_SUCCESS);
-    assert_int_equal(attn_case_data_upload(get_ctx(), d), CLATTN_SUCCESS);
+    assert_int_equal(attn_case_data_upload(test_shared_context(), d), CLATTN_SUCCESS);
     cl_event ev = NULL;
-    assert_int_equal(attn_case_run(get_ctx(), &c, d, &ev), CLATTN_SUCCESS);
+    assert_int_equal(attn_case_run(test_shared_context(), &c, d, &ev), CLATTN_SUCCESS);
     assert_non_null(ev);
     assert_int_equal(clWaitForEvents(1, &ev), CL_SUCCESS);
     clReleaseEvent(ev);
@@ -141,7 +125,7 @@ static void test_clblast_small_workspace_splits_work_into_many_chunks(void **sta
     };
     size_t n = sizeof cases / sizeof cases[0];
     set_workspace(4096);
-    size_t ran = test_run_cases(get_ctx(), cases, n, CLATTN_PATH_CLBLAST, 0);
+    size_t ran = test_run_cases(test_shared_context(), cases, n, CLATTN_PATH_CLBLAST, 0);
     set_workspace((int64_t)256 << 20);
     assert_int_equal(ran, n);
 }
@@ -155,10 +139,10 @@ static void test_clblast_declines_rows_larger_than_the_workspace(void **state)
     attn_case_data *d = NULL;
     assert_int_equal(attn_case_data_create(&c, &d), CLATTN_SUCCESS);
     set_workspace(4096);
-    clattn_status st = attn_case_run(get_ctx(), &c, d, NULL);
+    clattn_status st = attn_case_run(test_shared_context(), &c, d, NULL);
     set_workspace((int64_t)256 << 20);
     assert_int_equal(st, CLATTN_ERROR_PATH_UNSUPPORTED);
-    assert_non_null(strstr(clattn_context_last_error(get_ctx()), "workspace"));
+    assert_non_null(strstr(clattn_context_last_error(test_shared_context()), "workspace"));
     attn_case_data_free(d);
 }
 
@@ -180,8 +164,8 @@ static void test_clblast_with_no_keys_gives_zeros_and_minus_infinity(void **stat
     clattn_options_init(&opt);
     opt.path = CLATTN_PATH_CLBLAST;
     opt.lse = &tl;
-    clattn_status st = clattn_attention(get_ctx(), &tq, &tk, &tk, &to, &opt, NULL);
-    if (st != CLATTN_SUCCESS) fail_msg("%s: %s", clattn_status_string(st), clattn_context_last_error(get_ctx()));
+    clattn_status st = clattn_attention(test_shared_context(), &tq, &tk, &tk, &to, &opt, NULL);
+    if (st != CLATTN_SUCCESS) fail_msg("%s: %s", clattn_status_string(st), clattn_context_last_error(test_shared_context()));
     for (size_t i = 0; i < sizeof o / sizeof o[0]; i++) assert_true(o[i] == 0.0f);
     for (size_t i = 0; i < sizeof lse / sizeof lse[0]; i++) assert_true(isinf(lse[i]) && lse[i] < 0);
 }
@@ -223,5 +207,5 @@ int main(void)
         cmocka_unit_test(test_clblast_with_no_keys_gives_zeros_and_minus_infinity),
         cmocka_unit_test(test_clblast_uses_strided_batches_for_mha_and_offset_batches_for_gqa),
     };
-    return cmocka_run_group_tests(tests, NULL, teardown);
+    return cmocka_run_group_tests(tests, NULL, test_shared_context_teardown);
 }

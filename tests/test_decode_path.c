@@ -16,42 +16,20 @@
 #include "test_util.h"
 #include "tuning.h" /* clattn__decode_force_form */
 
-static clattn_context *ctx;
-
-static int setup(void **state)
-{
-    (void)state;
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    (void)state;
-    clattn_context_free(ctx);
-    ctx = NULL;
-    return 0;
-}
-
-static clattn_context *get_ctx(void)
-{
-    if (!ctx) ctx = test_context(); /* fails the test when there is no device */
-    return ctx;
-}
-
 #define SHAPE(b, hq, hkv, lq, lk, d, dv) .B = b, .Hq = hq, .Hkv = hkv, .Lq = lq, .Lk = lk, .D = d, .Dv = dv
 
 /* Run cases on the decode path with the kernel form the device's tuning row picks. */
 static void run_tuned(const attn_case *cases, size_t n)
 {
     clattn__decode_force_form = -1;
-    test_run_cases(get_ctx(), cases, n, CLATTN_PATH_DECODE, 0);
+    test_run_cases(test_shared_context(), cases, n, CLATTN_PATH_DECODE, 0);
 }
 
 /* Run all n cases with both kernel forms, CPU (0) and GPU (1), whatever the device: the
  * form the device does not get by default must stay correct too. */
 static void run_both_forms(const attn_case *cases, size_t n)
 {
-    clattn_context *c = get_ctx();
+    clattn_context *c = test_shared_context();
     for (int form = 0; form <= 1; form++) {
         clattn__decode_force_form = form;
         test_run_cases(c, cases, n, CLATTN_PATH_DECODE, 0);
@@ -221,7 +199,7 @@ static void test_decode_on_device_buffers(void **state)
         {.name = "device_f16_blhd", SHAPE(2, 4, 4, 3, 700, 64, 64), .dtype = CLATTN_F16,
          .blhd = 1, .kv_lens = 1, .lse = 1, .seed = 312},
     };
-    test_run_cases(get_ctx(), cases, sizeof cases / sizeof cases[0], CLATTN_PATH_DECODE,
+    test_run_cases(test_shared_context(), cases, sizeof cases / sizeof cases[0], CLATTN_PATH_DECODE,
                    TEST_ON_DEVICE);
 }
 
@@ -247,7 +225,7 @@ static void test_decode_refuses_more_query_rows_than_its_bound(void **state)
                    .path = CLATTN_PATH_DECODE};
     attn_case_data *d = NULL;
     assert_int_equal(attn_case_data_create(&c, &d), CLATTN_SUCCESS);
-    assert_int_equal(attn_case_run(get_ctx(), &c, d, NULL), CLATTN_ERROR_PATH_UNSUPPORTED);
+    assert_int_equal(attn_case_run(test_shared_context(), &c, d, NULL), CLATTN_ERROR_PATH_UNSUPPORTED);
     attn_case_data_free(d);
 }
 
@@ -257,8 +235,8 @@ static void test_auto_mode_picks_decode_for_short_queries(void **state)
     attn_case c = {.name = "auto_decode", SHAPE(1, 8, 2, 1, 300, 64, 64), .seed = 331};
     attn_case_data *d = NULL;
     assert_int_equal(attn_case_data_create(&c, &d), CLATTN_SUCCESS);
-    assert_int_equal(attn_case_run(get_ctx(), &c, d, NULL), CLATTN_SUCCESS);
-    assert_int_equal(clattn_context_last_path(get_ctx()), CLATTN_PATH_DECODE);
+    assert_int_equal(attn_case_run(test_shared_context(), &c, d, NULL), CLATTN_SUCCESS);
+    assert_int_equal(clattn_context_last_path(test_shared_context()), CLATTN_PATH_DECODE);
     attn_case_data_free(d);
 }
 
@@ -278,5 +256,5 @@ int main(void)
         cmocka_unit_test(test_decode_refuses_more_query_rows_than_its_bound),
         cmocka_unit_test(test_auto_mode_picks_decode_for_short_queries),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, NULL, test_shared_context_teardown);
 }

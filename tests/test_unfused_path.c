@@ -8,22 +8,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-static clattn_context *ctx;
-
-static clattn_context *get_ctx(void)
-{
-    if (!ctx) ctx = test_context(); /* fails the test when there is no device */
-    return ctx;
-}
-
-static int teardown(void **state)
-{
-    (void)state;
-    clattn_context_free(ctx);
-    ctx = NULL;
-    return 0;
-}
-
 /* masks (bool, float, ranks 2-4, broadcast), causal both ways with Lq != Lk, windows,
  * kv_lens with 0, softcap, ALiBi, scale, GQA/MQA, Dv != D, D in {1, 3, 72, 80, 96, 256},
  * Lq = 1, Lk = 1, f16/bf16 in and out, BLHD and padded views, fully masked rows */
@@ -32,14 +16,14 @@ static void test_unfused_matches_reference_on_every_spec_rule(void **state)
     (void)state;
     size_t n;
     const attn_case *suite = attn_case_suite(&n);
-    assert_int_equal(test_run_cases(get_ctx(), suite, n, CLATTN_PATH_UNFUSED, 0), n);
+    assert_int_equal(test_run_cases(test_shared_context(), suite, n, CLATTN_PATH_UNFUSED, 0), n);
 }
 
 static void test_unfused_matches_reference_on_random_cases(void **state)
 {
     (void)state;
     const size_t count = test_case_count(24);
-    assert_int_equal(test_run_random_cases(get_ctx(), 0x5eed0001ull, count, CLATTN_PATH_UNFUSED, 0),
+    assert_int_equal(test_run_random_cases(test_shared_context(), 0x5eed0001ull, count, CLATTN_PATH_UNFUSED, 0),
                      count);
 }
 
@@ -52,7 +36,7 @@ static void test_unfused_reads_and_writes_device_buffers_in_place(void **state)
     attn_case some[32];
     size_t m = 0;
     for (size_t i = 0; i < n && m < 32; i += 4) some[m++] = suite[i];
-    assert_int_equal(test_run_cases(get_ctx(), some, m, CLATTN_PATH_UNFUSED, TEST_ON_DEVICE), m);
+    assert_int_equal(test_run_cases(test_shared_context(), some, m, CLATTN_PATH_UNFUSED, TEST_ON_DEVICE), m);
 }
 
 /* A 4 KiB workspace holds 4096 / (Lk * 4) score rows: Lk = 300 gives 3 rows per chunk, so
@@ -60,7 +44,7 @@ static void test_unfused_reads_and_writes_device_buffers_in_place(void **state)
 static void test_small_workspace_splits_queries_into_chunks_with_the_same_result(void **state)
 {
     (void)state;
-    assert_int_equal(clattn_context_set_param(get_ctx(), CLATTN_PARAM_WORKSPACE_BYTES, 4096),
+    assert_int_equal(clattn_context_set_param(test_shared_context(), CLATTN_PARAM_WORKSPACE_BYTES, 4096),
                      CLATTN_SUCCESS);
     const attn_case cases[] = {
         {.B = 2, .Hq = 4, .Hkv = 2, .Lq = 37, .Lk = 300, .D = 24, .Dv = 20, .lse = 1,
@@ -69,8 +53,8 @@ static void test_small_workspace_splits_queries_into_chunks_with_the_same_result
         {.B = 2, .Hq = 2, .Hkv = 1, .Lq = 9, .Lk = 7, .D = 8, .blhd = 1, .padded = 1, .seed = 5},
     };
     const size_t n = sizeof cases / sizeof cases[0];
-    size_t ran = test_run_cases(get_ctx(), cases, n, CLATTN_PATH_UNFUSED, 0);
-    assert_int_equal(clattn_context_set_param(get_ctx(), CLATTN_PARAM_WORKSPACE_BYTES,
+    size_t ran = test_run_cases(test_shared_context(), cases, n, CLATTN_PATH_UNFUSED, 0);
+    assert_int_equal(clattn_context_set_param(test_shared_context(), CLATTN_PARAM_WORKSPACE_BYTES,
                                               (int64_t)256 << 20),
                      CLATTN_SUCCESS);
     assert_int_equal(ran, n);
@@ -80,7 +64,7 @@ static void test_small_workspace_splits_queries_into_chunks_with_the_same_result
 static void test_row_larger_than_workspace_is_refused_with_a_reason(void **state)
 {
     (void)state;
-    clattn_context *c = get_ctx();
+    clattn_context *c = test_shared_context();
     assert_int_equal(clattn_context_set_param(c, CLATTN_PARAM_WORKSPACE_BYTES, 4096), CLATTN_SUCCESS);
     const int Lk = 2000, D = 4;
     float *k = calloc((size_t)Lk * D, sizeof *k), q[4] = {1, 0, 0, 0}, o[4];
@@ -114,7 +98,7 @@ static void test_no_keys_gives_zero_output_and_negative_infinite_lse(void **stat
     clattn_options_init(&opt);
     opt.path = CLATTN_PATH_UNFUSED;
     opt.lse = &tl;
-    assert_int_equal(clattn_attention(get_ctx(), &tq, &tk, &tv, &to, &opt, NULL), CLATTN_SUCCESS);
+    assert_int_equal(clattn_attention(test_shared_context(), &tq, &tk, &tv, &to, &opt, NULL), CLATTN_SUCCESS);
     for (int i = 0; i < 24; i++) assert_true(o[i] == 0.0f);
     for (int i = 0; i < 6; i++) assert_true(isinf(lse[i]) && lse[i] < 0);
 }
@@ -130,7 +114,7 @@ static void test_empty_problem_succeeds_without_work(void **state)
     clattn_options opt;
     clattn_options_init(&opt);
     opt.path = CLATTN_PATH_UNFUSED;
-    assert_int_equal(clattn_attention(get_ctx(), &tq, &tk, &tk, &to, &opt, NULL), CLATTN_SUCCESS);
+    assert_int_equal(clattn_attention(test_shared_context(), &tq, &tk, &tk, &to, &opt, NULL), CLATTN_SUCCESS);
     assert_true(o[0] == 5.0f);
 }
 
@@ -145,5 +129,5 @@ int main(void)
         cmocka_unit_test(test_no_keys_gives_zero_output_and_negative_infinite_lse),
         cmocka_unit_test(test_empty_problem_succeeds_without_work),
     };
-    return cmocka_run_group_tests(tests, NULL, teardown);
+    return cmocka_run_group_tests(tests, NULL, test_shared_context_teardown);
 }

@@ -20,6 +20,22 @@ clattn_context *test_context(void)
     return ctx;
 }
 
+static clattn_context *shared_ctx;
+
+clattn_context *test_shared_context(void)
+{
+    if (!shared_ctx) shared_ctx = test_context();
+    return shared_ctx;
+}
+
+int test_shared_context_teardown(void **state)
+{
+    (void)state;
+    clattn_context_free(shared_ctx);
+    shared_ctx = NULL;
+    return 0;
+}
+
 /* 0: passed, 1: failed, 2: skipped (unsupported and allowed). */
 static int run_one(clattn_context *ctx, const attn_case *base, clattn_path path, int flags)
 {

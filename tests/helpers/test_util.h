@@ -18,6 +18,12 @@
  * device). Fails the running test, with the reason, when none can be created. */
 clattn_context *test_context(void);
 
+/* One context shared by every test of a file (created on first use, through test_context,
+ * so a missing device fails the test); pass test_shared_context_teardown as the group
+ * teardown to free it. Sharing keeps each kernel build to once per file. */
+clattn_context *test_shared_context(void);
+int test_shared_context_teardown(void **state);
+
 enum {
     TEST_ALLOW_UNSUPPORTED = 1, /* a forced path answering PATH_UNSUPPORTED is a skip */
     TEST_ON_DEVICE = 2          /* pass cl_mem tensors (attn_case_data_upload) */
