@@ -36,7 +36,7 @@ case "$mode" in
   main)
     "$build/clattn" devices
     "$build/clattn" check
-    "$build/clattn" bench --shape 1,8,8,512,512,64 --path all
+    "$build/clattn" bench --shape 1,8,8,512,512,64 --path all --runs 3
     ;;
   test)
     ctest --test-dir "$build" --output-on-failure -j "$jobs"
