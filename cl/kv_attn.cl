@@ -12,23 +12,30 @@
  *               (od, DVP floats; still rotated for TQ values) and LSE. kv_store_o
  *               (cl/kv_quant.cl) rotates it back and stores O.
  *
- * Formats (K_FMT, V_FMT: clattn_kv_format values; layouts in src/kv_format.h):
- *   f32, f16, int8, tq: per-token rows. A score is a dot product along D in 16-lane
- *     vectors: int8 converts 16 codes and multiplies by the block's scale; tq looks its
- *     codes up in the 16-entry codebook with one vector permute (vpermps on AVX-512; a
- *     table read elsewhere) and scales the sum by the row's scale once. The query was
- *     rotated once by kv_prep_q, so q' . c is the score: no cached vector is rotated.
- *   int4 keys: per channel over 32 tokens, so a tile's 32 scores are computed as two
- *     16-lane vectors at once: s = sum_i q_i m_i + sum_i (q_i d_i) codes_i.
- *   int4 values: per token, acc += (p d) codes + p m per block of 32.
- * Lanes at or past D (or Dv) hold zero codes or zero query lanes, so they add nothing
- * (f32/f16 rows load their last partial vector element by element).
+ * Scores (K_FMT; layouts in src/kv_format.h):
+ *   int8, tq   keys in 16-token tiles, coordinate-major: for each coordinate i one
+ *              vector holds the codes of 16 tokens, so a tile's 16 scores are one
+ *              vector accumulated over i with the query's q_i broadcast (no horizontal
+ *              sums), and the 16 scales are converted by one instruction. int8 converts
+ *              16 codes per coordinate; tq unpacks a 16-lane word with a broadcast load
+ *              and a shift and looks the codes up in the codebook with one vector
+ *              permute (vpermd on AVX-512; a table read per lane elsewhere). The query
+ *              was rotated once by kv_prep_q, so q'.c is the score: nothing cached is
+ *              rotated.
+ *   int4       keys per channel over 32 tokens (KIVI): s = sum_i q_i m_i +
+ *              sum_i (q_i d_i) codes_i, again one vector per 16 tokens.
+ *   f32, f16   per-token rows: dot products along D, 4 keys side by side.
+ * Values (V_FMT) are per-token rows: acc += p * v with v unpacked 16 lanes at a time
+ * (int8: codes times the block's scale folded into p; int4: p d codes + p m; tq: the
+ * codebook vector times p g).
+ * Lanes at or past D (or Dv) hold zero codes or zero query lanes, so they add nothing.
  *
  * Keys per batch entry: len[b] = kv_lens[b] (the cache's lengths, passed as the
  * prelude's kv_lens), and positions are aligned per entry: i' = i + len[b] - Lq. The
  * prelude's Lk argument is max_b len[b], the extent of a mask's last dimension.
  *
  * Build options (besides the prelude's): D, DV, K_FMT, V_FMT, ROWS, HAS_LSE.
+ * Measured on the 2-core Xeon (AVX-512) with PoCL 3.1: see src/kv_cache.c.
  */
 #ifndef D
 #error "kv_attn.cl needs -DD=<head dim>"
@@ -58,36 +65,91 @@
 #define FMT_TQ2 6
 #define IS_TQ(f) ((f) >= FMT_TQ4)
 #define TQ_BITS(f) ((f) == FMT_TQ4 ? 4 : (f) == FMT_TQ3 ? 3 : 2)
+#define TQ_GB(f) ((f) == FMT_TQ4 ? 8 : (f) == FMT_TQ3 ? 6 : 4) /* bytes per 16-lane word */
 
-#define KT 32                 /* keys per tile: one INT4 key group */
+#define KT 32                 /* keys per tile: one INT4 key group, two key tiles */
 #define NDC ((D + 15) / 16)   /* 16-lane vectors per q / k row */
 #define NVC ((DV + 15) / 16)  /* per v / o row */
 #define DP (NDC * 16)
 #define DVP (NVC * 16)
+#define NKB ((D + 31) / 32)   /* int8 blocks per key */
+#define NVB ((DV + 31) / 32)  /* int8 / int4 blocks per value */
+/* Value tiles (src/kv_format.h): VNS scale halves per token, gathered per field, then
+ * each token's VCB code bytes. */
+#if V_FMT == FMT_INT8
+#define VNS NVB
+#define VCB (32 * NVB)
+#elif V_FMT == FMT_INT4
+#define VNS (2 * NVB)
+#define VCB (16 * NVB)
+#elif IS_TQ(V_FMT)
+#define VNS 1
+#define VCB (TQ_GB(V_FMT) * NVC)
+#elif V_FMT == FMT_F16
+#define VNS 0
+#define VCB (2 * DV)
+#else
+#define VNS 0
+#define VCB (4 * DV)
+#endif
 
 /* ---- Unpacking -------------------------------------------------------------------- */
 
-/* 16 codes of a TQ granule as lane indices (layouts in src/kv_format.h). */
+/* A stored half as float, exactly (normals, subnormals, zero, inf, NaN). PoCL 3.1 lowers
+ * a scalar vload_half to a longer software sequence; vector loads use vcvtph2ps. */
+inline float kv_h2f(const __global uchar *p)
+{
+    const uint h = *(const __global ushort *)p;
+    const uint a = h & 0x7fffu;
+    const float mag = a >= 0x400u ? as_float((a << 13) + (a >= 0x7c00u ? 0x70000000u : 0x38000000u))
+                                  : (float)a * 0x1.0p-24f;
+    return as_float(as_uint(mag) | ((h & 0x8000u) << 16));
+}
+
+/* 8 / 16 consecutive halves at p as floats. PoCL 3.1 turns vload_half8 on a global
+ * pointer into an aligned 16-byte load, which faults on rows that are only 2-byte
+ * aligned; an unaligned integer load, then the conversion from a private copy, is safe
+ * and still one vcvtph2ps. */
+inline float8 kv_halves8(const __global uchar *p)
+{
+    const ushort8 raw = vload8(0, (const __global ushort *)p);
+    return vload_half8(0, (const half *)&raw);
+}
+inline float16 kv_halves16(const __global uchar *p)
+{
+    const ushort16 raw = vload16(0, (const __global ushort *)p);
+    return vload_half16(0, (const half *)&raw);
+}
+
+/* The 16 codes of a TQ word as lane indices (bit layouts in src/kv_format.h): a
+ * broadcast load and a per-lane shift, so no shuffle competes with the permute below.
+ * With the AVX-512 permute only the low 4 bits of an index count and the tables repeat
+ * with the codebook's period, so bits above a code need no mask (KV_MASKED 0). */
+#if defined(__AVX512F__) && defined(__clang__)
+#define KV_MASKED 0
+#else
+#define KV_MASKED 1
+#endif
 inline int16 kv_tq_codes(const __global uchar *g, int bits)
 {
     if (bits == 4) {
-        const uchar8 b = vload8(0, g);
-        return convert_int16((uchar16)(b & (uchar)15, b >> (uchar)4));
+        const uint2 w = as_uint2(vload8(0, g));
+        const uint16 x = (uint16)(w, w, w, w, w, w, w, w) >>
+                         (uint16)(0, 0, 4, 4, 8, 8, 12, 12, 16, 16, 20, 20, 24, 24, 28, 28);
+        return as_int16(KV_MASKED ? x & 15u : x);
     }
-    const uchar4 b = vload4(0, g);
-    int16 c = convert_int16((uchar16)(b, b >> (uchar)2, b >> (uchar)4, b >> (uchar)6) & (uchar)3);
-    if (bits == 3) {
-        const int w = (int)g[4] | ((int)g[5] << 8);
-        const int16 lane = (int16)(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-        c |= (((int16)(w) >> lane) & 1) << 2;
-    }
-    return c;
+    const uint16 lo = (uint16)(as_uint(vload4(0, g))) >>
+                      (uint16)(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    if (bits == 2) return as_int16(KV_MASKED ? lo & 3u : lo);
+    const uint16 hi = (uint16)((uint)as_ushort(vload2(0, g + 4))) >>
+                      (uint16)(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    return as_int16((lo & 3u) | ((KV_MASKED ? hi & 1u : hi) << 2));
 }
 
 /* table[c] for each lane. On AVX-512 CPUs (PoCL defines __AVX512F__ when it compiles for
- * one) this is a single vpermps; OpenCL's shuffle() is a loop of scalar loads in PoCL
- * 3.1 (measured: 6x slower decode), so it is not used. Elsewhere: a table read per lane. */
-#if defined(__AVX512F__) && defined(__clang__)
+ * one) this is a single vpermd; OpenCL's shuffle() becomes a spill and 16 scalar loads in
+ * PoCL 3.1, so it is not used. Elsewhere: a table read per lane. */
+#if !KV_MASKED
 #define KV_LOOKUP(table, tabp, c) __builtin_ia32_permvarsf512((table), (c))
 #else
 inline float16 kv_lookup_generic(const __global float *tab, int16 c)
@@ -111,28 +173,65 @@ inline float16 kv_plain_f32(const __global uchar *row, int c, int n)
 inline float16 kv_plain_f16(const __global uchar *row, int c, int n)
 {
     const __global half *p = (const __global half *)row;
-    if ((c + 1) * 16 <= n) return vload_half16(c, p);
+    if ((c + 1) * 16 <= n) return kv_halves16(row + 32 * c);
     float t[16];
     for (int e = 0; e < 16; e++) t[e] = c * 16 + e < n ? vload_half(c * 16 + e, p) : 0.0f;
     return vload16(0, t);
 }
 
-/* Lanes of an INT8 row: the codes times the block's scale. */
-inline float16 kv_int8_chunk(const __global uchar *row, int c)
+inline float kv_hsum(float16 v)
 {
-    const __global uchar *blk = row + (c >> 1) * 34;
-    const float d = vload_half(0, (const __global half *)blk);
-    return convert_float16(vload16(0, (const __global char *)(blk + 2 + (c & 1) * 16))) * d;
+    const float8 a = v.lo + v.hi;
+    const float4 b = a.lo + a.hi;
+    const float2 c = b.lo + b.hi;
+    return c.x + c.y;
 }
 
-/* Bytes per TQ row: the half scale and the granules. */
-#define TQ_GB(bits) ((bits) == 4 ? 8 : (bits) == 3 ? 6 : 4)
+/* Software prefetch of the next tile's keys and values (KV_PREFETCH, set by the host for
+ * CPU devices; clang's builtin, which PoCL compiles to prefetcht0; OpenCL's prefetch()
+ * is a no-op in PoCL 3.1). */
+#ifndef KV_PREFETCH
+#define KV_PREFETCH 0
+#endif
+#if KV_PREFETCH && defined(__clang__)
+#define KV_PF(p) __builtin_prefetch((const __global void *)(p))
+#else
+#define KV_PF(p) ((void)0)
+#endif
+
+/* Bytes of a key tile (int8, tq), and the prefetch for coordinate step i (2 coordinates)
+ * of a tile pair: its share of the next pair, two lines when the share exceeds one. */
+#if K_FMT == FMT_INT8
+#define K_TILE_BYTES (16 * (2 * NKB + D))
+#elif IS_TQ(K_FMT)
+#define K_TILE_BYTES (32 + TQ_GB(K_FMT) * D)
+#else
+#define K_TILE_BYTES 0
+#endif
+#define KV_PF_PAIR(nk, i)                                                                \
+    do {                                                                                 \
+        KV_PF((nk) + (i) * (2 * K_TILE_BYTES) / D);                                      \
+        if (4 * K_TILE_BYTES / D > 64) KV_PF((nk) + (i) * (2 * K_TILE_BYTES) / D + 64);  \
+    } while (0)
+/* The same for the next pair of value tiles (16 rows each), from the key loops, so the
+ * value loop carries no prefetch instructions. */
+#define V_TILE_BYTES (16 * (2 * VNS + VCB))
+#define KV_PF_VPAIR(nv, i)                                                               \
+    do {                                                                                 \
+        KV_PF((nv) + (i) * (2 * V_TILE_BYTES) / D);                                      \
+        if (4 * V_TILE_BYTES / D > 64) KV_PF((nv) + (i) * (2 * V_TILE_BYTES) / D + 64);  \
+        if (4 * V_TILE_BYTES / D > 128) KV_PF((nv) + (i) * (2 * V_TILE_BYTES) / D + 128); \
+    } while (0)
+
+/* Per-token keys (f32, f16): keys whose dot products one work-item computes side by
+ * side, so independent FMA chains hide the FMA latency. */
+#define TU (ROWS >= 3 ? 1 : 4 / ROWS)
 
 /* ---- Partial attention -------------------------------------------------------------
  * global (nblk, nsplit, B*Hkv), local (nblk, 1, 1) when it fits.
  *   qd       dense query rows [B*Hq*Lq, DP] (rotated for TQ keys)
- *   kc, vc   the cache; k_rs / v_rs bytes per (b, kvh) slab, k_row / v_row bytes per
- *            token (INT4 keys: bytes per group of 32 tokens)
+ *   kc, vc   the cache; k_rs / v_rs bytes per (b, kvh) slab; k_row bytes per key row,
+ *            tile of 16 (int8, tq) or group of 32 (int4); v_row bytes per value tile
  *   ktab, vtab  TQ tables (codebook in lanes 0..15) or any buffer
  */
 __kernel void kv_partial(const __global float *qd, const __global uchar *kc,
@@ -179,16 +278,24 @@ __kernel void kv_partial(const __global float *qd, const __global uchar *kc,
         slope[r] = active ? ALIBI_SLOPE(hr[r]) : 0.0f;
         qrow[r] = ((b * Hq + hr[r]) * Lq + i) * DP;
     }
+#if K_FMT == FMT_F32 || K_FMT == FMT_F16 || K_FMT == FMT_INT4
     float16 qv[ROWS][NDC];
     for (int r = 0; r < ROWS; r++)
         for (int c = 0; c < NDC; c++) qv[r][c] = vload16(c, qd + qrow[r]);
+#endif
 
     float m[ROWS], l[ROWS];
     float16 acc[ROWS][NVC];
+#if V_FMT == FMT_INT4
+    float accm[ROWS][NVB]; /* sum of p m per value block, added to its lanes at the end */
+#endif
     for (int r = 0; r < ROWS; r++) {
         m[r] = -INFINITY;
         l[r] = 0.0f;
         for (int c = 0; c < NVC; c++) acc[r][c] = (float16)(0.0f);
+#if V_FMT == FMT_INT4
+        for (int vb = 0; vb < NVB; vb++) accm[r][vb] = 0.0f;
+#endif
     }
 
     const __global uchar *kslab = kc + bk * k_rs;
@@ -197,75 +304,192 @@ __kernel void kv_partial(const __global float *qd, const __global uchar *kc,
         const int nt = (int)min((long)KT, jhi - j0);
         float s[ROWS][KT];
 
-        /* ---- scores ---- */
+        /* ---- scores (unscaled dot products) ---- */
+        /* prefetch targets: the next 32 keys (one INT4 group or two tiles) and values, a
+         * line or two per step of the loops below (measured against all at once at the
+         * start of a tile and against none: int8 decode 0.58 / 0.68 / 0.74 of the f16
+         * decode path's time, tq4 0.40 / 0.47 / 0.47) */
+        const __global uchar *nk = kslab + (j0 / KT + 1) * (K_FMT == FMT_INT4 ? k_row : 2 * k_row);
+        const __global uchar *nv = vslab + (j0 / 16 + 2) * v_row;
+
 #if K_FMT == FMT_INT4
         {
+            /* w_i = q_i d_i and c0 = sum_i q_i m_i, 16 channels at a time */
             const __global uchar *gk = kslab + (j0 / KT) * k_row;
-            float16 slo[ROWS], shi[ROWS];
+            float w[ROWS][DP];
             float c0[ROWS];
             for (int r = 0; r < ROWS; r++) {
-                slo[r] = (float16)(0.0f);
-                shi[r] = (float16)(0.0f);
-                c0[r] = 0.0f;
+                float16 cm = (float16)(0.0f);
+                for (int c = 0; c < NDC; c++) {
+                    const float16 dv = kv_halves16(gk + 32 * c);
+                    float16 mv = kv_halves16(gk + 2 * D + 32 * c);
+                    if ((c + 1) * 16 > D) /* lanes past D read the next field: drop them */
+                        mv = select(mv, (float16)(0.0f),
+                                    (int16)(c * 16) + (int16)(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15) >= (int16)(D));
+                    vstore16(qv[r][c] * dv, c, w[r]);
+                    cm = fma(qv[r][c], mv, cm);
+                }
+                c0[r] = kv_hsum(cm);
             }
-            for (int i = 0; i < D; i++) {
-                const __global uchar *kb = gk + i * 20;
-                const float d = vload_half(0, (const __global half *)kb);
-                const float mn = vload_half(1, (const __global half *)kb);
-                const uchar16 codes = vload16(0, kb + 4);
-                const float16 clo = convert_float16(codes & (uchar)15);
-                const float16 chi = convert_float16(codes >> (uchar)4);
+            float16 slo[ROWS][2], shi[ROWS][2];
+            for (int r = 0; r < ROWS; r++)
+                for (int e = 0; e < 2; e++) slo[r][e] = shi[r][e] = (float16)(0.0f);
+            const __global uchar *codes = gk + 4 * D;
+            for (int i = 0; i + 1 < D; i += 2) { /* constant indices: see tq */
+#if KV_PREFETCH
+                KV_PF(nk + 20 * i);
+                KV_PF_VPAIR(nv, i);
+#endif
+                /* widen the 16 bytes once, then split the nibbles as dwords */
+                const uint16 ca = convert_uint16(vload16(i, codes)), cb = convert_uint16(vload16(i + 1, codes));
+                const float16 alo = convert_float16(ca & 15u), ahi = convert_float16(ca >> 4);
+                const float16 blo = convert_float16(cb & 15u), bhi = convert_float16(cb >> 4);
 #pragma unroll
                 for (int r = 0; r < ROWS; r++) {
-                    const float qi = qd[qrow[r] + i];
-                    const float w = qi * d;
-                    c0[r] = fma(qi, mn, c0[r]);
-                    slo[r] = fma((float16)(w), clo, slo[r]);
-                    shi[r] = fma((float16)(w), chi, shi[r]);
+                    const float16 wa = (float16)(w[r][i]), wb = (float16)(w[r][i + 1]);
+                    slo[r][0] = fma(wa, alo, slo[r][0]);
+                    shi[r][0] = fma(wa, ahi, shi[r][0]);
+                    slo[r][1] = fma(wb, blo, slo[r][1]);
+                    shi[r][1] = fma(wb, bhi, shi[r][1]);
+                }
+            }
+            if (D & 1) {
+                const uint16 ca = convert_uint16(vload16(D - 1, codes));
+                const float16 alo = convert_float16(ca & 15u), ahi = convert_float16(ca >> 4);
+                for (int r = 0; r < ROWS; r++) {
+                    const float16 wa = (float16)(w[r][D - 1]);
+                    slo[r][0] = fma(wa, alo, slo[r][0]);
+                    shi[r][0] = fma(wa, ahi, shi[r][0]);
                 }
             }
             for (int r = 0; r < ROWS; r++) {
-                vstore16(slo[r] + c0[r], 0, s[r]);
-                vstore16(shi[r] + c0[r], 1, s[r]);
+                vstore16(slo[r][0] + slo[r][1] + (float16)(c0[r]), 0, s[r]);
+                vstore16(shi[r][0] + shi[r][1] + (float16)(c0[r]), 1, s[r]);
             }
         }
-#else
-        for (int t = 0; t < KT; t++) {
-            float16 dot[ROWS];
-#pragma unroll
-            for (int r = 0; r < ROWS; r++) dot[r] = (float16)(0.0f);
-            float kscale = 1.0f;
-            if (t < nt) {
-                const __global uchar *kr = kslab + (j0 + t) * k_row;
-#if IS_TQ(K_FMT)
-                kscale = vload_half(0, (const __global half *)kr);
+#elif K_FMT == FMT_INT8 || IS_TQ(K_FMT)
+        {
+            /* two tiles of 16 tokens; two accumulators each (even and odd coordinates),
+             * so four FMA chains are in flight per row */
+            const __global uchar *t0 = kslab + (j0 / 16) * k_row;
+            const __global uchar *t1 = t0 + k_row;
+            float16 sa[ROWS][2][2];
+#if K_FMT == FMT_INT8
+            float16 sc[ROWS][2];
+            for (int r = 0; r < ROWS; r++) sc[r][0] = sc[r][1] = (float16)(0.0f);
+            for (int kb = 0; kb < NKB; kb++) {
+                for (int r = 0; r < ROWS; r++)
+                    for (int u = 0; u < 2; u++) sa[r][u][0] = sa[r][u][1] = (float16)(0.0f);
+                const __global char *q0 = (const __global char *)(t0 + 32 * NKB);
+                const __global char *q1 = (const __global char *)(t1 + 32 * NKB);
+                const int iend = min(32 * kb + 32, D);
+                for (int i = 32 * kb; i + 1 < iend; i += 2) { /* constant indices: see tq */
+#if KV_PREFETCH
+                    KV_PF_PAIR(nk, i);
+                    KV_PF_VPAIR(nv, i);
 #endif
+                    const float16 k00 = convert_float16(vload16(i, q0)), k10 = convert_float16(vload16(i, q1));
+                    const float16 k01 = convert_float16(vload16(i + 1, q0)), k11 = convert_float16(vload16(i + 1, q1));
 #pragma unroll
-                for (int c = 0; c < NDC; c++) {
+                    for (int r = 0; r < ROWS; r++) {
+                        const float16 qa = (float16)(qd[qrow[r] + i]), qb = (float16)(qd[qrow[r] + i + 1]);
+                        sa[r][0][0] = fma(qa, k00, sa[r][0][0]);
+                        sa[r][1][0] = fma(qa, k10, sa[r][1][0]);
+                        sa[r][0][1] = fma(qb, k01, sa[r][0][1]);
+                        sa[r][1][1] = fma(qb, k11, sa[r][1][1]);
+                    }
+                }
+                if ((iend - 32 * kb) & 1) {
+                    const float16 k00 = convert_float16(vload16(iend - 1, q0)), k10 = convert_float16(vload16(iend - 1, q1));
+                    for (int r = 0; r < ROWS; r++) {
+                        const float16 qa = (float16)(qd[qrow[r] + iend - 1]);
+                        sa[r][0][0] = fma(qa, k00, sa[r][0][0]);
+                        sa[r][1][0] = fma(qa, k10, sa[r][1][0]);
+                    }
+                }
+                const float16 d0 = kv_halves16(t0 + 32 * kb);
+                const float16 d1 = kv_halves16(t1 + 32 * kb);
+                for (int r = 0; r < ROWS; r++) {
+                    sc[r][0] = fma(sa[r][0][0] + sa[r][0][1], d0, sc[r][0]);
+                    sc[r][1] = fma(sa[r][1][0] + sa[r][1][1], d1, sc[r][1]);
+                }
+            }
+            for (int r = 0; r < ROWS; r++) {
+                vstore16(sc[r][0], 0, s[r]);
+                vstore16(sc[r][1], 1, s[r]);
+            }
+#else
+            for (int r = 0; r < ROWS; r++)
+                for (int u = 0; u < 2; u++) sa[r][u][0] = sa[r][u][1] = (float16)(0.0f);
+            const __global uchar *w0 = t0 + 32, *w1 = t1 + 32;
+            /* two coordinates per step with constant accumulator indices: an index
+             * i & 1 kept the accumulators on the stack (a load and store per FMA) */
+            for (int i = 0; i + 1 < D; i += 2) {
+#if KV_PREFETCH
+                KV_PF_PAIR(nk, i);
+                KV_PF_VPAIR(nv, i);
+#endif
+                const float16 k00 = KV_LOOKUP(ktable, ktab, kv_tq_codes(w0 + TQ_GB(K_FMT) * i, TQ_BITS(K_FMT)));
+                const float16 k10 = KV_LOOKUP(ktable, ktab, kv_tq_codes(w1 + TQ_GB(K_FMT) * i, TQ_BITS(K_FMT)));
+                const float16 k01 = KV_LOOKUP(ktable, ktab, kv_tq_codes(w0 + TQ_GB(K_FMT) * (i + 1), TQ_BITS(K_FMT)));
+                const float16 k11 = KV_LOOKUP(ktable, ktab, kv_tq_codes(w1 + TQ_GB(K_FMT) * (i + 1), TQ_BITS(K_FMT)));
+#pragma unroll
+                for (int r = 0; r < ROWS; r++) {
+                    const float16 qa = (float16)(qd[qrow[r] + i]), qb = (float16)(qd[qrow[r] + i + 1]);
+                    sa[r][0][0] = fma(qa, k00, sa[r][0][0]);
+                    sa[r][1][0] = fma(qa, k10, sa[r][1][0]);
+                    sa[r][0][1] = fma(qb, k01, sa[r][0][1]);
+                    sa[r][1][1] = fma(qb, k11, sa[r][1][1]);
+                }
+            }
+            if (D & 1) {
+                const float16 k00 = KV_LOOKUP(ktable, ktab, kv_tq_codes(w0 + TQ_GB(K_FMT) * (D - 1), TQ_BITS(K_FMT)));
+                const float16 k10 = KV_LOOKUP(ktable, ktab, kv_tq_codes(w1 + TQ_GB(K_FMT) * (D - 1), TQ_BITS(K_FMT)));
+                for (int r = 0; r < ROWS; r++) {
+                    const float16 qa = (float16)(qd[qrow[r] + D - 1]);
+                    sa[r][0][0] = fma(qa, k00, sa[r][0][0]);
+                    sa[r][1][0] = fma(qa, k10, sa[r][1][0]);
+                }
+            }
+            const float16 g0 = kv_halves16(t0);
+            const float16 g1 = kv_halves16(t1);
+            for (int r = 0; r < ROWS; r++) {
+                vstore16((sa[r][0][0] + sa[r][0][1]) * g0, 0, s[r]);
+                vstore16((sa[r][1][0] + sa[r][1][1]) * g1, 1, s[r]);
+            }
+#endif
+        }
+#else /* f32, f16 rows */
+        for (int t = 0; t < KT; t += TU) {
+            /* keys past the tile's end repeat its last key; the range check drops them */
+            const __global uchar *kr[TU];
+            float16 dot[ROWS][TU];
+#pragma unroll
+            for (int u = 0; u < TU; u++) {
+                kr[u] = kslab + (j0 + min(t + u, nt - 1)) * k_row;
+#pragma unroll
+                for (int r = 0; r < ROWS; r++) dot[r][u] = (float16)(0.0f);
+            }
+#pragma unroll
+            for (int c = 0; c < NDC; c++) {
+#pragma unroll
+                for (int u = 0; u < TU; u++) {
 #if K_FMT == FMT_F32
-                    const float16 kv = kv_plain_f32(kr, c, D);
-#elif K_FMT == FMT_F16
-                    const float16 kv = kv_plain_f16(kr, c, D);
-#elif K_FMT == FMT_INT8
-                    const float16 kv = kv_int8_chunk(kr, c);
+                    const float16 kv = kv_plain_f32(kr[u], c, D);
 #else
-                    const float16 kv = KV_LOOKUP(ktable, ktab,
-                                                 kv_tq_codes(kr + 2 + c * TQ_GB(TQ_BITS(K_FMT)),
-                                                             TQ_BITS(K_FMT)));
+                    const float16 kv = kv_plain_f16(kr[u], c, D);
 #endif
 #pragma unroll
-                    for (int r = 0; r < ROWS; r++) dot[r] = fma(qv[r][c], kv, dot[r]);
+                    for (int r = 0; r < ROWS; r++) dot[r][u] = fma(qv[r][c], kv, dot[r][u]);
                 }
             }
 #pragma unroll
-            for (int r = 0; r < ROWS; r++) {
-                const float8 a = dot[r].lo + dot[r].hi;
-                const float4 a4 = a.lo + a.hi;
-                const float2 a2 = a4.lo + a4.hi;
-                s[r][t] = (a2.x + a2.y) * kscale;
-            }
+            for (int u = 0; u < TU; u++)
+#pragma unroll
+                for (int r = 0; r < ROWS; r++) s[r][t + u] = kv_hsum(dot[r][u]);
         }
 #endif
+
         /* ---- masking and one online-softmax step per row ---- */
         for (int r = 0; r < ROWS; r++) {
             for (int t = 0; t < KT; t++) {
@@ -291,25 +515,48 @@ __kernel void kv_partial(const __global float *qd, const __global uchar *kc,
             const float16 p0 = exp(s0 - (float16)(mnew)), p1 = exp(s1 - (float16)(mnew));
             vstore16(p0, 0, s[r]);
             vstore16(p1, 1, s[r]);
-            const float16 ps = p0 + p1;
-            const float8 p8 = ps.lo + ps.hi;
-            const float4 p4 = p8.lo + p8.hi;
-            const float2 p2 = p4.lo + p4.hi;
-            l[r] = fma(l[r], corr, p2.x + p2.y);
+            l[r] = fma(l[r], corr, kv_hsum(p0 + p1));
             m[r] = mnew;
             for (int c = 0; c < NVC; c++) acc[r][c] *= corr;
+#if V_FMT == FMT_INT4
+            for (int vb = 0; vb < NVB; vb++) accm[r][vb] *= corr;
+#endif
         }
 
         /* ---- P V ---- */
+        const __global uchar *vt = vslab + (j0 / 16) * v_row; /* this tile pair's values */
+#if VNS
+        /* the 32 tokens' scales times their weights, as vectors, before the token loop */
+#if IS_TQ(V_FMT)
+        float wv[ROWS][1][KT];
+#else
+        float wv[ROWS][NVB][KT];
+#endif
+        for (int f = 0; f < (IS_TQ(V_FMT) ? 1 : NVB); f++) {
+            const float16 d0 = kv_halves16(vt + 32 * f), d1 = kv_halves16(vt + v_row + 32 * f);
+#if V_FMT == FMT_INT4
+            const float16 m0 = kv_halves16(vt + 32 * (NVB + f)), m1 = kv_halves16(vt + v_row + 32 * (NVB + f));
+#endif
+            for (int r = 0; r < ROWS; r++) {
+                const float16 p0 = vload16(0, s[r]), p1 = vload16(1, s[r]);
+                vstore16(p0 * d0, 0, wv[r][f]);
+                vstore16(p1 * d1, 1, wv[r][f]);
+#if V_FMT == FMT_INT4
+                accm[r][f] += kv_hsum(fma(p0, m0, p1 * m1));
+#endif
+            }
+        }
+#endif
         for (int t = 0; t < nt; t++) {
-            const __global uchar *vr = vslab + (j0 + t) * v_row;
+            /* tokens 0..15 in the first tile, 16..31 in the second */
+            const __global uchar *cr = vt + (t >= 16 ? v_row - 16 * VCB : 0) + 32 * VNS + t * VCB;
 #if V_FMT == FMT_F32 || V_FMT == FMT_F16
 #pragma unroll
             for (int c = 0; c < NVC; c++) {
 #if V_FMT == FMT_F32
-                const float16 vv = kv_plain_f32(vr, c, DV);
+                const float16 vv = kv_plain_f32(cr, c, DV);
 #else
-                const float16 vv = kv_plain_f16(vr, c, DV);
+                const float16 vv = kv_plain_f16(cr, c, DV);
 #endif
 #pragma unroll
                 for (int r = 0; r < ROWS; r++) acc[r][c] = fma((float16)(s[r][t]), vv, acc[r][c]);
@@ -317,38 +564,28 @@ __kernel void kv_partial(const __global float *qd, const __global uchar *kc,
 #elif V_FMT == FMT_INT8
 #pragma unroll
             for (int c = 0; c < NVC; c++) {
-                const __global uchar *vb = vr + (c >> 1) * 34;
-                const float d = vload_half(0, (const __global half *)vb);
-                const float16 codes =
-                    convert_float16(vload16(0, (const __global char *)(vb + 2 + (c & 1) * 16)));
+                const float16 codes = convert_float16(vload16(c, (const __global char *)cr));
 #pragma unroll
-                for (int r = 0; r < ROWS; r++) acc[r][c] = fma((float16)(s[r][t] * d), codes, acc[r][c]);
+                for (int r = 0; r < ROWS; r++) acc[r][c] = fma((float16)(wv[r][c >> 1][t]), codes, acc[r][c]);
             }
 #elif V_FMT == FMT_INT4
 #pragma unroll
             for (int c = 0; c < NVC; c += 2) {
-                const __global uchar *vb = vr + (c >> 1) * 20;
-                const float d = vload_half(0, (const __global half *)vb);
-                const float mn = vload_half(1, (const __global half *)vb);
-                const uchar16 codes = vload16(0, vb + 4);
-                const float16 clo = convert_float16(codes & (uchar)15);
-                const float16 chi = convert_float16(codes >> (uchar)4);
+                const uint16 cb = convert_uint16(vload16(c >> 1, cr));
+                const float16 clo = convert_float16(cb & 15u), chi = convert_float16(cb >> 4);
 #pragma unroll
                 for (int r = 0; r < ROWS; r++) {
-                    const float16 pd = (float16)(s[r][t] * d), pm = (float16)(s[r][t] * mn);
-                    acc[r][c] = fma(pd, clo, acc[r][c] + pm);
-                    if (c + 1 < NVC) acc[r][c + 1] = fma(pd, chi, acc[r][c + 1] + pm);
+                    const float16 w = (float16)(wv[r][c >> 1][t]);
+                    acc[r][c] = fma(w, clo, acc[r][c]);
+                    if (c + 1 < NVC) acc[r][c + 1] = fma(w, chi, acc[r][c + 1]);
                 }
             }
 #else /* TQ */
-            const float g = vload_half(0, (const __global half *)vr);
 #pragma unroll
             for (int c = 0; c < NVC; c++) {
-                const float16 vv = KV_LOOKUP(vtable, vtab,
-                                             kv_tq_codes(vr + 2 + c * TQ_GB(TQ_BITS(V_FMT)),
-                                                         TQ_BITS(V_FMT)));
+                const float16 vv = KV_LOOKUP(vtable, vtab, kv_tq_codes(cr + c * TQ_GB(V_FMT), TQ_BITS(V_FMT)));
 #pragma unroll
-                for (int r = 0; r < ROWS; r++) acc[r][c] = fma((float16)(s[r][t] * g), vv, acc[r][c]);
+                for (int r = 0; r < ROWS; r++) acc[r][c] = fma((float16)(wv[r][0][t]), vv, acc[r][c]);
             }
 #endif
         }
@@ -356,6 +593,10 @@ __kernel void kv_partial(const __global float *qd, const __global uchar *kc,
 
     for (int r = 0; r < ROWS; r++) {
         if (blk * ROWS + r >= nrows) break;
+#if V_FMT == FMT_INT4
+        /* each block's sum of p m goes to its 32 lanes */
+        for (int c = 0; c < NVC; c++) acc[r][c] += (float16)(accm[r][c >> 1]);
+#endif
         const long pr = ((b * Hq + hr[r]) * Lq + ir[r]) * nsplit + split;
         part_ml[pr * 2] = m[r];
         part_ml[pr * 2 + 1] = l[r];

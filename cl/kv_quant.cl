@@ -38,7 +38,7 @@
 #define FMT_TQ2 6
 #define TQ_BITS (FMT == FMT_TQ4 ? 4 : FMT == FMT_TQ3 ? 3 : FMT == FMT_TQ2 ? 2 : 0)
 #define DIMP ((DIM + 15) / 16 * 16) /* a dense row, padded to whole 16-lane vectors */
-#define HALF_MAX 65504.0f
+#define KV_HALF_MAX 65504.0f
 
 /* ---- Rotation (src/kv_format.c documents R) ----------------------------------------
  * tab: for round k, sign[k][0..DIM) then perm[k][0..DIM), int32. */
@@ -97,18 +97,13 @@ inline void kv_rot_inverse(float *x, const __global int *tab)
 inline float kv_round_half(float v)
 {
     ushort h[1]; /* a half array needs cl_khr_fp16; a pointer to half does not */
-    vstore_half_rte(clamp(v, -HALF_MAX, HALF_MAX), 0, (half *)h);
+    vstore_half_rte(clamp(v, -KV_HALF_MAX, KV_HALF_MAX), 0, (half *)h);
     return vload_half(0, (const half *)h);
 }
 
-inline void kv_store_half(__global uchar *p, float v)
-{
-    vstore_half_rte(clamp(v, -HALF_MAX, HALF_MAX), 0, (__global half *)p);
-}
-
 /* One INT4 block from m values v[0..m): minimum, scale (max - min) / 15, codes. Values
- * are already in the half range. Writes d, m and the 16 code bytes at blk. */
-inline void kv_int4_block(const float *v, int m, __global uchar *blk)
+ * are already in the half range. Writes d, m and the 16 code bytes where told. */
+inline void kv_int4_block(const float *v, int m, uchar *d_at, uchar *m_at, uchar *qs)
 {
     float mn = INFINITY, mx = -INFINITY;
     for (int e = 0; e < m; e++) {
@@ -117,64 +112,103 @@ inline void kv_int4_block(const float *v, int m, __global uchar *blk)
     }
     const float d = kv_round_half((mx - mn) / 15.0f);
     const float mf = kv_round_half(mn);
-    kv_store_half(blk, d);
-    kv_store_half(blk + 2, mf);
+    vstore_half_rte(d, 0, (half *)d_at);
+    vstore_half_rte(mf, 0, (half *)m_at);
     const float id = d > 0.0f ? 1.0f / d : 0.0f;
-    uchar qs[16];
     for (int e = 0; e < 16; e++) qs[e] = 0;
     for (int e = 0; e < m; e++) {
         const uchar q = (uchar)clamp(rint((v[e] - mf) * id), 0.0f, 15.0f);
         qs[e & 15] |= e < 16 ? q : (uchar)(q << 4);
     }
-    for (int e = 0; e < 16; e++) blk[4 + e] = qs[e];
 }
 
 #ifdef KV_APPEND
-/* ---- Append: one vector per work-item --------------------------------------------
- * global (n, H, B): new row t of (b, h) goes to position old_len[b] + t when
- * t < new_len[b] - old_len[b]. The cache holds cap rows of row_bytes per (b, h). tq: the
- * format's table (codebook, then thresholds; src/kv_format.c clattn__kv_tq_table) and
- * the rotation table; sqrt_n = sqrtf(DIM) from the host. INT4 here is the per-vector
- * (values) layout; keys use kv_append_int4_keys. */
-__kernel void kv_append_rows(TENSOR_PARAMS(const __global K_T *, x), __global uchar *cache,
-                             long row_bytes, long cap, long H, const __global int *old_len,
-                             const __global int *new_len, const __global int *rot,
-                             const __global float *tab, float sqrt_n)
-{
-    const long t = get_global_id(0), h = get_global_id(1), b = get_global_id(2);
-    const long l0 = old_len[b];
-    if (t >= (long)new_len[b] - l0) return;
-    __global uchar *row = cache + ((b * H + h) * cap + l0 + t) * row_bytes;
-    const long xb = x_off + b * x_s0 + h * x_s1 + t * x_s2;
-    float v[DIM];
-    for (int i = 0; i < DIM; i++) v[i] = LOAD_K(x, xb + i * x_s3);
-
+/* Bytes of one row (src/kv_format.h): the reference layout every format quantizes into. */
+#define NB32 ((DIM + 31) / 32)
+#define TQ_GB (TQ_BITS == 4 ? 8 : TQ_BITS == 3 ? 6 : 4)
 #if FMT == FMT_F32
-    __global float *r = (__global float *)row;
-    for (int i = 0; i < DIM; i++) r[i] = v[i];
+#define ROW_BYTES (4 * DIM)
 #elif FMT == FMT_F16
-    for (int i = 0; i < DIM; i++) vstore_half_rte(v[i], i, (__global half *)row);
+#define ROW_BYTES (2 * DIM)
 #elif FMT == FMT_INT8
-    for (int b0 = 0; b0 < DIM; b0 += 32) {
-        __global uchar *blk = row + (b0 / 32) * 34;
-        const int m = min(32, DIM - b0);
+#define ROW_BYTES (34 * NB32)
+#elif FMT == FMT_INT4
+#define ROW_BYTES (20 * NB32)
+#else
+#define ROW_BYTES (2 + TQ_GB * (DIMP / 16))
+#endif
+
+/* Lane l's code of a 16-lane TQ word in private memory, and setting it. */
+inline int kv_word_get(const uchar *w, int l)
+{
+#if TQ_BITS == 4
+    return (w[4 * (l & 1) + (l >> 2)] >> (4 * ((l >> 1) & 1))) & 15;
+#else
+    int c = (w[l >> 2] >> (2 * (l & 3))) & 3;
+#if TQ_BITS == 3
+    c |= ((w[4 + (l >> 3)] >> (l & 7)) & 1) << 2;
+#endif
+    return c;
+#endif
+}
+
+inline void kv_word_set(uchar *w, int l, int c)
+{
+#if TQ_BITS == 4
+    const int byte = 4 * (l & 1) + (l >> 2), sh = 4 * ((l >> 1) & 1);
+    w[byte] = (uchar)((w[byte] & ~(15 << sh)) | (c << sh));
+#else
+    const int byte = l >> 2, sh = 2 * (l & 3);
+    w[byte] = (uchar)((w[byte] & ~(3 << sh)) | ((c & 3) << sh));
+#if TQ_BITS == 3
+    const int hb = 4 + (l >> 3), hs = l & 7;
+    w[hb] = (uchar)((w[hb] & ~(1 << hs)) | (((c >> 2) & 1) << hs));
+#endif
+#endif
+}
+
+/* The same for a word in global memory (a key tile's word, shared by 16 tokens). */
+inline void kv_word_set_global(__global uchar *w, int l, int c)
+{
+    uchar t[8]; /* TQ_GB <= 8 */
+    for (int e = 0; e < TQ_GB; e++) t[e] = w[e];
+    kv_word_set(t, l, c);
+    for (int e = 0; e < TQ_GB; e++) w[e] = t[e];
+}
+
+/* Quantize v (DIM floats, overwritten) into row (ROW_BYTES, private) exactly as
+ * src/kv_format.c's from_float does. tq: the format's table (codebook, then thresholds;
+ * clattn__kv_tq_table) and the rotation table; sqrt_n = sqrtf(DIM) from the host. */
+inline void kv_quantize_row(float *v, uchar *row, const __global int *rot, const __global float *tab,
+                            float sqrt_n)
+{
+#if FMT == FMT_F32
+    for (int i = 0; i < DIM; i++) {
+        const uint u = as_uint(v[i]);
+        for (int e = 0; e < 4; e++) row[4 * i + e] = (uchar)(u >> (8 * e));
+    }
+#elif FMT == FMT_F16
+    for (int i = 0; i < DIM; i++) vstore_half_rte(v[i], i, (half *)row);
+#elif FMT == FMT_INT8
+    char *qs = (char *)(row + 2 * NB32);
+    for (int b = 0; b < NB32; b++) {
+        const int b0 = 32 * b, m = min(32, DIM - b0);
         float amax = 0.0f;
         for (int e = 0; e < m; e++) amax = fmax(amax, fabs(v[b0 + e]));
         const float d = kv_round_half(amax / 127.0f);
-        kv_store_half(blk, d);
+        vstore_half_rte(d, b, (half *)row);
         const float id = d > 0.0f ? 1.0f / d : 0.0f;
-        __global char *qs = (__global char *)(blk + 2);
         for (int e = 0; e < 32; e++)
-            qs[e] = e < m ? (char)clamp(rint(v[b0 + e] * id), -127.0f, 127.0f) : (char)0;
+            qs[b0 + e] = e < m ? (char)clamp(rint(v[b0 + e] * id), -127.0f, 127.0f) : (char)0;
     }
 #elif FMT == FMT_INT4
-    for (int b0 = 0; b0 < DIM; b0 += 32) {
+    for (int b = 0; b < NB32; b++) {
         float w[32];
-        const int m = min(32, DIM - b0);
-        for (int e = 0; e < m; e++) w[e] = clamp(v[b0 + e], -HALF_MAX, HALF_MAX);
-        kv_int4_block(w, m, row + (b0 / 32) * 20);
+        const int m = min(32, DIM - 32 * b);
+        for (int e = 0; e < m; e++) w[e] = clamp(v[32 * b + e], -KV_HALF_MAX, KV_HALF_MAX);
+        kv_int4_block(w, m, row + 2 * b, row + 2 * NB32 + 2 * b, row + 4 * NB32 + 16 * b);
     }
-#else /* TQ */
+#else /* TQ: src/kv_format.c explains the least-squares scale */
     kv_rot_forward(v, rot);
     float ss = 0.0f;
     for (int i = 0; i < DIM; i++) ss = fma(v[i], v[i], ss);
@@ -182,39 +216,105 @@ __kernel void kv_append_rows(TENSOR_PARAMS(const __global K_T *, x), __global uc
     const float f = norm > 0.0f ? sqrt_n / norm : 0.0f;
     const int nthr = (1 << TQ_BITS) - 1;
     float yc = 0.0f, cc = 0.0f;
-    uchar codes[DIMP];
-    for (int i = 0; i < DIMP; i++) codes[i] = 0;
+    for (int e = 2; e < ROW_BYTES; e++) row[e] = 0;
     for (int i = 0; i < DIM; i++) {
         const float z = v[i] * f;
         int k = 0;
         for (int m = 0; m < nthr; m++) k += z > tab[16 + m];
-        codes[i] = (uchar)k;
+        kv_word_set(row + 2 + TQ_GB * (i / 16), i % 16, k);
         const float c = tab[k];
         yc = fma(v[i], c, yc);
         cc = fma(c, c, cc);
     }
-    kv_store_half(row, yc / cc);
-    for (int g = 0; g < DIMP / 16; g++) {
-        const uchar *c = codes + 16 * g;
-#if TQ_BITS == 4
-        __global uchar *p = row + 2 + 8 * g;
-        for (int e = 0; e < 8; e++) p[e] = (uchar)(c[e] | (c[e + 8] << 4));
-#else
-        __global uchar *p = row + 2 + (TQ_BITS == 3 ? 6 : 4) * g;
-        for (int e = 0; e < 4; e++)
-            p[e] = (uchar)((c[e] & 3) | ((c[e + 4] & 3) << 2) | ((c[e + 8] & 3) << 4) |
-                           ((c[e + 12] & 3) << 6));
-#if TQ_BITS == 3
-        for (int hb = 0; hb < 2; hb++) {
-            uchar w = 0;
-            for (int e = 0; e < 8; e++) w |= (uchar)(((c[8 * hb + e] >> 2) & 1) << e);
-            p[4 + hb] = w;
-        }
-#endif
-#endif
-    }
+    vstore_half_rte(clamp(yc / cc, -KV_HALF_MAX, KV_HALF_MAX), 0, (half *)row);
 #endif
 }
+
+/* ---- Append: rows, one vector per work-item ----------------------------------------
+ * global (n, H, B): new row t of (b, h) goes to position p = old_len[b] + t when
+ * t < new_len[b] - old_len[b]; slab = bytes per (b, h). VTILES 0: plain rows (f32 and
+ * f16 keys); VTILES 1: value tiles of 16 tokens (src/kv_format.h): the row's NSCALE
+ * scale halves go to their fields' lane, its codes to slot p % 16. Tokens never share a
+ * byte, so one work-item per token writes without races. */
+#ifndef VTILES
+#define VTILES 0
+#endif
+#if FMT == FMT_INT8
+#define NSCALE NB32
+#elif FMT == FMT_INT4
+#define NSCALE (2 * NB32)
+#elif TQ_BITS
+#define NSCALE 1
+#else
+#define NSCALE 0
+#endif
+__kernel void kv_append_rows(TENSOR_PARAMS(const __global K_T *, x), __global uchar *cache, long slab,
+                             long H, const __global int *old_len, const __global int *new_len,
+                             const __global int *rot, const __global float *tab, float sqrt_n)
+{
+    const long t = get_global_id(0), h = get_global_id(1), b = get_global_id(2);
+    const long l0 = old_len[b];
+    if (t >= (long)new_len[b] - l0) return;
+    const long p = l0 + t;
+    const long xb = x_off + b * x_s0 + h * x_s1 + t * x_s2;
+    float v[DIM];
+    for (int i = 0; i < DIM; i++) v[i] = LOAD_K(x, xb + i * x_s3);
+    ushort rowbuf[(ROW_BYTES + 1) / 2]; /* ushort: halves inside are 2-byte aligned */
+    uchar *row = (uchar *)rowbuf;
+    kv_quantize_row(v, row, rot, tab, sqrt_n);
+#if VTILES
+    __global uchar *tile = cache + (b * H + h) * slab + (p / 16) * (16 * ROW_BYTES);
+    const int l = (int)(p % 16);
+    for (int k = 0; k < NSCALE; k++) {
+        tile[2 * (16 * k + l)] = row[2 * k];
+        tile[2 * (16 * k + l) + 1] = row[2 * k + 1];
+    }
+    __global uchar *dst = tile + 32 * NSCALE + l * (ROW_BYTES - 2 * NSCALE);
+    for (int e = 0; e < ROW_BYTES - 2 * NSCALE; e++) dst[e] = row[2 * NSCALE + e];
+#else
+    __global uchar *dst = cache + (b * H + h) * slab + p * ROW_BYTES;
+    for (int e = 0; e < ROW_BYTES; e++) dst[e] = row[e];
+#endif
+}
+
+#if FMT == FMT_INT8 || TQ_BITS
+/* ---- Append: key tiles, one tile per work-item -------------------------------------
+ * global (ntiles, H, B): work-item k owns tile old_len[b] / 16 + k of (b, h) and writes
+ * the lanes of its new tokens (src/kv_format.h: 16 rows transposed). TQ packs several
+ * tokens into one byte, so a tile has one writer. tile_bytes, tiles per (b, h) slab. */
+__kernel void kv_append_tiles(TENSOR_PARAMS(const __global K_T *, x), __global uchar *cache,
+                              long tile_bytes, long tiles, long H, const __global int *old_len,
+                              const __global int *new_len, const __global int *rot,
+                              const __global float *tab, float sqrt_n)
+{
+    const long k = get_global_id(0), h = get_global_id(1), b = get_global_id(2);
+    const long l0 = old_len[b], l1 = new_len[b];
+    const long tile = l0 / 16 + k;
+    if (l1 <= l0 || tile * 16 >= l1) return;
+    __global uchar *tp = cache + ((b * H + h) * tiles + tile) * tile_bytes;
+    for (long p = max(tile * 16, l0); p < min(tile * 16 + 16, l1); p++) {
+        const int l = (int)(p - tile * 16);
+        const long xb = x_off + b * x_s0 + h * x_s1 + (p - l0) * x_s2;
+        float v[DIM];
+        for (int i = 0; i < DIM; i++) v[i] = LOAD_K(x, xb + i * x_s3);
+        ushort rowbuf[(ROW_BYTES + 1) / 2];
+        uchar *row = (uchar *)rowbuf;
+        kv_quantize_row(v, row, rot, tab, sqrt_n);
+#if FMT == FMT_INT8
+        for (int bb = 0; bb < NB32; bb++) {
+            tp[2 * (16 * bb + l)] = row[2 * bb];
+            tp[2 * (16 * bb + l) + 1] = row[2 * bb + 1];
+        }
+        for (int i = 0; i < DIM; i++) tp[32 * NB32 + 16 * i + l] = row[2 * NB32 + i];
+#else
+        tp[2 * l] = row[0];
+        tp[2 * l + 1] = row[1];
+        for (int i = 0; i < DIM; i++)
+            kv_word_set_global(tp + 32 + TQ_GB * i, l, kv_word_get(row + 2 + TQ_GB * (i / 16), i % 16));
+#endif
+    }
+}
+#endif
 
 #if FMT == FMT_INT4
 /* ---- Append: INT4 keys, one channel per work-item --------------------------------
@@ -232,7 +332,8 @@ __kernel void kv_append_int4_keys(TENSOR_PARAMS(const __global K_T *, x), __glob
     const long l0 = old_len[b], l1 = new_len[b];
     if (l1 <= l0) return;
     __global half *tl = tail + (b * H + h) * 32 * DIM + i;
-    __global uchar *groups = cache + (b * H + h) * ngroups * (DIM * 20) + i * 20;
+    /* group layout (src/kv_format.h): d[DIM], m[DIM], qs[DIM][16] */
+    __global uchar *groups = cache + (b * H + h) * ngroups * (DIM * 20);
     const long xb = x_off + b * x_s0 + h * x_s1 + i * x_s3;
     float v[32];
     const long g0 = l0 / 32;
@@ -241,7 +342,13 @@ __kernel void kv_append_int4_keys(TENSOR_PARAMS(const __global K_T *, x), __glob
         const long t_lo = g * 32, t_hi = min(t_lo + 32, l1);
         for (long t = max(t_lo, l0); t < t_hi; t++)
             v[t - t_lo] = kv_round_half(LOAD_K(x, xb + (t - l0) * x_s2));
-        kv_int4_block(v, (int)(t_hi - t_lo), groups + g * (DIM * 20));
+        ushort d2[1], m2[1];
+        uchar qs[16];
+        kv_int4_block(v, (int)(t_hi - t_lo), (uchar *)d2, (uchar *)m2, qs);
+        __global uchar *gp = groups + g * (DIM * 20);
+        ((__global ushort *)gp)[i] = d2[0];
+        ((__global ushort *)gp)[DIM + i] = m2[0];
+        for (int e = 0; e < 16; e++) gp[4 * DIM + 16 * i + e] = qs[e];
         if (t_hi - t_lo < 32)
             for (long t = max(t_lo, l0); t < t_hi; t++)
                 vstore_half(v[t - t_lo], (t - t_lo) * DIM, tl);

@@ -20,7 +20,8 @@ struct clattn_kv_cache {
     cl_mem lens;         /* int32 [B], the device copy of len */
     cl_mem krot, vrot;   /* TQ rotation tables (kv_format.h), or NULL */
     cl_mem ktab, vtab;   /* TQ codebook + thresholds (32 floats), or NULL */
-    size_t k_row, v_row; /* bytes per token (INT4 keys: per group of 32 tokens) */
+    size_t k_row, v_row; /* keys: bytes per row (f32, f16), tile of 16 (int8, tq) or
+                            group of 32 (int4) tokens; values: per tile of 16 tokens */
     size_t k_slab, v_slab;
     int32_t *len;        /* host lengths: the authority for capacity checks */
     uint64_t bytes;
@@ -90,14 +91,18 @@ clattn_status clattn_kv_cache_create(clattn_context *ctx, int64_t B, int64_t Hkv
     c->vf = v_format;
     c->len = calloc((size_t)B, sizeof(int32_t));
     if (keys_grouped(k_format)) {
-        c->k_row = (size_t)D * sizeof(clattn__kv_blk_int4);
+        c->k_row = clattn__kv_int4_group_bytes((int)D);
         c->k_slab = c->k_row * (size_t)((capacity + 31) / 32);
+    } else if (clattn__kv_keys_tiled(k_format)) {
+        /* whole pairs of tiles: attention reads keys 32 at a time */
+        c->k_row = clattn__kv_tile_bytes(k_format, (int)D);
+        c->k_slab = c->k_row * 2u * (size_t)((capacity + 31) / 32);
     } else {
         c->k_row = clattn__kv_row_bytes(k_format, (int)D);
         c->k_slab = c->k_row * (size_t)capacity;
     }
-    c->v_row = clattn__kv_row_bytes(v_format, (int)Dv);
-    c->v_slab = c->v_row * (size_t)capacity;
+    c->v_row = clattn__kv_vtile_bytes(v_format, (int)Dv); /* value tiles of 16 tokens, in pairs */
+    c->v_slab = c->v_row * 2u * (size_t)((capacity + 31) / 32);
     const double kbytes = (double)c->k_slab * (double)(B * Hkv), vbytes = (double)c->v_slab * (double)(B * Hkv);
     clattn_status st = CLATTN_SUCCESS;
     if (!c->len) {
@@ -234,12 +239,13 @@ static clattn_status enqueue_append(clattn_kv_cache *c, clattn_kv_format f, bool
     clattn_context *ctx = c->ctx;
     const int64_t dim = keys ? c->D : c->Dv;
     char opts[128] = "";
-    clattn__opts_add(opts, sizeof opts, "-DKV_APPEND -DDIM=%lld -DFMT=%d -DK_DT=%d", (long long)dim, (int)f,
-                     (int)x->dtype);
-    const bool grouped = keys && keys_grouped(f);
+    clattn__opts_add(opts, sizeof opts, "-DKV_APPEND -DDIM=%lld -DFMT=%d -DK_DT=%d -DVTILES=%d", (long long)dim,
+                     (int)f, (int)x->dtype, keys ? 0 : 1);
+    const bool grouped = keys && keys_grouped(f), tiled = keys && clattn__kv_keys_tiled(f);
     cl_kernel k;
     CLATTN_FORWARD(clattn__kernel_get(ctx, "kv_quant.cl", opts,
-                                      grouped ? "kv_append_int4_keys" : "kv_append_rows", &k));
+                                      grouped ? "kv_append_int4_keys" : tiled ? "kv_append_tiles" : "kv_append_rows",
+                                      &k));
     cl_uint a = 0;
     const cl_long H = c->Hkv;
     const cl_mem dst = keys ? c->k : c->v, rot = keys ? c->krot : c->vrot, tab = keys ? c->ktab : c->vtab;
@@ -255,17 +261,23 @@ static clattn_status enqueue_append(clattn_kv_cache *c, clattn_kv_format f, bool
         const size_t g[3] = {(size_t)dim, (size_t)c->Hkv, (size_t)c->B};
         return clattn__enqueue(ctx, k, 3, g, NULL, NULL);
     }
-    const cl_long row_bytes = (cl_long)(keys ? c->k_row : c->v_row), cap = c->cap;
     const cl_float sqrt_n = sqrtf((float)dim);
-    CLATTN_FORWARD(CLATTN_ARG(ctx, k, &a, row_bytes));
-    CLATTN_FORWARD(CLATTN_ARG(ctx, k, &a, cap));
+    size_t g[3] = {(size_t)n, (size_t)c->Hkv, (size_t)c->B};
+    if (tiled) {
+        const cl_long tile_bytes = (cl_long)c->k_row, tiles = (cl_long)(c->k_slab / c->k_row);
+        CLATTN_FORWARD(CLATTN_ARG(ctx, k, &a, tile_bytes));
+        CLATTN_FORWARD(CLATTN_ARG(ctx, k, &a, tiles));
+        g[0] = (size_t)(n + 15) / 16 + 1; /* an append of n tokens touches at most this many tiles */
+    } else {
+        const cl_long slab = (cl_long)(keys ? c->k_slab : c->v_slab);
+        CLATTN_FORWARD(CLATTN_ARG(ctx, k, &a, slab));
+    }
     CLATTN_FORWARD(CLATTN_ARG(ctx, k, &a, H));
     CLATTN_FORWARD(CLATTN_ARG(ctx, k, &a, old_lens));
     CLATTN_FORWARD(CLATTN_ARG(ctx, k, &a, new_lens));
     CLATTN_FORWARD(CLATTN_ARG(ctx, k, &a, rot));
     CLATTN_FORWARD(CLATTN_ARG(ctx, k, &a, tab));
     CLATTN_FORWARD(CLATTN_ARG(ctx, k, &a, sqrt_n));
-    const size_t g[3] = {(size_t)n, (size_t)c->Hkv, (size_t)c->B};
     return clattn__enqueue(ctx, k, 3, g, NULL, NULL);
 }
 
@@ -421,9 +433,9 @@ static clattn_status run_kernels(clattn_kv_cache *c, const clattn__dev_problem *
     /* partial attention over the splits */
     opts[0] = '\0';
     bool ok = clattn__mask_options(dp, opts, sizeof opts) &&
-              clattn__opts_add(opts, sizeof opts, " -DD=%lld -DDV=%lld -DK_FMT=%d -DV_FMT=%d -DROWS=%d -DHAS_LSE=%d",
+              clattn__opts_add(opts, sizeof opts, " -DD=%lld -DDV=%lld -DK_FMT=%d -DV_FMT=%d -DROWS=%d -DHAS_LSE=%d -DKV_PREFETCH=%d",
                                (long long)p->D, (long long)p->Dv, (int)c->kf, (int)c->vf, pl.rows,
-                               p->lse ? 1 : 0);
+                               p->lse ? 1 : 0, ctx->props.type == CLATTN_DEVICE_CPU);
     CLATTN_RETURN_IF(ctx, !ok, CLATTN_ERROR_INTERNAL, "kv attention: build options too long");
     cl_kernel kp, km;
     CLATTN_FORWARD(clattn__kernel_get(ctx, "kv_attn.cl", opts, "kv_partial", &kp));

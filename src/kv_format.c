@@ -192,98 +192,103 @@ static void f16_to(const clattn__kv_rot *rot, int n, const uint8_t *row, float *
 
 /* ---- INT8 ------------------------------------------------------------------------ *
  * d = max|x| / 127 rounded to half; codes round(x / d) (ties to even) against that
- * rounded d, so dequantization sees the scale the codes were made with. */
+ * rounded d, so dequantization sees the scale the codes were made with. Row: d[nb] then
+ * qs[nb * 32]. */
 static void int8_from(const clattn__kv_rot *rot, int n, const float *x, uint8_t *row)
 {
     (void)rot;
-    for (int b0 = 0; b0 < n; b0 += 32) {
-        clattn__kv_blk_int8 blk;
-        memset(&blk, 0, sizeof blk);
-        const int m = n - b0 < 32 ? n - b0 : 32;
+    const int nb = (n + 31) / 32;
+    memset(row, 0, (size_t)nb * sizeof(clattn__kv_blk_int8));
+    int8_t *qs = (int8_t *)(row + 2 * nb);
+    for (int b = 0; b < nb; b++) {
+        const int b0 = 32 * b, m = n - b0 < 32 ? n - b0 : 32;
         float amax = 0.0f;
         for (int e = 0; e < m; e++) amax = fmaxf(amax, fabsf(x[b0 + e]));
-        blk.d = to_half_sat(amax / 127.0f);
-        const float d = clattn__half_to_float(blk.d);
+        const uint16_t dh = to_half_sat(amax / 127.0f);
+        put_u16(row + 2 * b, dh);
+        const float d = clattn__half_to_float(dh);
         const float id = d > 0.0f ? 1.0f / d : 0.0f;
-        for (int e = 0; e < m; e++) blk.qs[e] = (int8_t)clampf(rintf(x[b0 + e] * id), -127.0f, 127.0f);
-        memcpy(row + (size_t)(b0 / 32) * sizeof blk, &blk, sizeof blk);
+        for (int e = 0; e < m; e++) qs[b0 + e] = (int8_t)clampf(rintf(x[b0 + e] * id), -127.0f, 127.0f);
     }
 }
 static void int8_to(const clattn__kv_rot *rot, int n, const uint8_t *row, float *x)
 {
     (void)rot;
-    for (int b0 = 0; b0 < n; b0 += 32) {
-        clattn__kv_blk_int8 blk;
-        memcpy(&blk, row + (size_t)(b0 / 32) * sizeof blk, sizeof blk);
-        const float d = clattn__half_to_float(blk.d);
-        for (int e = 0; e < 32 && b0 + e < n; e++) x[b0 + e] = d * (float)blk.qs[e];
-    }
+    const int nb = (n + 31) / 32;
+    const int8_t *qs = (const int8_t *)(row + 2 * nb);
+    for (int i = 0; i < n; i++) x[i] = clattn__half_to_float(get_u16(row + 2 * (i / 32))) * (float)qs[i];
 }
 
 /* ---- INT4 ------------------------------------------------------------------------ *
- * One block from m (1..32) values v[e * stride]: m = min, d = (max - min) / 15, both
- * rounded to half; codes round((v - m) / d) in 0..15. Values are clamped to the half
- * range first so the scales stay finite. */
-static void int4_block(const float *v, int m, int stride, clattn__kv_blk_int4 *blk)
+ * One block from m (1..32) values v[e]: m = min, d = (max - min) / 15, both rounded to
+ * half; codes round((v - m) / d) in 0..15. Values are clamped to the half range first
+ * so the scales stay finite. Writes the block's d, m and 16 code bytes where told. */
+static void int4_block(const float *v, int m, uint8_t *d_at, uint8_t *m_at, uint8_t *qs)
 {
-    memset(blk, 0, sizeof *blk);
     float mn = INFINITY, mx = -INFINITY;
     for (int e = 0; e < m; e++) {
-        const float t = clampf(v[e * stride], -HALF_MAX, HALF_MAX);
+        const float t = clampf(v[e], -HALF_MAX, HALF_MAX);
         mn = fminf(mn, t);
         mx = fmaxf(mx, t);
     }
-    blk->d = to_half_sat((mx - mn) / 15.0f);
-    blk->m = to_half_sat(mn);
-    const float d = clattn__half_to_float(blk->d), mf = clattn__half_to_float(blk->m);
+    const uint16_t dh = to_half_sat((mx - mn) / 15.0f), mh = to_half_sat(mn);
+    put_u16(d_at, dh);
+    put_u16(m_at, mh);
+    const float d = clattn__half_to_float(dh), mf = clattn__half_to_float(mh);
     const float id = d > 0.0f ? 1.0f / d : 0.0f;
+    memset(qs, 0, 16);
     for (int e = 0; e < m; e++) {
-        const float t = clampf(v[e * stride], -HALF_MAX, HALF_MAX);
+        const float t = clampf(v[e], -HALF_MAX, HALF_MAX);
         const uint8_t q = (uint8_t)clampf(rintf((t - mf) * id), 0.0f, 15.0f);
-        blk->qs[e & 15] |= (uint8_t)(e < 16 ? q : q << 4);
+        qs[e & 15] |= (uint8_t)(e < 16 ? q : q << 4);
     }
 }
 
-static float int4_value(const clattn__kv_blk_int4 *blk, int e)
+static float int4_value(const uint8_t *d_at, const uint8_t *m_at, const uint8_t *qs, int e)
 {
-    const int q = e < 16 ? blk->qs[e] & 15 : blk->qs[e - 16] >> 4;
-    return clattn__half_to_float(blk->m) + clattn__half_to_float(blk->d) * (float)q;
+    const int q = e < 16 ? qs[e] & 15 : qs[e - 16] >> 4;
+    return clattn__half_to_float(get_u16(m_at)) + clattn__half_to_float(get_u16(d_at)) * (float)q;
 }
 
+/* Row: d[nb], m[nb], then qs[nb][16]. */
 static void int4_from(const clattn__kv_rot *rot, int n, const float *x, uint8_t *row)
 {
     (void)rot;
-    for (int b0 = 0; b0 < n; b0 += 32) {
-        clattn__kv_blk_int4 blk;
-        int4_block(x + b0, n - b0 < 32 ? n - b0 : 32, 1, &blk);
-        memcpy(row + (size_t)(b0 / 32) * sizeof blk, &blk, sizeof blk);
-    }
+    const int nb = (n + 31) / 32;
+    for (int b = 0; b < nb; b++)
+        int4_block(x + 32 * b, n - 32 * b < 32 ? n - 32 * b : 32, row + 2 * b, row + 2 * nb + 2 * b,
+                   row + 4 * nb + 16 * b);
 }
 static void int4_to(const clattn__kv_rot *rot, int n, const uint8_t *row, float *x)
 {
     (void)rot;
-    for (int b0 = 0; b0 < n; b0 += 32) {
-        clattn__kv_blk_int4 blk;
-        memcpy(&blk, row + (size_t)(b0 / 32) * sizeof blk, sizeof blk);
-        for (int e = 0; e < 32 && b0 + e < n; e++) x[b0 + e] = int4_value(&blk, e);
+    const int nb = (n + 31) / 32;
+    for (int i = 0; i < n; i++) {
+        const int b = i / 32;
+        x[i] = int4_value(row + 2 * b, row + 2 * nb + 2 * b, row + 4 * nb + 16 * b, i % 32);
     }
 }
 
-void clattn__kv_quantize_int4_keys(int n, int ntok, const float *x, clattn__kv_blk_int4 *blocks)
+/* Group: d[n], m[n], then qs[n][16]; channel i's block is (d[i], m[i], qs[i]). */
+void clattn__kv_quantize_int4_keys(int n, int ntok, const float *x, uint8_t *group)
 {
     float v[32];
     for (int i = 0; i < n; i++) {
         for (int t = 0; t < ntok; t++)
             v[t] = clattn__half_to_float(to_half_sat(x[(size_t)t * (size_t)n + (size_t)i]));
-        int4_block(v, ntok, 1, &blocks[i]);
+        int4_block(v, ntok, group + 2 * i, group + 2 * n + 2 * i, group + 4 * n + 16 * i);
     }
 }
 
-void clattn__kv_dequantize_int4_keys(int n, int ntok, const clattn__kv_blk_int4 *blocks, float *x)
+void clattn__kv_dequantize_int4_keys(int n, int ntok, const uint8_t *group, float *x)
 {
     for (int i = 0; i < n; i++)
-        for (int t = 0; t < ntok; t++) x[(size_t)t * (size_t)n + (size_t)i] = int4_value(&blocks[i], t);
+        for (int t = 0; t < ntok; t++)
+            x[(size_t)t * (size_t)n + (size_t)i] =
+                int4_value(group + 2 * i, group + 2 * n + 2 * i, group + 4 * n + 16 * i, t);
 }
+
+size_t clattn__kv_int4_group_bytes(int n) { return (size_t)n * sizeof(clattn__kv_blk_int4); }
 
 /* ---- TQ -------------------------------------------------------------------------- *
  * y = R x; each coordinate is coded by the nearest codebook entry of y_i * sqrt(n)/|y|
@@ -295,30 +300,40 @@ void clattn__kv_dequantize_int4_keys(int n, int ntok, const clattn__kv_blk_int4 
  * multiply-adds in coordinate order, as in cl/kv_quant.cl. */
 static int gran_bytes(int bits) { return bits == 4 ? 8 : bits == 3 ? 6 : 4; }
 
+/* Lane l's code of a 16-lane TQ word at w (bit layouts in kv_format.h). */
+static int tq_word_get(int bits, const uint8_t *w, int l)
+{
+    if (bits == 4) return (w[4 * (l & 1) + (l >> 2)] >> (4 * ((l >> 1) & 1))) & 15;
+    int c = (w[l >> 2] >> (2 * (l & 3))) & 3;
+    if (bits == 3) c |= ((w[4 + (l >> 3)] >> (l & 7)) & 1) << 2;
+    return c;
+}
+
+static void tq_word_set(int bits, uint8_t *w, int l, int c)
+{
+    if (bits == 4) {
+        const int byte = 4 * (l & 1) + (l >> 2), sh = 4 * ((l >> 1) & 1);
+        w[byte] = (uint8_t)((w[byte] & ~(15 << sh)) | (c << sh));
+        return;
+    }
+    const int byte = l >> 2, sh = 2 * (l & 3);
+    w[byte] = (uint8_t)((w[byte] & ~(3 << sh)) | ((c & 3) << sh));
+    if (bits == 3) {
+        const int hb = 4 + (l >> 3), hs = l & 7;
+        w[hb] = (uint8_t)((w[hb] & ~(1 << hs)) | (((c >> 2) & 1) << hs));
+    }
+}
+
 static void tq_pack(int bits, const uint8_t *codes, int n, uint8_t *row)
 {
     const int ng = (n + 15) / 16, gb = gran_bytes(bits);
     memset(row + 2, 0, (size_t)(ng * gb));
-    for (int i = 0; i < n; i++) {
-        uint8_t *g = row + 2 + (i / 16) * gb;
-        const int e = i % 16, c = codes[i];
-        if (bits == 4) {
-            g[e & 7] |= (uint8_t)(e < 8 ? c : c << 4);
-        } else {
-            g[e & 3] |= (uint8_t)((c & 3) << (2 * (e >> 2)));
-            if (bits == 3) g[4 + (e >> 3)] |= (uint8_t)(((c >> 2) & 1) << (e & 7));
-        }
-    }
+    for (int i = 0; i < n; i++) tq_word_set(bits, row + 2 + (i / 16) * gb, i % 16, codes[i]);
 }
 
 static int tq_code(int bits, const uint8_t *row, int i)
 {
-    const uint8_t *g = row + 2 + (i / 16) * gran_bytes(bits);
-    const int e = i % 16;
-    if (bits == 4) return e < 8 ? g[e] & 15 : g[e - 8] >> 4;
-    int c = (g[e & 3] >> (2 * (e >> 2))) & 3;
-    if (bits == 3) c |= ((g[4 + (e >> 3)] >> (e & 7)) & 1) << 2;
-    return c;
+    return tq_word_get(bits, row + 2 + (i / 16) * gran_bytes(bits), i % 16);
 }
 
 static void tq_from(int bits, const clattn__kv_rot *rot, int n, const float *x, uint8_t *row)
@@ -394,6 +409,86 @@ size_t clattn__kv_row_bytes(clattn_kv_format format, int n)
     return blocks * (size_t)t->block_bytes + (t->tq_bits ? 2u : 0u);
 }
 
+/* ---- Key tiles ---------------------------------------------------------------------- */
+
+bool clattn__kv_keys_tiled(clattn_kv_format format)
+{
+    return format == CLATTN_KV_INT8 || (clattn__kv_traits_of(format) && clattn__kv_traits_of(format)->tq_bits);
+}
+
+size_t clattn__kv_tile_bytes(clattn_kv_format format, int n)
+{
+    const clattn__kv_traits *t = clattn__kv_traits_of(format);
+    if (format == CLATTN_KV_INT8) return 16u * (2u * (size_t)((n + 31) / 32) + (size_t)n);
+    if (t && t->tq_bits) return 32u + (size_t)n * (size_t)gran_bytes(t->tq_bits);
+    return 16u * clattn__kv_row_bytes(format, n);
+}
+
+void clattn__kv_tile_put(clattn_kv_format format, int n, const uint8_t *row, int l, uint8_t *tile)
+{
+    const clattn__kv_traits *t = clattn__kv_traits_of(format);
+    if (format == CLATTN_KV_INT8) {
+        const int nb = (n + 31) / 32;
+        for (int b = 0; b < nb; b++) memcpy(tile + 2 * (16 * b + l), row + 2 * b, 2);
+        for (int i = 0; i < n; i++) tile[32 * nb + 16 * i + l] = row[2 * nb + i];
+    } else if (t->tq_bits) {
+        const int gb = gran_bytes(t->tq_bits);
+        memcpy(tile + 2 * l, row, 2);
+        for (int i = 0; i < n; i++) tq_word_set(t->tq_bits, tile + 32 + gb * i, l, tq_code(t->tq_bits, row, i));
+    } else {
+        const size_t rb = clattn__kv_row_bytes(format, n);
+        memcpy(tile + (size_t)l * rb, row, rb);
+    }
+}
+
+void clattn__kv_tile_get(clattn_kv_format format, int n, const uint8_t *tile, int l, uint8_t *row)
+{
+    const clattn__kv_traits *t = clattn__kv_traits_of(format);
+    if (format == CLATTN_KV_INT8) {
+        const int nb = (n + 31) / 32;
+        memset(row, 0, clattn__kv_row_bytes(format, n));
+        for (int b = 0; b < nb; b++) memcpy(row + 2 * b, tile + 2 * (16 * b + l), 2);
+        for (int i = 0; i < n; i++) row[2 * nb + i] = tile[32 * nb + 16 * i + l];
+    } else if (t->tq_bits) {
+        const int gb = gran_bytes(t->tq_bits);
+        uint8_t codes[CLATTN_KV_MAX_DIM];
+        for (int i = 0; i < n; i++) codes[i] = (uint8_t)tq_word_get(t->tq_bits, tile + 32 + gb * i, l);
+        memcpy(row, tile + 2 * l, 2);
+        tq_pack(t->tq_bits, codes, n, row);
+    } else {
+        const size_t rb = clattn__kv_row_bytes(format, n);
+        memcpy(row, tile + (size_t)l * rb, rb);
+    }
+}
+
+/* ---- Value tiles ------------------------------------------------------------------- */
+
+int clattn__kv_scale_halves(clattn_kv_format format, int n)
+{
+    const clattn__kv_traits *t = clattn__kv_traits_of(format);
+    if (format == CLATTN_KV_INT8) return (n + 31) / 32;
+    if (format == CLATTN_KV_INT4) return 2 * ((n + 31) / 32);
+    return t && t->tq_bits ? 1 : 0;
+}
+
+size_t clattn__kv_vtile_bytes(clattn_kv_format format, int n) { return 16u * clattn__kv_row_bytes(format, n); }
+
+void clattn__kv_vtile_put(clattn_kv_format format, int n, const uint8_t *row, int l, uint8_t *tile)
+{
+    const int ns = clattn__kv_scale_halves(format, n);
+    const size_t rb = clattn__kv_row_bytes(format, n), cb = rb - 2u * (size_t)ns;
+    for (int k = 0; k < ns; k++) memcpy(tile + 2 * (16 * k + l), row + 2 * k, 2);
+    memcpy(tile + 32 * ns + (size_t)l * cb, row + 2 * ns, cb);
+}
+
+void clattn__kv_vtile_get(clattn_kv_format format, int n, const uint8_t *tile, int l, uint8_t *row)
+{
+    const int ns = clattn__kv_scale_halves(format, n);
+    const size_t rb = clattn__kv_row_bytes(format, n), cb = rb - 2u * (size_t)ns;
+    for (int k = 0; k < ns; k++) memcpy(row + 2 * k, tile + 2 * (16 * k + l), 2);
+    memcpy(row + 2 * ns, tile + 32 * ns + (size_t)l * cb, cb);
+}
+
 /* ---- Public helpers ------------------------------------------------------------- */
 
 const char *clattn_kv_format_name(clattn_kv_format format)
@@ -428,11 +523,11 @@ clattn_status clattn_kv_quantize_host(clattn_kv_format format, clattn_kv_role ro
     if (n_vectors && (!x || !x_hat)) return CLATTN_ERROR_INVALID_ARGUMENT;
     const int n = (int)D;
     if (format == CLATTN_KV_INT4 && role == CLATTN_KV_KEYS) {
-        clattn__kv_blk_int4 blocks[CLATTN_KV_MAX_DIM];
+        uint8_t group[CLATTN_KV_MAX_DIM * sizeof(clattn__kv_blk_int4)];
         for (size_t v0 = 0; v0 < n_vectors; v0 += 32) {
             const int ntok = n_vectors - v0 < 32 ? (int)(n_vectors - v0) : 32;
-            clattn__kv_quantize_int4_keys(n, ntok, x + v0 * (size_t)n, blocks);
-            clattn__kv_dequantize_int4_keys(n, ntok, blocks, x_hat + v0 * (size_t)n);
+            clattn__kv_quantize_int4_keys(n, ntok, x + v0 * (size_t)n, group);
+            clattn__kv_dequantize_int4_keys(n, ntok, group, x_hat + v0 * (size_t)n);
         }
         if (bytes) *bytes = (uint64_t)((n_vectors + 31) / 32) * (uint64_t)n * sizeof(clattn__kv_blk_int4);
         return CLATTN_SUCCESS;

@@ -10,8 +10,10 @@
 #include <stdint.h>
 
 /* ---- Packed blocks ----------------------------------------------------------------
- * Every scale is an IEEE half stored as uint16_t. Codes are packed so that the kernels
- * unpack 16 lanes with one load, shifts and a mask (cl/kv_attn.cl). */
+ * Every scale is an IEEE half stored as uint16_t. The block structs define each format's
+ * unit; rows and key tiles store the same fields grouped by kind (all scales, then all
+ * codes), so a kernel converts many scales with one vector instruction and loads codes as
+ * whole vectors (cl/kv_attn.cl). */
 
 /* INT8: 32 consecutive elements of a vector; x = d * qs[e]. (ggml's q8_0.) */
 typedef struct clattn__kv_blk_int8 {
@@ -27,13 +29,15 @@ typedef struct clattn__kv_blk_int4 {
     uint8_t qs[16];
 } clattn__kv_blk_int4;
 
-/* TQ granules: 16 rotated coordinates each. A TQ row is one half scale (the vector's
- * least-squares norm, see clattn__kv_quantize_tq) followed by ceil(D/16) granules;
- * coordinates at or past D have code 0.
- *   tq4: byte e (0..7) holds coordinate e (low nibble) and e + 8 (high nibble);
- *   tq3: the low two bits as tq2 does, then bit e of the 16-bit word hi holds bit 2 of
- *        coordinate e;
- *   tq2: byte e (0..3) holds coordinates e, e + 4, e + 8, e + 12 at bits 0, 2, 4, 6. */
+/* TQ words: 16 codes, the lanes of one vector register. In a row (one vector) the lanes
+ * are 16 consecutive rotated coordinates; in a key tile they are one coordinate of 16
+ * consecutive tokens. Bit positions are chosen so a kernel unpacks a word with one
+ * broadcast load and one per-lane shift (no shuffle, which would share x86's single
+ * shuffle port with the codebook permute):
+ *   tq4: lane l in bits 32*(l&1) + 4*(l>>1) of the little-endian 64-bit word;
+ *   tq3: its low two bits as tq2 does in bytes 0..3, its high bit in bit l of the
+ *        little-endian 16-bit word of bytes 4..5;
+ *   tq2: lane l in bits 2l of the little-endian 32-bit word. */
 typedef struct clattn__kv_gran_tq4 {
     uint8_t qs[8];
 } clattn__kv_gran_tq4;
@@ -47,12 +51,31 @@ typedef struct clattn__kv_gran_tq2 {
 
 _Static_assert(sizeof(clattn__kv_blk_int8) == 34, "int8 block must be packed: 2 + 32 bytes");
 _Static_assert(sizeof(clattn__kv_blk_int4) == 20, "int4 block must be packed: 4 + 16 bytes");
-_Static_assert(sizeof(clattn__kv_gran_tq4) == 8, "tq4 granule: 16 x 4 bits");
-_Static_assert(sizeof(clattn__kv_gran_tq3) == 6, "tq3 granule: 16 x 3 bits");
-_Static_assert(sizeof(clattn__kv_gran_tq2) == 4, "tq2 granule: 16 x 2 bits");
+_Static_assert(sizeof(clattn__kv_gran_tq4) == 8, "tq4 word: 16 x 4 bits");
+_Static_assert(sizeof(clattn__kv_gran_tq3) == 6, "tq3 word: 16 x 3 bits");
+_Static_assert(sizeof(clattn__kv_gran_tq2) == 4, "tq2 word: 16 x 2 bits");
 
+/* Rows: one vector of n elements (values, f32/f16 keys, and the CPU reference's unit).
+ *   f32, f16  n elements.
+ *   int8      d[nb] then qs[nb * 32], nb = ceil(n / 32) blocks; codes past n are 0.
+ *   int4      d[nb], m[nb], then qs[nb][16] (one block's 16 bytes each).
+ *   tq        the scale g, then ceil(n / 16) words of 16 coordinates (code 0 past n).
+ * Key tiles: keys of int8 and tq are stored 16 tokens to a tile, transposed, so
+ * attention computes 16 scores as one vector per coordinate (no horizontal sums, and
+ * 16 scales converted at once):
+ *   int8      d[nb][16] then qs[n][16] (coordinate-major: byte 16 i + l is token l's
+ *             code of coordinate i).
+ *   tq        g[16], then n words (coordinate i's codes of the 16 tokens).
+ * A tile is exactly 16 rows transposed (clattn__kv_tile_put / _get).
+ * INT4 key groups: 32 tokens per group, per channel: d[n], m[n], then qs[n][16].
+ * Value tiles: values are stored 16 tokens to a tile too, but only the scales are
+ * gathered: each of a row's ns scale halves (ns = nb for int8, 2 nb for int4 (all d then
+ * all m), 1 for tq, 0 for f32/f16) as 16 halves, field-major, then the 16 rows' codes one
+ * after the other (clattn__kv_vtile_put / _get). Attention converts 16 tokens' scales
+ * with one instruction and folds them into the softmax weights before the value loop. */
 #define CLATTN_KV_QBLOCK 32 /* elements per INT8 / INT4 block */
-#define CLATTN_KV_TQ_GRAN 16 /* coordinates per TQ granule */
+#define CLATTN_KV_TQ_GRAN 16 /* lanes per TQ word */
+#define CLATTN_KV_KTILE 16   /* tokens per key tile (int8, tq) */
 #define CLATTN_KV_MAX_DIM 256
 
 /* ---- Rotation of the TQ formats -------------------------------------------------- *
@@ -104,14 +127,28 @@ typedef struct clattn__kv_traits {
 
 /* The traits of a format, or NULL when the value is not a format. */
 const clattn__kv_traits *clattn__kv_traits_of(clattn_kv_format format);
-/* Bytes of one stored vector of n elements in the per-vector layout. */
+/* Bytes of one stored vector of n elements in the row layout. */
 size_t clattn__kv_row_bytes(clattn_kv_format format, int n);
 
+/* Key storage: does the format keep keys in 16-token tiles (int8, tq), and the bytes of
+ * one tile; INT4 keys: the bytes of one 32-token group. */
+bool clattn__kv_keys_tiled(clattn_kv_format format);
+size_t clattn__kv_tile_bytes(clattn_kv_format format, int n);
+size_t clattn__kv_int4_group_bytes(int n);
+/* Value tiles (every format): half scales per row, and the bytes of a tile. */
+int clattn__kv_scale_halves(clattn_kv_format format, int n);
+size_t clattn__kv_vtile_bytes(clattn_kv_format format, int n);
+void clattn__kv_vtile_put(clattn_kv_format format, int n, const uint8_t *row, int l, uint8_t *tile);
+void clattn__kv_vtile_get(clattn_kv_format format, int n, const uint8_t *tile, int l, uint8_t *row);
+/* Copy one row into lane l (0..15) of a key tile, or lane l of a tile out to a row. */
+void clattn__kv_tile_put(clattn_kv_format format, int n, const uint8_t *row, int l, uint8_t *tile);
+void clattn__kv_tile_get(clattn_kv_format format, int n, const uint8_t *tile, int l, uint8_t *row);
+
 /* INT4 keys: ntok (1..32) consecutive key vectors of n channels, x[t * n + i], as one
- * group: n blocks (one per channel) written to blocks[i]. Tokens past ntok get code 0.
- * Values are first clamped to the f16 range and rounded to f16, as the cache keeps the
- * keys of an unfinished group (clattn_kv_format in clattn.h). */
-void clattn__kv_quantize_int4_keys(int n, int ntok, const float *x, clattn__kv_blk_int4 *blocks);
-void clattn__kv_dequantize_int4_keys(int n, int ntok, const clattn__kv_blk_int4 *blocks, float *x);
+ * group (layout above; tokens past ntok get code 0). Values are first clamped to the f16
+ * range and rounded to f16, as the cache keeps the keys of an unfinished group as f16
+ * (clattn_kv_format in clattn.h). */
+void clattn__kv_quantize_int4_keys(int n, int ntok, const float *x, uint8_t *group);
+void clattn__kv_dequantize_int4_keys(int n, int ntok, const uint8_t *group, float *x);
 
 #endif /* CLATTN_KV_FORMAT_H */

@@ -71,17 +71,27 @@ static float *dequantize_cache(clattn_kv_cache *c, int which, clattn_kv_format f
     const clattn__kv_traits *t = clattn__kv_traits_of(f);
     clattn__kv_rot rot;
     clattn__kv_rot_init(&rot, dim);
+    uint8_t rowbuf[2 + 4 * 256];
     for (int64_t bh = 0; bh < B * H; bh++) {
         const int64_t n = len[bh / H];
         float *o = out + bh * L * dim;
         const uint8_t *s = bytes + (size_t)bh * slab;
         if (f == CLATTN_KV_INT4 && which == CLATTN__KV_KEYS) {
             for (int64_t g = 0; g * 32 < n; g++)
-                clattn__kv_dequantize_int4_keys(dim, (int)(n - g * 32 < 32 ? n - g * 32 : 32),
-                                                (const clattn__kv_blk_int4 *)(s + (size_t)g * row),
+                clattn__kv_dequantize_int4_keys(dim, (int)(n - g * 32 < 32 ? n - g * 32 : 32), s + (size_t)g * row,
                                                 o + g * 32 * dim);
-        } else {
+        } else if (which == CLATTN__KV_KEYS && clattn__kv_keys_tiled(f)) {
+            for (int64_t j = 0; j < n; j++) {
+                clattn__kv_tile_get(f, dim, s + (size_t)(j / 16) * row, (int)(j % 16), rowbuf);
+                t->to_float(&rot, dim, rowbuf, o + j * dim);
+            }
+        } else if (which == CLATTN__KV_KEYS) {
             for (int64_t j = 0; j < n; j++) t->to_float(&rot, dim, s + (size_t)j * row, o + j * dim);
+        } else {
+            for (int64_t j = 0; j < n; j++) {
+                clattn__kv_vtile_get(f, dim, s + (size_t)(j / 16) * row, (int)(j % 16), rowbuf);
+                t->to_float(&rot, dim, rowbuf, o + j * dim);
+            }
         }
     }
     free(bytes);
@@ -124,7 +134,7 @@ static void check_quantizer(clattn_kv_format f, int D, int B, int H, int n, cons
     for (int which = 0; which < 2; which++) {
         const float *x = which ? v : k;
         const size_t slab = clattn__kv_cache_slab_bytes(c, which), row = clattn__kv_cache_row_bytes(c, which);
-        uint8_t *dev = malloc(slab * (size_t)(B * H)), *ref = calloc(slab, 1);
+        uint8_t *dev = malloc(slab * (size_t)(B * H)), *ref = calloc(slab + 2 + 4 * 256, 1);
         assert_non_null(dev);
         assert_non_null(ref);
         assert_int_equal(clattn__kv_cache_download(c, which, dev, slab * (size_t)(B * H)), CLATTN_SUCCESS);
@@ -132,27 +142,35 @@ static void check_quantizer(clattn_kv_format f, int D, int B, int H, int n, cons
         clattn__kv_rot rot;
         clattn__kv_rot_init(&rot, D);
         size_t vectors = 0, differ = 0;
+        uint8_t got[2 + 4 * 256];
         for (int bh = 0; bh < B * H; bh++) {
             const float *xs = x + (size_t)bh * n * D;
             const uint8_t *ds = dev + (size_t)bh * slab;
             if (f == CLATTN_KV_INT4 && which == 0) {
                 for (int g = 0; g * 32 < n; g++) {
                     const int ntok = n - g * 32 < 32 ? n - g * 32 : 32;
-                    clattn__kv_quantize_int4_keys(D, ntok, xs + (size_t)g * 32 * D, (clattn__kv_blk_int4 *)ref);
+                    clattn__kv_quantize_int4_keys(D, ntok, xs + (size_t)g * 32 * D, ref);
                     vectors++;
                     differ += memcmp(ref, ds + (size_t)g * row, row) != 0;
                 }
-            } else {
-                for (int j = 0; j < n; j++) {
-                    memset(ref, 0, row);
-                    t->from_float(&rot, D, xs + (size_t)j * D, ref);
-                    vectors++;
-                    if (memcmp(ref, ds + (size_t)j * row, row) != 0) {
-                        if (differ == 0)
-                            print_error("%s %s D=%d (b*H+h=%d, t=%d): first differing vector\n", t->name,
-                                        which ? "values" : "keys", D, bh, j);
-                        differ++;
-                    }
+                continue;
+            }
+            const size_t rb = clattn__kv_row_bytes(f, D);
+            for (int j = 0; j < n; j++) {
+                memset(ref, 0, rb);
+                t->from_float(&rot, D, xs + (size_t)j * D, ref);
+                if (which == 0 && clattn__kv_keys_tiled(f))
+                    clattn__kv_tile_get(f, D, ds + (size_t)(j / 16) * row, j % 16, got);
+                else if (which == 1)
+                    clattn__kv_vtile_get(f, D, ds + (size_t)(j / 16) * row, j % 16, got);
+                else
+                    memcpy(got, ds + (size_t)j * row, rb);
+                vectors++;
+                if (memcmp(ref, got, rb) != 0) {
+                    if (differ == 0)
+                        print_error("%s %s D=%d (b*H+h=%d, t=%d): first differing vector\n", t->name,
+                                    which ? "values" : "keys", D, bh, j);
+                    differ++;
                 }
             }
         }
@@ -529,7 +547,8 @@ static void test_reset_empties_the_cache(void **state)
 }
 
 /* At D = 128 and a realistic capacity each format costs its nominal bits plus at most a
- * quarter bit (TQ's per-vector scale: 0.125; INT4's key tail: 512/capacity). */
+ * quarter bit (TQ's per-vector scale: 0.125; INT4's key tail: 512/capacity; tiles are
+ * allocated in pairs, so a capacity that is a multiple of 32 wastes nothing). */
 static void test_bits_per_element_are_within_a_quarter_of_nominal(void **state)
 {
     (void)state;

@@ -7,6 +7,7 @@
 #include "attn_case.h"
 #include "cli_util.h"
 #include "commands.h"
+#include "kv_case.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -35,7 +36,8 @@ static void usage(FILE *f)
     fprintf(f,
             "usage: clattn bench [--json FILE] [--device SPEC|all] [--path P|all]\n"
             "                    [--shape B,Hq,Hkv,Lq,Lk,D[,Dv]] [--causal top-left|bottom-right]\n"
-            "                    [--dtype f32|f16|bf16] [--kv-quant none] [--runs N] [--warmup N]\n"
+            "                    [--dtype f32|f16|bf16] [--kv-quant none|f32|f16|int8|int4|tq4|tq3|tq2]\n"
+            "                    [--runs N] [--warmup N]\n"
             "                    [--sweep FILE]\n"
             "\n"
             "Times clattn_attention with inputs already on the device: --warmup runs\n"
@@ -45,7 +47,10 @@ static void usage(FILE *f)
             "Without --shape or --sweep, runs the default sweep (bench/default.sweep).\n"
             "--sweep FILE: one case per line, written as bench options (# comments).\n"
             "--path all runs every path of this build; a path that cannot run a case\n"
-            "is listed as n/a. --json FILE writes one JSON object per case (JSON Lines).\n");
+            "is listed as n/a. --json FILE writes one JSON object per case (JSON Lines).\n"
+            "--kv-quant F: K and V are appended once to a KV cache of format F (not timed),\n"
+            "then attention over the cache is timed (path kv-cache; --path is not used);\n"
+            "GB/s counts K and V at the cache's size.\n");
 }
 
 /* One case to measure: the problem and the options that are not the problem's. */
@@ -136,14 +141,17 @@ static int parse_args(int argc, char **argv, bench_opts *o, bool *help, const ch
                 return CLI_EXIT_USAGE;
             }
             break;
-        case 'k':
-            if (strcmp(optarg, "none") != 0) {
-                cli_error(CMD, "%s--kv-quant: format '%s' is not available in this build", where,
-                          optarg);
+        case 'k': {
+            bool quant;
+            clattn_kv_format f;
+            if (!kv_parse_quant(optarg, &quant, &f)) {
+                cli_error(CMD, "%s--kv-quant: '%s' is not none, f32, f16, int8, int4, tq4, tq3 or tq2",
+                          where, optarg);
                 return CLI_EXIT_USAGE;
             }
             snprintf(o->spec.kv_quant, sizeof o->spec.kv_quant, "%s", optarg);
             break;
+        }
         case 'r':
         case 'w':
             if (!cli_parse_int64(optarg, &n) || n < (ch == 'r' ? 1 : 0) || n > 10000) {
@@ -209,6 +217,12 @@ static int cmp_double(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
+/* The path a measurement ran on; CLATTN_PATH_COUNT_ marks attention over a KV cache. */
+static const char *path_label(clattn_path p)
+{
+    return p == CLATTN_PATH_COUNT_ ? "kv-cache" : clattn_path_name(p);
+}
+
 static const char *causal_name(clattn_causal c)
 {
     return c == CLATTN_CAUSAL_TOP_LEFT ? "top-left" : c == CLATTN_CAUSAL_BOTTOM_RIGHT ? "bottom-right" : "none";
@@ -221,16 +235,25 @@ typedef struct measured {
     clattn_path path;
 } measured;
 
-/* Time case c on ctx with its data on the device. */
+/* One timed call: attention on the case's tensors, or over the KV cache kp when set. */
+static clattn_status run_once(clattn_context *ctx, const attn_case *c, attn_case_data *d, kv_prepared *kp)
+{
+    if (!kp) return attn_case_run(ctx, c, d, NULL);
+    clattn_tensor q, k, v, o;
+    attn_case_tensors(d, &q, &k, &v, &o);
+    return kv_run(ctx, kp, &q, &o, NULL);
+}
+
+/* Time case c on ctx with its data on the device (over a KV cache when kp is set). */
 static clattn_status measure(clattn_context *ctx, const attn_case *c, attn_case_data *d,
-                             const bench_opts *o, measured *m)
+                             const bench_opts *o, kv_prepared *kp, measured *m)
 {
     cl_command_queue q = clattn_context_cl_queue(ctx);
     clattn_status st;
     clattn_context_reset_peak_device_bytes(ctx);
     const uint64_t before = clattn_context_peak_device_bytes(ctx);
     for (long i = 0; i < (o->warmup < 1 ? 1 : o->warmup); i++) { /* one at least: builds */
-        if ((st = attn_case_run(ctx, c, d, NULL)) != CLATTN_SUCCESS) return st;
+        if ((st = run_once(ctx, c, d, kp)) != CLATTN_SUCCESS) return st;
         clFinish(q);
     }
     m->path = clattn_context_last_path(ctx);
@@ -239,7 +262,7 @@ static clattn_status measure(clattn_context *ctx, const attn_case *c, attn_case_
     long runs = o->runs;
     for (long i = 0; i < (runs ? runs : 30); i++) {
         double t0 = now_ms();
-        if ((st = attn_case_run(ctx, c, d, NULL)) != CLATTN_SUCCESS) return st;
+        if ((st = run_once(ctx, c, d, kp)) != CLATTN_SUCCESS) return st;
         clFinish(q);
         double dt = now_ms() - t0;
         if (i < 30) t[i] = dt;
@@ -259,8 +282,9 @@ static clattn_status measure(clattn_context *ctx, const attn_case *c, attn_case_
     const double flops = attn_case_flops(c, d);
     const int64_t Dv = attn_case_dv(c);
     const double es = (double)clattn_dtype_size(c->dtype), eo = (double)clattn_dtype_size(c->out_dtype);
-    const double bytes = es * (double)(c->B * c->Hq * c->Lq * c->D + c->B * c->Hkv * c->Lk * (c->D + Dv)) +
-                         eo * (double)(c->B * c->Hq * c->Lq * Dv);
+    const double kv_bytes = kp ? (double)clattn_kv_cache_bytes(kp->cache)
+                               : es * (double)(c->B * c->Hkv * c->Lk * (c->D + Dv));
+    const double bytes = es * (double)(c->B * c->Hq * c->Lq * c->D) + kv_bytes + eo * (double)(c->B * c->Hq * c->Lq * Dv);
     m->gflops = flops / (m->median * 1e6);
     m->gbps = bytes / (m->median * 1e6);
     return CLATTN_SUCCESS;
@@ -281,7 +305,7 @@ static void json_line(FILE *f, const clattn_device_props *p, const bench_spec *s
             "\"Hkv\": %lld, \"Lq\": %lld, \"Lk\": %lld, \"D\": %lld, \"Dv\": %lld}, \"causal\": \"%s\", "
             "\"dtype\": \"%s\", \"kv_quant\": \"%s\", \"median_ms\": %.4f, \"min_ms\": %.4f, "
             "\"max_ms\": %.4f, \"runs\": %ld, \"gflops\": %.2f, \"gbps\": %.2f, \"device_bytes\": %llu}\n",
-            clattn_path_name(m->path), clattn_path_name(want), (long long)c->B, (long long)c->Hq,
+            path_label(m->path), clattn_path_name(want), (long long)c->B, (long long)c->Hq,
             (long long)c->Hkv, (long long)c->Lq, (long long)c->Lk, (long long)c->D,
             (long long)attn_case_dv(c), causal_name(c->causal), clattn_dtype_name(c->dtype),
             s->kv_quant, m->median, m->min, m->max, m->runs, m->gflops, m->gbps,
@@ -330,7 +354,29 @@ static int bench_device(size_t index, const bench_spec *specs, size_t nspecs, co
             c.path = paths[p];
             measured m;
             memset(&m, 0, sizeof m);
-            clattn_status mst = st == CLATTN_SUCCESS ? measure(ctx, &c, d, o, &m) : st;
+            bool quant = false;
+            clattn_kv_format kvf = CLATTN_KV_F32;
+            kv_parse_quant(specs[i].kv_quant, &quant, &kvf);
+            kv_prepared kp;
+            clattn_status mst = st;
+            if (mst == CLATTN_SUCCESS && quant) {
+                clattn_tensor tq, tk, tv, to;
+                clattn_options opt;
+                attn_case_tensors(d, &tq, &tk, &tv, &to);
+                attn_case_options(&c, d, &opt);
+                int32_t *lens = NULL; /* the case's key lengths become the cache's */
+                if (c.kv_lens && (lens = malloc(sizeof(int32_t) * (size_t)c.B)) != NULL) {
+                    const clattn_tensor *t = &d->buf[ATTN_BUF_KV_LENS].t;
+                    for (int64_t b = 0; b < c.B; b++)
+                        memcpy(&lens[b], (const char *)t->host + t->offset + (size_t)(b * t->nb[0]), sizeof(int32_t));
+                }
+                mst = c.kv_lens && !lens ? CLATTN_ERROR_OUT_OF_MEMORY : kv_prepare(ctx, &tk, &tv, &opt, lens, kvf, &kp);
+                free(lens);
+                clFinish(clattn_context_cl_queue(ctx));
+            }
+            if (mst == CLATTN_SUCCESS) mst = measure(ctx, &c, d, o, quant ? &kp : NULL, &m);
+            if (quant) kv_release(&kp);
+            if (quant && mst == CLATTN_SUCCESS) m.path = CLATTN_PATH_COUNT_; /* "kv-cache" */
             fprintf(stderr, "%60s\r", "");
             if (mst == CLATTN_ERROR_PATH_UNSUPPORTED) {
                 printf("%-8s %-26s %-12s %-5s n/a: %s\n", clattn_path_name(paths[p]), shape,
@@ -345,7 +391,7 @@ static int bench_device(size_t index, const bench_spec *specs, size_t nspecs, co
                 continue;
             }
             char pname[24];
-            snprintf(pname, sizeof pname, "%s%s", clattn_path_name(m.path), paths[p] == CLATTN_PATH_AUTO ? "*" : "");
+            snprintf(pname, sizeof pname, "%s%s", path_label(m.path), paths[p] == CLATTN_PATH_AUTO ? "*" : "");
             printf("%-8s %-26s %-12s %-5s %9.3f %9.3f %9.3f %5ld %9.1f %8.2f %10.2f\n", pname, shape,
                    causal_name(c.causal), clattn_dtype_name(c.dtype), m.median, m.min, m.max, m.runs,
                    m.gflops, m.gbps, (double)m.device_bytes / (1024.0 * 1024.0));

@@ -7,6 +7,7 @@
 #include "commands.h"
 #include "device.h"   /* clattn__device_find: the reason a --device spec matches nothing */
 #include "internal.h" /* clattn__problem_init: validate before creating a context */
+#include "kv_case.h"
 #include "npy.h"
 
 #include <math.h>
@@ -43,7 +44,11 @@ static void usage(FILE *f)
             "  --device SPEC             index from `clattn devices`, a case-insensitive\n"
             "                            substring of the platform/device name, or cpu|gpu\n"
             "  --out-dtype f32|f16       storage type of O (default f32)\n"
-            "  --kv-quant FORMAT         not available yet\n"
+            "  --kv-quant FORMAT         none (default), f32, f16, int8, int4, tq4, tq3, tq2: K\n"
+            "                            and V go through a KV cache of that format (quantized\n"
+            "                            on the device as a cache stores them), then attention;\n"
+            "                            with --kv-lens, positions align to each batch entry's\n"
+            "                            length, as in a cache; --path is not used\n"
             "  -h, --help                this text\n"
             "\n"
             "Options take their value as the next argument or after '=' (--window=-1,0).\n"
@@ -107,6 +112,8 @@ typedef struct run_state {
     int64_t o_shape[4];
     clattn_context *ctx;
     size_t device_index;
+    bool kv_quant; /* --kv-quant other than none */
+    clattn_kv_format kv_format;
     npy_pending out_pending, lse_pending;
 } run_state;
 
@@ -135,8 +142,8 @@ static int parse_options(run_state *s)
     clattn_options_init(&s->opt);
     s->out_dtype = CLATTN_F32;
 
-    if (ARG(s, OPT_KV_QUANT)) {
-        cli_error(CMD, "--kv-quant %s: KV-cache quantization is not available yet",
+    if (ARG(s, OPT_KV_QUANT) && !kv_parse_quant(ARG(s, OPT_KV_QUANT), &s->kv_quant, &s->kv_format)) {
+        cli_error(CMD, "--kv-quant %s: expected none, f32, f16, int8, int4, tq4, tq3 or tq2",
                   ARG(s, OPT_KV_QUANT));
         return -1;
     }
@@ -403,7 +410,15 @@ static int compute(run_state *s)
                   s->device_index, dev, clattn_status_string(st));
         return -1;
     }
-    st = clattn_attention(s->ctx, &s->tq, &s->tk, &s->tv, &s->to, &s->opt, NULL);
+    if (s->kv_quant) {
+        kv_prepared kp;
+        const int32_t *lens = s->opt.kv_lens ? (const int32_t *)s->kv_lens.data : NULL;
+        st = kv_prepare(s->ctx, &s->tk, &s->tv, &s->opt, lens, s->kv_format, &kp);
+        if (st == CLATTN_SUCCESS) st = kv_run(s->ctx, &kp, &s->tq, &s->to, NULL);
+        kv_release(&kp);
+    } else {
+        st = clattn_attention(s->ctx, &s->tq, &s->tk, &s->tv, &s->to, &s->opt, NULL);
+    }
     if (st != CLATTN_SUCCESS) {
         const char *why = clattn_context_last_error(s->ctx);
         cli_error(CMD, "attention failed: %s%s%s", clattn_status_string(st),
@@ -483,10 +498,14 @@ int cmd_run(int argc, char **argv)
         snprintf(props.name, sizeof props.name, "device %zu", s.device_index);
     char shape[128];
     npy_shape_string(4, s.o_shape, shape, sizeof shape);
+    char path[64];
+    if (s.kv_quant)
+        snprintf(path, sizeof path, "kv-cache (%s)", clattn_kv_format_name(s.kv_format));
+    else
+        snprintf(path, sizeof path, "%s", clattn_path_name(clattn_context_last_path(s.ctx)));
     printf("clattn run: wrote %s (%s %s)%s%s using path %s on %s\n", ARG(&s, OPT_OUT),
            npy_dtype_label(s.out_dtype), shape, s.lse ? " and " : "",
-           s.lse ? ARG(&s, OPT_LSE) : "", clattn_path_name(clattn_context_last_path(s.ctx)),
-           props.name);
+           s.lse ? ARG(&s, OPT_LSE) : "", path, props.name);
     rc = CLI_EXIT_OK;
 done:
     run_state_free(&s);

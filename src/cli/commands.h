@@ -9,8 +9,6 @@ int cmd_devices(int argc, char **argv); /* cmd_devices.c */
 int cmd_run(int argc, char **argv);     /* cmd_run.c */
 int cmd_check(int argc, char **argv);   /* cmd_check.c */
 int cmd_bench(int argc, char **argv);   /* cmd_bench.c */
-/* Defined by cmd_quantize.c when it lands with the KV-cache issue; main.c lists only the
- * commands whose files exist. */
-int cmd_quantize(int argc, char **argv);
+int cmd_quantize(int argc, char **argv); /* cmd_quantize.c */
 
 #endif /* CLATTN_COMMANDS_H */

@@ -19,7 +19,7 @@ static const command commands[] = {
     {"run", cmd_run, "compute attention on .npy files (clattn run --help)"},
     {"check", cmd_check, "correctness of every path on every device against the CPU reference"},
     {"bench", cmd_bench, "measure attention speed per device, path and shape"},
-    /* SPEC §2 also names quantize: its row comes with cmd_quantize.c (KV-cache issue). */
+    {"quantize", cmd_quantize, "quantize and dequantize [..., D] vectors with a KV-cache format"},
 };
 #define NCOMMANDS (sizeof commands / sizeof commands[0])
 

@@ -1,0 +1,256 @@
+/* The KV-cache side of the clattn executable: `clattn quantize` writes the dequantized
+ * array and reports bits and error as the reference quantizer gives them, `clattn run
+ * --kv-quant F` matches the float64 reference on the K and V a cache of format F holds,
+ * and bad input to either exits non-zero with one line on stderr and no output file. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include "clattn.h"
+#include "npy.h"
+
+#include <fcntl.h>
+#include <math.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define CLATTN_EXE CLATTN_TEST_BINARY_DIR "/clattn"
+
+static char dir[256];
+
+static const char *path_in(const char *name)
+{
+    static char bufs[8][512];
+    static int next;
+    char *b = bufs[next++ % 8];
+    snprintf(b, sizeof bufs[0], "%s/%s", dir, name);
+    return b;
+}
+
+static void save(const char *name, clattn_dtype dtype, int rank, const int64_t *shape, const void *data)
+{
+    char err[1024];
+    if (npy_write(path_in(name), dtype, rank, shape, data, dtype, err, sizeof err) != 0) fail_msg("%s", err);
+}
+
+typedef struct result {
+    int status;
+    char out[8192], err[8192];
+} result;
+
+static void slurp(const char *path, char *buf, size_t len)
+{
+    buf[0] = '\0';
+    FILE *f = fopen(path, "rb");
+    if (!f) return;
+    size_t n = fread(buf, 1, len - 1, f);
+    buf[n] = '\0';
+    fclose(f);
+}
+
+/* Run clattn with the NULL-terminated arguments, capturing stdout and stderr. */
+static void run_clattn(result *r, const char *const *args)
+{
+    char out_path[512], err_path[512];
+    snprintf(out_path, sizeof out_path, "%s/.stdout", dir);
+    snprintf(err_path, sizeof err_path, "%s/.stderr", dir);
+    const char *argv[64];
+    size_t n = 0;
+    argv[n++] = CLATTN_EXE;
+    for (; args[n - 1] && n < 63; n++) argv[n] = args[n - 1];
+    argv[n] = NULL;
+    fflush(stdout);
+    fflush(stderr);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        int fo = open(out_path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+        int fe = open(err_path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+        if (fo < 0 || fe < 0) _exit(126);
+        dup2(fo, 1);
+        dup2(fe, 2);
+        unsetenv("CLATTN_LOG");
+        execv(CLATTN_EXE, (char *const *)argv);
+        _exit(127);
+    }
+    int status;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    r->status = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    slurp(out_path, r->out, sizeof r->out);
+    slurp(err_path, r->err, sizeof r->err);
+    remove(out_path);
+    remove(err_path);
+}
+
+#define ARGS(...) ((const char *const[]){__VA_ARGS__, NULL})
+
+static bool exists(const char *p)
+{
+    struct stat st;
+    return stat(p, &st) == 0;
+}
+
+/* Exit 1 or 2, one stderr line containing needle, and no `out` file. */
+static void expect_failure_impl(const char *needle, const char *out, const char *const *args, int line)
+{
+    remove(out);
+    result r;
+    run_clattn(&r, args);
+    int lines = 0;
+    for (const char *s = r.err; *s; s++) lines += *s == '\n';
+    if ((r.status != 1 && r.status != 2) || lines != 1 || !strstr(r.err, needle))
+        fail_msg("line %d: status %d, stderr \"%s\" (want one line with \"%s\")", line, r.status, r.err, needle);
+    if (exists(out)) fail_msg("line %d: %s was left behind", line, out);
+}
+#define EXPECT_FAILURE(needle, out, ...) expect_failure_impl((needle), (out), ARGS(__VA_ARGS__), __LINE__)
+
+static uint32_t seed;
+static float rnd(void)
+{
+    seed = seed * 1664525u + 1013904223u;
+    return (float)(seed >> 8) / (float)(1u << 23) - 1.0f;
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    const char *base = getenv("TMPDIR");
+    snprintf(dir, sizeof dir, "%s/clattn-kvcli-XXXXXX", base && *base ? base : "/tmp");
+    return mkdtemp(dir) ? 0 : -1;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    const char *names[] = {"x.npy", "xh.npy", "xb.npy", "q.npy", "k.npy", "v.npy", "o.npy", "o32.npy", "i.npy"};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) remove(path_in(names[i]));
+    rmdir(dir);
+    return 0;
+}
+
+/* quantize writes exactly the reference quantizer's output and prints its bits and error. */
+static void test_quantize_writes_the_reference_dequantization_and_reports_bits(void **state)
+{
+    (void)state;
+    enum { M = 3, N = 40, D = 72 };
+    static float x[M * N * D], want[M * N * D];
+    seed = 11;
+    for (int i = 0; i < M * N * D; i++) x[i] = rnd() * (i % 5 + 1);
+    const int64_t shape[3] = {M, N, D};
+    save("x.npy", CLATTN_F32, 3, shape, x);
+    const char *formats[] = {"int8", "int4", "tq4", "tq3", "tq2", "f16"};
+    for (size_t f = 0; f < sizeof formats / sizeof formats[0]; f++) {
+        clattn_kv_format fmt;
+        assert_int_equal(clattn_kv_format_from_name(formats[f], &fmt), CLATTN_SUCCESS);
+        for (int m = 0; m < M; m++) /* int4 keys group along N, per slice */
+            assert_int_equal(clattn_kv_quantize_host(fmt, CLATTN_KV_KEYS, x + m * N * D, N, D, want + m * N * D, NULL),
+                             CLATTN_SUCCESS);
+        result r;
+        run_clattn(&r, ARGS("quantize", "--format", formats[f], "--in", path_in("x.npy"), "--out", path_in("xh.npy")));
+        if (r.status != 0) fail_msg("quantize %s: status %d: %s", formats[f], r.status, r.err);
+        if (!strstr(r.out, "bits/element") || !strstr(r.out, "max |x-x^|"))
+            fail_msg("quantize %s printed: %s", formats[f], r.out);
+        npy_array a;
+        char err[1024];
+        assert_int_equal(npy_read(path_in("xh.npy"), &a, err, sizeof err), 0);
+        assert_int_equal(a.dtype, CLATTN_F32);
+        assert_int_equal(a.rank, 3);
+        assert_memory_equal(a.data, want, sizeof want);
+        npy_free(&a);
+        printf("  %s", r.out);
+    }
+    /* float16 input and the values role */
+    static uint16_t xh16[M * N * D];
+    for (int i = 0; i < M * N * D; i++) xh16[i] = 0x3c00 | (uint16_t)(i % 1000); /* 1.0 .. 2.0 */
+    save("xb.npy", CLATTN_F16, 3, shape, xh16);
+    result r;
+    run_clattn(&r, ARGS("quantize", "--format", "int4", "--role", "values", "--in", path_in("xb.npy"), "--out",
+                        path_in("xh.npy")));
+    if (r.status != 0) fail_msg("quantize f16 input: %s", r.err);
+}
+
+static void test_quantize_rejects_bad_input_with_one_line(void **state)
+{
+    (void)state;
+    const char *o = path_in("xh.npy"), *x = path_in("x.npy");
+    float v[4] = {1, 2, 3, 4};
+    int32_t iv[4] = {1, 2, 3, 4};
+    const int64_t s1[1] = {4};
+    save("x.npy", CLATTN_F32, 1, s1, v);
+    save("i.npy", CLATTN_I32, 1, s1, iv);
+    EXPECT_FAILURE("--format", o, "quantize", "--format", "q8_0", "--in", x, "--out", o);
+    EXPECT_FAILURE("--role", o, "quantize", "--format", "int8", "--role", "both", "--in", x, "--out", o);
+    EXPECT_FAILURE("missing --in", o, "quantize", "--format", "int8", "--out", o);
+    EXPECT_FAILURE("expected float32 or float16", o, "quantize", "--format", "int8", "--in", path_in("i.npy"), "--out", o);
+    EXPECT_FAILURE("--in", o, "quantize", "--format", "int8", "--in", path_in("nope.npy"), "--out", o);
+    EXPECT_FAILURE("same file", x, "quantize", "--format", "int8", "--in", x, "--out", x);
+    save("x.npy", CLATTN_F32, 1, s1, v); /* put back what the last case removed */
+    EXPECT_FAILURE("unknown option", o, "quantize", "--format", "int8", "--in", x, "--out", o, "--bogus");
+}
+
+/* run --kv-quant F: the output equals attention over the K and V as the cache holds them
+ * (the reference quantizer's, which the device matches bit for bit on CPU devices), within
+ * the SPEC f32 tolerance; --kv-quant f32 equals the plain run. */
+static void test_run_with_kv_quant_matches_reference_on_the_quantized_cache(void **state)
+{
+    (void)state;
+    enum { B = 2, HQ = 4, HKV = 2, LQ = 3, LK = 45, D = 64, DV = 32 };
+    static float q[B * HQ * LQ * D], k[B * HKV * LK * D], v[B * HKV * LK * DV], kh[sizeof k / 4], vh[sizeof v / 4];
+    static double ref[B * HQ * LQ * DV];
+    seed = 5;
+    for (size_t i = 0; i < sizeof q / 4; i++) q[i] = rnd();
+    for (size_t i = 0; i < sizeof k / 4; i++) k[i] = rnd() * 2;
+    for (size_t i = 0; i < sizeof v / 4; i++) v[i] = rnd();
+    const int64_t sq[4] = {B, HQ, LQ, D}, sk[4] = {B, HKV, LK, D}, sv[4] = {B, HKV, LK, DV};
+    save("q.npy", CLATTN_F32, 4, sq, q);
+    save("k.npy", CLATTN_F32, 4, sk, k);
+    save("v.npy", CLATTN_F32, 4, sv, v);
+    const char *formats[] = {"f32", "int8", "int4", "tq4", "tq2"};
+    for (size_t f = 0; f < sizeof formats / sizeof formats[0]; f++) {
+        clattn_kv_format fmt;
+        assert_int_equal(clattn_kv_format_from_name(formats[f], &fmt), CLATTN_SUCCESS);
+        for (int bh = 0; bh < B * HKV; bh++) {
+            clattn_kv_quantize_host(fmt, CLATTN_KV_KEYS, k + bh * LK * D, LK, D, kh + bh * LK * D, NULL);
+            clattn_kv_quantize_host(fmt, CLATTN_KV_VALUES, v + bh * LK * DV, LK, DV, vh + bh * LK * DV, NULL);
+        }
+        clattn_tensor tq = clattn_tensor_host(q, CLATTN_F32, B, HQ, LQ, D);
+        clattn_tensor tk = clattn_tensor_host(kh, CLATTN_F32, B, HKV, LK, D);
+        clattn_tensor tv = clattn_tensor_host(vh, CLATTN_F32, B, HKV, LK, DV);
+        clattn_options opt;
+        clattn_options_init(&opt);
+        opt.causal = CLATTN_CAUSAL_BOTTOM_RIGHT;
+        assert_int_equal(clattn_reference_attention(&tq, &tk, &tv, &opt, ref, NULL), CLATTN_SUCCESS);
+        result r;
+        run_clattn(&r, ARGS("run", "--q", path_in("q.npy"), "--k", path_in("k.npy"), "--v", path_in("v.npy"),
+                            "--out", path_in("o.npy"), "--causal", "bottom-right", "--kv-quant", formats[f]));
+        if (r.status != 0) fail_msg("run --kv-quant %s: %s", formats[f], r.err);
+        if (!strstr(r.out, "kv-cache")) fail_msg("run --kv-quant %s printed: %s", formats[f], r.out);
+        npy_array a;
+        char err[1024];
+        assert_int_equal(npy_read(path_in("o.npy"), &a, err, sizeof err), 0);
+        const float *o = a.data;
+        double worst = 0;
+        for (size_t i = 0; i < a.count; i++) worst = fmax(worst, fabs(o[i] - ref[i]) / (2e-4 + 2e-3 * fabs(ref[i])));
+        npy_free(&a);
+        if (!(worst <= 1.0)) fail_msg("run --kv-quant %s: max error %.3g of the f32 tolerance", formats[f], worst);
+    }
+    EXPECT_FAILURE("--kv-quant", path_in("o.npy"), "run", "--q", path_in("q.npy"), "--k", path_in("k.npy"),
+                   "--v", path_in("v.npy"), "--out", path_in("o.npy"), "--kv-quant", "int3");
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_quantize_writes_the_reference_dequantization_and_reports_bits),
+        cmocka_unit_test(test_quantize_rejects_bad_input_with_one_line),
+        cmocka_unit_test(test_run_with_kv_quant_matches_reference_on_the_quantized_cache),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
