@@ -161,6 +161,15 @@ inline float16 kv_lookup_generic(const __global float *tab, int16 c)
 #define KV_LOOKUP(table, tabp, c) kv_lookup_generic((tabp), (c))
 #endif
 
+/* 16 INT4 codes (a 4-bit word, src/kv_format.h) as floats 0..15: on AVX-512 a permute of
+ * the table 0..15 (so the conversion shares the shuffle port with nothing else and needs
+ * no mask); elsewhere a mask and a conversion. */
+#if !KV_MASKED
+#define KV_NIB(w) __builtin_ia32_permvarsf512(ntable, kv_tq_codes((w), 4))
+#else
+#define KV_NIB(w) convert_float16(kv_tq_codes((w), 4))
+#endif
+
 /* Lanes c*16 .. c*16+15 of a plain f32 / f16 row of n elements (0 past n). */
 inline float16 kv_plain_f32(const __global uchar *row, int c, int n)
 {
@@ -256,6 +265,9 @@ __kernel void kv_partial(const __global float *qd, const __global uchar *kc,
 #if IS_TQ(V_FMT)
     const float16 vtable = vload16(0, vtab);
 #endif
+#if K_FMT == FMT_INT4 || V_FMT == FMT_INT4
+    const float16 ntable = (float16)(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+#endif
 
     long hr[ROWS], ir[ROWS], lo[ROWS], hi[ROWS], qrow[ROWS];
     float slope[ROWS];
@@ -340,10 +352,9 @@ __kernel void kv_partial(const __global float *qd, const __global uchar *kc,
                 KV_PF(nk + 20 * i);
                 KV_PF_VPAIR(nv, i);
 #endif
-                /* widen the 16 bytes once, then split the nibbles as dwords */
-                const uint16 ca = convert_uint16(vload16(i, codes)), cb = convert_uint16(vload16(i + 1, codes));
-                const float16 alo = convert_float16(ca & 15u), ahi = convert_float16(ca >> 4);
-                const float16 blo = convert_float16(cb & 15u), bhi = convert_float16(cb >> 4);
+                /* tokens 0..15 and 16..31 of channels i and i + 1 */
+                const float16 alo = KV_NIB(codes + 16 * i), ahi = KV_NIB(codes + 16 * i + 8);
+                const float16 blo = KV_NIB(codes + 16 * i + 16), bhi = KV_NIB(codes + 16 * i + 24);
 #pragma unroll
                 for (int r = 0; r < ROWS; r++) {
                     const float16 wa = (float16)(w[r][i]), wb = (float16)(w[r][i + 1]);
@@ -354,8 +365,7 @@ __kernel void kv_partial(const __global float *qd, const __global uchar *kc,
                 }
             }
             if (D & 1) {
-                const uint16 ca = convert_uint16(vload16(D - 1, codes));
-                const float16 alo = convert_float16(ca & 15u), ahi = convert_float16(ca >> 4);
+                const float16 alo = KV_NIB(codes + 16 * (D - 1)), ahi = KV_NIB(codes + 16 * (D - 1) + 8);
                 for (int r = 0; r < ROWS; r++) {
                     const float16 wa = (float16)(w[r][D - 1]);
                     slo[r][0] = fma(wa, alo, slo[r][0]);
@@ -571,8 +581,7 @@ __kernel void kv_partial(const __global float *qd, const __global uchar *kc,
 #elif V_FMT == FMT_INT4
 #pragma unroll
             for (int c = 0; c < NVC; c += 2) {
-                const uint16 cb = convert_uint16(vload16(c >> 1, cr));
-                const float16 clo = convert_float16(cb & 15u), chi = convert_float16(cb >> 4);
+                const float16 clo = KV_NIB(cr + 8 * c), chi = KV_NIB(cr + 8 * c + 8);
 #pragma unroll
                 for (int r = 0; r < ROWS; r++) {
                     const float16 w = (float16)(wv[r][c >> 1][t]);

@@ -118,7 +118,9 @@ inline void kv_int4_block(const float *v, int m, uchar *d_at, uchar *m_at, uchar
     for (int e = 0; e < 16; e++) qs[e] = 0;
     for (int e = 0; e < m; e++) {
         const uchar q = (uchar)clamp(rint((v[e] - mf) * id), 0.0f, 15.0f);
-        qs[e & 15] |= e < 16 ? q : (uchar)(q << 4);
+        /* two 16-lane words in the tq4 layout (src/kv_format.h) */
+        const int l = e & 15, byte = 8 * (e >> 4) + 4 * (l & 1) + (l >> 2);
+        qs[byte] |= (uchar)(q << (4 * ((l >> 1) & 1)));
     }
 }
 

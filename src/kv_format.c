@@ -190,6 +190,31 @@ static void f16_to(const clattn__kv_rot *rot, int n, const uint8_t *row, float *
     for (int i = 0; i < n; i++) x[i] = clattn__half_to_float(get_u16(row + 2 * i));
 }
 
+/* Lane l's code of a 16-lane word at w (bit layouts in kv_format.h; INT4 uses the 4-bit
+ * one too). */
+static int tq_word_get(int bits, const uint8_t *w, int l)
+{
+    if (bits == 4) return (w[4 * (l & 1) + (l >> 2)] >> (4 * ((l >> 1) & 1))) & 15;
+    int c = (w[l >> 2] >> (2 * (l & 3))) & 3;
+    if (bits == 3) c |= ((w[4 + (l >> 3)] >> (l & 7)) & 1) << 2;
+    return c;
+}
+
+static void tq_word_set(int bits, uint8_t *w, int l, int c)
+{
+    if (bits == 4) {
+        const int byte = 4 * (l & 1) + (l >> 2), sh = 4 * ((l >> 1) & 1);
+        w[byte] = (uint8_t)((w[byte] & ~(15 << sh)) | (c << sh));
+        return;
+    }
+    const int byte = l >> 2, sh = 2 * (l & 3);
+    w[byte] = (uint8_t)((w[byte] & ~(3 << sh)) | ((c & 3) << sh));
+    if (bits == 3) {
+        const int hb = 4 + (l >> 3), hs = l & 7;
+        w[hb] = (uint8_t)((w[hb] & ~(1 << hs)) | (((c >> 2) & 1) << hs));
+    }
+}
+
 /* ---- INT8 ------------------------------------------------------------------------ *
  * d = max|x| / 127 rounded to half; codes round(x / d) (ties to even) against that
  * rounded d, so dequantization sees the scale the codes were made with. Row: d[nb] then
@@ -240,13 +265,13 @@ static void int4_block(const float *v, int m, uint8_t *d_at, uint8_t *m_at, uint
     for (int e = 0; e < m; e++) {
         const float t = clampf(v[e], -HALF_MAX, HALF_MAX);
         const uint8_t q = (uint8_t)clampf(rintf((t - mf) * id), 0.0f, 15.0f);
-        qs[e & 15] |= (uint8_t)(e < 16 ? q : q << 4);
+        tq_word_set(4, qs + 8 * (e >> 4), e & 15, q);
     }
 }
 
 static float int4_value(const uint8_t *d_at, const uint8_t *m_at, const uint8_t *qs, int e)
 {
-    const int q = e < 16 ? qs[e] & 15 : qs[e - 16] >> 4;
+    const int q = tq_word_get(4, qs + 8 * (e >> 4), e & 15);
     return clattn__half_to_float(get_u16(m_at)) + clattn__half_to_float(get_u16(d_at)) * (float)q;
 }
 
@@ -299,30 +324,6 @@ size_t clattn__kv_int4_group_bytes(int n) { return (size_t)n * sizeof(clattn__kv
  * (tq2) (200000 random vectors); the kernels need no change for it. Sums are fused
  * multiply-adds in coordinate order, as in cl/kv_quant.cl. */
 static int gran_bytes(int bits) { return bits == 4 ? 8 : bits == 3 ? 6 : 4; }
-
-/* Lane l's code of a 16-lane TQ word at w (bit layouts in kv_format.h). */
-static int tq_word_get(int bits, const uint8_t *w, int l)
-{
-    if (bits == 4) return (w[4 * (l & 1) + (l >> 2)] >> (4 * ((l >> 1) & 1))) & 15;
-    int c = (w[l >> 2] >> (2 * (l & 3))) & 3;
-    if (bits == 3) c |= ((w[4 + (l >> 3)] >> (l & 7)) & 1) << 2;
-    return c;
-}
-
-static void tq_word_set(int bits, uint8_t *w, int l, int c)
-{
-    if (bits == 4) {
-        const int byte = 4 * (l & 1) + (l >> 2), sh = 4 * ((l >> 1) & 1);
-        w[byte] = (uint8_t)((w[byte] & ~(15 << sh)) | (c << sh));
-        return;
-    }
-    const int byte = l >> 2, sh = 2 * (l & 3);
-    w[byte] = (uint8_t)((w[byte] & ~(3 << sh)) | ((c & 3) << sh));
-    if (bits == 3) {
-        const int hb = 4 + (l >> 3), hs = l & 7;
-        w[hb] = (uint8_t)((w[hb] & ~(1 << hs)) | (((c >> 2) & 1) << hs));
-    }
-}
 
 static void tq_pack(int bits, const uint8_t *codes, int n, uint8_t *row)
 {

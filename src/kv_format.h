@@ -22,8 +22,9 @@ typedef struct clattn__kv_blk_int8 {
 } clattn__kv_blk_int8;
 
 /* INT4: 32 elements (32 channels of one value vector, or one key channel over 32
- * consecutive tokens); x = m + d * q, q in 0..15. Byte e holds element e in its low
- * nibble and element e + 16 in its high nibble (ggml's q4_1 order). */
+ * consecutive tokens); x = m + d * q, q in 0..15. qs holds two 16-lane words, elements
+ * 0..15 then 16..31, in the tq4 word layout below: a kernel turns 16 codes into floats
+ * with a broadcast load, a shift and one permute of the table 0..15. */
 typedef struct clattn__kv_blk_int4 {
     uint16_t d, m;
     uint8_t qs[16];

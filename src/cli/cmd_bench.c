@@ -391,7 +391,10 @@ static int bench_device(size_t index, const bench_spec *specs, size_t nspecs, co
                 continue;
             }
             char pname[24];
-            snprintf(pname, sizeof pname, "%s%s", path_label(m.path), paths[p] == CLATTN_PATH_AUTO ? "*" : "");
+            if (m.path == CLATTN_PATH_COUNT_) /* over a KV cache: name the format */
+                snprintf(pname, sizeof pname, "kv:%s", specs[i].kv_quant);
+            else
+                snprintf(pname, sizeof pname, "%s%s", path_label(m.path), paths[p] == CLATTN_PATH_AUTO ? "*" : "");
             printf("%-8s %-26s %-12s %-5s %9.3f %9.3f %9.3f %5ld %9.1f %8.2f %10.2f\n", pname, shape,
                    causal_name(c.causal), clattn_dtype_name(c.dtype), m.median, m.min, m.max, m.runs,
                    m.gflops, m.gbps, (double)m.device_bytes / (1024.0 * 1024.0));
