@@ -138,12 +138,19 @@ inline int16 kv_tq_codes(const __global uchar *g, int bits)
                          (uint16)(0, 0, 4, 4, 8, 8, 12, 12, 16, 16, 20, 20, 24, 24, 28, 28);
         return as_int16(KV_MASKED ? x & 15u : x);
     }
+    if (bits == 3) {
+        /* 8 bytes read (the cache buffers carry slack past their end); bytes 3..5 move
+         * up to the high half, then as tq4 with 3-bit steps (table period 8) */
+        ulong q = as_ulong(vload8(0, g));
+        q = (q & 0xFFFFFFUL) | ((q << 8) & 0x00FFFFFF00000000UL);
+        const uint2 w = as_uint2(q);
+        const uint16 x = (uint16)(w, w, w, w, w, w, w, w) >>
+                         (uint16)(0, 0, 3, 3, 6, 6, 9, 9, 12, 12, 15, 15, 18, 18, 21, 21);
+        return as_int16(KV_MASKED ? x & 7u : x);
+    }
     const uint16 lo = (uint16)(as_uint(vload4(0, g))) >>
                       (uint16)(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-    if (bits == 2) return as_int16(KV_MASKED ? lo & 3u : lo);
-    const uint16 hi = (uint16)((uint)as_ushort(vload2(0, g + 4))) >>
-                      (uint16)(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-    return as_int16((lo & 3u) | ((KV_MASKED ? hi & 1u : hi) << 2));
+    return as_int16(KV_MASKED ? lo & 3u : lo);
 }
 
 /* table[c] for each lane. On AVX-512 CPUs (PoCL defines __AVX512F__ when it compiles for

@@ -145,12 +145,12 @@ inline int kv_word_get(const uchar *w, int l)
 {
 #if TQ_BITS == 4
     return (w[4 * (l & 1) + (l >> 2)] >> (4 * ((l >> 1) & 1))) & 15;
+#elif TQ_BITS == 3
+    ulong v = 0;
+    for (int k = 0; k < 6; k++) v |= (ulong)w[k] << (8 * k);
+    return (int)((v >> (24 * (l & 1) + 3 * (l >> 1))) & 7);
 #else
-    int c = (w[l >> 2] >> (2 * (l & 3))) & 3;
-#if TQ_BITS == 3
-    c |= ((w[4 + (l >> 3)] >> (l & 7)) & 1) << 2;
-#endif
-    return c;
+    return (w[l >> 2] >> (2 * (l & 3))) & 3;
 #endif
 }
 
@@ -159,13 +159,15 @@ inline void kv_word_set(uchar *w, int l, int c)
 #if TQ_BITS == 4
     const int byte = 4 * (l & 1) + (l >> 2), sh = 4 * ((l >> 1) & 1);
     w[byte] = (uchar)((w[byte] & ~(15 << sh)) | (c << sh));
+#elif TQ_BITS == 3
+    ulong v = 0;
+    for (int k = 0; k < 6; k++) v |= (ulong)w[k] << (8 * k);
+    const int sh = 24 * (l & 1) + 3 * (l >> 1);
+    v = (v & ~((ulong)7 << sh)) | ((ulong)(c & 7) << sh);
+    for (int k = 0; k < 6; k++) w[k] = (uchar)(v >> (8 * k));
 #else
     const int byte = l >> 2, sh = 2 * (l & 3);
     w[byte] = (uchar)((w[byte] & ~(3 << sh)) | ((c & 3) << sh));
-#if TQ_BITS == 3
-    const int hb = 4 + (l >> 3), hs = l & 7;
-    w[hb] = (uchar)((w[hb] & ~(1 << hs)) | (((c >> 2) & 1) << hs));
-#endif
 #endif
 }
 

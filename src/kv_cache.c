@@ -113,8 +113,9 @@ clattn_status clattn_kv_cache_create(clattn_context *ctx, int64_t B, int64_t Hkv
                           "allocation (%llu bytes)",
                           kbytes, vbytes, (unsigned long long)ctx->props.max_alloc_bytes);
     }
-    if (st == CLATTN_SUCCESS) st = alloc_tracked(c, (size_t)kbytes, NULL, &c->k);
-    if (st == CLATTN_SUCCESS) st = alloc_tracked(c, (size_t)vbytes, NULL, &c->v);
+    /* 64 bytes of slack: a kernel reads a tq3 word as 8 bytes, 2 past its end */
+    if (st == CLATTN_SUCCESS) st = alloc_tracked(c, (size_t)kbytes + 64u, NULL, &c->k);
+    if (st == CLATTN_SUCCESS) st = alloc_tracked(c, (size_t)vbytes + 64u, NULL, &c->v);
     if (st == CLATTN_SUCCESS && keys_grouped(k_format))
         st = alloc_tracked(c, (size_t)(B * Hkv * 32 * D) * 2u, NULL, &c->ktail);
     if (st == CLATTN_SUCCESS) st = alloc_tracked(c, (size_t)B * sizeof(int32_t), c->len, &c->lens);
@@ -348,7 +349,18 @@ clattn_status clattn_kv_cache_append(clattn_kv_cache *c, const clattn_tensor *k_
  * CPU (PoCL, 2-core Xeon with AVX-512, decode 1x32x32x1x8192x128): as the decode path,
  * splits of 256 to 2048 keys (K and V of a split stay within a core's 2 MiB L2 for every
  * format) and about 8 work-groups per compute unit. GPU: untuned, smaller splits for
- * more work-groups. */
+ * more work-groups.
+ *
+ * Measured (bench/kv_report.py: clattn bench, the f16 decode path and every format in one
+ * sweep, twice; the machine shared with other builds, so each figure is a time relative
+ * to the f16 decode path's in the same round): tq4 0.24-0.39, tq2 0.20-0.38,
+ * int4 0.37-0.41, int8 0.40-0.52, tq3 0.34-0.50, f16 1.2-1.4. Time went to, in order:
+ * horizontal sums and scalar scale conversions per key (fixed by the transposed key
+ * tiles and gathered scales: int8 1.34 -> 0.63), accumulators indexed by i & 1 left on
+ * the stack (explicit even/odd: tq4 0.51 -> 0.44), shuffle-port pressure of unpacking
+ * (broadcast + shift words, permute-based nibble conversion), and memory stalls (software
+ * prefetch spread over the loops). With one core free the formats run near the memory
+ * bandwidth, so the ratios approach the bytes ratios (tq4 0.26, int4 0.31, int8 0.53). */
 typedef struct kv_plan {
     int rows;
     int64_t nblk, nsplit, chunk;

@@ -192,12 +192,18 @@ static void f16_to(const clattn__kv_rot *rot, int n, const uint8_t *row, float *
 
 /* Lane l's code of a 16-lane word at w (bit layouts in kv_format.h; INT4 uses the 4-bit
  * one too). */
+static uint64_t get_u48(const uint8_t *w)
+{
+    uint64_t v = 0;
+    for (int k = 0; k < 6; k++) v |= (uint64_t)w[k] << (8 * k);
+    return v;
+}
+
 static int tq_word_get(int bits, const uint8_t *w, int l)
 {
     if (bits == 4) return (w[4 * (l & 1) + (l >> 2)] >> (4 * ((l >> 1) & 1))) & 15;
-    int c = (w[l >> 2] >> (2 * (l & 3))) & 3;
-    if (bits == 3) c |= ((w[4 + (l >> 3)] >> (l & 7)) & 1) << 2;
-    return c;
+    if (bits == 3) return (int)((get_u48(w) >> (24 * (l & 1) + 3 * (l >> 1))) & 7);
+    return (w[l >> 2] >> (2 * (l & 3))) & 3;
 }
 
 static void tq_word_set(int bits, uint8_t *w, int l, int c)
@@ -207,12 +213,14 @@ static void tq_word_set(int bits, uint8_t *w, int l, int c)
         w[byte] = (uint8_t)((w[byte] & ~(15 << sh)) | (c << sh));
         return;
     }
+    if (bits == 3) {
+        const int sh = 24 * (l & 1) + 3 * (l >> 1);
+        const uint64_t v = (get_u48(w) & ~((uint64_t)7 << sh)) | ((uint64_t)(c & 7) << sh);
+        for (int k = 0; k < 6; k++) w[k] = (uint8_t)(v >> (8 * k));
+        return;
+    }
     const int byte = l >> 2, sh = 2 * (l & 3);
     w[byte] = (uint8_t)((w[byte] & ~(3 << sh)) | ((c & 3) << sh));
-    if (bits == 3) {
-        const int hb = 4 + (l >> 3), hs = l & 7;
-        w[hb] = (uint8_t)((w[hb] & ~(1 << hs)) | (((c >> 2) & 1) << hs));
-    }
 }
 
 /* ---- INT8 ------------------------------------------------------------------------ *

@@ -36,8 +36,9 @@ typedef struct clattn__kv_blk_int4 {
  * broadcast load and one per-lane shift (no shuffle, which would share x86's single
  * shuffle port with the codebook permute):
  *   tq4: lane l in bits 32*(l&1) + 4*(l>>1) of the little-endian 64-bit word;
- *   tq3: its low two bits as tq2 does in bytes 0..3, its high bit in bit l of the
- *        little-endian 16-bit word of bytes 4..5;
+ *   tq3: lane l in bits 24*(l&1) + 3*(l>>1) of the little-endian 48-bit word (even
+ *        lanes in bytes 0..2, odd lanes in bytes 3..5; a kernel moves bytes 3..5 up by
+ *        one to make the 64-bit word of tq4's shape);
  *   tq2: lane l in bits 2l of the little-endian 32-bit word. */
 typedef struct clattn__kv_gran_tq4 {
     uint8_t qs[8];
