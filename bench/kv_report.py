@@ -7,7 +7,8 @@
      (clattn run --kv-quant F vs clattn run), on normal data and on keys with a few
      large, offset channels (as real keys have);
   3. decode time, B=1 Hq=Hkv=32 Lq=1 Lk=8192 D=128, every format and the f16 decode path
-     in one clattn bench run (a sweep file, the formats interleaved, twice).
+     in one clattn bench run (a sweep file, the formats interleaved, five rounds; each
+     format's time over the f16 path's in the same round, median over the rounds).
 
 usage: bench/kv_report.py CLATTN_EXE [WORK_DIR]
 """
@@ -95,14 +96,29 @@ def main():
             mx = max(abs(a - b) for a, b in zip(got, ref))
             print("  %-13s %-5s |O - O_f32| / |O_f32| = %.5f   max |O - O_f32| = %.5f" % (data, fmt, err, mx))
 
-    # 3. decode time
+    # 3. decode time: ROUNDS rounds of the f16 decode path and every format, interleaved;
+    # each format's time relative to the f16 path's in the same round, then the median over
+    # the rounds (the machine is shared: a round's ratio is fairer than absolute times)
+    rounds = 5
     sweep = os.path.join(work, "decode.sweep")
+    cases = ["none"] + FORMATS
     with open(sweep, "w") as f:
-        for _ in range(2):
-            for fmt in ["none"] + FORMATS:
+        for _ in range(rounds):
+            for fmt in cases:
                 f.write("--shape 1,32,32,1,8192,128 --dtype f16 --kv-quant %s\n" % fmt)
-    print("\n## decode time: %s bench --sweep %s --runs 15" % (exe, sweep))
-    print(run(exe, "bench", "--sweep", sweep, "--runs", "15"))
+    js = os.path.join(work, "decode.jsonl")
+    print("\n## decode time: %s bench --sweep %s --runs 9 --json %s" % (exe, sweep, js))
+    print(run(exe, "bench", "--sweep", sweep, "--runs", "9", "--json", js))
+    import json
+    with open(js) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    print("format  median ms over rounds   time / f16 decode path (per round)      median ratio")
+    for i, fmt in enumerate(cases):
+        ms = [rows[r * len(cases) + i]["median_ms"] for r in range(rounds)]
+        ratios = [rows[r * len(cases) + i]["median_ms"] / rows[r * len(cases)]["median_ms"] for r in range(rounds)]
+        print("%-7s %8.2f                 %s   %.3f" % (
+            "f16dec" if fmt == "none" else fmt, sorted(ms)[rounds // 2],
+            " ".join("%.2f" % x for x in ratios), sorted(ratios)[rounds // 2]))
 
 
 if __name__ == "__main__":
