@@ -35,7 +35,8 @@
  *   HAS_LSE      0|1
  *   V_DIRECT     1: read V in place instead of the packed copy; only for float32 V with
  *                unit stride along Dv and DV a multiple of 16 (the host checks)
- *   EXP2         exp2 (default) or native_exp2
+ *   FAST_EXP2    1 (default): the probabilities' exp2 is clattn_exp2_neg; 0: EXP2
+ *   EXP2         exp2 (default) or native_exp2, for the rescaling factors (and FAST_EXP2 0)
  *   SKIP_RESCALE 1 (default): rescale a row's accumulators only when its running max moves
  *
  * Design (from measurements on PoCL 3.1, 2-core Xeon Cascade Lake with AVX-512):
@@ -73,6 +74,9 @@
 #endif
 #ifndef V_DIRECT
 #define V_DIRECT 0
+#endif
+#ifndef FAST_EXP2
+#define FAST_EXP2 1
 #endif
 #ifndef SKIP_RESCALE
 #define SKIP_RESCALE 1
@@ -126,6 +130,33 @@ __kernel void flash_cpu_pack(TENSOR_PARAMS(const __global K_T *, k),
 
 /* max without fmax's NaN handling (scores are never NaN). */
 #define CLATTN_VMAX(a, b) max((a), (b))
+/* 2^x for x <= 0 or -inf (a score minus the running max), within 2e-7 relative:
+ * 2^n by the exponent bits times a degree-6 Taylor polynomial of 2^f, n = round(x),
+ * |f| <= 1/2; exactly 0 below 2^-126, so -inf gives 0 and never NaN. PoCL's exp2 on a
+ * float16 ran as two 8-wide halves with range handling this input never needs (about
+ * 35 instructions against 15 here; the kernel ran about 5% faster with this one). */
+inline float16 clattn_exp2_neg(float16 x)
+{
+    const float16 xc = fmax(x, (float16)(-127.0f));
+    const float16 t = xc + 12582912.0f;       /* 1.5 * 2^23: rounds xc to an integer */
+    const float16 f = xc - (t - 12582912.0f); /* in [-1/2, 1/2] */
+    float16 p = (float16)1.5403530393381606e-4f;
+    p = fma(p, f, (float16)1.3333558146428443e-3f);
+    p = fma(p, f, (float16)9.6181291076284772e-3f);
+    p = fma(p, f, (float16)5.5504108664821580e-2f);
+    p = fma(p, f, (float16)2.4022650695910071e-1f);
+    p = fma(p, f, (float16)6.9314718055994531e-1f);
+    p = fma(p, f, (float16)1.0f);
+    const int16 n = as_int16(t) - 0x4b400000; /* round(xc), from t's low mantissa bits */
+    const float16 r = as_float16(as_int16(p) + (n << 23));
+    return select(r, (float16)0.0f, xc < (float16)(-126.0f));
+}
+#if FAST_EXP2
+#define CLATTN_EXP2V(x) clattn_exp2_neg(x)
+#else
+#define CLATTN_EXP2V(x) EXP2(x)
+#endif
+
 /* Largest lane of a float16. */
 inline float clattn_hmax16(float16 x)
 {
@@ -150,10 +181,15 @@ __kernel void flash_cpu(TENSOR_PARAMS(const __global Q_T *, q),
                         long Hkv, const __global float *kt, const __global float *vp,
                         long lk_pad)
 {
-    const long blk = get_global_id(0);
+    /* Row blocks in the order 0, n-1, 1, n-2, ...: with causal masks a block's cost grows
+     * with its index, and this keeps any run of consecutive work-items (as a CPU runtime
+     * hands them to its threads) near the average cost. */
+    const long nblk = (Lq + ROWS - 1) / ROWS;
+    const long gid = get_global_id(0);
     const long bh = get_global_id(1);
+    if (gid >= nblk || bh >= B * Hq) return;
+    const long blk = (gid & 1) ? nblk - 1 - (gid >> 1) : (gid >> 1);
     const long i0 = blk * ROWS;
-    if (i0 >= Lq || bh >= B * Hq) return;
     const long b = bh / Hq, h = bh % Hq;
     const long kvh = h / (Hq / Hkv);
     const __global float *ktb = kt + (b * Hkv + kvh) * (long)D * lk_pad;
@@ -302,7 +338,7 @@ __kernel void flash_cpu(TENSOR_PARAMS(const __global Q_T *, q),
             float16 ps = (float16)0.0f;
 #pragma unroll
             for (int n = 0; n < NVN; n++) {
-                const float16 p = EXP2(sv[n] - muse);
+                const float16 p = CLATTN_EXP2V(sv[n] - muse);
                 ps += p;
                 vstore16(p, n, pbuf[r]);
             }
@@ -321,6 +357,8 @@ __kernel void flash_cpu(TENSOR_PARAMS(const __global Q_T *, q),
             m[R] = mnew;
         }
 
+        /* keys of the tile some row of the group may see (p = 0 outside) */
+        const int jb = max(0, g_lo_min[g] - (int)j0), je = min(jn, g_hi_max[g] - (int)j0);
         /* O += P V for this tile, DV_CHUNK vectors of the output row at a time,
          * unrolled so each chunk's width is known and its loop keeps a[][] in registers
          * (a run-time chunk loop spilled: D = 80 ran at 0.45x the speed of D = 64). */
@@ -332,7 +370,7 @@ __kernel void flash_cpu(TENSOR_PARAMS(const __global Q_T *, q),
 #pragma unroll
                 for (int c = 0; c < DV_CHUNK; c++)
                     if (c0 + c < NVD) a[r][c] = acc[rb + r][c0 + c];
-            for (int j = 0; j < jn; j++) {
+            for (int j = jb; j < je; j++) {
                 float16 vv[DV_CHUNK];
 #pragma unroll
                 for (int c = 0; c < DV_CHUNK; c++)
@@ -370,3 +408,39 @@ __kernel void flash_cpu(TENSOR_PARAMS(const __global Q_T *, q),
 #endif
     }
 }
+
+/* ---- Measurements ---------------------------------------------------------------
+ * Machine: 2 vCPUs of a Xeon (Cascade Lake, AVX-512) under KVM, PoCL 3.1 (LLVM 15),
+ * shared with other builds; its speed moved between runs (OpenBLAS sgemm 2048^3 from
+ * /work/shared/tools/limits.c read 60..223 GFLOP/s within minutes), so every figure
+ * below is a best or a median of interleaved runs, with sgemm measured in the same
+ * rounds. Harness (not in the tree): prelude.cl + this file built with the options
+ * named, random f32 data, pack + main kernel timed with clFinish, best of 5 after a
+ * warm-up; FLOPs = 4*B*H*L^2*D (full count, also for causal).
+ *
+ *   Layout / code experiments (1x8x1024x1024x64 unless said):
+ *   - one work-item per 4-8 rows, Kᵀ as [D][Lk]: ~83 GFLOP/s when sgemm read ~105;
+ *     the Kᵀ row stride of 4 KiB mapped every d to one L1 set: Kᵀ is tile-major now.
+ *   - P·V chunk loop run-time instead of unrolled: D = 72/80/96/112 at 0.41/0.45/0.55/
+ *     0.77x the GFLOP/s of D = 64 (spills); unrolled: 0.86-1.06x (median 0.91-1.00).
+ *   - rescale only when the max moves (SKIP_RESCALE): about 1.2x.
+ *   - FAST_EXP2 (15 zmm instructions against PoCL's exp2 as two ymm halves, ~35):
+ *     single-thread best 11.6-11.9 ms against 12.2-12.8 ms (1x4x1024x1024x64).
+ *   - ROW_GROUPS 4 (24 rows share each K/V tile): 1.5x at 1x8x2048x2048x128 (a head's
+ *     K+V is 2 MiB, more than L2), neutral at L = 1024, D = 64.
+ *   - block_m x block_n x dv_chunk: 6x64x4, 5x64x4, 7x64x4 within noise of each other;
+ *     4x64x4 0.95x, 8x32x2 0.87x, 3x128x4 0.96x, 6x32x4 0.90x (D = 64); at D = 128 and
+ *     256, 8x32x2 was 0.97-1.08x of 6x64x4 (kept 6x64x4 for all D). Local size 1 beat
+ *     4 and 16 (0.94x, 0.95x). V read in place vs packed: no measurable difference.
+ *   - causal: row blocks in the order 0, n-1, 1, n-2, ... so threads get even shares:
+ *     causal time / full time at 1x8x2048x2048x128 went from ~0.55-0.61 to 0.48-0.59
+ *     (median of rounds 0.51); one thread: 0.506.
+ *
+ *   Final (bm 6, bn 64, dv_chunk 4, row groups 4, local 1; paired with sgemm):
+ *     1x8x1024x1024x64   f32: best 171 GFLOP/s with best sgemm 221 (0.77); median of
+ *                        per-round ratios to sgemm 0.84-0.92
+ *     1x8x2048x2048x128  f32: best 176 with best sgemm 221 (0.79); median ratio 0.78-0.99
+ *     causal top-left time / full time at L = 2048: median 0.51
+ *   Through the library (clattn bench --path fused, inputs on the device, median of 10):
+ *     1024/64 f32 109 GFLOP/s, 2048/128 f32 143, 1024/72 f32 118, 1024/64 f16 122.
+ */
