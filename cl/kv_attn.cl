@@ -23,18 +23,22 @@
  *              was rotated once by kv_prep_q, so q'.c is the score: nothing cached is
  *              rotated.
  *   int4       keys per channel over 32 tokens (KIVI): s = sum_i q_i m_i +
- *              sum_i (q_i d_i) codes_i, again one vector per 16 tokens.
+ *              sum_i (q_i d_i) codes_i, again one vector per 16 tokens; codes become
+ *              floats by a permute of the table 0..15.
  *   f32, f16   per-token rows: dot products along D, 4 keys side by side.
- * Values (V_FMT) are per-token rows: acc += p * v with v unpacked 16 lanes at a time
- * (int8: codes times the block's scale folded into p; int4: p d codes + p m; tq: the
- * codebook vector times p g).
+ * Values (V_FMT) are value tiles of 16 tokens: per token acc += w * v with v unpacked 16
+ * lanes at a time, where the weights w = p * scale were formed for the tile's 32 tokens
+ * as vectors before the token loop (int8: per block; int4: p d per block, and the p m
+ * terms summed per block as one dot product per tile; tq: p g with the codebook vector).
  * Lanes at or past D (or Dv) hold zero codes or zero query lanes, so they add nothing.
+ * Software prefetch (KV_PREFETCH, CPU devices) fetches the next 32 keys and values from
+ * within the key loops.
  *
  * Keys per batch entry: len[b] = kv_lens[b] (the cache's lengths, passed as the
  * prelude's kv_lens), and positions are aligned per entry: i' = i + len[b] - Lq. The
  * prelude's Lk argument is max_b len[b], the extent of a mask's last dimension.
  *
- * Build options (besides the prelude's): D, DV, K_FMT, V_FMT, ROWS, HAS_LSE.
+ * Build options (besides the prelude's): D, DV, K_FMT, V_FMT, ROWS, HAS_LSE, KV_PREFETCH.
  * Measured on the 2-core Xeon (AVX-512) with PoCL 3.1: see src/kv_cache.c.
  */
 #ifndef D

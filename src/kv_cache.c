@@ -351,16 +351,19 @@ clattn_status clattn_kv_cache_append(clattn_kv_cache *c, const clattn_tensor *k_
  * format) and about 8 work-groups per compute unit. GPU: untuned, smaller splits for
  * more work-groups.
  *
- * Measured (bench/kv_report.py: clattn bench, the f16 decode path and every format in one
- * sweep, twice; the machine shared with other builds, so each figure is a time relative
- * to the f16 decode path's in the same round): tq4 0.24-0.39, tq2 0.20-0.38,
- * int4 0.37-0.41, int8 0.40-0.52, tq3 0.34-0.50, f16 1.2-1.4. Time went to, in order:
- * horizontal sums and scalar scale conversions per key (fixed by the transposed key
- * tiles and gathered scales: int8 1.34 -> 0.63), accumulators indexed by i & 1 left on
- * the stack (explicit even/odd: tq4 0.51 -> 0.44), shuffle-port pressure of unpacking
- * (broadcast + shift words, permute-based nibble conversion), and memory stalls (software
- * prefetch spread over the loops). With one core free the formats run near the memory
- * bandwidth, so the ratios approach the bytes ratios (tq4 0.26, int4 0.31, int8 0.53). */
+ * Measured with bench/kv_report.py (one clattn bench run: the f16 decode path and every
+ * format interleaved, five rounds; a format's time over the f16 path's in the same round,
+ * median over rounds; the machine busy with other builds, load 4 to 4.5 on 2 cores):
+ * tq2 0.25, tq4 0.34, int4 0.41, tq3 0.47, int8 0.51, f16 1.35. Time went to, in order:
+ * horizontal sums and scalar scale conversions per key (fixed by the transposed key tiles
+ * and gathered scales: int8 1.34 -> 0.63), accumulators indexed by i & 1 left on the stack
+ * (explicit even/odd: tq4 0.51 -> 0.44), shuffle-port pressure of unpacking (broadcast +
+ * shift words, permute-based nibble conversion: int4 0.40 -> 0.37), and memory stalls
+ * (software prefetch spread over the loops: int8 0.68 -> 0.58). On one thread
+ * (POCL_MAX_PTHREAD_COUNT=1) every format and the decode path run near one core's memory
+ * bandwidth: tq4 0.29-0.31, int4 0.36-0.37, int8 0.49-0.50 (bytes ratios 0.26, 0.31,
+ * 0.53); under CPU contention the decode path, which mostly waits on memory, loses less
+ * than the formats, which also compute. */
 typedef struct kv_plan {
     int rows;
     int64_t nblk, nsplit, chunk;
