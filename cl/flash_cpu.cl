@@ -437,10 +437,16 @@ __kernel void flash_cpu(TENSOR_PARAMS(const __global Q_T *, q),
  *     (median of rounds 0.51); one thread: 0.506.
  *
  *   Final (bm 6, bn 64, dv_chunk 4, row groups 4, local 1; paired with sgemm):
- *     1x8x1024x1024x64   f32: best 171 GFLOP/s with best sgemm 221 (0.77); median of
- *                        per-round ratios to sgemm 0.84-0.92
- *     1x8x2048x2048x128  f32: best 176 with best sgemm 221 (0.79); median ratio 0.78-0.99
- *     causal top-left time / full time at L = 2048: median 0.51
- *   Through the library (clattn bench --path fused, inputs on the device, median of 10):
- *     1024/64 f32 109 GFLOP/s, 2048/128 f32 143, 1024/72 f32 118, 1024/64 f16 122.
+ *     harness, a quiet window (sgemm 110-138 before/after each case, 6 rounds):
+ *       1x8x1024x1024x64   f32: 114-140 GFLOP/s, 0.91-1.04x sgemm (median 0.99)
+ *       1x8x2048x2048x128  f32: 114-153 GFLOP/s, 0.91-1.13x sgemm (median 1.10)
+ *     harness, a fast window (sgemm up to 221; before the causal ordering and P·V key
+ *       limits, which do not touch full attention): best 171 and 176 GFLOP/s (0.77x, 0.79x)
+ *     causal top-left / full time at 1x8x2048x2048x128: median of rounds 0.51 (2 threads;
+ *       per-round 0.45-0.59), one thread 0.46-0.51
+ *     D = 72 / 80 / 96 / 112 against D = 64 (GFLOP/s ratio, median of rounds): 0.82-0.91 /
+ *       0.86-1.03 / 0.91-0.95 / 0.97-1.05
+ *   Through the library (clattn bench --path fused, inputs on the device, median of 7,
+ *   sgemm 126 before and after): 1024/64 f32 114 GFLOP/s (18.8 ms), 2048/128 f32 117
+ *   (146 ms), 2048/128 causal 70.9 ms (0.48x of full), 1024/72 f32 99, 1024/64 f16 108.
  */
