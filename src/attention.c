@@ -25,16 +25,5 @@ clattn_status clattn_attention(clattn_context *ctx, const clattn_tensor *q, cons
     CLATTN_FORWARD(clattn__stage(ctx, &p, &dp));
     cl_event ev = NULL;
     st = clattn__dispatch(ctx, &dp, &ev);
-    /* a path with nothing to enqueue (Lk = 0 chunks) leaves no event: give a marker */
-    if (st == CLATTN_SUCCESS && event && !ev)
-        st = (clattn_status)clEnqueueMarkerWithWaitList(ctx->queue, 0, NULL, &ev);
-    clattn_status fin = clattn__stage_finish(ctx, &dp, st == CLATTN_SUCCESS);
-    if (st == CLATTN_SUCCESS) st = fin;
-    if (st != CLATTN_SUCCESS) {
-        if (ev) clReleaseEvent(ev);
-        return st;
-    }
-    if (event) *event = ev;
-    else if (ev) clReleaseEvent(ev);
-    return CLATTN_SUCCESS;
+    return clattn__stage_complete(ctx, &dp, st, ev, event);
 }

@@ -96,6 +96,11 @@ typedef struct clattn__dev_problem {
 clattn_status clattn__stage(clattn_context *ctx, const clattn__problem *p,
                             clattn__dev_problem *dp);
 clattn_status clattn__stage_finish(clattn_context *ctx, clattn__dev_problem *dp, bool ok);
+/* End a staged call whose work returned st and (maybe) the event ev of its last command:
+ * finish the staging, hand ev to *event (a marker when the work enqueued nothing) or
+ * release it, and return the call's status. */
+clattn_status clattn__stage_complete(clattn_context *ctx, clattn__dev_problem *dp, clattn_status st,
+                                     cl_event ev, cl_event *event);
 
 /* A scratch buffer of at least `bytes` (never 0), or, when host is not NULL, a copy of
  * host's first `bytes`. Every buffer clattn allocates goes through here and back through

@@ -561,15 +561,7 @@ clattn_status clattn_kv_cache_attention(clattn_context *ctx, clattn_kv_cache *c,
     clattn__buffer_release(ctx, s.part_o);
     clattn__buffer_release(ctx, s.part_ml);
     clattn__buffer_release(ctx, s.od);
-    clattn_status fin = clattn__stage_finish(ctx, &dp, st == CLATTN_SUCCESS);
-    if (st == CLATTN_SUCCESS) st = fin;
-    if (st != CLATTN_SUCCESS) {
-        if (ev) clReleaseEvent(ev);
-        return st;
-    }
-    if (event) *event = ev;
-    else if (ev) clReleaseEvent(ev);
-    return CLATTN_SUCCESS;
+    return clattn__stage_complete(ctx, &dp, st, ev, event);
 }
 
 /* ---- Testing access (kv_cache.h) ------------------------------------------------ */

@@ -118,3 +118,19 @@ clattn_status clattn__stage_finish(clattn_context *ctx, clattn__dev_problem *dp,
     }
     return st;
 }
+
+clattn_status clattn__stage_complete(clattn_context *ctx, clattn__dev_problem *dp, clattn_status st,
+                                     cl_event ev, cl_event *event)
+{
+    /* work with nothing to enqueue (Lk = 0 chunks) leaves no event: give a marker */
+    if (st == CLATTN_SUCCESS && event && !ev)
+        st = (clattn_status)clEnqueueMarkerWithWaitList(ctx->queue, 0, NULL, &ev);
+    clattn_status fin = clattn__stage_finish(ctx, dp, st == CLATTN_SUCCESS);
+    if (st == CLATTN_SUCCESS) st = fin;
+    if (st != CLATTN_SUCCESS || !event) {
+        if (ev) clReleaseEvent(ev);
+        return st;
+    }
+    *event = ev;
+    return CLATTN_SUCCESS;
+}
