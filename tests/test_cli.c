@@ -10,6 +10,7 @@
 
 #include "clattn.h"
 #include "npy.h"
+#include "test_exe.h"
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -23,7 +24,6 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#define CLATTN_EXE CLATTN_TEST_BINARY_DIR "/clattn"
 
 /* The problem every good run uses: GQA (Hq = 2 Hkv), Lq != Lk, Dv != D. */
 enum { B = 2, HQ = 4, HKV = 2, LQ = 5, LK = 7, D = 8, DV = 6 };
@@ -198,57 +198,6 @@ static int teardown(void **state)
 
 /* ---- Running the executable ------------------------------------------------------ */
 
-typedef struct result {
-    int status;       /* exit status, or 128 + signal */
-    char out[8192];   /* stdout */
-    char err[8192];   /* stderr */
-} result;
-
-static void slurp(const char *path, char *buf, size_t len)
-{
-    buf[0] = '\0';
-    FILE *f = fopen(path, "rb");
-    if (!f) return;
-    size_t n = fread(buf, 1, len - 1, f);
-    buf[n] = '\0';
-    fclose(f);
-}
-
-/* Run clattn with the NULL-terminated arguments (argv[0] excluded). */
-static void run_clattn(result *r, const char *const *args)
-{
-    char out_path[512], err_path[512];
-    snprintf(out_path, sizeof out_path, "%s/.stdout", dir);
-    snprintf(err_path, sizeof err_path, "%s/.stderr", dir);
-    const char *argv[64];
-    size_t n = 0;
-    argv[n++] = CLATTN_EXE;
-    for (; args[n - 1] && n < 63; n++) argv[n] = args[n - 1];
-    argv[n] = NULL;
-
-    fflush(stdout);
-    fflush(stderr);
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        int fo = open(out_path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-        int fe = open(err_path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-        if (fo < 0 || fe < 0) _exit(126);
-        dup2(fo, 1);
-        dup2(fe, 2);
-        unsetenv("CLATTN_LOG"); /* its lines would break the one-line rule */
-        execv(CLATTN_EXE, (char *const *)argv);
-        _exit(127);
-    }
-    int status;
-    assert_int_equal(waitpid(pid, &status, 0), pid);
-    r->status = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-    slurp(out_path, r->out, sizeof r->out);
-    slurp(err_path, r->err, sizeof r->err);
-    remove(out_path);
-    remove(err_path);
-}
-
 static int count_lines(const char *s)
 {
     int n = 0;
@@ -263,8 +212,8 @@ static void expect_failure_impl(const char *needle, const char *out, const char 
 {
     if (out) remove(out);
     if (lse) remove(lse);
-    result r;
-    run_clattn(&r, args);
+    test_exe_result r;
+    test_run_clattn(dir, &r, args);
     char cmd[1024] = "";
     for (const char *const *a = args; *a; a++) {
         strncat(cmd, " ", sizeof cmd - strlen(cmd) - 1);
@@ -393,8 +342,8 @@ static void test_unwritable_outputs_leave_nothing_behind(void **state)
 
     /* a failed run leaves an existing output as it was */
     save_bytes("o.npy", "old", 3);
-    result r;
-    run_clattn(&r, ARGS("run", "--q", q, "--k", k, "--v", v, "--out", o, "--scale", "x"));
+    test_exe_result r;
+    test_run_clattn(dir, &r, ARGS("run", "--q", q, "--k", k, "--v", v, "--out", o, "--scale", "x"));
     assert_int_equal(r.status, 2);
     assert_true(exists(o));
     struct stat st;
@@ -418,21 +367,21 @@ static void test_top_level_and_devices_errors_are_one_line(void **state)
 static void test_help_version_and_device_list(void **state)
 {
     (void)state;
-    result r;
-    run_clattn(&r, ARGS("--help"));
+    test_exe_result r;
+    test_run_clattn(dir, &r, ARGS("--help"));
     assert_int_equal(r.status, 0);
     assert_non_null(strstr(r.out, "devices"));
     assert_non_null(strstr(r.out, "run"));
     assert_string_equal(r.err, "");
 
-    run_clattn(&r, ARGS("run", "--help"));
+    test_run_clattn(dir, &r, ARGS("run", "--help"));
     assert_int_equal(r.status, 0);
     for (const char *opt = "--q\0--k\0--v\0--out\0--lse\0--mask\0--causal\0--window\0--kv-lens\0"
                            "--scale\0--softcap\0--alibi\0--layout\0--path\0--device\0--out-dtype\0";
          *opt; opt += strlen(opt) + 1)
         if (!strstr(r.out, opt)) fail_msg("clattn run --help does not mention %s", opt);
 
-    run_clattn(&r, ARGS("--version"));
+    test_run_clattn(dir, &r, ARGS("--version"));
     assert_int_equal(r.status, 0);
     char want[64];
     snprintf(want, sizeof want, "clattn %s\n", clattn_version_string());
@@ -440,9 +389,9 @@ static void test_help_version_and_device_list(void **state)
 
     size_t count = 0;
     assert_int_equal(clattn_device_count(&count), CLATTN_SUCCESS);
-    run_clattn(&r, ARGS("devices"));
+    test_run_clattn(dir, &r, ARGS("devices"));
     assert_int_equal(r.status, 0);
-    run_clattn(&r, ARGS("devices", "--json"));
+    test_run_clattn(dir, &r, ARGS("devices", "--json"));
     assert_int_equal(r.status, 0);
     assert_string_equal(r.err, "");
     assert_int_equal(r.out[0], '[');
@@ -551,8 +500,8 @@ static void check_case(const good_case *c)
     }
     args[n] = NULL;
 
-    result r;
-    run_clattn(&r, args);
+    test_exe_result r;
+    test_run_clattn(dir, &r, args);
     if (c->path && r.status == 1 && strstr(r.err, "CLATTN_ERROR_PATH_UNSUPPORTED")) {
         print_message("%s: the path declines this problem: %s", c->label, r.err);
         skip();

@@ -10,6 +10,7 @@
 
 #include "clattn.h"
 #include "npy.h"
+#include "test_exe.h"
 
 #include <fcntl.h>
 #include <math.h>
@@ -21,7 +22,6 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#define CLATTN_EXE CLATTN_TEST_BINARY_DIR "/clattn"
 
 static char dir[256];
 
@@ -40,55 +40,6 @@ static void save(const char *name, clattn_dtype dtype, int rank, const int64_t *
     if (npy_write(path_in(name), dtype, rank, shape, data, dtype, err, sizeof err) != 0) fail_msg("%s", err);
 }
 
-typedef struct result {
-    int status;
-    char out[8192], err[8192];
-} result;
-
-static void slurp(const char *path, char *buf, size_t len)
-{
-    buf[0] = '\0';
-    FILE *f = fopen(path, "rb");
-    if (!f) return;
-    size_t n = fread(buf, 1, len - 1, f);
-    buf[n] = '\0';
-    fclose(f);
-}
-
-/* Run clattn with the NULL-terminated arguments, capturing stdout and stderr. */
-static void run_clattn(result *r, const char *const *args)
-{
-    char out_path[512], err_path[512];
-    snprintf(out_path, sizeof out_path, "%s/.stdout", dir);
-    snprintf(err_path, sizeof err_path, "%s/.stderr", dir);
-    const char *argv[64];
-    size_t n = 0;
-    argv[n++] = CLATTN_EXE;
-    for (; args[n - 1] && n < 63; n++) argv[n] = args[n - 1];
-    argv[n] = NULL;
-    fflush(stdout);
-    fflush(stderr);
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        int fo = open(out_path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-        int fe = open(err_path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-        if (fo < 0 || fe < 0) _exit(126);
-        dup2(fo, 1);
-        dup2(fe, 2);
-        unsetenv("CLATTN_LOG");
-        execv(CLATTN_EXE, (char *const *)argv);
-        _exit(127);
-    }
-    int status;
-    assert_int_equal(waitpid(pid, &status, 0), pid);
-    r->status = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-    slurp(out_path, r->out, sizeof r->out);
-    slurp(err_path, r->err, sizeof r->err);
-    remove(out_path);
-    remove(err_path);
-}
-
 #define ARGS(...) ((const char *const[]){__VA_ARGS__, NULL})
 
 static bool exists(const char *p)
@@ -101,8 +52,8 @@ static bool exists(const char *p)
 static void expect_failure_impl(const char *needle, const char *out, const char *const *args, int line)
 {
     remove(out);
-    result r;
-    run_clattn(&r, args);
+    test_exe_result r;
+    test_run_clattn(dir, &r, args);
     int lines = 0;
     for (const char *s = r.err; *s; s++) lines += *s == '\n';
     if ((r.status != 1 && r.status != 2) || lines != 1 || !strstr(r.err, needle))
@@ -152,8 +103,8 @@ static void test_quantize_writes_the_reference_dequantization_and_reports_bits(v
         for (int m = 0; m < M; m++) /* int4 keys group along N, per slice */
             assert_int_equal(clattn_kv_quantize_host(fmt, CLATTN_KV_KEYS, x + m * N * D, N, D, want + m * N * D, NULL),
                              CLATTN_SUCCESS);
-        result r;
-        run_clattn(&r, ARGS("quantize", "--format", formats[f], "--in", path_in("x.npy"), "--out", path_in("xh.npy")));
+        test_exe_result r;
+        test_run_clattn(dir, &r, ARGS("quantize", "--format", formats[f], "--in", path_in("x.npy"), "--out", path_in("xh.npy")));
         if (r.status != 0) fail_msg("quantize %s: status %d: %s", formats[f], r.status, r.err);
         if (!strstr(r.out, "bits/element") || !strstr(r.out, "max |x-x^|"))
             fail_msg("quantize %s printed: %s", formats[f], r.out);
@@ -170,8 +121,8 @@ static void test_quantize_writes_the_reference_dequantization_and_reports_bits(v
     static uint16_t xh16[M * N * D];
     for (int i = 0; i < M * N * D; i++) xh16[i] = 0x3c00 | (uint16_t)(i % 1000); /* 1.0 .. 2.0 */
     save("xb.npy", CLATTN_F16, 3, shape, xh16);
-    result r;
-    run_clattn(&r, ARGS("quantize", "--format", "int4", "--role", "values", "--in", path_in("xb.npy"), "--out",
+    test_exe_result r;
+    test_run_clattn(dir, &r, ARGS("quantize", "--format", "int4", "--role", "values", "--in", path_in("xb.npy"), "--out",
                         path_in("xh.npy")));
     if (r.status != 0) fail_msg("quantize f16 input: %s", r.err);
 }
@@ -227,8 +178,8 @@ static void test_run_with_kv_quant_matches_reference_on_the_quantized_cache(void
         clattn_options_init(&opt);
         opt.causal = CLATTN_CAUSAL_BOTTOM_RIGHT;
         assert_int_equal(clattn_reference_attention(&tq, &tk, &tv, &opt, ref, NULL), CLATTN_SUCCESS);
-        result r;
-        run_clattn(&r, ARGS("run", "--q", path_in("q.npy"), "--k", path_in("k.npy"), "--v", path_in("v.npy"),
+        test_exe_result r;
+        test_run_clattn(dir, &r, ARGS("run", "--q", path_in("q.npy"), "--k", path_in("k.npy"), "--v", path_in("v.npy"),
                             "--out", path_in("o.npy"), "--causal", "bottom-right", "--kv-quant", formats[f]));
         if (r.status != 0) fail_msg("run --kv-quant %s: %s", formats[f], r.err);
         if (!strstr(r.out, "kv-cache")) fail_msg("run --kv-quant %s printed: %s", formats[f], r.out);
