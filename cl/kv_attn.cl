@@ -60,13 +60,6 @@
 #define HAS_LSE 0
 #endif
 
-#define FMT_F32 0
-#define FMT_F16 1
-#define FMT_INT8 2
-#define FMT_INT4 3
-#define FMT_TQ4 4
-#define FMT_TQ3 5
-#define FMT_TQ2 6
 #define IS_TQ(f) ((f) >= FMT_TQ4)
 #define TQ_BITS(f) ((f) == FMT_TQ4 ? 4 : (f) == FMT_TQ3 ? 3 : 2)
 #define TQ_GB(f) ((f) == FMT_TQ4 ? 8 : (f) == FMT_TQ3 ? 6 : 4) /* bytes per 16-lane word */

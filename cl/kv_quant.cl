@@ -29,13 +29,6 @@
 #define ROT_O 0
 #endif
 
-#define FMT_F32 0
-#define FMT_F16 1
-#define FMT_INT8 2
-#define FMT_INT4 3
-#define FMT_TQ4 4
-#define FMT_TQ3 5
-#define FMT_TQ2 6
 #define TQ_BITS (FMT == FMT_TQ4 ? 4 : FMT == FMT_TQ3 ? 3 : FMT == FMT_TQ2 ? 2 : 0)
 #define DIMP ((DIM + 15) / 16 * 16) /* a dense row, padded to whole 16-lane vectors */
 #define KV_HALF_MAX 65504.0f

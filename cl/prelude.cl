@@ -75,6 +75,15 @@ inline void clattn_store2(__global ushort *p, long i, float v)
 #define LOAD_V(p, i) CLATTN_CAT(clattn_load, V_DT)((p), (i))
 #define STORE_O(p, i, v) CLATTN_CAT(clattn_store, O_DT)((p), (i), (v))
 
+/* KV-cache storage formats (clattn_kv_format's values), for the kernels of cl/kv_*.cl. */
+#define FMT_F32 0
+#define FMT_F16 1
+#define FMT_INT8 2
+#define FMT_INT4 3
+#define FMT_TQ4 4
+#define FMT_TQ3 5
+#define FMT_TQ2 6
+
 /* Flattened row of [B, Hq, Lq] -> (b, h, i). Written without %: LLVM pairs / and % into a
  * `freeze` instruction that oclgrind's --uninitialized mode cannot follow. */
 inline long3 clattn_decode_row(long row, long Hq, long Lq)
