@@ -41,12 +41,8 @@
  *   WG         GPU work-group size
  *   K_CONTIG, V_CONTIG   1 when K / V rows are contiguous along D (element stride 1):
  *              vector loads instead of strided scalar loads
- *   HAS_LSE    0 | 1 (merge)
  *
- * Measured on this machine (2-core Xeon @ 2.5 GHz with AVX-512, PoCL 3.1 pthread device,
- * median of 30 timed calls after warm-up, clFinish after each, cl_mem tensors so no host
- * copies; GB/s = bytes of Q, K, V and O at their stored size / time): see the table at
- * the end of this file.
+ * Measured numbers: docs/measurements.md.
  */
 #ifndef D
 #error "decode.cl needs -DD=<head dim of q and k>"
@@ -74,9 +70,6 @@
 #endif
 #ifndef V_CONTIG
 #define V_CONTIG 0
-#endif
-#ifndef HAS_LSE
-#define HAS_LSE 0
 #endif
 
 /* The rows of one (b, kvh): r = g * Lq + i for query head h = kvh * group + g. Row r's
@@ -590,38 +583,8 @@ __kernel void decode_merge(const __global float *part_o, const __global float *p
     const long3 bhi = clattn_decode_row(row, Hq, Lq);
     const long b = bhi.x, h = bhi.y, i = bhi.z;
     STORE_O(o, o_off + b * o_s0 + h * o_s1 + i * o_s2 + d * o_s3, M == -INFINITY ? 0.0f : acc / L);
-#if HAS_LSE
-    if (d == 0)
-        lse[lse_off + b * lse_s0 + h * lse_s1 + i * lse_s2] = M == -INFINITY ? -INFINITY : M + log(L);
-#endif
+    if (lse) { /* LSE asked for (NULL otherwise) */
+        if (d == 0)
+            lse[lse_off + b * lse_s0 + h * lse_s1 + i * lse_s2] = M == -INFINITY ? -INFINITY : M + log(L);
+    }
 }
-
-/* Measured (B=1, Lq=1, Lk=8192, D=Dv=128, no mask; /tmp timing program: cl_mem tensors,
- * 5 warm-up calls, 30 timed calls each followed by clFinish; GB/s = Q+K+V+O bytes at
- * their stored size / median time; "limits" = read_gbps of shared/tools/limits.c run
- * just before and after each round, same machine, same minutes).
- *
- * 2-core Xeon @ 2.5 GHz (AVX-512), PoCL 3.1 pthread device, CPU form, 3 rounds. This VM
- * measured far below the 62-66 GB/s its issue quotes: limits gave 7.9-9.7 GB/s (and
- * sgemm 90-160 GFLOP/s instead of 460) while other jobs ran on it; ratios are what hold.
- *   Hq=Hkv=32 f32   29.3-30.2 ms   8.9-9.2 GB/s   limits 7.9-9.7  -> ~1.0 x limits
- *   Hq=Hkv=32 f16   17.0-18.8 ms   7.1-7.9 GB/s   (0.80-0.86 x f32 GB/s, 0.6 x its time)
- *   Hq=32 Hkv=8 f32  9.7-11.5 ms   5.9-6.9 GB/s   (4 rows per K/V read: more work per byte)
- *   Hq=32 Hkv=8 f16  6.2-6.5 ms    5.2-5.4 GB/s
- * A native single-thread C loop of the same algorithm (gcc -O3 -march=native -ffast-math)
- * read 12 GB/s from L3 and 7.6 GB/s from DRAM on the same machine; the kernel's inner
- * loop is 8 zmm FMAs for QK, a shuffle tree, 8 zmm FMAs for PV per key (objdump of
- * PoCL's output). Tile sizes, rows per block, split lengths and VW 8 vs 16 were timed and
- * differed by less than the run-to-run noise (up to 2x) of this machine.
- *
- * NVIDIA H200 (driver 580.159.04, OpenCL), GPU form, median device time of 50 calls from
- * event profiling (marker before, clattn's event after):
- *   Hq=Hkv=32 f32   0.191 ms  1407 GB/s   (PyTorch 2.11 SDPA f32:  0.832 ms,  323 GB/s)
- *   Hq=Hkv=32 f16   0.192 ms   699 GB/s   (PyTorch 2.11 SDPA f16:  0.057 ms, 2353 GB/s)
- *   Hq=32 Hkv=8 f32 0.089 ms   755 GB/s   (PyTorch f32 0.399 ms)
- *   Hq=32 Hkv=8 f16 0.079 ms   425 GB/s   (PyTorch f16 0.053 ms)
- * f16 takes the time of f32: the GPU form is bound by latency (loads in flight per
- * work-item), not bytes. Variants timed in the same runs: wg 256 and 4 work-groups per
- * compute unit were slower on all three shapes tried (MHA f32, MHA f16, GQA f16); key
- * blocks of 128 and splits of at least 64 keys gained 4-5% on MHA f16 but lost 6% on
- * MHA f32 and 6-40% on GQA f16; splits of at least 256 keys were within 4%. */

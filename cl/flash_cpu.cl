@@ -24,15 +24,14 @@
  *      long B, long Hq, long Hkv,
  *      const __global float *kt, const __global float *vp, long lk_pad)
  *   k and v are not read by flash_cpu (it reads the packed copies); they are there so
- *   every attention kernel takes the same leading arguments. lse may be NULL when
- *   HAS_LSE is 0. Any local size works (no local memory, no barriers); 1 is fine.
+ *   every attention kernel takes the same leading arguments. lse is NULL when no
+ *   LSE is asked for. Any local size works (no local memory, no barriers); 1 is fine.
  *
  * Build options (besides the prelude's dtype and masking options):
  *   D, DV        head dims of q/k and v/o, 1..256
  *   BLOCK_M      query rows per work-item (1..16)
  *   BLOCK_N      keys per tile, a multiple of 16 (16..128); LK_PAD = Lk rounded up to it
  *   DV_CHUNK     float16 vectors of the output row updated per pass over a tile (1..8)
- *   HAS_LSE      0|1
  *   V_DIRECT     1: read V in place instead of the packed copy; only for float32 V with
  *                unit stride along Dv and DV a multiple of 16 (the host checks)
  *   FAST_EXP2    1 (default): the probabilities' exp2 is clattn_exp2_neg; 0: EXP2
@@ -49,7 +48,7 @@
  * * log2(e) folded into q) and exponentiated with exp2 on float16 vectors. Key tiles
  * entirely outside every row's KEY_RANGE are never visited; tiles entirely inside
  * every row's range skip the per-key range test.
- * Measured numbers are in the comment block at the end of this file.
+ * Measured numbers: docs/measurements.md.
  */
 #ifndef D
 #error "flash_cpu.cl needs -DD=<head dim of q and k>"
@@ -65,9 +64,6 @@
 #endif
 #ifndef DV_CHUNK
 #define DV_CHUNK 4
-#endif
-#ifndef HAS_LSE
-#define HAS_LSE 0
 #endif
 #ifndef EXP2
 #define EXP2 exp2
@@ -402,51 +398,9 @@ __kernel void flash_cpu(TENSOR_PARAMS(const __global Q_T *, q),
         for (int c = 0; c < NVD; c++) vstore16(acc[r][c] * inv, c, orow);
         const long ob = o_off + b * o_s0 + h * o_s1 + i * o_s2;
         for (int c = 0; c < DV; c++) STORE_O(o, ob + c * o_s3, orow[c]);
-#if HAS_LSE
-        lse[lse_off + b * lse_s0 + h * lse_s1 + i * lse_s2] =
-            l > 0.0f ? (m[r] + log2(l)) * CLATTN_LN2 : -INFINITY;
-#endif
+        if (lse) { /* LSE asked for (NULL otherwise) */
+            lse[lse_off + b * lse_s0 + h * lse_s1 + i * lse_s2] =
+                l > 0.0f ? (m[r] + log2(l)) * CLATTN_LN2 : -INFINITY;
+        }
     }
 }
-
-/* ---- Measurements ---------------------------------------------------------------
- * Machine: 2 vCPUs of a Xeon (Cascade Lake, AVX-512) under KVM, PoCL 3.1 (LLVM 15),
- * shared with other builds; its speed moved between runs (OpenBLAS sgemm 2048^3 from
- * /work/shared/tools/limits.c read 60..223 GFLOP/s within minutes), so every figure
- * below is a best or a median of interleaved runs, with sgemm measured in the same
- * rounds. Harness (not in the tree): prelude.cl + this file built with the options
- * named, random f32 data, pack + main kernel timed with clFinish, best of 5 after a
- * warm-up; FLOPs = 4*B*H*L^2*D (full count, also for causal).
- *
- *   Layout / code experiments (1x8x1024x1024x64 unless said):
- *   - one work-item per 4-8 rows, Kᵀ as [D][Lk]: ~83 GFLOP/s when sgemm read ~105;
- *     the Kᵀ row stride of 4 KiB mapped every d to one L1 set: Kᵀ is tile-major now.
- *   - P·V chunk loop run-time instead of unrolled: D = 72/80/96/112 at 0.41/0.45/0.55/
- *     0.77x the GFLOP/s of D = 64 (spills); unrolled: 0.86-1.06x (median 0.91-1.00).
- *   - rescale only when the max moves (SKIP_RESCALE): about 1.2x.
- *   - FAST_EXP2 (15 zmm instructions against PoCL's exp2 as two ymm halves, ~35):
- *     single-thread best 11.6-11.9 ms against 12.2-12.8 ms (1x4x1024x1024x64).
- *   - ROW_GROUPS 4 (24 rows share each K/V tile): 1.5x at 1x8x2048x2048x128 (a head's
- *     K+V is 2 MiB, more than L2), neutral at L = 1024, D = 64.
- *   - block_m x block_n x dv_chunk: 6x64x4, 5x64x4, 7x64x4 within noise of each other;
- *     4x64x4 0.95x, 8x32x2 0.87x, 3x128x4 0.96x, 6x32x4 0.90x (D = 64); at D = 128 and
- *     256, 8x32x2 was 0.97-1.08x of 6x64x4 (kept 6x64x4 for all D). Local size 1 beat
- *     4 and 16 (0.94x, 0.95x). V read in place vs packed: no measurable difference.
- *   - causal: row blocks in the order 0, n-1, 1, n-2, ... so threads get even shares:
- *     causal time / full time at 1x8x2048x2048x128 went from ~0.55-0.61 to 0.48-0.59
- *     (median of rounds 0.51); one thread: 0.506.
- *
- *   Final (bm 6, bn 64, dv_chunk 4, row groups 4, local 1; paired with sgemm):
- *     harness, a quiet window (sgemm 110-138 before/after each case, 6 rounds):
- *       1x8x1024x1024x64   f32: 114-140 GFLOP/s, 0.91-1.04x sgemm (median 0.99)
- *       1x8x2048x2048x128  f32: 114-153 GFLOP/s, 0.91-1.13x sgemm (median 1.10)
- *     harness, a fast window (sgemm up to 221; before the causal ordering and P·V key
- *       limits, which do not touch full attention): best 171 and 176 GFLOP/s (0.77x, 0.79x)
- *     causal top-left / full time at 1x8x2048x2048x128: median of rounds 0.51 (2 threads;
- *       per-round 0.45-0.59), one thread 0.46-0.51
- *     D = 72 / 80 / 96 / 112 against D = 64 (GFLOP/s ratio, median of rounds): 0.82-0.91 /
- *       0.86-1.03 / 0.91-0.95 / 0.97-1.05
- *   Through the library (clattn bench --path fused, inputs on the device, median of 7,
- *   sgemm 126 before and after): 1024/64 f32 114 GFLOP/s (18.8 ms), 2048/128 f32 117
- *   (146 ms), 2048/128 causal 70.9 ms (0.48x of full), 1024/72 f32 99, 1024/64 f16 108.
- */

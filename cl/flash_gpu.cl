@@ -16,19 +16,14 @@
  *      __global float *lse, long lse_off, long lse_s0, long lse_s1, long lse_s2,
  *      MASK_PARAMS,
  *      long B, long Hq, long Hkv)
- *   lse may be NULL when HAS_LSE is 0. K and V are read in place (any dtype, any strides),
+ *   lse is NULL when no LSE is asked for. K and V are read in place (any dtype, any strides),
  *   so this form needs no scratch.
  *
  * Build options: D, DV (1..256), BLOCK_M (a multiple of WG / 16), BLOCK_N (a multiple
- * of 16), WG (a multiple of 16), HAS_LSE. Local memory, in floats:
+ * of 16), WG (a multiple of 16). Local memory, in floats:
  *   BLOCK_M*D + BLOCK_N*(max(D, DV) + 1) + BLOCK_M*(BLOCK_N + 1) + BLOCK_M*16
  * which the host keeps within the device's local memory (path_fused.c).
- * Checked on PoCL (results) and under oclgrind (races, bounds), and on an NVIDIA H200
- * through its OpenCL driver: tests/test_fused_path.c's SPEC suite, tile-size, GQA and
- * softcap/ALiBi/mask cases passed; 1x8x1024x1024x64 f32 took 0.40 ms (5.4 TFLOP/s;
- * PyTorch SDPA 0.13 ms), 1x8x2048x2048x128 f32 2.7 ms (6.4 TFLOP/s; SDPA 0.42 ms), and
- * causal took as long as full: with the tiles local memory allows (BLOCK_M 16-32) the
- * whole grid is about one wave, so the longest row block sets the time. Untuned.
+ * Where it was checked and what it measured: docs/measurements.md.
  * P·V runs key-inner per output column: the register-blocked order (keys outer, RM x OC
  * accumulators updated per key) gave wrong rows or heap corruption on PoCL 3.1 at some
  * sizes (correct under oclgrind and with -cl-opt-disable), so it was not kept.
@@ -47,9 +42,6 @@
 #endif
 #ifndef BLOCK_N
 #define BLOCK_N 32
-#endif
-#ifndef HAS_LSE
-#define HAS_LSE 0
 #endif
 
 #define TC 16               /* work-items along a row */
@@ -211,10 +203,10 @@ flash_gpu(TENSOR_PARAMS(const __global Q_T *, q), TENSOR_PARAMS(const __global K
             const int col = tc + c * TC;
             if (col < DV) STORE_O(o, ob + col * o_s3, acc[rr][c] * inv);
         }
-#if HAS_LSE
-        if (tc == 0)
-            lse[lse_off + b * lse_s0 + h * lse_s1 + i * lse_s2] =
-                lt > 0.0f ? m[rr] + log(lt) : -INFINITY;
-#endif
+        if (lse) { /* LSE asked for (NULL otherwise) */
+            if (tc == 0)
+                lse[lse_off + b * lse_s0 + h * lse_s1 + i * lse_s2] =
+                    lt > 0.0f ? m[rr] + log(lt) : -INFINITY;
+        }
     }
 }

@@ -38,7 +38,7 @@
  * prelude's kv_lens), and positions are aligned per entry: i' = i + len[b] - Lq. The
  * prelude's Lk argument is max_b len[b], the extent of a mask's last dimension.
  *
- * Build options (besides the prelude's): D, DV, K_FMT, V_FMT, ROWS, HAS_LSE, KV_PREFETCH.
+ * Build options (besides the prelude's): D, DV, K_FMT, V_FMT, ROWS, KV_PREFETCH.
  * Measured on the 2-core Xeon (AVX-512) with PoCL 3.1: see src/kv_cache.c.
  */
 #ifndef D
@@ -55,9 +55,6 @@
 #endif
 #ifndef ROWS
 #define ROWS 1
-#endif
-#ifndef HAS_LSE
-#define HAS_LSE 0
 #endif
 
 #define IS_TQ(f) ((f) >= FMT_TQ4)
@@ -283,8 +280,9 @@ __kernel void kv_partial(const __global float *qd, const __global uchar *kc,
         const long i = active ? row - g * Lq : 0;
         hr[r] = kvh * group + g;
         ir[r] = i;
-        const long2 range = clattn_key_range(b, i, Lq, len, win_left, win_right, kv_lens,
-                                             kvl_off, kvl_st);
+        /* len already bounds the keys: no second key-length test */
+        const long2 range = clattn_key_range(b, i, Lq, len, causal, win_left, win_right, 0,
+                                             kv_lens, kvl_off, kvl_st);
         lo[r] = active ? max(range.x, c_lo) : c_hi;
         hi[r] = active ? min(range.y, c_hi) : c_lo;
         if (lo[r] < hi[r]) {
@@ -645,9 +643,9 @@ __kernel void kv_merge(const __global float *part_o, const __global float *part_
     }
     const float inv = M == -INFINITY ? 0.0f : 1.0f / L;
     for (int c = 0; c < NVC; c++) vstore16(acc[c] * inv, c, od + row * DVP);
-#if HAS_LSE
-    const long3 bhi = clattn_decode_row(row, Hq, Lq);
-    lse[lse_off + bhi.x * lse_s0 + bhi.y * lse_s1 + bhi.z * lse_s2] =
-        M == -INFINITY ? -INFINITY : M + log(L);
-#endif
+    if (lse) { /* LSE asked for (NULL otherwise) */
+        const long3 bhi = clattn_decode_row(row, Hq, Lq);
+        lse[lse_off + bhi.x * lse_s0 + bhi.y * lse_s1 + bhi.z * lse_s2] =
+            M == -INFINITY ? -INFINITY : M + log(L);
+    }
 }

@@ -7,9 +7,11 @@
  * Masking (SPEC §1, in this order): s = scale*dot; softcap; ALiBi; additive mask; then the
  * exclusions. Exclusions by position (causal, window, key lengths) reduce to one key
  * range [lo, hi) per query row, so kernels can skip whole tiles; only a boolean mask
- * excludes keys one by one. Features are compiled in with -D options:
- *   CAUSAL 0|1|2 (none, top-left, bottom-right), HAS_WINDOW, HAS_KVLENS, HAS_SOFTCAP,
- *   HAS_ALIBI, MASK_KIND 0|1|2 (none, bool, float).
+ * excludes keys one by one. The key range is computed once per row, so its features
+ * are run-time arguments (causal 0|1|2 = none, top-left, bottom-right; win_left and
+ * win_right, -1 = unbounded; has_kvlens): one build serves every combination. Features
+ * that cost work per score are compiled in with -D options: HAS_SOFTCAP, HAS_ALIBI,
+ * MASK_KIND 0|1|2 (none, bool, float).
  * Every kernel takes the same MASK_PARAMS arguments, set by clattn__set_mask_args().
  *
  * Fully masked rows: kernels keep -INFINITY as "excluded" and must never compute
@@ -26,15 +28,6 @@
 #endif
 #ifndef O_DT
 #define O_DT 0
-#endif
-#ifndef CAUSAL
-#define CAUSAL 0
-#endif
-#ifndef HAS_WINDOW
-#define HAS_WINDOW 0
-#endif
-#ifndef HAS_KVLENS
-#define HAS_KVLENS 0
 #endif
 #ifndef HAS_SOFTCAP
 #define HAS_SOFTCAP 0
@@ -107,32 +100,29 @@ inline long3 clattn_decode_row(long row, long Hq, long Lq)
 #define MASK_PARAMS                                                                      \
     float scale, float softcap, const __global float *alibi, long alibi_off,             \
         long alibi_st, const __global MASK_T *mask, long mask_off, long mask_s0,          \
-        long mask_s1, long mask_s2, long mask_s3, long win_left, long win_right,          \
-        const __global int *kv_lens, long kvl_off, long kvl_st, long Lq, long Lk
+        long mask_s1, long mask_s2, long mask_s3, int causal, long win_left,              \
+        long win_right, int has_kvlens, const __global int *kv_lens, long kvl_off,        \
+        long kvl_st, long Lq, long Lk
 
-/* The keys row (b, i) may see by position: [lo, hi). Empty when lo >= hi. */
-inline long2 clattn_key_range(long b, long i, long Lq, long Lk, long win_left,
-                              long win_right, const __global int *kv_lens, long kvl_off,
-                              long kvl_st)
+/* The keys row (b, i) may see by position: [lo, hi). Empty when lo >= hi. The branches
+ * are uniform across a work-group (every argument is), so they cost one row's worth. */
+inline long2 clattn_key_range(long b, long i, long Lq, long Lk, int causal, long win_left,
+                              long win_right, int has_kvlens, const __global int *kv_lens,
+                              long kvl_off, long kvl_st)
 {
     long lo = 0, hi = Lk;
     const long ip = i + Lk - Lq; /* the query's position aligned to the end of the keys */
-#if CAUSAL == 1
-    hi = min(hi, i + 1);
-#elif CAUSAL == 2
-    hi = min(hi, ip + 1);
-#endif
-#if HAS_WINDOW
+    if (causal == 1) hi = min(hi, i + 1);
+    else if (causal == 2) hi = min(hi, ip + 1);
     if (win_left >= 0) lo = max(lo, ip - win_left);
     if (win_right >= 0) hi = min(hi, ip + win_right + 1);
-#endif
-#if HAS_KVLENS
-    hi = min(hi, (long)clamp(kv_lens[kvl_off + b * kvl_st], 0, (int)min(Lk, (long)INT_MAX)));
-#endif
+    if (has_kvlens)
+        hi = min(hi, (long)clamp(kv_lens[kvl_off + b * kvl_st], 0, (int)min(Lk, (long)INT_MAX)));
     return (long2)(lo, max(lo, hi));
 }
-#define KEY_RANGE(b, i) \
-    clattn_key_range((b), (i), Lq, Lk, win_left, win_right, kv_lens, kvl_off, kvl_st)
+#define KEY_RANGE(b, i)                                                                   \
+    clattn_key_range((b), (i), Lq, Lk, causal, win_left, win_right, has_kvlens, kv_lens,  \
+                     kvl_off, kvl_st)
 
 /* ALiBi slope of query head h (0 when off). */
 #if HAS_ALIBI

@@ -1,13 +1,10 @@
 /* unfused_softmax.cl: step 3 of the unfused path (and the CLBlast path): each row of a
  * chunk of masked scores becomes probabilities in place, p_j = exp(s_j - m) / sum, and
- * LSE = m + log(sum) is written when HAS_LSE. A row with no finite score (every key
+ * LSE = m + log(sum) is written when lse is not NULL. A row with no finite score (every key
  * excluded) becomes all zeros with LSE = -inf: exp(-inf - -inf) is never evaluated.
  * One work-group of WG work-items per row, reducing in local memory.
- * Build options: WG (a power of two), HAS_LSE. */
+ * Build options: WG (a power of two). */
 
-#ifndef HAS_LSE
-#define HAS_LSE 0
-#endif
 
 __kernel __attribute__((reqd_work_group_size(WG, 1, 1)))
 void unfused_softmax(__global float *S, long ldS, long row0, long nrows, long Hq, long Lq,
@@ -45,12 +42,12 @@ void unfused_softmax(__global float *S, long ldS, long row0, long nrows, long Hq
 
     const float inv = empty ? 0.0f : 1.0f / sum;
     for (long j = t; j < Lk; j += WG) s[j] = empty ? 0.0f : exp(s[j] - m) * inv;
-#if HAS_LSE
-    if (t == 0) {
-        const long row = row0 + r;
-        const long3 bhi = clattn_decode_row(row, Hq, Lq);
-        const long b = bhi.x, h = bhi.y, i = bhi.z;
-        lse[lse_off + b * lse_s0 + h * lse_s1 + i * lse_s2] = empty ? -INFINITY : m + log(sum);
+    if (lse) { /* LSE asked for (NULL otherwise) */
+        if (t == 0) {
+            const long row = row0 + r;
+            const long3 bhi = clattn_decode_row(row, Hq, Lq);
+            const long b = bhi.x, h = bhi.y, i = bhi.z;
+            lse[lse_off + b * lse_s0 + h * lse_s1 + i * lse_s2] = empty ? -INFINITY : m + log(sum);
+        }
     }
-#endif
 }

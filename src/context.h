@@ -61,6 +61,9 @@ void clattn__programs_free(clattn_context *ctx);
  * damaged file sets *prog = NULL and returns success: the caller builds from source. */
 clattn_status clattn__disk_cache_load(clattn_context *ctx, const char *file, const char *prelude,
                                       const char *body, const char *options, cl_program *prog);
+/* FNV-1a of an OpenCL C source with its comments left out, continuing from h: the part
+ * of the disk cache's key that a kernel file contributes. */
+uint64_t clattn__code_hash(uint64_t h, const char *src);
 void clattn__disk_cache_store(clattn_context *ctx, const char *file, const char *prelude,
                               const char *body, const char *options, cl_program prog);
 
@@ -111,9 +114,9 @@ clattn_status clattn__buffer_create_copy(clattn_context *ctx, size_t bytes, cons
 void clattn__buffer_release(clattn_context *ctx, cl_mem mem); /* NULL is a no-op */
 
 /* ---- Kernel argument helpers (kernel_args.c) ------------------------------------- */
-/* -D options that specialise the masking code of cl/prelude.cl and the dtypes of q, k,
- * v and o (Q_DT, K_DT, V_DT, O_DT, MASK_KIND, CAUSAL, HAS_WINDOW, HAS_KVLENS,
- * HAS_SOFTCAP, HAS_ALIBI). */
+/* -D options that specialise the scoring code of cl/prelude.cl and the dtypes of q, k,
+ * v and o (Q_DT, K_DT, V_DT, O_DT, MASK_KIND, HAS_SOFTCAP, HAS_ALIBI). The key-range
+ * features (causal, window, key lengths) are arguments, not options. */
 bool clattn__mask_options(const clattn__dev_problem *dp, char *buf, size_t cap);
 /* Only the masking features (no dtypes): for kernels that read no tensor but the mask. */
 bool clattn__feature_options(const clattn__dev_problem *dp, char *buf, size_t cap);

@@ -27,11 +27,8 @@ bool clattn__feature_options(const clattn__dev_problem *dp, char *buf, size_t ca
 {
     const clattn__problem *p = dp->p;
     int mask_kind = !p->mask ? 0 : p->mask->dtype == CLATTN_BOOL ? 1 : 2;
-    bool window = p->win_left >= 0 || p->win_right >= 0;
-    return clattn__opts_add(buf, cap,
-                            " -DMASK_KIND=%d -DCAUSAL=%d -DHAS_WINDOW=%d -DHAS_KVLENS=%d"
-                            " -DHAS_SOFTCAP=%d -DHAS_ALIBI=%d",
-                            mask_kind, (int)p->causal, window ? 1 : 0, p->kv_lens ? 1 : 0,
+    /* causal, window and key lengths are run-time arguments (clattn__set_mask_args) */
+    return clattn__opts_add(buf, cap, " -DMASK_KIND=%d -DHAS_SOFTCAP=%d -DHAS_ALIBI=%d", mask_kind,
                             p->softcap > 0 ? 1 : 0, p->alibi ? 1 : 0);
 }
 
@@ -49,6 +46,7 @@ clattn_status clattn__set_mask_args(clattn_context *ctx, cl_kernel k, cl_uint *a
     const clattn__problem *p = dp->p;
     cl_float scale = p->scale, softcap = p->softcap;
     cl_long win_left = p->win_left, win_right = p->win_right;
+    cl_int causal = (cl_int)p->causal, has_kvlens = dp->kv_lens.mem ? 1 : 0;
     cl_long Lq = p->Lq, Lk = p->Lk;
     CLATTN_FORWARD(CLATTN_ARG(ctx, k, arg, scale));
     CLATTN_FORWARD(CLATTN_ARG(ctx, k, arg, softcap));
@@ -56,8 +54,10 @@ clattn_status clattn__set_mask_args(clattn_context *ctx, cl_kernel k, cl_uint *a
     CLATTN_FORWARD(CLATTN_ARG(ctx, k, arg, dp->alibi.off));
     CLATTN_FORWARD(CLATTN_ARG(ctx, k, arg, dp->alibi.st[0]));
     CLATTN_FORWARD(clattn__set_tensor_args(ctx, k, arg, &dp->mask));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, k, arg, causal));
     CLATTN_FORWARD(CLATTN_ARG(ctx, k, arg, win_left));
     CLATTN_FORWARD(CLATTN_ARG(ctx, k, arg, win_right));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, k, arg, has_kvlens));
     CLATTN_FORWARD(CLATTN_ARG(ctx, k, arg, dp->kv_lens.mem));
     CLATTN_FORWARD(CLATTN_ARG(ctx, k, arg, dp->kv_lens.off));
     CLATTN_FORWARD(CLATTN_ARG(ctx, k, arg, dp->kv_lens.st[0]));

@@ -448,9 +448,9 @@ static clattn_status run_kernels(clattn_kv_cache *c, const clattn__dev_problem *
     /* partial attention over the splits */
     opts[0] = '\0';
     bool ok = clattn__mask_options(dp, opts, sizeof opts) &&
-              clattn__opts_add(opts, sizeof opts, " -DD=%lld -DDV=%lld -DK_FMT=%d -DV_FMT=%d -DROWS=%d -DHAS_LSE=%d -DKV_PREFETCH=%d",
+              clattn__opts_add(opts, sizeof opts, " -DD=%lld -DDV=%lld -DK_FMT=%d -DV_FMT=%d -DROWS=%d -DKV_PREFETCH=%d",
                                (long long)p->D, (long long)p->Dv, (int)c->kf, (int)c->vf, pl.rows,
-                               p->lse ? 1 : 0, ctx->props.type == CLATTN_DEVICE_CPU);
+                               ctx->props.type == CLATTN_DEVICE_CPU);
     CLATTN_RETURN_IF(ctx, !ok, CLATTN_ERROR_INTERNAL, "kv attention: build options too long");
     cl_kernel kp, km;
     CLATTN_FORWARD(clattn__kernel_get(ctx, "kv_attn.cl", opts, "kv_partial", &kp));

@@ -122,9 +122,9 @@ static clattn_status decode_run(clattn_context *ctx, const clattn__dev_problem *
     bool ok = clattn__mask_options(dp, opts, sizeof opts) &&
               clattn__opts_add(opts, sizeof opts,
                                " -DD=%lld -DDV=%lld -DDEC_GPU=%d -DROWS=%d -DKTILE=%d -DVW=%d"
-                               " -DWG=%d -DK_CONTIG=%d -DV_CONTIG=%d -DHAS_LSE=%d",
+                               " -DWG=%d -DK_CONTIG=%d -DV_CONTIG=%d",
                                (long long)p->D, (long long)p->Dv, pl.form, pl.rows, pl.ktile,
-                               pl.vw, pl.wg, dp->k.st[3] == 1, dp->v.st[3] == 1, p->lse ? 1 : 0);
+                               pl.vw, pl.wg, dp->k.st[3] == 1, dp->v.st[3] == 1);
     CLATTN_RETURN_IF(ctx, !ok, CLATTN_ERROR_INTERNAL, "decode: build options too long");
     clattn__log(ctx, "decode: form %s, %d rows x %lld blocks, %lld splits of %lld keys, ktile %d",
                 pl.form ? "gpu" : "cpu", pl.rows, (long long)pl.nblk, (long long)pl.nsplit,

@@ -164,9 +164,8 @@ static clattn_status fused_run(clattn_context *ctx, const clattn__dev_problem *d
     char opts[640] = "";
     bool ok = clattn__mask_options(dp, opts, sizeof opts) &&
               clattn__opts_add(opts, sizeof opts,
-                               " -DD=%lld -DDV=%lld -DBLOCK_M=%d -DBLOCK_N=%d -DWG=%d -DHAS_LSE=%d",
-                               (long long)p->D, (long long)p->Dv, pl.block_m, pl.block_n, pl.wg,
-                               p->lse ? 1 : 0) &&
+                               " -DD=%lld -DDV=%lld -DBLOCK_M=%d -DBLOCK_N=%d -DWG=%d",
+                               (long long)p->D, (long long)p->Dv, pl.block_m, pl.block_n, pl.wg) &&
               (pl.form == 1 ||
                clattn__opts_add(opts, sizeof opts, " -DDV_CHUNK=%d -DROW_GROUPS=%d -DV_DIRECT=%d",
                                 pl.dv_chunk, pl.row_groups, pl.v_direct ? 1 : 0));

@@ -25,8 +25,7 @@ clattn_status clattn__softmax_kernels_get(clattn_context *ctx, const clattn__dev
     /* each kernel built with only the options it reads, so more problems share builds */
     char omask[256] = "", osoft[64] = "";
     bool ok = clattn__feature_options(dp, omask, sizeof omask) &&
-              clattn__opts_add(osoft, sizeof osoft, "-DWG=%zu -DHAS_LSE=%d", k->wg,
-                               dp->p->lse ? 1 : 0);
+              clattn__opts_add(osoft, sizeof osoft, "-DWG=%zu", k->wg);
     CLATTN_RETURN_IF(ctx, !ok, CLATTN_ERROR_INTERNAL, "softmax: build options too long");
     CLATTN_FORWARD(clattn__kernel_get(ctx, "unfused_scale_mask.cl", omask, "unfused_scale_mask", &k->mask));
     return clattn__kernel_get(ctx, "unfused_softmax.cl", osoft, "unfused_softmax", &k->soft);

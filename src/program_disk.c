@@ -1,8 +1,8 @@
 /* On-disk cache of compiled program binaries, so a second process on the same device
  * does not recompile. Files are named by a 64-bit FNV-1a hash of everything that affects
- * the binary (sources, build options, device name, driver and platform version, clattn
- * version), carry a header with a checksum, are written to a temporary name and renamed
- * (atomic on POSIX), and are silently ignored and rebuilt when damaged.
+ * the binary (sources less their comments, build options, device name, driver and
+ * platform version, clattn version), carry a header with a checksum, are written to a
+ * temporary name and renamed (atomic on POSIX), and are silently ignored and rebuilt when damaged.
  * Folder: CLATTN_CACHE_DIR, else $XDG_CACHE_HOME/clattn, else ~/.cache/clattn;
  * CLATTN_CACHE_DIR=off disables it. */
 #include "context.h"
@@ -34,14 +34,44 @@ static uint64_t fnv1a(uint64_t h, const void *data, size_t n)
 }
 static uint64_t fnv1a_str(uint64_t h, const char *s) { return fnv1a(h, s, strlen(s) + 1); }
 
+uint64_t clattn__code_hash(uint64_t h, const char *src)
+{
+    /* Comments are skipped: the compiler never sees them, so editing one must not make
+     * every cached program stale. A comment marker inside a string or character literal
+     * is text, not a comment. */
+    char quote = 0;
+    for (const char *c = src; *c; c++) {
+        if (quote) {
+            if (*c == '\\' && c[1]) {
+                h = fnv1a(h, c++, 2);
+                continue;
+            }
+            if (*c == quote) quote = 0;
+        } else if (c[0] == '/' && c[1] == '*') {
+            const char *end = strstr(c + 2, "*/");
+            if (!end) break;
+            c = end + 1;
+            h = fnv1a(h, " ", 1); /* a comment separates tokens */
+            continue;
+        } else if (c[0] == '/' && c[1] == '/') {
+            while (c[1] && c[1] != '\n') c++;
+            continue;
+        } else if (*c == '"' || *c == '\'') {
+            quote = *c;
+        }
+        h = fnv1a(h, c, 1);
+    }
+    return fnv1a(h, "", 1);
+}
+
 static uint64_t cache_key(const clattn_context *ctx, const char *file, const char *prelude,
                           const char *body, const char *options)
 {
     uint64_t h = 0xcbf29ce484222325ull;
     h = fnv1a_str(h, clattn_version_string());
     h = fnv1a_str(h, file);
-    h = fnv1a_str(h, prelude);
-    h = fnv1a_str(h, body);
+    h = clattn__code_hash(h, prelude);
+    h = clattn__code_hash(h, body);
     h = fnv1a_str(h, options);
     h = fnv1a_str(h, ctx->props.name);
     h = fnv1a_str(h, ctx->props.vendor);
