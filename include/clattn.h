@@ -373,7 +373,8 @@ CLATTN_API clattn_status clattn_kv_quantize_host(clattn_kv_format format, clattn
 /* ---- CPU reference --------------------------------------------------------------- */
 /* The SPEC §1 computation on the host in float64, for tests and `clattn check`. All
  * tensors must be host tensors; opt->lse and opt->path are ignored. out receives dense
- * [B, Hq, Lq, Dv] doubles; lse (or NULL) dense [B, Hq, Lq]. */
+ * [B, Hq, Lq, Dv] doubles; lse (or NULL) dense [B, Hq, Lq]. Extents whose element counts
+ * or buffer sizes overflow 64 bits (zero strides allow any) give INVALID_SHAPE. */
 CLATTN_API clattn_status clattn_reference_attention(const clattn_tensor *q,
                                                     const clattn_tensor *k,
                                                     const clattn_tensor *v,

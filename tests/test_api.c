@@ -146,6 +146,22 @@ static void test_bad_strides_offsets_and_dtypes_are_refused(void **state)
     free(p);
 }
 
+/* An output whose strides step so far that their products overflow 64 bits: two of its
+ * elements share an address, and it is refused as overlapping, not accepted after a
+ * wrapped size. The host pointer is never read: validation refuses it first. */
+static void test_output_strides_whose_products_overflow_are_refused(void **state)
+{
+    (void)state;
+    problem *p = malloc(sizeof *p);
+    problem_init(p);
+    p->tq = clattn_tensor_host(p->q, CLATTN_F32, B, HKV, 1, D);
+    p->to = clattn_tensor_host(p->o, CLATTN_F32, B, HKV, 1, DV);
+    /* o[0][1] and o[1][0] both sit at byte 2^62 */
+    p->to.nb[0] = p->to.nb[1] = (int64_t)1 << 62;
+    expect_refused(p, CLATTN_ERROR_INVALID_STRIDE, "overlap");
+    free(p);
+}
+
 static void test_bad_options_are_refused(void **state)
 {
     (void)state;
@@ -388,6 +404,7 @@ int main(void)
         cmocka_unit_test(test_bad_extents_and_shapes_are_refused),
         cmocka_unit_test(test_bad_strides_offsets_and_dtypes_are_refused),
         cmocka_unit_test(test_bad_options_are_refused),
+        cmocka_unit_test(test_output_strides_whose_products_overflow_are_refused),
         cmocka_unit_test(test_invalid_clattn_path_environment_is_reported),
         cmocka_unit_test(test_caller_owned_opencl_objects_and_buffers_work_with_an_event),
         cmocka_unit_test(test_foreign_queue_is_refused),

@@ -195,6 +195,44 @@ static void test_clblast_uses_strided_batches_for_mha_and_offset_batches_for_gqa
     clattn_context_free(fresh);
 }
 
+/* K as a broadcast view (stride 0 along the keys, one key row for all of them) is copied
+ * to dense float32 and matches the reference. With so many keys that the path's sizes
+ * overflow 64 bits, the path declines with a reason instead of wrapping them. */
+static void test_clblast_broadcast_k_with_stride_0(void **state)
+{
+    (void)state;
+    if (!have_clblast()) return;
+    enum { LQ = 3, LK = 40, D = 8, DV = 8 };
+    float q[LQ * D], k[D], v[LK * DV], o[LQ * DV];
+    for (int i = 0; i < LQ * D; i++) q[i] = (float)((i * 7) % 11) / 11.0f - 0.5f;
+    for (int i = 0; i < D; i++) k[i] = (float)((i * 5) % 13) / 13.0f;
+    for (int i = 0; i < LK * DV; i++) v[i] = (float)((i * 3) % 17) / 17.0f;
+    clattn_tensor tq = clattn_tensor_host(q, CLATTN_F32, 1, 1, LQ, D);
+    clattn_tensor tk = clattn_tensor_host(k, CLATTN_F32, 1, 1, LK, D);
+    clattn_tensor tv = clattn_tensor_host(v, CLATTN_F32, 1, 1, LK, DV);
+    clattn_tensor to = clattn_tensor_host(o, CLATTN_F32, 1, 1, LQ, DV);
+    tk.nb[2] = 0;
+    clattn_options opt;
+    clattn_options_init(&opt);
+    opt.path = CLATTN_PATH_CLBLAST;
+    clattn_context *cx = test_shared_context();
+    clattn_status st = clattn_attention(cx, &tq, &tk, &tv, &to, &opt, NULL);
+    if (st != CLATTN_SUCCESS) fail_msg("%s: %s", clattn_status_string(st), clattn_context_last_error(cx));
+    double ref[LQ * DV];
+    assert_int_equal(clattn_reference_attention(&tq, &tk, &tv, &opt, ref, NULL), CLATTN_SUCCESS);
+    for (int i = 0; i < LQ * DV; i++)
+        if (fabs((double)o[i] - ref[i]) > 1e-5 * (1.0 + fabs(ref[i])))
+            fail_msg("o[%d] = %.9g, reference %.9g", i, (double)o[i], ref[i]);
+
+    /* 2^62 keys: 4 bytes of scores per key, a float32 copy of K, a 32-bit index limit */
+    clattn_tensor hk = clattn_tensor_host(k, CLATTN_F32, 1, 1, (int64_t)1 << 62, D);
+    clattn_tensor hv = clattn_tensor_host(v, CLATTN_F32, 1, 1, (int64_t)1 << 62, DV);
+    hk.nb[2] = hv.nb[2] = 0;
+    st = clattn_attention(cx, &tq, &hk, &hv, &to, &opt, NULL);
+    if (st != CLATTN_ERROR_PATH_UNSUPPORTED || !strstr(clattn_context_last_error(cx), "overflow"))
+        fail_msg("2^62 broadcast keys: got %s: '%s'", clattn_status_string(st), clattn_context_last_error(cx));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -206,6 +244,7 @@ int main(void)
         cmocka_unit_test(test_clblast_declines_rows_larger_than_the_workspace),
         cmocka_unit_test(test_clblast_with_no_keys_gives_zeros_and_minus_infinity),
         cmocka_unit_test(test_clblast_uses_strided_batches_for_mha_and_offset_batches_for_gqa),
+        cmocka_unit_test(test_clblast_broadcast_k_with_stride_0),
     };
     return cmocka_run_group_tests(tests, NULL, test_shared_context_teardown);
 }
