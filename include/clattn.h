@@ -133,7 +133,9 @@ typedef struct clattn_device_props {
     uint32_t compute_units;
     uint32_t max_clock_mhz;
     uint64_t global_mem_bytes;
-    uint64_t max_alloc_bytes;
+    uint64_t max_alloc_bytes;     /* largest single buffer; 0 = the device did not say:
+                                     clattn then assumes no limit beyond its workspace
+                                     bound (CLATTN_PARAM_WORKSPACE_BYTES) */
     uint64_t local_mem_bytes;
     int local_mem_is_dedicated;   /* CL_LOCAL: 1; emulated in global memory: 0 */
     size_t max_work_group_size;

@@ -119,11 +119,11 @@ clattn_status clattn_kv_cache_create(clattn_context *ctx, int64_t B, int64_t Hkv
                           "kv cache: B = %lld x Hkv = %lld heads of %zu key and %zu value bytes "
                           "overflow 64-bit sizes",
                           (long long)B, (long long)Hkv, c->k_slab, c->v_slab);
-    } else if ((uint64_t)kbytes > ctx->props.max_alloc_bytes || (uint64_t)vbytes > ctx->props.max_alloc_bytes) {
+    } else if ((uint64_t)kbytes > clattn__alloc_cap(ctx) || (uint64_t)vbytes > clattn__alloc_cap(ctx)) {
         st = clattn__fail(ctx, CLATTN_ERROR_OUT_OF_MEMORY,
                           "kv cache: %lld bytes of keys or %lld of values exceed the device's largest "
                           "allocation (%llu bytes)",
-                          (long long)kbytes, (long long)vbytes, (unsigned long long)ctx->props.max_alloc_bytes);
+                          (long long)kbytes, (long long)vbytes, (unsigned long long)clattn__alloc_cap(ctx));
     }
     if (st == CLATTN_SUCCESS) st = alloc_tracked(c, (size_t)kbytes + 64u, NULL, &c->k);
     if (st == CLATTN_SUCCESS) st = alloc_tracked(c, (size_t)vbytes + 64u, NULL, &c->v);
@@ -401,8 +401,7 @@ static void make_plan(const clattn_context *ctx, const clattn__problem *p, int64
     const uint64_t per_split = clattn__mul_ok(p->B * p->Hq * p->Lq, (ceil_div(p->Dv, 16) * 16 + 2) * 4, &per_split_i)
                                    ? (uint64_t)per_split_i
                                    : UINT64_MAX;
-    uint64_t cap = (uint64_t)ctx->workspace_bytes < ctx->props.max_alloc_bytes ? (uint64_t)ctx->workspace_bytes
-                                                                               : ctx->props.max_alloc_bytes;
+    const uint64_t cap = clattn__scratch_cap(ctx);
     /* compared by division: nsplit * per_split could itself pass 64 bits */
     if ((uint64_t)nsplit > cap / per_split) nsplit = (int64_t)(cap / per_split);
     if (nsplit < 1) nsplit = 1;
@@ -439,7 +438,7 @@ static clattn_status run_kernels(clattn_kv_cache *c, const clattn__dev_problem *
                      "kv attention: the scratch sizes of %lld query rows overflow 64 bits",
                      (long long)rows_all);
     const uint64_t scratch = (uint64_t)scratch_i;
-    CLATTN_RETURN_IF(ctx, scratch > (uint64_t)ctx->workspace_bytes || scratch > ctx->props.max_alloc_bytes,
+    CLATTN_RETURN_IF(ctx, scratch > clattn__scratch_cap(ctx),
                      CLATTN_ERROR_OUT_OF_MEMORY,
                      "kv attention: %lld query rows need %llu bytes of partial results, over the "
                      "workspace bound; pass fewer queries per call",

@@ -136,10 +136,10 @@ static bool clblast_supports(const clattn_context *ctx, const clattn__problem *p
         *why = "one row of Lk scores exceeds the workspace bound";
         return false;
     }
-    const uint64_t max = ctx->props.max_alloc_bytes;
+    const uint64_t max = clattn__alloc_cap(ctx);
     const uint64_t kv = (uint64_t)kv_i;
-    if (max && ((pl.gather_k && kv * (uint64_t)p->D * sizeof(float) > max) ||
-                (pl.gather_v && kv * (uint64_t)p->Dv * sizeof(float) > max))) {
+    if ((pl.gather_k && kv * (uint64_t)p->D * sizeof(float) > max) ||
+        (pl.gather_v && kv * (uint64_t)p->Dv * sizeof(float) > max)) {
         *why = "a float32 copy of K or V (f16/bf16, or no unit stride) exceeds the device's "
                "largest allocation";
         return false;

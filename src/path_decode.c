@@ -33,8 +33,7 @@ static bool decode_supports(const clattn_context *ctx, const clattn__problem *p,
         return false;
     }
     /* one split per row always works; more splits only if the workspace allows */
-    if (decode_scratch_bytes(p, 1) > (uint64_t)ctx->workspace_bytes ||
-        decode_scratch_bytes(p, 1) > ctx->props.max_alloc_bytes) {
+    if (decode_scratch_bytes(p, 1) > clattn__scratch_cap(ctx)) {
         *why = "the per-row partial results exceed the workspace bound";
         return false;
     }
@@ -100,9 +99,7 @@ static void decode_make_plan(const clattn_context *ctx, const clattn__problem *p
     if (tu->max_chunk > 0 && nsplit < ceil_div(Lk, tu->max_chunk)) nsplit = ceil_div(Lk, tu->max_chunk);
     if (nsplit > ceil_div(Lk, tu->min_chunk)) nsplit = ceil_div(Lk, tu->min_chunk);
     /* the scratch must fit the workspace and one allocation */
-    uint64_t cap = (uint64_t)ctx->workspace_bytes < ctx->props.max_alloc_bytes
-                       ? (uint64_t)ctx->workspace_bytes
-                       : ctx->props.max_alloc_bytes;
+    const uint64_t cap = clattn__scratch_cap(ctx);
     uint64_t per_split = decode_scratch_bytes(p, 1);
     if ((uint64_t)nsplit * per_split > cap) nsplit = (int64_t)(cap / per_split);
     if (nsplit < 1) nsplit = 1;
