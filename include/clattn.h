@@ -133,7 +133,9 @@ typedef struct clattn_device_props {
     uint32_t compute_units;
     uint32_t max_clock_mhz;
     uint64_t global_mem_bytes;
-    uint64_t max_alloc_bytes;
+    uint64_t max_alloc_bytes;     /* largest single buffer; 0 = the device did not say:
+                                     clattn then assumes no limit beyond its workspace
+                                     bound (CLATTN_PARAM_WORKSPACE_BYTES) */
     uint64_t local_mem_bytes;
     int local_mem_is_dedicated;   /* CL_LOCAL: 1; emulated in global memory: 0 */
     size_t max_work_group_size;
@@ -373,7 +375,8 @@ CLATTN_API clattn_status clattn_kv_quantize_host(clattn_kv_format format, clattn
 /* ---- CPU reference --------------------------------------------------------------- */
 /* The SPEC §1 computation on the host in float64, for tests and `clattn check`. All
  * tensors must be host tensors; opt->lse and opt->path are ignored. out receives dense
- * [B, Hq, Lq, Dv] doubles; lse (or NULL) dense [B, Hq, Lq]. */
+ * [B, Hq, Lq, Dv] doubles; lse (or NULL) dense [B, Hq, Lq]. Extents whose element counts
+ * or buffer sizes overflow 64 bits (zero strides allow any) give INVALID_SHAPE. */
 CLATTN_API clattn_status clattn_reference_attention(const clattn_tensor *q,
                                                     const clattn_tensor *k,
                                                     const clattn_tensor *v,

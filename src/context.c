@@ -23,8 +23,8 @@ static clattn_status context_init(clattn_context *ctx)
         else clattn__log(ctx, "ignoring CLATTN_WORKSPACE_BYTES=%s (need an integer >= %lld)", ws,
                          (long long)MIN_WORKSPACE);
     }
-    if (ctx->props.max_alloc_bytes && (uint64_t)ctx->workspace_bytes > ctx->props.max_alloc_bytes)
-        ctx->workspace_bytes = (int64_t)ctx->props.max_alloc_bytes;
+    if ((uint64_t)ctx->workspace_bytes > clattn__alloc_cap(ctx))
+        ctx->workspace_bytes = (int64_t)clattn__alloc_cap(ctx);
     ctx->last_path = CLATTN_PATH_AUTO;
     clattn__log(ctx, "context on %s (%s, driver %s)", ctx->props.name, ctx->props.platform_name,
                 ctx->props.driver_version);
@@ -121,7 +121,7 @@ clattn_status clattn_param_bounds(const clattn_context *ctx, clattn_param p, cla
     switch (p) {
     case CLATTN_PARAM_WORKSPACE_BYTES:
         b->lower = MIN_WORKSPACE;
-        b->upper = ctx->props.max_alloc_bytes ? (int64_t)ctx->props.max_alloc_bytes : INT64_MAX;
+        b->upper = clattn__alloc_cap(ctx) < (uint64_t)INT64_MAX ? (int64_t)clattn__alloc_cap(ctx) : INT64_MAX;
         return CLATTN_SUCCESS;
     case CLATTN_PARAM_LOG:
         b->lower = 0;

@@ -113,6 +113,13 @@ clattn_status clattn__buffer_create_copy(clattn_context *ctx, size_t bytes, cons
                                          cl_mem *mem);
 void clattn__buffer_release(clattn_context *ctx, cl_mem mem); /* NULL is a no-op */
 
+/* The largest single buffer clattn asks ctx's device for: props.max_alloc_bytes, or no
+ * limit (UINT64_MAX) when that is 0, which means the device did not say (clattn.h). Every
+ * check against the device's allocation limit goes through here, so 0 means one thing. */
+uint64_t clattn__alloc_cap(const clattn_context *ctx);
+/* The most scratch one call may hold in one buffer: the workspace bound and the above. */
+uint64_t clattn__scratch_cap(const clattn_context *ctx);
+
 /* ---- Kernel argument helpers (kernel_args.c) ------------------------------------- */
 /* -D options that specialise the scoring code of cl/prelude.cl and the dtypes of q, k,
  * v and o (Q_DT, K_DT, V_DT, O_DT, MASK_KIND, HAS_SOFTCAP, HAS_ALIBI). The key-range

@@ -64,6 +64,23 @@ static inline void clattn__copy_str(char *dst, size_t cap, const char *src)
     dst[n] = '\0';
 }
 
+/* ---- Checked sizes --------------------------------------------------------------- */
+/* *out = a * b for non-negative a and b; false when either is negative or the product
+ * does not fit int64. Zero strides let valid descriptors have extents of any size, so
+ * every product of extents, strides and element sizes goes through here (chained for
+ * more than two factors) before it becomes a count or an allocation. */
+static inline bool clattn__mul_ok(int64_t a, int64_t b, int64_t *out)
+{
+    if (a < 0 || b < 0) return false;
+#if defined(__GNUC__) || defined(__clang__)
+    return !__builtin_mul_overflow(a, b, out);
+#else
+    if (b != 0 && a > INT64_MAX / b) return false;
+    *out = a * b;
+    return true;
+#endif
+}
+
 /* ---- Host conversions ------------------------------------------------------------ */
 float clattn__half_to_float(uint16_t h);
 uint16_t clattn__float_to_half(float f);   /* round to nearest even */

@@ -103,21 +103,32 @@ clattn_status clattn_kv_cache_create(clattn_context *ctx, int64_t B, int64_t Hkv
     }
     c->v_row = clattn__kv_vtile_bytes(v_format, (int)Dv); /* value tiles of 16 tokens, in pairs */
     c->v_slab = c->v_row * 2u * (size_t)((capacity + 31) / 32);
-    const double kbytes = (double)c->k_slab * (double)(B * Hkv), vbytes = (double)c->v_slab * (double)(B * Hkv);
+    /* Hkv has no bound of its own: B * Hkv and the sizes made from it are checked so they
+     * never wrap into small buffers. 64 bytes of slack: a kernel reads a tq3 word as 8
+     * bytes, 2 past its end. */
+    int64_t heads = 0, kbytes = 0, vbytes = 0, tbytes = 0;
+    const bool sizes_ok = clattn__mul_ok(B, Hkv, &heads) &&
+                          clattn__mul_ok((int64_t)c->k_slab, heads, &kbytes) && kbytes <= INT64_MAX - 64 &&
+                          clattn__mul_ok((int64_t)c->v_slab, heads, &vbytes) && vbytes <= INT64_MAX - 64 &&
+                          clattn__mul_ok(heads, 32 * D * 2, &tbytes);
     clattn_status st = CLATTN_SUCCESS;
     if (!c->len) {
         st = clattn__fail(ctx, CLATTN_ERROR_OUT_OF_MEMORY, "kv cache: out of host memory");
-    } else if (kbytes > (double)ctx->props.max_alloc_bytes || vbytes > (double)ctx->props.max_alloc_bytes) {
+    } else if (!sizes_ok) {
+        st = clattn__fail(ctx, CLATTN_ERROR_INVALID_SHAPE,
+                          "kv cache: B = %lld x Hkv = %lld heads of %zu key and %zu value bytes "
+                          "overflow 64-bit sizes",
+                          (long long)B, (long long)Hkv, c->k_slab, c->v_slab);
+    } else if ((uint64_t)kbytes > clattn__alloc_cap(ctx) || (uint64_t)vbytes > clattn__alloc_cap(ctx)) {
         st = clattn__fail(ctx, CLATTN_ERROR_OUT_OF_MEMORY,
-                          "kv cache: %.0f bytes of keys or %.0f of values exceed the device's largest "
+                          "kv cache: %lld bytes of keys or %lld of values exceed the device's largest "
                           "allocation (%llu bytes)",
-                          kbytes, vbytes, (unsigned long long)ctx->props.max_alloc_bytes);
+                          (long long)kbytes, (long long)vbytes, (unsigned long long)clattn__alloc_cap(ctx));
     }
-    /* 64 bytes of slack: a kernel reads a tq3 word as 8 bytes, 2 past its end */
     if (st == CLATTN_SUCCESS) st = alloc_tracked(c, (size_t)kbytes + 64u, NULL, &c->k);
     if (st == CLATTN_SUCCESS) st = alloc_tracked(c, (size_t)vbytes + 64u, NULL, &c->v);
     if (st == CLATTN_SUCCESS && keys_grouped(k_format))
-        st = alloc_tracked(c, (size_t)(B * Hkv * 32 * D) * 2u, NULL, &c->ktail);
+        st = alloc_tracked(c, (size_t)tbytes, NULL, &c->ktail);
     if (st == CLATTN_SUCCESS) st = alloc_tracked(c, (size_t)B * sizeof(int32_t), c->len, &c->lens);
     if (st == CLATTN_SUCCESS) st = make_tq_tables(c, k_format, (int)D, &c->krot, &c->ktab);
     if (st == CLATTN_SUCCESS) st = make_tq_tables(c, v_format, (int)Dv, &c->vrot, &c->vtab);
@@ -164,7 +175,7 @@ uint64_t clattn_kv_cache_bytes(const clattn_kv_cache *c) { return c ? c->bytes :
 double clattn_kv_cache_bits_per_element(const clattn_kv_cache *c)
 {
     if (!c) return 0.0;
-    return 8.0 * (double)c->bytes / ((double)(c->B * c->Hkv * c->cap) * (double)(c->D + c->Dv));
+    return 8.0 * (double)c->bytes / ((double)c->B * (double)c->Hkv * (double)c->cap * (double)(c->D + c->Dv));
 }
 
 clattn_status clattn_kv_cache_lengths(const clattn_kv_cache *c, int32_t *lengths)
@@ -384,10 +395,15 @@ static void make_plan(const clattn_context *ctx, const clattn__problem *p, int64
     int64_t nsplit = ceil_div(want, p->B * p->Hkv * (cpu ? 1 : pl->nblk));
     if (nsplit < ceil_div(L, max_chunk)) nsplit = ceil_div(L, max_chunk);
     if (nsplit > ceil_div(L, min_chunk)) nsplit = ceil_div(L, min_chunk);
-    const uint64_t per_split = (uint64_t)(p->B * p->Hq * p->Lq) * (uint64_t)(ceil_div(p->Dv, 16) * 16 + 2) * 4u;
-    uint64_t cap = (uint64_t)ctx->workspace_bytes < ctx->props.max_alloc_bytes ? (uint64_t)ctx->workspace_bytes
-                                                                               : ctx->props.max_alloc_bytes;
-    if ((uint64_t)nsplit * per_split > cap) nsplit = (int64_t)(cap / per_split);
+    /* the rows are bounded by o's validated size; a product past 64 bits leaves one split,
+     * which run_kernels then refuses */
+    int64_t per_split_i = 0;
+    const uint64_t per_split = clattn__mul_ok(p->B * p->Hq * p->Lq, (ceil_div(p->Dv, 16) * 16 + 2) * 4, &per_split_i)
+                                   ? (uint64_t)per_split_i
+                                   : UINT64_MAX;
+    const uint64_t cap = clattn__scratch_cap(ctx);
+    /* compared by division: nsplit * per_split could itself pass 64 bits */
+    if ((uint64_t)nsplit > cap / per_split) nsplit = (int64_t)(cap / per_split);
     if (nsplit < 1) nsplit = 1;
     pl->chunk = ceil_div(ceil_div(L, nsplit), 32) * 32;
     pl->nsplit = ceil_div(L, pl->chunk);
@@ -414,16 +430,24 @@ static clattn_status run_kernels(clattn_kv_cache *c, const clattn__dev_problem *
     make_plan(ctx, p, Lmax, &pl);
     const int64_t rows_all = p->B * p->Hq * p->Lq;
     const int64_t DP = ceil_div(p->D, 16) * 16, DVP = ceil_div(p->Dv, 16) * 16;
-    const uint64_t scratch = (uint64_t)rows_all * (uint64_t)pl.nsplit * (uint64_t)(DVP + 2) * 4u;
-    CLATTN_RETURN_IF(ctx, scratch > (uint64_t)ctx->workspace_bytes || scratch > ctx->props.max_alloc_bytes,
+    int64_t scratch_i = 0, q_bytes = 0, o_bytes = 0;
+    const bool sized = clattn__mul_ok(rows_all, pl.nsplit, &scratch_i) &&
+                       clattn__mul_ok(scratch_i, (DVP + 2) * 4, &scratch_i) &&
+                       clattn__mul_ok(rows_all, DP * 4, &q_bytes) && clattn__mul_ok(rows_all, DVP * 4, &o_bytes);
+    CLATTN_RETURN_IF(ctx, !sized, CLATTN_ERROR_INVALID_SHAPE,
+                     "kv attention: the scratch sizes of %lld query rows overflow 64 bits",
+                     (long long)rows_all);
+    const uint64_t scratch = (uint64_t)scratch_i;
+    CLATTN_RETURN_IF(ctx, scratch > clattn__scratch_cap(ctx),
                      CLATTN_ERROR_OUT_OF_MEMORY,
                      "kv attention: %lld query rows need %llu bytes of partial results, over the "
                      "workspace bound; pass fewer queries per call",
                      (long long)rows_all, (unsigned long long)scratch);
-    CLATTN_FORWARD(clattn__buffer_create(ctx, (size_t)(rows_all * DP) * 4u, &s->qd));
+    /* part_o and part_ml together are the scratch checked above */
+    CLATTN_FORWARD(clattn__buffer_create(ctx, (size_t)q_bytes, &s->qd));
     CLATTN_FORWARD(clattn__buffer_create(ctx, (size_t)(rows_all * pl.nsplit * DVP) * 4u, &s->part_o));
     CLATTN_FORWARD(clattn__buffer_create(ctx, (size_t)(rows_all * pl.nsplit * 2) * 4u, &s->part_ml));
-    CLATTN_FORWARD(clattn__buffer_create(ctx, (size_t)(rows_all * DVP) * 4u, &s->od));
+    CLATTN_FORWARD(clattn__buffer_create(ctx, (size_t)o_bytes, &s->od));
     clattn__log(ctx, "kv attention: k %s, v %s, %d rows x %lld blocks, %lld splits of %lld keys",
                 clattn_kv_format_name(c->kf), clattn_kv_format_name(c->vf), pl.rows, (long long)pl.nblk,
                 (long long)pl.nsplit, (long long)pl.chunk);

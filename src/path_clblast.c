@@ -78,6 +78,8 @@ typedef struct clblast_plan {
     CLBlastLayout pv_layout;           /* row-major, or column-major when O is stored so */
     cl_long ldS;                       /* leading dimension of the score buffer */
     cl_long row_bytes;                 /* workspace per query row of a chunk */
+    bool sizes_ok;                     /* row_bytes did not overflow (Lk may be any size
+                                          with stride-0, broadcast K and V views) */
 } clblast_plan;
 
 static void make_plan(const clattn__problem *p, clblast_plan *pl)
@@ -103,8 +105,10 @@ static void make_plan(const clattn__problem *p, clblast_plan *pl)
             pl->scatter_o = true;
     }
     pl->ldS = p->Lk > 0 ? p->Lk : 1;
-    pl->row_bytes = (cl_long)sizeof(float) *
-                    (pl->ldS + (pl->gather_q ? p->D : 0) + (pl->scatter_o ? p->Dv : 0));
+    /* D and Dv are at most 256 each */
+    pl->sizes_ok = pl->ldS <= INT64_MAX - 512 &&
+                   clattn__mul_ok(pl->ldS + (pl->gather_q ? p->D : 0) + (pl->scatter_o ? p->Dv : 0),
+                                  (int64_t)sizeof(float), &pl->row_bytes);
 }
 
 /* CLBlast's kernels index buffers with 32-bit ints: every element it addresses must sit
@@ -120,14 +124,22 @@ static bool clblast_supports(const clattn_context *ctx, const clattn__problem *p
 {
     clblast_plan pl;
     make_plan(p, &pl);
+    /* B x Hkv x Lk keys, as float32 copies of K and V: checked, so a broadcast view's huge
+     * extents are refused here instead of wrapping into small sizes below */
+    int64_t kv_i = 0, kv_bytes = 0;
+    if (!pl.sizes_ok || !clattn__mul_ok(p->B, p->Hkv, &kv_i) || !clattn__mul_ok(kv_i, p->Lk, &kv_i) ||
+        !clattn__mul_ok(kv_i, (p->D > p->Dv ? p->D : p->Dv) * (int64_t)sizeof(float), &kv_bytes)) {
+        *why = "Lk scores per row, or B x Hkv x Lk keys, overflow 64-bit sizes";
+        return false;
+    }
     if (pl.row_bytes > ctx->workspace_bytes) {
         *why = "one row of Lk scores exceeds the workspace bound";
         return false;
     }
-    const uint64_t max = ctx->props.max_alloc_bytes;
-    const uint64_t kv = (uint64_t)(p->B * p->Hkv * p->Lk);
-    if (max && ((pl.gather_k && kv * (uint64_t)p->D * sizeof(float) > max) ||
-                (pl.gather_v && kv * (uint64_t)p->Dv * sizeof(float) > max))) {
+    const uint64_t max = clattn__alloc_cap(ctx);
+    const uint64_t kv = (uint64_t)kv_i;
+    if ((pl.gather_k && kv * (uint64_t)p->D * sizeof(float) > max) ||
+        (pl.gather_v && kv * (uint64_t)p->Dv * sizeof(float) > max)) {
         *why = "a float32 copy of K or V (f16/bf16, or no unit stride) exceeds the device's "
                "largest allocation";
         return false;

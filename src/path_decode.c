@@ -33,8 +33,7 @@ static bool decode_supports(const clattn_context *ctx, const clattn__problem *p,
         return false;
     }
     /* one split per row always works; more splits only if the workspace allows */
-    if (decode_scratch_bytes(p, 1) > (uint64_t)ctx->workspace_bytes ||
-        decode_scratch_bytes(p, 1) > ctx->props.max_alloc_bytes) {
+    if (decode_scratch_bytes(p, 1) > clattn__scratch_cap(ctx)) {
         *why = "the per-row partial results exceed the workspace bound";
         return false;
     }
@@ -100,9 +99,7 @@ static void decode_make_plan(const clattn_context *ctx, const clattn__problem *p
     if (tu->max_chunk > 0 && nsplit < ceil_div(Lk, tu->max_chunk)) nsplit = ceil_div(Lk, tu->max_chunk);
     if (nsplit > ceil_div(Lk, tu->min_chunk)) nsplit = ceil_div(Lk, tu->min_chunk);
     /* the scratch must fit the workspace and one allocation */
-    uint64_t cap = (uint64_t)ctx->workspace_bytes < ctx->props.max_alloc_bytes
-                       ? (uint64_t)ctx->workspace_bytes
-                       : ctx->props.max_alloc_bytes;
+    const uint64_t cap = clattn__scratch_cap(ctx);
     uint64_t per_split = decode_scratch_bytes(p, 1);
     if ((uint64_t)nsplit * per_split > cap) nsplit = (int64_t)(cap / per_split);
     if (nsplit < 1) nsplit = 1;
@@ -141,7 +138,7 @@ static clattn_status decode_run(clattn_context *ctx, const clattn__dev_problem *
     clattn_status st = clattn__buffer_create(
         ctx, (size_t)(nrows_all * (uint64_t)pl.nsplit * 2u * sizeof(float)), &part_ml);
     if (st != CLATTN_SUCCESS) {
-        clReleaseMemObject(part_o);
+        clattn__buffer_release(ctx, part_o);
         return st;
     }
 
@@ -188,9 +185,11 @@ static clattn_status decode_run(clattn_context *ctx, const clattn__dev_problem *
     size_t gm[2] = {(size_t)p->Dv, (size_t)nrows};
     TRY(clattn__enqueue(ctx, kmerge, 2, gm, NULL, event));
 #undef TRY
-    /* Releasing the scratch while kernels are queued is safe: OpenCL keeps it alive. */
-    clReleaseMemObject(part_o);
-    clReleaseMemObject(part_ml);
+    /* Releasing the scratch while kernels are queued is safe: OpenCL keeps it alive. It goes
+     * back through the counting allocator it came from, so the context's device bytes (and
+     * `clattn bench`'s peak) do not keep every earlier call's scratch. */
+    clattn__buffer_release(ctx, part_o);
+    clattn__buffer_release(ctx, part_ml);
     return st;
 }
 

@@ -87,15 +87,6 @@ static uint64_t head_bytes(const clattn__problem *p, const fused_plan *pl)
     return (uint64_t)pl->lk_pad * (uint64_t)(p->D + (pl->v_direct ? 0 : pl->dv_pad)) * sizeof(float);
 }
 
-/* The most scratch one call may hold: the workspace bound and one allocation. */
-static uint64_t scratch_cap(const clattn_context *ctx)
-{
-    uint64_t cap = (uint64_t)ctx->workspace_bytes;
-    if (ctx->props.max_alloc_bytes && ctx->props.max_alloc_bytes < cap)
-        cap = ctx->props.max_alloc_bytes;
-    return cap;
-}
-
 static bool fused_supports(const clattn_context *ctx, const clattn__problem *p, const char **why)
 {
     fused_plan pl;
@@ -112,7 +103,7 @@ static bool fused_supports(const clattn_context *ctx, const clattn__problem *p, 
         }
         return true;
     }
-    if (head_bytes(p, &pl) > scratch_cap(ctx)) {
+    if (head_bytes(p, &pl) > clattn__scratch_cap(ctx)) {
         *why = "the packed K and V of one head exceed the workspace bound";
         return false;
     }
@@ -192,7 +183,7 @@ static clattn_status fused_run(clattn_context *ctx, const clattn__dev_problem *d
 
     /* Heads per launch: all of them if their packed copies fit, else whole batches, else
      * groups of KV heads of one batch. */
-    const uint64_t per_head = head_bytes(p, &pl), cap = scratch_cap(ctx);
+    const uint64_t per_head = head_bytes(p, &pl), cap = clattn__scratch_cap(ctx);
     int64_t nb = p->B, ng = Hkv;
     if ((uint64_t)(p->B * Hkv) * per_head > cap) {
         nb = (int64_t)(cap / (per_head * (uint64_t)Hkv));

@@ -92,7 +92,8 @@ static clattn_status check_no_self_overlap(const char *name, const clattn_tensor
                   "%s: strides make elements overlap (nb[%d] = %lld < %lld); an output needs "
                   "distinct elements",
                   name, d, (long long)t->nb[d], (long long)covered);
-        covered = t->nb[d] * t->ne[d];
+        /* past 64 bits nothing further out can step beyond it: it overlaps */
+        if (!clattn__mul_ok(t->nb[d], t->ne[d], &covered)) covered = INT64_MAX;
     }
     return CLATTN_SUCCESS;
 }

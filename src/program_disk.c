@@ -2,12 +2,15 @@
  * does not recompile. Files are named by a 64-bit FNV-1a hash of everything that affects
  * the binary (sources less their comments, build options, device name, driver and
  * platform version, clattn version), carry a header with a checksum, are written to a
- * temporary name and renamed (atomic on POSIX), and are silently ignored and rebuilt when damaged.
+ * temporary name of their own and renamed (atomic on POSIX), and are silently ignored
+ * and rebuilt when damaged.
  * Folder: CLATTN_CACHE_DIR, else $XDG_CACHE_HOME/clattn, else ~/.cache/clattn;
  * CLATTN_CACHE_DIR=off disables it. */
 #include "context.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -161,6 +164,35 @@ clattn_status clattn__disk_cache_load(clattn_context *ctx, const char *file, con
     return CLATTN_SUCCESS;
 }
 
+/* Every store in the process gets a number of its own: two contexts (threads) storing the
+ * same program must not write one temporary file, or one's rename publishes a file the
+ * other is still truncating and writing. */
+static atomic_uint_fast64_t temp_counter;
+
+/* Create and open `<path>.tmp.<pid>.<n>` for writing, a name no other writer uses: the pid
+ * tells processes apart, the counter stores within one, and O_EXCL passes over a file a
+ * dead process with the same pid left. NULL when none could be created. */
+static FILE *open_temp(const char *path, char *tmp, size_t cap)
+{
+    for (int attempt = 0; attempt < 16; attempt++) {
+        const unsigned long long n = (unsigned long long)atomic_fetch_add(&temp_counter, 1);
+        int len = snprintf(tmp, cap, "%s.tmp.%ld.%llu", path, (long)getpid(), n);
+        if (len < 0 || (size_t)len >= cap) return NULL;
+        int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL, 0644);
+        if (fd < 0) {
+            if (errno == EEXIST) continue;
+            return NULL;
+        }
+        FILE *f = fdopen(fd, "wb");
+        if (!f) {
+            close(fd);
+            remove(tmp);
+        }
+        return f;
+    }
+    return NULL;
+}
+
 void clattn__disk_cache_store(clattn_context *ctx, const char *file, const char *prelude,
                               const char *body, const char *options, cl_program prog)
 {
@@ -180,14 +212,16 @@ void clattn__disk_cache_store(clattn_context *ctx, const char *file, const char 
         hdr.key = key;
         hdr.size = size;
         hdr.checksum = fnv1a(0xcbf29ce484222325ull, bin, size);
-        snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
-        FILE *f = fopen(tmp, "wb");
-        bool ok = f && fwrite(&hdr, sizeof hdr, 1, f) == 1 && fwrite(bin, 1, size, f) == size;
-        if (f && fclose(f) != 0) ok = false;
-        if (ok && rename(tmp, path) == 0)
-            clattn__log(ctx, "program cache: stored %s (%s)", path, file);
-        else
-            remove(tmp);
+        FILE *f = open_temp(path, tmp, sizeof tmp);
+        if (f) {
+            bool ok = fwrite(&hdr, sizeof hdr, 1, f) == 1 && fwrite(bin, 1, size, f) == size;
+            if (fclose(f) != 0) ok = false;
+            /* a failed write or rename leaves no temporary file behind */
+            if (ok && rename(tmp, path) == 0)
+                clattn__log(ctx, "program cache: stored %s (%s)", path, file);
+            else
+                remove(tmp);
+        }
     }
     free(bin);
 }

@@ -105,13 +105,24 @@ clattn_status clattn_reference_attention(const clattn_tensor *q, const clattn_te
     clattn_status st = clattn__problem_init(&p, q, k, v, NULL, opt, err, sizeof err);
     if (st != CLATTN_SUCCESS) return st;
     const int64_t B = p.B, Hq = p.Hq, Lq = p.Lq, Lk = p.Lk, D = p.D, Dv = p.Dv;
-    if (B * Hq * Lq == 0) return CLATTN_SUCCESS; /* nothing to write */
+    if (B == 0 || Hq == 0 || Lq == 0) return CLATTN_SUCCESS; /* nothing to write */
     if (out == NULL) return CLATTN_ERROR_INVALID_ARGUMENT;
+    /* Zero strides make views of any extent valid and tiny: the row count, out's size and
+     * the gather buffers' sizes must not wrap into small loop bounds or small buffers.
+     * +1 so that Lk == 0 never asks malloc for zero bytes. */
+    int64_t rows, out_n, kn, vn, kbytes, vbytes, sbytes;
+    if (!clattn__mul_ok(B, Hq, &rows) || !clattn__mul_ok(rows, Lq, &rows) ||
+        !clattn__mul_ok(rows, Dv, &out_n) || !clattn__mul_ok(out_n, (int64_t)sizeof *out, &out_n) ||
+        !clattn__mul_ok(Lk, D, &kn) || kn == INT64_MAX ||
+        !clattn__mul_ok(kn + 1, (int64_t)sizeof(double), &kbytes) ||
+        !clattn__mul_ok(Lk, Dv, &vn) || vn == INT64_MAX ||
+        !clattn__mul_ok(vn + 1, (int64_t)sizeof(double), &vbytes) || Lk == INT64_MAX ||
+        !clattn__mul_ok(Lk + 1, (int64_t)sizeof(double), &sbytes))
+        return CLATTN_ERROR_INVALID_SHAPE;
 
-    /* +1 so that Lk == 0 never asks malloc for zero bytes. */
-    double *kbuf = malloc((size_t)(Lk * D + 1) * sizeof *kbuf);
-    double *vbuf = malloc((size_t)(Lk * Dv + 1) * sizeof *vbuf);
-    double *s = malloc((size_t)(Lk + 1) * sizeof *s);
+    double *kbuf = malloc((size_t)kbytes);
+    double *vbuf = malloc((size_t)vbytes);
+    double *s = malloc((size_t)sbytes);
     double *qrow = malloc((size_t)D * sizeof *qrow);
     if (!kbuf || !vbuf || !s || !qrow) {
         free(kbuf);

@@ -37,6 +37,17 @@ void clattn__buffer_release(clattn_context *ctx, cl_mem mem)
     clReleaseMemObject(mem);
 }
 
+uint64_t clattn__alloc_cap(const clattn_context *ctx)
+{
+    return ctx->props.max_alloc_bytes ? ctx->props.max_alloc_bytes : UINT64_MAX;
+}
+
+uint64_t clattn__scratch_cap(const clattn_context *ctx)
+{
+    const uint64_t ws = (uint64_t)ctx->workspace_bytes, cap = clattn__alloc_cap(ctx);
+    return ws < cap ? ws : cap;
+}
+
 uint64_t clattn_context_peak_device_bytes(const clattn_context *ctx)
 {
     return ctx ? ctx->device_bytes_peak : 0;

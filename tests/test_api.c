@@ -2,6 +2,7 @@
  * message naming it, and leaves the output untouched; contexts on clattn's own device or
  * on the caller's cl_context and queue; cl_mem tensors with an event and no host copies;
  * parameters with bounds; status names; devices; version; descriptor helpers. */
+#include "context.h" /* props, to force max_alloc_bytes */
 #include "test_util.h"
 
 #include <math.h>
@@ -143,6 +144,22 @@ static void test_bad_strides_offsets_and_dtypes_are_refused(void **state)
     problem_init(p);
     p->to.dtype = (clattn_dtype)99;
     expect_refused(p, CLATTN_ERROR_UNSUPPORTED_DTYPE, "unknown dtype");
+    free(p);
+}
+
+/* An output whose strides step so far that their products overflow 64 bits: two of its
+ * elements share an address, and it is refused as overlapping, not accepted after a
+ * wrapped size. The host pointer is never read: validation refuses it first. */
+static void test_output_strides_whose_products_overflow_are_refused(void **state)
+{
+    (void)state;
+    problem *p = malloc(sizeof *p);
+    problem_init(p);
+    p->tq = clattn_tensor_host(p->q, CLATTN_F32, B, HKV, 1, D);
+    p->to = clattn_tensor_host(p->o, CLATTN_F32, B, HKV, 1, DV);
+    /* o[0][1] and o[1][0] both sit at byte 2^62 */
+    p->to.nb[0] = p->to.nb[1] = (int64_t)1 << 62;
+    expect_refused(p, CLATTN_ERROR_INVALID_STRIDE, "overlap");
     free(p);
 }
 
@@ -314,6 +331,35 @@ static void test_parameters_have_bounds(void **state)
                      CLATTN_SUCCESS);
 }
 
+/* A device that reports no largest allocation (max_alloc_bytes 0) means "unknown", not
+ * "nothing fits": every path, forced, still matches the reference within the workspace
+ * bound, and a KV cache can still be created and read. */
+static void test_unknown_max_alloc_limits_nothing_but_the_workspace(void **state)
+{
+    (void)state;
+    clattn_context *cx = test_context();
+    cx->props.max_alloc_bytes = 0;
+    const attn_case c = {.name = "max_alloc_0", .B = 1, .Hq = 4, .Hkv = 2, .Lq = 3, .Lk = 70, .D = 32,
+                         .Dv = 32, .lse = 1, .seed = 61};
+    for (int path = CLATTN_PATH_FUSED; path < CLATTN_PATH_COUNT_; path++)
+        if (clattn_path_available((clattn_path)path))
+            assert_int_equal(test_run_cases(cx, &c, 1, (clattn_path)path, 0), 1);
+
+    clattn_kv_cache *kv = NULL;
+    clattn_status st = clattn_kv_cache_create(cx, 1, 2, 64, 32, 32, CLATTN_KV_INT8, CLATTN_KV_INT8, &kv);
+    if (st != CLATTN_SUCCESS) fail_msg("kv cache: %s: %s", clattn_status_string(st), clattn_context_last_error(cx));
+    float x[2 * 5 * 32], q[4 * 32], o[4 * 32];
+    for (size_t i = 0; i < sizeof x / sizeof x[0]; i++) x[i] = (float)(i % 7) / 7.0f;
+    for (size_t i = 0; i < sizeof q / sizeof q[0]; i++) q[i] = (float)(i % 5) / 5.0f;
+    clattn_tensor tk = clattn_tensor_host(x, CLATTN_F32, 1, 2, 5, 32);
+    clattn_tensor tq = clattn_tensor_host(q, CLATTN_F32, 1, 4, 1, 32), to = clattn_tensor_host(o, CLATTN_F32, 1, 4, 1, 32);
+    assert_int_equal(clattn_kv_cache_append(kv, &tk, &tk, NULL), CLATTN_SUCCESS);
+    st = clattn_kv_cache_attention(cx, kv, &tq, &to, NULL, NULL);
+    if (st != CLATTN_SUCCESS) fail_msg("kv attention: %s: %s", clattn_status_string(st), clattn_context_last_error(cx));
+    clattn_kv_cache_free(kv);
+    clattn_context_free(cx);
+}
+
 static void test_status_codes_have_names(void **state)
 {
     (void)state;
@@ -388,10 +434,12 @@ int main(void)
         cmocka_unit_test(test_bad_extents_and_shapes_are_refused),
         cmocka_unit_test(test_bad_strides_offsets_and_dtypes_are_refused),
         cmocka_unit_test(test_bad_options_are_refused),
+        cmocka_unit_test(test_output_strides_whose_products_overflow_are_refused),
         cmocka_unit_test(test_invalid_clattn_path_environment_is_reported),
         cmocka_unit_test(test_caller_owned_opencl_objects_and_buffers_work_with_an_event),
         cmocka_unit_test(test_foreign_queue_is_refused),
         cmocka_unit_test(test_parameters_have_bounds),
+        cmocka_unit_test(test_unknown_max_alloc_limits_nothing_but_the_workspace),
         cmocka_unit_test(test_status_codes_have_names),
         cmocka_unit_test(test_devices_are_listed_and_found_by_spec),
         cmocka_unit_test(test_version_options_and_descriptor_helpers),

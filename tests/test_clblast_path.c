@@ -17,10 +17,11 @@
 #include "context.h"
 #include "test_util.h"
 
-/* This build has the path, or the test checks that asking for it says so and stops. */
-static bool have_clblast(void)
+/* This build has the path; or the test checks that asking for it says so, prints why and
+ * is skipped, so a build without CLBlast reports skips, not passes. */
+static void require_clblast(void)
 {
-    if (clattn_path_available(CLATTN_PATH_CLBLAST)) return true;
+    if (clattn_path_available(CLATTN_PATH_CLBLAST)) return;
     float x[4] = {1, 2, 3, 4}, o[4];
     clattn_tensor q = clattn_tensor_host(x, CLATTN_F32, 1, 1, 1, 4);
     clattn_tensor out = clattn_tensor_host(o, CLATTN_F32, 1, 1, 1, 4);
@@ -29,9 +30,9 @@ static bool have_clblast(void)
     opt.path = CLATTN_PATH_CLBLAST;
     assert_int_equal(clattn_attention(test_shared_context(), &q, &q, &q, &out, &opt, NULL),
                      CLATTN_ERROR_PATH_UNAVAILABLE);
-    print_message("this build has no CLBlast path (CLATTN_WITH_CLBLAST=OFF): checked that "
-                  "forcing it answers PATH_UNAVAILABLE\n");
-    return false;
+    print_message("skipped: built without CLBlast (CLATTN_WITH_CLBLAST=OFF); forcing the path "
+                  "answers PATH_UNAVAILABLE\n");
+    skip();
 }
 
 #define SHAPE(b, hq, hkv, lq, lk, d, dv) .B = b, .Hq = hq, .Hkv = hkv, .Lq = lq, .Lk = lk, .D = d, .Dv = dv
@@ -49,7 +50,7 @@ static void set_workspace(int64_t bytes)
 static void test_clblast_matches_reference_on_every_spec_option(void **state)
 {
     (void)state;
-    if (!have_clblast()) return;
+    require_clblast();
     size_t n;
     const attn_case *suite = attn_case_suite(&n);
     assert_int_equal(test_run_cases(test_shared_context(), suite, n, CLATTN_PATH_CLBLAST, 0), n);
@@ -58,7 +59,7 @@ static void test_clblast_matches_reference_on_every_spec_option(void **state)
 static void test_clblast_matches_reference_on_random_cases(void **state)
 {
     (void)state;
-    if (!have_clblast()) return;
+    require_clblast();
     const size_t count = test_case_count(24);
     assert_int_equal(test_run_random_cases(test_shared_context(), 0xc1b1a57ull, count, CLATTN_PATH_CLBLAST, 0),
                      count);
@@ -68,7 +69,7 @@ static void test_clblast_matches_reference_on_random_cases(void **state)
 static void test_clblast_reads_and_writes_device_tensors_in_place(void **state)
 {
     (void)state;
-    if (!have_clblast()) return;
+    require_clblast();
     const attn_case cases[] = {
         {.name = "dense", SHAPE(2, 4, 4, 33, 65, 64, 64), .lse = 1, .seed = 401},
         {.name = "padded_gqa", SHAPE(2, 8, 2, 19, 33, 64, 48), .padded = 1, .lse = 1, .seed = 402},
@@ -87,7 +88,7 @@ static void test_clblast_reads_and_writes_device_tensors_in_place(void **state)
 static void test_clblast_event_completes_when_output_is_written(void **state)
 {
     (void)state;
-    if (!have_clblast()) return;
+    require_clblast();
     attn_case c = {SHAPE(1, 2, 2, 40, 50, 64, 64), .lse = 1, .seed = 411,
                    .path = CLATTN_PATH_CLBLAST};
     attn_case_data *d = NULL;
@@ -111,7 +112,7 @@ static void test_clblast_event_completes_when_output_is_written(void **state)
 static void test_clblast_small_workspace_splits_work_into_many_chunks(void **state)
 {
     (void)state;
-    if (!have_clblast()) return;
+    require_clblast();
     const attn_case cases[] = {
         {.name = "pairs_per_chunk", SHAPE(3, 4, 2, 7, 33, 64, 64), .kv_lens = 1, .lse = 1,
          .seed = 421},
@@ -134,7 +135,7 @@ static void test_clblast_small_workspace_splits_work_into_many_chunks(void **sta
 static void test_clblast_declines_rows_larger_than_the_workspace(void **state)
 {
     (void)state;
-    if (!have_clblast()) return;
+    require_clblast();
     attn_case c = {SHAPE(1, 1, 1, 2, 2000, 8, 8), .seed = 431, .path = CLATTN_PATH_CLBLAST};
     attn_case_data *d = NULL;
     assert_int_equal(attn_case_data_create(&c, &d), CLATTN_SUCCESS);
@@ -150,7 +151,7 @@ static void test_clblast_declines_rows_larger_than_the_workspace(void **state)
 static void test_clblast_with_no_keys_gives_zeros_and_minus_infinity(void **state)
 {
     (void)state;
-    if (!have_clblast()) return;
+    require_clblast();
     enum { B = 2, H = 3, LQ = 5, D = 8 };
     float q[B * H * LQ * D], kv[1], o[B * H * LQ * D], lse[B * H * LQ];
     for (size_t i = 0; i < sizeof q / sizeof q[0]; i++) q[i] = (float)i * 0.01f;
@@ -176,7 +177,7 @@ static void test_clblast_with_no_keys_gives_zeros_and_minus_infinity(void **stat
 static void test_clblast_uses_strided_batches_for_mha_and_offset_batches_for_gqa(void **state)
 {
     (void)state;
-    if (!have_clblast()) return;
+    require_clblast();
     clattn_context *fresh = test_context();
     attn_case mha = {SHAPE(2, 4, 4, 17, 33, 32, 32), .seed = 441, .path = CLATTN_PATH_CLBLAST};
     attn_case gqa = {SHAPE(1, 4, 2, 17, 33, 32, 32), .seed = 442, .path = CLATTN_PATH_CLBLAST};
@@ -195,6 +196,44 @@ static void test_clblast_uses_strided_batches_for_mha_and_offset_batches_for_gqa
     clattn_context_free(fresh);
 }
 
+/* K as a broadcast view (stride 0 along the keys, one key row for all of them) is copied
+ * to dense float32 and matches the reference. With so many keys that the path's sizes
+ * overflow 64 bits, the path declines with a reason instead of wrapping them. */
+static void test_clblast_broadcast_k_with_stride_0(void **state)
+{
+    (void)state;
+    require_clblast();
+    enum { LQ = 3, LK = 40, D = 8, DV = 8 };
+    float q[LQ * D], k[D], v[LK * DV], o[LQ * DV];
+    for (int i = 0; i < LQ * D; i++) q[i] = (float)((i * 7) % 11) / 11.0f - 0.5f;
+    for (int i = 0; i < D; i++) k[i] = (float)((i * 5) % 13) / 13.0f;
+    for (int i = 0; i < LK * DV; i++) v[i] = (float)((i * 3) % 17) / 17.0f;
+    clattn_tensor tq = clattn_tensor_host(q, CLATTN_F32, 1, 1, LQ, D);
+    clattn_tensor tk = clattn_tensor_host(k, CLATTN_F32, 1, 1, LK, D);
+    clattn_tensor tv = clattn_tensor_host(v, CLATTN_F32, 1, 1, LK, DV);
+    clattn_tensor to = clattn_tensor_host(o, CLATTN_F32, 1, 1, LQ, DV);
+    tk.nb[2] = 0;
+    clattn_options opt;
+    clattn_options_init(&opt);
+    opt.path = CLATTN_PATH_CLBLAST;
+    clattn_context *cx = test_shared_context();
+    clattn_status st = clattn_attention(cx, &tq, &tk, &tv, &to, &opt, NULL);
+    if (st != CLATTN_SUCCESS) fail_msg("%s: %s", clattn_status_string(st), clattn_context_last_error(cx));
+    double ref[LQ * DV];
+    assert_int_equal(clattn_reference_attention(&tq, &tk, &tv, &opt, ref, NULL), CLATTN_SUCCESS);
+    for (int i = 0; i < LQ * DV; i++)
+        if (fabs((double)o[i] - ref[i]) > 1e-5 * (1.0 + fabs(ref[i])))
+            fail_msg("o[%d] = %.9g, reference %.9g", i, (double)o[i], ref[i]);
+
+    /* 2^62 keys: 4 bytes of scores per key, a float32 copy of K, a 32-bit index limit */
+    clattn_tensor hk = clattn_tensor_host(k, CLATTN_F32, 1, 1, (int64_t)1 << 62, D);
+    clattn_tensor hv = clattn_tensor_host(v, CLATTN_F32, 1, 1, (int64_t)1 << 62, DV);
+    hk.nb[2] = hv.nb[2] = 0;
+    st = clattn_attention(cx, &tq, &hk, &hv, &to, &opt, NULL);
+    if (st != CLATTN_ERROR_PATH_UNSUPPORTED || !strstr(clattn_context_last_error(cx), "overflow"))
+        fail_msg("2^62 broadcast keys: got %s: '%s'", clattn_status_string(st), clattn_context_last_error(cx));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -206,6 +245,7 @@ int main(void)
         cmocka_unit_test(test_clblast_declines_rows_larger_than_the_workspace),
         cmocka_unit_test(test_clblast_with_no_keys_gives_zeros_and_minus_infinity),
         cmocka_unit_test(test_clblast_uses_strided_batches_for_mha_and_offset_batches_for_gqa),
+        cmocka_unit_test(test_clblast_broadcast_k_with_stride_0),
     };
     return cmocka_run_group_tests(tests, NULL, test_shared_context_teardown);
 }

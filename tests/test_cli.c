@@ -258,6 +258,27 @@ static void test_missing_and_unreadable_inputs_fail_cleanly(void **state)
     EXPECT_FAILURE("is a directory", o, NULL, "run", "--q", dir, "--k", k, "--v", v, "--out", o);
 }
 
+/* A damaged header's bytes reach the terminal only as \xNN: stderr is printable ASCII,
+ * with no escape sequence (here: clear the screen, set the window title) left to run. */
+static void test_damaged_header_bytes_reach_stderr_as_printable_ascii(void **state)
+{
+    (void)state;
+    static const char header[] = "{'descr': '\x1b[2J\x1b]0;x\x07\xff<f4', 'fortran_order': False, 'shape': (3,)}";
+    unsigned char img[160] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0, (unsigned char)(sizeof header - 1), 0};
+    memcpy(img + 10, header, sizeof header - 1);
+    save_bytes("q_escape.npy", img, 10 + (sizeof header - 1) + 12);
+    const char *o = in_dir("o.npy");
+    EXPECT_FAILURE("unsupported dtype '\\x1b[2J\\x1b]0;x\\x07\\xff<f4'", o, NULL, "run", "--q",
+                   in_dir("q_escape.npy"), "--k", in_dir("k.npy"), "--v", in_dir("v.npy"), "--out", o);
+    test_exe_result r;
+    test_run_clattn(dir, &r, ARGS("run", "--q", in_dir("q_escape.npy"), "--k", in_dir("k.npy"), "--v",
+                                  in_dir("v.npy"), "--out", o));
+    const size_t len = strlen(r.err);
+    for (size_t i = 0; i + 1 < len; i++)
+        if ((unsigned char)r.err[i] < 0x20 || (unsigned char)r.err[i] > 0x7e)
+            fail_msg("stderr byte %zu is 0x%02x: \"%s\"", i, (unsigned char)r.err[i], r.err);
+}
+
 static void test_wrong_shapes_and_dtypes_fail_cleanly(void **state)
 {
     (void)state;
@@ -652,6 +673,7 @@ int main(void)
 {
     struct CMUnitTest tests[64] = {
         cmocka_unit_test(test_missing_and_unreadable_inputs_fail_cleanly),
+        cmocka_unit_test(test_damaged_header_bytes_reach_stderr_as_printable_ascii),
         cmocka_unit_test(test_wrong_shapes_and_dtypes_fail_cleanly),
         cmocka_unit_test(test_bad_option_values_fail_cleanly),
         cmocka_unit_test(test_unwritable_outputs_leave_nothing_behind),

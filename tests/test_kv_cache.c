@@ -639,6 +639,23 @@ static void test_bad_arguments_are_refused_with_a_message(void **state)
     clattn_kv_cache_free(c);
 }
 
+/* Sizes are products of B, Hkv and the row bytes: extents whose product overflows 64 bits
+ * are refused with a message, never wrapped into a small allocation. */
+static void test_sizes_that_overflow_are_refused_not_wrapped(void **state)
+{
+    (void)state;
+    clattn_context *cx = get_ctx();
+    const clattn_kv_format formats[] = {CLATTN_KV_F16, CLATTN_KV_INT4, CLATTN_KV_TQ4};
+    for (size_t i = 0; i < sizeof formats / sizeof formats[0]; i++) {
+        clattn_kv_cache *c = NULL;
+        /* B * Hkv = 4 * 2^62 = 2^64, which wraps to 0 bytes */
+        clattn_status st = clattn_kv_cache_create(cx, 4, (int64_t)1 << 62, 8, 64, 64, formats[i], formats[i], &c);
+        if (st != CLATTN_ERROR_INVALID_SHAPE || c || !strstr(clattn_context_last_error(cx), "overflow"))
+            fail_msg("%s: got %s, cache %p: '%s'", clattn_kv_format_name(formats[i]), clattn_status_string(st),
+                     (void *)c, clattn_context_last_error(cx));
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -650,6 +667,7 @@ int main(void)
         cmocka_unit_test(test_bits_per_element_are_within_a_quarter_of_nominal),
         cmocka_unit_test(test_f16_cache_from_device_buffers_stores_the_rounded_values),
         cmocka_unit_test(test_bad_arguments_are_refused_with_a_message),
+        cmocka_unit_test(test_sizes_that_overflow_are_refused_not_wrapped),
     };
     return cmocka_run_group_tests(tests, NULL, teardown);
 }

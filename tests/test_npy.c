@@ -377,6 +377,57 @@ static void test_malformed_headers_are_refused_with_the_reason(void **state)
                            "escape sequence");
 }
 
+/* Is every byte of s printable ASCII (no control bytes, nothing above 0x7e)? */
+static bool printable_ascii(const char *s)
+{
+    for (; *s; s++)
+        if ((unsigned char)*s < 0x20 || (unsigned char)*s > 0x7e) return false;
+    return true;
+}
+
+/* Bytes of a damaged header reach messages only as \xNN: no escape sequence reaches the
+ * terminal, no message is invalid UTF-8, and the message still names the problem. */
+static void test_header_bytes_in_messages_are_quoted_as_printable_ascii(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *header;
+        size_t len; /* the header's bytes (it may hold 0x00) */
+        const char *needle;
+    } cases[] = {
+#define HDR(s) s, sizeof s - 1
+        {HDR("{'descr': '\x1b[2J<f4', 'fortran_order': False, 'shape': (3,)}"),
+         "unsupported dtype '\\x1b[2J<f4'"},
+        {HDR("{'descr': '>\xff\xfe', 'fortran_order': False, 'shape': (3,)}"),
+         "big-endian dtype '>\\xff\\xfe' is not supported (convert with arr.astype('<\\xff\\xfe'))"},
+        {HDR("{'de\x00scr': '<f4', 'fortran_order': False, 'shape': (3,)}"),
+         "unexpected key 'de\\x00scr'"},
+        {HDR("{'x\x1b]0;title\x07\x7f\x80': 1}"), "unexpected key 'x\\x1b]0;title\\x07\\x7f\\x80'"},
+        {HDR("{'descr': '<f4\n', 'fortran_order': False, 'shape': (3,)}"), "line break inside a string"},
+        {HDR("{'descr': '<f4',\n\x1b 'fortran_order': False, 'shape': (3,)}"), "byte 0x1b"},
+#undef HDR
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        const size_t hlen = cases[c].len;
+        unsigned char img[256] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0, (unsigned char)hlen, 0};
+        assert_true(10 + hlen + 12 <= sizeof img);
+        memcpy(img + 10, cases[c].header, hlen);
+        npy_array a;
+        char err[512] = "";
+        int rc = npy_parse(img, 10 + hlen + 12, &a, err, sizeof err);
+        if (rc == 0 || !printable_ascii(err) || !strstr(err, cases[c].needle)) {
+            char shown[2048] = "";
+            for (const char *e = err; *e && strlen(shown) + 5 < sizeof shown; e++)
+                snprintf(shown + strlen(shown), sizeof shown - strlen(shown),
+                         (unsigned char)*e < 0x20 || (unsigned char)*e > 0x7e ? "<%02x>" : "%c",
+                         (unsigned char)*e);
+            fail_msg("case %zu: rc %d, want a printable message containing \"%s\", got \"%s\"", c,
+                     rc, cases[c].needle, shown);
+        }
+        assert_null(a.data);
+    }
+}
+
 static void test_bad_preamble_and_lengths_are_refused(void **state)
 {
     (void)state;
@@ -687,6 +738,7 @@ int main(void)
         cmocka_unit_test(test_writer_output_is_byte_identical_to_numpy),
         cmocka_unit_test(test_header_variants_numpy_could_write_are_accepted),
         cmocka_unit_test(test_malformed_headers_are_refused_with_the_reason),
+        cmocka_unit_test(test_header_bytes_in_messages_are_quoted_as_printable_ascii),
         cmocka_unit_test(test_bad_preamble_and_lengths_are_refused),
         cmocka_unit_test(test_every_truncation_is_refused_without_crashing),
         cmocka_unit_test(test_flipped_header_bytes_never_crash),

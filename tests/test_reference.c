@@ -685,6 +685,26 @@ static void test_reference_rejects_bad_dtypes(void **state)
     assert_int_equal(small_run(&s), CLATTN_ERROR_UNSUPPORTED_DTYPE);
 }
 
+/* Zero strides make views of any extent valid and tiny; extents whose products overflow
+ * 64 bits are refused, never wrapped into a small row count or a small scratch buffer. */
+static void test_reference_refuses_extents_whose_products_overflow(void **state)
+{
+    (void)state;
+    float x[4] = {1, 2, 3, 4};
+    double out[4] = {0}, lse[1] = {0};
+    const int64_t big = (int64_t)1 << 21;
+    /* B * Hq * Lq = 2^64 rows, which wraps to 0: "nothing to write" */
+    clattn_tensor q = f32(x, 2 * big, big, big, 4), k = f32(x, 2 * big, 1, 1, 4), v = f32(x, 2 * big, 1, 1, 4);
+    for (int i = 0; i < 4; i++) q.nb[i] = k.nb[i] = v.nb[i] = 0;
+    assert_int_equal(clattn_reference_attention(&q, &k, &v, NULL, out, lse), CLATTN_ERROR_INVALID_SHAPE);
+    /* Lk * D = 2^64 key elements, which wraps to a 0-element gather buffer */
+    q = f32(x, 1, 1, 1, 4);
+    k = f32(x, 1, 1, (int64_t)1 << 62, 4);
+    v = f32(x, 1, 1, (int64_t)1 << 62, 4);
+    k.nb[2] = v.nb[2] = 0;
+    assert_int_equal(clattn_reference_attention(&q, &k, &v, NULL, out, lse), CLATTN_ERROR_INVALID_SHAPE);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -721,6 +741,7 @@ int main(void)
         cmocka_unit_test(test_reference_rejects_kv_lens_outside_0_to_lk),
         cmocka_unit_test(test_reference_rejects_bad_alibi),
         cmocka_unit_test(test_reference_rejects_bad_dtypes),
+        cmocka_unit_test(test_reference_refuses_extents_whose_products_overflow),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

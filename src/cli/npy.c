@@ -118,6 +118,30 @@ static void skip_ws(hparser *p)
     while (p->pos < p->n && is_ws(p->s[p->pos])) p->pos++;
 }
 
+/* Header bytes as a message may quote them: printable ASCII as is, every other byte (ESC
+ * and other control bytes, NUL, bytes of invalid UTF-8) as \xNN, so a damaged or hostile
+ * header can neither send escape sequences to the terminal nor make a message invalid
+ * text. Truncated to fit buf. Returns buf. */
+static const char *quote_bytes(const char *s, size_t n, char *buf, size_t len)
+{
+    size_t used = 0;
+    if (!buf || len == 0) return buf;
+    for (size_t i = 0; i < n; i++) {
+        const unsigned char c = (unsigned char)s[i];
+        char piece[8];
+        if (c >= 0x20 && c < 0x7f)
+            snprintf(piece, sizeof piece, "%c", (char)c);
+        else
+            snprintf(piece, sizeof piece, "\\x%02x", c);
+        const size_t plen = strlen(piece);
+        if (used + plen >= len) break;
+        memcpy(buf + used, piece, plen);
+        used += plen;
+    }
+    buf[used] = '\0';
+    return buf;
+}
+
 /* Name what sits at the cursor, for "unexpected X" messages; bytes that are not
  * printable ASCII are shown in hex so the message stays one readable line. */
 static const char *describe_here(const hparser *p, char *buf, size_t len)
@@ -150,8 +174,9 @@ static int expect_char(hparser *p, char c, const char *wanted)
     return 0;
 }
 
-/* A quoted string without escapes (numpy never writes any into these keys/values). */
-static int parse_string(hparser *p, char *out, size_t outlen)
+/* A quoted string without escapes (numpy never writes any into these keys/values). It may
+ * hold any other byte, NUL included: *outn receives its length. */
+static int parse_string(hparser *p, char *out, size_t outlen, size_t *outn)
 {
     skip_ws(p);
     if (p->pos >= p->n || (p->s[p->pos] != '\'' && p->s[p->pos] != '"'))
@@ -183,6 +208,7 @@ static int parse_string(hparser *p, char *out, size_t outlen)
     }
     p->pos++; /* closing quote */
     out[len] = '\0';
+    *outn = len;
     return 0;
 }
 
@@ -210,29 +236,31 @@ static int parse_descr(hparser *p, clattn_dtype *dtype)
     }
     if (p->pos >= p->n || (p->s[p->pos] != '\'' && p->s[p->pos] != '"'))
         return unexpected(p, "a string for 'descr'");
-    char d[64];
-    if (parse_string(p, d, sizeof d)) return -1;
+    char d[64], shown[4 * sizeof d];
+    size_t dn;
+    if (parse_string(p, d, sizeof d, &dn)) return -1;
     static const struct {
         const char *descr;
         clattn_dtype dtype;
     } known[] = {{"<f4", CLATTN_F32}, {"<f2", CLATTN_F16}, {"|b1", CLATTN_BOOL},
                  {"<i4", CLATTN_I32}};
     for (size_t i = 0; i < sizeof known / sizeof known[0]; i++)
-        if (strcmp(d, known[i].descr) == 0) {
+        if (dn == strlen(known[i].descr) && strcmp(d, known[i].descr) == 0) {
             *dtype = known[i].dtype;
             return 0;
         }
-    if (d[0] == '>' && d[1] != '\0')
+    quote_bytes(d, dn, shown, sizeof shown);
+    if (d[0] == '>' && dn > 1)
         set_err(p->err, p->errlen,
-                "big-endian dtype '%s' is not supported (convert with arr.astype('<%s'))", d,
-                d + 1);
-    else if (strcmp(d, "<f8") == 0)
+                "big-endian dtype '%s' is not supported (convert with arr.astype('<%s'))", shown,
+                shown + 1);
+    else if (dn == 3 && strcmp(d, "<f8") == 0)
         set_err(p->err, p->errlen,
                 "dtype '<f8' (float64) is not supported (convert with "
                 "arr.astype(np.float32))");
     else
         set_err(p->err, p->errlen,
-                "unsupported dtype '%s' (clattn reads <f4, <f2, |b1 and <i4)", d);
+                "unsupported dtype '%s' (clattn reads <f4, <f2, |b1 and <i4)", shown);
     return -1;
 }
 
@@ -357,16 +385,20 @@ static int parse_header(const char *s, size_t n, npy_array *out, char *err, size
             break;
         }
         char key[64];
-        if (parse_string(&p, key, sizeof key)) return -1;
-        unsigned bit = strcmp(key, "descr") == 0           ? KEY_DESCR
+        size_t keylen;
+        if (parse_string(&p, key, sizeof key, &keylen)) return -1;
+        /* a NUL inside the key must not make it look like a known one */
+        unsigned bit = keylen != strlen(key)               ? 0
+                       : strcmp(key, "descr") == 0         ? KEY_DESCR
                        : strcmp(key, "fortran_order") == 0 ? KEY_FORTRAN
                        : strcmp(key, "shape") == 0         ? KEY_SHAPE
                                                            : 0;
         if (bit == 0) {
+            char shown[4 * sizeof key];
             set_err(err, errlen,
                     "unexpected key '%s' in header (a .npy header has exactly 'descr', "
                     "'fortran_order' and 'shape')",
-                    key);
+                    quote_bytes(key, keylen, shown, sizeof shown));
             return -1;
         }
         if (seen & bit) {
