@@ -81,12 +81,14 @@ clattn_status clattn_context_failure_get(const clattn_context *ctx, size_t i, cl
     return CLATTN_SUCCESS;
 }
 
-/* CLATTN_FAIL_PATH="fused:build,unfused:launch": does the test switch ask `path` to fail
- * at `stage`? Read on every check so tests can change it between calls. */
-bool clattn__fail_injected(clattn_path path, const char *stage)
+/* CLATTN_FAIL_PATH="fused:build,unfused:launch": does the test switch ask the running
+ * path to fail at `stage`? The value is the context's, read when it was created (tests
+ * change it on a context with clattn__fail_path_set). */
+bool clattn__fail_injected(const clattn_context *ctx, const char *stage)
 {
-    const char *env = getenv("CLATTN_FAIL_PATH");
-    if (!env || !*env || path == CLATTN_PATH_AUTO) return false;
+    const char *env = ctx->env.fail_path;
+    const clattn_path path = ctx->running_path;
+    if (!*env || path == CLATTN_PATH_AUTO) return false;
     const char *name = clattn_path_name(path);
     size_t nl = strlen(name), sl = strlen(stage);
     for (const char *s = env; *s;) {
@@ -153,13 +155,13 @@ static clattn_status run_path(clattn_context *ctx, const clattn__path_impl *impl
     return st;
 }
 
-/* The requested path: options first, then CLATTN_PATH. */
+/* The requested path: options first, then CLATTN_PATH as read at context creation. */
 static clattn_status requested_path(clattn_context *ctx, const clattn__problem *p, clattn_path *out)
 {
     *out = p->path;
     if (*out != CLATTN_PATH_AUTO) return CLATTN_SUCCESS;
-    const char *env = getenv("CLATTN_PATH");
-    if (env && *env && clattn_path_from_name(env, out) != CLATTN_SUCCESS)
+    const char *env = ctx->env.path;
+    if (*env && clattn_path_from_name(env, out) != CLATTN_SUCCESS)
         return clattn__fail(ctx, CLATTN_ERROR_INVALID_ARGUMENT,
                             "CLATTN_PATH=%s is not one of auto, fused, decode, clblast, unfused", env);
     return CLATTN_SUCCESS;
