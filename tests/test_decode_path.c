@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "context.h" /* device_bytes */
 #include "test_util.h"
 #include "tuning.h" /* clattn__decode_force_form */
 
@@ -240,6 +241,35 @@ static void test_auto_mode_picks_decode_for_short_queries(void **state)
     attn_case_data_free(d);
 }
 
+/* The decode path's scratch goes back through the counting allocator: after each call
+ * the context holds no device memory, and a call's peak does not grow with the calls
+ * before it (`clattn bench` reports it as the path's device memory). */
+static void test_decode_releases_its_scratch_to_the_device_byte_count(void **state)
+{
+    (void)state;
+    attn_case c = {.name = "scratch", SHAPE(1, 4, 2, 2, 300, 64, 64), .lse = 1, .seed = 341,
+                   .path = CLATTN_PATH_DECODE};
+    clattn_context *ctx = test_context();
+    attn_case_data *d = NULL;
+    assert_int_equal(attn_case_data_create(&c, &d), CLATTN_SUCCESS);
+    assert_int_equal(ctx->device_bytes, 0);
+    uint64_t first_peak = 0;
+    for (int call = 0; call < 4; call++) {
+        clattn_context_reset_peak_device_bytes(ctx);
+        assert_int_equal(attn_case_run(ctx, &c, d, NULL), CLATTN_SUCCESS);
+        assert_int_equal(clattn_context_last_path(ctx), CLATTN_PATH_DECODE);
+        const uint64_t peak = clattn_context_peak_device_bytes(ctx);
+        if (ctx->device_bytes != 0 || (call > 0 && peak != first_peak))
+            fail_msg("call %d: %llu device bytes held after the call, peak %llu (first call's %llu)",
+                     call, (unsigned long long)ctx->device_bytes, (unsigned long long)peak,
+                     (unsigned long long)first_peak);
+        if (call == 0) first_peak = peak;
+    }
+    assert_true(first_peak > 0);
+    attn_case_data_free(d);
+    clattn_context_free(ctx);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -255,6 +285,7 @@ int main(void)
         cmocka_unit_test(test_decode_matches_reference_on_random_cases),
         cmocka_unit_test(test_decode_refuses_more_query_rows_than_its_bound),
         cmocka_unit_test(test_auto_mode_picks_decode_for_short_queries),
+        cmocka_unit_test(test_decode_releases_its_scratch_to_the_device_byte_count),
     };
     return cmocka_run_group_tests(tests, NULL, test_shared_context_teardown);
 }
