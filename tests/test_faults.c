@@ -15,9 +15,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "context.h"
 #include "kv_cache.h"
+#include "test_exe.h"
 #include "test_util.h"
 
 extern int clattn__fused_force_form;
@@ -584,6 +586,24 @@ static void test_clattn_fault_environment_arms_new_contexts(void **state)
     clattn_context_free(ctx);
 }
 
+/* The CLI's way in: CLATTN_FAULT in the environment of `clattn check` fails exactly one
+ * call (the third allocation: the staging of O in the first case), with the driver's
+ * error in the report, and every other case passes. */
+static void test_cli_reports_a_fault_from_clattn_fault(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/clattn-faults-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    setenv("CLATTN_FAULT", "alloc:3", 1);
+    test_exe_result r;
+    const char *const args[] = {"check", "--path", "unfused", "--random", "0", "--quiet", NULL};
+    test_run_clattn(dir, &r, args);
+    unsetenv("CLATTN_FAULT");
+    rmdir(dir);
+    if (r.status != 1 || !strstr(r.out, "CL_MEM_OBJECT_ALLOCATION_FAILURE") || !strstr(r.out, " 1 outside"))
+        fail_msg("clattn check with CLATTN_FAULT=alloc:3 exited %d:\n%s\n%s", r.status, r.out, r.err);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -597,6 +617,7 @@ int main(void)
         cmocka_unit_test(test_kv_cache_attention_survives_every_fault),
         cmocka_unit_test(test_kv_append_whose_value_kernel_fails_to_build_leaves_the_cache_as_it_was),
         cmocka_unit_test(test_clattn_fault_environment_arms_new_contexts),
+        cmocka_unit_test(test_cli_reports_a_fault_from_clattn_fault),
     };
     return cmocka_run_group_tests(tests, NULL, test_shared_context_teardown);
 }
