@@ -2,7 +2,8 @@
  * Each path has a supports() check. A forced path (options.path or CLATTN_PATH) runs
  * alone and its failure is the call's. In auto mode the supported paths are tried in
  * order of preference; one that fails to build or launch is recorded for this device
- * and problem class (so it is not retried on every call) and the next one answers. */
+ * and problem class (so it is not retried on every call) and the next one answers; one
+ * that runs out of device memory is passed over for this call only. */
 #include "context.h"
 
 #include <stdlib.h>
@@ -221,7 +222,11 @@ clattn_status clattn__dispatch(clattn_context *ctx, const clattn__dev_problem *d
             return CLATTN_SUCCESS;
         }
         clattn__log(ctx, "path %s failed (%s), falling back", name, clattn_status_string(st));
-        record_failure(ctx, impl->id, config, st);
+        /* A device out of memory now may not be next call (other buffers freed): only
+         * failures of the path itself (builds, launches) are remembered. */
+        if (st != (clattn_status)CL_MEM_OBJECT_ALLOCATION_FAILURE && st != (clattn_status)CL_OUT_OF_HOST_MEMORY &&
+            st != CLATTN_ERROR_OUT_OF_MEMORY)
+            record_failure(ctx, impl->id, config, st);
         clattn__opts_add(skipped, sizeof skipped, "%s%s: %s", *skipped ? "; " : "", name,
                          clattn_status_string(st));
         last_st = st;
