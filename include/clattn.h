@@ -26,7 +26,11 @@
  * Threads. A context may be used by one thread at a time; different contexts may be used
  * concurrently. The device list and the on-disk program cache are shared and guarded.
  *
- * Environment variables read by the library:
+ * Environment variables read by the library. Each context reads them once, when it is
+ * created (clattn_context_create, clattn_context_create_from_cl), and keeps the values:
+ * changing a variable later affects only contexts created after the change, and a call
+ * never reads the environment (so setenv in another thread cannot race with it).
+ * clattn_device_find reads CLATTN_DEVICE when it is called.
  *   CLATTN_DEVICE       default device for clattn_context_create(NULL, ...): an index, a
  *                       case-insensitive substring of the platform or device name, or
  *                       "cpu" / "gpu".
@@ -42,6 +46,16 @@
  *   CLATTN_FAIL_PATH    testing only: "NAME:build" or "NAME:launch" (comma separated)
  *                       makes that path fail as a broken driver would, to exercise the
  *                       fallback chain.
+ *   CLATTN_FAULT        testing only: "alloc:N", "enqueue:N", "map:N" or "build:N" (comma
+ *                       separated) makes the N-th device allocation, enqueue, read-back or
+ *                       kernel build of the context fail once, as a driver would.
+ *
+ * Failures. A call that fails leaves its outputs (O, LSE; host or cl_mem) and the KV
+ * cache (contents and lengths) as they were before the call. In auto mode a path that
+ * fails is followed by the next one; a path that chunks its work (fused, unfused) first
+ * retries with smaller chunks when the device cannot allocate its scratch. A path that
+ * would write a cl_mem O or LSE in more than one launch writes scratch copies and
+ * commits them in one launch, at the cost of a copy of those outputs.
  */
 #ifndef CLATTN_H
 #define CLATTN_H

@@ -18,7 +18,7 @@ clattn_status clattn_attention(clattn_context *ctx, const clattn_tensor *q, cons
     if (st != CLATTN_SUCCESS) return clattn__fail(ctx, st, "%s", err);
 
     if (clattn__tensor_numel(o) == 0) {
-        if (event) CLATTN_CL_CHECK(ctx, clEnqueueMarkerWithWaitList(ctx->queue, 0, NULL, event));
+        if (event) CLATTN_FORWARD(clattn__enqueue_marker(ctx, event));
         return CLATTN_SUCCESS;
     }
     clattn__dev_problem dp;

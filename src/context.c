@@ -9,14 +9,17 @@
 #define DEFAULT_WORKSPACE ((int64_t)256 << 20)
 #define MIN_WORKSPACE ((int64_t)4096)
 
+/* ctx->env is read; set what derives from it. */
 static clattn_status context_init(clattn_context *ctx)
 {
     clattn__device_props_of(ctx->device, &ctx->props);
-    const char *log = getenv("CLATTN_LOG");
-    ctx->log = log && *log && strcmp(log, "0") != 0;
+    const char *log = ctx->env.log;
+    ctx->log = *log && strcmp(log, "0") != 0;
+    if (ctx->env.too_long)
+        clattn__log(ctx, "ignoring an environment variable too long for clattn's buffers");
     ctx->workspace_bytes = DEFAULT_WORKSPACE;
-    const char *ws = getenv("CLATTN_WORKSPACE_BYTES");
-    if (ws && *ws) {
+    const char *ws = ctx->env.workspace_bytes;
+    if (*ws) {
         char *end;
         long long v = strtoll(ws, &end, 10);
         if (*end == '\0' && v >= MIN_WORKSPACE) ctx->workspace_bytes = v;
@@ -26,6 +29,9 @@ static clattn_status context_init(clattn_context *ctx)
     if ((uint64_t)ctx->workspace_bytes > clattn__alloc_cap(ctx))
         ctx->workspace_bytes = (int64_t)clattn__alloc_cap(ctx);
     ctx->last_path = CLATTN_PATH_AUTO;
+    if (ctx->env.fault[0] && !clattn__fault_parse(ctx, ctx->env.fault))
+        clattn__log(ctx, "ignoring CLATTN_FAULT=%s (need alloc:N, enqueue:N, map:N or build:N, "
+                    "comma separated, N >= 1)", ctx->env.fault);
     clattn__log(ctx, "context on %s (%s, driver %s)", ctx->props.name, ctx->props.platform_name,
                 ctx->props.driver_version);
     return CLATTN_SUCCESS;
@@ -37,15 +43,18 @@ clattn_status clattn_context_create(const char *spec, clattn_context **out)
     *out = NULL;
     size_t index;
     char err[512];
-    /* Without a context there is nowhere to keep the message: callers that want it
-     * resolve the spec with clattn_device_find first (the CLI does). */
-    clattn_status st = clattn__device_find(spec, &index, err, sizeof err);
-    if (st != CLATTN_SUCCESS) return st;
-    const clattn__device_entry *e = clattn__device_entry_get(index);
-    if (!e) return CLATTN_ERROR_NO_DEVICE;
-
     clattn_context *ctx = calloc(1, sizeof *ctx);
     if (!ctx) return CLATTN_ERROR_OUT_OF_MEMORY;
+    clattn__env_read(&ctx->env); /* the only read of the environment for this context */
+    /* Without a context there is nowhere to keep the message: callers that want it
+     * resolve the spec with clattn_device_find first (the CLI does). */
+    clattn_status st = clattn__device_find(spec, ctx->env.device, &index, err, sizeof err);
+    const clattn__device_entry *e = st == CLATTN_SUCCESS ? clattn__device_entry_get(index) : NULL;
+    if (st == CLATTN_SUCCESS && !e) st = CLATTN_ERROR_NO_DEVICE;
+    if (st != CLATTN_SUCCESS) {
+        free(ctx);
+        return st;
+    }
     cl_int clerr;
     cl_context_properties props[] = {CL_CONTEXT_PLATFORM, (cl_context_properties)e->platform, 0};
     ctx->device = e->device;
@@ -82,6 +91,7 @@ clattn_status clattn_context_create_from_cl(cl_context cl_ctx, cl_device_id devi
         return CLATTN_ERROR_INVALID_ARGUMENT;
     clattn_context *ctx = calloc(1, sizeof *ctx);
     if (!ctx) return CLATTN_ERROR_OUT_OF_MEMORY;
+    clattn__env_read(&ctx->env); /* the only read of the environment for this context */
     clRetainContext(cl_ctx);
     clRetainCommandQueue(queue);
     ctx->cl_ctx = cl_ctx;

@@ -24,6 +24,39 @@ typedef struct clattn__failure {
     char reason[256];
 } clattn__failure;
 
+/* The environment as read when the context was created (env.c): nothing reads getenv
+ * after that, so setenv in another thread cannot race with a call. "" = unset. */
+#define CLATTN__ENV_PATH_MAX 1024
+struct clattn__env {
+    char device[256];          /* CLATTN_DEVICE */
+    char path[64];             /* CLATTN_PATH, parsed per call so a bad value is the call's error */
+    char log[16];              /* CLATTN_LOG */
+    char kernel_dir[CLATTN__ENV_PATH_MAX];  /* CLATTN_KERNEL_DIR */
+    char cache_dir[CLATTN__ENV_PATH_MAX];   /* resolved program cache folder; "" = none/off */
+    char workspace_bytes[32];  /* CLATTN_WORKSPACE_BYTES */
+    char fail_path[256];       /* CLATTN_FAIL_PATH (testing) */
+    char fault[128];           /* CLATTN_FAULT (testing) */
+    bool too_long;             /* some variable did not fit and was ignored */
+};
+void clattn__env_read(struct clattn__env *env);
+
+/* Fault injection (faults.c), for tests of the error paths: every device allocation,
+ * enqueue, read-back and kernel get passes one counted check, and an armed fault makes
+ * the n-th of its kind from the arming fail as a driver would. Faults fire once. */
+typedef enum clattn__fault_kind {
+    CLATTN__FAULT_ALLOC = 0, /* fails with CL_MEM_OBJECT_ALLOCATION_FAILURE */
+    CLATTN__FAULT_ENQUEUE,   /* kernels, fills, copies, markers, CLBlast: CL_OUT_OF_RESOURCES */
+    CLATTN__FAULT_MAP,       /* read-backs to the host: CL_MAP_FAILURE */
+    CLATTN__FAULT_BUILD,     /* kernel gets (built or cached): CLATTN_ERROR_BUILD_FAILED */
+    CLATTN__FAULT_KINDS
+} clattn__fault_kind;
+
+typedef struct clattn__faults {
+    uint64_t arm[CLATTN__FAULT_KINDS];   /* fail the arm[k]-th site of kind k; 0 = off */
+    uint64_t sites[CLATTN__FAULT_KINDS]; /* sites passed since the last arm */
+    uint64_t fired;                      /* faults fired since the last arm */
+} clattn__faults;
+
 struct clattn_context {
     cl_context cl_ctx;
     cl_device_id device;
@@ -42,12 +75,30 @@ struct clattn_context {
     unsigned clblast_warm;    /* CLBlast routines compiled on this context (path_clblast.c) */
     uint64_t device_bytes;      /* scratch and staging memory clattn holds now */
     uint64_t device_bytes_peak; /* and its peak since creation or the last reset */
+    struct clattn__env env;     /* the environment at creation */
+    clattn__faults faults;
 };
 
+/* ---- Fault injection (faults.c) -------------------------------------------------- */
+/* Arm a fault at the n-th site of `kind` from now (n >= 1; 0 disarms that kind) and zero
+ * every kind's site counts and the fired count. */
+void clattn__fault_arm(clattn_context *ctx, clattn__fault_kind kind, uint64_t n);
+/* Sites of `kind` passed since the last arm, and faults fired since then. */
+uint64_t clattn__fault_sites(const clattn_context *ctx, clattn__fault_kind kind);
+uint64_t clattn__fault_fired(const clattn_context *ctx);
+/* The counted check at a site: CL_SUCCESS, or the error the site must return. */
+cl_int clattn__fault_check(clattn_context *ctx, clattn__fault_kind kind);
+/* Parse CLATTN_FAULT ("alloc:N", "enqueue:N", "map:N" or "build:N", comma separated) and
+ * arm it; false when the text is not of that form. */
+bool clattn__fault_parse(clattn_context *ctx, const char *spec);
+/* Replace the CLATTN_FAIL_PATH value the context was created with (tests). */
+void clattn__fail_path_set(clattn_context *ctx, const char *spec);
+
 /* ---- Kernel sources and programs (program.c, sources.c) -------------------------- */
-/* The text of cl/<name> (built in, or read from CLATTN_KERNEL_DIR). NULL if unknown.
- * A source read from CLATTN_KERNEL_DIR is cached for the process. */
-const char *clattn__kernel_source(const char *name);
+/* The text of cl/<name> (built in, or read from folder `dir`, the context's
+ * CLATTN_KERNEL_DIR, when not ""). NULL if unknown. A source read from a folder is cached
+ * for the process. */
+const char *clattn__kernel_source(const char *dir, const char *name);
 
 /* The kernel `kernel_name` from the program built from cl/prelude.cl + cl/<file> with
  * build options `options` (cached on ctx; the kernel is owned by the cache, do not
@@ -112,6 +163,39 @@ clattn_status clattn__buffer_create(clattn_context *ctx, size_t bytes, cl_mem *m
 clattn_status clattn__buffer_create_copy(clattn_context *ctx, size_t bytes, const void *host,
                                          cl_mem *mem);
 void clattn__buffer_release(clattn_context *ctx, cl_mem mem); /* NULL is a no-op */
+/* Is st an allocation failure a smaller buffer may avoid (a path that chunks retries)? */
+bool clattn__alloc_retryable(clattn_status st);
+
+/* Enqueues other than kernels, each through the fault check and with a message naming
+ * the device on failure: a marker, a fill, a copy, and a blocking read to the host. */
+clattn_status clattn__enqueue_marker(clattn_context *ctx, cl_event *event);
+clattn_status clattn__enqueue_fill(clattn_context *ctx, cl_mem mem, const void *pattern,
+                                   size_t pattern_size, size_t offset, size_t bytes);
+clattn_status clattn__enqueue_copy(clattn_context *ctx, cl_mem src, size_t src_off, cl_mem dst,
+                                   size_t dst_off, size_t bytes);
+/* rows x width bytes, rows src_pitch / dst_pitch bytes apart, from src_off / dst_off */
+clattn_status clattn__enqueue_copy_rect(clattn_context *ctx, cl_mem src, size_t src_off,
+                                        size_t src_pitch, cl_mem dst, size_t dst_off, size_t dst_pitch,
+                                        size_t width, size_t rows);
+clattn_status clattn__read(clattn_context *ctx, cl_mem mem, size_t offset, size_t bytes, void *dst);
+
+/* Scratch copies of the caller's cl_mem outputs for a path that writes O or LSE in more
+ * than one launch (staging.c): with `needed`, *out is dp with those outputs moved to
+ * copies of the caller's bytes; clattn__shadow_commit writes them back in one launch
+ * (whose event goes to *event), so a failure anywhere before leaves the caller's buffers
+ * untouched. Without `needed`, or with no cl_mem outputs, *out = *dp and commit does
+ * nothing. Release always (after commit or failure). */
+typedef struct clattn__shadow {
+    bool active;
+    cl_kernel commit;
+    cl_mem o, lse;         /* the scratch copies, or NULL */
+    cl_mem o_dst, lse_dst; /* the caller's buffers, or NULL */
+    size_t o_base, o_span, lse_base, lse_span;
+} clattn__shadow;
+clattn_status clattn__shadow_begin(clattn_context *ctx, const clattn__dev_problem *dp, bool needed,
+                                   clattn__dev_problem *out, clattn__shadow *sh);
+clattn_status clattn__shadow_commit(clattn_context *ctx, clattn__shadow *sh, cl_event *event);
+void clattn__shadow_release(clattn_context *ctx, clattn__shadow *sh);
 
 /* The largest single buffer clattn asks ctx's device for: props.max_alloc_bytes, or no
  * limit (UINT64_MAX) when that is 0, which means the device did not say (clattn.h). Every
@@ -175,7 +259,8 @@ bool clattn__tuning_prefers_clblast(const clattn_device_props *props);
 
 /* Choose a path for dp (forced or auto with fallback) and run it. */
 clattn_status clattn__dispatch(clattn_context *ctx, const clattn__dev_problem *dp, cl_event *event);
-/* Test switch CLATTN_FAIL_PATH: should `path` fail at `stage` ("build" or "launch")? */
-bool clattn__fail_injected(clattn_path path, const char *stage);
+/* Test switch CLATTN_FAIL_PATH (as read at context creation): should the path running on
+ * ctx fail at `stage` ("build" or "launch")? */
+bool clattn__fail_injected(const clattn_context *ctx, const char *stage);
 
 #endif /* CLATTN_CONTEXT_H */

@@ -2,6 +2,7 @@
  * once per process (a guarded cache: the set of devices does not change while a process
  * runs), and the resolution of a device spec (index, name substring, cpu or gpu). */
 #include "device.h"
+#include "context.h" /* clattn__env_read */
 
 #include <ctype.h>
 #include <pthread.h>
@@ -162,7 +163,8 @@ static bool contains_nocase(const char *hay, const char *needle)
     return n == 0;
 }
 
-clattn_status clattn__device_find(const char *spec, size_t *index, char *err, size_t errlen)
+clattn_status clattn__device_find(const char *spec, const char *env_device, size_t *index,
+                                  char *err, size_t errlen)
 {
     if (!index) return CLATTN_ERROR_INVALID_ARGUMENT;
     cl_int lerr = ensure_list();
@@ -173,7 +175,7 @@ clattn_status clattn__device_find(const char *spec, size_t *index, char *err, si
         return clattn__failbuf(err, errlen, CLATTN_ERROR_NO_DEVICE,
                                "no OpenCL device found (is an OpenCL driver such as "
                                "pocl-opencl-icd installed?)");
-    if (!spec || !*spec) spec = getenv("CLATTN_DEVICE");
+    if (!spec || !*spec) spec = env_device;
     if (!spec || !*spec) {
         for (size_t i = 0; i < nentries; i++)
             if (entries[i].props.type == CLATTN_DEVICE_GPU) {
@@ -211,5 +213,7 @@ clattn_status clattn__device_find(const char *spec, size_t *index, char *err, si
 
 clattn_status clattn_device_find(const char *spec, size_t *index)
 {
-    return clattn__device_find(spec, index, NULL, 0);
+    struct clattn__env env;
+    clattn__env_read(&env);
+    return clattn__device_find(spec, env.device, index, NULL, 0);
 }

@@ -14,8 +14,10 @@ typedef struct clattn__device_entry {
 const clattn__device_entry *clattn__device_entry_get(size_t index);
 /* Properties of any device; index is (size_t)-1 when it is not in the list. */
 void clattn__device_props_of(cl_device_id device, clattn_device_props *props);
-/* clattn_device_find with a message naming what did not match. */
-clattn_status clattn__device_find(const char *spec, size_t *index, char *err, size_t errlen);
+/* clattn_device_find with a message naming what did not match; env_device (the
+ * CLATTN_DEVICE value read with the rest of the environment) stands in for an empty spec. */
+clattn_status clattn__device_find(const char *spec, const char *env_device, size_t *index,
+                                  char *err, size_t errlen);
 
 /* ASCII case-insensitive equality (no locale). */
 static inline bool clattn__ieq(const char *a, const char *b)

@@ -2,7 +2,8 @@
  * Each path has a supports() check. A forced path (options.path or CLATTN_PATH) runs
  * alone and its failure is the call's. In auto mode the supported paths are tried in
  * order of preference; one that fails to build or launch is recorded for this device
- * and problem class (so it is not retried on every call) and the next one answers. */
+ * and problem class (so it is not retried on every call) and the next one answers; one
+ * that runs out of device memory is passed over for this call only. */
 #include "context.h"
 
 #include <stdlib.h>
@@ -81,12 +82,14 @@ clattn_status clattn_context_failure_get(const clattn_context *ctx, size_t i, cl
     return CLATTN_SUCCESS;
 }
 
-/* CLATTN_FAIL_PATH="fused:build,unfused:launch": does the test switch ask `path` to fail
- * at `stage`? Read on every check so tests can change it between calls. */
-bool clattn__fail_injected(clattn_path path, const char *stage)
+/* CLATTN_FAIL_PATH="fused:build,unfused:launch": does the test switch ask the running
+ * path to fail at `stage`? The value is the context's, read when it was created (tests
+ * change it on a context with clattn__fail_path_set). */
+bool clattn__fail_injected(const clattn_context *ctx, const char *stage)
 {
-    const char *env = getenv("CLATTN_FAIL_PATH");
-    if (!env || !*env || path == CLATTN_PATH_AUTO) return false;
+    const char *env = ctx->env.fail_path;
+    const clattn_path path = ctx->running_path;
+    if (!*env || path == CLATTN_PATH_AUTO) return false;
     const char *name = clattn_path_name(path);
     size_t nl = strlen(name), sl = strlen(stage);
     for (const char *s = env; *s;) {
@@ -153,13 +156,13 @@ static clattn_status run_path(clattn_context *ctx, const clattn__path_impl *impl
     return st;
 }
 
-/* The requested path: options first, then CLATTN_PATH. */
+/* The requested path: options first, then CLATTN_PATH as read at context creation. */
 static clattn_status requested_path(clattn_context *ctx, const clattn__problem *p, clattn_path *out)
 {
     *out = p->path;
     if (*out != CLATTN_PATH_AUTO) return CLATTN_SUCCESS;
-    const char *env = getenv("CLATTN_PATH");
-    if (env && *env && clattn_path_from_name(env, out) != CLATTN_SUCCESS)
+    const char *env = ctx->env.path;
+    if (*env && clattn_path_from_name(env, out) != CLATTN_SUCCESS)
         return clattn__fail(ctx, CLATTN_ERROR_INVALID_ARGUMENT,
                             "CLATTN_PATH=%s is not one of auto, fused, decode, clblast, unfused", env);
     return CLATTN_SUCCESS;
@@ -219,7 +222,11 @@ clattn_status clattn__dispatch(clattn_context *ctx, const clattn__dev_problem *d
             return CLATTN_SUCCESS;
         }
         clattn__log(ctx, "path %s failed (%s), falling back", name, clattn_status_string(st));
-        record_failure(ctx, impl->id, config, st);
+        /* A device out of memory now may not be next call (other buffers freed): only
+         * failures of the path itself (builds, launches) are remembered. */
+        if (st != (clattn_status)CL_MEM_OBJECT_ALLOCATION_FAILURE && st != (clattn_status)CL_OUT_OF_HOST_MEMORY &&
+            st != CLATTN_ERROR_OUT_OF_MEMORY)
+            record_failure(ctx, impl->id, config, st);
         clattn__opts_add(skipped, sizeof skipped, "%s%s: %s", *skipped ? "; " : "", name,
                          clattn_status_string(st));
         last_st = st;

@@ -75,9 +75,11 @@ clattn_status clattn__enqueue(clattn_context *ctx, cl_kernel k, cl_uint dims,
         if (g[i] == 0) return CLATTN_SUCCESS; /* nothing to do */
         if (local) g[i] = (g[i] + local[i] - 1) / local[i] * local[i];
     }
-    cl_int err = clattn__fail_injected(ctx->running_path, "launch")
-                     ? CL_OUT_OF_RESOURCES /* as a driver short of registers would say */
-                     : clEnqueueNDRangeKernel(ctx->queue, k, dims, NULL, g, local, 0, NULL, event);
+    cl_int err = clattn__fault_check(ctx, CLATTN__FAULT_ENQUEUE);
+    if (err == CL_SUCCESS && clattn__fail_injected(ctx, "launch"))
+        err = CL_OUT_OF_RESOURCES; /* as a driver short of registers would say */
+    if (err == CL_SUCCESS)
+        err = clEnqueueNDRangeKernel(ctx->queue, k, dims, NULL, g, local, 0, NULL, event);
     if (err != CL_SUCCESS) {
         char name[64] = "?";
         clGetKernelInfo(k, CL_KERNEL_FUNCTION_NAME, sizeof name - 1, name, NULL);

@@ -40,8 +40,7 @@ static clattn_status alloc_tracked(clattn_kv_cache *c, size_t bytes, const void 
         /* zeroed, so no kernel ever reads bytes nobody wrote (INT4 key groups are read
          * whole, including the tokens not yet appended) */
         const cl_uchar zero = 0;
-        CLATTN_CL_CHECK(c->ctx, clEnqueueFillBuffer(c->ctx->queue, *mem, &zero, 1, 0, bytes ? bytes : 16,
-                                                    0, NULL, NULL));
+        CLATTN_FORWARD(clattn__enqueue_fill(c->ctx, *mem, &zero, 1, 0, bytes ? bytes : 16));
     }
     return CLATTN_SUCCESS;
 }
@@ -244,20 +243,27 @@ static clattn_status stage_input(clattn_context *ctx, const clattn_tensor *t, cl
     return clattn__buffer_create_copy(ctx, span, (const char *)t->host + t->offset, &d->mem);
 }
 
-static clattn_status enqueue_append(clattn_kv_cache *c, clattn_kv_format f, bool keys,
+/* The append kernel for keys or values of dtype dt. */
+static clattn_status append_kernel(clattn_kv_cache *c, clattn_kv_format f, bool keys, clattn_dtype dt,
+                                   cl_kernel *k)
+{
+    const int64_t dim = keys ? c->D : c->Dv;
+    char opts[128] = "";
+    clattn__opts_add(opts, sizeof opts, "-DKV_APPEND -DDIM=%lld -DFMT=%d -DK_DT=%d -DVTILES=%d", (long long)dim,
+                     (int)f, (int)dt, keys ? 0 : 1);
+    const bool grouped = keys && keys_grouped(f), tiled = keys && clattn__kv_keys_tiled(f);
+    return clattn__kernel_get(c->ctx, "kv_quant.cl", opts,
+                              grouped ? "kv_append_int4_keys" : tiled ? "kv_append_tiles" : "kv_append_rows", k);
+}
+
+/* Enqueue append kernel k (from append_kernel) for keys or values. */
+static clattn_status enqueue_append(clattn_kv_cache *c, cl_kernel k, clattn_kv_format f, bool keys,
                                     const clattn__dev_tensor *x, int64_t n, cl_mem old_lens,
                                     cl_mem new_lens)
 {
     clattn_context *ctx = c->ctx;
     const int64_t dim = keys ? c->D : c->Dv;
-    char opts[128] = "";
-    clattn__opts_add(opts, sizeof opts, "-DKV_APPEND -DDIM=%lld -DFMT=%d -DK_DT=%d -DVTILES=%d", (long long)dim,
-                     (int)f, (int)x->dtype, keys ? 0 : 1);
     const bool grouped = keys && keys_grouped(f), tiled = keys && clattn__kv_keys_tiled(f);
-    cl_kernel k;
-    CLATTN_FORWARD(clattn__kernel_get(ctx, "kv_quant.cl", opts,
-                                      grouped ? "kv_append_int4_keys" : tiled ? "kv_append_tiles" : "kv_append_rows",
-                                      &k));
     cl_uint a = 0;
     const cl_long H = c->Hkv;
     const cl_mem dst = keys ? c->k : c->v, rot = keys ? c->krot : c->vrot, tab = keys ? c->ktab : c->vtab;
@@ -291,6 +297,62 @@ static clattn_status enqueue_append(clattn_kv_cache *c, clattn_kv_format f, bool
     CLATTN_FORWARD(CLATTN_ARG(ctx, k, &a, tab));
     CLATTN_FORWARD(CLATTN_ARG(ctx, k, &a, sqrt_n));
     return clattn__enqueue(ctx, k, 3, g, NULL, NULL);
+}
+
+/* The key bytes an append may write, saved before its key kernel so that a failure to
+ * queue the value kernel after it can put them back: the cache is then byte for byte as
+ * before the call. Per (b, h) slab the appended tokens lie in one range of units (a
+ * token for rows, a tile of 16 for tiled keys, a group of 32 for INT4), the same range
+ * for every slab once taken over all batch entries, so one rectangular copy saves it;
+ * INT4's tail of unfinished groups is saved whole. */
+typedef struct key_backup {
+    cl_mem keys, tail;
+    size_t origin, width; /* bytes within each slab */
+} key_backup;
+
+static clattn_status backup_keys(clattn_kv_cache *c, const int32_t *newlen, key_backup *kb)
+{
+    clattn_context *ctx = c->ctx;
+    int64_t lo = c->cap, hi = 0;
+    for (int64_t b = 0; b < c->B; b++) {
+        if (newlen[b] == c->len[b]) continue;
+        lo = c->len[b] < lo ? c->len[b] : lo;
+        hi = newlen[b] > hi ? newlen[b] : hi;
+    }
+    const int64_t unit = keys_grouped(c->kf) ? 32 : clattn__kv_keys_tiled(c->kf) ? 16 : 1;
+    /* one unit more than the tokens need: the tile kernel's last work-item may touch it */
+    size_t end = (size_t)((hi + unit - 1) / unit + 1) * c->k_row;
+    if (end > c->k_slab) end = c->k_slab;
+    kb->origin = (size_t)(lo / unit) * c->k_row;
+    kb->width = end - kb->origin;
+    const size_t slabs = (size_t)(c->B * c->Hkv);
+    CLATTN_FORWARD(clattn__buffer_create(ctx, kb->width * slabs, &kb->keys));
+    CLATTN_FORWARD(clattn__enqueue_copy_rect(ctx, c->k, kb->origin, c->k_slab, kb->keys, 0, kb->width,
+                                             kb->width, slabs));
+    if (c->ktail) {
+        const size_t tail = (size_t)(c->B * c->Hkv * 32 * c->D) * 2u;
+        CLATTN_FORWARD(clattn__buffer_create(ctx, tail, &kb->tail));
+        CLATTN_FORWARD(clattn__enqueue_copy(ctx, c->ktail, 0, kb->tail, 0, tail));
+    }
+    return CLATTN_SUCCESS;
+}
+
+/* Put the saved key bytes back (after a failed append; the error is the append's). */
+static void restore_keys(clattn_kv_cache *c, const key_backup *kb)
+{
+    clattn_context *ctx = c->ctx;
+    char why[512];
+    clattn__copy_str(why, sizeof why, ctx->last_error);
+    const size_t slabs = (size_t)(c->B * c->Hkv);
+    clattn_status st = clattn__enqueue_copy_rect(ctx, kb->keys, 0, kb->width, c->k, kb->origin,
+                                                 c->k_slab, kb->width, slabs);
+    if (st == CLATTN_SUCCESS && kb->tail)
+        st = clattn__enqueue_copy(ctx, kb->tail, 0, c->ktail, 0, (size_t)(c->B * c->Hkv * 32 * c->D) * 2u);
+    if (st == CLATTN_SUCCESS)
+        clattn__copy_str(ctx->last_error, sizeof ctx->last_error, why);
+    else /* two failures in a row: the lengths are still the old ones, so no call reads them */
+        clattn__fail(ctx, st, "%s; restoring the keys after it failed too: keys past the cache's "
+                     "lengths may have changed", why);
 }
 
 clattn_status clattn_kv_cache_append(clattn_kv_cache *c, const clattn_tensor *k_new,
@@ -339,8 +401,21 @@ clattn_status clattn_kv_cache_append(clattn_kv_cache *c, const clattn_tensor *k_
     if (st == CLATTN_SUCCESS) st = stage_input(ctx, v_new, &vx);
     if (st == CLATTN_SUCCESS)
         st = clattn__buffer_create_copy(ctx, (size_t)c->B * sizeof(int32_t), newlen, &new_lens);
-    if (st == CLATTN_SUCCESS) st = enqueue_append(c, c->kf, true, &kx, n, c->lens, new_lens);
-    if (st == CLATTN_SUCCESS) st = enqueue_append(c, c->vf, false, &vx, n, c->lens, new_lens);
+    /* Both kernels before either launch: once the key kernel is queued the keys are
+     * written, so nothing that can fail without a launch may come after it. */
+    cl_kernel kk = NULL, kv = NULL;
+    if (st == CLATTN_SUCCESS) st = append_kernel(c, c->kf, true, k_new->dtype, &kk);
+    if (st == CLATTN_SUCCESS) st = append_kernel(c, c->vf, false, v_new->dtype, &kv);
+    key_backup kb;
+    memset(&kb, 0, sizeof kb);
+    if (st == CLATTN_SUCCESS) st = backup_keys(c, newlen, &kb);
+    if (st == CLATTN_SUCCESS) st = enqueue_append(c, kk, c->kf, true, &kx, n, c->lens, new_lens);
+    if (st == CLATTN_SUCCESS) {
+        st = enqueue_append(c, kv, c->vf, false, &vx, n, c->lens, new_lens);
+        if (st != CLATTN_SUCCESS) restore_keys(c, &kb);
+    }
+    clattn__buffer_release(ctx, kb.keys); /* queued copies keep them alive */
+    clattn__buffer_release(ctx, kb.tail);
     if (kx.owned) clattn__buffer_release(ctx, kx.mem); /* queued kernels keep them alive */
     if (vx.owned) clattn__buffer_release(ctx, vx.mem);
     if (st == CLATTN_SUCCESS) {
@@ -571,7 +646,7 @@ clattn_status clattn_kv_cache_attention(clattn_context *ctx, clattn_kv_cache *c,
     clattn_status st = clattn__problem_init(&p, q, &kd, &vd, o, &o2, err, sizeof err);
     if (st != CLATTN_SUCCESS) return clattn__fail(ctx, st, "kv attention: %s", err);
     if (clattn__tensor_numel(o) == 0) {
-        if (event) CLATTN_CL_CHECK(ctx, clEnqueueMarkerWithWaitList(ctx->queue, 0, NULL, event));
+        if (event) CLATTN_FORWARD(clattn__enqueue_marker(ctx, event));
         return CLATTN_SUCCESS;
     }
     clattn__dev_problem dp;
@@ -579,7 +654,14 @@ clattn_status clattn_kv_cache_attention(clattn_context *ctx, clattn_kv_cache *c,
     kv_scratch s;
     memset(&s, 0, sizeof s);
     cl_event ev = NULL;
-    st = run_kernels(c, &dp, Lmax, &s, &ev);
+    /* LSE (kv_merge) is written before O (kv_store_o): with both, the caller's cl_mem
+     * outputs are shadowed so a failed second launch leaves them untouched (staging.c). */
+    clattn__dev_problem sp;
+    clattn__shadow sh;
+    st = clattn__shadow_begin(ctx, &dp, p.lse != NULL, &sp, &sh);
+    if (st == CLATTN_SUCCESS) st = run_kernels(c, &sp, Lmax, &s, sh.active ? NULL : &ev);
+    if (st == CLATTN_SUCCESS) st = clattn__shadow_commit(ctx, &sh, &ev);
+    clattn__shadow_release(ctx, &sh);
     /* releasing scratch while kernels are queued is safe: OpenCL keeps it alive */
     clattn__buffer_release(ctx, s.qd);
     clattn__buffer_release(ctx, s.part_o);
@@ -608,6 +690,6 @@ clattn_status clattn__kv_cache_download(clattn_kv_cache *c, int which, void *dst
     const size_t total = clattn__kv_cache_slab_bytes(c, which) * (size_t)(c->B * c->Hkv);
     CLATTN_RETURN_IF(c->ctx, !m || bytes < total, CLATTN_ERROR_INVALID_ARGUMENT,
                      "kv cache download: no such buffer or %zu bytes are too few (%zu)", bytes, total);
-    CLATTN_CL_CHECK(c->ctx, clEnqueueReadBuffer(c->ctx->queue, m, CL_TRUE, 0, total, dst, 0, NULL, NULL));
+    CLATTN_FORWARD(clattn__read(c->ctx, m, 0, total, dst));
     return CLATTN_SUCCESS;
 }

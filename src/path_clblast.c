@@ -223,7 +223,10 @@ static clattn_status clblast_warm(clattn_context *ctx, unsigned which)
 {
     if (ctx->clblast_warm & which) return CLATTN_SUCCESS;
     const char *routine = which == WARM_STRIDED ? "CLBlastSgemmStridedBatched" : "CLBlastSgemmBatched";
-    if (clattn__fail_injected(ctx->running_path, "build"))
+    if (clattn__fault_check(ctx, CLATTN__FAULT_BUILD) != CL_SUCCESS)
+        return clattn__fail(ctx, CLATTN_ERROR_BUILD_FAILED, "compiling %s's kernels failed: injected fault",
+                            routine);
+    if (clattn__fail_injected(ctx, "build"))
         return clattn__fail(ctx, CLATTN_ERROR_BUILD_FAILED,
                             "compiling %s's kernels failed: CLATTN_FAIL_PATH asks path %s to fail",
                             routine, clattn_path_name(ctx->running_path));
@@ -233,8 +236,10 @@ static clattn_status clblast_warm(clattn_context *ctx, unsigned which)
     cl_mem buf;
     CLATTN_FORWARD(clattn__buffer_create_copy(ctx, sizeof zeros, zeros, &buf));
     const double t0 = seconds_now();
-    CLBlastStatusCode s;
-    if (which == WARM_STRIDED) {
+    CLBlastStatusCode s = (CLBlastStatusCode)clattn__fault_check(ctx, CLATTN__FAULT_ENQUEUE);
+    if (s != CLBlastSuccess) {
+        /* an injected enqueue failure: as if CLBlast's first launch failed */
+    } else if (which == WARM_STRIDED) {
         s = CLBlastSgemmStridedBatched(CLBlastLayoutRowMajor, CLBlastTransposeNo,
                                        CLBlastTransposeNo, 1, 1, 1, 1.0f, buf, 0, 1, 1, buf, 1,
                                        1, 1, 0.0f, buf, 2, 1, 1, 1, &ctx->queue, NULL);
@@ -295,10 +300,12 @@ static clattn_status gemm(clattn_context *ctx, CLBlastLayout layout, const gemm_
     const bool strided = even_steps(a->offs, count, &sa) && even_steps(b->offs, count, &sb) &&
                          even_steps(c->offs, count, &sc) && sc > 0;
     CLATTN_FORWARD(clblast_warm(ctx, strided ? WARM_STRIDED : WARM_BATCHED));
-    if (clattn__fail_injected(ctx->running_path, "launch"))
-        return clattn__fail(ctx, CL_OUT_OF_RESOURCES, "launching %s on %s failed: %s",
+    cl_int err = clattn__fault_check(ctx, CLATTN__FAULT_ENQUEUE);
+    if (err == CL_SUCCESS && clattn__fail_injected(ctx, "launch")) err = CL_OUT_OF_RESOURCES;
+    if (err != CL_SUCCESS)
+        return clattn__fail(ctx, (clattn_status)err, "launching %s on %s failed: %s",
                             strided ? "CLBlastSgemmStridedBatched" : "CLBlastSgemmBatched",
-                            ctx->props.name, clattn_status_string(CL_OUT_OF_RESOURCES));
+                            ctx->props.name, clattn_status_string(err));
     CLBlastStatusCode s;
     if (strided) {
         s = CLBlastSgemmStridedBatched(layout, ta, tb, m, n, k, 1.0f, a->mem, a->offs[0], lda,
@@ -418,7 +425,15 @@ static clattn_status clblast_run(clattn_context *ctx, const clattn__dev_problem 
     if (pl.gather_k) TRY(gather_whole(ctx, &dp->k, p->B, p->Hkv, Lk, D, &Kd, &kt));
     if (pl.gather_v) TRY(gather_whole(ctx, &dp->v, p->B, p->Hkv, Lk, Dv, &Vd, &vt));
 
-    const clattn__dev_tensor *q = &dp->q, *o = &dp->o;
+    /* O and LSE are written per chunk, and LSE (softmax) before O: unless one chunk
+     * without LSE does it all, the caller's cl_mem outputs are shadowed (staging.c). */
+    clattn__dev_problem sp;
+    clattn__shadow sh;
+    memset(&sh, 0, sizeof sh);
+    const bool one_chunk = per_chunk >= pairs && qblock >= Lq;
+    TRY(clattn__shadow_begin(ctx, dp, !one_chunk || p->lse, &sp, &sh));
+    cl_event *last_event = sh.active ? NULL : event;
+    const clattn__dev_tensor *q = &dp->q, *o = &sp.o;
     for (cl_long pair0 = 0; pair0 < pairs && st == CLATTN_SUCCESS; pair0 += per_chunk) {
         const cl_long np = pairs - pair0 < per_chunk ? pairs - pair0 : per_chunk;
         for (cl_long i0 = 0; i0 < Lq && st == CLATTN_SUCCESS; i0 += qblock) {
@@ -446,7 +461,7 @@ static clattn_status clblast_run(clattn_context *ctx, const clattn__dev_problem 
             }
 
             /* scale, soft cap, ALiBi, masks; then softmax and LSE: as the unfused path */
-            TRY(clattn__softmax_enqueue(ctx, dp, &ksm, S, ldS, row0, n));
+            TRY(clattn__softmax_enqueue(ctx, &sp, &ksm, S, ldS, row0, n));
 
             /* O = P V, into O itself or into float32 rows copied out after */
             if (Lk > 0) {
@@ -462,22 +477,18 @@ static clattn_status clblast_run(clattn_context *ctx, const clattn__dev_problem 
                 gemm_operand C = {pl.scatter_o ? Os : o->mem, co, m, Dv,
                                   pl.scatter_o ? Dv : o->st[2], pl.scatter_o ? 1 : o->st[3]};
                 TRY(gemm(ctx, pl.scatter_o ? CLBlastLayoutRowMajor : pl.pv_layout, &A, &Bm, &C,
-                         (size_t)np, scalars, scalars + ne, last && !pl.scatter_o ? event : NULL));
+                         (size_t)np, scalars, scalars + ne, last && !pl.scatter_o ? last_event : NULL));
             } else {
                 /* no keys: every row is fully masked and O is zeros */
                 const cl_float zero = 0.0f;
-                if (st == CLATTN_SUCCESS) {
-                    cl_int err = clEnqueueFillBuffer(ctx->queue, Os, &zero, sizeof zero, 0,
-                                                     (size_t)(n * Dv) * sizeof(float), 0, NULL, NULL);
-                    if (err != CL_SUCCESS)
-                        st = clattn__fail(ctx, (clattn_status)err, "clEnqueueFillBuffer on %s failed: %s",
-                                          ctx->props.name, clattn_status_string(err));
-                }
+                TRY(clattn__enqueue_fill(ctx, Os, &zero, sizeof zero, 0, (size_t)(n * Dv) * sizeof(float)));
             }
             if (pl.scatter_o)
-                TRY(convert_rows(ctx, ko, false, o, Os, Dv, row0, n, Hq, Lq, Dv, last ? event : NULL));
+                TRY(convert_rows(ctx, ko, false, o, Os, Dv, row0, n, Hq, Lq, Dv, last ? last_event : NULL));
         }
     }
+    TRY(clattn__shadow_commit(ctx, &sh, event));
+    clattn__shadow_release(ctx, &sh);
 #undef TRY
     /* Releasing buffers while work is queued is safe: OpenCL keeps them until it is done. */
     cl_mem all[] = {S, Qs, Os, Kd, Vd};

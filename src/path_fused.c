@@ -183,31 +183,50 @@ static clattn_status fused_run(clattn_context *ctx, const clattn__dev_problem *d
 
     /* Heads per launch: all of them if their packed copies fit, else whole batches, else
      * groups of KV heads of one batch. */
-    const uint64_t per_head = head_bytes(p, &pl), cap = clattn__scratch_cap(ctx);
-    int64_t nb = p->B, ng = Hkv;
-    if ((uint64_t)(p->B * Hkv) * per_head > cap) {
-        nb = (int64_t)(cap / (per_head * (uint64_t)Hkv));
-        if (nb < 1) {
-            nb = 1;
-            ng = (int64_t)(cap / per_head);
+    const uint64_t per_head = head_bytes(p, &pl);
+    uint64_t cap = clattn__scratch_cap(ctx);
+    int64_t nb, ng;
+    cl_mem kt = NULL, vp = NULL;
+    /* The packed copies; when the device cannot allocate them, fewer heads per launch
+     * (half the bytes each time, down to one head) before this path gives up. */
+    for (;;) {
+        nb = p->B;
+        ng = Hkv;
+        if ((uint64_t)(p->B * Hkv) * per_head > cap) {
+            nb = (int64_t)(cap / (per_head * (uint64_t)Hkv));
+            if (nb < 1) {
+                nb = 1;
+                ng = (int64_t)(cap / per_head);
+            }
         }
+        CLATTN_RETURN_IF(ctx, ng < 1, CLATTN_ERROR_OUT_OF_MEMORY,
+                         "fused: the packed K and V of one head (%llu bytes) exceed the workspace",
+                         (unsigned long long)per_head);
+        const uint64_t heads = (uint64_t)(nb * ng);
+        clattn_status st = clattn__buffer_create(
+            ctx, (size_t)(heads * (uint64_t)pl.lk_pad * (uint64_t)p->D * sizeof(float)), &kt);
+        if (st == CLATTN_SUCCESS && !pl.v_direct)
+            st = clattn__buffer_create(
+                ctx, (size_t)(heads * (uint64_t)pl.lk_pad * (uint64_t)pl.dv_pad * sizeof(float)), &vp);
+        if (st == CLATTN_SUCCESS) break;
+        clattn__buffer_release(ctx, kt);
+        kt = NULL;
+        if (!clattn__alloc_retryable(st) || heads == 1) return st;
+        cap = heads / 2 * per_head;
+        clattn__log(ctx, "fused: retrying with %llu head(s) per launch", (unsigned long long)(heads / 2));
     }
-    CLATTN_RETURN_IF(ctx, ng < 1, CLATTN_ERROR_OUT_OF_MEMORY,
-                     "fused: the packed K and V of one head (%llu bytes) exceed the workspace",
-                     (unsigned long long)per_head);
-    const uint64_t heads = (uint64_t)(nb * ng);
     clattn__log(ctx, "fused: flash_cpu.cl, block_m %d x %d groups, block_n %d, dv_chunk %d, wg %d, "
                 "V %s, %lld batch(es) x %lld KV head(s) per launch",
                 pl.block_m, pl.row_groups, pl.block_n, pl.dv_chunk, pl.wg,
                 pl.v_direct ? "in place" : "packed", (long long)nb, (long long)ng);
 
-    cl_mem kt = NULL, vp = NULL;
-    CLATTN_FORWARD(clattn__buffer_create(
-        ctx, (size_t)(heads * (uint64_t)pl.lk_pad * (uint64_t)p->D * sizeof(float)), &kt));
-    clattn_status st = CLATTN_SUCCESS;
-    if (!pl.v_direct)
-        st = clattn__buffer_create(
-            ctx, (size_t)(heads * (uint64_t)pl.lk_pad * (uint64_t)pl.dv_pad * sizeof(float)), &vp);
+    /* One launch of the main kernel writes O and LSE only when all heads fit one chunk;
+     * else the caller's cl_mem outputs are shadowed (staging.c). */
+    clattn__dev_problem shadowed;
+    clattn__shadow sh;
+    clattn_status st = clattn__shadow_begin(ctx, dp, nb < p->B || ng < Hkv, &shadowed, &sh);
+    cl_event *last_event = sh.active ? NULL : event;
+    const clattn__dev_problem *dpw = &shadowed;
 
     const cl_long lk_pad = pl.lk_pad, Lk = p->Lk;
 #define TRY(x)                                                                             \
@@ -219,7 +238,7 @@ static clattn_status fused_run(clattn_context *ctx, const clattn__dev_problem *d
             const cl_long cq = cg * p->group;
             const bool last = b0 + nb >= p->B && g0 + ng >= Hkv;
             clattn__dev_problem sp;
-            shift_problem(dp, b0, g0, &sp);
+            shift_problem(dpw, b0, g0, &sp);
 
             cl_uint a = 0;
             TRY(clattn__set_tensor_args(ctx, kpack, &a, &sp.k));
@@ -240,10 +259,12 @@ static clattn_status fused_run(clattn_context *ctx, const clattn__dev_problem *d
             TRY(CLATTN_ARG(ctx, kmain, &a, vp));
             TRY(CLATTN_ARG(ctx, kmain, &a, lk_pad));
             size_t g[2] = {(size_t)nblk, (size_t)(cb * cq)}, l[2] = {(size_t)pl.wg, 1};
-            TRY(clattn__enqueue(ctx, kmain, 2, g, l, last ? event : NULL));
+            TRY(clattn__enqueue(ctx, kmain, 2, g, l, last ? last_event : NULL));
         }
     }
 #undef TRY
+    if (st == CLATTN_SUCCESS) st = clattn__shadow_commit(ctx, &sh, event);
+    clattn__shadow_release(ctx, &sh);
     /* Releasing the scratch while kernels are queued is safe: OpenCL keeps it alive. */
     clattn__buffer_release(ctx, kt);
     clattn__buffer_release(ctx, vp);

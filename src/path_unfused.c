@@ -127,14 +127,11 @@ static clattn_status unfused_run(clattn_context *ctx, const clattn__dev_problem 
     const clattn__problem *p = dp->p;
     const cl_long heads = p->B * p->Hq;
     const cl_long row_bytes = (p->Lk > 0 ? p->Lk : 1) * (cl_long)sizeof(float);
-    const cl_long rows_fit = ctx->workspace_bytes / row_bytes;
+    cl_long rows_fit = ctx->workspace_bytes / row_bytes;
     CLATTN_RETURN_IF(ctx, rows_fit < 1, CLATTN_ERROR_OUT_OF_MEMORY,
                      "unfused: a row of %lld scores does not fit the %lld-byte workspace",
                      (long long)p->Lk, (long long)ctx->workspace_bytes);
-    /* whole heads per chunk when a head's scores fit, else a block of one head's queries */
-    const cl_long heads_per_chunk = rows_fit / p->Lq;
-    const cl_long rows_per_chunk = heads_per_chunk >= 1 ? p->Lq : rows_fit;
-    const cl_long nh_max = heads_per_chunk >= 1 ? (heads_per_chunk < heads ? heads_per_chunk : heads) : 1;
+    if (rows_fit > heads * p->Lq) rows_fit = heads * p->Lq;
 
     const size_t tile = tile_side(ctx);
     /* Each kernel is built with only the options it depends on, so problems that differ
@@ -153,17 +150,39 @@ static clattn_status unfused_run(clattn_context *ctx, const clattn__dev_problem 
     CLATTN_FORWARD(clattn__softmax_kernels_get(ctx, dp, &ksm));
     CLATTN_FORWARD(clattn__kernel_get(ctx, "unfused_pv.cl", opv, "unfused_pv", &kpv));
 
-    cl_mem S;
-    CLATTN_FORWARD(clattn__buffer_create(ctx, (size_t)(nh_max * rows_per_chunk * row_bytes), &S));
-    clattn_status st = CLATTN_SUCCESS;
+    /* The score buffer; when the device cannot allocate it, smaller chunks of rows (half
+     * as many each time, down to one row) before this path gives up. */
+    cl_mem S = NULL;
+    cl_long heads_per_chunk, rows_per_chunk, nh_max;
+    for (;;) {
+        /* whole heads per chunk when a head's scores fit, else a block of one head's queries */
+        heads_per_chunk = rows_fit / p->Lq;
+        rows_per_chunk = heads_per_chunk >= 1 ? p->Lq : rows_fit;
+        nh_max = heads_per_chunk >= 1 ? (heads_per_chunk < heads ? heads_per_chunk : heads) : 1;
+        clattn_status st = clattn__buffer_create(ctx, (size_t)(nh_max * rows_per_chunk * row_bytes), &S);
+        if (st == CLATTN_SUCCESS) break;
+        if (!clattn__alloc_retryable(st) || rows_fit == 1) return st;
+        rows_fit = nh_max * rows_per_chunk / 2 > 0 ? nh_max * rows_per_chunk / 2 : 1;
+        clattn__log(ctx, "unfused: retrying with chunks of %lld rows", (long long)rows_fit);
+    }
+
+    /* O and LSE are written per chunk, and LSE (softmax) before O (P·V): unless one launch
+     * writes everything, the caller's cl_mem outputs are shadowed (staging.c). */
+    const bool one_chunk = nh_max >= heads && rows_per_chunk >= p->Lq;
+    clattn__dev_problem sp;
+    clattn__shadow sh;
+    clattn_status st = clattn__shadow_begin(ctx, dp, !one_chunk || p->lse, &sp, &sh);
+    cl_event *last_event = sh.active ? NULL : event;
     for (cl_long bh0 = 0; bh0 < heads && st == CLATTN_SUCCESS; bh0 += nh_max) {
         const cl_long nh = heads - bh0 < nh_max ? heads - bh0 : nh_max;
         for (cl_long i0 = 0; i0 < p->Lq && st == CLATTN_SUCCESS; i0 += rows_per_chunk) {
             chunk c = {bh0, nh, i0, p->Lq - i0 < rows_per_chunk ? p->Lq - i0 : rows_per_chunk};
             const bool last = bh0 + nh >= heads && i0 + c.ni >= p->Lq;
-            st = run_chunk(ctx, dp, kqk, &ksm, kpv, S, c, tile, last ? event : NULL);
+            st = run_chunk(ctx, &sp, kqk, &ksm, kpv, S, c, tile, last ? last_event : NULL);
         }
     }
+    if (st == CLATTN_SUCCESS) st = clattn__shadow_commit(ctx, &sh, event);
+    clattn__shadow_release(ctx, &sh);
     /* Releasing S while kernels are queued is safe: OpenCL keeps it until they finish. */
     clattn__buffer_release(ctx, S);
     return st;

@@ -25,8 +25,8 @@ bool clattn__opts_add(char *buf, size_t cap, const char *fmt, ...)
 static clattn_status build_program(clattn_context *ctx, const char *file, const char *options,
                                    cl_program *out)
 {
-    const char *prelude = clattn__kernel_source("prelude.cl");
-    const char *body = clattn__kernel_source(file);
+    const char *prelude = clattn__kernel_source(ctx->env.kernel_dir, "prelude.cl");
+    const char *body = clattn__kernel_source(ctx->env.kernel_dir, file);
     CLATTN_RETURN_IF(ctx, !prelude || !body, CLATTN_ERROR_INTERNAL,
                      "kernel source %s is missing from this build", !prelude ? "prelude.cl" : file);
     size_t olen = strlen(base_options) + strlen(options) + 2;
@@ -34,7 +34,7 @@ static clattn_status build_program(clattn_context *ctx, const char *file, const 
     CLATTN_RETURN_IF(ctx, !all_options, CLATTN_ERROR_OUT_OF_MEMORY, "out of host memory");
     snprintf(all_options, olen, "%s %s", base_options, options);
 
-    if (clattn__fail_injected(ctx->running_path, "build")) {
+    if (clattn__fail_injected(ctx, "build")) {
         free(all_options);
         return clattn__fail(ctx, CLATTN_ERROR_BUILD_FAILED,
                             "building cl/%s failed: CLATTN_FAIL_PATH asks path %s to fail", file,
@@ -75,6 +75,10 @@ static clattn_status build_program(clattn_context *ctx, const char *file, const 
 clattn_status clattn__kernel_get(clattn_context *ctx, const char *file, const char *options,
                                  const char *kernel_name, cl_kernel *kernel)
 {
+    if (clattn__fault_check(ctx, CLATTN__FAULT_BUILD) != CL_SUCCESS)
+        return clattn__fail(ctx, CLATTN_ERROR_BUILD_FAILED,
+                            "building cl/%s (%s) for %s failed: injected fault", file, kernel_name,
+                            ctx->props.name);
     size_t klen = strlen(file) + strlen(options) + 2;
     char *key = malloc(klen);
     CLATTN_RETURN_IF(ctx, !key, CLATTN_ERROR_OUT_OF_MEMORY, "out of host memory");

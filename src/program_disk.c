@@ -97,30 +97,20 @@ static bool make_dirs(char *path)
     return mkdir(path, 0755) == 0 || errno == EEXIST;
 }
 
-/* The cache folder, created if needed; false when disabled or unusable. */
-static bool cache_dir(char *buf, size_t cap)
+/* The cache folder (resolved from the environment when ctx was created, env.c), created
+ * if needed; false when disabled or unusable. */
+static bool cache_dir(const clattn_context *ctx, char *buf, size_t cap)
 {
-    const char *env = getenv("CLATTN_CACHE_DIR");
-    if (env && strcmp(env, "off") == 0) return false;
-    int n;
-    if (env && *env) {
-        n = snprintf(buf, cap, "%s", env);
-    } else if (getenv("XDG_CACHE_HOME") && *getenv("XDG_CACHE_HOME")) {
-        n = snprintf(buf, cap, "%s/clattn", getenv("XDG_CACHE_HOME"));
-    } else if (getenv("HOME") && *getenv("HOME")) {
-        n = snprintf(buf, cap, "%s/.cache/clattn", getenv("HOME"));
-    } else {
-        return false;
-    }
+    if (!ctx->env.cache_dir[0]) return false;
+    int n = snprintf(buf, cap, "%s", ctx->env.cache_dir);
     return n > 0 && (size_t)n < cap && make_dirs(buf);
 }
 
 static bool cache_path(const clattn_context *ctx, uint64_t key, char *buf, size_t cap)
 {
-    char dir[1024];
-    if (!cache_dir(dir, sizeof dir)) return false;
+    char dir[CLATTN__ENV_PATH_MAX];
+    if (!cache_dir(ctx, dir, sizeof dir)) return false;
     int n = snprintf(buf, cap, "%s/%016llx.bin", dir, (unsigned long long)key);
-    (void)ctx;
     return n > 0 && (size_t)n < cap;
 }
 

@@ -1,6 +1,7 @@
-/* Kernel sources: the copies of the files in cl/ built into the library, or, when
- * CLATTN_KERNEL_DIR is set, the files in that folder (read once per process and kept in
- * a guarded cache, so kernels can be edited without rebuilding the library). */
+/* Kernel sources: the copies of the files in cl/ built into the library, or, when a
+ * context was created with CLATTN_KERNEL_DIR set, the files in that folder (read once per
+ * process and folder and kept in a guarded cache, so kernels can be edited without
+ * rebuilding the library). */
 #include "context.h"
 
 #include <pthread.h>
@@ -13,6 +14,7 @@ extern const struct {
 } clattn__embedded_sources[];
 
 typedef struct loaded_source {
+    char *dir;
     char *name;
     char *text;
     struct loaded_source *next;
@@ -46,21 +48,22 @@ static char *read_file(const char *dir, const char *name)
     return text;
 }
 
-const char *clattn__kernel_source(const char *name)
+const char *clattn__kernel_source(const char *dir, const char *name)
 {
-    const char *dir = getenv("CLATTN_KERNEL_DIR");
     if (dir && *dir) {
         const char *found = NULL;
         pthread_mutex_lock(&loaded_lock);
         for (loaded_source *s = loaded; s; s = s->next)
-            if (strcmp(s->name, name) == 0) found = s->text;
+            if (strcmp(s->dir, dir) == 0 && strcmp(s->name, name) == 0) found = s->text;
         if (!found) {
             loaded_source *s = calloc(1, sizeof *s);
-            if (s && (s->name = strdup(name)) && (s->text = read_file(dir, name))) {
+            if (s && (s->dir = strdup(dir)) && (s->name = strdup(name)) &&
+                (s->text = read_file(dir, name))) {
                 s->next = loaded;
                 loaded = s;
                 found = s->text;
             } else if (s) {
+                free(s->dir);
                 free(s->name);
                 free(s);
             }

@@ -4,15 +4,82 @@
  * elements survive the copy back (a padded view must not lose its padding). */
 #include "context.h"
 
+#include <stdlib.h>
 #include <string.h>
+
+/* ---- Enqueues other than kernels, each through the fault check ------------------- */
+
+clattn_status clattn__enqueue_marker(clattn_context *ctx, cl_event *event)
+{
+    cl_int err = clattn__fault_check(ctx, CLATTN__FAULT_ENQUEUE);
+    if (err == CL_SUCCESS) err = clEnqueueMarkerWithWaitList(ctx->queue, 0, NULL, event);
+    if (err != CL_SUCCESS)
+        return clattn__fail(ctx, (clattn_status)err, "enqueueing a marker on %s failed: %s",
+                            ctx->props.name, clattn_status_string(err));
+    return CLATTN_SUCCESS;
+}
+
+clattn_status clattn__enqueue_fill(clattn_context *ctx, cl_mem mem, const void *pattern,
+                                   size_t pattern_size, size_t offset, size_t bytes)
+{
+    cl_int err = clattn__fault_check(ctx, CLATTN__FAULT_ENQUEUE);
+    if (err == CL_SUCCESS)
+        err = clEnqueueFillBuffer(ctx->queue, mem, pattern, pattern_size, offset, bytes, 0, NULL, NULL);
+    if (err != CL_SUCCESS)
+        return clattn__fail(ctx, (clattn_status)err, "filling %zu bytes on %s failed: %s", bytes,
+                            ctx->props.name, clattn_status_string(err));
+    return CLATTN_SUCCESS;
+}
+
+clattn_status clattn__enqueue_copy(clattn_context *ctx, cl_mem src, size_t src_off, cl_mem dst,
+                                   size_t dst_off, size_t bytes)
+{
+    cl_int err = clattn__fault_check(ctx, CLATTN__FAULT_ENQUEUE);
+    if (err == CL_SUCCESS)
+        err = clEnqueueCopyBuffer(ctx->queue, src, dst, src_off, dst_off, bytes, 0, NULL, NULL);
+    if (err != CL_SUCCESS)
+        return clattn__fail(ctx, (clattn_status)err, "copying %zu bytes on %s failed: %s", bytes,
+                            ctx->props.name, clattn_status_string(err));
+    return CLATTN_SUCCESS;
+}
+
+clattn_status clattn__enqueue_copy_rect(clattn_context *ctx, cl_mem src, size_t src_off,
+                                        size_t src_pitch, cl_mem dst, size_t dst_off, size_t dst_pitch,
+                                        size_t width, size_t rows)
+{
+    cl_int err = clattn__fault_check(ctx, CLATTN__FAULT_ENQUEUE);
+    const size_t so[3] = {src_off, 0, 0}, dof[3] = {dst_off, 0, 0}, region[3] = {width, rows, 1};
+    if (err == CL_SUCCESS)
+        err = clEnqueueCopyBufferRect(ctx->queue, src, dst, so, dof, region, src_pitch, 0, dst_pitch, 0,
+                                      0, NULL, NULL);
+    if (err != CL_SUCCESS)
+        return clattn__fail(ctx, (clattn_status)err, "copying %zu rows of %zu bytes on %s failed: %s",
+                            rows, width, ctx->props.name, clattn_status_string(err));
+    return CLATTN_SUCCESS;
+}
+
+clattn_status clattn__read(clattn_context *ctx, cl_mem mem, size_t offset, size_t bytes, void *dst)
+{
+    cl_int err = clattn__fault_check(ctx, CLATTN__FAULT_MAP);
+    if (err == CL_SUCCESS)
+        err = clEnqueueReadBuffer(ctx->queue, mem, CL_TRUE, offset, bytes, dst, 0, NULL, NULL);
+    if (err != CL_SUCCESS)
+        return clattn__fail(ctx, (clattn_status)err, "reading %zu bytes back from %s failed: %s",
+                            bytes, ctx->props.name, clattn_status_string(err));
+    return CLATTN_SUCCESS;
+}
+
+/* ---- Device buffers --------------------------------------------------------------- */
 
 clattn_status clattn__buffer_create_copy(clattn_context *ctx, size_t bytes, const void *host,
                                          cl_mem *mem)
 {
-    cl_int err;
     const size_t size = bytes ? bytes : 16;
     cl_mem_flags flags = CL_MEM_READ_WRITE | (host && bytes ? CL_MEM_COPY_HOST_PTR : 0);
-    *mem = clCreateBuffer(ctx->cl_ctx, flags, size, host && bytes ? (void *)host : NULL, &err);
+    cl_int err = clattn__fault_check(ctx, CLATTN__FAULT_ALLOC);
+    *mem = NULL;
+    if (err == CL_SUCCESS)
+        *mem = clCreateBuffer(ctx->cl_ctx, flags, size, host && bytes ? (void *)host : NULL, &err);
     if (err != CL_SUCCESS) {
         *mem = NULL;
         return clattn__fail(ctx, (clattn_status)err, "allocating %zu bytes on %s failed: %s",
@@ -26,6 +93,13 @@ clattn_status clattn__buffer_create_copy(clattn_context *ctx, size_t bytes, cons
 clattn_status clattn__buffer_create(clattn_context *ctx, size_t bytes, cl_mem *mem)
 {
     return clattn__buffer_create_copy(ctx, bytes, NULL, mem);
+}
+
+bool clattn__alloc_retryable(clattn_status st)
+{
+    return st == (clattn_status)CL_MEM_OBJECT_ALLOCATION_FAILURE ||
+           st == (clattn_status)CL_OUT_OF_RESOURCES || st == (clattn_status)CL_INVALID_BUFFER_SIZE ||
+           st == CLATTN_ERROR_OUT_OF_MEMORY;
 }
 
 void clattn__buffer_release(clattn_context *ctx, cl_mem mem)
@@ -109,20 +183,38 @@ clattn_status clattn__stage(clattn_context *ctx, const clattn__problem *p, clatt
     return CLATTN_SUCCESS;
 }
 
+/* Host outputs come back through host scratch: every read-back must succeed before the
+ * first byte of the caller's O or LSE changes, so a failed read leaves both as they were
+ * (a driver may have written part of a failed read's destination). */
+static clattn_status download_outputs(clattn_context *ctx, clattn__dev_problem *dp)
+{
+    clattn__dev_tensor *outs[2] = {&dp->o, &dp->lse};
+    void *tmp[2] = {NULL, NULL};
+    clattn_status st = CLATTN_SUCCESS;
+    for (int i = 0; i < 2 && st == CLATTN_SUCCESS; i++) {
+        const clattn__dev_tensor *d = outs[i];
+        if (!d->download || !d->mem || !d->span) continue;
+        tmp[i] = malloc(d->span);
+        if (!tmp[i])
+            st = clattn__fail(ctx, CLATTN_ERROR_OUT_OF_MEMORY, "reading results back: out of host memory");
+        else
+            st = clattn__read(ctx, d->mem, 0, d->span, tmp[i]);
+    }
+    for (int i = 0; i < 2; i++) {
+        if (st == CLATTN_SUCCESS && tmp[i])
+            memcpy((char *)outs[i]->src->host + outs[i]->span_base, tmp[i], outs[i]->span);
+        free(tmp[i]);
+    }
+    return st;
+}
+
 clattn_status clattn__stage_finish(clattn_context *ctx, clattn__dev_problem *dp, bool ok)
 {
-    clattn_status st = CLATTN_SUCCESS;
+    clattn_status st = ok ? download_outputs(ctx, dp) : CLATTN_SUCCESS;
     clattn__dev_tensor *all[] = {&dp->q, &dp->k, &dp->v, &dp->o,
                                  &dp->mask, &dp->kv_lens, &dp->alibi, &dp->lse};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) {
         clattn__dev_tensor *d = all[i];
-        if (ok && st == CLATTN_SUCCESS && d->download && d->mem && d->span) {
-            cl_int err = clEnqueueReadBuffer(ctx->queue, d->mem, CL_TRUE, 0, d->span,
-                                             (char *)d->src->host + d->span_base, 0, NULL, NULL);
-            if (err != CL_SUCCESS)
-                st = clattn__fail(ctx, (clattn_status)err, "reading results back failed: %s",
-                                  clattn_status_string(err));
-        }
         if (d->owned) clattn__buffer_release(ctx, d->mem);
         d->mem = NULL;
         d->owned = false;
@@ -134,8 +226,7 @@ clattn_status clattn__stage_complete(clattn_context *ctx, clattn__dev_problem *d
                                      cl_event ev, cl_event *event)
 {
     /* work with nothing to enqueue (Lk = 0 chunks) leaves no event: give a marker */
-    if (st == CLATTN_SUCCESS && event && !ev)
-        st = (clattn_status)clEnqueueMarkerWithWaitList(ctx->queue, 0, NULL, &ev);
+    if (st == CLATTN_SUCCESS && event && !ev) st = clattn__enqueue_marker(ctx, &ev);
     clattn_status fin = clattn__stage_finish(ctx, dp, st == CLATTN_SUCCESS);
     if (st == CLATTN_SUCCESS) st = fin;
     if (st != CLATTN_SUCCESS || !event) {
@@ -144,4 +235,71 @@ clattn_status clattn__stage_complete(clattn_context *ctx, clattn__dev_problem *d
     }
     *event = ev;
     return CLATTN_SUCCESS;
+}
+
+/* ---- Outputs written in more than one launch -------------------------------------- */
+/* A path that writes O or LSE in several launches (chunks, or LSE before O) would leave
+ * the caller's buffers half written if a later launch failed to enqueue. Such a path
+ * works on scratch copies of the caller's cl_mem outputs instead (host outputs already
+ * are staging copies) and commits them in one launch of cl/commit.cl: that launch is
+ * either queued, and writes everything, or not, and writes nothing. The copies start as
+ * the caller's bytes, so padding between strided elements survives the commit. */
+
+static clattn_status shadow_one(clattn_context *ctx, clattn__dev_tensor *d, cl_mem *scratch,
+                                size_t *base, size_t *span)
+{
+    if (!d->mem || d->owned || !d->src) return CLATTN_SUCCESS; /* absent, or a staging copy */
+    clattn__tensor_span(d->src, span);
+    *base = d->src->offset;
+    CLATTN_FORWARD(clattn__buffer_create(ctx, *span, scratch));
+    CLATTN_FORWARD(clattn__enqueue_copy(ctx, d->mem, *base, *scratch, 0, *span));
+    d->mem = *scratch;
+    d->off = 0; /* the copy starts at the tensor's first byte */
+    return CLATTN_SUCCESS;
+}
+
+clattn_status clattn__shadow_begin(clattn_context *ctx, const clattn__dev_problem *dp, bool needed,
+                                   clattn__dev_problem *out, clattn__shadow *sh)
+{
+    *out = *dp;
+    memset(sh, 0, sizeof *sh);
+    const bool caller_o = dp->o.mem && !dp->o.owned, caller_lse = dp->lse.mem && !dp->lse.owned;
+    if (!needed || (!caller_o && !caller_lse)) return CLATTN_SUCCESS;
+    /* the kernel first: a build failure must come before anything is enqueued */
+    CLATTN_FORWARD(clattn__kernel_get(ctx, "commit.cl", "", "commit_spans", &sh->commit));
+    sh->active = true;
+    sh->o_dst = caller_o ? dp->o.mem : NULL;
+    sh->lse_dst = caller_lse ? dp->lse.mem : NULL;
+    clattn_status st = shadow_one(ctx, &out->o, &sh->o, &sh->o_base, &sh->o_span);
+    if (st == CLATTN_SUCCESS) st = shadow_one(ctx, &out->lse, &sh->lse, &sh->lse_base, &sh->lse_span);
+    if (st != CLATTN_SUCCESS) clattn__shadow_release(ctx, sh);
+    return st;
+}
+
+clattn_status clattn__shadow_commit(clattn_context *ctx, clattn__shadow *sh, cl_event *event)
+{
+    if (!sh->active) return CLATTN_SUCCESS;
+    /* in 2-byte units: every output dtype is 2 or 4 bytes, offsets whole elements */
+    const cl_ulong o_off = sh->o_base / 2, o_n = sh->o_span / 2;
+    const cl_ulong l_off = sh->lse_base / 2, l_n = sh->lse_span / 2;
+    cl_uint a = 0;
+    CLATTN_FORWARD(CLATTN_ARG(ctx, sh->commit, &a, sh->o_dst));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, sh->commit, &a, o_off));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, sh->commit, &a, sh->o));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, sh->commit, &a, o_n));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, sh->commit, &a, sh->lse_dst));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, sh->commit, &a, l_off));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, sh->commit, &a, sh->lse));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, sh->commit, &a, l_n));
+    const size_t g[1] = {(size_t)(o_n > l_n ? o_n : l_n)};
+    return clattn__enqueue(ctx, sh->commit, 1, g, NULL, event);
+}
+
+void clattn__shadow_release(clattn_context *ctx, clattn__shadow *sh)
+{
+    /* safe while the commit is queued: OpenCL keeps the buffers until it is done */
+    clattn__buffer_release(ctx, sh->o);
+    clattn__buffer_release(ctx, sh->lse);
+    sh->o = sh->lse = NULL;
+    sh->active = false;
 }

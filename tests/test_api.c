@@ -221,18 +221,47 @@ static void test_bad_options_are_refused(void **state)
     free(p);
 }
 
-static void test_invalid_clattn_path_environment_is_reported(void **state)
+/* The environment is read when a context is created (so setenv in another thread never
+ * races with a call): a bad CLATTN_PATH is reported by the calls of contexts created
+ * with it, and changing the variable later changes only contexts created after. */
+static void test_clattn_path_is_read_when_the_context_is_created(void **state)
 {
     (void)state;
     problem *p = malloc(sizeof *p);
     problem_init(p);
     setenv("CLATTN_PATH", "warp-drive", 1);
-    expect_refused(p, CLATTN_ERROR_INVALID_ARGUMENT, "CLATTN_PATH=warp-drive");
+    clattn_context *bad = test_context();
     setenv("CLATTN_PATH", "unfused", 1);
-    assert_int_equal(clattn_attention(test_shared_context(), &p->tq, &p->tk, &p->tv, &p->to, &p->opt, NULL),
-                     CLATTN_SUCCESS);
-    assert_int_equal(clattn_context_last_path(test_shared_context()), CLATTN_PATH_UNFUSED);
+    clattn_context *unf = test_context();
     unsetenv("CLATTN_PATH");
+    clattn_context *plain = test_context();
+
+    /* created with warp-drive: refused, O untouched, though the variable is now unset */
+    assert_int_equal(clattn_attention(bad, &p->tq, &p->tk, &p->tv, &p->to, &p->opt, NULL),
+                     CLATTN_ERROR_INVALID_ARGUMENT);
+    assert_non_null(strstr(clattn_context_last_error(bad), "CLATTN_PATH=warp-drive"));
+    for (size_t i = 0; i < sizeof p->o / sizeof p->o[0]; i++) assert_true(p->o[i] == 42.0f);
+    /* created with unfused: keeps unfused after the variable changed and was unset */
+    setenv("CLATTN_PATH", "warp-drive", 1);
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(clattn_attention(unf, &p->tq, &p->tk, &p->tv, &p->to, &p->opt, NULL), CLATTN_SUCCESS);
+        assert_int_equal(clattn_context_last_path(unf), CLATTN_PATH_UNFUSED);
+        unsetenv("CLATTN_PATH");
+    }
+    /* created unset: the library's own choice, whatever the variable says now */
+    setenv("CLATTN_PATH", "unfused", 1);
+    assert_int_equal(clattn_attention(plain, &p->tq, &p->tk, &p->tv, &p->to, &p->opt, NULL), CLATTN_SUCCESS);
+    assert_int_not_equal(clattn_context_last_path(plain), CLATTN_PATH_UNFUSED);
+    assert_string_equal(clattn_context_last_path_reason(plain), "first supported path");
+    /* a context created after the change uses the new value */
+    clattn_context *later = test_context();
+    unsetenv("CLATTN_PATH");
+    assert_int_equal(clattn_attention(later, &p->tq, &p->tk, &p->tv, &p->to, &p->opt, NULL), CLATTN_SUCCESS);
+    assert_int_equal(clattn_context_last_path(later), CLATTN_PATH_UNFUSED);
+    clattn_context_free(bad);
+    clattn_context_free(unf);
+    clattn_context_free(plain);
+    clattn_context_free(later);
     free(p);
 }
 
@@ -435,7 +464,7 @@ int main(void)
         cmocka_unit_test(test_bad_strides_offsets_and_dtypes_are_refused),
         cmocka_unit_test(test_bad_options_are_refused),
         cmocka_unit_test(test_output_strides_whose_products_overflow_are_refused),
-        cmocka_unit_test(test_invalid_clattn_path_environment_is_reported),
+        cmocka_unit_test(test_clattn_path_is_read_when_the_context_is_created),
         cmocka_unit_test(test_caller_owned_opencl_objects_and_buffers_work_with_an_event),
         cmocka_unit_test(test_foreign_queue_is_refused),
         cmocka_unit_test(test_parameters_have_bounds),

@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "context.h" /* clattn__fail_path_set */
 #include "test_util.h"
 
 #define SHAPE(b, hq, hkv, lq, lk, d, dv) .B = b, .Hq = hq, .Hkv = hkv, .Lq = lq, .Lk = lk, .D = d, .Dv = dv
@@ -73,8 +74,8 @@ static size_t walk_chain(const attn_case *c, const char *stage, clattn_status wa
     char fail[256] = "";
     size_t n = 0;
     for (;;) {
+        setenv("CLATTN_FAIL_PATH", fail, 1); /* read when the context is created */
         clattn_context *ctx = test_context();
-        setenv("CLATTN_FAIL_PATH", fail, 1);
         clattn_status st = run_checked(ctx, c, CLATTN_PATH_AUTO);
         assert_int_equal(clattn_context_failure_count(ctx), n);
         for (size_t i = 0; i < n; i++) {
@@ -173,9 +174,10 @@ static void test_failed_path_is_remembered_and_not_retried(void **state)
     assert_int_equal(run_checked(ctx, &decode, CLATTN_PATH_AUTO), CLATTN_SUCCESS);
     const clattn_path first = clattn_context_last_path(ctx);
 
+    /* the context read CLATTN_FAIL_PATH when it was created: change its copy */
     char fail[64] = "";
     add_fail(fail, sizeof fail, first, "launch");
-    setenv("CLATTN_FAIL_PATH", fail, 1);
+    clattn__fail_path_set(ctx, fail);
     assert_int_equal(run_checked(ctx, &decode, CLATTN_PATH_AUTO), CLATTN_SUCCESS);
     const clattn_path second = clattn_context_last_path(ctx);
     assert_int_not_equal(second, first);
@@ -189,7 +191,7 @@ static void test_failed_path_is_remembered_and_not_retried(void **state)
     assert_non_null(strstr(reason, "CL_OUT_OF_RESOURCES"));
 
     /* the driver "recovers", but the context remembers */
-    unsetenv("CLATTN_FAIL_PATH");
+    clattn__fail_path_set(ctx, "");
     assert_int_equal(run_checked(ctx, &decode, CLATTN_PATH_AUTO), CLATTN_SUCCESS);
     assert_int_equal(clattn_context_last_path(ctx), second);
     assert_non_null(strstr(clattn_context_last_path_reason(ctx), "failed before"));

@@ -387,7 +387,9 @@ static int prepare_outputs(run_state *s)
 static int resolve_device(run_state *s)
 {
     char err[1024] = "";
-    clattn_status st = clattn__device_find(ARG(s, OPT_DEVICE), &s->device_index, err, sizeof err);
+    const char *env_device = getenv("CLATTN_DEVICE"); /* what the library's default would be */
+    clattn_status st = clattn__device_find(ARG(s, OPT_DEVICE), env_device ? env_device : "",
+                                           &s->device_index, err, sizeof err);
     if (st != CLATTN_SUCCESS) {
         cli_error(CMD, "%s%s", ARG(s, OPT_DEVICE) ? "--device: " : "",
                   err[0] ? err : clattn_status_string(st));
