@@ -171,6 +171,8 @@ static void test_fused_on_device_buffers(void **state)
          .out_dtype = CLATTN_F16},
     };
     run_tuned(cases, sizeof cases / sizeof cases[0], TEST_ON_DEVICE);
+    /* every tensor a view at a byte offset of one buffer, as applications lay them out */
+    run_tuned(cases, sizeof cases / sizeof cases[0], TEST_ON_DEVICE_PACKED);
 }
 
 /* A workspace too small for every head's packed K and V: the CPU form runs the heads in

@@ -509,7 +509,9 @@ void attn_case_data_free(attn_case_data *d)
     free(d);
 }
 
-clattn_status attn_case_data_upload(clattn_context *ctx, attn_case_data *d)
+/* Upload every buffer: each into a cl_mem of its own, or (packed) all into one cl_mem at
+ * 256-byte-aligned offsets, each slot holding its own reference to it. */
+static clattn_status upload(clattn_context *ctx, attn_case_data *d, bool packed)
 {
     if (!ctx || !d) return CLATTN_ERROR_INVALID_ARGUMENT;
     cl_context clctx = clattn_context_cl_context(ctx);
@@ -519,19 +521,52 @@ clattn_status attn_case_data_upload(clattn_context *ctx, attn_case_data *d)
         if (err != CL_SUCCESS) return (clattn_status)err;
         d->queue = queue;
     }
+    cl_mem shared = NULL;
+    if (packed) {
+        size_t total = 256;
+        for (int i = 0; i < ATTN_BUF_COUNT; i++)
+            if (d->buf[i].present && !d->buf[i].mem) total += (d->buf[i].bytes + 255) / 256 * 256;
+        cl_int err;
+        shared = clCreateBuffer(clctx, CL_MEM_READ_WRITE, total, NULL, &err);
+        if (err != CL_SUCCESS) return (clattn_status)err;
+    }
+    size_t next = 256;
     for (int i = 0; i < ATTN_BUF_COUNT; i++) {
         if (!d->buf[i].present || d->buf[i].mem) continue;
-        cl_int err;
-        d->buf[i].mem = clCreateBuffer(clctx, CL_MEM_READ_WRITE, d->buf[i].bytes, NULL, &err);
-        if (err != CL_SUCCESS) return (clattn_status)err;
-        err = clEnqueueWriteBuffer(queue, d->buf[i].mem, CL_TRUE, 0, d->buf[i].bytes,
-                                   d->buf[i].host, 0, NULL, NULL);
-        if (err != CL_SUCCESS) return (clattn_status)err;
+        cl_int err = CL_SUCCESS;
+        if (packed) {
+            d->buf[i].mem = shared;
+            d->buf[i].mem_off = next;
+            next += (d->buf[i].bytes + 255) / 256 * 256;
+            clRetainMemObject(shared);
+        } else {
+            d->buf[i].mem = clCreateBuffer(clctx, CL_MEM_READ_WRITE, d->buf[i].bytes, NULL, &err);
+            d->buf[i].mem_off = 0;
+        }
+        if (err == CL_SUCCESS)
+            err = clEnqueueWriteBuffer(queue, d->buf[i].mem, CL_TRUE, d->buf[i].mem_off,
+                                       d->buf[i].bytes, d->buf[i].host, 0, NULL, NULL);
+        if (err != CL_SUCCESS) {
+            if (shared) clReleaseMemObject(shared);
+            return (clattn_status)err;
+        }
         d->buf[i].dt = d->buf[i].t;
         d->buf[i].dt.host = NULL;
         d->buf[i].dt.buffer = d->buf[i].mem;
+        d->buf[i].dt.offset += d->buf[i].mem_off;
     }
+    if (shared) clReleaseMemObject(shared); /* the slots hold it now */
     return CLATTN_SUCCESS;
+}
+
+clattn_status attn_case_data_upload(clattn_context *ctx, attn_case_data *d)
+{
+    return upload(ctx, d, false);
+}
+
+clattn_status attn_case_data_upload_packed(clattn_context *ctx, attn_case_data *d)
+{
+    return upload(ctx, d, true);
 }
 
 clattn_status attn_case_reset_outputs(attn_case_data *d)
@@ -542,7 +577,7 @@ clattn_status attn_case_reset_outputs(attn_case_data *d)
         if (!d->buf[i].present) continue;
         memset(d->buf[i].host, 0xff, d->buf[i].bytes);
         if (d->buf[i].mem) {
-            cl_int err = clEnqueueWriteBuffer(d->queue, d->buf[i].mem, CL_TRUE, 0,
+            cl_int err = clEnqueueWriteBuffer(d->queue, d->buf[i].mem, CL_TRUE, d->buf[i].mem_off,
                                               d->buf[i].bytes, d->buf[i].host, 0, NULL, NULL);
             if (err != CL_SUCCESS) return (clattn_status)err;
         }
@@ -631,7 +666,7 @@ static int64_t clobbered_bytes(const attn_case_data *d, int which, size_t *first
 static clattn_status read_back(attn_case_data *d, int which)
 {
     if (!d->buf[which].present || !d->buf[which].mem) return CLATTN_SUCCESS;
-    cl_int err = clEnqueueReadBuffer(d->queue, d->buf[which].mem, CL_TRUE, 0,
+    cl_int err = clEnqueueReadBuffer(d->queue, d->buf[which].mem, CL_TRUE, d->buf[which].mem_off,
                                      d->buf[which].bytes, d->buf[which].host, 0, NULL, NULL);
     return err == CL_SUCCESS ? CLATTN_SUCCESS : (clattn_status)err;
 }

@@ -88,6 +88,7 @@ typedef struct attn_case_data {
         size_t bytes;                 /* allocation size, offset and padding included */
         clattn_tensor t;              /* host descriptor */
         cl_mem mem;                   /* device copy after attn_case_data_upload, or NULL */
+        size_t mem_off;               /* byte offset of the copy in mem (one shared buffer) */
         clattn_tensor dt;             /* device descriptor (valid when mem is set) */
     } buf[ATTN_BUF_COUNT];
     cl_command_queue queue;           /* the queue used by upload, kept for read-back */
@@ -101,6 +102,9 @@ void attn_case_data_free(attn_case_data *d); /* NULL is a no-op */
 /* Copy every buffer to new cl_mem buffers on ctx (blocking). After this, attn_case_run
  * and attn_case_options use the device buffers and attn_case_compare reads O and LSE back. */
 clattn_status attn_case_data_upload(clattn_context *ctx, attn_case_data *d);
+/* The same, as an application often lays tensors out: all of them in one cl_mem, each at
+ * a 256-byte-aligned byte offset (none at 0). */
+clattn_status attn_case_data_upload_packed(clattn_context *ctx, attn_case_data *d);
 
 /* Fill O and LSE (padding included) with the 0xff sentinel again, on the host and, when
  * uploaded, on the device (blocking): call before running a second path on one data. */

@@ -50,8 +50,9 @@ static int run_one(clattn_context *ctx, const attn_case *base, clattn_path path,
         print_error("%s\n  data: %s\n", desc, clattn_status_string(st));
         return 1;
     }
-    if (flags & TEST_ON_DEVICE) {
-        st = attn_case_data_upload(ctx, d);
+    if (flags & (TEST_ON_DEVICE | TEST_ON_DEVICE_PACKED)) {
+        st = (flags & TEST_ON_DEVICE_PACKED) ? attn_case_data_upload_packed(ctx, d)
+                                             : attn_case_data_upload(ctx, d);
         if (st != CLATTN_SUCCESS) {
             print_error("%s\n  upload: %s\n", desc, clattn_status_string(st));
             attn_case_data_free(d);

@@ -26,7 +26,9 @@ int test_shared_context_teardown(void **state);
 
 enum {
     TEST_ALLOW_UNSUPPORTED = 1, /* a forced path answering PATH_UNSUPPORTED is a skip */
-    TEST_ON_DEVICE = 2          /* pass cl_mem tensors (attn_case_data_upload) */
+    TEST_ON_DEVICE = 2,         /* pass cl_mem tensors (attn_case_data_upload) */
+    TEST_ON_DEVICE_PACKED = 4   /* cl_mem tensors in one buffer at byte offsets
+                                   (attn_case_data_upload_packed) */
 };
 
 /* Run every case with path forced (AUTO: the library's choice) and compare it with the
