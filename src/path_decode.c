@@ -73,6 +73,12 @@ static void decode_make_plan(const clattn_context *ctx, const clattn__problem *p
     const int max_rows = pl->form == tu->form ? tu->rows : (pl->form ? 8 : 4);
     pl->nblk = ceil_div(nrows, max_rows);
     pl->rows = (int)ceil_div(nrows, pl->nblk);
+    /* ROWS is a build option: a power of two (or the bound) so that few builds serve
+     * every group size and query count; the kernels skip a block's rows past the end */
+    int rows = 1;
+    while (rows < pl->rows) rows <<= 1;
+    pl->rows = rows < max_rows ? rows : max_rows;
+    pl->nblk = ceil_div(nrows, pl->rows);
     if (pl->form == 1) {
         if (pl->form != tu->form) {
             pl->wg = 64;

@@ -52,12 +52,13 @@ static void fused_make_plan(const clattn_context *ctx, const clattn__problem *p,
         pl->wg = pl->form ? 128 : 1;
     }
     if (pl->form == 0) {
-        /* fewer row groups when they would leave compute units idle: at least 4
-         * work-items per unit */
+        /* one row group when the tuned count would leave compute units idle (fewer than 4
+         * work-items per unit). Nothing in between: ROW_GROUPS is a build option, and
+         * problems that small gain nothing measurable from 2 or 3 groups, while each
+         * value would cost a kernel build of its own. */
         const int64_t want = 4 * (int64_t)(ctx->props.compute_units ? ctx->props.compute_units : 1);
         const int64_t blocks = p->B * p->Hq * ((p->Lq + pl->block_m - 1) / pl->block_m);
-        while (pl->row_groups > 1 && (blocks + pl->row_groups - 1) / pl->row_groups < want)
-            pl->row_groups--;
+        if ((blocks + pl->row_groups - 1) / pl->row_groups < want) pl->row_groups = 1;
     }
     if (pl->form == 1) {
         /* work-groups of 16 x TR work-items; BLOCK_M a multiple of TR; the tiles shrink

@@ -140,7 +140,7 @@ clattn_status clattn__disk_cache_load(clattn_context *ctx, const char *file, con
         if (err == CL_SUCCESS && status == CL_SUCCESS &&
             clBuildProgram(p, 1, &ctx->device, options, NULL, NULL) == CL_SUCCESS) {
             *prog = p;
-            clattn__log(ctx, "program cache hit: %s (%s)", path, file);
+            clattn__log(ctx, "program cache hit: %s (%s with %s)", path, file, options);
         } else {
             if (err == CL_SUCCESS) clReleaseProgram(p);
             ok = false;
