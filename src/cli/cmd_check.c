@@ -91,7 +91,7 @@ static int check_device(size_t index, const char *path_arg, long nrandom, uint64
     return CLI_EXIT_OK;
 }
 
-int cmd_check(int argc, char **argv)
+int cmd_check_parse(int argc, char **argv, check_args *a, bool *help)
 {
     static const struct option longopts[] = {{"device", required_argument, NULL, 'd'},
                                               {"path", required_argument, NULL, 'p'},
@@ -100,29 +100,32 @@ int cmd_check(int argc, char **argv)
                                               {"quiet", no_argument, NULL, 'q'},
                                               {"help", no_argument, NULL, 'h'},
                                               {NULL, 0, NULL, 0}};
-    const char *device = NULL, *path = "all";
-    int64_t nrandom = 8, seed = 1;
-    bool quiet = false;
+    a->device = NULL;
+    a->path = "all";
+    a->nrandom = 8;
+    a->seed = 1;
+    a->quiet = false;
+    *help = false;
     cli_getopt_reset();
     int c;
     while ((c = getopt_long(argc, argv, ":d:p:r:s:qh", longopts, NULL)) != -1) {
         switch (c) {
-        case 'd': device = optarg; break;
-        case 'p': path = optarg; break;
+        case 'd': a->device = optarg; break;
+        case 'p': a->path = optarg; break;
         case 'r':
-            if (!cli_parse_int64(optarg, &nrandom) || nrandom < 0 || nrandom > 100000) {
+            if (!cli_parse_int64(optarg, &a->nrandom) || a->nrandom < 0 || a->nrandom > 100000) {
                 cli_error("check", "--random: '%s' is not a count from 0 to 100000", optarg);
                 return CLI_EXIT_USAGE;
             }
             break;
         case 's':
-            if (!cli_parse_int64(optarg, &seed) || seed < 0) {
+            if (!cli_parse_int64(optarg, &a->seed) || a->seed < 0) {
                 cli_error("check", "--seed: '%s' is not a non-negative integer", optarg);
                 return CLI_EXIT_USAGE;
             }
             break;
-        case 'q': quiet = true; break;
-        case 'h': usage(stdout); return CLI_EXIT_OK;
+        case 'q': a->quiet = true; break;
+        case 'h': *help = true; return CLI_EXIT_OK;
         default: cli_getopt_error("check", c, argv, longopts); return CLI_EXIT_USAGE;
         }
     }
@@ -130,6 +133,7 @@ int cmd_check(int argc, char **argv)
         cli_error("check", "unexpected argument '%s'", argv[optind]);
         return CLI_EXIT_USAGE;
     }
+    const char *path = a->path;
     clattn_path want;
     if (strcmp(path, "all") != 0 &&
         (clattn_path_from_name(path, &want) != CLATTN_SUCCESS)) {
@@ -140,6 +144,22 @@ int cmd_check(int argc, char **argv)
         cli_error("check", "--path: path '%s' is not available in this build", path);
         return CLI_EXIT_USAGE;
     }
+    return CLI_EXIT_OK;
+}
+
+int cmd_check(int argc, char **argv)
+{
+    check_args a;
+    bool help;
+    int rc = cmd_check_parse(argc, argv, &a, &help);
+    if (rc != CLI_EXIT_OK) return rc;
+    if (help) {
+        usage(stdout);
+        return CLI_EXIT_OK;
+    }
+    const char *device = a.device, *path = a.path;
+    const int64_t nrandom = a.nrandom, seed = a.seed;
+    const bool quiet = a.quiet;
 
     size_t count = 0;
     clattn_device_count(&count);
