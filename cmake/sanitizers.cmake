@@ -28,3 +28,21 @@ if(CLATTN_SANITIZE)
   add_link_options(${CLATTN_SANITIZE_FLAGS})
   message(STATUS "clattn: sanitizers ${CLATTN_SANITIZE} (${CLATTN_SANITIZE_FLAGS})")
 endif()
+
+# libFuzzer targets (tests/fuzz): clang only. Every object gets the fuzzer's coverage
+# instrumentation (-fsanitize=fuzzer-no-link), so the fuzzer is guided by the library code
+# it reaches, not only by the small target files; without another choice the sanitizers
+# are ASan and UBSan, which turn silent memory errors into crashes the fuzzer reports.
+option(CLATTN_FUZZ "Build the libFuzzer targets in tests/fuzz (clang only)" OFF)
+if(CLATTN_FUZZ)
+  if(NOT CMAKE_C_COMPILER_ID MATCHES "Clang")
+    message(FATAL_ERROR "CLATTN_FUZZ needs clang (libFuzzer); configure with -DCMAKE_C_COMPILER=clang")
+  endif()
+  if(NOT CLATTN_SANITIZE)
+    add_compile_options(-fsanitize=address,undefined -fno-sanitize-recover=undefined
+                        -fno-omit-frame-pointer -g)
+    add_link_options(-fsanitize=address,undefined -fno-sanitize-recover=undefined)
+  endif()
+  add_compile_options(-fsanitize=fuzzer-no-link)
+  add_link_options(-fsanitize=fuzzer-no-link)
+endif()
