@@ -192,6 +192,13 @@ clattn_status clattn__problem_init(clattn__problem *p, const clattn_tensor *q,
               (long long)opt->window_left, (long long)opt->window_right);
     p->win_left = opt->window_left;
     p->win_right = opt->window_right;
+    /* A side of Lq + Lk or more excludes no key (query positions i' lie in -Lq..Lk-1), so
+     * it is the same as unbounded; say so, because the key range is computed as i' - left
+     * and i' + right + 1, which overflow for sides near INT64_MAX (a caller's "no limit")
+     * in the reference and in the kernels, where the wrapped bound hid every key. */
+    const int64_t reach = p->Lq > INT64_MAX - p->Lk ? INT64_MAX : p->Lq + p->Lk;
+    if (p->win_left >= reach) p->win_left = -1;
+    if (p->win_right >= reach) p->win_right = -1;
     if ((int)opt->path < 0 || opt->path >= CLATTN_PATH_COUNT_)
         FAILP(CLATTN_ERROR_INVALID_ARGUMENT, "path = %d is not a clattn_path value",
               (int)opt->path);
