@@ -84,15 +84,20 @@ static clattn_status check_no_self_overlap(const char *name, const clattn_tensor
             order[b - 1] = tmp;
         }
     int64_t covered = (int64_t)clattn_dtype_size(t->dtype);
+    /* nb * ne can pass INT64_MAX even when the span fits in a size_t; then no stride can
+     * step past what is covered, and computing the product would overflow. */
+    bool covered_beyond_int64 = false;
     for (int a = 0; a < 4; a++) {
         int d = order[a];
         if (t->ne[d] <= 1) continue;
-        if (t->nb[d] < covered)
+        if (covered_beyond_int64 || t->nb[d] < covered)
             FAILP(CLATTN_ERROR_INVALID_STRIDE,
-                  "%s: strides make elements overlap (nb[%d] = %lld < %lld); an output needs "
+                  "%s: strides make elements overlap (nb[%d] = %lld < %s%lld); an output needs "
                   "distinct elements",
-                  name, d, (long long)t->nb[d], (long long)covered);
-        covered = t->nb[d] * t->ne[d];
+                  name, d, (long long)t->nb[d], covered_beyond_int64 ? "more than " : "",
+                  (long long)covered);
+        if (t->nb[d] > INT64_MAX / t->ne[d]) covered_beyond_int64 = true;
+        else covered = t->nb[d] * t->ne[d];
     }
     return CLATTN_SUCCESS;
 }
