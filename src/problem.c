@@ -10,6 +10,10 @@
 
 int64_t clattn__tensor_numel(const clattn_tensor *t)
 {
+    /* An empty tensor first: its other extents are not bounded by any memory and their
+     * product alone may overflow. */
+    for (int i = 0; i < 4; i++)
+        if (t->ne[i] == 0) return 0;
     int64_t n = 1;
     for (int i = 0; i < 4; i++) n *= t->ne[i];
     return n;

@@ -105,8 +105,16 @@ clattn_status clattn_reference_attention(const clattn_tensor *q, const clattn_te
     clattn_status st = clattn__problem_init(&p, q, k, v, NULL, opt, err, sizeof err);
     if (st != CLATTN_SUCCESS) return st;
     const int64_t B = p.B, Hq = p.Hq, Lq = p.Lq, Lk = p.Lk, D = p.D, Dv = p.Dv;
-    if (B * Hq * Lq == 0) return CLATTN_SUCCESS; /* nothing to write */
+    /* Nothing to write. Each extent is tested on its own: with zero (broadcast) strides an
+     * extent can be huge while another is 0, and their product would overflow. */
+    if (B == 0 || Hq == 0 || Lq == 0) return CLATTN_SUCCESS;
     if (out == NULL) return CLATTN_ERROR_INVALID_ARGUMENT;
+    /* K and V of one head are gathered as doubles. Lk is not bounded by any buffer (K and
+     * V may broadcast it with zero strides), so refuse what cannot be allocated instead of
+     * letting Lk * D wrap to a small allocation that the gather then overruns. */
+    const int64_t Dmax = D > Dv ? D : Dv;
+    if (Lk > ((int64_t)(SIZE_MAX / sizeof(double) / 2) - 1) / Dmax)
+        return CLATTN_ERROR_OUT_OF_MEMORY;
 
     /* +1 so that Lk == 0 never asks malloc for zero bytes. */
     double *kbuf = malloc((size_t)(Lk * D + 1) * sizeof *kbuf);
