@@ -9,15 +9,21 @@
 #
 # Usage: scripts/sanitize.sh [CTEST_ARGS...]
 # Environment: CC (default gcc for ASan; TSan prefers clang when present, whose runtime
-# copes better with the driver's threads), JOBS (default 2), CLATTN_CACHE_DIR (kernel
-# binary cache shared with the normal build, so kernels are not compiled again; default
-# build-kcache in the repository).
+# copes better with the driver's threads), JOBS (default 2), CLATTN_CACHE_DIR (the kernel
+# binary cache, shared by both sanitizer builds; default: the normal build's own test
+# cache, build/test-cache, when it exists, so kernels its test run compiled are not
+# compiled again; else build-kcache). The cache key holds the kernel sources, build
+# options, device and driver, never the host build, so one folder serves every build.
 set -eu
 cd "$(dirname "$0")/.."
 root=$(pwd)
 jobs=${JOBS:-2}
 supp=$root/tests/sanitizers
-export CLATTN_CACHE_DIR="${CLATTN_CACHE_DIR:-$root/build-kcache}"
+if [ -z "${CLATTN_CACHE_DIR:-}" ]; then
+    if [ -d build/test-cache ]; then CLATTN_CACHE_DIR=$root/build/test-cache
+    else CLATTN_CACHE_DIR=$root/build-kcache; fi
+fi
+export CLATTN_CACHE_DIR
 mkdir -p "$CLATTN_CACHE_DIR"
 
 # The tests point CLATTN_CACHE_DIR at <build>/test-cache; make that folder the shared one.
@@ -48,7 +54,8 @@ share_cache build-asan
 # fast_unwind_on_malloc=0: leak stacks through the uninstrumented driver are otherwise cut
 # short, and then suppressions by driver library cannot match them.
 export ASAN_OPTIONS="detect_leaks=1:halt_on_error=1:abort_on_error=0:strict_string_checks=1:detect_stack_use_after_return=1:check_initialization_order=1:fast_unwind_on_malloc=0"
-export LSAN_OPTIONS="suppressions=$supp/lsan.supp:print_suppressions=1:report_objects=0"
+# print_suppressions=0: the CLI tests check that stderr holds exactly one line per error.
+export LSAN_OPTIONS="suppressions=$supp/lsan.supp:print_suppressions=0"
 export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:suppressions=$supp/ubsan.supp"
 # shellcheck disable=SC2046
 (cd build-asan && ctest --output-on-failure $(exclude_oclgrind .) "$@")
@@ -64,7 +71,7 @@ cmake -S . -B build-tsan -DCMAKE_C_COMPILER="$tcc" -DCMAKE_BUILD_TYPE=RelWithDeb
       -DCLATTN_SANITIZE=thread >/dev/null
 cmake --build build-tsan -j "$jobs" --target test_threads
 share_cache build-tsan
-export TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1:suppressions=$supp/tsan.supp:print_suppressions=1"
+export TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1:suppressions=$supp/tsan.supp:print_suppressions=0"
 (cd build-tsan && ctest --output-on-failure -R '^test_threads$')
 end=$(date +%s)
 echo "== TSan test took $((end - asan_end)) s; sanitize.sh took $((end - start)) s in all"
