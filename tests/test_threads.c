@@ -3,8 +3,9 @@
  * contexts may be used concurrently; the device list and the on-disk program cache are
  * shared and guarded"). The cache folder is new and empty, so every thread builds and
  * stores the same programs at the same moment: the race this test exists for. Every result
- * is compared with the float64 reference. Under ThreadSanitizer (scripts/sanitize.sh) the
- * same run must report no data race.
+ * is compared with the float64 reference, and afterwards every program must be in the
+ * cache, whole, so that a new context builds nothing. Under ThreadSanitizer
+ * (scripts/sanitize.sh) the same run must report no data race.
  *
  * The worker threads never call cmocka (its assertions longjmp, which is only safe on the
  * test's own thread): they record a message, and the main thread fails the test. */
@@ -13,6 +14,7 @@
 #include "internal.h"
 
 #include <dirent.h>
+#include <fcntl.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -260,6 +262,58 @@ static int check_and_remove_cache(const char *dir)
     return programs;
 }
 
+/* After the threads, every program they built must be in the cache, whole: a new
+ * context running the same calls builds nothing. The library's log (CLATTN_PARAM_LOG, to
+ * stderr) says "building" for each program it had to compile; stderr is sent to a file
+ * for the duration. A lost or damaged store (two threads writing one temporary file, a
+ * reader removing a half-written one) shows up here as a rebuild. */
+static void expect_every_program_cached(void)
+{
+    char path[] = "/tmp/clattn-threads-log-XXXXXX";
+    const int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    fflush(stderr);
+    const int saved = dup(2);
+    assert_true(saved >= 0);
+    assert_true(dup2(fd, 2) >= 0);
+
+    worker w;
+    memset(&w, 0, sizeof w);
+    w.id = NTHREADS; /* the main thread, after the others */
+    clattn_context *ctx = NULL;
+    clattn_status st = clattn_context_create(NULL, &ctx);
+    if (st == CLATTN_SUCCESS) st = clattn_context_set_param(ctx, CLATTN_PARAM_LOG, 1);
+    if (st == CLATTN_SUCCESS) {
+        for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+            run_attention_case(&w, ctx, &cases[i]);
+        run_kv_case(&w, ctx, 77);
+    }
+    clattn_context_free(ctx);
+
+    fflush(stderr);
+    dup2(saved, 2);
+    close(saved);
+    close(fd);
+    FILE *f = fopen(path, "r");
+    assert_non_null(f);
+    char line[2048], first[2048] = "";
+    int builds = 0, hits = 0;
+    while (fgets(line, sizeof line, f)) {
+        if (strstr(line, "program cache hit")) hits++;
+        if (strstr(line, "clattn: building ") || strstr(line, "damaged or stale")) {
+            if (builds++ == 0) snprintf(first, sizeof first, "%s", line);
+        }
+    }
+    fclose(f);
+    remove(path);
+    assert_int_equal(st, CLATTN_SUCCESS);
+    if (w.failures) fail_msg("%s", w.msg);
+    if (builds)
+        fail_msg("%d program(s) had to be built again after the threads stored them (%d cache "
+                 "hits); first: %s", builds, hits, first);
+    assert_true(hits > 0); /* the log is read: a silent log would make this check empty */
+}
+
 static void test_contexts_on_threads_share_the_disk_cache_and_match_reference(void **state)
 {
     (void)state;
@@ -294,8 +348,12 @@ static void test_contexts_on_threads_share_the_disk_cache_and_match_reference(vo
             print_error("thread %d compared %d calls, expected %d\n", i, w[i].calls, expected);
         failures += w[i].failures + (w[i].calls != expected && !w[i].failures);
     }
+    if (failures) {
+        check_and_remove_cache(dir);
+        fail_msg("%d failure(s) over %d threads", failures, NTHREADS);
+    }
+    expect_every_program_cached();
     const int programs = check_and_remove_cache(dir);
-    if (failures) fail_msg("%d failure(s) over %d threads", failures, NTHREADS);
     /* Every thread built the same programs; at least one of each must have been stored. */
     assert_true(programs > 0);
 }
