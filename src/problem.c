@@ -10,6 +10,10 @@
 
 int64_t clattn__tensor_numel(const clattn_tensor *t)
 {
+    /* An empty tensor first: its other extents are not bounded by any memory and their
+     * product alone may overflow. */
+    for (int i = 0; i < 4; i++)
+        if (t->ne[i] == 0) return 0;
     int64_t n = 1;
     for (int i = 0; i < 4; i++) n *= t->ne[i];
     return n;
@@ -84,16 +88,20 @@ static clattn_status check_no_self_overlap(const char *name, const clattn_tensor
             order[b - 1] = tmp;
         }
     int64_t covered = (int64_t)clattn_dtype_size(t->dtype);
+    /* nb * ne can pass INT64_MAX even when the span fits in a size_t; then no stride can
+     * step past what is covered, and computing the product would overflow. */
+    bool covered_beyond_int64 = false;
     for (int a = 0; a < 4; a++) {
         int d = order[a];
         if (t->ne[d] <= 1) continue;
-        if (t->nb[d] < covered)
+        if (covered_beyond_int64 || t->nb[d] < covered)
             FAILP(CLATTN_ERROR_INVALID_STRIDE,
-                  "%s: strides make elements overlap (nb[%d] = %lld < %lld); an output needs "
+                  "%s: strides make elements overlap (nb[%d] = %lld < %s%lld); an output needs "
                   "distinct elements",
-                  name, d, (long long)t->nb[d], (long long)covered);
-        /* past 64 bits nothing further out can step beyond it: it overlaps */
-        if (!clattn__mul_ok(t->nb[d], t->ne[d], &covered)) covered = INT64_MAX;
+                  name, d, (long long)t->nb[d], covered_beyond_int64 ? "more than " : "",
+                  (long long)covered);
+        if (t->nb[d] > INT64_MAX / t->ne[d]) covered_beyond_int64 = true;
+        else covered = t->nb[d] * t->ne[d];
     }
     return CLATTN_SUCCESS;
 }
@@ -193,6 +201,13 @@ clattn_status clattn__problem_init(clattn__problem *p, const clattn_tensor *q,
               (long long)opt->window_left, (long long)opt->window_right);
     p->win_left = opt->window_left;
     p->win_right = opt->window_right;
+    /* A side of Lq + Lk or more excludes no key (query positions i' lie in -Lq..Lk-1), so
+     * it is the same as unbounded; say so, because the key range is computed as i' - left
+     * and i' + right + 1, which overflow for sides near INT64_MAX (a caller's "no limit")
+     * in the reference and in the kernels, where the wrapped bound hid every key. */
+    const int64_t reach = p->Lq > INT64_MAX - p->Lk ? INT64_MAX : p->Lq + p->Lk;
+    if (p->win_left >= reach) p->win_left = -1;
+    if (p->win_right >= reach) p->win_right = -1;
     if ((int)opt->path < 0 || opt->path >= CLATTN_PATH_COUNT_)
         FAILP(CLATTN_ERROR_INVALID_ARGUMENT, "path = %d is not a clattn_path value",
               (int)opt->path);

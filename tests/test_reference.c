@@ -202,6 +202,23 @@ static void test_reference_window_keeps_keys_between_left_and_right_of_aligned_r
     }
 }
 
+/* A window side too wide to exclude anything, up to INT64_MAX ("no limit" as callers
+ * write it), is the same as unbounded: the key range must not overflow into nothing. */
+static void test_reference_window_wider_than_the_problem_is_unbounded(void **state)
+{
+    (void)state;
+    clattn_options opt;
+    clattn_options_init(&opt);
+    const int64_t sides[] = {9, 1000, INT64_MAX - 1, INT64_MAX};
+    for (size_t s = 0; s < sizeof sides / sizeof sides[0]; s++) {
+        opt.window_left = sides[s];
+        opt.window_right = sides[s];
+        double out[3], lse[3];
+        run_zero_query(3, 6, &opt, out, lse);
+        for (int i = 0; i < 3; i++) assert_close(out[i], mean_v(0, 6));
+    }
+}
+
 static void test_reference_kv_len_zero_gives_zeros_and_neg_inf_lse(void **state)
 {
     (void)state;
@@ -716,6 +733,7 @@ int main(void)
         cmocka_unit_test(test_reference_causal_bottom_right_single_query_sees_all_keys),
         cmocka_unit_test(test_reference_causal_bottom_right_rows_before_first_key_are_fully_masked),
         cmocka_unit_test(test_reference_window_keeps_keys_between_left_and_right_of_aligned_row),
+        cmocka_unit_test(test_reference_window_wider_than_the_problem_is_unbounded),
         cmocka_unit_test(test_reference_kv_len_zero_gives_zeros_and_neg_inf_lse),
         cmocka_unit_test(test_reference_fully_masked_row_is_zero_and_lse_neg_inf),
         cmocka_unit_test(test_reference_float_mask_adds_to_scores_and_all_neg_inf_row_is_masked),

@@ -53,19 +53,6 @@ static void usage(FILE *f)
             "GB/s counts K and V at the cache's size.\n");
 }
 
-/* One case to measure: the problem and the options that are not the problem's. */
-typedef struct bench_spec {
-    attn_case c;
-    char kv_quant[16];
-} bench_spec;
-
-typedef struct bench_opts {
-    const char *json, *device, *path, *sweep;
-    long runs, warmup;
-    bench_spec spec;   /* from --shape/--causal/--dtype on the command line */
-    bool have_shape;
-} bench_opts;
-
 static bool parse_shape(const char *s, attn_case *c)
 {
     int64_t v[7] = {0};
@@ -100,7 +87,7 @@ static bool parse_dtype(const char *s, clattn_dtype *dt)
 /* Parse bench options from argv into o (used for the command line and each sweep line).
  * Returns CLI_EXIT_OK, or prints one error line and returns CLI_EXIT_USAGE; *help is set
  * for --help. */
-static int parse_args(int argc, char **argv, bench_opts *o, bool *help, const char *where)
+static int parse_args(int argc, char **argv, bench_args *o, bool *help, const char *where)
 {
     static const struct option longopts[] = {
         {"json", required_argument, NULL, 'j'},   {"device", required_argument, NULL, 'd'},
@@ -174,7 +161,7 @@ static int parse_args(int argc, char **argv, bench_opts *o, bool *help, const ch
 }
 
 /* Split a sweep line into words and parse them as bench options for one case. */
-static int parse_line(const char *line, const bench_opts *base, bench_spec *out, const char *where)
+int cmd_bench_parse_line(const char *line, const bench_args *base, bench_spec *out, const char *where)
 {
     char buf[512];
     snprintf(buf, sizeof buf, "%s", line);
@@ -190,7 +177,7 @@ static int parse_line(const char *line, const bench_opts *base, bench_spec *out,
         words[argc++] = tok;
     }
     if (argc == 1) return -1; /* blank or comment */
-    bench_opts o = *base;
+    bench_args o = *base;
     o.have_shape = false;
     bool help = false;
     int rc = parse_args(argc, words, &o, &help, where);
@@ -246,7 +233,7 @@ static clattn_status run_once(clattn_context *ctx, const attn_case *c, attn_case
 
 /* Time case c on ctx with its data on the device (over a KV cache when kp is set). */
 static clattn_status measure(clattn_context *ctx, const attn_case *c, attn_case_data *d,
-                             const bench_opts *o, kv_prepared *kp, measured *m)
+                             const bench_args *o, kv_prepared *kp, measured *m)
 {
     cl_command_queue q = clattn_context_cl_queue(ctx);
     clattn_status st;
@@ -313,7 +300,7 @@ static void json_line(FILE *f, const clattn_device_props *p, const bench_spec *s
     fflush(f);
 }
 
-static int bench_device(size_t index, const bench_spec *specs, size_t nspecs, const bench_opts *o,
+static int bench_device(size_t index, const bench_spec *specs, size_t nspecs, const bench_args *o,
                         FILE *json, size_t *done, size_t total, int *failures)
 {
     clattn_device_props props;
@@ -409,36 +396,43 @@ static int bench_device(size_t index, const bench_spec *specs, size_t nspecs, co
     return CLI_EXIT_OK;
 }
 
+int cmd_bench_parse(int argc, char **argv, bench_args *a, bool *help)
+{
+    memset(a, 0, sizeof *a);
+    a->path = "auto";
+    a->warmup = 2;
+    snprintf(a->spec.kv_quant, sizeof a->spec.kv_quant, "none");
+    *help = false;
+    int rc = parse_args(argc, argv, a, help, "");
+    if (rc != CLI_EXIT_OK || *help) return rc;
+    clattn_path want;
+    if (strcmp(a->path, "all") != 0) {
+        if (clattn_path_from_name(a->path, &want) != CLATTN_SUCCESS) {
+            cli_error(CMD, "--path: '%s' is not auto, fused, decode, clblast, unfused or all", a->path);
+            return CLI_EXIT_USAGE;
+        }
+        if (!clattn_path_available(want)) {
+            cli_error(CMD, "--path: path '%s' is not available in this build", a->path);
+            return CLI_EXIT_USAGE;
+        }
+    }
+    if (a->have_shape && a->sweep) {
+        cli_error(CMD, "--shape and --sweep cannot be combined");
+        return CLI_EXIT_USAGE;
+    }
+    return CLI_EXIT_OK;
+}
+
 int cmd_bench(int argc, char **argv)
 {
-    bench_opts o;
-    memset(&o, 0, sizeof o);
-    o.path = "auto";
-    o.warmup = 2;
-    snprintf(o.spec.kv_quant, sizeof o.spec.kv_quant, "none");
+    bench_args o;
     bool help = false;
-    int rc = parse_args(argc, argv, &o, &help, "");
+    int rc = cmd_bench_parse(argc, argv, &o, &help);
     if (rc != CLI_EXIT_OK) return rc;
     if (help) {
         usage(stdout);
         return CLI_EXIT_OK;
     }
-    clattn_path want;
-    if (strcmp(o.path, "all") != 0) {
-        if (clattn_path_from_name(o.path, &want) != CLATTN_SUCCESS) {
-            cli_error(CMD, "--path: '%s' is not auto, fused, decode, clblast, unfused or all", o.path);
-            return CLI_EXIT_USAGE;
-        }
-        if (!clattn_path_available(want)) {
-            cli_error(CMD, "--path: path '%s' is not available in this build", o.path);
-            return CLI_EXIT_USAGE;
-        }
-    }
-    if (o.have_shape && o.sweep) {
-        cli_error(CMD, "--shape and --sweep cannot be combined");
-        return CLI_EXIT_USAGE;
-    }
-
     /* The cases: --shape, or each line of the sweep file, or the default sweep. */
     bench_spec specs[256];
     size_t nspecs = 0;
@@ -460,7 +454,7 @@ int cmd_bench(int argc, char **argv)
                 fclose(f);
                 return CLI_EXIT_USAGE;
             }
-            int lrc = parse_line(line, &o, &specs[nspecs], where);
+            int lrc = cmd_bench_parse_line(line, &o, &specs[nspecs], where);
             if (lrc == CLI_EXIT_OK) nspecs++;
             else if (lrc != -1) {
                 fclose(f);
@@ -470,7 +464,7 @@ int cmd_bench(int argc, char **argv)
         fclose(f);
     } else {
         for (size_t i = 0; i < sizeof default_sweep / sizeof default_sweep[0]; i++) {
-            int lrc = parse_line(default_sweep[i], &o, &specs[nspecs], "default sweep: ");
+            int lrc = cmd_bench_parse_line(default_sweep[i], &o, &specs[nspecs], "default sweep: ");
             if (lrc != CLI_EXIT_OK) return lrc;
             nspecs++;
         }

@@ -122,7 +122,7 @@ static int check_device(size_t index, const char *path_arg, bool full, long nran
     return CLI_EXIT_OK;
 }
 
-int cmd_check(int argc, char **argv)
+int cmd_check_parse(int argc, char **argv, check_args *a, bool *help)
 {
     static const struct option longopts[] = {{"device", required_argument, NULL, 'd'},
                                               {"path", required_argument, NULL, 'p'},
@@ -132,30 +132,34 @@ int cmd_check(int argc, char **argv)
                                               {"full", no_argument, NULL, 'f'},
                                               {"help", no_argument, NULL, 'h'},
                                               {NULL, 0, NULL, 0}};
-    const char *device = NULL, *path = "all";
-    int64_t nrandom = -1, seed = 1; /* random cases: 8 with --full, none in the quick check */
-    bool quiet = false, full = false;
+    a->device = NULL;
+    a->path = "all";
+    a->nrandom = -1; /* random cases: 8 with --full, none in the quick check */
+    a->seed = 1;
+    a->quiet = false;
+    a->full = false;
+    *help = false;
     cli_getopt_reset();
     int c;
     while ((c = getopt_long(argc, argv, ":d:p:r:s:qfh", longopts, NULL)) != -1) {
         switch (c) {
-        case 'd': device = optarg; break;
-        case 'p': path = optarg; break;
+        case 'd': a->device = optarg; break;
+        case 'p': a->path = optarg; break;
         case 'r':
-            if (!cli_parse_int64(optarg, &nrandom) || nrandom < 0 || nrandom > 100000) {
+            if (!cli_parse_int64(optarg, &a->nrandom) || a->nrandom < 0 || a->nrandom > 100000) {
                 cli_error("check", "--random: '%s' is not a count from 0 to 100000", optarg);
                 return CLI_EXIT_USAGE;
             }
             break;
         case 's':
-            if (!cli_parse_int64(optarg, &seed) || seed < 0) {
+            if (!cli_parse_int64(optarg, &a->seed) || a->seed < 0) {
                 cli_error("check", "--seed: '%s' is not a non-negative integer", optarg);
                 return CLI_EXIT_USAGE;
             }
             break;
-        case 'q': quiet = true; break;
-        case 'f': full = true; break;
-        case 'h': usage(stdout); return CLI_EXIT_OK;
+        case 'q': a->quiet = true; break;
+        case 'f': a->full = true; break;
+        case 'h': *help = true; return CLI_EXIT_OK;
         default: cli_getopt_error("check", c, argv, longopts); return CLI_EXIT_USAGE;
         }
     }
@@ -163,6 +167,8 @@ int cmd_check(int argc, char **argv)
         cli_error("check", "unexpected argument '%s'", argv[optind]);
         return CLI_EXIT_USAGE;
     }
+    if (a->nrandom < 0) a->nrandom = a->full ? 8 : 0;
+    const char *path = a->path;
     clattn_path want;
     if (strcmp(path, "all") != 0 &&
         (clattn_path_from_name(path, &want) != CLATTN_SUCCESS)) {
@@ -173,6 +179,22 @@ int cmd_check(int argc, char **argv)
         cli_error("check", "--path: path '%s' is not available in this build", path);
         return CLI_EXIT_USAGE;
     }
+    return CLI_EXIT_OK;
+}
+
+int cmd_check(int argc, char **argv)
+{
+    check_args a;
+    bool help;
+    int rc = cmd_check_parse(argc, argv, &a, &help);
+    if (rc != CLI_EXIT_OK) return rc;
+    if (help) {
+        usage(stdout);
+        return CLI_EXIT_OK;
+    }
+    const char *device = a.device, *path = a.path;
+    const int64_t nrandom = a.nrandom, seed = a.seed;
+    const bool quiet = a.quiet, full = a.full;
 
     size_t count = 0;
     clattn_device_count(&count);
@@ -180,7 +202,6 @@ int cmd_check(int argc, char **argv)
         cli_error("check", "no OpenCL device found");
         return CLI_EXIT_FAILURE;
     }
-    if (nrandom < 0) nrandom = full ? 8 : 0;
     tally t = {0, 0, 0};
     if (device && strcmp(device, "all") == 0) {
         for (size_t i = 0; i < count; i++)

@@ -76,7 +76,7 @@ static void print_json(const clattn_device_props *p, int is_default)
            p->has_subgroups ? "true" : "false");
 }
 
-int cmd_devices(int argc, char **argv)
+int cmd_devices_parse(int argc, char **argv, devices_args *a, bool *help)
 {
     enum { OPT_JSON = 256 };
     static const struct option longopts[] = {
@@ -84,13 +84,14 @@ int cmd_devices(int argc, char **argv)
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    int json = 0;
+    a->json = false;
+    *help = false;
     cli_getopt_reset();
     int c;
     while ((c = getopt_long(argc, argv, ":h", longopts, NULL)) != -1) {
         switch (c) {
-        case OPT_JSON: json = 1; break;
-        case 'h': usage(stdout); return CLI_EXIT_OK;
+        case OPT_JSON: a->json = true; break;
+        case 'h': *help = true; return CLI_EXIT_OK;
         default: cli_getopt_error(CMD, c, argv, longopts); return CLI_EXIT_USAGE;
         }
     }
@@ -98,6 +99,20 @@ int cmd_devices(int argc, char **argv)
         cli_error(CMD, "unexpected argument '%s' (see clattn devices --help)", argv[optind]);
         return CLI_EXIT_USAGE;
     }
+    return CLI_EXIT_OK;
+}
+
+int cmd_devices(int argc, char **argv)
+{
+    devices_args a;
+    bool help;
+    int rc = cmd_devices_parse(argc, argv, &a, &help);
+    if (rc != CLI_EXIT_OK) return rc;
+    if (help) {
+        usage(stdout);
+        return CLI_EXIT_OK;
+    }
+    const int json = a.json;
 
     size_t count = 0;
     clattn_status st = clattn_device_count(&count);

@@ -33,13 +33,14 @@ static void usage(FILE *f)
             "Exit status: 0 done, 1 the work failed, 2 bad command line.\n");
 }
 
-int cmd_quantize(int argc, char **argv)
+int cmd_quantize_parse(int argc, char **argv, quantize_args *a, bool *help)
 {
     static const struct option longopts[] = {
         {"format", required_argument, NULL, 'f'}, {"in", required_argument, NULL, 'i'},
         {"out", required_argument, NULL, 'o'},    {"role", required_argument, NULL, 'r'},
         {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0}};
     const char *fmt = NULL, *in = NULL, *out = NULL, *role_s = "keys";
+    *help = false;
     cli_getopt_reset();
     int c;
     while ((c = getopt_long(argc, argv, ":f:i:o:r:h", longopts, NULL)) != -1) {
@@ -48,7 +49,7 @@ int cmd_quantize(int argc, char **argv)
         case 'i': in = optarg; break;
         case 'o': out = optarg; break;
         case 'r': role_s = optarg; break;
-        case 'h': usage(stdout); return CLI_EXIT_OK;
+        case 'h': *help = true; return CLI_EXIT_OK;
         default: cli_getopt_error(CMD, c, argv, longopts); return CLI_EXIT_USAGE;
         }
     }
@@ -60,14 +61,12 @@ int cmd_quantize(int argc, char **argv)
         cli_error(CMD, "missing %s (see clattn quantize --help)", !fmt ? "--format" : !in ? "--in" : "--out");
         return CLI_EXIT_USAGE;
     }
-    clattn_kv_format format;
-    if (clattn_kv_format_from_name(fmt, &format) != CLATTN_SUCCESS) {
+    if (clattn_kv_format_from_name(fmt, &a->format) != CLATTN_SUCCESS) {
         cli_error(CMD, "--format %s: expected f32, f16, int8, int4, tq4, tq3 or tq2", fmt);
         return CLI_EXIT_USAGE;
     }
-    clattn_kv_role role;
-    if (strcmp(role_s, "keys") == 0) role = CLATTN_KV_KEYS;
-    else if (strcmp(role_s, "values") == 0) role = CLATTN_KV_VALUES;
+    if (strcmp(role_s, "keys") == 0) a->role = CLATTN_KV_KEYS;
+    else if (strcmp(role_s, "values") == 0) a->role = CLATTN_KV_VALUES;
     else {
         cli_error(CMD, "--role %s: expected keys or values", role_s);
         return CLI_EXIT_USAGE;
@@ -76,6 +75,25 @@ int cmd_quantize(int argc, char **argv)
         cli_error(CMD, "--in and --out name the same file %s", in);
         return CLI_EXIT_USAGE;
     }
+    a->in = in;
+    a->out = out;
+    a->format_name = fmt;
+    return CLI_EXIT_OK;
+}
+
+int cmd_quantize(int argc, char **argv)
+{
+    quantize_args qa;
+    bool help;
+    int prc = cmd_quantize_parse(argc, argv, &qa, &help);
+    if (prc != CLI_EXIT_OK) return prc;
+    if (help) {
+        usage(stdout);
+        return CLI_EXIT_OK;
+    }
+    const char *fmt = qa.format_name, *in = qa.in, *out = qa.out;
+    const clattn_kv_format format = qa.format;
+    const clattn_kv_role role = qa.role;
 
     npy_array a;
     char err[1024], shape[256];

@@ -101,23 +101,21 @@ static const struct option longopts[] = {
 };
 
 /* Everything one run holds, so one cleanup releases it whatever failed. */
+_Static_assert(NOPTS <= CMD_RUN_MAX_OPTS, "run_args.arg holds every option");
+
 typedef struct run_state {
-    const char *arg[NOPTS]; /* option values by OPT_* - OPT_Q; NULL when not given */
-    int blhd;
-    clattn_dtype out_dtype;
-    clattn_options opt;
+    run_args a; /* the parsed command line (cmd_run_parse) */
     npy_array q, k, v, mask, kv_lens, alibi;
     clattn_tensor tq, tk, tv, to, tmask, tkv, talibi, tlse;
     float *o, *lse;
     int64_t o_shape[4];
     clattn_context *ctx;
     size_t device_index;
-    bool kv_quant; /* --kv-quant other than none */
-    clattn_kv_format kv_format;
     npy_pending out_pending, lse_pending;
 } run_state;
 
-#define ARG(s, id) ((s)->arg[(id) - OPT_Q])
+#define ARGV_OF(a, id) ((a)->arg[(id) - OPT_Q])
+#define ARG(s, id) ARGV_OF(&(s)->a, id)
 
 static void run_state_free(run_state *s)
 {
@@ -136,43 +134,43 @@ static void run_state_free(run_state *s)
 
 /* ---- Option values --------------------------------------------------------------- */
 
-static int parse_options(run_state *s)
+static int parse_options(run_args *a)
 {
     char name[64];
-    clattn_options_init(&s->opt);
-    s->out_dtype = CLATTN_F32;
+    clattn_options_init(&a->opt);
+    a->out_dtype = CLATTN_F32;
 
-    if (ARG(s, OPT_KV_QUANT) && !kv_parse_quant(ARG(s, OPT_KV_QUANT), &s->kv_quant, &s->kv_format)) {
+    if (ARGV_OF(a, OPT_KV_QUANT) && !kv_parse_quant(ARGV_OF(a, OPT_KV_QUANT), &a->kv_quant, &a->kv_format)) {
         cli_error(CMD, "--kv-quant %s: expected none, f32, f16, int8, int4, tq4, tq3 or tq2",
-                  ARG(s, OPT_KV_QUANT));
+                  ARGV_OF(a, OPT_KV_QUANT));
         return -1;
     }
     static const int required[] = {OPT_Q, OPT_K, OPT_V, OPT_OUT};
     for (size_t i = 0; i < sizeof required / sizeof required[0]; i++)
-        if (!ARG(s, required[i])) {
+        if (!ARGV_OF(a, required[i])) {
             cli_error(CMD, "missing %s (see clattn run --help)",
                       cli_option_name(longopts, required[i], name, sizeof name));
             return -1;
         }
     /* An empty value is never meaningful; "--q=" is a typo, not a file. */
     for (int id = OPT_Q; id < OPT_END_; id++)
-        if (ARG(s, id) && ARG(s, id)[0] == '\0') {
+        if (ARGV_OF(a, id) && ARGV_OF(a, id)[0] == '\0') {
             cli_error(CMD, "%s: empty value", cli_option_name(longopts, id, name, sizeof name));
             return -1;
         }
 
     const char *v;
-    if ((v = ARG(s, OPT_CAUSAL)) != NULL) {
+    if ((v = ARGV_OF(a, OPT_CAUSAL)) != NULL) {
         if (strcmp(v, "top-left") == 0) {
-            s->opt.causal = CLATTN_CAUSAL_TOP_LEFT;
+            a->opt.causal = CLATTN_CAUSAL_TOP_LEFT;
         } else if (strcmp(v, "bottom-right") == 0) {
-            s->opt.causal = CLATTN_CAUSAL_BOTTOM_RIGHT;
+            a->opt.causal = CLATTN_CAUSAL_BOTTOM_RIGHT;
         } else {
             cli_error(CMD, "--causal %s: expected top-left or bottom-right", v);
             return -1;
         }
     }
-    if ((v = ARG(s, OPT_WINDOW)) != NULL) {
+    if ((v = ARGV_OF(a, OPT_WINDOW)) != NULL) {
         const char *comma = strchr(v, ',');
         char left[64], right[64];
         size_t ln = comma ? (size_t)(comma - v) : 0;
@@ -191,32 +189,32 @@ static int parse_options(run_state *s)
                       v);
             return -1;
         }
-        s->opt.window_left = l;
-        s->opt.window_right = r;
+        a->opt.window_left = l;
+        a->opt.window_right = r;
     }
-    if ((v = ARG(s, OPT_SCALE)) != NULL) {
-        if (!cli_parse_float(v, &s->opt.scale)) {
+    if ((v = ARGV_OF(a, OPT_SCALE)) != NULL) {
+        if (!cli_parse_float(v, &a->opt.scale)) {
             cli_error(CMD, "--scale %s: expected a finite number", v);
             return -1;
         }
     }
-    if ((v = ARG(s, OPT_SOFTCAP)) != NULL) {
-        if (!cli_parse_float(v, &s->opt.softcap) || s->opt.softcap < 0.0f) {
+    if ((v = ARGV_OF(a, OPT_SOFTCAP)) != NULL) {
+        if (!cli_parse_float(v, &a->opt.softcap) || a->opt.softcap < 0.0f) {
             cli_error(CMD, "--softcap %s: expected a finite number >= 0 (0 = off)", v);
             return -1;
         }
     }
-    if ((v = ARG(s, OPT_LAYOUT)) != NULL) {
+    if ((v = ARGV_OF(a, OPT_LAYOUT)) != NULL) {
         if (strcmp(v, "bhld") == 0) {
-            s->blhd = 0;
+            a->blhd = 0;
         } else if (strcmp(v, "blhd") == 0) {
-            s->blhd = 1;
+            a->blhd = 1;
         } else {
             cli_error(CMD, "--layout %s: expected bhld or blhd", v);
             return -1;
         }
     }
-    if ((v = ARG(s, OPT_PATH)) != NULL) {
+    if ((v = ARGV_OF(a, OPT_PATH)) != NULL) {
         clattn_path p;
         if (clattn_path_from_name(v, &p) != CLATTN_SUCCESS) {
             cli_error(CMD, "--path %s: expected auto, fused, unfused, clblast or decode", v);
@@ -226,20 +224,20 @@ static int parse_options(run_state *s)
             cli_error(CMD, "--path %s: this build of clattn does not have that path", v);
             return -1;
         }
-        s->opt.path = p;
+        a->opt.path = p;
     }
-    if ((v = ARG(s, OPT_OUT_DTYPE)) != NULL) {
+    if ((v = ARGV_OF(a, OPT_OUT_DTYPE)) != NULL) {
         if (strcmp(v, "f32") == 0) {
-            s->out_dtype = CLATTN_F32;
+            a->out_dtype = CLATTN_F32;
         } else if (strcmp(v, "f16") == 0) {
-            s->out_dtype = CLATTN_F16;
+            a->out_dtype = CLATTN_F16;
         } else {
             cli_error(CMD, "--out-dtype %s: expected f32 or f16", v);
             return -1;
         }
     }
-    if (ARG(s, OPT_LSE) && strcmp(ARG(s, OPT_LSE), ARG(s, OPT_OUT)) == 0) {
-        cli_error(CMD, "--out and --lse name the same file %s", ARG(s, OPT_OUT));
+    if (ARGV_OF(a, OPT_LSE) && strcmp(ARGV_OF(a, OPT_LSE), ARGV_OF(a, OPT_OUT)) == 0) {
+        cli_error(CMD, "--out and --lse name the same file %s", ARGV_OF(a, OPT_OUT));
         return -1;
     }
     return 0;
@@ -274,14 +272,14 @@ static int fail_file(run_state *s, int id, const char *fmt, const char *detail,
 static int load_qkv(run_state *s, int id, npy_array *a, clattn_tensor *t)
 {
     if (load(s, id, a)) return -1;
-    const char *dims = id == OPT_Q   ? (s->blhd ? "[B,Lq,Hq,D]" : "[B,Hq,Lq,D]")
-                       : id == OPT_K ? (s->blhd ? "[B,Lk,Hkv,D]" : "[B,Hkv,Lk,D]")
-                                     : (s->blhd ? "[B,Lk,Hkv,Dv]" : "[B,Hkv,Lk,Dv]");
+    const char *dims = id == OPT_Q   ? (s->a.blhd ? "[B,Lq,Hq,D]" : "[B,Hq,Lq,D]")
+                       : id == OPT_K ? (s->a.blhd ? "[B,Lk,Hkv,D]" : "[B,Hkv,Lk,D]")
+                                     : (s->a.blhd ? "[B,Lk,Hkv,Dv]" : "[B,Hkv,Lk,Dv]");
     if (a->dtype != CLATTN_F32 && a->dtype != CLATTN_F16)
         return fail_file(s, id, "expected float32 or float16 %s", dims, a);
     if (a->rank != 4) return fail_file(s, id, "expected rank 4 %s", dims, a);
     const int64_t *n = a->shape;
-    if (s->blhd) /* memory [B, L, H, D]; the descriptor stays logical [B, H, L, D] */
+    if (s->a.blhd) /* memory [B, L, H, D]; the descriptor stays logical [B, H, L, D] */
         *t = clattn_tensor_blhd(clattn_tensor_host(a->data, a->dtype, n[0], n[2], n[1], n[3]));
     else
         *t = clattn_tensor_host(a->data, a->dtype, n[0], n[1], n[2], n[3]);
@@ -306,7 +304,7 @@ static int load_inputs(run_state *s)
         int64_t ne[4] = {1, 1, 1, 1};
         for (int i = 0; i < m->rank; i++) ne[4 - m->rank + i] = m->shape[i];
         s->tmask = clattn_tensor_host(m->data, m->dtype, ne[0], ne[1], ne[2], ne[3]);
-        s->opt.mask = &s->tmask;
+        s->a.opt.mask = &s->tmask;
     }
     if (ARG(s, OPT_KV_LENS)) {
         npy_array *a = &s->kv_lens;
@@ -314,7 +312,7 @@ static int load_inputs(run_state *s)
         if (a->dtype != CLATTN_I32 || a->rank != 1)
             return fail_file(s, OPT_KV_LENS, "expected int32 %s", "[B]", a);
         s->tkv = clattn_tensor_host(a->data, CLATTN_I32, a->shape[0], 1, 1, 1);
-        s->opt.kv_lens = &s->tkv;
+        s->a.opt.kv_lens = &s->tkv;
     }
     if (ARG(s, OPT_ALIBI)) {
         npy_array *a = &s->alibi;
@@ -322,7 +320,7 @@ static int load_inputs(run_state *s)
         if (a->dtype != CLATTN_F32 || a->rank != 1)
             return fail_file(s, OPT_ALIBI, "expected float32 %s slopes", "[Hq]", a);
         s->talibi = clattn_tensor_host(a->data, CLATTN_F32, a->shape[0], 1, 1, 1);
-        s->opt.alibi = &s->talibi;
+        s->a.opt.alibi = &s->talibi;
     }
     return 0;
 }
@@ -362,19 +360,19 @@ static int prepare_outputs(run_state *s)
         return -1;
     }
     s->to = clattn_tensor_host(s->o, CLATTN_F32, B, Hq, Lq, Dv);
-    if (s->blhd) s->to = clattn_tensor_blhd(s->to);
+    if (s->a.blhd) s->to = clattn_tensor_blhd(s->to);
     s->o_shape[0] = B;
-    s->o_shape[1] = s->blhd ? Lq : Hq;
-    s->o_shape[2] = s->blhd ? Hq : Lq;
+    s->o_shape[1] = s->a.blhd ? Lq : Hq;
+    s->o_shape[2] = s->a.blhd ? Hq : Lq;
     s->o_shape[3] = Dv;
     if (s->lse) {
         s->tlse = clattn_tensor_host(s->lse, CLATTN_F32, B, Hq, Lq, 1);
-        s->opt.lse = &s->tlse;
+        s->a.opt.lse = &s->tlse;
     }
     clattn__problem p;
     char err[1024];
     clattn_status st =
-        clattn__problem_init(&p, &s->tq, &s->tk, &s->tv, &s->to, &s->opt, err, sizeof err);
+        clattn__problem_init(&p, &s->tq, &s->tk, &s->tv, &s->to, &s->a.opt, err, sizeof err);
     if (st != CLATTN_SUCCESS) {
         cli_error(CMD, "%s", err);
         return -1;
@@ -412,14 +410,14 @@ static int compute(run_state *s)
                   s->device_index, dev, clattn_status_string(st));
         return -1;
     }
-    if (s->kv_quant) {
+    if (s->a.kv_quant) {
         kv_prepared kp;
-        const int32_t *lens = s->opt.kv_lens ? (const int32_t *)s->kv_lens.data : NULL;
-        st = kv_prepare(s->ctx, &s->tk, &s->tv, &s->opt, lens, s->kv_format, &kp);
+        const int32_t *lens = s->a.opt.kv_lens ? (const int32_t *)s->kv_lens.data : NULL;
+        st = kv_prepare(s->ctx, &s->tk, &s->tv, &s->a.opt, lens, s->a.kv_format, &kp);
         if (st == CLATTN_SUCCESS) st = kv_run(s->ctx, &kp, &s->tq, &s->to, NULL);
         kv_release(&kp);
     } else {
-        st = clattn_attention(s->ctx, &s->tq, &s->tk, &s->tv, &s->to, &s->opt, NULL);
+        st = clattn_attention(s->ctx, &s->tq, &s->tk, &s->tv, &s->to, &s->a.opt, NULL);
     }
     if (st != CLATTN_SUCCESS) {
         const char *why = clattn_context_last_error(s->ctx);
@@ -433,7 +431,7 @@ static int compute(run_state *s)
 static int write_outputs(run_state *s)
 {
     char err[1024];
-    if (npy_write_begin(&s->out_pending, ARG(s, OPT_OUT), s->out_dtype, 4, s->o_shape, s->o,
+    if (npy_write_begin(&s->out_pending, ARG(s, OPT_OUT), s->a.out_dtype, 4, s->o_shape, s->o,
                         CLATTN_F32, err, sizeof err) != 0) {
         cli_error(CMD, "--out: %s", err);
         return -1;
@@ -460,34 +458,48 @@ static int write_outputs(run_state *s)
     return 0;
 }
 
-int cmd_run(int argc, char **argv)
+int cmd_run_parse(int argc, char **argv, run_args *a, bool *help)
 {
-    run_state s;
-    memset(&s, 0, sizeof s);
+    memset(a, 0, sizeof *a);
+    *help = false;
     char name[64];
     cli_getopt_reset();
     int c;
     while ((c = getopt_long(argc, argv, ":h", longopts, NULL)) != -1) {
         if (c == 'h') {
-            usage(stdout);
+            *help = true;
             return CLI_EXIT_OK;
         }
         if (c < OPT_Q || c >= OPT_END_) {
             cli_getopt_error(CMD, c, argv, longopts);
             return CLI_EXIT_USAGE;
         }
-        if (ARG(&s, c)) {
+        if (ARGV_OF(a, c)) {
             cli_error(CMD, "%s given twice", cli_option_name(longopts, c, name, sizeof name));
             return CLI_EXIT_USAGE;
         }
-        ARG(&s, c) = optarg;
+        ARGV_OF(a, c) = optarg;
     }
     if (optind < argc) {
         cli_error(CMD, "unexpected argument '%s' (options take the form --name VALUE)",
                   argv[optind]);
         return CLI_EXIT_USAGE;
     }
-    if (parse_options(&s)) return CLI_EXIT_USAGE;
+    if (parse_options(a)) return CLI_EXIT_USAGE;
+    return CLI_EXIT_OK;
+}
+
+int cmd_run(int argc, char **argv)
+{
+    run_state s;
+    memset(&s, 0, sizeof s);
+    bool help;
+    int prc = cmd_run_parse(argc, argv, &s.a, &help);
+    if (prc != CLI_EXIT_OK) return prc;
+    if (help) {
+        usage(stdout);
+        return CLI_EXIT_OK;
+    }
 
     int rc = CLI_EXIT_FAILURE;
     /* Files and the problem first: a bad input is reported without touching OpenCL. */
@@ -501,12 +513,12 @@ int cmd_run(int argc, char **argv)
     char shape[128];
     npy_shape_string(4, s.o_shape, shape, sizeof shape);
     char path[64];
-    if (s.kv_quant)
-        snprintf(path, sizeof path, "kv-cache (%s)", clattn_kv_format_name(s.kv_format));
+    if (s.a.kv_quant)
+        snprintf(path, sizeof path, "kv-cache (%s)", clattn_kv_format_name(s.a.kv_format));
     else
         snprintf(path, sizeof path, "%s", clattn_path_name(clattn_context_last_path(s.ctx)));
     printf("clattn run: wrote %s (%s %s)%s%s using path %s on %s\n", ARG(&s, OPT_OUT),
-           npy_dtype_label(s.out_dtype), shape, s.lse ? " and " : "",
+           npy_dtype_label(s.a.out_dtype), shape, s.lse ? " and " : "",
            s.lse ? ARG(&s, OPT_LSE) : "", path, props.name);
     rc = CLI_EXIT_OK;
 done:

@@ -5,10 +5,74 @@
 #ifndef CLATTN_COMMANDS_H
 #define CLATTN_COMMANDS_H
 
+#include "attn_case.h"
+#include "clattn.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+
 int cmd_devices(int argc, char **argv); /* cmd_devices.c */
 int cmd_run(int argc, char **argv);     /* cmd_run.c */
 int cmd_check(int argc, char **argv);   /* cmd_check.c */
 int cmd_bench(int argc, char **argv);   /* cmd_bench.c */
 int cmd_quantize(int argc, char **argv); /* cmd_quantize.c */
+
+/* Each command's command-line parsing, apart from its work: no OpenCL call, no file opened
+ * or written, nothing printed but cli_error lines; so the parsers can be tested and fuzzed
+ * on their own (tests/fuzz/fuzz_cli_args.c). Each returns CLI_EXIT_OK or, after one
+ * cli_error line, CLI_EXIT_USAGE. With --help, parsing stops right there with *help set
+ * (later arguments are not looked at, as before). argv must be NULL-terminated and may be
+ * permuted (getopt_long); the strings stay owned by the caller and are pointed to. */
+typedef struct devices_args {
+    bool json;
+} devices_args;
+int cmd_devices_parse(int argc, char **argv, devices_args *a, bool *help);
+
+typedef struct check_args {
+    const char *device; /* NULL: the default device; "all" */
+    const char *path;   /* a path name or "all" (checked) */
+    int64_t nrandom, seed;
+    bool quiet;
+    bool full; /* --full: the whole suite and random cases, not the quick check */
+} check_args;
+int cmd_check_parse(int argc, char **argv, check_args *a, bool *help);
+
+typedef struct quantize_args {
+    const char *in, *out, *format_name;
+    clattn_kv_format format;
+    clattn_kv_role role;
+} quantize_args;
+int cmd_quantize_parse(int argc, char **argv, quantize_args *a, bool *help);
+
+/* One case of `clattn bench`: the problem and the options that are not the problem's. */
+typedef struct bench_spec {
+    attn_case c;
+    char kv_quant[16];
+} bench_spec;
+typedef struct bench_args {
+    const char *json, *device, *path, *sweep;
+    long runs, warmup;
+    bench_spec spec; /* from --shape/--causal/--dtype on the command line */
+    bool have_shape;
+} bench_args;
+/* Also checks --path and that --shape and --sweep are not combined; the sweep file itself
+ * is read by the command, each line through cmd_bench_parse_line. */
+int cmd_bench_parse(int argc, char **argv, bench_args *a, bool *help);
+/* One sweep line as bench options for one case into *out. Returns CLI_EXIT_OK, -1 for a
+ * blank or comment line, or CLI_EXIT_USAGE after one cli_error line (where prefixes it). */
+int cmd_bench_parse_line(const char *line, const bench_args *base, bench_spec *out,
+                         const char *where);
+
+/* `clattn run`: the value of each option (NULL when not given) and those already decoded. */
+#define CMD_RUN_MAX_OPTS 32
+typedef struct run_args {
+    const char *arg[CMD_RUN_MAX_OPTS]; /* by option, in cmd_run.c's order */
+    int blhd;
+    clattn_dtype out_dtype;
+    clattn_options opt;  /* scale, softcap, causal, window, path; no tensors yet */
+    bool kv_quant;       /* --kv-quant other than none */
+    clattn_kv_format kv_format;
+} run_args;
+int cmd_run_parse(int argc, char **argv, run_args *a, bool *help);
 
 #endif /* CLATTN_COMMANDS_H */
