@@ -1,8 +1,9 @@
 #!/bin/sh
 # Build clattn with sanitizers and run its tests under them:
 #   1. build-asan: AddressSanitizer + UndefinedBehaviorSanitizer (leaks too), every CTest
-#      test except the oclgrind ones (oclgrind runs the kernels in its own simulator, so
-#      a sanitized host adds nothing there, only hours); any extra arguments are passed
+#      test but the oclgrind tier (oclgrind runs the kernels in its own simulator, so a
+#      sanitized host adds nothing there) and the slow tier (the soak's 100,000 cycles
+#      check memory use, which the plain build measures); any extra arguments are passed
 #      to that ctest run (e.g. -L quick, -R test_api, -j2);
 #   2. build-tsan: ThreadSanitizer, test_threads (contexts on concurrent threads).
 # Any sanitizer report fails the run (halt_on_error, -fno-sanitize-recover).
@@ -33,15 +34,6 @@ share_cache() {
     fi
 }
 
-# Does this ctest know the oclgrind label? (labels are being added to tests/CMakeLists.txt)
-exclude_oclgrind() {
-    if ctest --test-dir "$1" --print-labels 2>/dev/null | grep -qx '  *oclgrind'; then
-        echo "-LE oclgrind"
-    else
-        echo "-E oclgrind"
-    fi
-}
-
 start=$(date +%s)
 cc=${CC:-gcc}
 echo "== ASan+UBSan build (build-asan, $cc)"
@@ -57,8 +49,7 @@ export ASAN_OPTIONS="detect_leaks=1:halt_on_error=1:abort_on_error=0:strict_stri
 # print_suppressions=0: the CLI tests check that stderr holds exactly one line per error.
 export LSAN_OPTIONS="suppressions=$supp/lsan.supp:print_suppressions=0"
 export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:suppressions=$supp/ubsan.supp"
-# shellcheck disable=SC2046
-(cd build-asan && ctest --output-on-failure $(exclude_oclgrind .) "$@")
+(cd build-asan && ctest --output-on-failure -LE 'oclgrind|slow' "$@")
 asan_end=$(date +%s)
 echo "== ASan+UBSan tests took $((asan_end - start)) s"
 
