@@ -214,7 +214,8 @@ typedef struct clattn_tensor {
     int64_t nb[4];     /* byte strides */
 } clattn_tensor;
 
-/* Dense descriptors. d3 is the innermost extent. */
+/* Dense descriptors. d3 is the innermost extent. Extents whose packed size does not fit
+ * int64 (or negative ones) give strides of -1, which every call refuses. */
 CLATTN_API clattn_tensor clattn_tensor_host(void *host, clattn_dtype dtype, int64_t d0,
                                             int64_t d1, int64_t d2, int64_t d3);
 CLATTN_API clattn_tensor clattn_tensor_cl(cl_mem buffer, size_t offset, clattn_dtype dtype,

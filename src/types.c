@@ -40,6 +40,22 @@ const char *clattn_dtype_name(clattn_dtype dtype)
     return "unknown";
 }
 
+/* Byte strides of t packed in memory order `inner_first` (dimension indices, innermost
+ * first). Extents whose product does not fit int64 (or negative ones) get strides of -1,
+ * which every call refuses, instead of strides that wrapped around. */
+static void packed_strides(clattn_tensor *t, const int inner_first[4])
+{
+    int64_t stride = (int64_t)clattn_dtype_size(t->dtype);
+    for (int i = 0; i < 4; i++) {
+        const int d = inner_first[i];
+        t->nb[d] = stride;
+        if (i < 3 && !clattn__mul_ok(stride, t->ne[d], &stride)) {
+            for (int j = 0; j < 4; j++) t->nb[j] = -1;
+            return;
+        }
+    }
+}
+
 static clattn_tensor dense(void *host, cl_mem buffer, size_t offset, clattn_dtype dtype,
                            int64_t d0, int64_t d1, int64_t d2, int64_t d3)
 {
@@ -53,11 +69,8 @@ static clattn_tensor dense(void *host, cl_mem buffer, size_t offset, clattn_dtyp
     t.ne[1] = d1;
     t.ne[2] = d2;
     t.ne[3] = d3;
-    int64_t es = (int64_t)clattn_dtype_size(dtype);
-    t.nb[3] = es;
-    t.nb[2] = es * d3;
-    t.nb[1] = es * d3 * d2;
-    t.nb[0] = es * d3 * d2 * d1;
+    static const int bhld[4] = {3, 2, 1, 0};
+    packed_strides(&t, bhld);
     return t;
 }
 
@@ -76,11 +89,8 @@ clattn_tensor clattn_tensor_cl(cl_mem buffer, size_t offset, clattn_dtype dtype,
 clattn_tensor clattn_tensor_blhd(clattn_tensor t)
 {
     /* memory order [B, L, H, D]: D innermost, then H, then L */
-    int64_t es = (int64_t)clattn_dtype_size(t.dtype);
-    t.nb[3] = es;
-    t.nb[1] = es * t.ne[3];
-    t.nb[2] = es * t.ne[3] * t.ne[1];
-    t.nb[0] = es * t.ne[3] * t.ne[1] * t.ne[2];
+    static const int blhd[4] = {3, 1, 2, 0};
+    packed_strides(&t, blhd);
     return t;
 }
 

@@ -455,6 +455,29 @@ static void test_version_options_and_descriptor_helpers(void **state)
     assert_int_equal(clattn_dtype_size((clattn_dtype)42), 0);
 }
 
+/* Dense descriptors whose packed size does not fit int64 get strides every call refuses,
+ * never strides that wrapped around to small numbers. */
+static void test_dense_descriptors_of_overflowing_extents_are_refused(void **state)
+{
+    (void)state;
+    float x[4] = {0};
+    const int64_t huge = (int64_t)1 << 61;
+    clattn_tensor t[3] = {clattn_tensor_host(x, CLATTN_F32, 1, 1, huge, 8),
+                          clattn_tensor_cl(NULL, 0, CLATTN_F16, 4, huge, 4, 4),
+                          clattn_tensor_blhd(clattn_tensor_host(x, CLATTN_F32, 1, huge, 16, 4))};
+    for (int j = 0; j < 3; j++)
+        for (int i = 0; i < 4; i++) assert_true(t[j].nb[i] == -1);
+    clattn_tensor q = clattn_tensor_host(x, CLATTN_F32, 1, 1, 1, 4);
+    double out[4];
+    assert_int_equal(clattn_reference_attention(&q, &t[0], &t[0], NULL, out, NULL),
+                     CLATTN_ERROR_INVALID_STRIDE);
+    /* sizes that fit keep their packed strides */
+    clattn_tensor ok = clattn_tensor_host(x, CLATTN_F32, 2, 3, 5, 7);
+    assert_true(ok.nb[3] == 4 && ok.nb[2] == 28 && ok.nb[1] == 140 && ok.nb[0] == 420);
+    ok = clattn_tensor_blhd(ok);
+    assert_true(ok.nb[3] == 4 && ok.nb[1] == 28 && ok.nb[2] == 84 && ok.nb[0] == 420);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -464,6 +487,7 @@ int main(void)
         cmocka_unit_test(test_bad_strides_offsets_and_dtypes_are_refused),
         cmocka_unit_test(test_bad_options_are_refused),
         cmocka_unit_test(test_output_strides_whose_products_overflow_are_refused),
+        cmocka_unit_test(test_dense_descriptors_of_overflowing_extents_are_refused),
         cmocka_unit_test(test_clattn_path_is_read_when_the_context_is_created),
         cmocka_unit_test(test_caller_owned_opencl_objects_and_buffers_work_with_an_event),
         cmocka_unit_test(test_foreign_queue_is_refused),

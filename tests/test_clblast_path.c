@@ -228,7 +228,12 @@ static void test_clblast_broadcast_k_with_stride_0(void **state)
     /* 2^62 keys: 4 bytes of scores per key, a float32 copy of K, a 32-bit index limit */
     clattn_tensor hk = clattn_tensor_host(k, CLATTN_F32, 1, 1, (int64_t)1 << 62, D);
     clattn_tensor hv = clattn_tensor_host(v, CLATTN_F32, 1, 1, (int64_t)1 << 62, DV);
+    /* one key row repeated (stride 0 along the keys); the dense helper's strides for 2^62
+     * rows do not fit int64, so they are set by hand */
+    hk.nb[0] = hk.nb[1] = D * (int64_t)sizeof(float);
+    hv.nb[0] = hv.nb[1] = DV * (int64_t)sizeof(float);
     hk.nb[2] = hv.nb[2] = 0;
+    hk.nb[3] = hv.nb[3] = sizeof(float);
     st = clattn_attention(cx, &tq, &hk, &hv, &to, &opt, NULL);
     if (st != CLATTN_ERROR_PATH_UNSUPPORTED || !strstr(clattn_context_last_error(cx), "overflow"))
         fail_msg("2^62 broadcast keys: got %s: '%s'", clattn_status_string(st), clattn_context_last_error(cx));
