@@ -53,7 +53,8 @@ export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:suppressions=$supp/ubsa
 # through libgcc inside malloc, and rusticl's threads then deadlock on the unwinder's
 # lock (seen: every thread asleep, one in _Unwind_Find_FDE). It runs the same host code
 # as the PoCL tests, which do run here.
-(cd build-asan && ctest --output-on-failure -LE 'oclgrind|slow' -E '^test_rusticl$' "$@")
+asan_status=0
+(cd build-asan && ctest --output-on-failure -LE 'oclgrind|slow' -E '^test_rusticl$' "$@") || asan_status=$?
 asan_end=$(date +%s)
 echo "== ASan+UBSan tests took $((asan_end - start)) s"
 
@@ -67,6 +68,9 @@ cmake -S . -B build-tsan -DCMAKE_C_COMPILER="$tcc" -DCMAKE_BUILD_TYPE=RelWithDeb
 cmake --build build-tsan -j "$jobs" --target test_threads
 share_cache build-tsan
 export TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1:suppressions=$supp/tsan.supp:print_suppressions=0"
-(cd build-tsan && ctest --output-on-failure -R '^test_threads$')
+tsan_status=0
+(cd build-tsan && ctest --output-on-failure -R '^test_threads$') || tsan_status=$?
 end=$(date +%s)
 echo "== TSan test took $((end - asan_end)) s; sanitize.sh took $((end - start)) s in all"
+# both runs report before either failure ends the script
+[ "$asan_status" -eq 0 ] && [ "$tsan_status" -eq 0 ]
