@@ -56,6 +56,25 @@
  * retries with smaller chunks when the device cannot allocate its scratch. A path that
  * would write a cl_mem O or LSE in more than one launch writes scratch copies and
  * commits them in one launch, at the cost of a copy of those outputs.
+ *
+ * Compatibility policy (what a program compiled against this header can rely on):
+ *  - Versions. While the major version is 0, a minor release (0.1 -> 0.2) may change
+ *    the ABI, so the shared library's SONAME carries the minor (libclattn.so.0.2) and
+ *    the CMake package accepts only the same minor. Patch releases keep the ABI.
+ *  - Structs the caller allocates and the library reads (clattn_options) start with
+ *    struct_size, set by their init function. New fields are only ever appended, so a
+ *    newer library reads an older caller's smaller struct and gives the fields it lacks
+ *    their defaults; a size that is smaller than the first sized layout, larger than the
+ *    library's own struct, or not set by the init function is refused with
+ *    CLATTN_ERROR_INVALID_ARGUMENT and a message naming the size. Always call the init
+ *    function, then set fields.
+ *  - Structs the library fills (clattn_device_props, clattn_tensor from the helpers)
+ *    only grow at the end too; clattn_tensor's layout is fixed.
+ *  - Functions keep their signatures; a new capability of an existing call comes as a
+ *    new function (clattn_kv_cache_append_with_event) or a new options field, and the
+ *    old function keeps working. Removals are announced in CHANGELOG.md one minor
+ *    release before they happen.
+ *  - Enum values are never renumbered; new ones are added before the *_COUNT_ values.
  */
 #ifndef CLATTN_H
 #define CLATTN_H
@@ -86,12 +105,12 @@ extern "C" {
 
 /* ---- Version --------------------------------------------------------------------- */
 #define CLATTN_VERSION_MAJOR 0
-#define CLATTN_VERSION_MINOR 1
+#define CLATTN_VERSION_MINOR 2
 #define CLATTN_VERSION_PATCH 0
 #define CLATTN_VERSION_NUMBER \
     (CLATTN_VERSION_MAJOR * 10000 + CLATTN_VERSION_MINOR * 100 + CLATTN_VERSION_PATCH)
 CLATTN_API unsigned clattn_version_number(void); /* CLATTN_VERSION_NUMBER of the library */
-CLATTN_API const char *clattn_version_string(void); /* "0.1.0" */
+CLATTN_API const char *clattn_version_string(void); /* "0.2.0" */
 
 /* ---- Status ---------------------------------------------------------------------- */
 /* OpenCL errors keep OpenCL's own (negative) values, e.g. CL_OUT_OF_RESOURCES = -5.
@@ -206,7 +225,10 @@ CLATTN_API clattn_status clattn_param_bounds(const clattn_context *ctx, clattn_p
 
 /* ---- Tensors --------------------------------------------------------------------- */
 typedef struct clattn_tensor {
-    void *host;        /* host memory, or NULL when buffer is used */
+    /* Host memory, or NULL when buffer is used. const so that an input (q, k, v, a mask)
+     * is described without a cast; an output's (o, lse) memory must be writable, and
+     * clattn writes it. */
+    const void *host;
     cl_mem buffer;     /* device memory in the context's cl_context, or NULL */
     size_t offset;     /* byte offset into host or buffer */
     clattn_dtype dtype;
@@ -216,7 +238,7 @@ typedef struct clattn_tensor {
 
 /* Dense descriptors. d3 is the innermost extent. Extents whose packed size does not fit
  * int64 (or negative ones) give strides of -1, which every call refuses. */
-CLATTN_API clattn_tensor clattn_tensor_host(void *host, clattn_dtype dtype, int64_t d0,
+CLATTN_API clattn_tensor clattn_tensor_host(const void *host, clattn_dtype dtype, int64_t d0,
                                             int64_t d1, int64_t d2, int64_t d3);
 CLATTN_API clattn_tensor clattn_tensor_cl(cl_mem buffer, size_t offset, clattn_dtype dtype,
                                           int64_t d0, int64_t d1, int64_t d2, int64_t d3);
@@ -244,6 +266,9 @@ CLATTN_API clattn_status clattn_path_from_name(const char *name, clattn_path *pa
 CLATTN_API int clattn_path_available(clattn_path path);
 
 typedef struct clattn_options {
+    size_t struct_size;   /* sizeof(clattn_options) as compiled by the caller; set by
+                             clattn_options_init (see the compatibility policy above) */
+    /* ---- since 0.2 (the first sized layout) */
     float scale;          /* NaN (the default) = 1/sqrt(D) */
     float softcap;        /* > 0: s = softcap * tanh(s / softcap); 0 = off */
     clattn_causal causal;
@@ -255,9 +280,19 @@ typedef struct clattn_options {
     const clattn_tensor *alibi;   /* f32 slopes [Hq] as ne = {Hq,1,1,1}: s -= slope*|i'-j| */
     clattn_tensor *lse;           /* f32 [B, Hq, Lq, 1] output, or NULL */
     clattn_path path;             /* AUTO = best supported path (CLATTN_PATH may force) */
+    /* ---- since 0.2, after the first layout (a caller's struct may end before these) */
+    /* Events the call waits for before it reads any input (a barrier on the context's
+     * queue), e.g. an app's kernel on another queue that writes Q. NULL / 0 = none. */
+    const cl_event *wait_events;
+    cl_uint num_wait_events;
 } clattn_options;
 
-/* Defaults: scale NaN, softcap 0, no causal, window (-1, -1), no mask, path AUTO. */
+/* The size of the first sized clattn_options layout (0.2, up to and including path):
+ * the smallest struct_size a library accepts. */
+#define CLATTN_OPTIONS_SIZE_0_2 (offsetof(clattn_options, path) + sizeof(clattn_path))
+
+/* Defaults: struct_size = sizeof(clattn_options), scale NaN, softcap 0, no causal,
+ * window (-1, -1), no mask, path AUTO, no wait events. */
 CLATTN_API void clattn_options_init(clattn_options *opt);
 
 /* Compute attention. With cl_mem tensors the work is only enqueued on the context's
@@ -352,6 +387,15 @@ CLATTN_API clattn_status clattn_kv_cache_reset(clattn_kv_cache *cache);
 CLATTN_API clattn_status clattn_kv_cache_append(clattn_kv_cache *cache, const clattn_tensor *k_new,
                                                 const clattn_tensor *v_new,
                                                 const int32_t *n_per_batch);
+/* clattn_kv_cache_append that also returns, when event is not NULL, an event that
+ * completes when the cache holds the new rows (release it with clReleaseEvent); with a
+ * call that appends nothing the event is a marker on the queue. On failure *event is
+ * NULL. */
+CLATTN_API clattn_status clattn_kv_cache_append_with_event(clattn_kv_cache *cache,
+                                                           const clattn_tensor *k_new,
+                                                           const clattn_tensor *v_new,
+                                                           const int32_t *n_per_batch,
+                                                           cl_event *event);
 
 /* Attention of new queries q [B, Hq, Lq, D] over the cache into o [B, Hq, Lq, Dv]
  * (Hq a multiple of Hkv), for decode (Lq = 1 or a few) and chunked prefill (the chunk's

@@ -14,8 +14,11 @@ clattn_status clattn_attention(clattn_context *ctx, const clattn_tensor *q, cons
     CLATTN_RETURN_IF(ctx, !o, CLATTN_ERROR_INVALID_ARGUMENT, "o is NULL");
     clattn__problem p;
     char err[1024];
-    clattn_status st = clattn__problem_init(&p, q, k, v, o, opt, err, sizeof err);
+    clattn_options full; /* the caller's struct may be an older, smaller one */
+    clattn_status st = clattn__options_read(opt, &full, err, sizeof err);
+    if (st == CLATTN_SUCCESS) st = clattn__problem_init(&p, q, k, v, o, &full, err, sizeof err);
     if (st != CLATTN_SUCCESS) return clattn__fail(ctx, st, "%s", err);
+    CLATTN_FORWARD(clattn__enqueue_wait(ctx, full.wait_events, full.num_wait_events));
 
     if (clattn__tensor_numel(o) == 0) {
         if (event) CLATTN_FORWARD(clattn__enqueue_marker(ctx, event));

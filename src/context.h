@@ -169,6 +169,9 @@ bool clattn__alloc_retryable(clattn_status st);
 /* Enqueues other than kernels, each through the fault check and with a message naming
  * the device on failure: a marker, a fill, a copy, and a blocking read to the host. */
 clattn_status clattn__enqueue_marker(clattn_context *ctx, cl_event *event);
+/* A barrier that holds back later commands on the queue until the caller's events
+ * (options.wait_events) complete; nothing is enqueued when there are none. */
+clattn_status clattn__enqueue_wait(clattn_context *ctx, const cl_event *events, cl_uint n);
 clattn_status clattn__enqueue_fill(clattn_context *ctx, cl_mem mem, const void *pattern,
                                    size_t pattern_size, size_t offset, size_t bytes);
 clattn_status clattn__enqueue_copy(clattn_context *ctx, cl_mem src, size_t src_off, cl_mem dst,

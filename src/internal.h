@@ -106,6 +106,11 @@ typedef struct clattn__problem {
     clattn_path path;       /* requested path (options, before CLATTN_PATH) */
 } clattn__problem;
 
+/* A full-size copy of the caller's options (NULL = defaults), whatever struct_size says
+ * within the accepted range; an out-of-range size is refused with a message in err. */
+clattn_status clattn__options_read(const clattn_options *in, clattn_options *out, char *err,
+                                   size_t errlen);
+
 /* Validate every descriptor and option; fill p. o may be NULL (reference). On error the
  * message names the argument and the status says what kind of error. */
 clattn_status clattn__problem_init(clattn__problem *p, const clattn_tensor *q,

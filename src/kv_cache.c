@@ -259,7 +259,7 @@ static clattn_status append_kernel(clattn_kv_cache *c, clattn_kv_format f, bool 
 /* Enqueue append kernel k (from append_kernel) for keys or values. */
 static clattn_status enqueue_append(clattn_kv_cache *c, cl_kernel k, clattn_kv_format f, bool keys,
                                     const clattn__dev_tensor *x, int64_t n, cl_mem old_lens,
-                                    cl_mem new_lens)
+                                    cl_mem new_lens, cl_event *event)
 {
     clattn_context *ctx = c->ctx;
     const int64_t dim = keys ? c->D : c->Dv;
@@ -277,7 +277,7 @@ static clattn_status enqueue_append(clattn_kv_cache *c, cl_kernel k, clattn_kv_f
         CLATTN_FORWARD(CLATTN_ARG(ctx, k, &a, old_lens));
         CLATTN_FORWARD(CLATTN_ARG(ctx, k, &a, new_lens));
         const size_t g[3] = {(size_t)dim, (size_t)c->Hkv, (size_t)c->B};
-        return clattn__enqueue(ctx, k, 3, g, NULL, NULL);
+        return clattn__enqueue(ctx, k, 3, g, NULL, event);
     }
     const cl_float sqrt_n = sqrtf((float)dim);
     size_t g[3] = {(size_t)n, (size_t)c->Hkv, (size_t)c->B};
@@ -296,7 +296,7 @@ static clattn_status enqueue_append(clattn_kv_cache *c, cl_kernel k, clattn_kv_f
     CLATTN_FORWARD(CLATTN_ARG(ctx, k, &a, rot));
     CLATTN_FORWARD(CLATTN_ARG(ctx, k, &a, tab));
     CLATTN_FORWARD(CLATTN_ARG(ctx, k, &a, sqrt_n));
-    return clattn__enqueue(ctx, k, 3, g, NULL, NULL);
+    return clattn__enqueue(ctx, k, 3, g, NULL, event);
 }
 
 /* The key bytes an append may write, saved before its key kernel so that a failure to
@@ -358,6 +358,14 @@ static void restore_keys(clattn_kv_cache *c, const key_backup *kb)
 clattn_status clattn_kv_cache_append(clattn_kv_cache *c, const clattn_tensor *k_new,
                                      const clattn_tensor *v_new, const int32_t *n_per_batch)
 {
+    return clattn_kv_cache_append_with_event(c, k_new, v_new, n_per_batch, NULL);
+}
+
+clattn_status clattn_kv_cache_append_with_event(clattn_kv_cache *c, const clattn_tensor *k_new,
+                                                const clattn_tensor *v_new,
+                                                const int32_t *n_per_batch, cl_event *event)
+{
+    if (event) *event = NULL;
     if (!c) return CLATTN_ERROR_INVALID_ARGUMENT;
     clattn_context *ctx = c->ctx;
     ctx->last_error[0] = '\0';
@@ -391,7 +399,8 @@ clattn_status clattn_kv_cache_append(clattn_kv_cache *c, const clattn_tensor *k_
     }
     if (!any) {
         free(newlen);
-        return CLATTN_SUCCESS;
+        /* nothing to write, but the caller may still chain on the event */
+        return event ? clattn__enqueue_marker(ctx, event) : CLATTN_SUCCESS;
     }
 
     clattn__dev_tensor kx, vx;
@@ -409,9 +418,10 @@ clattn_status clattn_kv_cache_append(clattn_kv_cache *c, const clattn_tensor *k_
     key_backup kb;
     memset(&kb, 0, sizeof kb);
     if (st == CLATTN_SUCCESS) st = backup_keys(c, newlen, &kb);
-    if (st == CLATTN_SUCCESS) st = enqueue_append(c, kk, c->kf, true, &kx, n, c->lens, new_lens);
+    if (st == CLATTN_SUCCESS) st = enqueue_append(c, kk, c->kf, true, &kx, n, c->lens, new_lens, NULL);
     if (st == CLATTN_SUCCESS) {
-        st = enqueue_append(c, kv, c->vf, false, &vx, n, c->lens, new_lens);
+        /* the value kernel is queued last on the in-order queue: its event is the append's */
+        st = enqueue_append(c, kv, c->vf, false, &vx, n, c->lens, new_lens, event);
         if (st != CLATTN_SUCCESS) restore_keys(c, &kb);
     }
     clattn__buffer_release(ctx, kb.keys); /* queued copies keep them alive */
@@ -626,7 +636,10 @@ clattn_status clattn_kv_cache_attention(clattn_context *ctx, clattn_kv_cache *c,
     CLATTN_RETURN_IF(ctx, !q || !o, CLATTN_ERROR_INVALID_ARGUMENT, "kv attention: %s is NULL", !q ? "q" : "o");
     clattn_options o2;
     if (opt) {
-        o2 = *opt;
+        /* a copy of the caller's struct, which may be an older, smaller one */
+        char oerr[512];
+        clattn_status ost = clattn__options_read(opt, &o2, oerr, sizeof oerr);
+        if (ost != CLATTN_SUCCESS) return clattn__fail(ctx, ost, "kv attention: %s", oerr);
     } else {
         clattn_options_init(&o2);
         o2.causal = CLATTN_CAUSAL_BOTTOM_RIGHT;
@@ -645,6 +658,7 @@ clattn_status clattn_kv_cache_attention(clattn_context *ctx, clattn_kv_cache *c,
     char err[1024];
     clattn_status st = clattn__problem_init(&p, q, &kd, &vd, o, &o2, err, sizeof err);
     if (st != CLATTN_SUCCESS) return clattn__fail(ctx, st, "kv attention: %s", err);
+    CLATTN_FORWARD(clattn__enqueue_wait(ctx, o2.wait_events, o2.num_wait_events));
     if (clattn__tensor_numel(o) == 0) {
         if (event) CLATTN_FORWARD(clattn__enqueue_marker(ctx, event));
         return CLATTN_SUCCESS;

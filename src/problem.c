@@ -117,12 +117,11 @@ clattn_status clattn__problem_init(clattn__problem *p, const clattn_tensor *q,
                                    size_t errlen)
 {
     const bool ref = (o == NULL);
-    clattn_options defaults;
-    if (opt == NULL) {
-        clattn_options_init(&defaults);
-        opt = &defaults;
-    }
     memset(p, 0, sizeof *p);
+    clattn_options whole; /* the caller's struct may be an older, smaller one */
+    clattn_status ost = clattn__options_read(opt, &whole, err, errlen);
+    if (ost != CLATTN_SUCCESS) return ost;
+    opt = &whole;
     if (!q || !k || !v)
         FAILP(CLATTN_ERROR_INVALID_ARGUMENT, "%s is NULL", !q ? "q" : !k ? "k" : "v");
 

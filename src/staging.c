@@ -19,6 +19,18 @@ clattn_status clattn__enqueue_marker(clattn_context *ctx, cl_event *event)
     return CLATTN_SUCCESS;
 }
 
+clattn_status clattn__enqueue_wait(clattn_context *ctx, const cl_event *events, cl_uint n)
+{
+    if (n == 0) return CLATTN_SUCCESS;
+    cl_int err = clattn__fault_check(ctx, CLATTN__FAULT_ENQUEUE);
+    if (err == CL_SUCCESS) err = clEnqueueBarrierWithWaitList(ctx->queue, n, events, NULL);
+    if (err != CL_SUCCESS)
+        return clattn__fail(ctx, (clattn_status)err,
+                            "waiting for options.wait_events (%u) on %s failed: %s",
+                            (unsigned)n, ctx->props.name, clattn_status_string(err));
+    return CLATTN_SUCCESS;
+}
+
 clattn_status clattn__enqueue_fill(clattn_context *ctx, cl_mem mem, const void *pattern,
                                    size_t pattern_size, size_t offset, size_t bytes)
 {

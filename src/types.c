@@ -3,6 +3,7 @@
 #include "internal.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <string.h>
 #include <strings.h>
 
@@ -56,7 +57,7 @@ static void packed_strides(clattn_tensor *t, const int inner_first[4])
     }
 }
 
-static clattn_tensor dense(void *host, cl_mem buffer, size_t offset, clattn_dtype dtype,
+static clattn_tensor dense(const void *host, cl_mem buffer, size_t offset, clattn_dtype dtype,
                            int64_t d0, int64_t d1, int64_t d2, int64_t d3)
 {
     clattn_tensor t;
@@ -74,7 +75,7 @@ static clattn_tensor dense(void *host, cl_mem buffer, size_t offset, clattn_dtyp
     return t;
 }
 
-clattn_tensor clattn_tensor_host(void *host, clattn_dtype dtype, int64_t d0, int64_t d1,
+clattn_tensor clattn_tensor_host(const void *host, clattn_dtype dtype, int64_t d0, int64_t d1,
                                  int64_t d2, int64_t d3)
 {
     return dense(host, NULL, 0, dtype, d0, d1, d2, d3);
@@ -98,6 +99,7 @@ void clattn_options_init(clattn_options *opt)
 {
     if (!opt) return;
     memset(opt, 0, sizeof *opt);
+    opt->struct_size = sizeof *opt;
     opt->scale = NAN;
     opt->softcap = 0.0f;
     opt->causal = CLATTN_CAUSAL_NONE;
@@ -124,4 +126,32 @@ clattn_status clattn_path_from_name(const char *name, clattn_path *path)
             return CLATTN_SUCCESS;
         }
     return CLATTN_ERROR_INVALID_ARGUMENT;
+}
+
+/* The caller's struct may be older (smaller) than ours: copy only the bytes it has and
+ * keep our defaults for the rest. Fields are only appended (clattn.h's policy), so the
+ * first struct_size bytes of both layouts mean the same. A size outside the known range
+ * is almost always a struct that clattn_options_init never saw, so it is refused. */
+clattn_status clattn__options_read(const clattn_options *in, clattn_options *out, char *err,
+                                   size_t errlen)
+{
+    clattn_options_init(out);
+    if (!in) return CLATTN_SUCCESS;
+    const size_t size = in->struct_size;
+    if (size < CLATTN_OPTIONS_SIZE_0_2 || size > sizeof *out) {
+        snprintf(err, errlen,
+                 "options.struct_size is %zu: expected %zu..%zu (call clattn_options_init "
+                 "before setting fields; a larger size is a caller built against a newer "
+                 "clattn)",
+                 size, (size_t)CLATTN_OPTIONS_SIZE_0_2, sizeof *out);
+        return CLATTN_ERROR_INVALID_ARGUMENT;
+    }
+    memcpy(out, in, size);
+    out->struct_size = sizeof *out;
+    if (out->num_wait_events > 0 && out->wait_events == NULL) {
+        snprintf(err, errlen, "options.num_wait_events is %u but wait_events is NULL",
+                 (unsigned)out->num_wait_events);
+        return CLATTN_ERROR_INVALID_ARGUMENT;
+    }
+    return CLATTN_SUCCESS;
 }

@@ -435,7 +435,7 @@ static void test_version_options_and_descriptor_helpers(void **state)
 {
     (void)state;
     assert_int_equal(clattn_version_number(), CLATTN_VERSION_NUMBER);
-    assert_string_equal(clattn_version_string(), "0.1.0");
+    assert_string_equal(clattn_version_string(), "0.2.0");
     clattn_options o;
     clattn_options_init(&o);
     assert_true(isnan(o.scale) && o.softcap == 0.0f && o.window_left == -1 && o.window_right == -1);
