@@ -64,7 +64,8 @@
  *  - Structs the caller allocates and the library reads (clattn_options) start with
  *    struct_size, set by their init function. New fields are only ever appended, so a
  *    newer library reads an older caller's smaller struct and gives the fields it lacks
- *    their defaults; a size that is smaller than the first sized layout, larger than the
+ *    their defaults (the init function is inline, so it never writes past the caller's
+ *    struct); a size that is smaller than the first sized layout, larger than the
  *    library's own struct, or not set by the init function is refused with
  *    CLATTN_ERROR_INVALID_ARGUMENT and a message naming the size. Always call the init
  *    function, then set fields.
@@ -291,9 +292,16 @@ typedef struct clattn_options {
  * the smallest struct_size a library accepts. */
 #define CLATTN_OPTIONS_SIZE_0_2 (offsetof(clattn_options, path) + sizeof(clattn_path))
 
-/* Defaults: struct_size = sizeof(clattn_options), scale NaN, softcap 0, no causal,
- * window (-1, -1), no mask, path AUTO, no wait events. */
-CLATTN_API void clattn_options_init(clattn_options *opt);
+/* Defaults: scale NaN, softcap 0, no causal, window (-1, -1), no mask, path AUTO, no
+ * wait events. clattn_options_init is inline so that sizeof is the caller's: a library
+ * newer than the caller's header then writes only the caller's struct_size bytes (never
+ * past an older, smaller struct) and records that size. Bindings that lay the struct out
+ * themselves call clattn_options_init_sized with their own size. */
+CLATTN_API void clattn_options_init_sized(clattn_options *opt, size_t struct_size);
+static inline void clattn_options_init(clattn_options *opt)
+{
+    clattn_options_init_sized(opt, sizeof *opt);
+}
 
 /* Compute attention. With cl_mem tensors the work is only enqueued on the context's
  * queue (no host copies, no clFinish) and, when event is not NULL, *event receives an

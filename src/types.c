@@ -95,17 +95,24 @@ clattn_tensor clattn_tensor_blhd(clattn_tensor t)
     return t;
 }
 
-void clattn_options_init(clattn_options *opt)
+/* Only the caller's struct_size bytes are written: the caller may have been built
+ * against an older, smaller clattn_options. A size out of range is still recorded, so
+ * the call that receives the struct refuses it with a message (this function cannot). */
+void clattn_options_init_sized(clattn_options *opt, size_t struct_size)
 {
     if (!opt) return;
-    memset(opt, 0, sizeof *opt);
-    opt->struct_size = sizeof *opt;
-    opt->scale = NAN;
-    opt->softcap = 0.0f;
-    opt->causal = CLATTN_CAUSAL_NONE;
-    opt->window_left = -1;
-    opt->window_right = -1;
-    opt->path = CLATTN_PATH_AUTO;
+    clattn_options d;
+    memset(&d, 0, sizeof d);
+    d.scale = NAN;
+    d.softcap = 0.0f;
+    d.causal = CLATTN_CAUSAL_NONE;
+    d.window_left = -1;
+    d.window_right = -1;
+    d.path = CLATTN_PATH_AUTO;
+    if (struct_size >= sizeof d.struct_size) {
+        memcpy(opt, &d, struct_size < sizeof d ? struct_size : sizeof d);
+        opt->struct_size = struct_size;
+    }
 }
 
 static const char *const path_names[CLATTN_PATH_COUNT_] = {"auto", "fused", "decode",
@@ -135,7 +142,7 @@ clattn_status clattn_path_from_name(const char *name, clattn_path *path)
 clattn_status clattn__options_read(const clattn_options *in, clattn_options *out, char *err,
                                    size_t errlen)
 {
-    clattn_options_init(out);
+    clattn_options_init_sized(out, sizeof *out);
     if (!in) return CLATTN_SUCCESS;
     const size_t size = in->struct_size;
     if (size < CLATTN_OPTIONS_SIZE_0_2 || size > sizeof *out) {

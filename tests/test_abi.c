@@ -62,14 +62,18 @@ static void test_older_smaller_options_are_accepted(void **state)
     double want[NO];
     reference_causal(want);
 
-    unsigned char raw[sizeof(clattn_options)];
-    memset(raw, 0xab, sizeof raw);
-    clattn_options full;
-    clattn_options_init(&full);
-    full.causal = CLATTN_CAUSAL_TOP_LEFT;
-    full.struct_size = CLATTN_OPTIONS_SIZE_0_2;
-    memcpy(raw, &full, CLATTN_OPTIONS_SIZE_0_2);
-    const clattn_options *old = (const clattn_options *)raw;
+    /* as an older caller's clattn_options_init does: only its own bytes are written */
+    union {
+        clattn_options opt;
+        unsigned char raw[sizeof(clattn_options)];
+    } u;
+    memset(u.raw, 0xab, sizeof u.raw);
+    clattn_options_init_sized(&u.opt, CLATTN_OPTIONS_SIZE_0_2);
+    assert_int_equal(u.opt.struct_size, CLATTN_OPTIONS_SIZE_0_2);
+    for (size_t i = CLATTN_OPTIONS_SIZE_0_2; i < sizeof u.raw; i++)
+        if (u.raw[i] != 0xab) fail_msg("init of a %zu-byte struct wrote byte %zu", (size_t)CLATTN_OPTIONS_SIZE_0_2, i);
+    u.opt.causal = CLATTN_CAUSAL_TOP_LEFT;
+    const clattn_options *old = &u.opt;
 
     clattn_tensor tq = clattn_tensor_host(g_q, CLATTN_F32, B, HQ, LQ, D);
     clattn_tensor tk = clattn_tensor_host(g_k, CLATTN_F32, B, HKV, LK, D);
