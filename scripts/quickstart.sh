@@ -11,8 +11,10 @@ build=${CLATTN_BUILD_DIR:-$root/build}
 
 # Two OpenCL implementations for the tests: PoCL (the CPU device) and Mesa's rusticl
 # (llvmpipe, GPU-like limits; enabled per process with RUSTICL_ENABLE=llvmpipe).
+# Python with venv and pip for the Python package's test (numpy and pytest come from PyPI).
 packages=(cmake make gcc pkg-config opencl-headers ocl-icd-opencl-dev pocl-opencl-icd
-          mesa-opencl-icd libclblast-dev libcmocka-dev oclgrind clinfo)
+          mesa-opencl-icd libclblast-dev libcmocka-dev oclgrind clinfo
+          python3 python3-venv python3-pip)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
