@@ -7,6 +7,7 @@
 #include "attn_case.h"
 #include "cli_util.h"
 #include "commands.h"
+#include "peak.h"
 #include "kv_case.h"
 
 #include <math.h>
@@ -220,7 +221,78 @@ typedef struct measured {
     long runs;
     uint64_t device_bytes;
     clattn_path path;
+    double peak_gflops, peak_gbps; /* the device's measured peak (--device all), or 0 */
 } measured;
+
+/* --device all: every result is kept for the side-by-side table printed at the end. */
+typedef struct bench_row {
+    size_t spec, device;
+    clattn_path want;
+    char path[24];
+    measured m;
+} bench_row;
+typedef struct bench_table {
+    bench_row *rows;
+    size_t n, cap;
+    char (*names)[128]; /* device names by index */
+} bench_table;
+
+static void table_add(bench_table *t, size_t spec, size_t device, clattn_path want, const char *path,
+                      const measured *m)
+{
+    if (t->n == t->cap) {
+        size_t cap = t->cap ? 2 * t->cap : 64;
+        bench_row *r = realloc(t->rows, cap * sizeof *r);
+        if (!r) return; /* the table loses a row; the line above was printed already */
+        t->rows = r;
+        t->cap = cap;
+    }
+    bench_row *r = &t->rows[t->n++];
+    r->spec = spec;
+    r->device = device;
+    r->want = want;
+    snprintf(r->path, sizeof r->path, "%s", path);
+    r->m = *m;
+}
+
+/* One block per case and requested path, one line per device: time, throughput, the
+ * fraction of that device's own peak, and the time over the fastest device's. */
+static void table_print(const bench_table *t, const bench_spec *specs)
+{
+    if (t->n == 0) return;
+    printf("\nside by side: %% of each device's measured peak (clattn devices --peak); "
+           "x fastest = median time / the fastest device's\n");
+    bool *shown = calloc(t->n, sizeof *shown);
+    if (!shown) return;
+    for (size_t i = 0; i < t->n; i++) {
+        if (shown[i]) continue;
+        const bench_row *a = &t->rows[i];
+        const attn_case *c = &specs[a->spec].c;
+        double best = 0.0;
+        for (size_t j = i; j < t->n; j++)
+            if (t->rows[j].spec == a->spec && t->rows[j].want == a->want &&
+                (best == 0.0 || t->rows[j].m.median < best))
+                best = t->rows[j].m.median;
+        printf("case %lld,%lld,%lld,%lld,%lld,%lld,%lld %s %s%s%s, path %s\n", (long long)c->B, (long long)c->Hq,
+               (long long)c->Hkv, (long long)c->Lq, (long long)c->Lk, (long long)c->D,
+               (long long)attn_case_dv(c), causal_name(c->causal), clattn_dtype_name(c->dtype),
+               strcmp(specs[a->spec].kv_quant, "none") ? " kv:" : "",
+               strcmp(specs[a->spec].kv_quant, "none") ? specs[a->spec].kv_quant : "", clattn_path_name(a->want));
+        printf("  %-3s %-44s %-9s %10s %9s %8s %7s %7s %9s\n", "#", "device", "path", "median_ms", "GFLOP/s",
+               "GB/s", "%FLOP", "%BW", "x fastest");
+        for (size_t j = i; j < t->n; j++) {
+            const bench_row *r = &t->rows[j];
+            if (r->spec != a->spec || r->want != a->want) continue;
+            shown[j] = true;
+            char pf[16] = "-", pb[16] = "-";
+            if (r->m.peak_gflops > 0) snprintf(pf, sizeof pf, "%.1f", 100.0 * r->m.gflops / r->m.peak_gflops);
+            if (r->m.peak_gbps > 0) snprintf(pb, sizeof pb, "%.1f", 100.0 * r->m.gbps / r->m.peak_gbps);
+            printf("  %-3zu %-44.44s %-9s %10.3f %9.1f %8.2f %7s %7s %9.2f\n", r->device, t->names[r->device],
+                   r->path, r->m.median, r->m.gflops, r->m.gbps, pf, pb, r->m.median / best);
+        }
+    }
+    free(shown);
+}
 
 /* One timed call: attention on the case's tensors, or over the KV cache kp when set. */
 static clattn_status run_once(clattn_context *ctx, const attn_case *c, attn_case_data *d, kv_prepared *kp)
@@ -291,17 +363,20 @@ static void json_line(FILE *f, const clattn_device_props *p, const bench_spec *s
             ", \"path\": \"%s\", \"requested_path\": \"%s\", \"shape\": {\"B\": %lld, \"Hq\": %lld, "
             "\"Hkv\": %lld, \"Lq\": %lld, \"Lk\": %lld, \"D\": %lld, \"Dv\": %lld}, \"causal\": \"%s\", "
             "\"dtype\": \"%s\", \"kv_quant\": \"%s\", \"median_ms\": %.4f, \"min_ms\": %.4f, "
-            "\"max_ms\": %.4f, \"runs\": %ld, \"gflops\": %.2f, \"gbps\": %.2f, \"device_bytes\": %llu}\n",
+            "\"max_ms\": %.4f, \"runs\": %ld, \"gflops\": %.2f, \"gbps\": %.2f, \"device_bytes\": %llu",
             path_label(m->path), clattn_path_name(want), (long long)c->B, (long long)c->Hq,
             (long long)c->Hkv, (long long)c->Lq, (long long)c->Lk, (long long)c->D,
             (long long)attn_case_dv(c), causal_name(c->causal), clattn_dtype_name(c->dtype),
             s->kv_quant, m->median, m->min, m->max, m->runs, m->gflops, m->gbps,
             (unsigned long long)m->device_bytes);
+    if (m->peak_gflops > 0)
+        fprintf(f, ", \"peak_gflops\": %.2f, \"peak_gbps\": %.2f", m->peak_gflops, m->peak_gbps);
+    fprintf(f, "}\n");
     fflush(f);
 }
 
 static int bench_device(size_t index, const bench_spec *specs, size_t nspecs, const bench_args *o,
-                        FILE *json, size_t *done, size_t total, int *failures)
+                        FILE *json, size_t *done, size_t total, int *failures, bench_table *tab)
 {
     clattn_device_props props;
     char spec[32];
@@ -314,6 +389,15 @@ static int bench_device(size_t index, const bench_spec *specs, size_t nspecs, co
     }
     printf("device %zu: %s | %s | driver %s\n", index, props.name, props.platform_name,
            props.driver_version);
+    cli_peak peak = {0, 0, false};
+    if (tab) {
+        snprintf(tab->names[index], sizeof tab->names[index], "%s", props.name);
+        char err[512];
+        if (cli_peak_get(ctx, true, &peak, err, sizeof err) == CLATTN_SUCCESS)
+            printf("peak %.1f GFLOP/s, %.1f GB/s%s\n", peak.gflops, peak.gbps, peak.cached ? " (cached)" : "");
+        else /* the table then shows no fractions for this device; the timings stand */
+            printf("peak not measured: %s\n", err);
+    }
     printf("%-8s %-26s %-12s %-5s %9s %9s %9s %5s %9s %8s %10s\n", "path", "shape B,Hq,Hkv,Lq,Lk,D,Dv",
            "causal", "dtype", "median_ms", "min_ms", "max_ms", "runs", "GFLOP/s", "GB/s", "dev_MiB");
     clattn_path paths[CLATTN_PATH_COUNT_];
@@ -388,7 +472,10 @@ static int bench_device(size_t index, const bench_spec *specs, size_t nspecs, co
             fflush(stdout);
             bench_spec s = specs[i];
             s.c = c;
+            m.peak_gflops = peak.gflops;
+            m.peak_gbps = peak.gbps;
             if (json) json_line(json, &props, &s, paths[p], &m);
+            if (tab) table_add(tab, i, index, paths[p], pname, &m);
         }
         attn_case_data_free(d);
     }
@@ -505,8 +592,17 @@ int cmd_bench(int argc, char **argv)
     size_t done = 0, total = (last - first) * nspecs * (size_t)npaths;
     int failures = 0;
     rc = CLI_EXIT_OK;
+    bench_table table = {NULL, 0, 0, NULL};
+    const bool side_by_side = o.device && strcmp(o.device, "all") == 0;
+    if (side_by_side && !(table.names = calloc(count, sizeof *table.names))) {
+        cli_error(CMD, "out of host memory");
+        return CLI_EXIT_FAILURE;
+    }
     for (size_t i = first; i < last && rc == CLI_EXIT_OK; i++)
-        rc = bench_device(i, specs, nspecs, &o, json, &done, total, &failures);
+        rc = bench_device(i, specs, nspecs, &o, json, &done, total, &failures, side_by_side ? &table : NULL);
+    if (side_by_side && rc == CLI_EXIT_OK) table_print(&table, specs);
+    free(table.rows);
+    free(table.names);
     if (json) {
         bool ok = fclose(json) == 0 && rc == CLI_EXIT_OK;
         if (!ok || rename(tmp, o.json) != 0) {

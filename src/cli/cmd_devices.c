@@ -4,6 +4,7 @@
 #include "clattn.h"
 #include "cli_util.h"
 #include "commands.h"
+#include "peak.h"
 
 #include <inttypes.h>
 #include <stdio.h>
@@ -14,7 +15,7 @@ static const char *const CMD = "devices";
 static void usage(FILE *f)
 {
     fprintf(f,
-            "usage: clattn devices [--json]\n"
+            "usage: clattn devices [--json] [--peak]\n"
             "\n"
             "List every OpenCL platform/device with its capabilities. The default device\n"
             "(CLATTN_DEVICE if set, else the first GPU, else the first device) is marked '*'.\n"
@@ -22,6 +23,9 @@ static void usage(FILE *f)
             "case-insensitive substring of the platform or device name, or cpu|gpu.\n"
             "\n"
             "  --json     print a JSON array with one object per device\n"
+            "  --peak     also measure each device's peak: an FMA kernel (GFLOP/s) and a copy\n"
+            "             kernel (GB/s), as clpeak does; cached per device and driver in the\n"
+            "             program cache's folder (CLATTN_CACHE_DIR=off measures again)\n"
             "  -h, --help this text\n");
 }
 
@@ -51,6 +55,7 @@ static void print_text(const clattn_device_props *p, int is_default)
            p->has_fp16 ? "yes" : "no", p->has_subgroups ? "yes" : "no");
 }
 
+/* One device's object, left open: the caller may add the peak before closing it. */
 static void print_json(const clattn_device_props *p, int is_default)
 {
     printf("  {\"index\": %zu, \"default\": %s, \"platform_name\": ", p->index,
@@ -69,28 +74,51 @@ static void print_json(const clattn_device_props *p, int is_default)
     printf(", \"type\": \"%s\", \"compute_units\": %" PRIu32 ", \"max_clock_mhz\": %" PRIu32
            ", \"global_mem_bytes\": %" PRIu64 ", \"max_alloc_bytes\": %" PRIu64
            ", \"local_mem_bytes\": %" PRIu64 ", \"local_mem_is_dedicated\": %s"
-           ", \"max_work_group_size\": %zu, \"has_fp16\": %s, \"has_subgroups\": %s}",
+           ", \"max_work_group_size\": %zu, \"has_fp16\": %s, \"has_subgroups\": %s",
            type_name(p->type), p->compute_units, p->max_clock_mhz, p->global_mem_bytes,
            p->max_alloc_bytes, p->local_mem_bytes, p->local_mem_is_dedicated ? "true" : "false",
            p->max_work_group_size, p->has_fp16 ? "true" : "false",
            p->has_subgroups ? "true" : "false");
 }
 
+/* The peak of device index (peak.h), through a context of its own. */
+static int device_peak(size_t index, cli_peak *peak)
+{
+    char spec[32], err[512];
+    snprintf(spec, sizeof spec, "%zu", index);
+    clattn_context *ctx = NULL;
+    clattn_status st = clattn_context_create(spec, &ctx);
+    if (st != CLATTN_SUCCESS) {
+        cli_error(CMD, "device %zu: cannot create a context: %s", index, clattn_status_string(st));
+        return CLI_EXIT_FAILURE;
+    }
+    st = cli_peak_get(ctx, true, peak, err, sizeof err);
+    clattn_context_free(ctx);
+    if (st != CLATTN_SUCCESS) {
+        cli_error(CMD, "%s", err);
+        return CLI_EXIT_FAILURE;
+    }
+    return CLI_EXIT_OK;
+}
+
 int cmd_devices_parse(int argc, char **argv, devices_args *a, bool *help)
 {
-    enum { OPT_JSON = 256 };
+    enum { OPT_JSON = 256, OPT_PEAK };
     static const struct option longopts[] = {
         {"json", no_argument, NULL, OPT_JSON},
+        {"peak", no_argument, NULL, OPT_PEAK},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     a->json = false;
+    a->peak = false;
     *help = false;
     cli_getopt_reset();
     int c;
     while ((c = getopt_long(argc, argv, ":h", longopts, NULL)) != -1) {
         switch (c) {
         case OPT_JSON: a->json = true; break;
+        case OPT_PEAK: a->peak = true; break;
         case 'h': *help = true; return CLI_EXIT_OK;
         default: cli_getopt_error(CMD, c, argv, longopts); return CLI_EXIT_USAGE;
         }
@@ -135,11 +163,22 @@ int cmd_devices(int argc, char **argv)
                       clattn_status_string(st));
             return CLI_EXIT_FAILURE;
         }
+        cli_peak peak;
+        if (a.peak && (rc = device_peak(i, &peak)) != CLI_EXIT_OK) {
+            if (json) printf("]\n");
+            fflush(stdout);
+            return rc;
+        }
         if (json) {
             printf(i ? ",\n" : "\n");
             print_json(&p, i == default_index);
+            if (a.peak) printf(", \"peak_gflops\": %.2f, \"peak_gbps\": %.2f", peak.gflops, peak.gbps);
+            printf("}");
         } else {
             print_text(&p, i == default_index);
+            if (a.peak)
+                printf("     peak %.1f GFLOP/s (float32 FMA), %.1f GB/s (copy)%s\n", peak.gflops, peak.gbps,
+                       peak.cached ? ", cached" : "");
         }
     }
     if (json) printf(count ? "\n]\n" : "]\n");

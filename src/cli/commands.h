@@ -25,6 +25,7 @@ int cmd_quantize(int argc, char **argv); /* cmd_quantize.c */
  * permuted (getopt_long); the strings stay owned by the caller and are pointed to. */
 typedef struct devices_args {
     bool json;
+    bool peak; /* --peak: measure (or read the cached) FMA GFLOP/s and copy GB/s */
 } devices_args;
 int cmd_devices_parse(int argc, char **argv, devices_args *a, bool *help);
 
