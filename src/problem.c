@@ -282,3 +282,16 @@ clattn_status clattn__problem_init(clattn__problem *p, const clattn_tensor *q,
     p->o = o;
     return CLATTN_SUCCESS;
 }
+
+/* The descriptor checks above, for the backward pass's extra tensors (backward.c). */
+clattn_status clattn__check_tensor(const char *name, const clattn_tensor *t, bool host_only,
+                                   char *err, size_t errlen)
+{
+    return check_tensor(name, t, host_only, err, errlen);
+}
+
+clattn_status clattn__check_no_self_overlap(const char *name, const clattn_tensor *t, char *err,
+                                            size_t errlen)
+{
+    return check_no_self_overlap(name, t, err, errlen);
+}
