@@ -39,6 +39,9 @@
 #ifndef WG
 #define WG 64
 #endif
+#ifndef FORM
+#define FORM 1 /* 0: the CPU form below, 1: work-groups with local tiles */
+#endif
 #ifndef DO_DT
 #define DO_DT 0
 #endif
@@ -168,6 +171,7 @@ __kernel void bwd_rowdot(TENSOR_PARAMS(const __global O_T *, o),
         }                                                                                \
     } while (0)
 
+#if FORM == 1
 __kernel __attribute__((reqd_work_group_size(WG, 1, 1))) void
 bwd_dkdv(TENSOR_PARAMS(const __global Q_T *, q), TENSOR_PARAMS(const __global K_T *, k),
          TENSOR_PARAMS(const __global V_T *, v), TENSOR_PARAMS(const __global DO_T *, dout),
@@ -296,6 +300,199 @@ bwd_dq(TENSOR_PARAMS(const __global Q_T *, q), TENSOR_PARAMS(const __global K_T 
         if (i < Lq) STORE_DQ(dq, dq_off + b * dq_s0 + h * dq_s1 + i * dq_s2 + d * dq_s3, scale * dqa[u]);
     }
 }
+
+#endif /* FORM == 1 */
+
+#if FORM == 0
+/* ---- The CPU form (FORM 0) ---------------------------------------------------------
+ * As cl/flash_cpu.cl does for the forward: no local memory, no barriers, one work-item per
+ * block, and every product a rank-1 update "broadcast scalar x float16 vector" over 16
+ * keys, on packed float32 copies of K and V made per call by bwd_cpu_pack:
+ *   kt [B*Hkv, NT, D, 16]   K transposed tile by tile (NT = ceil(Lk/16); zero padded)
+ *   vt [B*Hkv, NT, DV, 16]  V the same
+ *   kp [B*Hkv, NT*16, DP]   K rows padded to DP (a multiple of 16) for dQ += dS K
+ *   bwd_cpu_pack  global (NT*16, B*Hkv)
+ *   bwd_cpu_dkdv  global (NT, B*Hkv): 16 keys per work-item; dK and dV of those keys
+ *                 transposed in private float16 vectors, over every query row (of every
+ *                 head of the group) whose key range meets the keys
+ *   bwd_cpu_dq    global (ceil(Lq/MB), B*Hq): MB query rows per work-item */
+#ifndef MB
+#define MB 4
+#endif
+#define DP16 ((D + 15) / 16)
+
+__kernel void bwd_cpu_pack(TENSOR_PARAMS(const __global K_T *, k),
+                           TENSOR_PARAMS(const __global V_T *, v), long B, long Hkv, long Lk,
+                           long nt, __global float *kt, __global float *vt, __global float *kp)
+{
+    const long j = get_global_id(0), bk = get_global_id(1);
+    if (j >= nt * 16 || bk >= B * Hkv) return;
+    const long b = bk / Hkv, kvh = bk - b * Hkv;
+    const long tile = j / 16, jj = j - tile * 16;
+    __global float *ktt = kt + ((bk * nt + tile) * D) * 16;
+    __global float *vtt = vt + ((bk * nt + tile) * DV) * 16;
+    __global float *kpr = kp + (bk * nt * 16 + j) * (DP16 * 16);
+    const long kb = k_off + b * k_s0 + kvh * k_s1 + j * k_s2;
+    const long vb = v_off + b * v_s0 + kvh * v_s1 + j * v_s2;
+    for (int d = 0; d < D; d++) {
+        const float x = j < Lk ? LOAD_K(k, kb + d * k_s3) : 0.0f;
+        ktt[d * 16 + jj] = x;
+        kpr[d] = x;
+    }
+    for (int d = D; d < DP16 * 16; d++) kpr[d] = 0.0f;
+    for (int c = 0; c < DV; c++) vtt[c * 16 + jj] = j < Lk ? LOAD_V(v, vb + c * v_s3) : 0.0f;
+}
+
+/* The 16 lanes of (s, dp) for row (b, h, i) and keys j0..j0+15 into p and dS (dLoss/ds
+ * before the softcap); lanes outside [lo, hi) are 0. */
+#define LANE_TERMS(s16, dp16, b, h, i, j0, lo, hi, slope, l, dd, p16, ds16)              \
+    do {                                                                                 \
+        float sa_[16], da_[16], pa_[16], dsa_[16];                                       \
+        vstore16((s16), 0, sa_);                                                         \
+        vstore16((dp16), 0, da_);                                                        \
+        for (int jj = 0; jj < 16; jj++) {                                                \
+            const long j = (j0) + jj;                                                    \
+            float p = 0.0f, dsf = 0.0f, dsp = 0.0f;                                      \
+            if (j >= (lo) && j < (hi))                                                   \
+                BWD_TERMS(sa_[jj], da_[jj], (b), (h), (i), j, (slope), (l), (dd), p, dsf, dsp); \
+            pa_[jj] = p;                                                                 \
+            dsa_[jj] = dsp;                                                              \
+        }                                                                                \
+        (p16) = vload16(0, pa_);                                                         \
+        (ds16) = vload16(0, dsa_);                                                       \
+    } while (0)
+
+__kernel void bwd_cpu_dkdv(TENSOR_PARAMS(const __global Q_T *, q),
+                           TENSOR_PARAMS(const __global K_T *, k),
+                           TENSOR_PARAMS(const __global V_T *, v),
+                           TENSOR_PARAMS(const __global DO_T *, dout), const __global float *lse,
+                           long lse_off, long lse_s0, long lse_s1, long lse_s2,
+                           const __global float *dl, TENSOR_PARAMS(__global DK_T *, dk),
+                           TENSOR_PARAMS(__global DV_T *, dv), MASK_PARAMS, long B, long Hq,
+                           long Hkv, const __global float *kt, const __global float *vt, long nt)
+{
+    const long tile = get_global_id(0), bk = get_global_id(1);
+    if (tile >= nt || bk >= B * Hkv) return;
+    const long b = bk / Hkv, kvh = bk - b * Hkv, group = Hq / Hkv;
+    const long j0 = tile * 16, j1 = min(j0 + 16, Lk);
+    const __global float16 *ktt = (const __global float16 *)(kt + ((bk * nt + tile) * D) * 16);
+    const __global float16 *vtt = (const __global float16 *)(vt + ((bk * nt + tile) * DV) * 16);
+    float16 dkt[D], dvt[DV];
+    for (int d = 0; d < D; d++) dkt[d] = (float16)(0.0f);
+    for (int c = 0; c < DV; c++) dvt[c] = (float16)(0.0f);
+    float qr[D], dr[DV];
+    for (long g = 0; g < group; g++) {
+        const long h = kvh * group + g;
+        const float slope = ALIBI_SLOPE(h);
+        for (long i = 0; i < Lq; i++) {
+            const long2 kr = KEY_RANGE(b, i);
+            if (kr.x >= j1 || kr.y <= j0 || kr.x >= kr.y) continue;
+            const float l = lse[lse_off + b * lse_s0 + h * lse_s1 + i * lse_s2];
+            if (l == -INFINITY) continue;
+            const float dd = dl[(b * Hq + h) * Lq + i];
+            const long qb = q_off + b * q_s0 + h * q_s1 + i * q_s2;
+            const long db = dout_off + b * dout_s0 + h * dout_s1 + i * dout_s2;
+            float16 s = (float16)(0.0f), dp = (float16)(0.0f);
+            for (int d = 0; d < D; d++) {
+                qr[d] = LOAD_Q(q, qb + d * q_s3);
+                s = mad((float16)(qr[d]), ktt[d], s);
+            }
+            for (int c = 0; c < DV; c++) {
+                dr[c] = LOAD_DO(dout, db + c * dout_s3);
+                dp = mad((float16)(dr[c]), vtt[c], dp);
+            }
+            float16 p16, ds16;
+            LANE_TERMS(s, dp, b, h, i, j0, kr.x, kr.y, slope, l, dd, p16, ds16);
+            for (int c = 0; c < DV; c++) dvt[c] = mad((float16)(dr[c]), p16, dvt[c]);
+            for (int d = 0; d < D; d++) dkt[d] = mad((float16)(qr[d]), ds16, dkt[d]);
+        }
+    }
+    const long kb = dk_off + b * dk_s0 + kvh * dk_s1, vb = dv_off + b * dv_s0 + kvh * dv_s1;
+    for (int d = 0; d < D; d++) {
+        float t[16];
+        vstore16(dkt[d] * scale, 0, t);
+        for (long j = j0; j < j1; j++) STORE_DK(dk, kb + j * dk_s2 + d * dk_s3, t[j - j0]);
+    }
+    for (int c = 0; c < DV; c++) {
+        float t[16];
+        vstore16(dvt[c], 0, t);
+        for (long j = j0; j < j1; j++) STORE_DV(dv, vb + j * dv_s2 + c * dv_s3, t[j - j0]);
+    }
+}
+
+__kernel void bwd_cpu_dq(TENSOR_PARAMS(const __global Q_T *, q),
+                         TENSOR_PARAMS(const __global K_T *, k),
+                         TENSOR_PARAMS(const __global V_T *, v),
+                         TENSOR_PARAMS(const __global DO_T *, dout), const __global float *lse,
+                         long lse_off, long lse_s0, long lse_s1, long lse_s2,
+                         const __global float *dl, TENSOR_PARAMS(__global DQ_T *, dq), MASK_PARAMS,
+                         long B, long Hq, long Hkv, const __global float *kt,
+                         const __global float *vt, const __global float *kp, long nt)
+{
+    const long blk = get_global_id(0), bh = get_global_id(1);
+    const long i0 = blk * MB;
+    if (i0 >= Lq || bh >= B * Hq) return;
+    const long b = bh / Hq, h = bh - b * Hq, kvh = h / (Hq / Hkv), bk = b * Hkv + kvh;
+    const float slope = ALIBI_SLOPE(h);
+    float qr[MB][D], dr[MB][DV], lr[MB], ddr[MB];
+    long lo[MB], hi[MB];
+    long jlo = Lk, jhi = 0;
+    for (int r = 0; r < MB; r++) {
+        const long i = i0 + r;
+        lo[r] = hi[r] = 0;
+        lr[r] = -INFINITY;
+        ddr[r] = 0.0f;
+        if (i >= Lq) continue;
+        const long2 kr = KEY_RANGE(b, i);
+        lr[r] = lse[lse_off + b * lse_s0 + h * lse_s1 + i * lse_s2];
+        if (kr.x >= kr.y || lr[r] == -INFINITY) continue;
+        lo[r] = kr.x;
+        hi[r] = kr.y;
+        jlo = min(jlo, kr.x);
+        jhi = max(jhi, kr.y);
+        ddr[r] = dl[(b * Hq + h) * Lq + i];
+        const long qb = q_off + b * q_s0 + h * q_s1 + i * q_s2;
+        const long db = dout_off + b * dout_s0 + h * dout_s1 + i * dout_s2;
+        for (int d = 0; d < D; d++) qr[r][d] = LOAD_Q(q, qb + d * q_s3);
+        for (int c = 0; c < DV; c++) dr[r][c] = LOAD_DO(dout, db + c * dout_s3);
+    }
+    float16 acc[MB][DP16];
+    for (int r = 0; r < MB; r++)
+        for (int u = 0; u < DP16; u++) acc[r][u] = (float16)(0.0f);
+    const __global float16 *kpb = (const __global float16 *)(kp + bk * nt * 16 * (DP16 * 16));
+    for (long tile = jlo / 16; tile * 16 < jhi; tile++) {
+        const long j0 = tile * 16;
+        const __global float16 *ktt = (const __global float16 *)(kt + ((bk * nt + tile) * D) * 16);
+        const __global float16 *vtt = (const __global float16 *)(vt + ((bk * nt + tile) * DV) * 16);
+        for (int r = 0; r < MB; r++) {
+            if (lo[r] >= j0 + 16 || hi[r] <= j0) continue;
+            float16 s = (float16)(0.0f), dp = (float16)(0.0f);
+            for (int d = 0; d < D; d++) s = mad((float16)(qr[r][d]), ktt[d], s);
+            for (int c = 0; c < DV; c++) dp = mad((float16)(dr[r][c]), vtt[c], dp);
+            float16 p16, ds16;
+            LANE_TERMS(s, dp, b, h, i0 + r, j0, lo[r], hi[r], slope, lr[r], ddr[r], p16, ds16);
+            float dsa[16];
+            vstore16(ds16, 0, dsa);
+            for (int jj = 0; jj < 16; jj++) {
+                const float w = dsa[jj];
+                if (w == 0.0f) continue;
+                const __global float16 *krow = kpb + (j0 + jj) * DP16;
+                for (int u = 0; u < DP16; u++) acc[r][u] = mad((float16)(w), krow[u], acc[r][u]);
+            }
+        }
+    }
+    for (int r = 0; r < MB; r++) {
+        const long i = i0 + r;
+        if (i >= Lq) break;
+        const long ob = dq_off + b * dq_s0 + h * dq_s1 + i * dq_s2;
+        for (int u = 0; u < DP16; u++) {
+            float t[16];
+            vstore16(acc[r][u] * scale, 0, t);
+            for (int e = 0; e < 16 && u * 16 + e < D; e++) STORE_DQ(dq, ob + (u * 16 + e) * dq_s3, t[e]);
+        }
+    }
+}
+#endif
 
 __kernel void bwd_dmask(TENSOR_PARAMS(const __global Q_T *, q),
                         TENSOR_PARAMS(const __global K_T *, k),

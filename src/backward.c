@@ -20,15 +20,22 @@
  * smaller groups left more per-group overhead in a first look (docs/backward.md). */
 static const struct {
     clattn_device_type type; /* 0 = any device (the default row, last) */
-    int bm, bn, wg;
+    int form;                /* 0: CPU form (MB rows per work-item, no local memory);
+                                1: work-groups of WG with BM x BN local tiles */
+    int bm, bn, wg, mb;
 } bwd_tile_rows[] = {
-    {CLATTN_DEVICE_CPU, 32, 16, 64},
-    {0, 32, 16, 128},
+    /* type               form bm  bn  wg   mb */
+    {CLATTN_DEVICE_CPU,   0,   32, 16, 64,  4},
+    {0,                   1,   32, 16, 128, 4},
 };
+
+/* Testing only: -1 = the form the table gives the device; 0 or 1 forces one. */
+int clattn__backward_force_form = -1;
 #define BWD_LOCAL_BUDGET 32768u
 
 typedef struct bwd_plan {
-    int bm, bn, wg;
+    int form, bm, bn, wg, mb;
+    int64_t nt; /* CPU form: key tiles of 16 */
 } bwd_plan;
 
 static uint64_t local_bytes(const clattn__problem *p, int bm, int bn)
@@ -45,6 +52,9 @@ static void make_plan(const clattn_context *ctx, const clattn__problem *p, bwd_p
             row = i;
             break;
         }
+    pl->form = clattn__backward_force_form >= 0 ? clattn__backward_force_form : bwd_tile_rows[row].form;
+    pl->mb = bwd_tile_rows[row].mb;
+    pl->nt = (p->Lk + 15) / 16;
     pl->bm = bwd_tile_rows[row].bm;
     pl->bn = bwd_tile_rows[row].bn;
     pl->wg = bwd_tile_rows[row].wg;
@@ -59,7 +69,7 @@ static void make_plan(const clattn_context *ctx, const clattn__problem *p, bwd_p
 }
 
 typedef struct bwd_kernels {
-    cl_kernel rowdot, dkdv, dq, dmask, commit;
+    cl_kernel rowdot, dkdv, dq, dmask, commit, pack; /* pack: CPU form only */
 } bwd_kernels;
 
 /* A cl_mem output moved to scratch until the commit. */
@@ -73,6 +83,7 @@ typedef struct bwd_state {
     clattn__dev_tensor d_o, lse, out[4]; /* out: dq, dk, dv, d_mask */
     bwd_shadow sh[4];
     cl_mem dl;
+    cl_mem kt, vt, kp; /* the CPU form's packed K and V (cl/backward.cl) */
 } bwd_state;
 
 static void state_release(clattn_context *ctx, bwd_state *s)
@@ -90,10 +101,14 @@ static void state_release(clattn_context *ctx, bwd_state *s)
         s->sh[i].scratch = NULL;
     }
     clattn__buffer_release(ctx, s->dl);
-    s->dl = NULL;
+    clattn__buffer_release(ctx, s->kt);
+    clattn__buffer_release(ctx, s->vt);
+    clattn__buffer_release(ctx, s->kp);
+    s->dl = s->kt = s->vt = s->kp = NULL;
 }
 
-static clattn_status stage_all(clattn_context *ctx, const clattn__bwd_problem *bp, bwd_state *s)
+static clattn_status stage_all(clattn_context *ctx, const clattn__bwd_problem *bp,
+                               const bwd_plan *pl, bwd_state *s)
 {
     const clattn__problem *p = &bp->p;
     s->dp.p = p;
@@ -132,6 +147,13 @@ static clattn_status stage_all(clattn_context *ctx, const clattn__bwd_problem *b
         d->off = 0;
     }
     const int64_t rows = p->B * p->Hq * p->Lq;
+    if (pl->form == 0) {
+        const size_t keys = (size_t)(p->B * p->Hkv * (pl->nt > 0 ? pl->nt : 1) * 16);
+        const size_t dp = (size_t)((p->D + 15) / 16 * 16);
+        CLATTN_FORWARD(clattn__buffer_create(ctx, keys * (size_t)p->D * sizeof(float), &s->kt));
+        CLATTN_FORWARD(clattn__buffer_create(ctx, keys * (size_t)p->Dv * sizeof(float), &s->vt));
+        CLATTN_FORWARD(clattn__buffer_create(ctx, keys * dp * sizeof(float), &s->kp));
+    }
     return clattn__buffer_create(ctx, (size_t)(rows > 0 ? rows : 1) * sizeof(float), &s->dl);
 }
 
@@ -166,15 +188,25 @@ static clattn_status get_kernels(clattn_context *ctx, const clattn__bwd_problem 
     bool ok = clattn__mask_options(dp, opts, sizeof opts) &&
               clattn__opts_add(opts, sizeof opts,
                                " -DDO_DT=%d -DDQ_DT=%d -DDK_DT=%d -DDV_DT=%d -DD=%lld -DDV=%lld"
-                               " -DBM=%d -DBN=%d -DWG=%d",
+                               " -DFORM=%d",
                                (int)bp->d_o->dtype, (int)bp->dq->dtype, (int)bp->dk->dtype,
-                               (int)bp->dv->dtype, (long long)p->D, (long long)p->Dv, pl->bm,
-                               pl->bn, pl->wg);
+                               (int)bp->dv->dtype, (long long)p->D, (long long)p->Dv, pl->form) &&
+              (pl->form == 0 ? clattn__opts_add(opts, sizeof opts, " -DMB=%d", pl->mb)
+                             : clattn__opts_add(opts, sizeof opts, " -DBM=%d -DBN=%d -DWG=%d",
+                                                pl->bm, pl->bn, pl->wg));
     CLATTN_RETURN_IF(ctx, !ok, CLATTN_ERROR_INTERNAL, "backward: build options too long");
-    clattn__log(ctx, "backward: backward.cl, bm %d, bn %d, wg %d", pl->bm, pl->bn, pl->wg);
+    if (pl->form == 0) {
+        clattn__log(ctx, "backward: backward.cl CPU form, mb %d", pl->mb);
+        CLATTN_FORWARD(clattn__kernel_get(ctx, "backward.cl", opts, "bwd_cpu_pack", &kn->pack));
+        CLATTN_FORWARD(clattn__kernel_get(ctx, "backward.cl", opts, "bwd_cpu_dkdv", &kn->dkdv));
+        CLATTN_FORWARD(clattn__kernel_get(ctx, "backward.cl", opts, "bwd_cpu_dq", &kn->dq));
+    } else {
+        clattn__log(ctx, "backward: backward.cl GPU form, bm %d, bn %d, wg %d", pl->bm, pl->bn,
+                    pl->wg);
+        CLATTN_FORWARD(clattn__kernel_get(ctx, "backward.cl", opts, "bwd_dkdv", &kn->dkdv));
+        CLATTN_FORWARD(clattn__kernel_get(ctx, "backward.cl", opts, "bwd_dq", &kn->dq));
+    }
     CLATTN_FORWARD(clattn__kernel_get(ctx, "backward.cl", opts, "bwd_rowdot", &kn->rowdot));
-    CLATTN_FORWARD(clattn__kernel_get(ctx, "backward.cl", opts, "bwd_dkdv", &kn->dkdv));
-    CLATTN_FORWARD(clattn__kernel_get(ctx, "backward.cl", opts, "bwd_dq", &kn->dq));
     CLATTN_FORWARD(clattn__kernel_get(ctx, "backward.cl", opts, "bwd_dmask", &kn->dmask));
     CLATTN_FORWARD(clattn__kernel_get(ctx, "backward.cl", opts, "bwd_commit", &kn->commit));
     return CLATTN_SUCCESS;
@@ -203,6 +235,69 @@ static clattn_status set_tail(clattn_context *ctx, cl_kernel k, cl_uint *a, cons
     return CLATTN_ARG(ctx, k, a, Hkv);
 }
 
+static clattn_status enqueue_gpu_form(clattn_context *ctx, const bwd_kernels *kn,
+                                      const bwd_plan *pl, bwd_state *s)
+{
+    const clattn__problem *p = s->dp.p;
+    cl_uint a = 0;
+    CLATTN_FORWARD(set_inputs(ctx, kn->dkdv, &a, s));
+    CLATTN_FORWARD(clattn__set_tensor_args(ctx, kn->dkdv, &a, &s->out[1]));
+    CLATTN_FORWARD(clattn__set_tensor_args(ctx, kn->dkdv, &a, &s->out[2]));
+    CLATTN_FORWARD(set_tail(ctx, kn->dkdv, &a, s));
+    const size_t wg = (size_t)pl->wg;
+    const size_t g_kv[2] = {(size_t)((p->Lk + pl->bn - 1) / pl->bn) * wg, (size_t)(p->B * p->Hkv)};
+    const size_t l2[2] = {wg, 1};
+    CLATTN_FORWARD(clattn__enqueue(ctx, kn->dkdv, 2, g_kv, l2, NULL));
+
+    a = 0;
+    CLATTN_FORWARD(set_inputs(ctx, kn->dq, &a, s));
+    CLATTN_FORWARD(clattn__set_tensor_args(ctx, kn->dq, &a, &s->out[0]));
+    CLATTN_FORWARD(set_tail(ctx, kn->dq, &a, s));
+    const size_t g_q[2] = {(size_t)((p->Lq + pl->bm - 1) / pl->bm) * wg, (size_t)(p->B * p->Hq)};
+    return clattn__enqueue(ctx, kn->dq, 2, g_q, l2, NULL);
+}
+
+static clattn_status enqueue_cpu_form(clattn_context *ctx, const bwd_kernels *kn,
+                                      const bwd_plan *pl, bwd_state *s)
+{
+    const clattn__problem *p = s->dp.p;
+    const cl_long B = p->B, Hkv = p->Hkv, Lk = p->Lk, nt = pl->nt;
+    cl_uint a = 0;
+    CLATTN_FORWARD(clattn__set_tensor_args(ctx, kn->pack, &a, &s->dp.k));
+    CLATTN_FORWARD(clattn__set_tensor_args(ctx, kn->pack, &a, &s->dp.v));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, kn->pack, &a, B));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, kn->pack, &a, Hkv));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, kn->pack, &a, Lk));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, kn->pack, &a, nt));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, kn->pack, &a, s->kt));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, kn->pack, &a, s->vt));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, kn->pack, &a, s->kp));
+    const size_t g_pack[2] = {(size_t)(nt * 16), (size_t)(p->B * p->Hkv)}, l_pack[2] = {16, 1};
+    CLATTN_FORWARD(clattn__enqueue(ctx, kn->pack, 2, g_pack, l_pack, NULL));
+
+    a = 0;
+    CLATTN_FORWARD(set_inputs(ctx, kn->dkdv, &a, s));
+    CLATTN_FORWARD(clattn__set_tensor_args(ctx, kn->dkdv, &a, &s->out[1]));
+    CLATTN_FORWARD(clattn__set_tensor_args(ctx, kn->dkdv, &a, &s->out[2]));
+    CLATTN_FORWARD(set_tail(ctx, kn->dkdv, &a, s));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, kn->dkdv, &a, s->kt));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, kn->dkdv, &a, s->vt));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, kn->dkdv, &a, nt));
+    const size_t g_kv[2] = {(size_t)nt, (size_t)(p->B * p->Hkv)}, l1[2] = {1, 1};
+    CLATTN_FORWARD(clattn__enqueue(ctx, kn->dkdv, 2, g_kv, l1, NULL));
+
+    a = 0;
+    CLATTN_FORWARD(set_inputs(ctx, kn->dq, &a, s));
+    CLATTN_FORWARD(clattn__set_tensor_args(ctx, kn->dq, &a, &s->out[0]));
+    CLATTN_FORWARD(set_tail(ctx, kn->dq, &a, s));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, kn->dq, &a, s->kt));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, kn->dq, &a, s->vt));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, kn->dq, &a, s->kp));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, kn->dq, &a, nt));
+    const size_t g_q[2] = {(size_t)((p->Lq + pl->mb - 1) / pl->mb), (size_t)(p->B * p->Hq)};
+    return clattn__enqueue(ctx, kn->dq, 2, g_q, l1, NULL);
+}
+
 static clattn_status enqueue_all(clattn_context *ctx, const bwd_kernels *kn, const bwd_plan *pl,
                                  bwd_state *s, cl_event *event)
 {
@@ -218,22 +313,10 @@ static clattn_status enqueue_all(clattn_context *ctx, const bwd_kernels *kn, con
     const size_t g_row[1] = {(size_t)(p->B * p->Hq * p->Lq)}, l_row[1] = {64};
     CLATTN_FORWARD(clattn__enqueue(ctx, kn->rowdot, 1, g_row, l_row, NULL));
 
-    a = 0;
-    CLATTN_FORWARD(set_inputs(ctx, kn->dkdv, &a, s));
-    CLATTN_FORWARD(clattn__set_tensor_args(ctx, kn->dkdv, &a, &s->out[1]));
-    CLATTN_FORWARD(clattn__set_tensor_args(ctx, kn->dkdv, &a, &s->out[2]));
-    CLATTN_FORWARD(set_tail(ctx, kn->dkdv, &a, s));
-    const size_t wg = (size_t)pl->wg;
-    const size_t g_kv[2] = {(size_t)((p->Lk + pl->bn - 1) / pl->bn) * wg, (size_t)(p->B * p->Hkv)};
-    const size_t l2[2] = {wg, 1};
-    CLATTN_FORWARD(clattn__enqueue(ctx, kn->dkdv, 2, g_kv, l2, NULL));
-
-    a = 0;
-    CLATTN_FORWARD(set_inputs(ctx, kn->dq, &a, s));
-    CLATTN_FORWARD(clattn__set_tensor_args(ctx, kn->dq, &a, &s->out[0]));
-    CLATTN_FORWARD(set_tail(ctx, kn->dq, &a, s));
-    const size_t g_q[2] = {(size_t)((p->Lq + pl->bm - 1) / pl->bm) * wg, (size_t)(p->B * p->Hq)};
-    CLATTN_FORWARD(clattn__enqueue(ctx, kn->dq, 2, g_q, l2, NULL));
+    if (pl->form == 0)
+        CLATTN_FORWARD(enqueue_cpu_form(ctx, kn, pl, s));
+    else
+        CLATTN_FORWARD(enqueue_gpu_form(ctx, kn, pl, s));
 
     if (s->out[3].mem) {
         const clattn_tensor *m = p->mask;
@@ -300,7 +383,7 @@ clattn_status clattn_attention_backward(clattn_context *ctx, const clattn_tensor
      * (the build options need only the problem's dtypes and features) */
     bwd_kernels kn;
     CLATTN_FORWARD(get_kernels(ctx, &bp, &s.dp, &pl, &kn));
-    st = stage_all(ctx, &bp, &s);
+    st = stage_all(ctx, &bp, &pl, &s);
     cl_event ev = NULL;
     if (st == CLATTN_SUCCESS) st = enqueue_all(ctx, &kn, &pl, &s, event ? &ev : NULL);
     if (st == CLATTN_SUCCESS) st = download(ctx, &s);

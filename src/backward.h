@@ -28,4 +28,8 @@ clattn_status clattn__bwd_problem_init(clattn__bwd_problem *bp, const clattn_ten
                                        const clattn_options *opt, bool ref, char *err,
                                        size_t errlen);
 
+/* Testing only: -1 = the kernel form the device's table row gives; 0 = CPU form, 1 = GPU
+ * form (so both run on whatever device runs the tests). Not part of the ABI. */
+extern int clattn__backward_force_form;
+
 #endif /* CLATTN_BACKWARD_H */

@@ -24,6 +24,7 @@
 #include <string.h>
 
 #include "context.h" /* fault injection, host half conversions */
+#include "backward.h" /* clattn__backward_force_form */
 #include "test_backward_util.h"
 
 #define SHAPE(b, hq, hkv, lq, lk, d, dv) .B = b, .Hq = hq, .Hkv = hkv, .Lq = lq, .Lk = lk, .D = d, .Dv = dv
@@ -45,8 +46,8 @@ static void run_cases(const attn_case *cases, size_t n, int with_dmask)
 #define BR .causal = CLATTN_CAUSAL_BOTTOM_RIGHT
 #define WIN(l, r) .window = 1, .win_left = l, .win_right = r
 
-/* One kernel build (D = 64, f32, no per-score features): shapes, heads, every exclusion
- * by position, layouts. */
+/* One kernel build per form (D = 64, f32, no per-score features): shapes, heads, every
+ * exclusion by position, layouts. */
 static void test_backward_matches_reference_on_positions_heads_and_layouts(void **state)
 {
     (void)state;
@@ -67,7 +68,12 @@ static void test_backward_matches_reference_on_positions_heads_and_layouts(void 
         {SHAPE(1, 2, 2, 0, 9, 64, 64), .seed = 14},                   /* no queries: dK = dV = 0 */
         {SHAPE(1, 2, 2, 5, 0, 64, 64), .seed = 15},                   /* no keys: dQ = 0 */
     };
-    run_cases(cases, sizeof cases / sizeof cases[0], 0);
+    /* both kernel forms, CPU (0) and GPU (1), whatever the device */
+    for (int form = 0; form <= 1; form++) {
+        clattn__backward_force_form = form;
+        run_cases(cases, sizeof cases / sizeof cases[0], 0);
+    }
+    clattn__backward_force_form = -1;
 }
 
 static void test_backward_matches_reference_with_masks_softcap_alibi(void **state)
