@@ -88,9 +88,13 @@
         (dsp) = (dsf) * SOFTCAP_DERIV(dot);                                              \
     } while (0)
 
-__kernel void bwd_rowdot(TENSOR_PARAMS(const __global O_T *, o),
+/* Also, when qp is not NULL (the CPU form), the row's Q and dO as dense float32 rows
+ * qp [B*Hq*Lq, D] and dop [B*Hq*Lq, DV]: the CPU kernels read each row once per key tile,
+ * and strided loads with dtype conversion there cost more than the arithmetic. */
+__kernel void bwd_rowdot(TENSOR_PARAMS(const __global Q_T *, q),
+                         TENSOR_PARAMS(const __global O_T *, o),
                          TENSOR_PARAMS(const __global DO_T *, dout), __global float *dl,
-                         long B, long Hq, long Lq)
+                         __global float *qp, __global float *dop, long B, long Hq, long Lq)
 {
     const long row = get_global_id(0);
     if (row >= B * Hq * Lq) return;
@@ -98,8 +102,16 @@ __kernel void bwd_rowdot(TENSOR_PARAMS(const __global O_T *, o),
     const long ob = o_off + bhi.x * o_s0 + bhi.y * o_s1 + bhi.z * o_s2;
     const long db = dout_off + bhi.x * dout_s0 + bhi.y * dout_s1 + bhi.z * dout_s2;
     float s = 0.0f;
-    for (int c = 0; c < DV; c++) s = mad(LOAD_O(o, ob + c * o_s3), LOAD_DO(dout, db + c * dout_s3), s);
+    for (int c = 0; c < DV; c++) {
+        const float g = LOAD_DO(dout, db + c * dout_s3);
+        s = mad(LOAD_O(o, ob + c * o_s3), g, s);
+        if (qp) dop[row * DV + c] = g;
+    }
     dl[row] = s;
+    if (qp) {
+        const long qb = q_off + bhi.x * q_s0 + bhi.y * q_s1 + bhi.z * q_s2;
+        for (int d = 0; d < D; d++) qp[row * D + d] = LOAD_Q(q, qb + d * q_s3);
+    }
 }
 
 /* Load BM query rows (b, h, i0..) of Q, dO, LSE, D and key ranges into local memory;
@@ -362,6 +374,42 @@ __kernel void bwd_cpu_pack(TENSOR_PARAMS(const __global K_T *, k),
         (ds16) = vload16(0, dsa_);                                                       \
     } while (0)
 
+/* The same for the vector of 16 keys at once, when no mask must be read per key: the
+ * prelude's SCORE steps in order (scale, softcap, ALiBi) on float16, then exclusion by the
+ * key range. Positions are exact in float below 2^24 keys; the host uses the lane path
+ * beyond that. */
+#if MASK_KIND == 0
+#define VEC_TERMS(s16, dp16, b, h, i, j0, lo, hi, slope, l, dd, p16, ds16)               \
+    do {                                                                                 \
+        const float16 jv_ = (float16)((float)(j0)) + (float16)(0.0f, 1.0f, 2.0f, 3.0f, 4.0f, 5.0f, \
+            6.0f, 7.0f, 8.0f, 9.0f, 10.0f, 11.0f, 12.0f, 13.0f, 14.0f, 15.0f);             \
+        float16 x_ = scale * (s16);                                                      \
+        float16 dcap_ = (float16)(1.0f);                                                 \
+        if (HAS_SOFTCAP) {                                                               \
+            const float16 t_ = tanh(x_ / softcap);                                       \
+            x_ = softcap * t_;                                                           \
+            dcap_ = 1.0f - t_ * t_;                                                      \
+        }                                                                                \
+        if (HAS_ALIBI) x_ -= (slope) * fabs((float16)((float)((i) + Lk - Lq)) - jv_);    \
+        const int16 in_ = jv_ >= (float16)((float)(lo)) && jv_ < (float16)((float)(hi)); \
+        (p16) = select((float16)(0.0f), exp(x_ - (l)), in_);                             \
+        (ds16) = (p16) * ((dp16) - (dd)) * dcap_;                                        \
+    } while (0)
+#define TERMS16(s16, dp16, b, h, i, j0, lo, hi, slope, l, dd, p16, ds16)                 \
+    do {                                                                                 \
+        if (Lk < 16777216)                                                               \
+            VEC_TERMS(s16, dp16, b, h, i, j0, lo, hi, slope, l, dd, p16, ds16);          \
+        else                                                                             \
+            LANE_TERMS(s16, dp16, b, h, i, j0, lo, hi, slope, l, dd, p16, ds16);         \
+    } while (0)
+#else
+#define TERMS16 LANE_TERMS
+#endif
+
+#ifndef RB
+#define RB 4 /* query rows per step of bwd_cpu_dkdv: dK/dV are read and written once per RB rows */
+#endif
+
 __kernel void bwd_cpu_dkdv(TENSOR_PARAMS(const __global Q_T *, q),
                            TENSOR_PARAMS(const __global K_T *, k),
                            TENSOR_PARAMS(const __global V_T *, v),
@@ -369,7 +417,8 @@ __kernel void bwd_cpu_dkdv(TENSOR_PARAMS(const __global Q_T *, q),
                            long lse_off, long lse_s0, long lse_s1, long lse_s2,
                            const __global float *dl, TENSOR_PARAMS(__global DK_T *, dk),
                            TENSOR_PARAMS(__global DV_T *, dv), MASK_PARAMS, long B, long Hq,
-                           long Hkv, const __global float *kt, const __global float *vt, long nt)
+                           long Hkv, const __global float *kt, const __global float *vt, long nt,
+                           const __global float *qp, const __global float *dop)
 {
     const long tile = get_global_id(0), bk = get_global_id(1);
     if (tile >= nt || bk >= B * Hkv) return;
@@ -380,31 +429,62 @@ __kernel void bwd_cpu_dkdv(TENSOR_PARAMS(const __global Q_T *, q),
     float16 dkt[D], dvt[DV];
     for (int d = 0; d < D; d++) dkt[d] = (float16)(0.0f);
     for (int c = 0; c < DV; c++) dvt[c] = (float16)(0.0f);
-    float qr[D], dr[DV];
+    /* the step's rows in qp and dop; rows past its count point at row 0: computed with,
+     * never used */
+    const __global float *qr[RB], *dr[RB];
+    float16 pr[RB], dsr[RB];
     for (long g = 0; g < group; g++) {
         const long h = kvh * group + g;
         const float slope = ALIBI_SLOPE(h);
-        for (long i = 0; i < Lq; i++) {
-            const long2 kr = KEY_RANGE(b, i);
-            if (kr.x >= j1 || kr.y <= j0 || kr.x >= kr.y) continue;
-            const float l = lse[lse_off + b * lse_s0 + h * lse_s1 + i * lse_s2];
-            if (l == -INFINITY) continue;
-            const float dd = dl[(b * Hq + h) * Lq + i];
-            const long qb = q_off + b * q_s0 + h * q_s1 + i * q_s2;
-            const long db = dout_off + b * dout_s0 + h * dout_s1 + i * dout_s2;
-            float16 s = (float16)(0.0f), dp = (float16)(0.0f);
+        for (long i0 = 0; i0 < Lq; i0 += RB) {
+            /* the rows of this step that see a key of the tile, packed to the front */
+            int n = 0;
+            long lo[RB], hi[RB], rows[RB];
+            float lr[RB], ddr[RB];
+            for (int r = 0; r < RB; r++) {
+                qr[r] = qp;
+                dr[r] = dop;
+            }
+            for (int r = 0; r < RB && i0 + r < Lq; r++) {
+                const long i = i0 + r;
+                const long2 kr = KEY_RANGE(b, i);
+                if (kr.x >= j1 || kr.y <= j0 || kr.x >= kr.y) continue;
+                const float l = lse[lse_off + b * lse_s0 + h * lse_s1 + i * lse_s2];
+                if (l == -INFINITY) continue;
+                const long row = (b * Hq + h) * Lq + i;
+                qr[n] = qp + row * D;
+                dr[n] = dop + row * DV;
+                lo[n] = kr.x;
+                hi[n] = kr.y;
+                rows[n] = i;
+                lr[n] = l;
+                ddr[n] = dl[(b * Hq + h) * Lq + i];
+                n++;
+            }
+            if (n == 0) continue;
+            /* all RB rows at once: independent chains of FMAs, not one chain per row */
+            float16 s16[RB], dp16[RB];
+            for (int r = 0; r < RB; r++) s16[r] = dp16[r] = (float16)(0.0f);
             for (int d = 0; d < D; d++) {
-                qr[d] = LOAD_Q(q, qb + d * q_s3);
-                s = mad((float16)(qr[d]), ktt[d], s);
+                const float16 kd = ktt[d];
+                for (int r = 0; r < RB; r++) s16[r] = mad((float16)(qr[r][d]), kd, s16[r]);
             }
             for (int c = 0; c < DV; c++) {
-                dr[c] = LOAD_DO(dout, db + c * dout_s3);
-                dp = mad((float16)(dr[c]), vtt[c], dp);
+                const float16 vc = vtt[c];
+                for (int r = 0; r < RB; r++) dp16[r] = mad((float16)(dr[r][c]), vc, dp16[r]);
             }
-            float16 p16, ds16;
-            LANE_TERMS(s, dp, b, h, i, j0, kr.x, kr.y, slope, l, dd, p16, ds16);
-            for (int c = 0; c < DV; c++) dvt[c] = mad((float16)(dr[c]), p16, dvt[c]);
-            for (int d = 0; d < D; d++) dkt[d] = mad((float16)(qr[d]), ds16, dkt[d]);
+            for (int r = 0; r < n; r++)
+                TERMS16(s16[r], dp16[r], b, h, rows[r], j0, lo[r], hi[r], slope, lr[r], ddr[r], pr[r], dsr[r]);
+            for (int c = 0; c < DV; c++) {
+                float16 a = dvt[c];
+                for (int r = 0; r < n; r++) a = mad((float16)(dr[r][c]), pr[r], a);
+                dvt[c] = a;
+            }
+            for (int d = 0; d < D; d++) {
+                float16 a = dkt[d];
+                for (int r = 0; r < n; r++) a = mad((float16)(qr[r][d]), dsr[r], a);
+                dkt[d] = a;
+            }
         }
     }
     const long kb = dk_off + b * dk_s0 + kvh * dk_s1, vb = dv_off + b * dv_s0 + kvh * dv_s1;
@@ -427,16 +507,23 @@ __kernel void bwd_cpu_dq(TENSOR_PARAMS(const __global Q_T *, q),
                          long lse_off, long lse_s0, long lse_s1, long lse_s2,
                          const __global float *dl, TENSOR_PARAMS(__global DQ_T *, dq), MASK_PARAMS,
                          long B, long Hq, long Hkv, const __global float *kt,
-                         const __global float *vt, const __global float *kp, long nt)
+                         const __global float *vt, const __global float *kp, long nt,
+                         const __global float *qp, const __global float *dop)
 {
     const long blk = get_global_id(0), bh = get_global_id(1);
     const long i0 = blk * MB;
     if (i0 >= Lq || bh >= B * Hq) return;
     const long b = bh / Hq, h = bh - b * Hq, kvh = h / (Hq / Hkv), bk = b * Hkv + kvh;
     const float slope = ALIBI_SLOPE(h);
-    float qr[MB][D], dr[MB][DV], lr[MB], ddr[MB];
+    const __global float *qr[MB], *dr[MB]; /* rows past Lq read row i0: never used */
+    float lr[MB], ddr[MB];
     long lo[MB], hi[MB];
     long jlo = Lk, jhi = 0;
+    for (int r = 0; r < MB; r++) {
+        const long row = (b * Hq + h) * Lq + (i0 + r < Lq ? i0 + r : i0);
+        qr[r] = qp + row * D;
+        dr[r] = dop + row * DV;
+    }
     for (int r = 0; r < MB; r++) {
         const long i = i0 + r;
         lo[r] = hi[r] = 0;
@@ -451,10 +538,6 @@ __kernel void bwd_cpu_dq(TENSOR_PARAMS(const __global Q_T *, q),
         jlo = min(jlo, kr.x);
         jhi = max(jhi, kr.y);
         ddr[r] = dl[(b * Hq + h) * Lq + i];
-        const long qb = q_off + b * q_s0 + h * q_s1 + i * q_s2;
-        const long db = dout_off + b * dout_s0 + h * dout_s1 + i * dout_s2;
-        for (int d = 0; d < D; d++) qr[r][d] = LOAD_Q(q, qb + d * q_s3);
-        for (int c = 0; c < DV; c++) dr[r][c] = LOAD_DO(dout, db + c * dout_s3);
     }
     float16 acc[MB][DP16];
     for (int r = 0; r < MB; r++)
@@ -464,13 +547,21 @@ __kernel void bwd_cpu_dq(TENSOR_PARAMS(const __global Q_T *, q),
         const long j0 = tile * 16;
         const __global float16 *ktt = (const __global float16 *)(kt + ((bk * nt + tile) * D) * 16);
         const __global float16 *vtt = (const __global float16 *)(vt + ((bk * nt + tile) * DV) * 16);
+        /* all MB rows at once: independent chains of FMAs */
+        float16 s16[MB], dp16[MB];
+        for (int r = 0; r < MB; r++) s16[r] = dp16[r] = (float16)(0.0f);
+        for (int d = 0; d < D; d++) {
+            const float16 kd = ktt[d];
+            for (int r = 0; r < MB; r++) s16[r] = mad((float16)(qr[r][d]), kd, s16[r]);
+        }
+        for (int c = 0; c < DV; c++) {
+            const float16 vc = vtt[c];
+            for (int r = 0; r < MB; r++) dp16[r] = mad((float16)(dr[r][c]), vc, dp16[r]);
+        }
         for (int r = 0; r < MB; r++) {
             if (lo[r] >= j0 + 16 || hi[r] <= j0) continue;
-            float16 s = (float16)(0.0f), dp = (float16)(0.0f);
-            for (int d = 0; d < D; d++) s = mad((float16)(qr[r][d]), ktt[d], s);
-            for (int c = 0; c < DV; c++) dp = mad((float16)(dr[r][c]), vtt[c], dp);
             float16 p16, ds16;
-            LANE_TERMS(s, dp, b, h, i0 + r, j0, lo[r], hi[r], slope, lr[r], ddr[r], p16, ds16);
+            TERMS16(s16[r], dp16[r], b, h, i0 + r, j0, lo[r], hi[r], slope, lr[r], ddr[r], p16, ds16);
             float dsa[16];
             vstore16(ds16, 0, dsa);
             for (int jj = 0; jj < 16; jj++) {

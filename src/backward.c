@@ -84,6 +84,7 @@ typedef struct bwd_state {
     bwd_shadow sh[4];
     cl_mem dl;
     cl_mem kt, vt, kp; /* the CPU form's packed K and V (cl/backward.cl) */
+    cl_mem qp, dop;    /* and its dense float32 rows of Q and dO */
 } bwd_state;
 
 static void state_release(clattn_context *ctx, bwd_state *s)
@@ -104,7 +105,9 @@ static void state_release(clattn_context *ctx, bwd_state *s)
     clattn__buffer_release(ctx, s->kt);
     clattn__buffer_release(ctx, s->vt);
     clattn__buffer_release(ctx, s->kp);
-    s->dl = s->kt = s->vt = s->kp = NULL;
+    clattn__buffer_release(ctx, s->qp);
+    clattn__buffer_release(ctx, s->dop);
+    s->dl = s->kt = s->vt = s->kp = s->qp = s->dop = NULL;
 }
 
 static clattn_status stage_all(clattn_context *ctx, const clattn__bwd_problem *bp,
@@ -153,6 +156,9 @@ static clattn_status stage_all(clattn_context *ctx, const clattn__bwd_problem *b
         CLATTN_FORWARD(clattn__buffer_create(ctx, keys * (size_t)p->D * sizeof(float), &s->kt));
         CLATTN_FORWARD(clattn__buffer_create(ctx, keys * (size_t)p->Dv * sizeof(float), &s->vt));
         CLATTN_FORWARD(clattn__buffer_create(ctx, keys * dp * sizeof(float), &s->kp));
+        const size_t nrows = (size_t)(rows > 0 ? rows : 1);
+        CLATTN_FORWARD(clattn__buffer_create(ctx, nrows * (size_t)p->D * sizeof(float), &s->qp));
+        CLATTN_FORWARD(clattn__buffer_create(ctx, nrows * (size_t)p->Dv * sizeof(float), &s->dop));
     }
     return clattn__buffer_create(ctx, (size_t)(rows > 0 ? rows : 1) * sizeof(float), &s->dl);
 }
@@ -283,6 +289,8 @@ static clattn_status enqueue_cpu_form(clattn_context *ctx, const bwd_kernels *kn
     CLATTN_FORWARD(CLATTN_ARG(ctx, kn->dkdv, &a, s->kt));
     CLATTN_FORWARD(CLATTN_ARG(ctx, kn->dkdv, &a, s->vt));
     CLATTN_FORWARD(CLATTN_ARG(ctx, kn->dkdv, &a, nt));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, kn->dkdv, &a, s->qp));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, kn->dkdv, &a, s->dop));
     const size_t g_kv[2] = {(size_t)nt, (size_t)(p->B * p->Hkv)}, l1[2] = {1, 1};
     CLATTN_FORWARD(clattn__enqueue(ctx, kn->dkdv, 2, g_kv, l1, NULL));
 
@@ -294,6 +302,8 @@ static clattn_status enqueue_cpu_form(clattn_context *ctx, const bwd_kernels *kn
     CLATTN_FORWARD(CLATTN_ARG(ctx, kn->dq, &a, s->vt));
     CLATTN_FORWARD(CLATTN_ARG(ctx, kn->dq, &a, s->kp));
     CLATTN_FORWARD(CLATTN_ARG(ctx, kn->dq, &a, nt));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, kn->dq, &a, s->qp));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, kn->dq, &a, s->dop));
     const size_t g_q[2] = {(size_t)((p->Lq + pl->mb - 1) / pl->mb), (size_t)(p->B * p->Hq)};
     return clattn__enqueue(ctx, kn->dq, 2, g_q, l1, NULL);
 }
@@ -304,9 +314,12 @@ static clattn_status enqueue_all(clattn_context *ctx, const bwd_kernels *kn, con
     const clattn__problem *p = s->dp.p;
     const cl_long B = p->B, Hq = p->Hq, Lq = p->Lq;
     cl_uint a = 0;
+    CLATTN_FORWARD(clattn__set_tensor_args(ctx, kn->rowdot, &a, &s->dp.q));
     CLATTN_FORWARD(clattn__set_tensor_args(ctx, kn->rowdot, &a, &s->dp.o));
     CLATTN_FORWARD(clattn__set_tensor_args(ctx, kn->rowdot, &a, &s->d_o));
     CLATTN_FORWARD(CLATTN_ARG(ctx, kn->rowdot, &a, s->dl));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, kn->rowdot, &a, s->qp)); /* NULL: the GPU form */
+    CLATTN_FORWARD(CLATTN_ARG(ctx, kn->rowdot, &a, s->dop));
     CLATTN_FORWARD(CLATTN_ARG(ctx, kn->rowdot, &a, B));
     CLATTN_FORWARD(CLATTN_ARG(ctx, kn->rowdot, &a, Hq));
     CLATTN_FORWARD(CLATTN_ARG(ctx, kn->rowdot, &a, Lq));
