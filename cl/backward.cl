@@ -323,6 +323,7 @@ bwd_dq(TENSOR_PARAMS(const __global Q_T *, q), TENSOR_PARAMS(const __global K_T 
  *   kt [B*Hkv, NT, D, 16]   K transposed tile by tile (NT = ceil(Lk/16); zero padded)
  *   vt [B*Hkv, NT, DV, 16]  V the same
  *   kp [B*Hkv, NT*16, DP]   K rows padded to DP (a multiple of 16) for dQ += dS K
+ *                           (not made when K_DIRECT: K itself has such rows)
  *   bwd_cpu_pack  global (NT*16, B*Hkv)
  *   bwd_cpu_dkdv  global (NT, B*Hkv): 16 keys per work-item; dK and dV of those keys
  *                 transposed in private float16 vectors, over every query row (of every
@@ -330,6 +331,9 @@ bwd_dq(TENSOR_PARAMS(const __global Q_T *, q), TENSOR_PARAMS(const __global K_T 
  *   bwd_cpu_dq    global (ceil(Lq/MB), B*Hq): MB query rows per work-item */
 #ifndef MB
 #define MB 4
+#endif
+#ifndef K_DIRECT
+#define K_DIRECT 0 /* 1: dQ reads K rows in place (f32, unit stride, D % 16 == 0): no kp */
 #endif
 #define DP16 ((D + 15) / 16)
 
@@ -343,15 +347,16 @@ __kernel void bwd_cpu_pack(TENSOR_PARAMS(const __global K_T *, k),
     const long tile = j / 16, jj = j - tile * 16;
     __global float *ktt = kt + ((bk * nt + tile) * D) * 16;
     __global float *vtt = vt + ((bk * nt + tile) * DV) * 16;
-    __global float *kpr = kp + (bk * nt * 16 + j) * (DP16 * 16);
+    __global float *kpr = K_DIRECT ? kp : kp + (bk * nt * 16 + j) * (DP16 * 16);
     const long kb = k_off + b * k_s0 + kvh * k_s1 + j * k_s2;
     const long vb = v_off + b * v_s0 + kvh * v_s1 + j * v_s2;
     for (int d = 0; d < D; d++) {
         const float x = j < Lk ? LOAD_K(k, kb + d * k_s3) : 0.0f;
         ktt[d * 16 + jj] = x;
-        kpr[d] = x;
+        if (!K_DIRECT) kpr[d] = x;
     }
-    for (int d = D; d < DP16 * 16; d++) kpr[d] = 0.0f;
+    if (!K_DIRECT)
+        for (int d = D; d < DP16 * 16; d++) kpr[d] = 0.0f;
     for (int c = 0; c < DV; c++) vtt[c * 16 + jj] = j < Lk ? LOAD_V(v, vb + c * v_s3) : 0.0f;
 }
 
@@ -542,7 +547,7 @@ __kernel void bwd_cpu_dq(TENSOR_PARAMS(const __global Q_T *, q),
     float16 acc[MB][DP16];
     for (int r = 0; r < MB; r++)
         for (int u = 0; u < DP16; u++) acc[r][u] = (float16)(0.0f);
-    const __global float16 *kpb = (const __global float16 *)(kp + bk * nt * 16 * (DP16 * 16));
+    const __global float16 *kpb = K_DIRECT ? 0 : (const __global float16 *)(kp + bk * nt * 16 * (DP16 * 16));
     for (long tile = jlo / 16; tile * 16 < jhi; tile++) {
         const long j0 = tile * 16;
         const __global float16 *ktt = (const __global float16 *)(kt + ((bk * nt + tile) * D) * 16);
@@ -567,8 +572,14 @@ __kernel void bwd_cpu_dq(TENSOR_PARAMS(const __global Q_T *, q),
             for (int jj = 0; jj < 16; jj++) {
                 const float w = dsa[jj];
                 if (w == 0.0f) continue;
+#if K_DIRECT
+                /* lanes past Lk have w == 0: no row beyond K is read */
+                const __global float *krow = (const __global float *)k + k_off + b * k_s0 + kvh * k_s1 + (j0 + jj) * k_s2;
+                for (int u = 0; u < DP16; u++) acc[r][u] = mad((float16)(w), vload16(u, krow), acc[r][u]);
+#else
                 const __global float16 *krow = kpb + (j0 + jj) * DP16;
                 for (int u = 0; u < DP16; u++) acc[r][u] = mad((float16)(w), krow[u], acc[r][u]);
+#endif
             }
         }
     }

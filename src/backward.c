@@ -35,6 +35,7 @@ int clattn__backward_force_form = -1;
 
 typedef struct bwd_plan {
     int form, bm, bn, wg, mb;
+    bool k_direct; /* CPU form: dQ reads K's rows in place (f32, unit stride, D % 16 == 0) */
     int64_t nt; /* CPU form: key tiles of 16 */
 } bwd_plan;
 
@@ -55,6 +56,8 @@ static void make_plan(const clattn_context *ctx, const clattn__problem *p, bwd_p
     pl->form = clattn__backward_force_form >= 0 ? clattn__backward_force_form : bwd_tile_rows[row].form;
     pl->mb = bwd_tile_rows[row].mb;
     pl->nt = (p->Lk + 15) / 16;
+    pl->k_direct = p->k->dtype == CLATTN_F32 && p->k->nb[3] == (int64_t)sizeof(float) &&
+                   p->D % 16 == 0;
     pl->bm = bwd_tile_rows[row].bm;
     pl->bn = bwd_tile_rows[row].bn;
     pl->wg = bwd_tile_rows[row].wg;
@@ -155,7 +158,8 @@ static clattn_status stage_all(clattn_context *ctx, const clattn__bwd_problem *b
         const size_t dp = (size_t)((p->D + 15) / 16 * 16);
         CLATTN_FORWARD(clattn__buffer_create(ctx, keys * (size_t)p->D * sizeof(float), &s->kt));
         CLATTN_FORWARD(clattn__buffer_create(ctx, keys * (size_t)p->Dv * sizeof(float), &s->vt));
-        CLATTN_FORWARD(clattn__buffer_create(ctx, keys * dp * sizeof(float), &s->kp));
+        if (!pl->k_direct)
+            CLATTN_FORWARD(clattn__buffer_create(ctx, keys * dp * sizeof(float), &s->kp));
         const size_t nrows = (size_t)(rows > 0 ? rows : 1);
         CLATTN_FORWARD(clattn__buffer_create(ctx, nrows * (size_t)p->D * sizeof(float), &s->qp));
         CLATTN_FORWARD(clattn__buffer_create(ctx, nrows * (size_t)p->Dv * sizeof(float), &s->dop));
@@ -197,7 +201,8 @@ static clattn_status get_kernels(clattn_context *ctx, const clattn__bwd_problem 
                                " -DFORM=%d",
                                (int)bp->d_o->dtype, (int)bp->dq->dtype, (int)bp->dk->dtype,
                                (int)bp->dv->dtype, (long long)p->D, (long long)p->Dv, pl->form) &&
-              (pl->form == 0 ? clattn__opts_add(opts, sizeof opts, " -DMB=%d", pl->mb)
+              (pl->form == 0 ? clattn__opts_add(opts, sizeof opts, " -DMB=%d -DK_DIRECT=%d", pl->mb,
+                                                pl->k_direct ? 1 : 0)
                              : clattn__opts_add(opts, sizeof opts, " -DBM=%d -DBN=%d -DWG=%d",
                                                 pl->bm, pl->bn, pl->wg));
     CLATTN_RETURN_IF(ctx, !ok, CLATTN_ERROR_INTERNAL, "backward: build options too long");
