@@ -400,6 +400,7 @@ clattn_status clattn_attention_backward(clattn_context *ctx, const clattn_tensor
     /* the kernels first: a build failure must come before anything is allocated or queued
      * (the build options need only the problem's dtypes and features) */
     bwd_kernels kn;
+    memset(&kn, 0, sizeof kn);
     CLATTN_FORWARD(get_kernels(ctx, &bp, &s.dp, &pl, &kn));
     st = stage_all(ctx, &bp, &pl, &s);
     cl_event ev = NULL;
