@@ -318,20 +318,26 @@ bwd_dq(TENSOR_PARAMS(const __global Q_T *, q), TENSOR_PARAMS(const __global K_T 
 #if FORM == 0
 /* ---- The CPU form (FORM 0) ---------------------------------------------------------
  * As cl/flash_cpu.cl does for the forward: no local memory, no barriers, one work-item per
- * block, and every product a rank-1 update "broadcast scalar x float16 vector" over 16
- * keys, on packed float32 copies of K and V made per call by bwd_cpu_pack:
- *   kt [B*Hkv, NT, D, 16]   K transposed tile by tile (NT = ceil(Lk/16); zero padded)
- *   vt [B*Hkv, NT, DV, 16]  V the same
- *   kp [B*Hkv, NT*16, DP]   K rows padded to DP (a multiple of 16) for dQ += dS K
+ * block, and every product a rank-1 update "broadcast scalar x float16 vector" over the
+ * keys of a tile of TW = 16*KW keys, on packed float32 copies of K and V made per call by
+ * bwd_cpu_pack (NT = ceil(Lk/TW) tiles, zero padded):
+ *   kt [B*Hkv, NT, D, TW]   K transposed tile by tile
+ *   vt [B*Hkv, NT, DV, TW]  V the same
+ *   kp [B*Hkv, NT*TW, DP]   K rows padded to DP (a multiple of 16) for dQ += dS K
  *                           (not made when K_DIRECT: K itself has such rows)
- *   bwd_cpu_pack  global (NT*16, B*Hkv)
- *   bwd_cpu_dkdv  global (NT, B*Hkv): 16 keys per work-item; dK and dV of those keys
+ *   bwd_cpu_pack  global (NT*TW, B*Hkv)
+ *   bwd_cpu_dkdv  global (NT, B*Hkv): one tile per work-item; dK and dV of its keys held
  *                 transposed in private float16 vectors, over every query row (of every
- *                 head of the group) whose key range meets the keys
- *   bwd_cpu_dq    global (ceil(Lq/MB), B*Hq): MB query rows per work-item */
+ *                 head of the group) whose key range meets the tile, RB rows per step
+ *   bwd_cpu_dq    global (ceil(Lq/MB), B*Hq): MB query rows per work-item
+ * KW > 1 reuses each broadcast row value across KW vectors: fewer loads per FMA. */
 #ifndef MB
 #define MB 4
 #endif
+#ifndef KW
+#define KW 1
+#endif
+#define TW (16 * KW)
 #ifndef K_DIRECT
 #define K_DIRECT 0 /* 1: dQ reads K rows in place (f32, unit stride, D % 16 == 0): no kp */
 #endif
@@ -342,22 +348,22 @@ __kernel void bwd_cpu_pack(TENSOR_PARAMS(const __global K_T *, k),
                            long nt, __global float *kt, __global float *vt, __global float *kp)
 {
     const long j = get_global_id(0), bk = get_global_id(1);
-    if (j >= nt * 16 || bk >= B * Hkv) return;
+    if (j >= nt * TW || bk >= B * Hkv) return;
     const long b = bk / Hkv, kvh = bk - b * Hkv;
-    const long tile = j / 16, jj = j - tile * 16;
-    __global float *ktt = kt + ((bk * nt + tile) * D) * 16;
-    __global float *vtt = vt + ((bk * nt + tile) * DV) * 16;
-    __global float *kpr = K_DIRECT ? kp : kp + (bk * nt * 16 + j) * (DP16 * 16);
+    const long tile = j / TW, jj = j - tile * TW;
+    __global float *ktt = kt + ((bk * nt + tile) * D) * TW;
+    __global float *vtt = vt + ((bk * nt + tile) * DV) * TW;
+    __global float *kpr = K_DIRECT ? kp : kp + (bk * nt * TW + j) * (DP16 * 16);
     const long kb = k_off + b * k_s0 + kvh * k_s1 + j * k_s2;
     const long vb = v_off + b * v_s0 + kvh * v_s1 + j * v_s2;
     for (int d = 0; d < D; d++) {
         const float x = j < Lk ? LOAD_K(k, kb + d * k_s3) : 0.0f;
-        ktt[d * 16 + jj] = x;
+        ktt[d * TW + jj] = x;
         if (!K_DIRECT) kpr[d] = x;
     }
     if (!K_DIRECT)
         for (int d = D; d < DP16 * 16; d++) kpr[d] = 0.0f;
-    for (int c = 0; c < DV; c++) vtt[c * 16 + jj] = j < Lk ? LOAD_V(v, vb + c * v_s3) : 0.0f;
+    for (int c = 0; c < DV; c++) vtt[c * TW + jj] = j < Lk ? LOAD_V(v, vb + c * v_s3) : 0.0f;
 }
 
 /* The 16 lanes of (s, dp) for row (b, h, i) and keys j0..j0+15 into p and dS (dLoss/ds
@@ -381,8 +387,7 @@ __kernel void bwd_cpu_pack(TENSOR_PARAMS(const __global K_T *, k),
 
 /* The same for the vector of 16 keys at once, when no mask must be read per key: the
  * prelude's SCORE steps in order (scale, softcap, ALiBi) on float16, then exclusion by the
- * key range. Positions are exact in float below 2^24 keys; the host uses the lane path
- * beyond that. */
+ * key range. Positions are exact in float below 2^24 keys; the lane path serves beyond. */
 #if MASK_KIND == 0
 #define VEC_TERMS(s16, dp16, b, h, i, j0, lo, hi, slope, l, dd, p16, ds16)               \
     do {                                                                                 \
@@ -428,16 +433,18 @@ __kernel void bwd_cpu_dkdv(TENSOR_PARAMS(const __global Q_T *, q),
     const long tile = get_global_id(0), bk = get_global_id(1);
     if (tile >= nt || bk >= B * Hkv) return;
     const long b = bk / Hkv, kvh = bk - b * Hkv, group = Hq / Hkv;
-    const long j0 = tile * 16, j1 = min(j0 + 16, Lk);
-    const __global float16 *ktt = (const __global float16 *)(kt + ((bk * nt + tile) * D) * 16);
-    const __global float16 *vtt = (const __global float16 *)(vt + ((bk * nt + tile) * DV) * 16);
-    float16 dkt[D], dvt[DV];
-    for (int d = 0; d < D; d++) dkt[d] = (float16)(0.0f);
-    for (int c = 0; c < DV; c++) dvt[c] = (float16)(0.0f);
+    const long j0 = tile * TW, j1 = min(j0 + TW, Lk);
+    const __global float16 *ktt = (const __global float16 *)(kt + ((bk * nt + tile) * D) * TW);
+    const __global float16 *vtt = (const __global float16 *)(vt + ((bk * nt + tile) * DV) * TW);
+    float16 dkt[D][KW], dvt[DV][KW];
+    for (int d = 0; d < D; d++)
+        for (int w = 0; w < KW; w++) dkt[d][w] = (float16)(0.0f);
+    for (int c = 0; c < DV; c++)
+        for (int w = 0; w < KW; w++) dvt[c][w] = (float16)(0.0f);
     /* the step's rows in qp and dop; rows past its count point at row 0: computed with,
      * never used */
     const __global float *qr[RB], *dr[RB];
-    float16 pr[RB], dsr[RB];
+    float16 pr[RB][KW], dsr[RB][KW];
     for (long g = 0; g < group; g++) {
         const long h = kvh * group + g;
         const float slope = ALIBI_SLOPE(h);
@@ -463,46 +470,73 @@ __kernel void bwd_cpu_dkdv(TENSOR_PARAMS(const __global Q_T *, q),
                 hi[n] = kr.y;
                 rows[n] = i;
                 lr[n] = l;
-                ddr[n] = dl[(b * Hq + h) * Lq + i];
+                ddr[n] = dl[row];
                 n++;
             }
             if (n == 0) continue;
             /* all RB rows at once: independent chains of FMAs, not one chain per row */
-            float16 s16[RB], dp16[RB];
-            for (int r = 0; r < RB; r++) s16[r] = dp16[r] = (float16)(0.0f);
+            float16 s16[RB][KW], dp16[RB][KW];
+            for (int r = 0; r < RB; r++)
+                for (int w = 0; w < KW; w++) s16[r][w] = dp16[r][w] = (float16)(0.0f);
             for (int d = 0; d < D; d++) {
-                const float16 kd = ktt[d];
-                for (int r = 0; r < RB; r++) s16[r] = mad((float16)(qr[r][d]), kd, s16[r]);
+                float16 kd[KW];
+                for (int w = 0; w < KW; w++) kd[w] = ktt[d * KW + w];
+                for (int r = 0; r < RB; r++) {
+                    const float16 x = (float16)(qr[r][d]);
+                    for (int w = 0; w < KW; w++) s16[r][w] = mad(x, kd[w], s16[r][w]);
+                }
             }
             for (int c = 0; c < DV; c++) {
-                const float16 vc = vtt[c];
-                for (int r = 0; r < RB; r++) dp16[r] = mad((float16)(dr[r][c]), vc, dp16[r]);
+                float16 vc[KW];
+                for (int w = 0; w < KW; w++) vc[w] = vtt[c * KW + w];
+                for (int r = 0; r < RB; r++) {
+                    const float16 x = (float16)(dr[r][c]);
+                    for (int w = 0; w < KW; w++) dp16[r][w] = mad(x, vc[w], dp16[r][w]);
+                }
             }
             for (int r = 0; r < n; r++)
-                TERMS16(s16[r], dp16[r], b, h, rows[r], j0, lo[r], hi[r], slope, lr[r], ddr[r], pr[r], dsr[r]);
+                for (int w = 0; w < KW; w++)
+                    TERMS16(s16[r][w], dp16[r][w], b, h, rows[r], j0 + 16 * w, lo[r], hi[r], slope,
+                            lr[r], ddr[r], pr[r][w], dsr[r][w]);
             for (int c = 0; c < DV; c++) {
-                float16 a = dvt[c];
-                for (int r = 0; r < n; r++) a = mad((float16)(dr[r][c]), pr[r], a);
-                dvt[c] = a;
+                float16 a[KW];
+                for (int w = 0; w < KW; w++) a[w] = dvt[c][w];
+                for (int r = 0; r < n; r++) {
+                    const float16 x = (float16)(dr[r][c]);
+                    for (int w = 0; w < KW; w++) a[w] = mad(x, pr[r][w], a[w]);
+                }
+                for (int w = 0; w < KW; w++) dvt[c][w] = a[w];
             }
             for (int d = 0; d < D; d++) {
-                float16 a = dkt[d];
-                for (int r = 0; r < n; r++) a = mad((float16)(qr[r][d]), dsr[r], a);
-                dkt[d] = a;
+                float16 a[KW];
+                for (int w = 0; w < KW; w++) a[w] = dkt[d][w];
+                for (int r = 0; r < n; r++) {
+                    const float16 x = (float16)(qr[r][d]);
+                    for (int w = 0; w < KW; w++) a[w] = mad(x, dsr[r][w], a[w]);
+                }
+                for (int w = 0; w < KW; w++) dkt[d][w] = a[w];
             }
         }
     }
     const long kb = dk_off + b * dk_s0 + kvh * dk_s1, vb = dv_off + b * dv_s0 + kvh * dv_s1;
-    for (int d = 0; d < D; d++) {
-        float t[16];
-        vstore16(dkt[d] * scale, 0, t);
-        for (long j = j0; j < j1; j++) STORE_DK(dk, kb + j * dk_s2 + d * dk_s3, t[j - j0]);
-    }
-    for (int c = 0; c < DV; c++) {
-        float t[16];
-        vstore16(dvt[c], 0, t);
-        for (long j = j0; j < j1; j++) STORE_DV(dv, vb + j * dv_s2 + c * dv_s3, t[j - j0]);
-    }
+    for (int d = 0; d < D; d++)
+        for (int w = 0; w < KW; w++) {
+            float t[16];
+            vstore16(dkt[d][w] * scale, 0, t);
+            for (int e = 0; e < 16; e++) {
+                const long j = j0 + 16 * w + e;
+                if (j < j1) STORE_DK(dk, kb + j * dk_s2 + d * dk_s3, t[e]);
+            }
+        }
+    for (int c = 0; c < DV; c++)
+        for (int w = 0; w < KW; w++) {
+            float t[16];
+            vstore16(dvt[c][w], 0, t);
+            for (int e = 0; e < 16; e++) {
+                const long j = j0 + 16 * w + e;
+                if (j < j1) STORE_DV(dv, vb + j * dv_s2 + c * dv_s3, t[e]);
+            }
+        }
 }
 
 __kernel void bwd_cpu_dq(TENSOR_PARAMS(const __global Q_T *, q),
@@ -547,39 +581,54 @@ __kernel void bwd_cpu_dq(TENSOR_PARAMS(const __global Q_T *, q),
     float16 acc[MB][DP16];
     for (int r = 0; r < MB; r++)
         for (int u = 0; u < DP16; u++) acc[r][u] = (float16)(0.0f);
-    const __global float16 *kpb = K_DIRECT ? 0 : (const __global float16 *)(kp + bk * nt * 16 * (DP16 * 16));
-    for (long tile = jlo / 16; tile * 16 < jhi; tile++) {
-        const long j0 = tile * 16;
-        const __global float16 *ktt = (const __global float16 *)(kt + ((bk * nt + tile) * D) * 16);
-        const __global float16 *vtt = (const __global float16 *)(vt + ((bk * nt + tile) * DV) * 16);
+    const __global float16 *kpb = K_DIRECT ? 0 : (const __global float16 *)(kp + bk * nt * TW * (DP16 * 16));
+    for (long tile = jlo / TW; tile * TW < jhi; tile++) {
+        const long j0 = tile * TW;
+        const __global float16 *ktt = (const __global float16 *)(kt + ((bk * nt + tile) * D) * TW);
+        const __global float16 *vtt = (const __global float16 *)(vt + ((bk * nt + tile) * DV) * TW);
         /* all MB rows at once: independent chains of FMAs */
-        float16 s16[MB], dp16[MB];
-        for (int r = 0; r < MB; r++) s16[r] = dp16[r] = (float16)(0.0f);
+        float16 s16[MB][KW], dp16[MB][KW];
+        for (int r = 0; r < MB; r++)
+            for (int w = 0; w < KW; w++) s16[r][w] = dp16[r][w] = (float16)(0.0f);
         for (int d = 0; d < D; d++) {
-            const float16 kd = ktt[d];
-            for (int r = 0; r < MB; r++) s16[r] = mad((float16)(qr[r][d]), kd, s16[r]);
+            float16 kd[KW];
+            for (int w = 0; w < KW; w++) kd[w] = ktt[d * KW + w];
+            for (int r = 0; r < MB; r++) {
+                const float16 x = (float16)(qr[r][d]);
+                for (int w = 0; w < KW; w++) s16[r][w] = mad(x, kd[w], s16[r][w]);
+            }
         }
         for (int c = 0; c < DV; c++) {
-            const float16 vc = vtt[c];
-            for (int r = 0; r < MB; r++) dp16[r] = mad((float16)(dr[r][c]), vc, dp16[r]);
+            float16 vc[KW];
+            for (int w = 0; w < KW; w++) vc[w] = vtt[c * KW + w];
+            for (int r = 0; r < MB; r++) {
+                const float16 x = (float16)(dr[r][c]);
+                for (int w = 0; w < KW; w++) dp16[r][w] = mad(x, vc[w], dp16[r][w]);
+            }
         }
         for (int r = 0; r < MB; r++) {
-            if (lo[r] >= j0 + 16 || hi[r] <= j0) continue;
-            float16 p16, ds16;
-            TERMS16(s16[r], dp16[r], b, h, i0 + r, j0, lo[r], hi[r], slope, lr[r], ddr[r], p16, ds16);
-            float dsa[16];
-            vstore16(ds16, 0, dsa);
-            for (int jj = 0; jj < 16; jj++) {
-                const float w = dsa[jj];
-                if (w == 0.0f) continue;
+            if (lo[r] >= j0 + TW || hi[r] <= j0) continue;
+            for (int w = 0; w < KW; w++) {
+                const long jw = j0 + 16 * w;
+                if (lo[r] >= jw + 16 || hi[r] <= jw) continue;
+                float16 p16, ds16;
+                TERMS16(s16[r][w], dp16[r][w], b, h, i0 + r, jw, lo[r], hi[r], slope, lr[r], ddr[r],
+                        p16, ds16);
+                float dsa[16];
+                vstore16(ds16, 0, dsa);
+                for (int jj = 0; jj < 16; jj++) {
+                    const float x = dsa[jj];
+                    if (x == 0.0f) continue;
 #if K_DIRECT
-                /* lanes past Lk have w == 0: no row beyond K is read */
-                const __global float *krow = (const __global float *)k + k_off + b * k_s0 + kvh * k_s1 + (j0 + jj) * k_s2;
-                for (int u = 0; u < DP16; u++) acc[r][u] = mad((float16)(w), vload16(u, krow), acc[r][u]);
+                    /* lanes past Lk have dS == 0: no row beyond K is read */
+                    const __global float *krow =
+                        (const __global float *)k + k_off + b * k_s0 + kvh * k_s1 + (jw + jj) * k_s2;
+                    for (int u = 0; u < DP16; u++) acc[r][u] = mad((float16)(x), vload16(u, krow), acc[r][u]);
 #else
-                const __global float16 *krow = kpb + (j0 + jj) * DP16;
-                for (int u = 0; u < DP16; u++) acc[r][u] = mad((float16)(w), krow[u], acc[r][u]);
+                    const __global float16 *krow = kpb + (jw + jj) * DP16;
+                    for (int u = 0; u < DP16; u++) acc[r][u] = mad((float16)(x), krow[u], acc[r][u]);
 #endif
+                }
             }
         }
     }

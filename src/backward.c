@@ -22,11 +22,11 @@ static const struct {
     clattn_device_type type; /* 0 = any device (the default row, last) */
     int form;                /* 0: CPU form (MB rows per work-item, no local memory);
                                 1: work-groups of WG with BM x BN local tiles */
-    int bm, bn, wg, mb;
+    int bm, bn, wg, mb, kw; /* kw: CPU form, keys per tile in float16 vectors */
 } bwd_tile_rows[] = {
-    /* type               form bm  bn  wg   mb */
-    {CLATTN_DEVICE_CPU,   0,   32, 16, 64,  4},
-    {0,                   1,   32, 16, 128, 4},
+    /* type               form bm  bn  wg   mb  kw */
+    {CLATTN_DEVICE_CPU,   0,   32, 16, 64,  4,  2},
+    {0,                   1,   32, 16, 128, 4,  2},
 };
 
 /* Testing only: -1 = the form the table gives the device; 0 or 1 forces one. */
@@ -34,9 +34,9 @@ int clattn__backward_force_form = -1;
 #define BWD_LOCAL_BUDGET 32768u
 
 typedef struct bwd_plan {
-    int form, bm, bn, wg, mb;
+    int form, bm, bn, wg, mb, kw;
     bool k_direct; /* CPU form: dQ reads K's rows in place (f32, unit stride, D % 16 == 0) */
-    int64_t nt; /* CPU form: key tiles of 16 */
+    int64_t nt; /* CPU form: key tiles of 16 * kw */
 } bwd_plan;
 
 static uint64_t local_bytes(const clattn__problem *p, int bm, int bn)
@@ -55,7 +55,8 @@ static void make_plan(const clattn_context *ctx, const clattn__problem *p, bwd_p
         }
     pl->form = clattn__backward_force_form >= 0 ? clattn__backward_force_form : bwd_tile_rows[row].form;
     pl->mb = bwd_tile_rows[row].mb;
-    pl->nt = (p->Lk + 15) / 16;
+    pl->kw = bwd_tile_rows[row].kw;
+    pl->nt = (p->Lk + 16 * pl->kw - 1) / (16 * pl->kw);
     pl->k_direct = p->k->dtype == CLATTN_F32 && p->k->nb[3] == (int64_t)sizeof(float) &&
                    p->D % 16 == 0;
     pl->bm = bwd_tile_rows[row].bm;
@@ -154,7 +155,7 @@ static clattn_status stage_all(clattn_context *ctx, const clattn__bwd_problem *b
     }
     const int64_t rows = p->B * p->Hq * p->Lq;
     if (pl->form == 0) {
-        const size_t keys = (size_t)(p->B * p->Hkv * (pl->nt > 0 ? pl->nt : 1) * 16);
+        const size_t keys = (size_t)(p->B * p->Hkv * (pl->nt > 0 ? pl->nt : 1) * 16 * pl->kw);
         const size_t dp = (size_t)((p->D + 15) / 16 * 16);
         CLATTN_FORWARD(clattn__buffer_create(ctx, keys * (size_t)p->D * sizeof(float), &s->kt));
         CLATTN_FORWARD(clattn__buffer_create(ctx, keys * (size_t)p->Dv * sizeof(float), &s->vt));
@@ -201,8 +202,8 @@ static clattn_status get_kernels(clattn_context *ctx, const clattn__bwd_problem 
                                " -DFORM=%d",
                                (int)bp->d_o->dtype, (int)bp->dq->dtype, (int)bp->dk->dtype,
                                (int)bp->dv->dtype, (long long)p->D, (long long)p->Dv, pl->form) &&
-              (pl->form == 0 ? clattn__opts_add(opts, sizeof opts, " -DMB=%d -DK_DIRECT=%d", pl->mb,
-                                                pl->k_direct ? 1 : 0)
+              (pl->form == 0 ? clattn__opts_add(opts, sizeof opts, " -DMB=%d -DKW=%d -DK_DIRECT=%d", pl->mb,
+                                                pl->kw, pl->k_direct ? 1 : 0)
                              : clattn__opts_add(opts, sizeof opts, " -DBM=%d -DBN=%d -DWG=%d",
                                                 pl->bm, pl->bn, pl->wg));
     CLATTN_RETURN_IF(ctx, !ok, CLATTN_ERROR_INTERNAL, "backward: build options too long");
@@ -283,7 +284,7 @@ static clattn_status enqueue_cpu_form(clattn_context *ctx, const bwd_kernels *kn
     CLATTN_FORWARD(CLATTN_ARG(ctx, kn->pack, &a, s->kt));
     CLATTN_FORWARD(CLATTN_ARG(ctx, kn->pack, &a, s->vt));
     CLATTN_FORWARD(CLATTN_ARG(ctx, kn->pack, &a, s->kp));
-    const size_t g_pack[2] = {(size_t)(nt * 16), (size_t)(p->B * p->Hkv)}, l_pack[2] = {16, 1};
+    const size_t g_pack[2] = {(size_t)(nt * 16 * pl->kw), (size_t)(p->B * p->Hkv)}, l_pack[2] = {16, 1};
     CLATTN_FORWARD(clattn__enqueue(ctx, kn->pack, 2, g_pack, l_pack, NULL));
 
     a = 0;
