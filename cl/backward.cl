@@ -19,9 +19,11 @@
  *
  * Rows with LSE = -inf (every key excluded) contribute nothing. Scores go through the
  * prelude's SCORE and KEY_RANGE, exactly as the forward kernels compute them.
- * Build options: D, DV, BM, BN, WG; dtypes Q_DT K_DT V_DT O_DT (prelude) and DO_DT DQ_DT
- * DK_DT DV_DT (0 f32, 1 f16, 2 bf16). Local memory in floats, which the host keeps
- * within its budget (src/backward.c):
+ * The dK/dV and dQ kernels above are the GPU form (FORM 1); FORM 0 replaces them with the
+ * CPU form further down (bwd_cpu_pack, bwd_cpu_dkdv, bwd_cpu_dq).
+ * Build options: D, DV, FORM; GPU form BM, BN, WG; CPU form MB, KW, K_DIRECT; dtypes
+ * Q_DT K_DT V_DT O_DT (prelude) and DO_DT DQ_DT DK_DT DV_DT (0 f32, 1 f16, 2 bf16). Local
+ * memory of the GPU form in floats, which the host keeps within its budget (src/backward.c):
  *     (BM + BN) * (D + DV) + 2 * BM * BN + 4 * BM
  */
 #ifndef D
