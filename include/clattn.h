@@ -313,6 +313,30 @@ CLATTN_API clattn_status clattn_attention(clattn_context *ctx, const clattn_tens
                                           clattn_tensor *o, const clattn_options *opt,
                                           cl_event *event);
 
+/* ---- Backward pass ---------------------------------------------------------------- */
+/* Gradients of attention (FlashAttention-2's backward): given the forward call's inputs
+ * q, k, v and options, its output o and its log-sum-exp lse (f32 [B, Hq, Lq, 1], as
+ * returned through clattn_options.lse; required), and d_o = dLoss/dO [B, Hq, Lq, Dv],
+ * write dq [B, Hq, Lq, D], dk [B, Hkv, Lk, D] and dv [B, Hkv, Lk, Dv]. Every SPEC §1
+ * option applies as in the forward call: scale, softcap (through its derivative 1 - tanh²),
+ * ALiBi and float masks (constants), causal, window, kv_lens, boolean masks; with GQA, dk
+ * and dv are summed over each KV head's query heads; rows whose keys are all excluded
+ * contribute nothing (their dq rows are 0). d_mask, when not NULL, receives the gradient
+ * of a float additive mask (opt->mask must be f32; d_mask f32 with the mask's extents):
+ * dLoss/ds summed over the extents the mask broadcasts. Inputs and outputs take any of
+ * f32, f16 and bf16 storage (d_mask: f32) and any strides; arithmetic is float32.
+ * Outputs must not overlap each other or any input. opt->lse and opt->path are not used.
+ * The result is deterministic (no atomics): the same inputs give bit-identical gradients.
+ * Memory: scratch linear in B*Hq*Lq, plus a copy of each cl_mem output (outputs are
+ * written into scratch and committed in one launch, so a failed call leaves every output
+ * as it was; host outputs likewise). Events and host tensors behave as in
+ * clattn_attention. Accuracy and speed: docs/backward.md. */
+CLATTN_API clattn_status clattn_attention_backward(
+    clattn_context *ctx, const clattn_tensor *q, const clattn_tensor *k, const clattn_tensor *v,
+    const clattn_tensor *o, const clattn_tensor *d_o, const clattn_tensor *lse, clattn_tensor *dq,
+    clattn_tensor *dk, clattn_tensor *dv, clattn_tensor *d_mask, const clattn_options *opt,
+    cl_event *event);
+
 /* The path that computed the last successful clattn_attention call on ctx, and why it
  * was chosen (a static or context-owned string). */
 CLATTN_API clattn_path clattn_context_last_path(const clattn_context *ctx);
@@ -449,6 +473,15 @@ CLATTN_API clattn_status clattn_reference_attention(const clattn_tensor *q,
                                                     const clattn_tensor *v,
                                                     const clattn_options *opt, double *out,
                                                     double *lse);
+
+/* The backward pass on the host in float64 (analytic; O and LSE are recomputed from q,
+ * k, v): dense doubles dq [B, Hq, Lq, D], dk [B, Hkv, Lk, D], dv [B, Hkv, Lk, Dv] and,
+ * when d_mask is not NULL (opt->mask must be f32), d_mask dense over the mask's extents.
+ * All tensors must be host tensors; d_o is [B, Hq, Lq, Dv]. */
+CLATTN_API clattn_status clattn_reference_attention_backward(
+    const clattn_tensor *q, const clattn_tensor *k, const clattn_tensor *v,
+    const clattn_tensor *d_o, const clattn_options *opt, double *dq, double *dk, double *dv,
+    double *d_mask);
 
 #ifdef __cplusplus
 }

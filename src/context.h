@@ -150,6 +150,10 @@ typedef struct clattn__dev_problem {
 clattn_status clattn__stage(clattn_context *ctx, const clattn__problem *p,
                             clattn__dev_problem *dp);
 clattn_status clattn__stage_finish(clattn_context *ctx, clattn__dev_problem *dp, bool ok);
+/* One tensor as clattn__stage presents it (t may be NULL: d is then absent); a host output
+ * is marked for download. The caller releases d->mem when d->owned. */
+clattn_status clattn__stage_tensor(clattn_context *ctx, const char *name, const clattn_tensor *t,
+                                   bool output, clattn__dev_tensor *d);
 /* End a staged call whose work returned st and (maybe) the event ev of its last command:
  * finish the staging, hand ev to *event (a marker when the work enqueued nothing) or
  * release it, and return the call's status. */

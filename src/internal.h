@@ -118,6 +118,13 @@ clattn_status clattn__problem_init(clattn__problem *p, const clattn_tensor *q,
                                    clattn_tensor *o, const clattn_options *opt, char *err,
                                    size_t errlen);
 
+/* problem_init's checks of one descriptor (buffer, dtype, extents, strides, span) and
+ * of an output's strides (no element written twice), for the backward pass's tensors. */
+clattn_status clattn__check_tensor(const char *name, const clattn_tensor *t, bool host_only,
+                                   char *err, size_t errlen);
+clattn_status clattn__check_no_self_overlap(const char *name, const clattn_tensor *t, char *err,
+                                            size_t errlen);
+
 /* Bytes from the first to one past the last element a descriptor touches (0 if empty).
  * Returns false on overflow. */
 bool clattn__tensor_span(const clattn_tensor *t, size_t *span);

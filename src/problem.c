@@ -80,6 +80,8 @@ static clattn_status check_tensor(const char *name, const clattn_tensor *t, bool
 static clattn_status check_no_self_overlap(const char *name, const clattn_tensor *t,
                                            char *err, size_t errlen)
 {
+    /* an empty output writes nothing, whatever its strides (dense ones may be 0) */
+    if (clattn__tensor_numel(t) == 0) return CLATTN_SUCCESS;
     int order[4] = {0, 1, 2, 3};
     for (int a = 1; a < 4; a++)
         for (int b = a; b > 0 && t->nb[order[b]] < t->nb[order[b - 1]]; b--) {
@@ -280,4 +282,17 @@ clattn_status clattn__problem_init(clattn__problem *p, const clattn_tensor *q,
     p->v = v;
     p->o = o;
     return CLATTN_SUCCESS;
+}
+
+/* The descriptor checks above, for the backward pass's extra tensors (backward.c). */
+clattn_status clattn__check_tensor(const char *name, const clattn_tensor *t, bool host_only,
+                                   char *err, size_t errlen)
+{
+    return check_tensor(name, t, host_only, err, errlen);
+}
+
+clattn_status clattn__check_no_self_overlap(const char *name, const clattn_tensor *t, char *err,
+                                            size_t errlen)
+{
+    return check_no_self_overlap(name, t, err, errlen);
 }

@@ -172,6 +172,12 @@ static clattn_status stage_one(clattn_context *ctx, const char *name, const clat
     return clattn__buffer_create_copy(ctx, d->span, (const char *)t->host + t->offset, &d->mem);
 }
 
+clattn_status clattn__stage_tensor(clattn_context *ctx, const char *name, const clattn_tensor *t,
+                                   bool output, clattn__dev_tensor *d)
+{
+    return stage_one(ctx, name, t, output, d);
+}
+
 clattn_status clattn__stage(clattn_context *ctx, const clattn__problem *p, clattn__dev_problem *dp)
 {
     memset(dp, 0, sizeof *dp);

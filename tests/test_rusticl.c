@@ -15,6 +15,7 @@
 #include <cmocka.h>
 
 #include "context.h"
+#include "test_backward_util.h"
 #include "test_util.h"
 #include "tuning.h"
 
@@ -98,6 +99,29 @@ static void test_device_buffers_at_offsets_on_rusticl(void **state)
     clattn__decode_force_form = -1;
 }
 
+/* The backward kernels (one portable form, local tiles within 32 KiB) on rusticl's
+ * GPU-like limits: GQA with key lengths and causal, a broadcast float mask with its
+ * gradient and softcap, Dv != D, and a head size whose tiles shrink to fit. */
+static void test_backward_matches_reference_on_rusticl(void **state)
+{
+    (void)state;
+    const attn_case cases[] = {
+        {.B = 3, .Hq = 4, .Hkv = 2, .Lq = 37, .Lk = 45, .D = 64, .Dv = 64, .kv_lens = 1,
+         .causal = CLATTN_CAUSAL_BOTTOM_RIGHT, .seed = 1},
+        {.B = 2, .Hq = 4, .Hkv = 2, .Lq = 19, .Lk = 37, .D = 32, .Dv = 48,
+         .mask_kind = ATTN_MASK_FLOAT, .mask_rank = 3, .mask_ones = 2u, .softcap = 4.0f, .seed = 2},
+        {.B = 1, .Hq = 2, .Hkv = 1, .Lq = 21, .Lk = 33, .D = 256, .Dv = 256, .seed = 3},
+    };
+    int failed = 0;
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        bwd_data b;
+        bwd_data_make(&cases[i], cases[i].mask_kind == ATTN_MASK_FLOAT, &b);
+        failed += check_backward(rusticl(), &b) != 0;
+        bwd_data_free(&b);
+    }
+    if (failed) fail_msg("%d backward cases differ from the reference on rusticl", failed);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -105,6 +129,7 @@ int main(void)
         cmocka_unit_test(test_fused_gpu_form_matches_reference_on_rusticl),
         cmocka_unit_test(test_decode_gpu_form_matches_reference_on_rusticl),
         cmocka_unit_test(test_device_buffers_at_offsets_on_rusticl),
+        cmocka_unit_test(test_backward_matches_reference_on_rusticl),
     };
     return cmocka_run_group_tests(tests, NULL, teardown);
 }

@@ -6,6 +6,7 @@
  * object per case (SPEC §2). Cases reuse the tests' problem definitions (attn_case). */
 #include "attn_case.h"
 #include "cli_util.h"
+#include "bench_backward.h"
 #include "commands.h"
 #include "peak.h"
 #include "kv_case.h"
@@ -39,7 +40,7 @@ static void usage(FILE *f)
             "                    [--shape B,Hq,Hkv,Lq,Lk,D[,Dv]] [--causal top-left|bottom-right]\n"
             "                    [--dtype f32|f16|bf16] [--kv-quant none|f32|f16|int8|int4|tq4|tq3|tq2]\n"
             "                    [--runs N] [--warmup N]\n"
-            "                    [--sweep FILE]\n"
+            "                    [--sweep FILE] [--backward]\n"
             "\n"
             "Times clattn_attention with inputs already on the device: --warmup runs\n"
             "(default 2), then --runs timed runs (default: as many as fit in about 3 s,\n"
@@ -51,7 +52,10 @@ static void usage(FILE *f)
             "is listed as n/a. --json FILE writes one JSON object per case (JSON Lines).\n"
             "--kv-quant F: K and V are appended once to a KV cache of format F (not timed),\n"
             "then attention over the cache is timed (path kv-cache; --path is not used);\n"
-            "GB/s counts K and V at the cache's size.\n");
+            "GB/s counts K and V at the cache's size.\n"
+            "--backward: after each forward case, also time clattn_attention_backward on\n"
+            "it (path bwd; GFLOP/s counts 2.5x the forward's FLOPs, FlashAttention-2's\n"
+            "convention) and print its time over the forward's.\n");
 }
 
 static bool parse_shape(const char *s, attn_case *c)
@@ -96,11 +100,12 @@ static int parse_args(int argc, char **argv, bench_args *o, bool *help, const ch
         {"causal", required_argument, NULL, 'c'}, {"dtype", required_argument, NULL, 't'},
         {"kv-quant", required_argument, NULL, 'k'}, {"runs", required_argument, NULL, 'r'},
         {"warmup", required_argument, NULL, 'w'}, {"sweep", required_argument, NULL, 'f'},
+        {"backward", no_argument, NULL, 'b'},
         {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0}};
     cli_getopt_reset();
     int ch;
     int64_t n;
-    while ((ch = getopt_long(argc, argv, ":j:d:p:s:c:t:k:r:w:f:h", longopts, NULL)) != -1) {
+    while ((ch = getopt_long(argc, argv, ":j:d:p:s:c:t:k:r:w:f:hb", longopts, NULL)) != -1) {
         switch (ch) {
         case 'j': o->json = optarg; break;
         case 'd': o->device = optarg; break;
@@ -150,6 +155,7 @@ static int parse_args(int argc, char **argv, bench_args *o, bool *help, const ch
             if (ch == 'r') o->runs = (long)n;
             else o->warmup = (long)n;
             break;
+        case 'b': o->backward = true; break;
         case 'h': *help = true; return CLI_EXIT_OK;
         default: cli_getopt_error(CMD, ch, argv, longopts); return CLI_EXIT_USAGE;
         }
@@ -208,6 +214,7 @@ static int cmp_double(const void *a, const void *b)
 /* The path a measurement ran on; CLATTN_PATH_COUNT_ marks attention over a KV cache. */
 static const char *path_label(clattn_path p)
 {
+    if (p == CLATTN_PATH_COUNT_ + 1) return "backward"; /* --backward's rows */
     return p == CLATTN_PATH_COUNT_ ? "kv-cache" : clattn_path_name(p);
 }
 
@@ -411,6 +418,7 @@ static int bench_device(size_t index, const bench_spec *specs, size_t nspecs, co
     for (size_t i = 0; i < nspecs; i++) {
         attn_case c = specs[i].c;
         c.seed = 42;
+        if (o->backward) c.lse = 1; /* the backward pass needs the forward's LSE */
         attn_case_data *d = NULL;
         clattn_status st = attn_case_data_create(&c, &d);
         if (st == CLATTN_SUCCESS) st = attn_case_data_upload(ctx, d);
@@ -476,6 +484,35 @@ static int bench_device(size_t index, const bench_spec *specs, size_t nspecs, co
             m.peak_gbps = peak.gbps;
             if (json) json_line(json, &props, &s, paths[p], &m);
             if (tab) table_add(tab, i, index, paths[p], pname, &m);
+            if (o->backward && !quant) {
+                bench_backward_result br;
+                clattn_status bst = bench_backward_measure(ctx, &c, d, o->runs, o->warmup, &br);
+                if (bst != CLATTN_SUCCESS) {
+                    printf("%-8s %-26s %-12s %-5s FAILED: %s: %s\n", "bwd", shape, causal_name(c.causal),
+                           clattn_dtype_name(c.dtype), clattn_status_string(bst),
+                           clattn_context_last_error(ctx));
+                    ++*failures;
+                    continue;
+                }
+                measured bm = m;
+                bm.median = br.median;
+                bm.min = br.min;
+                bm.max = br.max;
+                bm.runs = br.runs;
+                bm.device_bytes = br.device_bytes;
+                bm.gflops = m.gflops * 2.5 * m.median / br.median;
+                bm.gbps = 0;
+                printf("%-8s %-26s %-12s %-5s %9.3f %9.3f %9.3f %5ld %9.1f %8s %10.2f  (%.2fx forward)\n", "bwd",
+                       shape, causal_name(c.causal), clattn_dtype_name(c.dtype), bm.median, bm.min, bm.max,
+                       bm.runs, bm.gflops, "-", (double)bm.device_bytes / (1024.0 * 1024.0),
+                       br.median / m.median);
+                fflush(stdout);
+                if (json) {
+                    /* path "backward": the same fields, times of the backward call */
+                    bm.path = CLATTN_PATH_COUNT_ + 1;
+                    json_line(json, &props, &s, paths[p], &bm);
+                }
+            }
         }
         attn_case_data_free(d);
     }

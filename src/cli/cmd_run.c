@@ -49,6 +49,11 @@ static void usage(FILE *f)
             "                            on the device as a cache stores them), then attention;\n"
             "                            with --kv-lens, positions align to each batch entry's\n"
             "                            length, as in a cache; --path is not used\n"
+            "  --grad-out dO.npy --dq DQ.npy --dk DK.npy --dv DV.npy\n"
+            "                            the backward pass: with dO = dLoss/dO (shaped as O),\n"
+            "                            write dLoss/dQ, dK and dV (shaped as q, k, v; in\n"
+            "                            --out-dtype); the forward runs first for O and LSE;\n"
+            "                            not with --kv-quant\n"
             "  -h, --help                this text\n"
             "\n"
             "Options take their value as the next argument or after '=' (--window=-1,0).\n"
@@ -74,6 +79,10 @@ enum {
     OPT_DEVICE,
     OPT_OUT_DTYPE,
     OPT_KV_QUANT,
+    OPT_GRAD_OUT,
+    OPT_DQ,
+    OPT_DK,
+    OPT_DV,
     OPT_END_
 };
 #define NOPTS (OPT_END_ - OPT_Q)
@@ -96,6 +105,10 @@ static const struct option longopts[] = {
     {"device", required_argument, NULL, OPT_DEVICE},
     {"out-dtype", required_argument, NULL, OPT_OUT_DTYPE},
     {"kv-quant", required_argument, NULL, OPT_KV_QUANT},
+    {"grad-out", required_argument, NULL, OPT_GRAD_OUT},
+    {"dq", required_argument, NULL, OPT_DQ},
+    {"dk", required_argument, NULL, OPT_DK},
+    {"dv", required_argument, NULL, OPT_DV},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
 };
@@ -112,6 +125,12 @@ typedef struct run_state {
     clattn_context *ctx;
     size_t device_index;
     npy_pending out_pending, lse_pending;
+    /* the backward pass (--grad-out): dO in, dq/dk/dv out, LSE kept for it */
+    npy_array grad;
+    clattn_tensor tgrad, tdq, tdk, tdv;
+    float *dq, *dk, *dv;
+    int64_t dq_shape[4], dk_shape[4], dv_shape[4];
+    npy_pending grad_pending[3];
 } run_state;
 
 #define ARGV_OF(a, id) ((a)->arg[(id) - OPT_Q])
@@ -121,6 +140,11 @@ static void run_state_free(run_state *s)
 {
     npy_write_abort(&s->out_pending);
     npy_write_abort(&s->lse_pending);
+    for (int i = 0; i < 3; i++) npy_write_abort(&s->grad_pending[i]);
+    npy_free(&s->grad);
+    free(s->dq);
+    free(s->dk);
+    free(s->dv);
     clattn_context_free(s->ctx);
     npy_free(&s->q);
     npy_free(&s->k);
@@ -240,6 +264,32 @@ static int parse_options(run_args *a)
         cli_error(CMD, "--out and --lse name the same file %s", ARGV_OF(a, OPT_OUT));
         return -1;
     }
+    /* the backward pass: all four of its options, or none */
+    const int bwd[4] = {OPT_GRAD_OUT, OPT_DQ, OPT_DK, OPT_DV};
+    int nbwd = 0;
+    for (int i = 0; i < 4; i++) nbwd += ARGV_OF(a, bwd[i]) != NULL;
+    if (nbwd != 0 && nbwd != 4) {
+        cli_error(CMD, "the backward pass needs all of --grad-out, --dq, --dk and --dv");
+        return -1;
+    }
+    if (nbwd == 4) {
+        if (a->kv_quant) {
+            cli_error(CMD, "--grad-out: the backward pass does not run through --kv-quant");
+            return -1;
+        }
+        const int outs[5] = {OPT_OUT, OPT_LSE, OPT_DQ, OPT_DK, OPT_DV};
+        for (int i = 0; i < 5; i++)
+            for (int j = i + 1; j < 5; j++)
+                if (ARGV_OF(a, outs[i]) && ARGV_OF(a, outs[j]) &&
+                    strcmp(ARGV_OF(a, outs[i]), ARGV_OF(a, outs[j])) == 0) {
+                    char n1[64], n2[64];
+                    cli_error(CMD, "%s and %s name the same file %s",
+                              cli_option_name(longopts, outs[i], n1, sizeof n1),
+                              cli_option_name(longopts, outs[j], n2, sizeof n2),
+                              ARGV_OF(a, outs[i]));
+                    return -1;
+                }
+    }
     return 0;
 }
 
@@ -314,6 +364,19 @@ static int load_inputs(run_state *s)
         s->tkv = clattn_tensor_host(a->data, CLATTN_I32, a->shape[0], 1, 1, 1);
         s->a.opt.kv_lens = &s->tkv;
     }
+    if (ARG(s, OPT_GRAD_OUT)) {
+        npy_array *a = &s->grad;
+        if (load(s, OPT_GRAD_OUT, a)) return -1;
+        const char *dims = s->a.blhd ? "[B,Lq,Hq,Dv]" : "[B,Hq,Lq,Dv]";
+        if (a->dtype != CLATTN_F32 && a->dtype != CLATTN_F16)
+            return fail_file(s, OPT_GRAD_OUT, "expected float32 or float16 %s", dims, a);
+        if (a->rank != 4) return fail_file(s, OPT_GRAD_OUT, "expected rank 4 %s", dims, a);
+        const int64_t *n = a->shape;
+        if (s->a.blhd)
+            s->tgrad = clattn_tensor_blhd(clattn_tensor_host(a->data, a->dtype, n[0], n[2], n[1], n[3]));
+        else
+            s->tgrad = clattn_tensor_host(a->data, a->dtype, n[0], n[1], n[2], n[3]);
+    }
     if (ARG(s, OPT_ALIBI)) {
         npy_array *a = &s->alibi;
         if (load(s, OPT_ALIBI, a)) return -1;
@@ -340,6 +403,43 @@ static size_t checked_count(const int64_t *ne, int n, bool *ok)
     return c;
 }
 
+/* The backward pass's outputs, shaped (in the chosen layout) as q, k and v, and a check
+ * of dO against O's shape, before a device is touched. */
+static int prepare_gradients(run_state *s)
+{
+    const clattn_tensor *src[3] = {&s->tq, &s->tk, &s->tv};
+    clattn_tensor *dst[3] = {&s->tdq, &s->tdk, &s->tdv};
+    float **buf[3] = {&s->dq, &s->dk, &s->dv};
+    int64_t *shape[3] = {s->dq_shape, s->dk_shape, s->dv_shape};
+    const int64_t *o = s->to.ne;
+    const int64_t *g = s->tgrad.ne;
+    if (g[0] != o[0] || g[1] != o[1] || g[2] != o[2] || g[3] != o[3]) {
+        char want[128], got[128];
+        npy_shape_string(4, s->o_shape, want, sizeof want);
+        npy_shape_string(s->grad.rank, s->grad.shape, got, sizeof got);
+        cli_error(CMD, "--grad-out: %s: expected O's shape %s, got %s", ARG(s, OPT_GRAD_OUT),
+                  want, got);
+        return -1;
+    }
+    for (int i = 0; i < 3; i++) {
+        const int64_t *n = src[i]->ne;
+        bool ok = true;
+        size_t count = checked_count(n, 4, &ok);
+        *buf[i] = ok ? malloc(count ? count * sizeof(float) : 1) : NULL;
+        if (!*buf[i]) {
+            cli_error(CMD, "out of memory for the gradients (%zu floats)", count);
+            return -1;
+        }
+        *dst[i] = clattn_tensor_host(*buf[i], CLATTN_F32, n[0], n[1], n[2], n[3]);
+        if (s->a.blhd) *dst[i] = clattn_tensor_blhd(*dst[i]);
+        shape[i][0] = n[0];
+        shape[i][1] = s->a.blhd ? n[2] : n[1];
+        shape[i][2] = s->a.blhd ? n[1] : n[2];
+        shape[i][3] = n[3];
+    }
+    return 0;
+}
+
 /* Allocate O and LSE and let the library check every rule about the problem, before a
  * device is touched. */
 static int prepare_outputs(run_state *s)
@@ -354,8 +454,10 @@ static int prepare_outputs(run_state *s)
         return -1;
     }
     s->o = malloc(count ? count * sizeof(float) : 1);
-    if (ARG(s, OPT_LSE)) s->lse = malloc(lse_count ? lse_count * sizeof(float) : 1);
-    if (!s->o || (ARG(s, OPT_LSE) && !s->lse)) {
+    /* the backward pass needs the LSE even when no --lse file is asked for */
+    if (ARG(s, OPT_LSE) || ARG(s, OPT_GRAD_OUT))
+        s->lse = malloc(lse_count ? lse_count * sizeof(float) : 1);
+    if (!s->o || ((ARG(s, OPT_LSE) || ARG(s, OPT_GRAD_OUT)) && !s->lse)) {
         cli_error(CMD, "out of memory for the output (%zu floats)", count);
         return -1;
     }
@@ -377,7 +479,7 @@ static int prepare_outputs(run_state *s)
         cli_error(CMD, "%s", err);
         return -1;
     }
-    return 0;
+    return ARG(s, OPT_GRAD_OUT) ? prepare_gradients(s) : 0;
 }
 
 /* ---- Device and outputs ---------------------------------------------------------- */
@@ -425,6 +527,16 @@ static int compute(run_state *s)
                   why && *why ? ": " : "", why ? why : "");
         return -1;
     }
+    if (ARG(s, OPT_GRAD_OUT)) {
+        st = clattn_attention_backward(s->ctx, &s->tq, &s->tk, &s->tv, &s->to, &s->tgrad,
+                                       &s->tlse, &s->tdq, &s->tdk, &s->tdv, NULL, &s->a.opt, NULL);
+        if (st != CLATTN_SUCCESS) {
+            const char *why = clattn_context_last_error(s->ctx);
+            cli_error(CMD, "the backward pass failed: %s%s%s", clattn_status_string(st),
+                      why && *why ? ": " : "", why ? why : "");
+            return -1;
+        }
+    }
     return 0;
 }
 
@@ -436,7 +548,7 @@ static int write_outputs(run_state *s)
         cli_error(CMD, "--out: %s", err);
         return -1;
     }
-    if (s->lse) {
+    if (s->lse && ARG(s, OPT_LSE)) {
         const int64_t shape[3] = {s->tlse.ne[0], s->tlse.ne[1], s->tlse.ne[2]};
         if (npy_write_begin(&s->lse_pending, ARG(s, OPT_LSE), CLATTN_F32, 3, shape, s->lse,
                             CLATTN_F32, err, sizeof err) != 0) {
@@ -444,16 +556,38 @@ static int write_outputs(run_state *s)
             return -1; /* run_state_free removes the pending --out */
         }
     }
-    /* Both complete on disk: now rename. If the second rename fails, take the first
-     * output away again so no half of the result is left. */
+    const int grad_ids[3] = {OPT_DQ, OPT_DK, OPT_DV};
+    if (ARG(s, OPT_GRAD_OUT)) {
+        const float *data[3] = {s->dq, s->dk, s->dv};
+        const int64_t *shape[3] = {s->dq_shape, s->dk_shape, s->dv_shape};
+        for (int i = 0; i < 3; i++)
+            if (npy_write_begin(&s->grad_pending[i], ARG(s, grad_ids[i]), s->a.out_dtype, 4,
+                                shape[i], data[i], CLATTN_F32, err, sizeof err) != 0) {
+                char name[64];
+                cli_error(CMD, "%s: %s", cli_option_name(longopts, grad_ids[i], name, sizeof name), err);
+                return -1; /* run_state_free removes the pending ones */
+            }
+    }
+    /* All complete on disk: now rename. If a later rename fails, take the earlier
+     * outputs away again so no part of the result is left. */
     if (npy_write_commit(&s->out_pending, err, sizeof err) != 0) {
         cli_error(CMD, "--out: %s", err);
         return -1;
     }
-    if (s->lse && npy_write_commit(&s->lse_pending, err, sizeof err) != 0) {
+    if (s->lse && ARG(s, OPT_LSE) && npy_write_commit(&s->lse_pending, err, sizeof err) != 0) {
         remove(ARG(s, OPT_OUT));
         cli_error(CMD, "--lse: %s", err);
         return -1;
+    }
+    for (int i = 0; i < 3 && ARG(s, OPT_GRAD_OUT); i++) {
+        if (npy_write_commit(&s->grad_pending[i], err, sizeof err) != 0) {
+            char name[64];
+            remove(ARG(s, OPT_OUT));
+            if (ARG(s, OPT_LSE)) remove(ARG(s, OPT_LSE));
+            for (int j = 0; j < i; j++) remove(ARG(s, grad_ids[j]));
+            cli_error(CMD, "%s: %s", cli_option_name(longopts, grad_ids[i], name, sizeof name), err);
+            return -1;
+        }
     }
     return 0;
 }
@@ -518,8 +652,11 @@ int cmd_run(int argc, char **argv)
     else
         snprintf(path, sizeof path, "%s", clattn_path_name(clattn_context_last_path(s.ctx)));
     printf("clattn run: wrote %s (%s %s)%s%s using path %s on %s\n", ARG(&s, OPT_OUT),
-           npy_dtype_label(s.a.out_dtype), shape, s.lse ? " and " : "",
-           s.lse ? ARG(&s, OPT_LSE) : "", path, props.name);
+           npy_dtype_label(s.a.out_dtype), shape, ARG(&s, OPT_LSE) ? " and " : "",
+           ARG(&s, OPT_LSE) ? ARG(&s, OPT_LSE) : "", path, props.name);
+    if (ARG(&s, OPT_GRAD_OUT))
+        printf("clattn run: backward pass wrote %s, %s and %s\n", ARG(&s, OPT_DQ), ARG(&s, OPT_DK),
+               ARG(&s, OPT_DV));
     rc = CLI_EXIT_OK;
 done:
     run_state_free(&s);

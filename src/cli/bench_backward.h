@@ -1,0 +1,22 @@
+/* `clattn bench --backward`: timing clattn_attention_backward on a case whose data is
+ * already on the device, next to the forward figures. */
+#ifndef CLATTN_BENCH_BACKWARD_H
+#define CLATTN_BENCH_BACKWARD_H
+
+#include "attn_case.h"
+#include "clattn.h"
+
+typedef struct bench_backward_result {
+    double median, min, max; /* ms */
+    long runs;
+    uint64_t device_bytes;   /* peak device memory the backward call allocated */
+} bench_backward_result;
+
+/* d must be uploaded (attn_case_data_upload) and have run the forward pass with LSE
+ * (c->lse set), so O and LSE are the device's. dO is random, the gradients are f32
+ * cl_mem buffers. warmup calls (at least one: kernel builds), then runs timed calls
+ * (0: as many as fit in about 3 s, 3 to 30), each ended by clFinish. */
+clattn_status bench_backward_measure(clattn_context *ctx, const attn_case *c, attn_case_data *d,
+                                     long runs, long warmup, bench_backward_result *r);
+
+#endif
