@@ -67,7 +67,7 @@ void bwd_data_make(const attn_case *c0, int with_dmask, bwd_data *b)
                 for (int64_t e = 0; e < Dv; e++) {
                     const int64_t byte = (int64_t)b->o.offset + bb * b->o.nb[0] + h * b->o.nb[1] +
                                          i * b->o.nb[2] + e * b->o.nb[3];
-                    put(b->o.host, odt, byte / (int64_t)oes, o[row * Dv + e]);
+                    put((void *)b->o.host, odt, byte / (int64_t)oes, o[row * Dv + e]);
                 }
             }
     free(o);
