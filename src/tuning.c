@@ -83,15 +83,7 @@ const char *clattn__tform_name(clattn__tpath path, int form)
 }
 
 /* ---- Built-in rows ----------------------------------------------------------------- */
-/* A row applies to a device when each key it sets matches; its level is the most specific
- * key it sets (name > arch > vendor > type), and the lookup takes the most specific level. */
-typedef struct builtin_row {
-    uint32_t vendor_id;      /* 0 = any */
-    const char *arch;        /* NULL = any */
-    const char *name;        /* NULL = any; case-insensitive, whole name */
-    clattn_device_type type; /* 0 = any */
-    clattn__trow row;
-} builtin_row;
+typedef clattn__tbuiltin builtin_row;
 
 /* Fused path.
  * CPU rows (cl/flash_cpu.cl), measured with PoCL 3.1 on a 2-core Xeon (Cascade Lake,
@@ -239,6 +231,12 @@ void clattn__tuning_builtin(const clattn__tdevice *dev, clattn__tpath path, clat
 {
     size_t n;
     const builtin_row *t = table_of(path, &n);
+    clattn__tuning_lookup(t, n, dev, row, level);
+}
+
+void clattn__tuning_lookup(const clattn__tbuiltin *t, size_t n, const clattn__tdevice *dev, clattn__trow *row,
+                           const char **level)
+{
     int best = -1;
     size_t at = n - 1;
     for (size_t i = 0; i < n; i++) {

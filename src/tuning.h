@@ -86,6 +86,20 @@ const char *clattn__tform_name(clattn__tpath path, int form);
 /* The device key of a real device. */
 void clattn__tdevice_of(cl_device_id device, const clattn_device_props *props, clattn__tdevice *out);
 
+/* A built-in row. It applies to a device when each key it sets matches; its level is the
+ * most specific key it sets (name > arch > vendor > type > none: default), and the lookup
+ * takes the row of the most specific level (the first such row on a tie). */
+typedef struct clattn__tbuiltin {
+    uint32_t vendor_id;      /* 0 = any */
+    const char *arch;        /* NULL = any */
+    const char *name;        /* NULL = any; case-insensitive, whole name */
+    clattn_device_type type; /* 0 = any */
+    clattn__trow row;
+} clattn__tbuiltin;
+/* The row of table t (n rows, the last a default) for dev, and its level's name. */
+void clattn__tuning_lookup(const clattn__tbuiltin *t, size_t n, const clattn__tdevice *dev, clattn__trow *row,
+                           const char **level);
+
 /* The built-in row for `dev`, with the name of the level that matched ("name", "arch",
  * "vendor", "type" or "default"). */
 void clattn__tuning_builtin(const clattn__tdevice *dev, clattn__tpath path, clattn__trow *row,

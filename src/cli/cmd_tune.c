@@ -350,7 +350,9 @@ static void tune_class(tuner *t, clattn__tpath path, const attn_case *c, double 
     clattn__trow seen[256];
     int nseen = 0;
     seen[nseen++] = base;
-    for (int k = 0; !interrupted && now_s() < until && nseen < 256; k++) {
+    /* a candidate is started only when one as long as the longest so far still fits */
+    double longest = 0;
+    for (int k = 0; !interrupted && now_s() + longest < until && nseen < 256; k++) {
         clattn__trow cand;
         if (!constrained(path, &base, k, &cand)) {
             /* random rows of every form, each form's generic row as the base */
@@ -368,8 +370,10 @@ static void tune_class(tuner *t, clattn__tpath path, const attn_case *c, double 
         seen[nseen++] = cand;
         if (!clattn__tuning_legal(&ctx->tuning->dev, path, &cand, cls.head, why, sizeof why)) continue;
         o->tried++;
+        const double c0 = now_s();
         if (!check_row(t, &small, path, &cand, why, sizeof why)) {
             fprintf(stderr, "tune: %s: candidate refused (%s)\n", o->label, why);
+            if (now_s() - c0 > longest) longest = now_s() - c0;
             continue;
         }
         const double ms = time_row(t, &tc, d, path, &cand, 4 * best_ms);
@@ -381,22 +385,32 @@ static void tune_class(tuner *t, clattn__tpath path, const attn_case *c, double 
             best_ms = ms;
             best = cand;
         }
+        if (now_s() - c0 > longest) longest = now_s() - c0;
+    }
+    /* The winner against the built-in row once more, back to back: the first timing of
+     * the built-in row may have met a busier machine than the candidates did. */
+    if (!same_row(&best, &base) && !interrupted) {
+        const double again_default = time_row(t, &tc, d, path, &base, 1e30);
+        const double again_best = time_row(t, &tc, d, path, &best, 1e30);
+        if (again_default > 0 && again_default < o->default_ms) o->default_ms = again_default;
+        if (again_best > 0) best_ms = again_best;
     }
     attn_case_data_free(d);
     clattn__tuning_set_candidate(ctx, path, NULL);
+    /* a row other than the built-in one only for a clear gain: run-to-run noise is a few
+     * percent on CPUs. The class gets a record either way, so the file says it was tuned. */
+    if (!(best_ms < 0.97 * o->default_ms)) {
+        best = base;
+        best_ms = o->default_ms;
+    }
     o->tuned_ms = best_ms;
-    /* a record only for a clear gain: run-to-run noise is a few percent on CPUs */
-    if (best_ms < 0.97 * o->default_ms) {
-        snprintf(o->source, sizeof o->source, "record");
-        char (*grown)[1024] = realloc(t->records, (t->nrecords + 1) * sizeof *t->records);
-        if (grown) {
-            t->records = grown;
-            if (clattn__tuning_format_record(&ctx->tuning->dev, path, &cls, &best, best_ms, o->default_ms,
-                                             t->records[t->nrecords], sizeof t->records[0]))
-                t->nrecords++;
-        }
-    } else {
-        o->tuned_ms = o->default_ms;
+    snprintf(o->source, sizeof o->source, same_row(&best, &base) ? "built-in kept" : "tuned");
+    char (*grown)[1024] = realloc(t->records, (t->nrecords + 1) * sizeof *t->records);
+    if (grown) {
+        t->records = grown;
+        if (clattn__tuning_format_record(&ctx->tuning->dev, path, &cls, &best, best_ms, o->default_ms,
+                                         t->records[t->nrecords], sizeof t->records[0]))
+            t->nrecords++;
     }
 }
 
