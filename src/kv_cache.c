@@ -432,11 +432,8 @@ clattn_status clattn_kv_cache_append(clattn_kv_cache *c, const clattn_tensor *k_
 
 /* ---- Attention ------------------------------------------------------------------ */
 
-/* Launch shape: ROWS rows per work-item, key splits for the compute units.
- * CPU (PoCL, 2-core Xeon with AVX-512, decode 1x32x32x1x8192x128): as the decode path,
- * splits of 256 to 2048 keys (K and V of a split stay within a core's 2 MiB L2 for every
- * format) and about 8 work-groups per compute unit. GPU: untuned, smaller splits for
- * more work-groups.
+/* Launch shape: ROWS rows per work-item, key splits for the compute units; the values
+ * (rows, split bounds, work-groups per unit, prefetch) are the kv rows of src/tuning.c.
  *
  * Measured with bench/kv_report.py (one clattn bench run: the f16 decode path and every
  * format interleaved, five rounds; a format's time over the f16 path's in the same round,
