@@ -1,8 +1,8 @@
 /* `clattn tune`: search the tuning layer's parameter space of each path on one device and
  * write the best rows as records of a tuning file (default: clattn.tuning.json in the
  * cache folder, which every later context on the device reads). Per problem class: the
- * built-in row is timed, then legal candidates, a constrained set first (the row with one
- * value changed at a time, then the path's other form), then random ones while the budget
+ * built-in row is timed, then legal candidates, a constrained set first (the path's other
+ * form, then the row with one value changed at a time), then random ones while the budget
  * lasts. Each candidate is checked against the CPU reference on a small case of the class
  * before it is timed (warm-up, then the median of at least 3 runs). Interrupted (SIGINT)
  * or out of budget, it still writes what it found. */
@@ -179,10 +179,19 @@ static int *field(clattn__trow *r, const char *name)
     return NULL;
 }
 
-/* The k-th candidate of the constrained set (the base row with one value changed, then
- * the other forms' generic rows), or false past its end. */
+/* The k-th candidate of the constrained set (the path's other forms' generic rows, which
+ * tell most where the built-in form is a poor fit, then the base row with one value
+ * changed), or false past its end. */
 static bool constrained(clattn__tpath path, const clattn__trow *base, int k, clattn__trow *out)
 {
+    for (int form = 0; form < clattn__tform_count(path); form++) {
+        if (form == base->form) continue;
+        if (k-- == 0) {
+            *out = *base;
+            clattn__tuning_apply_form(path, form, out);
+            return true;
+        }
+    }
     size_t n;
     const space *sp = space_of(path, base->form, &n);
     for (size_t i = 0; i < n; i++) {
@@ -195,14 +204,6 @@ static bool constrained(clattn__tpath path, const clattn__trow *base, int k, cla
                 *out = r;
                 return true;
             }
-        }
-    }
-    for (int form = 0; form < clattn__tform_count(path); form++) {
-        if (form == base->form) continue;
-        if (k-- == 0) {
-            *out = *base;
-            clattn__tuning_apply_form(path, form, out);
-            return true;
         }
     }
     return false;
