@@ -268,10 +268,12 @@ static bool check_row(tuner *t, const attn_case *small, clattn__tpath path, cons
 }
 
 /* The median ms of row on the class's timing case (data already on the device); a
- * negative value when a run failed. A first run over `give_up` ms ends it early. */
+ * negative value when a run failed. A warm-up run over `give_up` ms ends it early (its
+ * time returned, *gave_up set). */
 static double time_row(tuner *t, const attn_case *c, attn_case_data *d, clattn__tpath path,
-                       const clattn__trow *row, double give_up)
+                       const clattn__trow *row, double give_up, bool *gave_up)
 {
+    *gave_up = false;
     clattn__tuning_set_candidate(t->ctx, path, row);
     cl_command_queue q = clattn_context_cl_queue(t->ctx);
     double ms[7];
@@ -281,7 +283,10 @@ static double time_row(tuner *t, const attn_case *c, attn_case_data *d, clattn__
         if (attn_case_run(t->ctx, c, d, NULL) != CLATTN_SUCCESS || clFinish(q) != CL_SUCCESS) return -1;
         const double dt = (now_s() - t0) * 1e3;
         if (i < 0) {
-            if (dt > give_up) return dt; /* far slower than the best: not worth the runs */
+            if (dt > give_up) { /* far slower than the best: not worth the runs */
+                *gave_up = true;
+                return dt;
+            }
             continue;
         }
         ms[runs++] = dt;
@@ -338,7 +343,8 @@ static void tune_class(tuner *t, clattn__tpath path, const attn_case *c, double 
         clattn__tuning_set_candidate(ctx, path, NULL);
         return;
     }
-    o->default_ms = time_row(t, &tc, d, path, &base, 1e30);
+    bool gave_up;
+    o->default_ms = time_row(t, &tc, d, path, &base, 1e30, &gave_up);
     if (o->default_ms < 0) {
         fprintf(stderr, "tune: %s: skipped, the built-in row failed on the timing case\n", o->label);
         attn_case_data_free(d);
@@ -377,12 +383,13 @@ static void tune_class(tuner *t, clattn__tpath path, const attn_case *c, double 
             if (now_s() - c0 > longest) longest = now_s() - c0;
             continue;
         }
-        const double ms = time_row(t, &tc, d, path, &cand, 4 * best_ms);
+        const double ms = time_row(t, &tc, d, path, &cand, 4 * best_ms, &gave_up);
         char desc[512];
         clattn__tuning_format_record(&ctx->tuning->dev, path, &cls, &cand, 0, 0, desc, sizeof desc);
         const char *params = strstr(desc, "\"params\"");
-        fprintf(stderr, "tune: %s: %.3f ms %s\n", o->label, ms, params ? params : "");
-        if (ms > 0 && ms < best_ms) {
+        fprintf(stderr, "tune: %s: %.3f ms%s %s\n", o->label, ms, gave_up ? " (warm-up; given up)" : "",
+                params ? params : "");
+        if (ms > 0 && !gave_up && ms < best_ms) {
             best_ms = ms;
             best = cand;
         }
@@ -391,8 +398,8 @@ static void tune_class(tuner *t, clattn__tpath path, const attn_case *c, double 
     /* The winner against the built-in row once more, back to back: the first timing of
      * the built-in row may have met a busier machine than the candidates did. */
     if (!same_row(&best, &base) && !interrupted) {
-        const double again_default = time_row(t, &tc, d, path, &base, 1e30);
-        const double again_best = time_row(t, &tc, d, path, &best, 1e30);
+        const double again_default = time_row(t, &tc, d, path, &base, 1e30, &gave_up);
+        const double again_best = time_row(t, &tc, d, path, &best, 1e30, &gave_up);
         if (again_default > 0 && again_default < o->default_ms) o->default_ms = again_default;
         if (again_best > 0) best_ms = again_best;
     }
