@@ -30,7 +30,7 @@ static void usage(FILE *f)
 {
     fprintf(f,
             "usage: clattn tune [--device SPEC] [--budget SECONDS] [--path P] [--shape S | --sweep F]\n"
-            "                   [--causal C] [--dtype T] [--out FILE]\n"
+            "                   [--causal C] [--dtype T] [--max-candidates N] [--out FILE]\n"
             "\n"
             "Time the legal rows of each path's tuning parameters on one device, per problem\n"
             "class, and write the best as records of a tuning file (see the README). Every\n"
@@ -42,6 +42,8 @@ static void usage(FILE *f)
             "  --path P          fused, decode, unfused or all (default all)\n"
             "  --shape B,Hq,Hkv,Lq,Lk,D[,Dv]  one problem to tune (with --causal, --dtype)\n"
             "  --sweep FILE      one problem per line, as clattn bench --sweep reads them\n"
+            "  --max-candidates N  time at most N candidates per class (smoke runs: the\n"
+            "                    constrained set comes first, so N small tries it alone)\n"
             "  --out FILE        the tuning file to write (default: clattn.tuning.json in the\n"
             "                    cache folder); its records for other devices and classes stay\n"
             "  -h, --help        this text\n",
@@ -71,16 +73,18 @@ static int cmp_double(const void *a, const void *b)
 typedef struct tune_args {
     const char *device, *path, *shape, *sweep, *out, *causal, *dtype;
     double budget;
+    int64_t max_candidates; /* per class; 0 = while the budget lasts */
 } tune_args;
 
 static int parse_args(int argc, char **argv, tune_args *a, bool *help)
 {
-    enum { O_DEVICE = 256, O_BUDGET, O_PATH, O_SHAPE, O_SWEEP, O_OUT, O_CAUSAL, O_DTYPE };
+    enum { O_DEVICE = 256, O_BUDGET, O_PATH, O_SHAPE, O_SWEEP, O_OUT, O_CAUSAL, O_DTYPE, O_MAXC };
     static const struct option longopts[] = {
         {"device", required_argument, NULL, O_DEVICE}, {"budget", required_argument, NULL, O_BUDGET},
         {"path", required_argument, NULL, O_PATH},     {"shape", required_argument, NULL, O_SHAPE},
         {"sweep", required_argument, NULL, O_SWEEP},   {"out", required_argument, NULL, O_OUT},
         {"causal", required_argument, NULL, O_CAUSAL}, {"dtype", required_argument, NULL, O_DTYPE},
+        {"max-candidates", required_argument, NULL, O_MAXC},
         {"help", no_argument, NULL, 'h'},              {NULL, 0, NULL, 0},
     };
     memset(a, 0, sizeof *a);
@@ -94,6 +98,13 @@ static int parse_args(int argc, char **argv, tune_args *a, bool *help)
         case O_BUDGET:
             if (!cli_parse_double(optarg, &a->budget) || a->budget <= 0 || a->budget > 86400) {
                 cli_error(CMD, "--budget %s is not a number of seconds in (0, 86400]", optarg);
+                return CLI_EXIT_USAGE;
+            }
+            break;
+        case O_MAXC:
+            if (!cli_parse_int64(optarg, &a->max_candidates) || a->max_candidates < 1 ||
+                a->max_candidates > 1000000) {
+                cli_error(CMD, "--max-candidates %s is not an integer in 1..1000000", optarg);
                 return CLI_EXIT_USAGE;
             }
             break;
@@ -238,6 +249,7 @@ typedef struct tuner {
     char (*records)[1024]; /* the records written */
     size_t nrecords;
     uint64_t rng;
+    int64_t max_candidates; /* per class; 0 = no bound */
 } tuner;
 
 static clattn_path path_id(clattn__tpath p)
@@ -376,6 +388,7 @@ static void tune_class(tuner *t, clattn__tpath path, const attn_case *c, double 
         }
         seen[nseen++] = cand;
         if (!clattn__tuning_legal(&ctx->tuning->dev, path, &cand, cls.head, why, sizeof why)) continue;
+        if (t->max_candidates > 0 && o->tried >= t->max_candidates) break;
         o->tried++;
         const double c0 = now_s();
         if (!check_row(t, &small, path, &cand, why, sizeof why)) {
@@ -606,7 +619,7 @@ int cmd_tune(int argc, char **argv)
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, &old_sa);
 
-    tuner t = {ctx, start + a.budget, NULL, 0, 0x9e3779b97f4a7c15ull};
+    tuner t = {ctx, start + a.budget, NULL, 0, 0x9e3779b97f4a7c15ull, a.max_candidates};
     outcome *res = calloc((size_t)njobs, sizeof *res);
     if (!res) {
         sigaction(SIGINT, &old_sa, NULL);
