@@ -18,6 +18,7 @@
 #include "cli_util.h"
 #include "commands.h"
 #include "context.h"
+#include "test_exe.h"
 #include "test_util.h"
 #include "tuning.h"
 
@@ -331,6 +332,17 @@ static void test_tune_writes_a_record_the_next_context_uses(void **state)
     if (!strstr(src.text, out)) fail_msg("the fused row came from %s, not %s", src.text, out);
     run_case(ctx, &prefill, CLATTN_PATH_FUSED);
     clattn_context_free(ctx);
+    /* and `clattn devices --tuning` shows the record as the source of the fused row */
+    setenv("CLATTN_TUNING_FILE", out, 1);
+    test_exe_result er;
+    const char *const args[] = {"devices", "--tuning", NULL};
+    test_run_clattn(CLATTN_TEST_BINARY_DIR, &er, args);
+    unsetenv("CLATTN_TUNING_FILE");
+    assert_int_equal(er.status, 0);
+    char want[600];
+    snprintf(want, sizeof want, "[file %s, record 0]", out);
+    if (!strstr(er.out, want)) fail_msg("clattn devices --tuning does not show %s:\n%s", want, er.out);
+    assert_non_null(strstr(er.out, "fused    f32 head<=64 prefill full group 1 kv none"));
 
     /* a second run keeps records it did not retune (here: a record for another device) */
     FILE *f = fopen(out, "rb");

@@ -129,7 +129,8 @@ static void class_text(const clattn__tclass *c, char *buf, size_t cap)
     if (c->decode >= 0) ADD("%s ", c->decode ? "decode" : "prefill");
     if (c->causal >= 0) ADD("%s ", c->causal ? "causal" : "full");
     if (c->group > 0) ADD("group %d ", c->group);
-    if (c->kv >= 0) ADD("kv %s ", clattn_kv_format_name((clattn_kv_format)c->kv));
+    if (c->kv == -1) ADD("kv none ");
+    else if (c->kv >= 0) ADD("kv %s ", clattn_kv_format_name((clattn_kv_format)c->kv));
 #undef ADD
     if (at == 0) snprintf(buf, cap, "*");
     else buf[at - 1] = '\0';
