@@ -41,7 +41,7 @@ static void usage(FILE *f)
             "  --budget SECONDS  time for the whole search (default %.0f)\n"
             "  --path P          fused, decode, unfused or all (default all)\n"
             "  --shape B,Hq,Hkv,Lq,Lk,D[,Dv]  one problem to tune (with --causal, --dtype)\n"
-            "  --sweep FILE      one problem per line, as clattn bench --sweep reads them\n"
+            "  --sweep FILE      one problem per line: --shape S [--causal C] [--dtype T]\n"
             "  --max-candidates N  time at most N candidates per class (smoke runs: the\n"
             "                    constrained set comes first, so N small tries it alone)\n"
             "  --out FILE        the tuning file to write (default: clattn.tuning.json in the\n"
@@ -120,6 +120,10 @@ static int parse_args(int argc, char **argv, tune_args *a, bool *help)
     }
     if (optind < argc) {
         cli_error(CMD, "unexpected argument '%s' (see clattn tune --help)", argv[optind]);
+        return CLI_EXIT_USAGE;
+    }
+    if ((a->causal || a->dtype) && !a->shape) {
+        cli_error(CMD, "--causal and --dtype go with --shape (a sweep line carries its own)");
         return CLI_EXIT_USAGE;
     }
     if (a->shape && a->sweep) {
@@ -492,24 +496,92 @@ static bool write_file(const tuner *t, const char *out)
 }
 
 /* ---- The command ------------------------------------------------------------------ */
+/* B,Hq,Hkv,Lq,Lk,D[,Dv] into c. */
+static bool parse_shape(const char *text, attn_case *c)
+{
+    int64_t v[7] = {0};
+    int n = 0;
+    char buf[160];
+    if (strlen(text) >= sizeof buf) return false;
+    strcpy(buf, text);
+    char *save = NULL;
+    for (char *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        if (n == 7 || !cli_parse_int64(tok, &v[n]) || v[n] < 1 || v[n] > (1 << 24)) return false;
+        n++;
+    }
+    if (n < 6 || v[1] % v[2] != 0) return false;
+    c->B = v[0];
+    c->Hq = v[1];
+    c->Hkv = v[2];
+    c->Lq = v[3];
+    c->Lk = v[4];
+    c->D = v[5];
+    c->Dv = n == 7 ? v[6] : 0;
+    return c->D <= 256 && c->Dv <= 256;
+}
+
+/* One problem: "--shape S [--causal C] [--dtype T]" (a sweep line, or the command line's
+ * options put together); blank lines and '#' comments are skipped. */
 static int add_case(const char *line, attn_case *cases, int *n, const char *where)
 {
-    bench_args base;
-    memset(&base, 0, sizeof base);
-    bench_spec spec;
-    int rc = cmd_bench_parse_line(line, &base, &spec, where);
-    if (rc == -1) return CLI_EXIT_OK;
-    if (rc != CLI_EXIT_OK) return rc;
-    if (spec.kv_quant[0] && strcmp(spec.kv_quant, "none") != 0) {
-        cli_error(CMD, "%sthe KV-cache path is not tuned by clattn tune yet", where);
-        return CLI_EXIT_USAGE;
+    char buf[512];
+    snprintf(buf, sizeof buf, "%s", line);
+    char *hash = strchr(buf, '#');
+    if (hash) *hash = '\0';
+    attn_case c;
+    memset(&c, 0, sizeof c);
+    bool have_shape = false;
+    char *save = NULL;
+    for (char *tok = strtok_r(buf, " \t\r\n", &save); tok; tok = strtok_r(NULL, " \t\r\n", &save)) {
+        char *val = strchr(tok, '=');
+        if (val) *val++ = '\0';
+        else val = strtok_r(NULL, " \t\r\n", &save);
+        if (!val) {
+            cli_error(CMD, "%s%s needs a value", where, tok);
+            return CLI_EXIT_USAGE;
+        }
+        if (strcmp(tok, "--shape") == 0) {
+            if (!parse_shape(val, &c)) {
+                cli_error(CMD, "%s--shape: '%s' is not B,Hq,Hkv,Lq,Lk,D[,Dv] of positive integers "
+                          "(Hq a multiple of Hkv, D and Dv up to 256)", where, val);
+                return CLI_EXIT_USAGE;
+            }
+            have_shape = true;
+        } else if (strcmp(tok, "--causal") == 0) {
+            if (strcmp(val, "none") == 0) c.causal = CLATTN_CAUSAL_NONE;
+            else if (strcmp(val, "top-left") == 0) c.causal = CLATTN_CAUSAL_TOP_LEFT;
+            else if (strcmp(val, "bottom-right") == 0) c.causal = CLATTN_CAUSAL_BOTTOM_RIGHT;
+            else {
+                cli_error(CMD, "%s--causal: '%s' is not none, top-left or bottom-right", where, val);
+                return CLI_EXIT_USAGE;
+            }
+        } else if (strcmp(tok, "--dtype") == 0) {
+            if (strcmp(val, "f32") == 0) c.dtype = CLATTN_F32;
+            else if (strcmp(val, "f16") == 0) c.dtype = CLATTN_F16;
+            else if (strcmp(val, "bf16") == 0) c.dtype = CLATTN_BF16;
+            else {
+                cli_error(CMD, "%s--dtype: '%s' is not f32, f16 or bf16", where, val);
+                return CLI_EXIT_USAGE;
+            }
+        } else {
+            cli_error(CMD, "%s'%s': a problem takes --shape and optionally --causal and --dtype", where, tok);
+            return CLI_EXIT_USAGE;
+        }
+    }
+    if (!have_shape) {
+        if (c.causal || c.dtype) {
+            cli_error(CMD, "%s--causal and --dtype need --shape", where);
+            return CLI_EXIT_USAGE;
+        }
+        return CLI_EXIT_OK; /* blank or comment */
     }
     if (*n >= MAX_CLASSES) {
         cli_error(CMD, "%smore than %d problems", where, MAX_CLASSES);
         return CLI_EXIT_USAGE;
     }
-    spec.c.seed = 77;
-    cases[(*n)++] = spec.c;
+    c.out_dtype = c.dtype;
+    c.seed = 77;
+    cases[(*n)++] = c;
     return CLI_EXIT_OK;
 }
 
