@@ -320,8 +320,8 @@ typedef struct outcome {
     char source[24];
 } outcome;
 
-/* Tune path on case c until `until`; fills o and, when a row beats the built-in one,
- * appends its record. */
+/* Tune path on case c until `until`; fills o and appends the class's record (the best
+ * row, or the built-in one when nothing beat it clearly). */
 static void tune_class(tuner *t, clattn__tpath path, const attn_case *c, double until, outcome *o)
 {
     clattn_context *ctx = t->ctx;
