@@ -43,6 +43,9 @@
  *   CLATTN_CACHE_DIR    folder of the on-disk program cache (default
  *                       $XDG_CACHE_HOME/clattn or ~/.cache/clattn); "off" disables it.
  *   CLATTN_WORKSPACE_BYTES  default for CLATTN_PARAM_WORKSPACE_BYTES.
+ *   CLATTN_TUNING_FILE  a tuning file (JSON, format in the README) whose records beat the
+ *                       built-in tuning rows; clattn.tuning.json in the cache folder is
+ *                       read too. Bad files and records are ignored (logged with CLATTN_LOG).
  *   CLATTN_FAIL_PATH    testing only: "NAME:build" or "NAME:launch" (comma separated)
  *                       makes that path fail as a broken driver would, to exercise the
  *                       fallback chain.

@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 root=$(pwd)
 seconds=${1:-60}
 jobs=${JOBS:-2}
-targets="fuzz_npy fuzz_problem fuzz_cli_args"
+targets="fuzz_npy fuzz_problem fuzz_cli_args fuzz_tuning_file"
 
 start=$(date +%s)
 cmake -S . -B build-fuzz -DCMAKE_C_COMPILER="${CC:-clang}" -DCMAKE_BUILD_TYPE=RelWithDebInfo \

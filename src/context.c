@@ -2,6 +2,7 @@
  * queue; their parameters (workspace bound, logging) and accessors. */
 #include "context.h"
 #include "device.h"
+#include "tuning.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -34,7 +35,8 @@ static clattn_status context_init(clattn_context *ctx)
                     "comma separated, N >= 1)", ctx->env.fault);
     clattn__log(ctx, "context on %s (%s, driver %s)", ctx->props.name, ctx->props.platform_name,
                 ctx->props.driver_version);
-    return CLATTN_SUCCESS;
+    /* after the log switch, so refused tuning records are reported */
+    return clattn__tuning_init(ctx);
 }
 
 clattn_status clattn_context_create(const char *spec, clattn_context **out)
@@ -65,7 +67,11 @@ clattn_status clattn_context_create(const char *spec, clattn_context **out)
         clattn_context_free(ctx);
         return (clattn_status)clerr;
     }
-    context_init(ctx);
+    st = context_init(ctx);
+    if (st != CLATTN_SUCCESS) {
+        clattn_context_free(ctx);
+        return st;
+    }
     *out = ctx;
     return CLATTN_SUCCESS;
 }
@@ -97,7 +103,11 @@ clattn_status clattn_context_create_from_cl(cl_context cl_ctx, cl_device_id devi
     ctx->cl_ctx = cl_ctx;
     ctx->device = device;
     ctx->queue = queue;
-    context_init(ctx);
+    clattn_status st = context_init(ctx);
+    if (st != CLATTN_SUCCESS) {
+        clattn_context_free(ctx);
+        return st;
+    }
     *out = ctx;
     return CLATTN_SUCCESS;
 }
@@ -106,6 +116,7 @@ void clattn_context_free(clattn_context *ctx)
 {
     if (!ctx) return;
     clattn__programs_free(ctx);
+    clattn__tuning_free(ctx);
     if (ctx->queue) clReleaseCommandQueue(ctx->queue);
     if (ctx->cl_ctx) clReleaseContext(ctx->cl_ctx);
     free(ctx);

@@ -36,6 +36,7 @@ struct clattn__env {
     char workspace_bytes[32];  /* CLATTN_WORKSPACE_BYTES */
     char fail_path[256];       /* CLATTN_FAIL_PATH (testing) */
     char fault[128];           /* CLATTN_FAULT (testing) */
+    char tuning_file[CLATTN__ENV_PATH_MAX]; /* CLATTN_TUNING_FILE */
     bool too_long;             /* some variable did not fit and was ignored */
 };
 void clattn__env_read(struct clattn__env *env);
@@ -76,6 +77,7 @@ struct clattn_context {
     uint64_t device_bytes;      /* scratch and staging memory clattn holds now */
     uint64_t device_bytes_peak; /* and its peak since creation or the last reset */
     struct clattn__env env;     /* the environment at creation */
+    struct clattn__tuning *tuning; /* device key, tuning file records (tuning.c) */
     clattn__faults faults;
 };
 
@@ -261,8 +263,6 @@ clattn_status clattn__softmax_enqueue(clattn_context *ctx, const clattn__dev_pro
 #if CLATTN_WITH_CLBLAST
 extern const clattn__path_impl clattn__path_clblast;
 #endif
-/* Does measured data say the CLBlast path beats the fused one on this device (dispatch.c)? */
-bool clattn__tuning_prefers_clblast(const clattn_device_props *props);
 
 /* Choose a path for dp (forced or auto with fallback) and run it. */
 clattn_status clattn__dispatch(clattn_context *ctx, const clattn__dev_problem *dp, cl_event *event);

@@ -5,6 +5,7 @@
  * and problem class (so it is not retried on every call) and the next one answers; one
  * that runs out of device memory is passed over for this call only. */
 #include "context.h"
+#include "tuning.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -32,14 +33,17 @@ int clattn_path_available(clattn_path path)
     return path == CLATTN_PATH_AUTO || find_impl(path) != NULL;
 }
 
-/* The class of problems a failure applies to: what selects a kernel build. */
-static void failure_config(const clattn__problem *p, char *buf, size_t cap)
+/* The class of problems a failure applies to: what selects a kernel build (decode or
+ * prefill as the tuning layer classes it). */
+static void failure_config(const clattn_context *ctx, const clattn__problem *p, char *buf, size_t cap)
 {
+    clattn__tclass cls;
+    clattn__tclass_of(ctx, CLATTN__TP_FUSED, p, -1, &cls);
     snprintf(buf, cap, "D=%lld Dv=%lld dt=%d%d%d%d mask=%d causal=%d win=%d kvl=%d cap=%d alibi=%d lse=%d dec=%d",
              (long long)p->D, (long long)p->Dv, (int)p->q->dtype, (int)p->k->dtype,
              (int)p->v->dtype, (int)p->o->dtype, p->mask ? (int)p->mask->dtype + 1 : 0,
              (int)p->causal, p->win_left >= 0 || p->win_right >= 0, p->kv_lens != NULL,
-             p->softcap > 0, p->alibi != NULL, p->lse != NULL, p->Lq <= 8);
+             p->softcap > 0, p->alibi != NULL, p->lse != NULL, cls.decode);
 }
 
 static const clattn__failure *find_failure(const clattn_context *ctx, clattn_path path,
@@ -103,43 +107,24 @@ bool clattn__fail_injected(const clattn_context *ctx, const char *stage)
     return false;
 }
 
-/* Devices where the CLBlast path was measured to beat the fused one (clattn bench
- * --path all --shape 1,8,8,1024,1024,64). Only CPU measurements exist: on PoCL CLBlast's
- * untuned GEMMs ran it at 0.6 to 20 GFLOP/s, behind the fused kernels, so CPUs say no.
- * A device with no row keeps the table's order (fused first), the safe default. A row
- * belongs here (or with the other tuning data in src/tuning.c) once a GPU is measured. */
-static const struct {
-    clattn_device_type type;
-    const char *name_part; /* case-sensitive substring of the device name; "" = any */
-    bool prefers;
-} clblast_rows[] = {
-    {CLATTN_DEVICE_CPU, "", false},
-};
-
-bool clattn__tuning_prefers_clblast(const clattn_device_props *props)
-{
-    for (size_t i = 0; i < sizeof clblast_rows / sizeof clblast_rows[0]; i++)
-        if (props->type == clblast_rows[i].type && strstr(props->name, clblast_rows[i].name_part))
-            return clblast_rows[i].prefers;
-    return false;
-}
-
 /* Auto mode's order: the table's, which lists paths from the most specialised to the
  * most general; a path that does not fit is filtered by its supports(). The CLBlast path
- * moves ahead of the fused one on devices where it measures faster; it stays in the chain
- * after fused everywhere else. */
+ * moves ahead of the fused one where the tuning row says it measures faster
+ * (prefer_clblast, tuning.c); it stays in the chain after fused everywhere else. */
 static size_t clattn__path_order(const clattn_context *ctx, const clattn__problem *p,
                                  const clattn__path_impl *const *table, size_t n,
                                  const clattn__path_impl **order)
 {
-    (void)p;
     size_t fused = n, clblast = n;
     for (size_t i = 0; i < n; i++) {
         order[i] = table[i];
         if (table[i]->id == CLATTN_PATH_FUSED) fused = i;
         if (table[i]->id == CLATTN_PATH_CLBLAST) clblast = i;
     }
-    if (fused < clblast && clblast < n && clattn__tuning_prefers_clblast(&ctx->props)) {
+    clattn__trow tu = {0};
+    if (fused < clblast && clblast < n)
+        clattn__tuning_row_for(ctx, CLATTN__TP_DISPATCH, p, -1, &tu, NULL);
+    if (fused < clblast && clblast < n && tu.prefer_clblast) {
         const clattn__path_impl *c = order[clblast];
         memmove(&order[fused + 1], &order[fused], (clblast - fused) * sizeof order[0]);
         order[fused] = c;
@@ -189,7 +174,7 @@ clattn_status clattn__dispatch(clattn_context *ctx, const clattn__dev_problem *d
     }
 
     char config[192];
-    failure_config(p, config, sizeof config);
+    failure_config(ctx, p, config, sizeof config);
     char skipped[512] = "";
     clattn_status last_st = CLATTN_ERROR_NO_USABLE_PATH;
     char last_err[512] = "no path supports this problem";

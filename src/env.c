@@ -32,6 +32,7 @@ void clattn__env_read(struct clattn__env *env)
     read_var("CLATTN_WORKSPACE_BYTES", env->workspace_bytes, sizeof env->workspace_bytes, &too_long);
     read_var("CLATTN_FAIL_PATH", env->fail_path, sizeof env->fail_path, &too_long);
     read_var("CLATTN_FAULT", env->fault, sizeof env->fault, &too_long);
+    read_var("CLATTN_TUNING_FILE", env->tuning_file, sizeof env->tuning_file, &too_long);
     /* The program cache folder, resolved now: CLATTN_CACHE_DIR ("off" disables it), else
      * $XDG_CACHE_HOME/clattn, else $HOME/.cache/clattn, else none. */
     char var[CLATTN__ENV_PATH_MAX];

@@ -5,6 +5,7 @@
  * buffer per append, so nothing waits for the queue. */
 #include "context.h"
 #include "kv_cache.h"
+#include "tuning.h"
 #include "kv_format.h"
 
 #include <math.h>
@@ -441,11 +442,8 @@ clattn_status clattn_kv_cache_append_with_event(clattn_kv_cache *c, const clattn
 
 /* ---- Attention ------------------------------------------------------------------ */
 
-/* Launch shape: ROWS rows per work-item, key splits for the compute units.
- * CPU (PoCL, 2-core Xeon with AVX-512, decode 1x32x32x1x8192x128): as the decode path,
- * splits of 256 to 2048 keys (K and V of a split stay within a core's 2 MiB L2 for every
- * format) and about 8 work-groups per compute unit. GPU: untuned, smaller splits for
- * more work-groups.
+/* Launch shape: ROWS rows per work-item, key splits for the compute units; the values
+ * (rows, split bounds, work-groups per unit, prefetch) are the kv rows of src/tuning.c.
  *
  * Measured with bench/kv_report.py (one clattn bench run: the f16 decode path and every
  * format interleaved, five rounds; a format's time over the f16 path's in the same round,
@@ -462,22 +460,27 @@ clattn_status clattn_kv_cache_append_with_event(clattn_kv_cache *c, const clattn
  * than the formats, which also compute. */
 typedef struct kv_plan {
     int rows;
+    int prefetch; /* KV_PREFETCH */
     int64_t nblk, nsplit, chunk;
+    clattn__tsource src; /* where the tuning row came from */
 } kv_plan;
 
 static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-static void make_plan(const clattn_context *ctx, const clattn__problem *p, int64_t Lmax, kv_plan *pl)
+static void make_plan(const clattn_context *ctx, const clattn__problem *p, int kf, int64_t Lmax,
+                      kv_plan *pl)
 {
-    const bool cpu = ctx->props.type == CLATTN_DEVICE_CPU;
+    clattn__trow tu; /* the tuned values (tuning.c; the measurements are above and there) */
+    clattn__tuning_row_for(ctx, CLATTN__TP_KV, p, kf, &tu, &pl->src);
     const int64_t nrows = p->group * p->Lq;
-    pl->nblk = ceil_div(nrows, 4);
+    pl->nblk = ceil_div(nrows, tu.rows);
     pl->rows = (int)ceil_div(nrows, pl->nblk);
-    const int64_t min_chunk = cpu ? 256 : 64, max_chunk = cpu ? 2048 : 1024;
-    const int64_t per_cu = cpu ? 8 : 4;
+    pl->prefetch = tu.prefetch;
+    const int64_t min_chunk = tu.min_chunk, max_chunk = tu.max_chunk;
+    const int64_t per_cu = tu.wgs_per_cu;
     const int64_t L = Lmax > 0 ? Lmax : 1;
     const int64_t want = (int64_t)(ctx->props.compute_units ? ctx->props.compute_units : 1) * per_cu;
-    int64_t nsplit = ceil_div(want, p->B * p->Hkv * (cpu ? 1 : pl->nblk));
+    int64_t nsplit = ceil_div(want, p->B * p->Hkv * (tu.split_blocks ? pl->nblk : 1));
     if (nsplit < ceil_div(L, max_chunk)) nsplit = ceil_div(L, max_chunk);
     if (nsplit > ceil_div(L, min_chunk)) nsplit = ceil_div(L, min_chunk);
     /* the rows are bounded by o's validated size; a product past 64 bits leaves one split,
@@ -512,7 +515,7 @@ static clattn_status run_kernels(clattn_kv_cache *c, const clattn__dev_problem *
     clattn_context *ctx = c->ctx;
     const clattn__problem *p = dp->p;
     kv_plan pl;
-    make_plan(ctx, p, Lmax, &pl);
+    make_plan(ctx, p, (int)c->kf, Lmax, &pl);
     const int64_t rows_all = p->B * p->Hq * p->Lq;
     const int64_t DP = ceil_div(p->D, 16) * 16, DVP = ceil_div(p->Dv, 16) * 16;
     int64_t scratch_i = 0, q_bytes = 0, o_bytes = 0;
@@ -533,9 +536,9 @@ static clattn_status run_kernels(clattn_kv_cache *c, const clattn__dev_problem *
     CLATTN_FORWARD(clattn__buffer_create(ctx, (size_t)(rows_all * pl.nsplit * DVP) * 4u, &s->part_o));
     CLATTN_FORWARD(clattn__buffer_create(ctx, (size_t)(rows_all * pl.nsplit * 2) * 4u, &s->part_ml));
     CLATTN_FORWARD(clattn__buffer_create(ctx, (size_t)o_bytes, &s->od));
-    clattn__log(ctx, "kv attention: k %s, v %s, %d rows x %lld blocks, %lld splits of %lld keys",
+    clattn__log(ctx, "kv attention: k %s, v %s, %d rows x %lld blocks, %lld splits of %lld keys (tuning: %s)",
                 clattn_kv_format_name(c->kf), clattn_kv_format_name(c->vf), pl.rows, (long long)pl.nblk,
-                (long long)pl.nsplit, (long long)pl.chunk);
+                (long long)pl.nsplit, (long long)pl.chunk, pl.src.text);
 
     const cl_long Hq = p->Hq, Lq = p->Lq, Hkv = p->Hkv, group = p->group;
     const size_t gq[3] = {(size_t)p->Lq, (size_t)p->Hq, (size_t)p->B};
@@ -559,7 +562,7 @@ static clattn_status run_kernels(clattn_kv_cache *c, const clattn__dev_problem *
     bool ok = clattn__mask_options(dp, opts, sizeof opts) &&
               clattn__opts_add(opts, sizeof opts, " -DD=%lld -DDV=%lld -DK_FMT=%d -DV_FMT=%d -DROWS=%d -DKV_PREFETCH=%d",
                                (long long)p->D, (long long)p->Dv, (int)c->kf, (int)c->vf, pl.rows,
-                               ctx->props.type == CLATTN_DEVICE_CPU);
+                               pl.prefetch);
     CLATTN_RETURN_IF(ctx, !ok, CLATTN_ERROR_INTERNAL, "kv attention: build options too long");
     cl_kernel kp, km;
     CLATTN_FORWARD(clattn__kernel_get(ctx, "kv_attn.cl", opts, "kv_partial", &kp));

@@ -1,4 +1,4 @@
-/* The decode path: split-KV attention for a few query rows (Lq <= max_lq, 8), the
+/* The decode path: split-KV attention for a few query rows (Lq <= max_lq of the tuning row), the
  * shape of token-by-token generation. cl/decode.cl's decode_partial reads each (batch,
  * KV head) once for its whole GQA group, in key splits spread over the compute units,
  * and decode_merge combines the splits by their log-sum-exp. Scratch: per row and split
@@ -8,14 +8,14 @@
 
 #include <string.h>
 
-/* Testing only: -1 = the form the tuning table gives the device; 0 = CPU form; 1 = GPU
- * form (so both are exercised on whatever device runs the tests). Not part of the ABI. */
-int clattn__decode_force_form = -1;
-
-/* The tuning row (tuning.c) for ctx's device. */
-static const clattn__decode_tuning *decode_tuning_for(const clattn_context *ctx)
+/* The tuning row (tuning.c) in force for p on ctx's device, with the form a call uses
+ * (the next form when the row's failed to build here). */
+static void decode_row(const clattn_context *ctx, const clattn__problem *p, clattn__trow *tu,
+                       clattn__tsource *src)
 {
-    return clattn__decode_tuning_for(&ctx->props);
+    clattn__tuning_row_for(ctx, CLATTN__TP_DECODE, p, -1, tu, src);
+    const int form = clattn__tuning_form(ctx, CLATTN__TP_DECODE, p, tu);
+    if (form != tu->form) clattn__tuning_apply_form(CLATTN__TP_DECODE, form, tu);
 }
 
 /* Bytes of scratch for nsplit splits: a (max, sum) pair and Dv floats per row and split. */
@@ -27,9 +27,10 @@ static uint64_t decode_scratch_bytes(const clattn__problem *p, uint64_t nsplit)
 
 static bool decode_supports(const clattn_context *ctx, const clattn__problem *p, const char **why)
 {
-    const clattn__decode_tuning *tu = decode_tuning_for(ctx);
-    if (p->Lq > tu->max_lq) {
-        *why = "more query rows than the decode bound (max_lq in tuning.c) on this device";
+    clattn__trow tu;
+    decode_row(ctx, p, &tu, NULL);
+    if (p->Lq > tu.max_lq) {
+        *why = "more query rows than the decode bound (max_lq of the tuning row) on this device";
         return false;
     }
     /* one split per row always works; more splits only if the workspace allows */
@@ -46,6 +47,7 @@ typedef struct decode_plan {
     int64_t nblk;   /* row blocks per (b, kvh) */
     int64_t nsplit; /* key splits */
     int64_t chunk;  /* keys per split */
+    clattn__tsource src; /* where the tuning row came from */
 } decode_plan;
 
 static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -53,24 +55,22 @@ static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 /* Local memory the GPU form needs (cl/decode.cl: qs, ss, red, red4 and per-row values). */
 static uint64_t gpu_local_bytes(const clattn__problem *p, int rows, int ktile, int wg)
 {
-    uint64_t nq4 = ((uint64_t)p->Dv + 3) / 4, cq = 1;
-    while (cq < nq4 && cq < (uint64_t)wg) cq <<= 1;
-    const uint64_t nu = (nq4 + cq - 1) / cq;
-    return sizeof(float) * (uint64_t)rows * ((uint64_t)p->D + (uint64_t)ktile + (uint64_t)wg + 1u) +
-           4u * sizeof(float) * nu * (uint64_t)wg + sizeof(cl_long) * 4u * (uint64_t)rows;
+    return clattn__decode_gpu_local_bytes(p->D, p->Dv, rows, ktile, wg);
 }
 
 static void decode_make_plan(const clattn_context *ctx, const clattn__problem *p,
                              decode_plan *pl)
 {
-    const clattn__decode_tuning *tu = decode_tuning_for(ctx);
+    clattn__trow row;
+    decode_row(ctx, p, &row, &pl->src);
+    const clattn__trow *tu = &row;
     const int64_t nrows = p->group * p->Lq; /* rows of one (b, kvh) */
-    pl->form = clattn__decode_force_form >= 0 ? clattn__decode_force_form : tu->form;
+    pl->form = tu->form;
     pl->vw = tu->vw;
     pl->ktile = tu->ktile;
     pl->wg = tu->wg;
     /* rows per block: at most tu->rows, spread evenly over the blocks */
-    const int max_rows = pl->form == tu->form ? tu->rows : (pl->form ? 8 : 4);
+    const int max_rows = tu->rows;
     pl->nblk = ceil_div(nrows, max_rows);
     pl->rows = (int)ceil_div(nrows, pl->nblk);
     /* ROWS is a build option: a power of two (or the bound) so that few builds serve
@@ -80,10 +80,6 @@ static void decode_make_plan(const clattn_context *ctx, const clattn__problem *p
     pl->rows = rows < max_rows ? rows : max_rows;
     pl->nblk = ceil_div(nrows, pl->rows);
     if (pl->form == 1) {
-        if (pl->form != tu->form) {
-            pl->wg = 64;
-            pl->ktile = 64;
-        }
         size_t maxwg = ctx->props.max_work_group_size;
         while (pl->wg > 1 && (size_t)pl->wg > maxwg) pl->wg >>= 1;
         /* the key block shrinks until the local arrays fit in half the local memory, so
@@ -91,9 +87,6 @@ static void decode_make_plan(const clattn_context *ctx, const clattn__problem *p
         uint64_t budget = ctx->props.local_mem_bytes / 2;
         while (pl->ktile > 1 && gpu_local_bytes(p, pl->rows, pl->ktile, pl->wg) > budget)
             pl->ktile >>= 1;
-    } else if (pl->form != tu->form) {
-        pl->vw = 16;
-        pl->ktile = 16;
     }
 
     /* splits: enough work-groups for every compute unit, within the chunk bounds */
@@ -115,11 +108,11 @@ static void decode_make_plan(const clattn_context *ctx, const clattn__problem *p
     pl->nsplit = ceil_div(Lk, chunk);
 }
 
-static clattn_status decode_run(clattn_context *ctx, const clattn__dev_problem *dp, cl_event *event)
+static clattn_status decode_run_plan(clattn_context *ctx, const clattn__dev_problem *dp,
+                                     const decode_plan *plan, cl_event *event)
 {
     const clattn__problem *p = dp->p;
-    decode_plan pl;
-    decode_make_plan(ctx, p, &pl);
+    const decode_plan pl = *plan;
 
     char opts[640] = "";
     bool ok = clattn__mask_options(dp, opts, sizeof opts) &&
@@ -129,9 +122,9 @@ static clattn_status decode_run(clattn_context *ctx, const clattn__dev_problem *
                                (long long)p->D, (long long)p->Dv, pl.form, pl.rows, pl.ktile,
                                pl.vw, pl.wg, dp->k.st[3] == 1, dp->v.st[3] == 1);
     CLATTN_RETURN_IF(ctx, !ok, CLATTN_ERROR_INTERNAL, "decode: build options too long");
-    clattn__log(ctx, "decode: form %s, %d rows x %lld blocks, %lld splits of %lld keys, ktile %d",
+    clattn__log(ctx, "decode: form %s, %d rows x %lld blocks, %lld splits of %lld keys, ktile %d (tuning: %s)",
                 pl.form ? "gpu" : "cpu", pl.rows, (long long)pl.nblk, (long long)pl.nsplit,
-                (long long)pl.chunk, pl.ktile);
+                (long long)pl.chunk, pl.ktile, pl.src.text);
 
     cl_kernel kpart, kmerge;
     CLATTN_FORWARD(clattn__kernel_get(ctx, "decode.cl", opts, "decode_partial", &kpart));
@@ -197,6 +190,21 @@ static clattn_status decode_run(clattn_context *ctx, const clattn__dev_problem *
     clattn__buffer_release(ctx, part_o);
     clattn__buffer_release(ctx, part_ml);
     return st;
+}
+
+/* The planned form; one that fails to build gives way to the next form of the path
+ * (tuning.c) before the dispatcher leaves the path. */
+static clattn_status decode_run(clattn_context *ctx, const clattn__dev_problem *dp, cl_event *event)
+{
+    for (;;) {
+        decode_plan pl;
+        decode_make_plan(ctx, dp->p, &pl);
+        clattn_status st = decode_run_plan(ctx, dp, &pl, event);
+        if (st != CLATTN_ERROR_BUILD_FAILED || !clattn__tuning_form_failed(ctx, CLATTN__TP_DECODE, dp->p, pl.form))
+            return st;
+        const char *why = "";
+        if (!decode_supports(ctx, dp->p, &why)) return st;
+    }
 }
 
 const clattn__path_impl clattn__path_decode = {CLATTN_PATH_DECODE, decode_supports, decode_run};

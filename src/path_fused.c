@@ -9,16 +9,10 @@
 
 #include <string.h>
 
-/* Testing only: -1 = the form the tuning table gives the device; 0 = CPU form; 1 = GPU
- * form (so both are exercised on whatever device runs the tests). Not part of the ABI. */
-int clattn__fused_force_form = -1;
-
 /* Local memory of the GPU form in bytes (cl/flash_gpu.cl's qs, kvs, ps and red). */
 static uint64_t gpu_local_bytes(const clattn__problem *p, int block_m, int block_n)
 {
-    const uint64_t dmax = (uint64_t)(p->D > p->Dv ? p->D : p->Dv);
-    return sizeof(float) * ((uint64_t)block_m * (uint64_t)p->D + (uint64_t)block_n * (dmax + 1) +
-                            (uint64_t)block_m * (uint64_t)(block_n + 1) + (uint64_t)block_m * 16u);
+    return clattn__fused_gpu_local_bytes(p->D, p->Dv, block_m, block_n);
 }
 
 /* The kernel parameters of one call: the tuning row adjusted to the device and p. */
@@ -27,6 +21,7 @@ typedef struct fused_plan {
     int64_t lk_pad; /* keys of the packed copies: Lk rounded up to block_n (at least one tile) */
     int64_t dv_pad; /* row length of the packed V */
     bool v_direct;  /* CPU form: V is read in place (f32, unit stride along Dv, Dv % 16 == 0) */
+    clattn__tsource src; /* where the tuning row came from */
 } fused_plan;
 
 static int64_t ceil_to(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
@@ -37,20 +32,16 @@ static void fused_make_plan(const clattn_context *ctx, const clattn__problem *p,
      * float16 vectors (the kernel reads V as float16 vectors) */
     pl->v_direct = p->v->dtype == CLATTN_F32 && p->v->nb[3] == (int64_t)sizeof(float) &&
                    p->Dv % 16 == 0;
-    const clattn__fused_tuning *tu = clattn__fused_tuning_for(&ctx->props, p->D, p->Dv);
-    pl->form = clattn__fused_force_form >= 0 ? clattn__fused_force_form : tu->form;
-    pl->block_m = tu->block_m;
-    pl->block_n = tu->block_n;
-    pl->dv_chunk = tu->dv_chunk;
-    pl->row_groups = tu->row_groups > 0 ? tu->row_groups : 1;
-    pl->wg = tu->wg;
-    if (pl->form != tu->form) { /* forced: the other form's generic values */
-        pl->block_m = pl->form ? 32 : 6;
-        pl->block_n = pl->form ? 32 : 64;
-        pl->dv_chunk = 4;
-        pl->row_groups = pl->form ? 1 : 4;
-        pl->wg = pl->form ? 128 : 1;
-    }
+    clattn__trow tu;
+    clattn__tuning_row_for(ctx, CLATTN__TP_FUSED, p, -1, &tu, &pl->src);
+    const int form = clattn__tuning_form(ctx, CLATTN__TP_FUSED, p, &tu);
+    if (form != tu.form) clattn__tuning_apply_form(CLATTN__TP_FUSED, form, &tu); /* a fallback */
+    pl->form = tu.form;
+    pl->block_m = tu.block_m;
+    pl->block_n = tu.block_n;
+    pl->dv_chunk = tu.dv_chunk;
+    pl->row_groups = tu.row_groups > 0 ? tu.row_groups : 1;
+    pl->wg = tu.wg;
     if (pl->form == 0) {
         /* one row group when the tuned count would leave compute units idle (fewer than 4
          * work-items per unit). Nothing in between: ROW_GROUPS is a build option, and
@@ -147,11 +138,11 @@ static clattn_status set_main_args(clattn_context *ctx, cl_kernel k, cl_uint *a,
     return CLATTN_SUCCESS;
 }
 
-static clattn_status fused_run(clattn_context *ctx, const clattn__dev_problem *dp, cl_event *event)
+static clattn_status fused_run_plan(clattn_context *ctx, const clattn__dev_problem *dp,
+                                    const fused_plan *plan, cl_event *event)
 {
     const clattn__problem *p = dp->p;
-    fused_plan pl;
-    fused_make_plan(ctx, p, &pl);
+    const fused_plan pl = *plan;
 
     char opts[640] = "";
     bool ok = clattn__mask_options(dp, opts, sizeof opts) &&
@@ -168,8 +159,8 @@ static clattn_status fused_run(clattn_context *ctx, const clattn__dev_problem *d
     const int64_t nblk = (p->Lq + rows - 1) / rows;
 
     if (pl.form == 1) {
-        clattn__log(ctx, "fused: flash_gpu.cl, block_m %d, block_n %d, wg %d", pl.block_m,
-                    pl.block_n, pl.wg);
+        clattn__log(ctx, "fused: flash_gpu.cl, block_m %d, block_n %d, wg %d (tuning: %s)", pl.block_m,
+                    pl.block_n, pl.wg, pl.src.text);
         cl_kernel kmain;
         CLATTN_FORWARD(clattn__kernel_get(ctx, "flash_gpu.cl", opts, "flash_gpu", &kmain));
         cl_uint a = 0;
@@ -217,9 +208,9 @@ static clattn_status fused_run(clattn_context *ctx, const clattn__dev_problem *d
         clattn__log(ctx, "fused: retrying with %llu head(s) per launch", (unsigned long long)(heads / 2));
     }
     clattn__log(ctx, "fused: flash_cpu.cl, block_m %d x %d groups, block_n %d, dv_chunk %d, wg %d, "
-                "V %s, %lld batch(es) x %lld KV head(s) per launch",
+                "V %s, %lld batch(es) x %lld KV head(s) per launch (tuning: %s)",
                 pl.block_m, pl.row_groups, pl.block_n, pl.dv_chunk, pl.wg,
-                pl.v_direct ? "in place" : "packed", (long long)nb, (long long)ng);
+                pl.v_direct ? "in place" : "packed", (long long)nb, (long long)ng, pl.src.text);
 
     /* One launch of the main kernel writes O and LSE only when all heads fit one chunk;
      * else the caller's cl_mem outputs are shadowed (staging.c). */
@@ -270,6 +261,21 @@ static clattn_status fused_run(clattn_context *ctx, const clattn__dev_problem *d
     clattn__buffer_release(ctx, kt);
     clattn__buffer_release(ctx, vp);
     return st;
+}
+
+/* The planned form; one that fails to build gives way to the next form of the path
+ * (tuning.c) before the dispatcher leaves the path. */
+static clattn_status fused_run(clattn_context *ctx, const clattn__dev_problem *dp, cl_event *event)
+{
+    for (;;) {
+        fused_plan pl;
+        fused_make_plan(ctx, dp->p, &pl);
+        clattn_status st = fused_run_plan(ctx, dp, &pl, event);
+        if (st != CLATTN_ERROR_BUILD_FAILED || !clattn__tuning_form_failed(ctx, CLATTN__TP_FUSED, dp->p, pl.form))
+            return st;
+        const char *why = "";
+        if (!fused_supports(ctx, dp->p, &why)) return st;
+    }
 }
 
 const clattn__path_impl clattn__path_fused = {CLATTN_PATH_FUSED, fused_supports, fused_run};

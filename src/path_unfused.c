@@ -3,6 +3,7 @@
  * every problem on every device; it is the last link of the fallback chain. Chunks of
  * rows keep the score buffer within the context's workspace bound whatever Lq and Lk are. */
 #include "context.h"
+#include "tuning.h"
 
 #include <string.h>
 
@@ -19,8 +20,10 @@ static bool unfused_supports(const clattn_context *ctx, const clattn__problem *p
 clattn_status clattn__softmax_kernels_get(clattn_context *ctx, const clattn__dev_problem *dp,
                                           clattn__softmax_kernels *k)
 {
-    /* the softmax work-group: the largest power of two <= 64 the device takes */
-    k->wg = 64;
+    /* the softmax work-group: the tuned size (tuning.c), halved until the device takes it */
+    clattn__trow tu;
+    clattn__tuning_row_for(ctx, CLATTN__TP_UNFUSED, dp->p, -1, &tu, NULL);
+    k->wg = tu.softmax_wg > 0 ? (size_t)tu.softmax_wg : 1;
     while (k->wg > 1 && k->wg > ctx->props.max_work_group_size) k->wg >>= 1;
     /* each kernel built with only the options it reads, so more problems share builds */
     char omask[256] = "", osoft[64] = "";
@@ -62,12 +65,13 @@ clattn_status clattn__softmax_enqueue(clattn_context *ctx, const clattn__dev_pro
     return clattn__enqueue(ctx, k->soft, 2, gs, ls, NULL);
 }
 
-/* Side of the square QKᵀ and P·V tiles: 16 (256 work-items) where the device allows; 1
- * (no local-memory tiles) on CPU devices, where barriers cost more than they save. */
-static size_t tile_side(const clattn_context *ctx)
+/* Side of the square QKᵀ and P·V tiles: the tuned side (tuning.c), halved until the
+ * device takes tile^2 work-items per group. */
+static size_t tile_side(const clattn_context *ctx, const clattn__problem *p)
 {
-    if (ctx->props.type == CLATTN_DEVICE_CPU) return 1;
-    size_t t = 16;
+    clattn__trow tu;
+    clattn__tuning_row_for(ctx, CLATTN__TP_UNFUSED, p, -1, &tu, NULL);
+    size_t t = tu.tile > 0 ? (size_t)tu.tile : 1;
     while (t > 1 && t * t > ctx->props.max_work_group_size) t >>= 1;
     return t;
 }
@@ -133,7 +137,7 @@ static clattn_status unfused_run(clattn_context *ctx, const clattn__dev_problem 
                      (long long)p->Lk, (long long)ctx->workspace_bytes);
     if (rows_fit > heads * p->Lq) rows_fit = heads * p->Lq;
 
-    const size_t tile = tile_side(ctx);
+    const size_t tile = tile_side(ctx, p);
     /* Each kernel is built with only the options it depends on, so problems that differ
      * in what one kernel does not read share that kernel's build (builds dominate the
      * first call on CPU drivers: about a second each on PoCL). */

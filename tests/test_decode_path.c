@@ -15,14 +15,14 @@
 
 #include "context.h" /* device_bytes */
 #include "test_util.h"
-#include "tuning.h" /* clattn__decode_force_form */
+#include "tuning.h" /* clattn__tuning_force_form */
 
 #define SHAPE(b, hq, hkv, lq, lk, d, dv) .B = b, .Hq = hq, .Hkv = hkv, .Lq = lq, .Lk = lk, .D = d, .Dv = dv
 
 /* Run cases on the decode path with the kernel form the device's tuning row picks. */
 static void run_tuned(const attn_case *cases, size_t n)
 {
-    clattn__decode_force_form = -1;
+    clattn__tuning_force_form(CLATTN__TP_DECODE, -1);
     test_run_cases(test_shared_context(), cases, n, CLATTN_PATH_DECODE, 0);
 }
 
@@ -32,10 +32,10 @@ static void run_both_forms(const attn_case *cases, size_t n)
 {
     clattn_context *c = test_shared_context();
     for (int form = 0; form <= 1; form++) {
-        clattn__decode_force_form = form;
+        clattn__tuning_force_form(CLATTN__TP_DECODE, form);
         test_run_cases(c, cases, n, CLATTN_PATH_DECODE, 0);
     }
-    clattn__decode_force_form = -1;
+    clattn__tuning_force_form(CLATTN__TP_DECODE, -1);
 }
 
 /* All n cases with the tuned form, the first n_other also with both forms. Each case is

@@ -22,7 +22,7 @@
 #include "test_exe.h"
 #include "test_util.h"
 
-extern int clattn__fused_force_form;
+#include "tuning.h" /* clattn__tuning_force_form */
 
 static const char *const kind_names[CLATTN__FAULT_KINDS] = {"alloc", "enqueue", "map", "build"};
 
@@ -167,11 +167,11 @@ static void test_fused_path_both_forms_survive_every_fault(void **state)
 {
     (void)state;
     clattn_context *ctx = test_shared_context();
-    clattn__fused_force_form = 0;
+    clattn__tuning_force_form(CLATTN__TP_FUSED, 0);
     walk_path_both_ways(ctx, "fused cpu form", CLATTN_PATH_FUSED);
-    clattn__fused_force_form = 1;
+    clattn__tuning_force_form(CLATTN__TP_FUSED, 1);
     walk_path_both_ways(ctx, "fused gpu form", CLATTN_PATH_FUSED);
-    clattn__fused_force_form = -1;
+    clattn__tuning_force_form(CLATTN__TP_FUSED, -1);
 }
 
 /* With the smallest workspace (4 KiB, one or two heads' packed K) the CPU form runs in
@@ -180,13 +180,13 @@ static void test_fused_path_in_chunks_survives_every_fault(void **state)
 {
     (void)state;
     clattn_context *ctx = test_context();
-    clattn__fused_force_form = 0;
+    clattn__tuning_force_form(CLATTN__TP_FUSED, 0);
     assert_int_equal(clattn_context_set_param(ctx, CLATTN_PARAM_WORKSPACE_BYTES, 4096), CLATTN_SUCCESS);
     walk_counts wc = walk_attention(ctx, "fused cpu form in chunks, cl_mem", &tiny, CLATTN_PATH_FUSED, true);
     /* the packed K, then scratch O and LSE, each filled by a copy, and the commit */
     assert_true(wc.sites[CLATTN__FAULT_ALLOC] >= 3 && wc.sites[CLATTN__FAULT_ENQUEUE] >= 4 + 3);
     walk_attention(ctx, "fused cpu form in chunks, host", &tiny, CLATTN_PATH_FUSED, false);
-    clattn__fused_force_form = -1;
+    clattn__tuning_force_form(CLATTN__TP_FUSED, -1);
     clattn_context_free(ctx);
 }
 

@@ -36,7 +36,7 @@ static clattn_context *get_ctx(void)
 
 static void run_tuned(const attn_case *cases, size_t n, int flags)
 {
-    clattn__fused_force_form = -1;
+    clattn__tuning_force_form(CLATTN__TP_FUSED, -1);
     test_run_cases(get_ctx(), cases, n, CLATTN_PATH_FUSED, flags);
 }
 
@@ -45,10 +45,10 @@ static void run_both_forms(const attn_case *cases, size_t n)
 {
     clattn_context *c = get_ctx();
     for (int form = 0; form <= 1; form++) {
-        clattn__fused_force_form = form;
+        clattn__tuning_force_form(CLATTN__TP_FUSED, form);
         test_run_cases(c, cases, n, CLATTN_PATH_FUSED, 0);
     }
-    clattn__fused_force_form = -1;
+    clattn__tuning_force_form(CLATTN__TP_FUSED, -1);
 }
 
 static void test_fused_matches_reference_on_every_spec_option(void **state)
@@ -114,9 +114,9 @@ static void test_fused_every_head_size_and_dv_unlike_d(void **state)
      * passed there). */
     const bool gpu = get_ctx()->props.type == CLATTN_DEVICE_GPU;
     const attn_case other[] = {cases[0], cases[2], cases[5], cases[8], cases[11], cases[ND + 1]};
-    clattn__fused_force_form = gpu ? 0 : 1;
+    clattn__tuning_force_form(CLATTN__TP_FUSED, gpu ? 0 : 1);
     test_run_cases(get_ctx(), other, gpu ? 3 : sizeof other / sizeof other[0], CLATTN_PATH_FUSED, 0);
-    clattn__fused_force_form = -1;
+    clattn__tuning_force_form(CLATTN__TP_FUSED, -1);
 }
 
 static void test_fused_f16_bf16_storage_and_outputs(void **state)
@@ -195,10 +195,10 @@ static void test_fused_splits_heads_when_the_workspace_is_small(void **state)
     for (int i = 0; i < 2; i++) {
         assert_int_equal(clattn_context_set_param(c, CLATTN_PARAM_WORKSPACE_BYTES, sizes[i]),
                          CLATTN_SUCCESS);
-        clattn__fused_force_form = 0;
+        clattn__tuning_force_form(CLATTN__TP_FUSED, 0);
         test_run_cases(c, cases, sizeof cases / sizeof cases[0], CLATTN_PATH_FUSED, 0);
     }
-    clattn__fused_force_form = -1;
+    clattn__tuning_force_form(CLATTN__TP_FUSED, -1);
     assert_int_equal(clattn_context_set_param(c, CLATTN_PARAM_WORKSPACE_BYTES, saved), CLATTN_SUCCESS);
 }
 

@@ -36,8 +36,8 @@ static clattn_context *rusticl(void)
 static int teardown(void **state)
 {
     (void)state;
-    clattn__fused_force_form = -1;
-    clattn__decode_force_form = -1;
+    clattn__tuning_force_form(CLATTN__TP_FUSED, -1);
+    clattn__tuning_force_form(CLATTN__TP_DECODE, -1);
     clattn_context_free(ctx);
     ctx = NULL;
     return 0;
@@ -59,18 +59,18 @@ static void test_unfused_path_matches_reference_on_rusticl(void **state)
 static void test_fused_gpu_form_matches_reference_on_rusticl(void **state)
 {
     (void)state;
-    clattn__fused_force_form = 1;
+    clattn__tuning_force_form(CLATTN__TP_FUSED, 1);
     run_suite(CLATTN_PATH_FUSED, 0);
-    clattn__fused_force_form = -1;
+    clattn__tuning_force_form(CLATTN__TP_FUSED, -1);
 }
 
 static void test_decode_gpu_form_matches_reference_on_rusticl(void **state)
 {
     (void)state;
-    clattn__decode_force_form = 1;
+    clattn__tuning_force_form(CLATTN__TP_DECODE, 1);
     /* the decode path takes the suite's few-query cases and declines the others */
     run_suite(CLATTN_PATH_DECODE, TEST_ALLOW_UNSUPPORTED);
-    clattn__decode_force_form = -1;
+    clattn__tuning_force_form(CLATTN__TP_DECODE, -1);
 }
 
 /* As an application calls clattn: its own buffer (every tensor a cl_mem view at a
@@ -90,13 +90,13 @@ static void test_device_buffers_at_offsets_on_rusticl(void **state)
          .seed = 903},
     };
     const size_t n = sizeof cases / sizeof cases[0];
-    clattn__fused_force_form = 1;
-    clattn__decode_force_form = 1;
+    clattn__tuning_force_form(CLATTN__TP_FUSED, 1);
+    clattn__tuning_force_form(CLATTN__TP_DECODE, 1);
     test_run_cases(rusticl(), cases, n, CLATTN_PATH_FUSED, TEST_ON_DEVICE_PACKED);
     test_run_cases(rusticl(), cases, n, CLATTN_PATH_DECODE, TEST_ON_DEVICE_PACKED | TEST_ALLOW_UNSUPPORTED);
     test_run_cases(rusticl(), cases, n, CLATTN_PATH_UNFUSED, TEST_ON_DEVICE_PACKED);
-    clattn__fused_force_form = -1;
-    clattn__decode_force_form = -1;
+    clattn__tuning_force_form(CLATTN__TP_FUSED, -1);
+    clattn__tuning_force_form(CLATTN__TP_DECODE, -1);
 }
 
 /* The backward kernels (one portable form, local tiles within 32 KiB) on rusticl's

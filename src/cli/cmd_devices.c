@@ -4,7 +4,9 @@
 #include "clattn.h"
 #include "cli_util.h"
 #include "commands.h"
+#include "context.h"
 #include "peak.h"
+#include "tuning.h"
 
 #include <inttypes.h>
 #include <stdio.h>
@@ -15,7 +17,7 @@ static const char *const CMD = "devices";
 static void usage(FILE *f)
 {
     fprintf(f,
-            "usage: clattn devices [--json] [--peak]\n"
+            "usage: clattn devices [--json] [--peak] [--tuning]\n"
             "\n"
             "List every OpenCL platform/device with its capabilities. The default device\n"
             "(CLATTN_DEVICE if set, else the first GPU, else the first device) is marked '*'.\n"
@@ -26,6 +28,8 @@ static void usage(FILE *f)
             "  --peak     also measure each device's peak: an FMA kernel (GFLOP/s) and a copy\n"
             "             kernel (GB/s), as clpeak does; cached per device and driver in the\n"
             "             program cache's folder (CLATTN_CACHE_DIR=off measures again)\n"
+            "  --tuning   also print, per path and problem class, the tuning row in force and\n"
+            "             where it came from (a built-in level, or a tuning file record)\n"
             "  -h, --help this text\n");
 }
 
@@ -103,15 +107,17 @@ static int device_peak(size_t index, cli_peak *peak)
 
 int cmd_devices_parse(int argc, char **argv, devices_args *a, bool *help)
 {
-    enum { OPT_JSON = 256, OPT_PEAK };
+    enum { OPT_JSON = 256, OPT_PEAK, OPT_TUNING };
     static const struct option longopts[] = {
         {"json", no_argument, NULL, OPT_JSON},
         {"peak", no_argument, NULL, OPT_PEAK},
+        {"tuning", no_argument, NULL, OPT_TUNING},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     a->json = false;
     a->peak = false;
+    a->tuning = false;
     *help = false;
     cli_getopt_reset();
     int c;
@@ -119,6 +125,7 @@ int cmd_devices_parse(int argc, char **argv, devices_args *a, bool *help)
         switch (c) {
         case OPT_JSON: a->json = true; break;
         case OPT_PEAK: a->peak = true; break;
+        case OPT_TUNING: a->tuning = true; break;
         case 'h': *help = true; return CLI_EXIT_OK;
         default: cli_getopt_error(CMD, c, argv, longopts); return CLI_EXIT_USAGE;
         }
@@ -127,7 +134,84 @@ int cmd_devices_parse(int argc, char **argv, devices_args *a, bool *help)
         cli_error(CMD, "unexpected argument '%s' (see clattn devices --help)", argv[optind]);
         return CLI_EXIT_USAGE;
     }
+    if (a->json && a->tuning) {
+        cli_error(CMD, "--tuning prints text only: leave out --json");
+        return CLI_EXIT_USAGE;
+    }
     return CLI_EXIT_OK;
+}
+
+/* A class as text; -2 fields (any) are left out, all of them make "*". */
+static void class_text(const clattn__tclass *c, char *buf, size_t cap)
+{
+    static const char *const dt[] = {"f32", "f16", "bf16"};
+    size_t at = 0;
+    buf[0] = '\0';
+#define ADD(...)                                                                           \
+    do {                                                                                   \
+        int n_ = snprintf(buf + at, cap - at, __VA_ARGS__);                                \
+        if (n_ > 0 && (size_t)n_ < cap - at) at += (size_t)n_;                             \
+    } while (0)
+    if (c->dtype >= 0 && c->dtype < 3) ADD("%s ", dt[c->dtype]);
+    if (c->head > 0) ADD("head<=%d ", c->head);
+    if (c->decode >= 0) ADD("%s ", c->decode ? "decode" : "prefill");
+    if (c->causal >= 0) ADD("%s ", c->causal ? "causal" : "full");
+    if (c->group > 0) ADD("group %d ", c->group);
+    if (c->kv == -1) ADD("kv none ");
+    else if (c->kv >= 0) ADD("kv %s ", clattn_kv_format_name((clattn_kv_format)c->kv));
+#undef ADD
+    if (at == 0) snprintf(buf, cap, "*");
+    else buf[at - 1] = '\0';
+}
+
+static void row_text(clattn__tpath path, const clattn__trow *r, char *buf, size_t cap)
+{
+    size_t np, at = 0;
+    const clattn__tparam_info *pi = clattn__tparams(&np);
+    buf[0] = '\0';
+    for (size_t i = 0; i < np; i++) {
+        if (!(pi[i].paths & (1u << path))) continue;
+        const int v = *clattn__trow_field((clattn__trow *)r, &pi[i]);
+        int n = strcmp(pi[i].name, "form") == 0
+                    ? snprintf(buf + at, cap - at, "%sform %s", at ? ", " : "", clattn__tform_name(path, v))
+                    : snprintf(buf + at, cap - at, "%s%s %d", at ? ", " : "", pi[i].name, v);
+        if (n < 0 || (size_t)n >= cap - at) break;
+        at += (size_t)n;
+    }
+}
+
+/* The rows in force on device i: each path for any class, then each class a tuning
+ * file record names. Opens a context (no kernel is built). */
+static void print_tuning(size_t i)
+{
+    char spec[32];
+    snprintf(spec, sizeof spec, "%zu", i);
+    clattn_context *ctx = NULL;
+    if (clattn_context_create(spec, &ctx) != CLATTN_SUCCESS) {
+        printf("     tuning: cannot open a context on this device\n");
+        return;
+    }
+    const clattn__tdevice *dev = &ctx->tuning->dev;
+    printf("     tuning key: vendor_id 0x%x, arch \"%s\", name \"%s\"\n", dev->vendor_id, dev->arch, dev->name);
+    char cls_s[128], row_s[512];
+    for (int p = 0; p < CLATTN__TP_COUNT; p++) {
+        clattn__trow row;
+        clattn__tsource src;
+        /* a class no record names: what every class without a record gets */
+        clattn__tclass none = {99, 0, 0, 0, 0, -99};
+        clattn__tuning_row(ctx, (clattn__tpath)p, &none, &row, &src);
+        row_text((clattn__tpath)p, &row, row_s, sizeof row_s);
+        printf("     %-8s %-36s %s  [%s]\n", clattn__tpath_name((clattn__tpath)p), "*", row_s, src.text);
+        for (size_t r = 0; r < ctx->tuning->nrecords; r++) {
+            const clattn__trecord *rec = &ctx->tuning->records[r];
+            if (rec->path != (clattn__tpath)p) continue;
+            clattn__tuning_row(ctx, rec->path, &rec->cls, &row, &src);
+            class_text(&rec->cls, cls_s, sizeof cls_s);
+            row_text(rec->path, &row, row_s, sizeof row_s);
+            printf("     %-8s %-36s %s  [%s]\n", clattn__tpath_name(rec->path), cls_s, row_s, src.text);
+        }
+    }
+    clattn_context_free(ctx);
 }
 
 int cmd_devices(int argc, char **argv)
@@ -179,6 +263,7 @@ int cmd_devices(int argc, char **argv)
             if (a.peak)
                 printf("     peak %.1f GFLOP/s (float32 FMA), %.1f GB/s (copy)%s\n", peak.gflops, peak.gbps,
                        peak.cached ? ", cached" : "");
+            if (a.tuning) print_tuning(i);
         }
     }
     if (json) printf(count ? "\n]\n" : "]\n");

@@ -16,6 +16,7 @@ int cmd_run(int argc, char **argv);     /* cmd_run.c */
 int cmd_check(int argc, char **argv);   /* cmd_check.c */
 int cmd_bench(int argc, char **argv);   /* cmd_bench.c */
 int cmd_quantize(int argc, char **argv); /* cmd_quantize.c */
+int cmd_tune(int argc, char **argv);     /* cmd_tune.c */
 
 /* Each command's command-line parsing, apart from its work: no OpenCL call, no file opened
  * or written, nothing printed but cli_error lines; so the parsers can be tested and fuzzed
@@ -25,7 +26,8 @@ int cmd_quantize(int argc, char **argv); /* cmd_quantize.c */
  * permuted (getopt_long); the strings stay owned by the caller and are pointed to. */
 typedef struct devices_args {
     bool json;
-    bool peak; /* --peak: measure (or read the cached) FMA GFLOP/s and copy GB/s */
+    bool peak;   /* --peak: measure (or read the cached) FMA GFLOP/s and copy GB/s */
+    bool tuning; /* --tuning: the tuning rows in force per path and class */
 } devices_args;
 int cmd_devices_parse(int argc, char **argv, devices_args *a, bool *help);
 

@@ -20,6 +20,7 @@ static const command commands[] = {
     {"check", cmd_check, "correctness of every path on every device against the CPU reference"},
     {"bench", cmd_bench, "measure attention speed per device, path and shape"},
     {"quantize", cmd_quantize, "quantize and dequantize [..., D] vectors with a KV-cache format"},
+    {"tune", cmd_tune, "search each path's tuning parameters on a device; write a tuning file"},
 };
 #define NCOMMANDS (sizeof commands / sizeof commands[0])
 
