@@ -2,6 +2,7 @@
  * SPEC §1, random cases, deterministic data in any layout, and the comparison with the
  * float64 CPU reference that the tests, `clattn check` and `clattn bench` all share. */
 #include "attn_case.h"
+#include "cli_util.h"
 
 #include "internal.h"
 
@@ -834,4 +835,27 @@ double attn_case_flops(const attn_case *c, const attn_case_data *d)
         }
     }
     return pairs * (double)c->Hq * 2.0 * (double)(c->D + attn_case_dv(c));
+}
+
+bool attn_case_parse_shape(const char *text, attn_case *c)
+{
+    int64_t v[7] = {0};
+    int n = 0;
+    char buf[160];
+    if (strlen(text) >= sizeof buf) return false;
+    strcpy(buf, text);
+    char *save = NULL;
+    for (char *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        if (n == 7 || !cli_parse_int64(tok, &v[n]) || v[n] < 1 || v[n] > ((int64_t)1 << 24)) return false;
+        n++;
+    }
+    if (n != 6 && n != 7) return false;
+    c->B = v[0];
+    c->Hq = v[1];
+    c->Hkv = v[2];
+    c->Lq = v[3];
+    c->Lk = v[4];
+    c->D = v[5];
+    c->Dv = n == 7 ? v[6] : v[5];
+    return true;
 }

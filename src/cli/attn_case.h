@@ -15,6 +15,7 @@
 
 #include "clattn.h"
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -156,5 +157,10 @@ int attn_case_result_format(const attn_case_result *r, char *buf, size_t n);
  * causal and window, and by kv_lens when d is given (d may be NULL), summed over B*Hq.
  * Masks are not counted (their exclusions are data, not shape). */
 double attn_case_flops(const attn_case *c, const attn_case_data *d);
+
+/* "B,Hq,Hkv,Lq,Lk,D[,Dv]" (positive integers up to 2^24; Dv defaults to D) into c's shape,
+ * as `clattn bench --shape` and `clattn tune --shape` take it. Other fields untouched;
+ * false on any other text. */
+bool attn_case_parse_shape(const char *text, attn_case *c);
 
 #endif /* CLATTN_ATTN_CASE_H */

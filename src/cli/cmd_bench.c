@@ -58,28 +58,6 @@ static void usage(FILE *f)
             "convention) and print its time over the forward's.\n");
 }
 
-static bool parse_shape(const char *s, attn_case *c)
-{
-    int64_t v[7] = {0};
-    int n = 0;
-    char buf[128];
-    if (strlen(s) >= sizeof buf) return false;
-    strcpy(buf, s);
-    for (char *tok = strtok(buf, ","); tok; tok = strtok(NULL, ",")) {
-        if (n == 7 || !cli_parse_int64(tok, &v[n]) || v[n] < 1) return false;
-        n++;
-    }
-    if (n != 6 && n != 7) return false;
-    c->B = v[0];
-    c->Hq = v[1];
-    c->Hkv = v[2];
-    c->Lq = v[3];
-    c->Lk = v[4];
-    c->D = v[5];
-    c->Dv = n == 7 ? v[6] : v[5];
-    return true;
-}
-
 static bool parse_dtype(const char *s, clattn_dtype *dt)
 {
     if (strcmp(s, "f32") == 0) *dt = CLATTN_F32;
@@ -112,7 +90,7 @@ static int parse_args(int argc, char **argv, bench_args *o, bool *help, const ch
         case 'p': o->path = optarg; break;
         case 'f': o->sweep = optarg; break;
         case 's':
-            if (!parse_shape(optarg, &o->spec.c)) {
+            if (!attn_case_parse_shape(optarg, &o->spec.c)) {
                 cli_error(CMD, "%s--shape: '%s' is not B,Hq,Hkv,Lq,Lk,D[,Dv] of positive integers",
                           where, optarg);
                 return CLI_EXIT_USAGE;

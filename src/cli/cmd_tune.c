@@ -496,30 +496,6 @@ static bool write_file(const tuner *t, const char *out)
 }
 
 /* ---- The command ------------------------------------------------------------------ */
-/* B,Hq,Hkv,Lq,Lk,D[,Dv] into c. */
-static bool parse_shape(const char *text, attn_case *c)
-{
-    int64_t v[7] = {0};
-    int n = 0;
-    char buf[160];
-    if (strlen(text) >= sizeof buf) return false;
-    strcpy(buf, text);
-    char *save = NULL;
-    for (char *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
-        if (n == 7 || !cli_parse_int64(tok, &v[n]) || v[n] < 1 || v[n] > (1 << 24)) return false;
-        n++;
-    }
-    if (n < 6 || v[1] % v[2] != 0) return false;
-    c->B = v[0];
-    c->Hq = v[1];
-    c->Hkv = v[2];
-    c->Lq = v[3];
-    c->Lk = v[4];
-    c->D = v[5];
-    c->Dv = n == 7 ? v[6] : 0;
-    return c->D <= 256 && c->Dv <= 256;
-}
-
 /* One problem: "--shape S [--causal C] [--dtype T]" (a sweep line, or the command line's
  * options put together); blank lines and '#' comments are skipped. */
 static int add_case(const char *line, attn_case *cases, int *n, const char *where)
@@ -541,7 +517,7 @@ static int add_case(const char *line, attn_case *cases, int *n, const char *wher
             return CLI_EXIT_USAGE;
         }
         if (strcmp(tok, "--shape") == 0) {
-            if (!parse_shape(val, &c)) {
+            if (!attn_case_parse_shape(val, &c) || c.Hq % c.Hkv != 0 || c.D > 256 || c.Dv > 256) {
                 cli_error(CMD, "%s--shape: '%s' is not B,Hq,Hkv,Lq,Lk,D[,Dv] of positive integers "
                           "(Hq a multiple of Hkv, D and Dv up to 256)", where, val);
                 return CLI_EXIT_USAGE;
