@@ -128,6 +128,7 @@ clattn_status clattn__check_no_self_overlap(const char *name, const clattn_tenso
 /* Bytes from the first to one past the last element a descriptor touches (0 if empty).
  * Returns false on overflow. */
 bool clattn__tensor_span(const clattn_tensor *t, size_t *span);
+/* Elements of t: 0 when any extent is 0, INT64_MAX when the product does not fit. */
 int64_t clattn__tensor_numel(const clattn_tensor *t);
 
 #endif /* CLATTN_INTERNAL_H */

@@ -14,8 +14,11 @@ int64_t clattn__tensor_numel(const clattn_tensor *t)
      * product alone may overflow. */
     for (int i = 0; i < 4; i++)
         if (t->ne[i] == 0) return 0;
+    /* Broadcast (stride-0) views may have extents whose product does not fit: such a
+     * tensor is not empty, and INT64_MAX says "more than can be counted". */
     int64_t n = 1;
-    for (int i = 0; i < 4; i++) n *= t->ne[i];
+    for (int i = 0; i < 4; i++)
+        if (!clattn__mul_ok(n, t->ne[i], &n)) return INT64_MAX;
     return n;
 }
 
