@@ -316,6 +316,23 @@ CLATTN_API clattn_status clattn_attention(clattn_context *ctx, const clattn_tens
                                           clattn_tensor *o, const clattn_options *opt,
                                           cl_event *event);
 
+/* Ragged (varlen) attention without padding, as FlashAttention's varlen interface:
+ * n_seqs sequences packed one after another, q [1, Hq, total_q, D], k [1, Hkv, total_k, D],
+ * v [1, Hkv, total_k, Dv], o and options.lse [1, Hq, total_q, Dv|1]; sequence s owns query
+ * rows cu_seqlens_q[s] .. cu_seqlens_q[s+1]-1 and key rows cu_seqlens_k[s] ..
+ * cu_seqlens_k[s+1]-1 (host int32 arrays of n_seqs + 1 entries, starting at 0, never
+ * decreasing, ending at total_q and total_k) and attends only within itself. Every option
+ * applies per sequence, as if the sequence ran alone (causal and window positions align
+ * to the sequence's own Lq and Lk); options.mask and options.kv_lens are refused. Runs
+ * on the fused path (AUTO chooses it; another forced path is refused with
+ * CLATTN_ERROR_PATH_UNSUPPORTED). Failures leave o and lse untouched. */
+CLATTN_API clattn_status clattn_attention_varlen(clattn_context *ctx, const clattn_tensor *q,
+                                                 const clattn_tensor *k, const clattn_tensor *v,
+                                                 clattn_tensor *o, size_t n_seqs,
+                                                 const int32_t *cu_seqlens_q,
+                                                 const int32_t *cu_seqlens_k,
+                                                 const clattn_options *opt, cl_event *event);
+
 /* ---- Backward pass ---------------------------------------------------------------- */
 /* Gradients of attention (FlashAttention-2's backward): given the forward call's inputs
  * q, k, v and options, its output o and its log-sum-exp lse (f32 [B, Hq, Lq, 1], as
