@@ -316,6 +316,23 @@ CLATTN_API clattn_status clattn_attention(clattn_context *ctx, const clattn_tens
                                           clattn_tensor *o, const clattn_options *opt,
                                           cl_event *event);
 
+/* Ragged (varlen) attention without padding, as FlashAttention's varlen interface:
+ * n_seqs sequences packed one after another, q [1, Hq, total_q, D], k [1, Hkv, total_k, D],
+ * v [1, Hkv, total_k, Dv], o and options.lse [1, Hq, total_q, Dv|1]; sequence s owns query
+ * rows cu_seqlens_q[s] .. cu_seqlens_q[s+1]-1 and key rows cu_seqlens_k[s] ..
+ * cu_seqlens_k[s+1]-1 (host int32 arrays of n_seqs + 1 entries, starting at 0, never
+ * decreasing, ending at total_q and total_k) and attends only within itself. Every option
+ * applies per sequence, as if the sequence ran alone (causal and window positions align
+ * to the sequence's own Lq and Lk); options.mask and options.kv_lens are refused. Runs
+ * on the fused path (AUTO chooses it; another forced path is refused with
+ * CLATTN_ERROR_PATH_UNSUPPORTED). Failures leave o and lse untouched. */
+CLATTN_API clattn_status clattn_attention_varlen(clattn_context *ctx, const clattn_tensor *q,
+                                                 const clattn_tensor *k, const clattn_tensor *v,
+                                                 clattn_tensor *o, size_t n_seqs,
+                                                 const int32_t *cu_seqlens_q,
+                                                 const int32_t *cu_seqlens_k,
+                                                 const clattn_options *opt, cl_event *event);
+
 /* ---- Backward pass ---------------------------------------------------------------- */
 /* Gradients of attention (FlashAttention-2's backward): given the forward call's inputs
  * q, k, v and options, its output o and its log-sum-exp lse (f32 [B, Hq, Lq, 1], as
@@ -357,6 +374,26 @@ CLATTN_API size_t clattn_context_failure_count(const clattn_context *ctx);
 CLATTN_API clattn_status clattn_context_failure_get(const clattn_context *ctx, size_t i,
                                                     clattn_path *path, clattn_status *status,
                                                     const char **reason);
+
+/* ---- Merge of partial states ------------------------------------------------------ */
+/* Merge n_parts attention states computed over disjoint sets of keys (split-KV chunks, a
+ * shared prefix and each sequence's suffix) into the attention over all of them:
+ *     LSE = log sum_i exp(LSE_i)           (largest first, so nothing overflows)
+ *     O   = sum_i exp(LSE_i - LSE) * O_i
+ * o_parts[i] is [B, H, Lq, Dv] (f32, f16 or bf16; parts may differ) and lse_parts[i] its
+ * f32 [B, H, Lq, 1], as clattn_attention writes them with options.lse; o has the parts'
+ * shape (f32, f16 or bf16) and lse, which may be NULL, is f32 [B, H, Lq, 1]. Host or
+ * cl_mem, any strides. A part whose LSE is -inf (every key excluded) contributes nothing;
+ * a row with every part -inf gives O = 0 and LSE = -inf, never NaN. The operation is
+ * associative and commutative: merging merged results gives the same states (to float32
+ * rounding). Arithmetic is float32 on the device. o and lse may alias a part (in place):
+ * the parts are read before anything is written; o and lse must not overlap each other.
+ * The work is enqueued on the context's queue after what is already there; on failure o
+ * and lse are as they were. */
+CLATTN_API clattn_status clattn_merge_states(clattn_context *ctx, size_t n_parts,
+                                             const clattn_tensor *o_parts,
+                                             const clattn_tensor *lse_parts, clattn_tensor *o,
+                                             clattn_tensor *lse, cl_event *event);
 
 /* ---- KV cache -------------------------------------------------------------------- */
 /* A key/value cache on the device for token-by-token generation: K [B, Hkv, capacity, D]
@@ -476,6 +513,13 @@ CLATTN_API clattn_status clattn_reference_attention(const clattn_tensor *q,
                                                     const clattn_tensor *v,
                                                     const clattn_options *opt, double *out,
                                                     double *lse);
+
+/* clattn_merge_states on the host in float64 (host tensors only): out [B*H*Lq*Dv] and
+ * lse [B*H*Lq] (may be NULL), dense, row-major. */
+CLATTN_API clattn_status clattn_reference_merge_states(size_t n_parts,
+                                                       const clattn_tensor *o_parts,
+                                                       const clattn_tensor *lse_parts,
+                                                       double *out, double *lse);
 
 /* The backward pass on the host in float64 (analytic; O and LSE are recomputed from q,
  * k, v): dense doubles dq [B, Hq, Lq, D], dk [B, Hkv, Lk, D], dv [B, Hkv, Lk, Dv] and,

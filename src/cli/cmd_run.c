@@ -54,6 +54,13 @@ static void usage(FILE *f)
             "                            write dLoss/dQ, dK and dV (shaped as q, k, v; in\n"
             "                            --out-dtype); the forward runs first for O and LSE;\n"
             "                            not with --kv-quant\n"
+            "  --varlen CU.npy           packed ragged sequences: int32 cu_seqlens [n+1]\n"
+            "                            (0, then each sequence's end); Q, K, V and O are\n"
+            "                            [1,H,total,D] with sequence s at rows CU[s] ..\n"
+            "                            CU[s+1]-1 of both queries and keys, attending only\n"
+            "                            within itself (every option per sequence); fused\n"
+            "                            path; not with --mask, --kv-lens, --kv-quant or\n"
+            "                            --grad-out\n"
             "  -h, --help                this text\n"
             "\n"
             "Options take their value as the next argument or after '=' (--window=-1,0).\n"
@@ -83,6 +90,7 @@ enum {
     OPT_DQ,
     OPT_DK,
     OPT_DV,
+    OPT_VARLEN,
     OPT_END_
 };
 #define NOPTS (OPT_END_ - OPT_Q)
@@ -109,6 +117,7 @@ static const struct option longopts[] = {
     {"dq", required_argument, NULL, OPT_DQ},
     {"dk", required_argument, NULL, OPT_DK},
     {"dv", required_argument, NULL, OPT_DV},
+    {"varlen", required_argument, NULL, OPT_VARLEN},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
 };
@@ -119,6 +128,7 @@ _Static_assert(NOPTS <= CMD_RUN_MAX_OPTS, "run_args.arg holds every option");
 typedef struct run_state {
     run_args a; /* the parsed command line (cmd_run_parse) */
     npy_array q, k, v, mask, kv_lens, alibi;
+    npy_array varlen; /* --varlen: int32 cu_seqlens [n+1] */
     clattn_tensor tq, tk, tv, to, tmask, tkv, talibi, tlse;
     float *o, *lse;
     int64_t o_shape[4];
@@ -152,6 +162,7 @@ static void run_state_free(run_state *s)
     npy_free(&s->mask);
     npy_free(&s->kv_lens);
     npy_free(&s->alibi);
+    npy_free(&s->varlen);
     free(s->o);
     free(s->lse);
 }
@@ -263,6 +274,18 @@ static int parse_options(run_args *a)
     if (ARGV_OF(a, OPT_LSE) && strcmp(ARGV_OF(a, OPT_LSE), ARGV_OF(a, OPT_OUT)) == 0) {
         cli_error(CMD, "--out and --lse name the same file %s", ARGV_OF(a, OPT_OUT));
         return -1;
+    }
+    /* packed sequences: the library refuses masks and key lengths for them (no packed
+     * layout), and neither the KV cache nor the backward pass takes packed sequences */
+    if (ARGV_OF(a, OPT_VARLEN)) {
+        const int no[4] = {OPT_MASK, OPT_KV_LENS, OPT_GRAD_OUT, OPT_KV_QUANT};
+        for (int i = 0; i < 4; i++)
+            if (ARGV_OF(a, no[i]) && (no[i] != OPT_KV_QUANT || a->kv_quant)) {
+                char n1[64];
+                cli_error(CMD, "--varlen does not combine with %s",
+                          cli_option_name(longopts, no[i], n1, sizeof n1));
+                return -1;
+            }
     }
     /* the backward pass: all four of its options, or none */
     const int bwd[4] = {OPT_GRAD_OUT, OPT_DQ, OPT_DK, OPT_DV};
@@ -376,6 +399,12 @@ static int load_inputs(run_state *s)
             s->tgrad = clattn_tensor_blhd(clattn_tensor_host(a->data, a->dtype, n[0], n[2], n[1], n[3]));
         else
             s->tgrad = clattn_tensor_host(a->data, a->dtype, n[0], n[1], n[2], n[3]);
+    }
+    if (ARG(s, OPT_VARLEN)) {
+        npy_array *a = &s->varlen;
+        if (load(s, OPT_VARLEN, a)) return -1;
+        if (a->dtype != CLATTN_I32 || a->rank != 1 || a->shape[0] < 2)
+            return fail_file(s, OPT_VARLEN, "expected int32 cu_seqlens %s", "[n+1], n >= 1", a);
     }
     if (ARG(s, OPT_ALIBI)) {
         npy_array *a = &s->alibi;
@@ -518,6 +547,11 @@ static int compute(run_state *s)
         st = kv_prepare(s->ctx, &s->tk, &s->tv, &s->a.opt, lens, s->a.kv_format, &kp);
         if (st == CLATTN_SUCCESS) st = kv_run(s->ctx, &kp, &s->tq, &s->to, NULL);
         kv_release(&kp);
+    } else if (ARG(s, OPT_VARLEN)) {
+        /* one cu_seqlens for queries and keys: each sequence's own prompt (SPEC §2) */
+        const int32_t *cu = (const int32_t *)s->varlen.data;
+        st = clattn_attention_varlen(s->ctx, &s->tq, &s->tk, &s->tv, &s->to,
+                                     (size_t)s->varlen.shape[0] - 1, cu, cu, &s->a.opt, NULL);
     } else {
         st = clattn_attention(s->ctx, &s->tq, &s->tk, &s->tv, &s->to, &s->a.opt, NULL);
     }

@@ -1,0 +1,389 @@
+/* clattn_attention_varlen: ragged sequences packed along L, each compared with the
+ * float64 reference run on that sequence alone (SPEC §1 tolerances): query and key
+ * lengths that differ per sequence, empty sequences and sequences with no keys, GQA,
+ * both causal alignments, windows, softcap and ALiBi, f16 storage, LSE, both fused
+ * kernel forms, cl_mem tensors; refused arguments leave the outputs untouched; and
+ * `clattn run --varlen` against the same reference. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "context.h"
+#include "npy.h"
+#include "test_exe.h"
+#include "test_util.h"
+#include "tuning.h"
+
+static uint64_t rng_state;
+static float frand(void)
+{
+    rng_state = rng_state * 6364136223846793005ULL + 1442695040888963407ULL;
+    return (float)(2.0 * ((double)(rng_state >> 11) / 9007199254740992.0) - 1.0);
+}
+
+static int close_to(double got, double want, double atol, double rtol)
+{
+    if (isinf(want) || isinf(got)) return got == want;
+    return !isnan(got) && fabs(got - want) <= atol + rtol * fabs(want);
+}
+
+typedef struct vl_case {
+    int64_t Hq, Hkv, D, Dv;
+    size_t n;
+    const int32_t *cu_q, *cu_k;
+    clattn_dtype dtype; /* of q, k, v and o */
+    clattn_causal causal;
+    int64_t win_left, win_right;
+    float softcap;
+    int alibi;
+} vl_case;
+
+/* Packed data for c, stored in c->dtype; float copies for the reference. */
+typedef struct vl_data {
+    int64_t tq, tk;
+    float *q, *k, *v;         /* values as stored (rounded to dtype) */
+    void *sq, *sk, *sv, *so;  /* storage */
+    float *lse, alibi[8];
+    double *ref, *ref_lse;
+} vl_data;
+
+static void *store(const float *x, size_t n, clattn_dtype dt)
+{
+    if (dt == CLATTN_F32) {
+        float *s = malloc(n * 4);
+        memcpy(s, x, n * 4);
+        return s;
+    }
+    uint16_t *s = malloc(n * 2);
+    for (size_t i = 0; i < n; i++) s[i] = clattn__float_to_half(x[i]);
+    return s;
+}
+
+static double stored_get(const void *s, size_t i, clattn_dtype dt)
+{
+    return dt == CLATTN_F32 ? ((const float *)s)[i] : clattn__half_to_float(((const uint16_t *)s)[i]);
+}
+
+static void data_create(const vl_case *c, vl_data *d)
+{
+    memset(d, 0, sizeof *d);
+    d->tq = c->cu_q[c->n];
+    d->tk = c->cu_k[c->n];
+    const size_t nq = (size_t)(c->Hq * d->tq * c->D), nk = (size_t)(c->Hkv * d->tk * c->D),
+                 nv = (size_t)(c->Hkv * d->tk * c->Dv), no = (size_t)(c->Hq * d->tq * c->Dv);
+    d->q = malloc(nq * 4 + 4), d->k = malloc(nk * 4 + 4), d->v = malloc(nv * 4 + 4);
+    for (size_t i = 0; i < nq; i++) d->q[i] = frand();
+    for (size_t i = 0; i < nk; i++) d->k[i] = frand();
+    for (size_t i = 0; i < nv; i++) d->v[i] = frand();
+    d->sq = store(d->q, nq, c->dtype), d->sk = store(d->k, nk, c->dtype), d->sv = store(d->v, nv, c->dtype);
+    for (size_t i = 0; i < nq; i++) d->q[i] = (float)stored_get(d->sq, i, c->dtype);
+    for (size_t i = 0; i < nk; i++) d->k[i] = (float)stored_get(d->sk, i, c->dtype);
+    for (size_t i = 0; i < nv; i++) d->v[i] = (float)stored_get(d->sv, i, c->dtype);
+    d->so = malloc(no * clattn_dtype_size(c->dtype) + 4);
+    d->lse = malloc((size_t)(c->Hq * d->tq) * 4 + 4);
+    d->ref = malloc(no * 8 + 8), d->ref_lse = malloc((size_t)(c->Hq * d->tq) * 8 + 8);
+    for (int64_t h = 0; h < c->Hq && h < 8; h++) d->alibi[h] = exp2f(-8.0f * (float)(h + 1) / (float)c->Hq);
+
+    /* the reference: each sequence alone, [1, H, L, D] views of the packed floats */
+    for (size_t s = 0; s < c->n; s++) {
+        const int64_t q0 = c->cu_q[s], lq = c->cu_q[s + 1] - q0, k0 = c->cu_k[s],
+                      lk = c->cu_k[s + 1] - k0;
+        if (lq == 0) continue;
+        clattn_tensor tq = clattn_tensor_host(d->q, CLATTN_F32, 1, c->Hq, d->tq, c->D);
+        clattn_tensor tk = clattn_tensor_host(d->k, CLATTN_F32, 1, c->Hkv, d->tk, c->D);
+        clattn_tensor tv = clattn_tensor_host(d->v, CLATTN_F32, 1, c->Hkv, d->tk, c->Dv);
+        tq.offset = (size_t)(q0 * tq.nb[2]), tq.ne[2] = lq;
+        tk.offset = (size_t)(k0 * tk.nb[2]), tk.ne[2] = lk;
+        tv.offset = (size_t)(k0 * tv.nb[2]), tv.ne[2] = lk;
+        clattn_tensor ta = clattn_tensor_host(d->alibi, CLATTN_F32, c->Hq, 1, 1, 1);
+        clattn_options opt;
+        clattn_options_init(&opt);
+        opt.causal = c->causal, opt.window_left = c->win_left, opt.window_right = c->win_right;
+        opt.softcap = c->softcap;
+        if (c->alibi) opt.alibi = &ta;
+        double *o = malloc((size_t)(c->Hq * lq * c->Dv) * 8), *l = malloc((size_t)(c->Hq * lq) * 8);
+        assert_int_equal(clattn_reference_attention(&tq, &tk, &tv, &opt, o, l), CLATTN_SUCCESS);
+        for (int64_t h = 0; h < c->Hq; h++)
+            for (int64_t i = 0; i < lq; i++) {
+                d->ref_lse[h * d->tq + q0 + i] = l[h * lq + i];
+                for (int64_t e = 0; e < c->Dv; e++)
+                    d->ref[(h * d->tq + q0 + i) * c->Dv + e] = o[(h * lq + i) * c->Dv + e];
+            }
+        free(o), free(l);
+    }
+}
+
+static void data_free(vl_data *d)
+{
+    free(d->q), free(d->k), free(d->v), free(d->sq), free(d->sk), free(d->sv), free(d->so);
+    free(d->lse), free(d->ref), free(d->ref_lse);
+}
+
+/* Compare o (stored) and lse with the reference; returns the number of bad elements. */
+static int compare(const vl_case *c, const vl_data *d, const void *o, const float *lse)
+{
+    const double atol = c->dtype == CLATTN_F32 ? 2e-4 : 3e-3, rtol = c->dtype == CLATTN_F32 ? 2e-3 : 3e-3;
+    int bad = 0;
+    const size_t no = (size_t)(c->Hq * d->tq * c->Dv);
+    for (size_t i = 0; i < no; i++) {
+        const double got = stored_get(o, i, c->dtype);
+        if (!close_to(got, d->ref[i], atol, rtol) && bad++ < 5)
+            fprintf(stderr, "O[%zu] = %.7g, reference %.7g\n", i, got, d->ref[i]);
+    }
+    for (int64_t i = 0; lse && i < c->Hq * d->tq; i++)
+        if (!close_to(lse[i], d->ref_lse[i], 1e-3, 1e-4) && bad++ < 10)
+            fprintf(stderr, "LSE[%lld] = %.7g, reference %.7g\n", (long long)i, (double)lse[i], d->ref_lse[i]);
+    return bad;
+}
+
+static clattn_options case_options(const vl_case *c, vl_data *d, clattn_tensor *ta)
+{
+    clattn_options opt;
+    clattn_options_init(&opt);
+    opt.causal = c->causal, opt.window_left = c->win_left, opt.window_right = c->win_right;
+    opt.softcap = c->softcap;
+    *ta = clattn_tensor_host(d->alibi, CLATTN_F32, c->Hq, 1, 1, 1);
+    if (c->alibi) opt.alibi = ta;
+    return opt;
+}
+
+static void run_host(clattn_context *ctx, const vl_case *c)
+{
+    vl_data d;
+    data_create(c, &d);
+    clattn_tensor tq = clattn_tensor_host(d.sq, c->dtype, 1, c->Hq, d.tq, c->D);
+    clattn_tensor tk = clattn_tensor_host(d.sk, c->dtype, 1, c->Hkv, d.tk, c->D);
+    clattn_tensor tv = clattn_tensor_host(d.sv, c->dtype, 1, c->Hkv, d.tk, c->Dv);
+    clattn_tensor to = clattn_tensor_host(d.so, c->dtype, 1, c->Hq, d.tq, c->Dv);
+    clattn_tensor tl = clattn_tensor_host(d.lse, CLATTN_F32, 1, c->Hq, d.tq, 1), ta;
+    clattn_options opt = case_options(c, &d, &ta);
+    opt.lse = &tl;
+    clattn_status st = clattn_attention_varlen(ctx, &tq, &tk, &tv, &to, c->n, c->cu_q, c->cu_k, &opt, NULL);
+    if (st) fprintf(stderr, "varlen: %s\n", clattn_context_last_error(ctx));
+    assert_int_equal(st, CLATTN_SUCCESS);
+    assert_int_equal(clattn_context_last_path(ctx), CLATTN_PATH_FUSED);
+    assert_int_equal(compare(c, &d, d.so, d.lse), 0);
+    data_free(&d);
+}
+
+/* lengths 0..37 with different query and key counts, an empty sequence, one with no keys */
+static const int32_t cu_q1[] = {0, 7, 7, 40, 41, 53};
+static const int32_t cu_k1[] = {0, 19, 23, 60, 60, 97};
+
+static void test_varlen_matches_each_sequence_alone(void **state)
+{
+    (void)state;
+    clattn_context *ctx = test_shared_context();
+    rng_state = 21;
+    const vl_case cases[] = {
+        {.Hq = 4, .Hkv = 2, .D = 16, .Dv = 16, .n = 5, .cu_q = cu_q1, .cu_k = cu_k1,
+         .dtype = CLATTN_F32, .causal = CLATTN_CAUSAL_BOTTOM_RIGHT, .win_left = -1, .win_right = -1},
+        {.Hq = 4, .Hkv = 1, .D = 16, .Dv = 16, .n = 5, .cu_q = cu_q1, .cu_k = cu_k1,
+         .dtype = CLATTN_F32, .causal = CLATTN_CAUSAL_TOP_LEFT, .win_left = 5, .win_right = 2},
+    };
+    /* both kernel forms of the fused path, whatever the device */
+    for (int form = 0; form <= 1; form++) {
+        clattn__tuning_force_form(CLATTN__TP_FUSED, form);
+        for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) run_host(ctx, &cases[i]);
+    }
+    clattn__tuning_force_form(CLATTN__TP_FUSED, -1);
+}
+
+static void test_varlen_f16_softcap_alibi(void **state)
+{
+    (void)state;
+    clattn_context *ctx = test_shared_context();
+    rng_state = 22;
+    static const int32_t cu[] = {0, 3, 30, 31, 50};
+    const vl_case c = {.Hq = 2, .Hkv = 2, .D = 8, .Dv = 12, .n = 4, .cu_q = cu, .cu_k = cu,
+                       .dtype = CLATTN_F16, .causal = CLATTN_CAUSAL_BOTTOM_RIGHT,
+                       .win_left = 6, .win_right = -1, .softcap = 2.0f, .alibi = 1};
+    run_host(ctx, &c);
+}
+
+/* cl_mem tensors at byte offsets inside one buffer; O committed in one launch */
+static void test_varlen_cl_mem(void **state)
+{
+    (void)state;
+    clattn_context *ctx = test_shared_context();
+    rng_state = 23;
+    const vl_case c = {.Hq = 4, .Hkv = 2, .D = 16, .Dv = 16, .n = 5, .cu_q = cu_q1, .cu_k = cu_k1,
+                       .dtype = CLATTN_F32, .causal = CLATTN_CAUSAL_BOTTOM_RIGHT,
+                       .win_left = -1, .win_right = -1};
+    vl_data d;
+    data_create(&c, &d);
+    const size_t bq = (size_t)(c.Hq * d.tq * c.D) * 4, bk = (size_t)(c.Hkv * d.tk * c.D) * 4,
+                 bo = (size_t)(c.Hq * d.tq * c.Dv) * 4, bl = (size_t)(c.Hq * d.tq) * 4;
+    const size_t oq = 64, ok = oq + bq, ov = ok + bk, oo = ov + bk, ol = oo + bo, total = ol + bl;
+    cl_int e;
+    cl_mem buf = clCreateBuffer(clattn_context_cl_context(ctx), CL_MEM_READ_WRITE, total, NULL, &e);
+    assert_int_equal(e, CL_SUCCESS);
+    cl_command_queue queue = clattn_context_cl_queue(ctx);
+    clEnqueueWriteBuffer(queue, buf, CL_TRUE, oq, bq, d.sq, 0, NULL, NULL);
+    clEnqueueWriteBuffer(queue, buf, CL_TRUE, ok, bk, d.sk, 0, NULL, NULL);
+    clEnqueueWriteBuffer(queue, buf, CL_TRUE, ov, bk, d.sv, 0, NULL, NULL);
+    clattn_tensor tq = clattn_tensor_cl(buf, oq, CLATTN_F32, 1, c.Hq, d.tq, c.D);
+    clattn_tensor tk = clattn_tensor_cl(buf, ok, CLATTN_F32, 1, c.Hkv, d.tk, c.D);
+    clattn_tensor tv = clattn_tensor_cl(buf, ov, CLATTN_F32, 1, c.Hkv, d.tk, c.Dv);
+    clattn_tensor to = clattn_tensor_cl(buf, oo, CLATTN_F32, 1, c.Hq, d.tq, c.Dv);
+    clattn_tensor tl = clattn_tensor_cl(buf, ol, CLATTN_F32, 1, c.Hq, d.tq, 1), ta;
+    clattn_options opt = case_options(&c, &d, &ta);
+    opt.lse = &tl;
+    /* a failed enqueue or allocation anywhere in the call leaves O and LSE as they were
+     * (several sequences write them through scratch and one commit launch) */
+    float *sentinel = malloc(bo + bl), *after = malloc(bo + bl);
+    for (size_t i = 0; i < (bo + bl) / 4; i++) sentinel[i] = 42.0f;
+    for (int kind = CLATTN__FAULT_ALLOC; kind <= CLATTN__FAULT_ENQUEUE; kind++)
+        for (uint64_t nth = 1; nth <= 24; nth++) {
+            clEnqueueWriteBuffer(queue, buf, CL_TRUE, oo, bo + bl, sentinel, 0, NULL, NULL);
+            clattn__fault_arm(ctx, (clattn__fault_kind)kind, nth);
+            clattn_status fst = clattn_attention_varlen(ctx, &tq, &tk, &tv, &to, c.n, c.cu_q, c.cu_k, &opt, NULL);
+            const bool fired = clattn__fault_fired(ctx) > 0;
+            clattn__fault_arm(ctx, (clattn__fault_kind)kind, 0);
+            clEnqueueReadBuffer(queue, buf, CL_TRUE, oo, bo + bl, after, 0, NULL, NULL);
+            if (fired) {
+                assert_int_not_equal(fst, CLATTN_SUCCESS);
+                assert_memory_equal(after, sentinel, bo + bl);
+            } else {
+                assert_int_equal(fst, CLATTN_SUCCESS);
+            }
+        }
+    free(sentinel), free(after);
+    cl_event ev = NULL;
+    clattn_status st = clattn_attention_varlen(ctx, &tq, &tk, &tv, &to, c.n, c.cu_q, c.cu_k, &opt, &ev);
+    if (st) fprintf(stderr, "varlen: %s\n", clattn_context_last_error(ctx));
+    assert_int_equal(st, CLATTN_SUCCESS);
+    assert_non_null(ev);
+    clWaitForEvents(1, &ev);
+    clReleaseEvent(ev);
+    clEnqueueReadBuffer(queue, buf, CL_TRUE, oo, bo, d.so, 0, NULL, NULL);
+    clEnqueueReadBuffer(queue, buf, CL_TRUE, ol, bl, d.lse, 0, NULL, NULL);
+    clReleaseMemObject(buf);
+    assert_int_equal(compare(&c, &d, d.so, d.lse), 0);
+    data_free(&d);
+}
+
+static void test_varlen_refuses_bad_arguments(void **state)
+{
+    (void)state;
+    clattn_context *ctx = test_shared_context();
+    enum { H = 2, T = 6, D = 4 };
+    float q[H * T * D] = {0}, o[2 * H * T * D];
+    for (size_t i = 0; i < sizeof o / sizeof o[0]; i++) o[i] = 42.0f;
+    static const int32_t good[] = {0, 2, 6}, bad_start[] = {1, 2, 6}, down[] = {0, 4, 3},
+                         short_end[] = {0, 2, 5};
+    unsigned char m[T * T] = {1};
+    int32_t lens[1] = {1};
+    struct {
+        const char *what;
+        clattn_status want;
+    } cases[] = {{"options.mask is not supported", CLATTN_ERROR_INVALID_ARGUMENT},
+                 {"options.kv_lens is not supported", CLATTN_ERROR_INVALID_ARGUMENT},
+                 {"cu_seqlens_q[0] = 1", CLATTN_ERROR_INVALID_ARGUMENT},
+                 {"cu_seqlens_k must not decrease", CLATTN_ERROR_INVALID_ARGUMENT},
+                 {"cu_seqlens_q[2] = 5 must equal the packed query count 6", CLATTN_ERROR_INVALID_SHAPE},
+                 {"packed as [1, H, total, D]; batch is 2", CLATTN_ERROR_INVALID_SHAPE},
+                 {"path 'unfused' cannot run packed sequences", CLATTN_ERROR_PATH_UNSUPPORTED},
+                 {"cu_seqlens_k is NULL", CLATTN_ERROR_INVALID_ARGUMENT},
+                 {"n_seqs is 0", CLATTN_ERROR_INVALID_ARGUMENT}};
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        clattn_tensor tq = clattn_tensor_host(q, CLATTN_F32, 1, H, T, D), tk = tq, tv = tq;
+        clattn_tensor to = clattn_tensor_host(o, CLATTN_F32, 1, H, T, D);
+        clattn_tensor tm = clattn_tensor_host(m, CLATTN_BOOL, 1, 1, T, T);
+        clattn_tensor tlen = clattn_tensor_host(lens, CLATTN_I32, 1, 1, 1, 1);
+        clattn_options opt;
+        clattn_options_init(&opt);
+        const int32_t *cq = good, *ck = good;
+        size_t n = 2;
+        switch (c) {
+        case 0: opt.mask = &tm; break;
+        case 1: opt.kv_lens = &tlen; break;
+        case 2: cq = bad_start; break;
+        case 3: ck = down; break;
+        case 4: cq = short_end; break;
+        case 5:
+            tq = clattn_tensor_host(q, CLATTN_F32, 2, H, T / 2, D), tk = tv = tq;
+            to = clattn_tensor_host(o, CLATTN_F32, 2, H, T / 2, D);
+            break;
+        case 6: opt.path = CLATTN_PATH_UNFUSED; break;
+        case 7: ck = NULL; break;
+        case 8: n = 0; break;
+        }
+        clattn_status st = clattn_attention_varlen(ctx, &tq, &tk, &tv, &to, n, cq, ck, &opt, NULL);
+        const char *msg = clattn_context_last_error(ctx);
+        if (st != cases[c].want || !strstr(msg, cases[c].what))
+            fprintf(stderr, "case %zu: %s, '%s', expected '%s'\n", c, clattn_status_string(st), msg,
+                    cases[c].what);
+        assert_int_equal(st, cases[c].want);
+        assert_non_null(strstr(msg, cases[c].what));
+    }
+    for (size_t i = 0; i < sizeof o / sizeof o[0]; i++) assert_true(o[i] == 42.0f);
+}
+
+/* `clattn run --varlen CU.npy` on packed .npy files equals each sequence alone. */
+static void test_cli_varlen(void **state)
+{
+    (void)state;
+    rng_state = 24;
+    static const int32_t cu[] = {0, 5, 5, 22, 30};
+    const vl_case c = {.Hq = 2, .Hkv = 1, .D = 8, .Dv = 8, .n = 4, .cu_q = cu, .cu_k = cu,
+                       .dtype = CLATTN_F32, .causal = CLATTN_CAUSAL_TOP_LEFT,
+                       .win_left = -1, .win_right = -1};
+    vl_data d;
+    data_create(&c, &d);
+    char dir[] = "/tmp/clattn_varlen_XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char pq[64], pk[64], pv[64], pcu[64], po[64], pl[64];
+    snprintf(pq, sizeof pq, "%s/q.npy", dir), snprintf(pk, sizeof pk, "%s/k.npy", dir);
+    snprintf(pv, sizeof pv, "%s/v.npy", dir), snprintf(pcu, sizeof pcu, "%s/cu.npy", dir);
+    snprintf(po, sizeof po, "%s/o.npy", dir), snprintf(pl, sizeof pl, "%s/lse.npy", dir);
+    const int64_t sq[4] = {1, c.Hq, d.tq, c.D}, sk[4] = {1, c.Hkv, d.tk, c.D}, scu[1] = {5};
+    char err[256];
+    assert_int_equal(npy_write(pq, CLATTN_F32, 4, sq, d.q, CLATTN_F32, err, sizeof err), 0);
+    assert_int_equal(npy_write(pk, CLATTN_F32, 4, sk, d.k, CLATTN_F32, err, sizeof err), 0);
+    assert_int_equal(npy_write(pv, CLATTN_F32, 4, sk, d.v, CLATTN_F32, err, sizeof err), 0);
+    assert_int_equal(npy_write(pcu, CLATTN_I32, 1, scu, cu, CLATTN_I32, err, sizeof err), 0);
+    test_exe_result r;
+    const char *args[] = {"run", "--q", pq, "--k", pk, "--v", pv, "--out", po, "--lse", pl,
+                          "--varlen", pcu, "--causal", "top-left", NULL};
+    test_run_clattn(dir, &r, args);
+    if (r.status) fprintf(stderr, "clattn run: %s%s\n", r.out, r.err);
+    assert_int_equal(r.status, 0);
+    npy_array ao, al;
+    assert_int_equal(npy_read(po, &ao, err, sizeof err), 0);
+    assert_int_equal(npy_read(pl, &al, err, sizeof err), 0);
+    assert_int_equal(compare(&c, &d, ao.data, (const float *)al.data), 0);
+    npy_free(&ao), npy_free(&al);
+
+    /* a cu file that does not end at the packed length is refused, and says so */
+    static const int32_t cu_bad[] = {0, 5, 29};
+    const int64_t sbad[1] = {3};
+    assert_int_equal(npy_write(pcu, CLATTN_I32, 1, sbad, cu_bad, CLATTN_I32, err, sizeof err), 0);
+    test_run_clattn(dir, &r, args);
+    assert_int_not_equal(r.status, 0);
+    assert_non_null(strstr(r.err, "cu_seqlens"));
+    unlink(pq), unlink(pk), unlink(pv), unlink(pcu), unlink(po), unlink(pl);
+    rmdir(dir);
+    data_free(&d);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_varlen_matches_each_sequence_alone),
+        cmocka_unit_test(test_varlen_f16_softcap_alibi),
+        cmocka_unit_test(test_varlen_cl_mem),
+        cmocka_unit_test(test_varlen_refuses_bad_arguments),
+        cmocka_unit_test(test_cli_varlen),
+    };
+    return cmocka_run_group_tests(tests, NULL, test_shared_context_teardown);
+}
