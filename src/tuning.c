@@ -34,7 +34,7 @@ static const clattn__tparam_info params[] = {
     F(tile, P(UNFUSED)),
     F(softmax_wg, P(UNFUSED)),
     F(split_blocks, P(KV)),
-    F(prefetch, P(KV)),
+    F(prefetch, P(KV) | P(DECODE)),
     F(prefer_clblast, P(DISPATCH)),
 };
 #undef F
@@ -120,6 +120,9 @@ static const builtin_row fused_rows[] = {
  * not measured optima.
  * GPU row: NVIDIA H200 through its OpenCL driver, measured against variants in the same
  * runs (figures at the end of cl/decode.cl). The default row takes the CPU form.
+ * prefetch (CPU form): software prefetch of the key and value rows this many keys ahead,
+ * 0 = none. 32 on PoCL: f16 decode 1x32x32x1x8192x128 went from 0.77 of the read
+ * bandwidth towards it, and far more on a loaded machine (docs/measurements.md).
  * max_lq 8: decode re-reads K and V once per block of rows, so a longer query block goes
  * to the fused path, which tiles queries. */
 static const builtin_row decode_rows[] = {
@@ -130,7 +133,7 @@ static const builtin_row decode_rows[] = {
       .min_chunk = 128, .max_chunk = 0}},
     {0, NULL, NULL, CLATTN_DEVICE_CPU,
      {.form = 0, .max_lq = 8, .rows = 4, .ktile = 16, .vw = 16, .wg = 1, .wgs_per_cu = 8,
-      .min_chunk = 256, .max_chunk = 2048}},
+      .min_chunk = 256, .max_chunk = 2048, .prefetch = 32}},
     {0, NULL, NULL, CLATTN_DEVICE_GPU,
      {.form = 1, .max_lq = 8, .rows = 8, .ktile = 256, .vw = 4, .wg = 128, .wgs_per_cu = 8,
       .min_chunk = 128, .max_chunk = 0}},
@@ -340,6 +343,8 @@ bool clattn__tuning_legal(const clattn__tdevice *dev, clattn__tpath path, const 
                   "max_chunk %d is neither 0 nor in min_chunk..2^24", r->max_chunk);
         if (r->form == 0) {
             REFUSE_IF(r->vw != 4 && r->vw != 8 && r->vw != 16, "vw %d is not 4, 8 or 16", r->vw);
+            REFUSE_IF(r->prefetch < 0 || r->prefetch > 1024, "prefetch %d is not in 0..1024 keys",
+                      r->prefetch);
             REFUSE_IF(r->ktile < r->vw || r->ktile > 256 || r->ktile % r->vw,
                       "ktile %d is not a multiple of vw %d up to 256", r->ktile, r->vw);
             REFUSE_IF(r->wg < 1 || r->wg > maxwg, "wg %d is not in 1..%d", r->wg, maxwg);
