@@ -121,8 +121,8 @@ static const builtin_row fused_rows[] = {
  * GPU row: NVIDIA H200 through its OpenCL driver, measured against variants in the same
  * runs (figures at the end of cl/decode.cl). The default row takes the CPU form.
  * prefetch (CPU form): software prefetch of the key and value rows this many keys ahead,
- * 0 = none. 32 on PoCL: f16 decode 1x32x32x1x8192x128 went from 0.77 of the read
- * bandwidth towards it, and far more on a loaded machine (docs/measurements.md).
+ * 0 = none. 16 on PoCL: f16 decode 1x32x32x1x8192x128 on a quiet machine took 7.7-8.1 ms
+ * without, 4.7-5.2 at 16, 5.0-5.5 at 32, 5.5-5.8 at 64 (docs/measurements.md).
  * max_lq 8: decode re-reads K and V once per block of rows, so a longer query block goes
  * to the fused path, which tiles queries. */
 static const builtin_row decode_rows[] = {
@@ -133,7 +133,7 @@ static const builtin_row decode_rows[] = {
       .min_chunk = 128, .max_chunk = 0}},
     {0, NULL, NULL, CLATTN_DEVICE_CPU,
      {.form = 0, .max_lq = 8, .rows = 4, .ktile = 16, .vw = 16, .wg = 1, .wgs_per_cu = 8,
-      .min_chunk = 256, .max_chunk = 2048, .prefetch = 32}},
+      .min_chunk = 256, .max_chunk = 2048, .prefetch = 16}},
     {0, NULL, NULL, CLATTN_DEVICE_GPU,
      {.form = 1, .max_lq = 8, .rows = 8, .ktile = 256, .vw = 4, .wg = 128, .wgs_per_cu = 8,
       .min_chunk = 128, .max_chunk = 0}},
