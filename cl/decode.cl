@@ -41,6 +41,7 @@
  *   WG         GPU work-group size
  *   K_CONTIG, V_CONTIG   1 when K / V rows are contiguous along D (element stride 1):
  *              vector loads instead of strided scalar loads
+ *   DEC_PF_KEYS  CPU form: software prefetch this many keys ahead, 0 = none
  *
  * Measured numbers: docs/measurements.md.
  */
@@ -86,6 +87,19 @@
 #define NVC ((DV + VW - 1) / VW) /* vectors per v/o row */
 #if KTILE % VW != 0
 #error "KTILE must be a multiple of VW in the CPU form"
+#endif
+
+/* Software prefetch (CPU form) of the key and value rows DEC_PF_KEYS keys ahead, a line
+ * per step, from the score loop: the hardware prefetchers alone left f16 decode short of
+ * the read bandwidth on PoCL. clang's builtin, which PoCL compiles to prefetcht0
+ * (OpenCL's prefetch() is a no-op in PoCL 3.1); a prefetch past the end never faults. */
+#ifndef DEC_PF_KEYS
+#define DEC_PF_KEYS 0
+#endif
+#if DEC_PF_KEYS && defined(__clang__)
+#define DEC_PF(p) __builtin_prefetch((const __global void *)(p))
+#else
+#define DEC_PF(p) ((void)0)
 #endif
 
 /* Horizontal sum and max of a vector, as a tree of halves. Written through a private
@@ -229,6 +243,13 @@ __kernel void decode_partial(TENSOR_PARAMS(const __global Q_T *, q),
 #pragma unroll
             for (int r = 0; r < ROWS; r++) dot[r][0] = dot[r][1] = (FV)(0.0f);
             if (t < nt) {
+#if DEC_PF_KEYS
+                /* the key and value rows DEC_PF_KEYS keys ahead, every line of each */
+                for (int c = 0; c < (D * (int)sizeof(K_T) + 63) / 64; c++)
+                    DEC_PF((const __global uchar *)(k + kb + DEC_PF_KEYS * k_s2) + 64 * c);
+                for (int c = 0; c < (DV * (int)sizeof(V_T) + 63) / 64; c++)
+                    DEC_PF((const __global uchar *)(v + vb0 + (j + DEC_PF_KEYS) * v_s2) + 64 * c);
+#endif
 #pragma unroll
                 for (int c = 0; c < NDC; c++) {
                     const FV kv = dec_load_k(k, kb, k_s3, c);

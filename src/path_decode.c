@@ -44,6 +44,7 @@ static bool decode_supports(const clattn_context *ctx, const clattn__problem *p,
 /* The launch shape of one call, derived from the tuning row, the device and p. */
 typedef struct decode_plan {
     int form, rows, ktile, vw, wg;
+    int prefetch;   /* CPU form: keys ahead for software prefetch, 0 = none */
     int64_t nblk;   /* row blocks per (b, kvh) */
     int64_t nsplit; /* key splits */
     int64_t chunk;  /* keys per split */
@@ -69,6 +70,7 @@ static void decode_make_plan(const clattn_context *ctx, const clattn__problem *p
     pl->vw = tu->vw;
     pl->ktile = tu->ktile;
     pl->wg = tu->wg;
+    pl->prefetch = tu->form == 0 ? tu->prefetch : 0;
     /* rows per block: at most tu->rows, spread evenly over the blocks */
     const int max_rows = tu->rows;
     pl->nblk = ceil_div(nrows, max_rows);
@@ -118,9 +120,9 @@ static clattn_status decode_run_plan(clattn_context *ctx, const clattn__dev_prob
     bool ok = clattn__mask_options(dp, opts, sizeof opts) &&
               clattn__opts_add(opts, sizeof opts,
                                " -DD=%lld -DDV=%lld -DDEC_GPU=%d -DROWS=%d -DKTILE=%d -DVW=%d"
-                               " -DWG=%d -DK_CONTIG=%d -DV_CONTIG=%d",
+                               " -DWG=%d -DK_CONTIG=%d -DV_CONTIG=%d -DDEC_PF_KEYS=%d",
                                (long long)p->D, (long long)p->Dv, pl.form, pl.rows, pl.ktile,
-                               pl.vw, pl.wg, dp->k.st[3] == 1, dp->v.st[3] == 1);
+                               pl.vw, pl.wg, dp->k.st[3] == 1, dp->v.st[3] == 1, pl.prefetch);
     CLATTN_RETURN_IF(ctx, !ok, CLATTN_ERROR_INTERNAL, "decode: build options too long");
     clattn__log(ctx, "decode: form %s, %d rows x %lld blocks, %lld splits of %lld keys, ktile %d (tuning: %s)",
                 pl.form ? "gpu" : "cpu", pl.rows, (long long)pl.nblk, (long long)pl.nsplit,

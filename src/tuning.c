@@ -34,7 +34,7 @@ static const clattn__tparam_info params[] = {
     F(tile, P(UNFUSED)),
     F(softmax_wg, P(UNFUSED)),
     F(split_blocks, P(KV)),
-    F(prefetch, P(KV)),
+    F(prefetch, P(KV) | P(DECODE)),
     F(prefer_clblast, P(DISPATCH)),
 };
 #undef F
@@ -99,6 +99,10 @@ typedef clattn__tbuiltin builtin_row;
 #define FUSED_CPU {.form = 0, .block_m = 6, .block_n = 64, .dv_chunk = 4, .row_groups = 4, .wg = 1}
 #define FUSED_GPU {.form = 1, .block_m = 32, .block_n = 32, .dv_chunk = 0, .row_groups = 1, .wg = 128}
 static const builtin_row fused_rows[] = {
+    /* Mesa rusticl on llvmpipe: a CPU device that runs the GPU form 12x faster than the
+     * CPU form (clattn tune, docs/measurements.md), and builds it in seconds where the
+     * CPU form's code takes minutes (docs/measurements.md has why). */
+    {0, NULL, "llvmpipe", 0, FUSED_GPU},
     {0, NULL, NULL, CLATTN_DEVICE_CPU, FUSED_CPU},
     {0, NULL, NULL, CLATTN_DEVICE_GPU, FUSED_GPU},
     {0, NULL, NULL, 0, FUSED_CPU},
@@ -116,12 +120,20 @@ static const builtin_row fused_rows[] = {
  * not measured optima.
  * GPU row: NVIDIA H200 through its OpenCL driver, measured against variants in the same
  * runs (figures at the end of cl/decode.cl). The default row takes the CPU form.
+ * prefetch (CPU form): software prefetch of the key and value rows this many keys ahead,
+ * 0 = none. 16 on PoCL: f16 decode 1x32x32x1x8192x128 on a quiet machine took 7.7-8.1 ms
+ * without, 4.7-5.2 at 16, 5.0-5.5 at 32, 5.5-5.8 at 64 (docs/measurements.md).
  * max_lq 8: decode re-reads K and V once per block of rows, so a longer query block goes
  * to the fused path, which tiles queries. */
 static const builtin_row decode_rows[] = {
+    /* rusticl on llvmpipe: the GPU form, 8x faster there than the CPU form (clattn tune,
+     * docs/measurements.md: rows 8, ktile 64, wg 64 won) */
+    {0, NULL, "llvmpipe", 0,
+     {.form = 1, .max_lq = 8, .rows = 8, .ktile = 64, .vw = 4, .wg = 64, .wgs_per_cu = 8,
+      .min_chunk = 128, .max_chunk = 0}},
     {0, NULL, NULL, CLATTN_DEVICE_CPU,
      {.form = 0, .max_lq = 8, .rows = 4, .ktile = 16, .vw = 16, .wg = 1, .wgs_per_cu = 8,
-      .min_chunk = 256, .max_chunk = 2048}},
+      .min_chunk = 256, .max_chunk = 2048, .prefetch = 16}},
     {0, NULL, NULL, CLATTN_DEVICE_GPU,
      {.form = 1, .max_lq = 8, .rows = 8, .ktile = 256, .vw = 4, .wg = 128, .wgs_per_cu = 8,
       .min_chunk = 128, .max_chunk = 0}},
@@ -203,6 +215,20 @@ void clattn__tuning_apply_form(clattn__tpath path, int form, clattn__trow *r)
 enum { LEVEL_DEFAULT = 0, LEVEL_TYPE, LEVEL_VENDOR, LEVEL_ARCH, LEVEL_NAME };
 static const char *const level_names[] = {"default", "type", "vendor", "arch", "name"};
 
+/* A row's name matches the whole device name, case-insensitively, or its head before
+ * " (": Mesa names a device "llvmpipe (LLVM 15.0.6, 256 bits)", the suffix changing with
+ * every LLVM build and vector width while the device stays the same kind. */
+static bool name_matches(const char *row_name, const char *dev_name)
+{
+    const size_t n = strlen(row_name);
+    char head[sizeof ((clattn__tdevice *)0)->name];
+    if (n >= sizeof head || strlen(dev_name) < n) return false;
+    memcpy(head, dev_name, n);
+    head[n] = '\0';
+    if (!clattn__ieq(row_name, head)) return false;
+    return dev_name[n] == '\0' || (dev_name[n] == ' ' && dev_name[n + 1] == '(');
+}
+
 /* The level of row t on dev, or -1 when a key it sets does not match. */
 static int row_level(const builtin_row *t, const clattn__tdevice *dev)
 {
@@ -220,7 +246,7 @@ static int row_level(const builtin_row *t, const clattn__tdevice *dev)
         level = LEVEL_ARCH;
     }
     if (t->name) {
-        if (!clattn__ieq(t->name, dev->name)) return -1;
+        if (!name_matches(t->name, dev->name)) return -1;
         level = LEVEL_NAME;
     }
     return level;
@@ -317,6 +343,8 @@ bool clattn__tuning_legal(const clattn__tdevice *dev, clattn__tpath path, const 
                   "max_chunk %d is neither 0 nor in min_chunk..2^24", r->max_chunk);
         if (r->form == 0) {
             REFUSE_IF(r->vw != 4 && r->vw != 8 && r->vw != 16, "vw %d is not 4, 8 or 16", r->vw);
+            REFUSE_IF(r->prefetch < 0 || r->prefetch > 1024, "prefetch %d is not in 0..1024 keys",
+                      r->prefetch);
             REFUSE_IF(r->ktile < r->vw || r->ktile > 256 || r->ktile % r->vw,
                       "ktile %d is not a multiple of vw %d up to 256", r->ktile, r->vw);
             REFUSE_IF(r->wg < 1 || r->wg > maxwg, "wg %d is not in 1..%d", r->wg, maxwg);

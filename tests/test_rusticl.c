@@ -3,7 +3,8 @@
  * are a GPU's (OpenCL C 1.2, 32 KiB of local memory, 1024 work-items per group) and its
  * compiler is not PoCL's, so the kernels meant for GPUs (the fused and decode paths' GPU
  * forms, the unfused path's local-memory tiles) run here on the whole SPEC suite, with
- * host tensors and with cl_mem tensors at byte offsets as an application passes them.
+ * host tensors and with cl_mem tensors at byte offsets as an application passes them,
+ * forced and in auto mode (which takes them here through llvmpipe's tuning rows).
  * The CPU forms (float16 vector code) take minutes to build on llvmpipe and stay on
  * PoCL, where test_fused_path and test_decode_path run them. A missing rusticl device is
  * a failure: the README's test command installs mesa-opencl-icd. */
@@ -41,6 +42,25 @@ static int teardown(void **state)
     clattn_context_free(ctx);
     ctx = NULL;
     return 0;
+}
+
+/* Auto mode on llvmpipe takes the GPU forms (its name-level tuning rows): the CPU forms'
+ * code takes minutes to build there and runs 8-12x slower (docs/measurements.md). */
+static void test_auto_mode_takes_the_gpu_forms_on_rusticl(void **state)
+{
+    (void)state;
+    const clattn__tpath paths[] = {CLATTN__TP_FUSED, CLATTN__TP_DECODE};
+    for (size_t i = 0; i < 2; i++) {
+        clattn__tclass cls;
+        clattn__tclass_make(rusticl(), paths[i], CLATTN_F32, 64, 64, paths[i] == CLATTN__TP_DECODE ? 1 : 256,
+                            false, 1, 0, &cls);
+        clattn__trow row;
+        clattn__tsource src;
+        clattn__tuning_row(rusticl(), paths[i], &cls, &row, &src);
+        if (row.form != 1)
+            fail_msg("%s: form %s on llvmpipe (%s)", clattn__tpath_name(paths[i]),
+                     clattn__tform_name(paths[i], row.form), src.text);
+    }
 }
 
 static void run_suite(clattn_path path, int flags)
@@ -90,6 +110,9 @@ static void test_device_buffers_at_offsets_on_rusticl(void **state)
          .seed = 903},
     };
     const size_t n = sizeof cases / sizeof cases[0];
+    /* auto mode, as an application calls it: llvmpipe's own tuning rows (the GPU forms)
+     * pick the path and form */
+    test_run_cases(rusticl(), cases, n, CLATTN_PATH_AUTO, TEST_ON_DEVICE_PACKED);
     clattn__tuning_force_form(CLATTN__TP_FUSED, 1);
     clattn__tuning_force_form(CLATTN__TP_DECODE, 1);
     test_run_cases(rusticl(), cases, n, CLATTN_PATH_FUSED, TEST_ON_DEVICE_PACKED);
@@ -125,6 +148,7 @@ static void test_backward_matches_reference_on_rusticl(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_auto_mode_takes_the_gpu_forms_on_rusticl),
         cmocka_unit_test(test_unfused_path_matches_reference_on_rusticl),
         cmocka_unit_test(test_fused_gpu_form_matches_reference_on_rusticl),
         cmocka_unit_test(test_decode_gpu_form_matches_reference_on_rusticl),

@@ -76,7 +76,7 @@ static void test_lookup_takes_the_most_specific_level(void **state)
     const clattn__tdevice devs[] = {fake(CLATTN_DEVICE_CPU, 0x8086, "", "some cpu"),
                                     fake(CLATTN_DEVICE_GPU, 0x10de, "sm_90", "NVIDIA H200"),
                                     fake(CLATTN_DEVICE_OTHER, 0, "", "unknown")};
-    for (size_t i = 0; i < 3; i++) {
+    for (size_t i = 0; i < sizeof devs / sizeof devs[0]; i++) {
         for (int p = 0; p < CLATTN__TP_COUNT; p++) {
             clattn__trow row;
             const char *level;
@@ -92,6 +92,25 @@ static void test_lookup_takes_the_most_specific_level(void **state)
                 assert_string_equal(level, devs[i].type == CLATTN_DEVICE_CPU ? "type" : "default");
         }
     }
+    /* llvmpipe (a CPU device to OpenCL, GPU-like limits) gets the GPU forms at the name
+     * level, whatever LLVM version and width its name carries; a longer name does not */
+    clattn__tdevice pipe = fake(CLATTN_DEVICE_CPU, 0x10005, "", "llvmpipe (LLVM 15.0.6, 256 bits)");
+    pipe.local_mem = 32 * 1024;
+    for (int p = CLATTN__TP_FUSED; p <= CLATTN__TP_DECODE; p++) {
+        clattn__trow row;
+        const char *level;
+        char why[160];
+        clattn__tuning_builtin(&pipe, (clattn__tpath)p, &row, &level);
+        assert_string_equal(level, "name");
+        assert_int_equal(row.form, 1);
+        if (!clattn__tuning_legal(&pipe, (clattn__tpath)p, &row, 64, why, sizeof why))
+            fail_msg("llvmpipe's %s row is illegal: %s", clattn__tpath_name((clattn__tpath)p), why);
+    }
+    clattn__tdevice other = fake(CLATTN_DEVICE_CPU, 0x10005, "", "llvmpipe2");
+    clattn__trow row;
+    const char *level;
+    clattn__tuning_builtin(&other, CLATTN__TP_FUSED, &row, &level);
+    assert_string_equal(level, "type");
 }
 
 static void test_illegal_rows_are_refused_with_a_message(void **state)

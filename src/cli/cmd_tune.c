@@ -158,6 +158,7 @@ static const space decode_cpu_space[] = {
     {"rows", {1, 2, 4, 8}, 4},        {"ktile", {16, 32, 64}, 3},
     {"vw", {8, 16}, 2},               {"wgs_per_cu", {2, 4, 8, 16}, 4},
     {"min_chunk", {128, 256, 512}, 3}, {"max_chunk", {1024, 2048, 4096, 0}, 4},
+    {"prefetch", {0, 16, 32, 64}, 4},
 };
 static const space decode_gpu_space[] = {
     {"rows", {4, 8, 16}, 3},      {"ktile", {64, 128, 256}, 3},    {"wg", {64, 128, 256}, 3},
