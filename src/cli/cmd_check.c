@@ -192,6 +192,9 @@ int cmd_check(int argc, char **argv)
         usage(stdout);
         return CLI_EXIT_OK;
     }
+    /* one line per case as it finishes, also into a pipe or a log (where stdout would
+     * otherwise be block-buffered and the first result would wait for the last) */
+    setvbuf(stdout, NULL, _IOLBF, 0);
     const char *device = a.device, *path = a.path;
     const int64_t nrandom = a.nrandom, seed = a.seed;
     const bool quiet = a.quiet, full = a.full;
