@@ -125,6 +125,15 @@ clattn_status clattn__check_tensor(const char *name, const clattn_tensor *t, boo
 clattn_status clattn__check_no_self_overlap(const char *name, const clattn_tensor *t, char *err,
                                             size_t errlen);
 
+/* ---- Shared by the float64 references (reference.c, reference_backward.c) --------- */
+/* The keys query row i may see by position (causal, window), up to kv_len: [*jlo, *jhi). */
+void clattn__ref_key_range(const clattn__problem *p, int64_t i, int64_t kv_len, int64_t *jlo,
+                           int64_t *jhi);
+/* SPEC §1 steps 3-5 on a score already scaled and soft-capped: ALiBi (slope of head h),
+ * the float mask added, -INFINITY where a bool mask excludes key j. */
+double clattn__ref_bias(const clattn__problem *p, double sc, int64_t b, int64_t h, int64_t i,
+                        int64_t j, double slope);
+
 /* Bytes from the first to one past the last element a descriptor touches (0 if empty).
  * Returns false on overflow. */
 bool clattn__tensor_span(const clattn_tensor *t, size_t *span);

@@ -35,46 +35,56 @@ static void axpy(double *restrict acc, double w, const double *restrict v, int64
     for (int64_t d = 0; d < n; d++) acc[d] += w * v[d];
 }
 
+void clattn__ref_key_range(const clattn__problem *p, int64_t i, int64_t kv_len, int64_t *jlo,
+                           int64_t *jhi)
+{
+    const int64_t ip = i + p->Lk - p->Lq; /* the query aligned to the end of the keys */
+    int64_t lo = 0, hi = kv_len;
+    if (p->causal == CLATTN_CAUSAL_TOP_LEFT && hi > i + 1) hi = i + 1;
+    if (p->causal == CLATTN_CAUSAL_BOTTOM_RIGHT && hi > ip + 1) hi = ip + 1;
+    if (p->win_left >= 0 && lo < ip - p->win_left) lo = ip - p->win_left;
+    if (p->win_right >= 0 && hi > ip + p->win_right + 1) hi = ip + p->win_right + 1;
+    *jlo = lo;
+    *jhi = hi;
+}
+
+double clattn__ref_bias(const clattn__problem *p, double sc, int64_t b, int64_t h, int64_t i,
+                        int64_t j, double slope)
+{
+    if (p->alibi) sc -= slope * fabs((double)(i + p->Lk - p->Lq - j));
+    const clattn_tensor *m = p->mask;
+    if (m) {
+        double mv = clattn__host_get(m, bcast(m, 0, b), bcast(m, 1, h), bcast(m, 2, i),
+                                     bcast(m, 3, j));
+        if (m->dtype == CLATTN_BOOL) {
+            if (mv == 0.0) sc = -INFINITY;
+        } else {
+            sc += mv;
+        }
+    }
+    return sc;
+}
+
 /* One query row: scores into s[jlo..jhi), then softmax and P·V into out_row.
  * Returns the row's LSE (-inf when every key is excluded, out_row then zero). */
 static double reference_row(const clattn__problem *p, int64_t b, int64_t h, int64_t i,
                             int64_t kv_len, const double *qrow, const double *kbuf,
                             const double *vbuf, double *s, double *out_row)
 {
-    const int64_t Lq = p->Lq, Lk = p->Lk, D = p->D, Dv = p->Dv;
-    const int64_t ip = i + Lk - Lq; /* the query aligned to the end of the keys */
+    const int64_t D = p->D, Dv = p->Dv;
 
     /* Exclusions by position reduce to a key range [jlo, jhi). */
-    int64_t jlo = 0, jhi = kv_len;
-    if (p->causal == CLATTN_CAUSAL_TOP_LEFT && jhi > i + 1) jhi = i + 1;
-    if (p->causal == CLATTN_CAUSAL_BOTTOM_RIGHT && jhi > ip + 1) jhi = ip + 1;
-    if (p->win_left >= 0 && jlo < ip - p->win_left) jlo = ip - p->win_left;
-    if (p->win_right >= 0 && jhi > ip + p->win_right + 1) jhi = ip + p->win_right + 1;
+    int64_t jlo, jhi;
+    clattn__ref_key_range(p, i, kv_len, &jlo, &jhi);
 
     const double scale = (double)p->scale;
     const double softcap = (double)p->softcap;
     const double slope = p->alibi ? clattn__host_get(p->alibi, h, 0, 0, 0) : 0.0;
-    const clattn_tensor *m = p->mask;
-    int64_t mb = 0, mh = 0, mi = 0;
-    if (m) {
-        mb = bcast(m, 0, b);
-        mh = bcast(m, 1, h);
-        mi = bcast(m, 2, i);
-    }
-
     double mx = -INFINITY;
     for (int64_t j = jlo; j < jhi; j++) {
         double sc = scale * dot(qrow, kbuf + j * D, D);
         if (softcap > 0.0) sc = softcap * tanh(sc / softcap);
-        if (p->alibi) sc -= slope * fabs((double)(ip - j));
-        if (m) {
-            double mv = clattn__host_get(m, mb, mh, mi, bcast(m, 3, j));
-            if (m->dtype == CLATTN_BOOL) {
-                if (mv == 0.0) sc = -INFINITY;
-            } else {
-                sc += mv;
-            }
-        }
+        sc = clattn__ref_bias(p, sc, b, h, i, j, slope);
         s[j] = sc;
         if (sc > mx) mx = sc;
     }

@@ -76,12 +76,8 @@ clattn_status clattn_reference_attention_backward(const clattn_tensor *q, const 
             const int64_t kvh = h / p->group;
             const double slope = p->alibi ? clattn__host_get(p->alibi, h, 0, 0, 0) : 0.0;
             for (int64_t i = 0; i < Lq; i++) {
-                const int64_t ip = i + Lk - Lq;
-                int64_t jlo = 0, jhi = kv_len;
-                if (p->causal == CLATTN_CAUSAL_TOP_LEFT && jhi > i + 1) jhi = i + 1;
-                if (p->causal == CLATTN_CAUSAL_BOTTOM_RIGHT && jhi > ip + 1) jhi = ip + 1;
-                if (p->win_left >= 0 && jlo < ip - p->win_left) jlo = ip - p->win_left;
-                if (p->win_right >= 0 && jhi > ip + p->win_right + 1) jhi = ip + p->win_right + 1;
+                int64_t jlo, jhi;
+                clattn__ref_key_range(p, i, kv_len, &jlo, &jhi);
                 if (jlo >= jhi) continue;
                 for (int64_t d = 0; d < D; d++) qrow[d] = clattn__host_get(q, b, h, i, d);
                 for (int64_t d = 0; d < Dv; d++) dorow[d] = clattn__host_get(d_o, b, h, i, d);
@@ -94,16 +90,7 @@ clattn_status clattn_reference_attention_backward(const clattn_tensor *q, const 
                         t[j] = tanh(sc / softcap);
                         sc = softcap * t[j];
                     }
-                    if (p->alibi) sc -= slope * fabs((double)(ip - j));
-                    if (m) {
-                        double mv = clattn__host_get(m, bcast(m, 0, b), bcast(m, 1, h),
-                                                     bcast(m, 2, i), bcast(m, 3, j));
-                        if (m->dtype == CLATTN_BOOL) {
-                            if (mv == 0.0) sc = -INFINITY;
-                        } else {
-                            sc += mv;
-                        }
-                    }
+                    sc = clattn__ref_bias(p, sc, b, h, i, j, slope);
                     s[j] = sc;
                     if (sc > mx) mx = sc;
                 }
