@@ -40,6 +40,20 @@
  *
  * Build options (besides the prelude's): D, DV, K_FMT, V_FMT, ROWS, KV_PREFETCH.
  * Measured on the 2-core Xeon (AVX-512) with PoCL 3.1: see src/kv_cache.c.
+ *
+ * Paged pools (-DPAGED -DPS=<page size> -DPT=<slots per page>, src/kv_pool.c): the same
+ * kernel reads a ragged batch of sequences whose keys lie in pages of a pool. Every
+ * address of a key tile, key row or value tile goes through K_PAGE / V_PAGE (the
+ * (page, KV head) slab holding slot j) and IN_PAGE (j's slot within it); without PAGED
+ * they are the contiguous cache's slab and j, so both builds run the same loops. A page
+ * of PS tokens takes PT = max(PS, 16) slots when its format stores tiles of 16 (pages
+ * below a tile are padded to one), so the kernel walks slots: slot j is token
+ * (j / PT) * PS + j % PT when j % PT < PS, and a padding slot otherwise. Sequence b
+ * (dimension 2 of the grid, with the KV head) owns pages pg_indices[pg_indptr[b] ..
+ * pg_indptr[b+1]), its last page holding pg_last[b] tokens, and the query rows
+ * qo_indptr[b] .. qo_indptr[b+1] of the packed [Hq, Nq] rows (Lq = the longest count,
+ * rows past a sequence's own count idle); causal and window positions align bottom-right
+ * per sequence as in the cache.
  */
 #ifndef D
 #error "kv_attn.cl needs -DD=<head dim>"
@@ -55,6 +69,58 @@
 #endif
 #ifndef ROWS
 #define ROWS 1
+#endif
+
+#ifdef PAGED
+#ifndef PS
+#error "a paged build needs -DPS=<page size> and -DPT=<slots per page>"
+#endif
+/* the slab of (page of slot j, kvh); the page index is clamped to the sequence's last
+ * page so a prefetch one tile past the end never reads past its indices */
+#define K_PAGE(j) (kc + ((long)pg_idx[min((long)(j) / PT, npg - 1)] * Hkv + kvh) * k_rs)
+#define V_PAGE(j) (vc + ((long)pg_idx[min((long)(j) / PT, npg - 1)] * Hkv + kvh) * v_rs)
+#define IN_PAGE(j) ((long)(j) & (PT - 1))
+/* token of slot j (valid when SLOT_USED), and the first slot of token t */
+#define SLOT_TOKEN(j) (((long)(j) / PT) * PS + ((long)(j) & (PT - 1)))
+#define SLOT_USED(j) (PT == PS || ((long)(j) & (PT - 1)) < PS)
+#define TOKEN_SLOT(t) (((long)(t) / PS) * PT + ((long)(t) & (PS - 1)))
+#define PAGED_PARAMS                                                                     \
+    const __global int *pg_indptr, const __global int *pg_indices, const __global int *pg_last, \
+        const __global int *qo_indptr, long Nq,
+#else
+#define K_PAGE(j) kslab
+#define V_PAGE(j) vslab
+#define IN_PAGE(j) ((long)(j))
+#define SLOT_TOKEN(j) ((long)(j))
+#define SLOT_USED(j) 1
+#define TOKEN_SLOT(t) ((long)(t))
+#define PAGED_PARAMS
+#endif
+/* Key tile / INT4 group / key row / value tile holding slot j. Rows of 16 slots never
+ * cross a page (PT >= 16 for every tiled format), so a tile's rows share one page. */
+#define K_TILE(j) (K_PAGE(j) + (IN_PAGE(j) / 16) * k_row)
+#define K_GROUP(j) (K_PAGE(j) + (IN_PAGE(j) / KT) * k_row)
+#define K_ROWP(j) (K_PAGE(j) + IN_PAGE(j) * k_row)
+#define V_TILE(j) (V_PAGE(j) + (IN_PAGE(j) / 16) * v_row)
+/* Per-token rows tt = 0..31 of the tile pair at j0 (f32 / f16 keys and values; a plain
+ * value tile is 16 rows): contiguous, the slab's row; paged with pages of 16 slots or
+ * more, the row within the two half-tile bases h0 / h1 (found once per tile); smaller
+ * pages (plain formats only), a page lookup per row. */
+#ifndef PAGED
+#define PAIR_KROW(h0, h1, tt) (kslab + (j0 + (tt)) * k_row)
+#define PAIR_VROW(h0, h1, tt) (vslab + (j0 + (tt)) * VCB)
+#define NEXT_KROW(h0, h1, tt) (kslab + (j0 + KT + (tt)) * k_row)
+#define NEXT_VROW(h0, h1, tt) (vslab + (j0 + KT + (tt)) * VCB)
+#elif PT < 16
+#define PAIR_KROW(h0, h1, tt) K_ROWP(j0 + (tt))
+#define PAIR_VROW(h0, h1, tt) (V_PAGE(j0 + (tt)) + IN_PAGE(j0 + (tt)) * VCB)
+#define NEXT_KROW(h0, h1, tt) K_ROWP(j0 + KT + (tt))
+#define NEXT_VROW(h0, h1, tt) (V_PAGE(j0 + KT + (tt)) + IN_PAGE(j0 + KT + (tt)) * VCB)
+#else
+#define PAIR_KROW(h0, h1, tt) (((tt) >= 16 ? (h1) : (h0)) + ((tt) & 15) * k_row)
+#define PAIR_VROW(h0, h1, tt) (((tt) >= 16 ? (h1) : (h0)) + ((tt) & 15) * VCB)
+#define NEXT_KROW PAIR_KROW
+#define NEXT_VROW PAIR_VROW
 #endif
 
 #define IS_TQ(f) ((f) >= FMT_TQ4)
@@ -248,7 +314,7 @@ __kernel void kv_partial(const __global float *qd, const __global uchar *kc,
                          const __global uchar *vc, long k_rs, long k_row, long v_rs, long v_row,
                          const __global float *ktab, const __global float *vtab,
                          __global float *part_o, __global float *part_ml, long Hq, long Hkv,
-                         long group, long nsplit, long chunk, MASK_PARAMS)
+                         long group, long nsplit, long chunk, PAGED_PARAMS MASK_PARAMS)
 {
     const long blk = get_global_id(0);
     const long split = get_global_id(1);
@@ -256,9 +322,19 @@ __kernel void kv_partial(const __global float *qd, const __global uchar *kc,
     const long b = bk / Hkv;
     const long kvh = bk - b * Hkv;
     const long nrows = group * Lq;
+#ifdef PAGED
+    /* sequence b: its pages, length, and its own query rows (Lq is the longest count) */
+    const long pg0 = pg_indptr[b], npg = pg_indptr[b + 1] - pg0;
+    const __global int *pg_idx = pg_indices + pg0;
+    const long len = npg > 0 ? (npg - 1) * PS + pg_last[b] : 0;
+    const long q0 = qo_indptr[b], Lqb = qo_indptr[b + 1] - q0;
+    const long slot_end = npg > 0 ? (npg - 1) * PT + pg_last[b] : 0;
+#else
     const long len = clamp((long)kv_lens[kvl_off + b * kvl_st], 0L, Lk);
-    const long c_lo = split * chunk;
-    const long c_hi = min(len, c_lo + chunk);
+    const long Lqb = Lq, slot_end = len;
+#endif
+    const long c_lo = split * chunk; /* slots (tokens when contiguous) */
+    const long c_hi = min(slot_end, c_lo + chunk);
 
 #if IS_TQ(K_FMT)
     const float16 ktable = vload16(0, ktab);
@@ -275,22 +351,30 @@ __kernel void kv_partial(const __global float *qd, const __global uchar *kc,
     long jlo = c_hi, jhi = c_lo;
     for (int r = 0; r < ROWS; r++) {
         const long row = blk * ROWS + r;
-        const bool active = row < nrows;
-        const long g = active ? row / Lq : 0;
+        const long g0 = row / Lq;
+        const bool active = row < nrows && row - g0 * Lq < Lqb;
+        const long g = active ? g0 : 0;
         const long i = active ? row - g * Lq : 0;
         hr[r] = kvh * group + g;
-        ir[r] = i;
+        ir[r] = active ? i : Lq; /* Lq >= Lqb marks an idle row (paged: not written) */
         /* len already bounds the keys: no second key-length test */
-        const long2 range = clattn_key_range(b, i, Lq, len, causal, win_left, win_right, 0,
+        const long2 range = clattn_key_range(b, i, Lqb, len, causal, win_left, win_right, 0,
                                              kv_lens, kvl_off, kvl_st);
-        lo[r] = active ? max(range.x, c_lo) : c_hi;
-        hi[r] = active ? min(range.y, c_hi) : c_lo;
+        /* the token range as slots: [slot of lo, slot of hi-1, plus one) */
+        const long s_lo = TOKEN_SLOT(range.x);
+        const long s_hi = range.y > range.x ? TOKEN_SLOT(range.y - 1) + 1 : s_lo;
+        lo[r] = active ? max(s_lo, c_lo) : c_hi;
+        hi[r] = active ? min(s_hi, c_hi) : c_lo;
         if (lo[r] < hi[r]) {
             jlo = min(jlo, lo[r]);
             jhi = max(jhi, hi[r]);
         }
         slope[r] = active ? ALIBI_SLOPE(hr[r]) : 0.0f;
+#ifdef PAGED
+        qrow[r] = (hr[r] * Nq + q0 + i) * DP; /* packed rows [Hq, Nq] */
+#else
         qrow[r] = ((b * Hq + hr[r]) * Lq + i) * DP;
+#endif
     }
 #if K_FMT == FMT_F32 || K_FMT == FMT_F16 || K_FMT == FMT_INT4
     float16 qv[ROWS][NDC];
@@ -312,8 +396,10 @@ __kernel void kv_partial(const __global float *qd, const __global uchar *kc,
 #endif
     }
 
+#ifndef PAGED
     const __global uchar *kslab = kc + bk * k_rs;
     const __global uchar *vslab = vc + bk * v_rs;
+#endif
     for (long j0 = jlo / KT * KT; j0 < jhi; j0 += KT) {
         const int nt = (int)min((long)KT, jhi - j0);
         float s[ROWS][KT];
@@ -323,13 +409,15 @@ __kernel void kv_partial(const __global float *qd, const __global uchar *kc,
          * line or two per step of the loops below (measured against all at once at the
          * start of a tile and against none: int8 decode 0.58 / 0.68 / 0.74 of the f16
          * decode path's time, tq4 0.40 / 0.47 / 0.47) */
-        const __global uchar *nk = kslab + (j0 / KT + 1) * (K_FMT == FMT_INT4 ? k_row : 2 * k_row);
-        const __global uchar *nv = vslab + (j0 / 16 + 2) * v_row;
+#if KV_PREFETCH
+        const __global uchar *nk = K_FMT == FMT_INT4 ? K_GROUP(j0 + KT) : K_TILE(j0 + KT);
+        const __global uchar *nv = V_TILE(j0 + KT);
+#endif
 
 #if K_FMT == FMT_INT4
         {
             /* w_i = q_i d_i and c0 = sum_i q_i m_i, 16 channels at a time */
-            const __global uchar *gk = kslab + (j0 / KT) * k_row;
+            const __global uchar *gk = K_GROUP(j0);
             float w[ROWS][DP];
             float c0[ROWS];
             for (int r = 0; r < ROWS; r++) {
@@ -383,8 +471,8 @@ __kernel void kv_partial(const __global float *qd, const __global uchar *kc,
         {
             /* two tiles of 16 tokens; two accumulators each (even and odd coordinates),
              * so four FMA chains are in flight per row */
-            const __global uchar *t0 = kslab + (j0 / 16) * k_row;
-            const __global uchar *t1 = t0 + k_row;
+            const __global uchar *t0 = K_TILE(j0);
+            const __global uchar *t1 = K_TILE(j0 + 16);
             float16 sa[ROWS][2][2];
 #if K_FMT == FMT_INT8
             float16 sc[ROWS][2];
@@ -472,6 +560,13 @@ __kernel void kv_partial(const __global float *qd, const __global uchar *kc,
 #endif
         }
 #else /* f32, f16 rows */
+        /* half-tile bases of this pair's keys and of the next pair's keys and values
+         * (used by paged builds with pages of 16 slots or more) */
+        const __global uchar *kh0 = K_ROWP(j0), *kh1 = K_ROWP(j0 + 16);
+#if KV_PREFETCH
+        const __global uchar *kn0 = K_ROWP(j0 + KT), *kn1 = K_ROWP(j0 + KT + 16);
+        const __global uchar *vn0 = V_TILE(j0 + KT), *vn1 = V_TILE(j0 + KT + 16);
+#endif
         for (int t = 0; t < KT; t += TU) {
             /* keys past the tile's end repeat its last key; the range check drops them */
             const __global uchar *kr[TU];
@@ -480,18 +575,18 @@ __kernel void kv_partial(const __global float *qd, const __global uchar *kc,
             /* the next tile's keys (and plain values), every line of each row: f16 rows
              * ran 1.28x the decode path's time without (which prefetches the same way) */
             for (int u = 0; u < TU; u++) {
-                const __global uchar *pk = kslab + (j0 + KT + t + u) * k_row;
+                const __global uchar *pk = NEXT_KROW(kn0, kn1, t + u);
                 for (int c = 0; c < (int)((k_row + 63) / 64); c++) KV_PF(pk + 64 * c);
 #if V_FMT == FMT_F32 || V_FMT == FMT_F16
                 const int tv = t + u;
-                const __global uchar *pv = nv + (tv >= 16 ? v_row - 16 * VCB : 0) + tv * VCB;
+                const __global uchar *pv = NEXT_VROW(vn0, vn1, tv);
                 for (int c = 0; c < (VCB + 63) / 64; c++) KV_PF(pv + 64 * c);
 #endif
             }
 #endif
 #pragma unroll
             for (int u = 0; u < TU; u++) {
-                kr[u] = kslab + (j0 + min(t + u, nt - 1)) * k_row;
+                kr[u] = PAIR_KROW(kh0, kh1, min(t + u, nt - 1));
 #pragma unroll
                 for (int r = 0; r < ROWS; r++) dot[r][u] = (float16)(0.0f);
             }
@@ -518,11 +613,11 @@ __kernel void kv_partial(const __global float *qd, const __global uchar *kc,
         /* ---- masking and one online-softmax step per row ---- */
         for (int r = 0; r < ROWS; r++) {
             for (int t = 0; t < KT; t++) {
-                const long j = j0 + t;
-                s[r][t] = (j >= lo[r] && j < hi[r])
-                              ? clattn_score(s[r][t], b, hr[r], ir[r], j, slope[r], scale, softcap,
-                                             Lq, len, mask, mask_off, mask_s0, mask_s1, mask_s2,
-                                             mask_s3)
+                const long j = j0 + t; /* a slot; the token SLOT_TOKEN(j) when SLOT_USED(j) */
+                s[r][t] = (j >= lo[r] && j < hi[r] && SLOT_USED(j))
+                              ? clattn_score(s[r][t], b, hr[r], ir[r], SLOT_TOKEN(j), slope[r], scale,
+                                             softcap, Lqb, len, mask, mask_off, mask_s0, mask_s1,
+                                             mask_s2, mask_s3)
                               : -INFINITY;
             }
             const float16 s0 = vload16(0, s[r]), s1 = vload16(1, s[r]);
@@ -549,7 +644,8 @@ __kernel void kv_partial(const __global float *qd, const __global uchar *kc,
         }
 
         /* ---- P V ---- */
-        const __global uchar *vt = vslab + (j0 / 16) * v_row; /* this tile pair's values */
+        /* this tile pair's values: tokens 0..15 in vt, 16..31 in vt1 */
+        const __global uchar *vt = V_TILE(j0), *vt1 = V_TILE(j0 + 16);
 #if VNS
         /* the 32 tokens' scales times their weights, as vectors, before the token loop */
 #if IS_TQ(V_FMT)
@@ -558,9 +654,9 @@ __kernel void kv_partial(const __global float *qd, const __global uchar *kc,
         float wv[ROWS][NVB][KT];
 #endif
         for (int f = 0; f < (IS_TQ(V_FMT) ? 1 : NVB); f++) {
-            const float16 d0 = kv_halves16(vt + 32 * f), d1 = kv_halves16(vt + v_row + 32 * f);
+            const float16 d0 = kv_halves16(vt + 32 * f), d1 = kv_halves16(vt1 + 32 * f);
 #if V_FMT == FMT_INT4
-            const float16 m0 = kv_halves16(vt + 32 * (NVB + f)), m1 = kv_halves16(vt + v_row + 32 * (NVB + f));
+            const float16 m0 = kv_halves16(vt + 32 * (NVB + f)), m1 = kv_halves16(vt1 + 32 * (NVB + f));
 #endif
             for (int r = 0; r < ROWS; r++) {
                 const float16 p0 = vload16(0, s[r]), p1 = vload16(1, s[r]);
@@ -574,7 +670,11 @@ __kernel void kv_partial(const __global float *qd, const __global uchar *kc,
 #endif
         for (int t = 0; t < nt; t++) {
             /* tokens 0..15 in the first tile, 16..31 in the second */
-            const __global uchar *cr = vt + (t >= 16 ? v_row - 16 * VCB : 0) + 32 * VNS + t * VCB;
+#if VNS
+            const __global uchar *cr = (t >= 16 ? vt1 : vt) + 32 * VNS + (t & 15) * VCB;
+#else
+            const __global uchar *cr = PAIR_VROW(vt, vt1, t);
+#endif
 #if V_FMT == FMT_F32 || V_FMT == FMT_F16
 #pragma unroll
             for (int c = 0; c < NVC; c++) {
@@ -621,7 +721,12 @@ __kernel void kv_partial(const __global float *qd, const __global uchar *kc,
         /* each block's sum of p m goes to its 32 lanes */
         for (int c = 0; c < NVC; c++) acc[r][c] += (float16)(accm[r][c >> 1]);
 #endif
+#ifdef PAGED
+        if (ir[r] >= Lqb) continue; /* past this sequence's own query rows */
+        const long pr = (hr[r] * Nq + q0 + ir[r]) * nsplit + split;
+#else
         const long pr = ((b * Hq + hr[r]) * Lq + ir[r]) * nsplit + split;
+#endif
         part_ml[pr * 2] = m[r];
         part_ml[pr * 2 + 1] = l[r];
         for (int c = 0; c < NVC; c++) vstore16(acc[r][c], c, part_o + pr * DVP);

@@ -245,6 +245,55 @@ inline void kv_quantize_row(float *v, uchar *row, const __global int *rot, const
 #else
 #define NSCALE 0
 #endif
+/* Quantize v into position p of a slab: a plain row (VTILES 0) or lane p % 16 of value
+ * tile p / 16 (VTILES 1). */
+inline void kv_row_store(__global uchar *slab, long p, const uchar *row)
+{
+#if VTILES
+    __global uchar *tile = slab + (p / 16) * (16 * ROW_BYTES);
+    const int l = (int)(p % 16);
+    for (int k = 0; k < NSCALE; k++) {
+        tile[2 * (16 * k + l)] = row[2 * k];
+        tile[2 * (16 * k + l) + 1] = row[2 * k + 1];
+    }
+    __global uchar *dst = tile + 32 * NSCALE + l * (ROW_BYTES - 2 * NSCALE);
+    for (int e = 0; e < ROW_BYTES - 2 * NSCALE; e++) dst[e] = row[2 * NSCALE + e];
+#else
+    __global uchar *dst = slab + p * ROW_BYTES;
+    for (int e = 0; e < ROW_BYTES; e++) dst[e] = row[e];
+#endif
+}
+
+inline void kv_row_put(__global uchar *slab, long p, float *v, const __global int *rot,
+                       const __global float *tab, float sqrt_n)
+{
+    ushort rowbuf[(ROW_BYTES + 1) / 2]; /* ushort: halves inside are 2-byte aligned */
+    uchar *row = (uchar *)rowbuf;
+    kv_quantize_row(v, row, rot, tab, sqrt_n);
+    kv_row_store(slab, p, row);
+}
+
+#if defined(PAGED) && defined(KV_MOVE)
+/* The stored row of position p of a slab, back in the row layout (kv_row_store's
+ * inverse). */
+inline void kv_row_load(const __global uchar *slab, long p, uchar *row)
+{
+#if VTILES
+    const __global uchar *tile = slab + (p / 16) * (16 * ROW_BYTES);
+    const int l = (int)(p % 16);
+    for (int k = 0; k < NSCALE; k++) {
+        row[2 * k] = tile[2 * (16 * k + l)];
+        row[2 * k + 1] = tile[2 * (16 * k + l) + 1];
+    }
+    const __global uchar *src = tile + 32 * NSCALE + l * (ROW_BYTES - 2 * NSCALE);
+    for (int e = 0; e < ROW_BYTES - 2 * NSCALE; e++) row[2 * NSCALE + e] = src[e];
+#else
+    const __global uchar *src = slab + p * ROW_BYTES;
+    for (int e = 0; e < ROW_BYTES; e++) row[e] = src[e];
+#endif
+}
+#endif
+
 __kernel void kv_append_rows(TENSOR_PARAMS(const __global K_T *, x), __global uchar *cache, long slab,
                              long H, const __global int *old_len, const __global int *new_len,
                              const __global int *rot, const __global float *tab, float sqrt_n)
@@ -256,25 +305,81 @@ __kernel void kv_append_rows(TENSOR_PARAMS(const __global K_T *, x), __global uc
     const long xb = x_off + b * x_s0 + h * x_s1 + t * x_s2;
     float v[DIM];
     for (int i = 0; i < DIM; i++) v[i] = LOAD_K(x, xb + i * x_s3);
-    ushort rowbuf[(ROW_BYTES + 1) / 2]; /* ushort: halves inside are 2-byte aligned */
-    uchar *row = (uchar *)rowbuf;
-    kv_quantize_row(v, row, rot, tab, sqrt_n);
-#if VTILES
-    __global uchar *tile = cache + (b * H + h) * slab + (p / 16) * (16 * ROW_BYTES);
-    const int l = (int)(p % 16);
-    for (int k = 0; k < NSCALE; k++) {
-        tile[2 * (16 * k + l)] = row[2 * k];
-        tile[2 * (16 * k + l) + 1] = row[2 * k + 1];
+    kv_row_put(cache + (b * H + h) * slab, p, v, rot, tab, sqrt_n);
+}
+
+#ifdef PAGED
+/* ---- Append to a paged pool: rows, one vector per work-item -----------------------
+ * global (N, H): token t of x goes to slot slots[t] = page * ps + offset of the pool,
+ * whose (page, head) slabs hold page_bytes each (pt slots: ps, or a tile of 16 for
+ * pages below it). Tokens never share a byte here (plain rows, value tiles), so one
+ * work-item per token writes without races. */
+__kernel void kv_paged_append_rows(TENSOR_PARAMS(const __global K_T *, x), __global uchar *pool,
+                                   long page_bytes, long H, long ps, const __global int *slots,
+                                   const __global int *rot, const __global float *tab, float sqrt_n)
+{
+    const long t = get_global_id(0), h = get_global_id(1);
+    const long slot = slots[t], page = slot / ps;
+    const long xb = x_off + h * x_s1 + t * x_s2;
+    float v[DIM];
+    for (int i = 0; i < DIM; i++) v[i] = LOAD_K(x, xb + i * x_s3);
+    kv_row_put(pool + (page * H + h) * page_bytes, slot - page * ps, v, rot, tab, sqrt_n);
+}
+#endif
+
+#if FMT == FMT_INT8 || TQ_BITS
+/* Quantize the input row at x[xb + i * xs] into lane l of key tile tp (16 rows
+ * transposed, src/kv_format.h). */
+inline void kv_tile_store(__global uchar *tp, int l, const uchar *row)
+{
+#if FMT == FMT_INT8
+    for (int bb = 0; bb < NB32; bb++) {
+        tp[2 * (16 * bb + l)] = row[2 * bb];
+        tp[2 * (16 * bb + l) + 1] = row[2 * bb + 1];
     }
-    __global uchar *dst = tile + 32 * NSCALE + l * (ROW_BYTES - 2 * NSCALE);
-    for (int e = 0; e < ROW_BYTES - 2 * NSCALE; e++) dst[e] = row[2 * NSCALE + e];
+    for (int i = 0; i < DIM; i++) tp[32 * NB32 + 16 * i + l] = row[2 * NB32 + i];
 #else
-    __global uchar *dst = cache + (b * H + h) * slab + p * ROW_BYTES;
-    for (int e = 0; e < ROW_BYTES; e++) dst[e] = row[e];
+    tp[2 * l] = row[0];
+    tp[2 * l + 1] = row[1];
+    for (int i = 0; i < DIM; i++)
+        kv_word_set_global(tp + 32 + TQ_GB * i, l, kv_word_get(row + 2 + TQ_GB * (i / 16), i % 16));
 #endif
 }
 
-#if FMT == FMT_INT8 || TQ_BITS
+inline void kv_tile_put(__global uchar *tp, int l, const __global K_T *x, long xb, long xs,
+                        const __global int *rot, const __global float *tab, float sqrt_n)
+{
+    float v[DIM];
+    for (int i = 0; i < DIM; i++) v[i] = LOAD_K(x, xb + i * xs);
+    ushort rowbuf[(ROW_BYTES + 1) / 2];
+    uchar *row = (uchar *)rowbuf;
+    kv_quantize_row(v, row, rot, tab, sqrt_n);
+    kv_tile_store(tp, l, row);
+}
+
+#if defined(PAGED) && defined(KV_MOVE)
+/* Lane l of key tile tp back in the row layout (kv_tile_store's inverse). */
+inline void kv_tile_load(const __global uchar *tp, int l, uchar *row)
+{
+#if FMT == FMT_INT8
+    for (int bb = 0; bb < NB32; bb++) {
+        row[2 * bb] = tp[2 * (16 * bb + l)];
+        row[2 * bb + 1] = tp[2 * (16 * bb + l) + 1];
+    }
+    for (int i = 0; i < NB32 * 32; i++) row[2 * NB32 + i] = i < DIM ? tp[32 * NB32 + 16 * i + l] : 0;
+#else
+    row[0] = tp[2 * l];
+    row[1] = tp[2 * l + 1];
+    for (int e = 2; e < ROW_BYTES; e++) row[e] = 0;
+    for (int i = 0; i < DIM; i++) {
+        uchar w[8];
+        for (int e = 0; e < TQ_GB; e++) w[e] = tp[32 + TQ_GB * i + e];
+        kv_word_set(row + 2 + TQ_GB * (i / 16), i % 16, kv_word_get(w, l));
+    }
+#endif
+}
+#endif
+
 /* ---- Append: key tiles, one tile per work-item -------------------------------------
  * global (ntiles, H, B): work-item k owns tile old_len[b] / 16 + k of (b, h) and writes
  * the lanes of its new tokens (src/kv_format.h: 16 rows transposed). TQ packs several
@@ -289,25 +394,70 @@ __kernel void kv_append_tiles(TENSOR_PARAMS(const __global K_T *, x), __global u
     const long tile = l0 / 16 + k;
     if (l1 <= l0 || tile * 16 >= l1) return;
     __global uchar *tp = cache + ((b * H + h) * tiles + tile) * tile_bytes;
-    for (long p = max(tile * 16, l0); p < min(tile * 16 + 16, l1); p++) {
-        const int l = (int)(p - tile * 16);
-        const long xb = x_off + b * x_s0 + h * x_s1 + (p - l0) * x_s2;
-        float v[DIM];
-        for (int i = 0; i < DIM; i++) v[i] = LOAD_K(x, xb + i * x_s3);
-        ushort rowbuf[(ROW_BYTES + 1) / 2];
-        uchar *row = (uchar *)rowbuf;
-        kv_quantize_row(v, row, rot, tab, sqrt_n);
-#if FMT == FMT_INT8
-        for (int bb = 0; bb < NB32; bb++) {
-            tp[2 * (16 * bb + l)] = row[2 * bb];
-            tp[2 * (16 * bb + l) + 1] = row[2 * bb + 1];
-        }
-        for (int i = 0; i < DIM; i++) tp[32 * NB32 + 16 * i + l] = row[2 * NB32 + i];
+    for (long p = max(tile * 16, l0); p < min(tile * 16 + 16, l1); p++)
+        kv_tile_put(tp, (int)(p - tile * 16), x, x_off + b * x_s0 + h * x_s1 + (p - l0) * x_s2,
+                    x_s3, rot, tab, sqrt_n);
+}
+
+#ifdef PAGED
+/* ---- Append to a paged pool: key tiles, one tile per work-item -------------------
+ * global (ntiles, H). The host sorted the tokens by slot and grouped them by 16-slot
+ * tile: tile k's tokens are order[grp[k] .. grp[k+1]), so a tile has one writer (TQ
+ * packs several tokens into one byte). tile_bytes per key tile; pages as above. */
+__kernel void kv_paged_append_tiles(TENSOR_PARAMS(const __global K_T *, x), __global uchar *pool,
+                                    long page_bytes, long tile_bytes, long H, long ps,
+                                    const __global int *slots, const __global int *grp,
+                                    const __global int *order, const __global int *rot,
+                                    const __global float *tab, float sqrt_n)
+{
+    const long k = get_global_id(0), h = get_global_id(1);
+    for (long e = grp[k]; e < grp[k + 1]; e++) {
+        const long t = order[e], slot = slots[t], page = slot / ps, p = slot - page * ps;
+        __global uchar *tp = pool + (page * H + h) * page_bytes + (p / 16) * tile_bytes;
+        kv_tile_put(tp, (int)(p % 16), x, x_off + h * x_s1 + t * x_s2, x_s3, rot, tab, sqrt_n);
+    }
+}
+#endif
+#endif
+
+#if defined(PAGED) && defined(KV_MOVE)
+/* ---- Moving stored tokens within a paged pool (clattn_kv_pool_seq_remove) ---------
+ * Exact byte moves, never re-quantized: kv_paged_gather copies token t's stored row
+ * (slot src[t], every head) into rows[(t * H + h) * ROW_BYTES]; kv_paged_scatter
+ * writes them to slots dst[t], one destination tile per work-item as the append (TQ
+ * tiles pack several tokens into one byte). KTILES: keys in 16-token tiles (int8, tq). */
+#ifndef KTILES
+#define KTILES 0
+#endif
+__kernel void kv_paged_gather(const __global uchar *pool, long page_bytes, long tile_bytes, long H,
+                              long ps, const __global int *src, __global uchar *rows)
+{
+    const long t = get_global_id(0), h = get_global_id(1);
+    const long slot = src[t], page = slot / ps, p = slot - page * ps;
+    const __global uchar *base = pool + (page * H + h) * page_bytes;
+    uchar row[ROW_BYTES];
+#if KTILES
+    kv_tile_load(base + (p / 16) * tile_bytes, (int)(p % 16), row);
 #else
-        tp[2 * l] = row[0];
-        tp[2 * l + 1] = row[1];
-        for (int i = 0; i < DIM; i++)
-            kv_word_set_global(tp + 32 + TQ_GB * i, l, kv_word_get(row + 2 + TQ_GB * (i / 16), i % 16));
+    kv_row_load(base, p, row);
+#endif
+    for (int e = 0; e < ROW_BYTES; e++) rows[(t * H + h) * ROW_BYTES + e] = row[e];
+}
+
+__kernel void kv_paged_scatter(__global uchar *pool, long page_bytes, long tile_bytes, long H, long ps,
+                               const __global int *dst, const __global int *grp,
+                               const __global int *order, const __global uchar *rows)
+{
+    const long k = get_global_id(0), h = get_global_id(1);
+    for (long e = grp[k]; e < grp[k + 1]; e++) {
+        const long t = order[e], slot = dst[t], page = slot / ps, p = slot - page * ps;
+        __global uchar *base = pool + (page * H + h) * page_bytes;
+        uchar row[ROW_BYTES];
+        for (int b = 0; b < ROW_BYTES; b++) row[b] = rows[(t * H + h) * ROW_BYTES + b];
+#if KTILES
+        kv_tile_store(base + (p / 16) * tile_bytes, (int)(p % 16), row);
+#else
+        kv_row_store(base, p, row);
 #endif
     }
 }

@@ -503,6 +503,127 @@ CLATTN_API clattn_status clattn_kv_quantize_host(clattn_kv_format format, clattn
                                                  const float *x, size_t n_vectors, int64_t D,
                                                  float *x_hat, uint64_t *bytes);
 
+/* ---- Paged KV cache ------------------------------------------------------------- */
+/* A pool of fixed-size pages of keys and values on the device, in any clattn_kv_format
+ * but INT4 keys (their 32-token groups need the cache's f16 tail of unfinished groups;
+ * INT4 values are fine), for serving many sequences of different lengths (vLLM's block
+ * tables, FlashInfer's page tables). A page holds page_size tokens (a power of two,
+ * 1..256) of every KV head; pages below 16 tokens with a tiled format (anything but
+ * F32/F16 for both keys and values) take the storage of 16 tokens each.
+ *
+ * Who owns what. The pool only stores bytes: the caller allocates and frees pages and
+ * keeps each sequence's page table on the host, in FlashInfer's CSR form
+ * (clattn_page_table): sequence s owns pages indices[indptr[s] .. indptr[s+1]), in
+ * token order, and its last page holds last_page_len[s] tokens (1..page_size; 0 for a
+ * sequence without pages), so its length is (pages - 1) * page_size + last_page_len[s].
+ * clattn never changes a page table and never allocates or frees a page; every call
+ * reads the table it is given and validates it on the host first (indptr[0] = 0 and
+ * non-decreasing, page numbers within the pool, last lengths within range, the table's
+ * page_size equal to the pool's): a bad table is refused with a message and nothing is
+ * written. Pages may be shared by sequences (a common prefix) for reading; a call that
+ * writes (append, copy, remove) refuses to write a page that more than one sequence of
+ * the table holds (copy it first: clattn_kv_pool_copy_pages, copy-on-write). */
+typedef struct clattn_kv_pool clattn_kv_pool;
+
+typedef struct clattn_page_table {
+    size_t n_seqs;
+    const int32_t *indptr;        /* [n_seqs + 1] */
+    const int32_t *indices;       /* [indptr[n_seqs]] page numbers 0 .. num_pages-1 */
+    const int32_t *last_page_len; /* [n_seqs] */
+    int64_t page_size;            /* must equal the pool's */
+} clattn_page_table;
+
+/* A pool of num_pages pages of page_size tokens for Hkv KV heads of D (keys) and Dv
+ * (values) elements. The pool keeps a pointer to ctx, which must outlive it. Errors:
+ * INVALID_ARGUMENT (format, INT4 keys), INVALID_SHAPE (page_size not a power of two in
+ * 1..256, num_pages or Hkv < 1, D or Dv outside 1..256, slots past int32),
+ * OUT_OF_MEMORY. The pages start zeroed. */
+CLATTN_API clattn_status clattn_kv_pool_create(clattn_context *ctx, int64_t num_pages,
+                                               int64_t page_size, int64_t Hkv, int64_t D,
+                                               int64_t Dv, clattn_kv_format k_format,
+                                               clattn_kv_format v_format, clattn_kv_pool **pool);
+CLATTN_API void clattn_kv_pool_free(clattn_kv_pool *pool); /* NULL is a no-op */
+/* Device memory of the pool's pages and tables, in bytes. */
+CLATTN_API uint64_t clattn_kv_pool_bytes(const clattn_kv_pool *pool);
+
+/* Store N new tokens: k_new [1, Hkv, N, D] and v_new [1, Hkv, N, Dv] (f32, f16 or bf16,
+ * host or cl_mem, any strides); token t goes to slot slot_mapping[t] = page * page_size
+ * + offset (vLLM's slot mapping), quantized on the device. Slots must be distinct and
+ * within the pool, and no written page may be held by more than one sequence of table
+ * (which is only read; the caller then raises the sequences' last_page_len or adds
+ * pages). On any error nothing is written. The work is enqueued; event (or NULL) gets
+ * an event that completes when the pool holds the tokens. */
+CLATTN_API clattn_status clattn_kv_pool_append(clattn_kv_pool *pool, const clattn_page_table *table,
+                                               const clattn_tensor *k_new,
+                                               const clattn_tensor *v_new,
+                                               const int32_t *slot_mapping, cl_event *event);
+
+/* Attention of a ragged batch over its pages: the queries of every sequence packed as
+ * q [1, Hq, Nq, D] (Hq a multiple of Hkv), sequence s's rows qo_indptr[s] ..
+ * qo_indptr[s+1]-1 (qo_indptr [n_seqs + 1], qo_indptr[0] = 0, non-decreasing, last =
+ * Nq), into o [1, Hq, Nq, Dv] and, with options.lse, LSE [1, Hq, Nq, 1]. Decode is one
+ * row per sequence; chunked prefill appends the chunk's keys first and passes its
+ * rows. Each sequence attends as clattn_kv_cache_attention's batch entry would: its keys
+ * are 0 .. len-1 and its query i sits at position i + len - Lq_s (bottom-right per
+ * sequence). Options: scale, softcap, ALiBi ([Hq]), causal (opt == NULL means the
+ * defaults with CLATTN_CAUSAL_BOTTOM_RIGHT, as the cache), window, GQA and LSE apply;
+ * options.mask and options.kv_lens are refused (the page table gives the lengths) and
+ * options.path is ignored. A sequence without pages gives O = 0 and LSE = -inf. Events
+ * and host tensors behave as in clattn_attention; ctx must be the pool's. */
+CLATTN_API clattn_status clattn_kv_pool_attention(clattn_context *ctx, clattn_kv_pool *pool,
+                                                  const clattn_page_table *table,
+                                                  const int32_t *qo_indptr, const clattn_tensor *q,
+                                                  clattn_tensor *o, const clattn_options *opt,
+                                                  cl_event *event);
+
+/* Shared-prefix (cascade) attention: sequences that share a prefix attend it as one
+ * problem, so the prefix's keys and values are read once per group instead of once per
+ * sequence, then their own pages, and the two states are merged on the device with
+ * clattn_merge_states. Group g's prefix is sequence g of prefix (its pages, usually
+ * shared with nothing that writes) and its query rows are group_qo_indptr[g] ..
+ * group_qo_indptr[g+1]-1 of q, all of which see the whole prefix; sequence s's own pages
+ * are sequence s of suffix and its rows are qo_indptr[s] .. qo_indptr[s+1]-1, which must
+ * lie within one group. The result equals clattn_kv_pool_attention over each sequence's
+ * prefix pages followed by its own (prefix tokens first), to float32 rounding. Options:
+ * scale, softcap, causal (within the suffix; the prefix precedes every query), GQA and
+ * LSE as in clattn_kv_pool_attention; ALiBi and windows are refused (they depend on each
+ * query's absolute position, which the shared prefix problem does not have). Memory:
+ * two float32 copies of O and LSE as scratch. */
+CLATTN_API clattn_status clattn_kv_pool_cascade_attention(
+    clattn_context *ctx, clattn_kv_pool *pool, const clattn_page_table *prefix,
+    const int32_t *group_qo_indptr, const clattn_page_table *suffix, const int32_t *qo_indptr,
+    const clattn_tensor *q, clattn_tensor *o, const clattn_options *opt, cl_event *event);
+
+/* Copy n whole pages on the device: page src[i] to page dst[i] (every KV head, keys and
+ * values), for copy-on-write of a shared page before appending to it. Pages must be
+ * within the pool, no dst may repeat or be a src. The caller then points its table at
+ * the copies. On any error nothing is written. */
+CLATTN_API clattn_status clattn_kv_pool_copy_pages(clattn_kv_pool *pool, size_t n,
+                                                   const int32_t *src, const int32_t *dst,
+                                                   cl_event *event);
+
+/* llama.cpp's sequence operations with caller-owned tables.
+ * copy_prefix: the first n_tokens tokens of sequence src_seq are copied into the first
+ * pages of dst_seq (which must already hold ceil(n_tokens / page_size) pages that no
+ * other sequence of table holds; pages both sequences already share are left as they
+ * are). The caller then sets dst_seq's last_page_len (and drops pages it no longer
+ * needs). Sharing the prefix's full pages in dst's table, with no copy at all, is the
+ * cheaper way when dst only reads them; copy the last, partial page before appending.
+ * remove: tokens p0 .. p1-1 of sequence seq are removed and the tokens after them move
+ * down on the device (p1 past the length means "to the end"), so the sequence keeps
+ * its first p0 tokens followed by its tokens from p1 on; *new_len receives its new
+ * length. The caller then updates the table: last_page_len and the pages past
+ * ceil(new_len / page_size), which it may free. The sequence's pages must not be held
+ * by another sequence of table. On any error nothing is written. */
+CLATTN_API clattn_status clattn_kv_pool_seq_copy_prefix(clattn_kv_pool *pool,
+                                                        const clattn_page_table *table,
+                                                        size_t src_seq, size_t dst_seq,
+                                                        int64_t n_tokens, cl_event *event);
+CLATTN_API clattn_status clattn_kv_pool_seq_remove(clattn_kv_pool *pool,
+                                                   const clattn_page_table *table, size_t seq,
+                                                   int64_t p0, int64_t p1, int64_t *new_len,
+                                                   cl_event *event);
+
 /* ---- CPU reference --------------------------------------------------------------- */
 /* The SPEC §1 computation on the host in float64, for tests and `clattn check`. All
  * tensors must be host tensors; opt->lse and opt->path are ignored. out receives dense

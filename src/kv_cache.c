@@ -188,8 +188,8 @@ clattn_status clattn_kv_cache_lengths(const clattn_kv_cache *c, int32_t *lengths
 /* ---- Append --------------------------------------------------------------------- */
 
 /* The rules problem.c applies to q/k/v, for an append's input. */
-static clattn_status check_input(clattn_context *ctx, const char *name, const clattn_tensor *t,
-                                 int64_t B, int64_t H, int64_t n, int64_t dim)
+clattn_status clattn__kv_check_input(clattn_context *ctx, const char *name, const clattn_tensor *t,
+                                     int64_t B, int64_t H, int64_t n, int64_t dim)
 {
     CLATTN_RETURN_IF(ctx, !t, CLATTN_ERROR_INVALID_ARGUMENT, "kv append: %s is NULL", name);
     CLATTN_RETURN_IF(ctx, t->dtype != CLATTN_F32 && t->dtype != CLATTN_F16 && t->dtype != CLATTN_BF16,
@@ -227,7 +227,7 @@ static clattn_status check_input(clattn_context *ctx, const char *name, const cl
 }
 
 /* A tensor as kernels see it; host tensors are copied (whole span) to a new buffer. */
-static clattn_status stage_input(clattn_context *ctx, const clattn_tensor *t, clattn__dev_tensor *d)
+clattn_status clattn__kv_stage_input(clattn_context *ctx, const clattn_tensor *t, clattn__dev_tensor *d)
 {
     memset(d, 0, sizeof *d);
     const cl_long es = (cl_long)clattn_dtype_size(t->dtype);
@@ -373,8 +373,8 @@ clattn_status clattn_kv_cache_append_with_event(clattn_kv_cache *c, const clattn
     CLATTN_RETURN_IF(ctx, !k_new || !v_new, CLATTN_ERROR_INVALID_ARGUMENT, "kv append: %s is NULL",
                      !k_new ? "k_new" : "v_new");
     const int64_t n = k_new->ne[2];
-    CLATTN_FORWARD(check_input(ctx, "k_new", k_new, c->B, c->Hkv, n, c->D));
-    CLATTN_FORWARD(check_input(ctx, "v_new", v_new, c->B, c->Hkv, n, c->Dv));
+    CLATTN_FORWARD(clattn__kv_check_input(ctx, "k_new", k_new, c->B, c->Hkv, n, c->D));
+    CLATTN_FORWARD(clattn__kv_check_input(ctx, "v_new", v_new, c->B, c->Hkv, n, c->Dv));
 
     /* Every check before any write: the cache is untouched on any error below. */
     int32_t *newlen = malloc((size_t)c->B * sizeof(int32_t));
@@ -407,8 +407,8 @@ clattn_status clattn_kv_cache_append_with_event(clattn_kv_cache *c, const clattn
     clattn__dev_tensor kx, vx;
     memset(&vx, 0, sizeof vx);
     cl_mem new_lens = NULL;
-    clattn_status st = stage_input(ctx, k_new, &kx);
-    if (st == CLATTN_SUCCESS) st = stage_input(ctx, v_new, &vx);
+    clattn_status st = clattn__kv_stage_input(ctx, k_new, &kx);
+    if (st == CLATTN_SUCCESS) st = clattn__kv_stage_input(ctx, v_new, &vx);
     if (st == CLATTN_SUCCESS)
         st = clattn__buffer_create_copy(ctx, (size_t)c->B * sizeof(int32_t), newlen, &new_lens);
     /* Both kernels before either launch: once the key kernel is queued the keys are
@@ -497,7 +497,7 @@ static void make_plan(const clattn_context *ctx, const clattn__problem *p, int k
     pl->nsplit = ceil_div(L, pl->chunk);
 }
 
-static void rows_options(const clattn_kv_cache *c, const clattn__problem *p, int64_t dim, char *opts,
+static void rows_options(const clattn__kv_src *c, const clattn__problem *p, int64_t dim, char *opts,
                          size_t cap)
 {
     opts[0] = '\0';
@@ -509,13 +509,21 @@ typedef struct kv_scratch {
     cl_mem qd, part_o, part_ml, od;
 } kv_scratch;
 
-static clattn_status run_kernels(clattn_kv_cache *c, const clattn__dev_problem *dp, int64_t Lmax,
-                                 kv_scratch *s, cl_event *event)
+static clattn_status run_kernels(clattn_context *ctx, const clattn__kv_src *c,
+                                 const clattn__dev_problem *dp, int64_t Lmax, kv_scratch *s,
+                                 cl_event *event)
 {
-    clattn_context *ctx = c->ctx;
     const clattn__problem *p = dp->p;
     kv_plan pl;
-    make_plan(ctx, p, (int)c->kf, Lmax, &pl);
+    if (c->paged) {
+        /* the plan sees the ragged batch as n_seqs entries of the longest query count */
+        clattn__problem pp = *p;
+        pp.B = c->n_seqs;
+        pp.Lq = c->lq_max;
+        make_plan(ctx, &pp, (int)c->kf, Lmax, &pl);
+    } else {
+        make_plan(ctx, p, (int)c->kf, Lmax, &pl);
+    }
     const int64_t rows_all = p->B * p->Hq * p->Lq;
     const int64_t DP = ceil_div(p->D, 16) * 16, DVP = ceil_div(p->Dv, 16) * 16;
     int64_t scratch_i = 0, q_bytes = 0, o_bytes = 0;
@@ -536,9 +544,9 @@ static clattn_status run_kernels(clattn_kv_cache *c, const clattn__dev_problem *
     CLATTN_FORWARD(clattn__buffer_create(ctx, (size_t)(rows_all * pl.nsplit * DVP) * 4u, &s->part_o));
     CLATTN_FORWARD(clattn__buffer_create(ctx, (size_t)(rows_all * pl.nsplit * 2) * 4u, &s->part_ml));
     CLATTN_FORWARD(clattn__buffer_create(ctx, (size_t)o_bytes, &s->od));
-    clattn__log(ctx, "kv attention: k %s, v %s, %d rows x %lld blocks, %lld splits of %lld keys (tuning: %s)",
-                clattn_kv_format_name(c->kf), clattn_kv_format_name(c->vf), pl.rows, (long long)pl.nblk,
-                (long long)pl.nsplit, (long long)pl.chunk, pl.src.text);
+    clattn__log(ctx, "kv attention%s: k %s, v %s, %d rows x %lld blocks, %lld splits of %lld keys (tuning: %s)",
+                c->paged ? " (paged)" : "", clattn_kv_format_name(c->kf), clattn_kv_format_name(c->vf),
+                pl.rows, (long long)pl.nblk, (long long)pl.nsplit, (long long)pl.chunk, pl.src.text);
 
     const cl_long Hq = p->Hq, Lq = p->Lq, Hkv = p->Hkv, group = p->group;
     const size_t gq[3] = {(size_t)p->Lq, (size_t)p->Hq, (size_t)p->B};
@@ -563,12 +571,15 @@ static clattn_status run_kernels(clattn_kv_cache *c, const clattn__dev_problem *
               clattn__opts_add(opts, sizeof opts, " -DD=%lld -DDV=%lld -DK_FMT=%d -DV_FMT=%d -DROWS=%d -DKV_PREFETCH=%d",
                                (long long)p->D, (long long)p->Dv, (int)c->kf, (int)c->vf, pl.rows,
                                pl.prefetch);
+    if (ok && c->paged)
+        ok = clattn__opts_add(opts, sizeof opts, " -DPAGED -DPS=%lld -DPT=%lld", (long long)c->page_size,
+                              (long long)c->page_slots);
     CLATTN_RETURN_IF(ctx, !ok, CLATTN_ERROR_INTERNAL, "kv attention: build options too long");
     cl_kernel kp, km;
     CLATTN_FORWARD(clattn__kernel_get(ctx, "kv_attn.cl", opts, "kv_partial", &kp));
     CLATTN_FORWARD(clattn__kernel_get(ctx, "kv_attn.cl", opts, "kv_merge", &km));
     clattn__dev_problem dpl = *dp; /* the cache's lengths play kv_lens */
-    dpl.kv_lens.mem = c->lens;
+    dpl.kv_lens.mem = c->paged ? c->indptr : c->lens; /* any int buffer when paged (unread) */
     dpl.kv_lens.off = 0;
     dpl.kv_lens.st[0] = 1;
     const cl_long k_rs = (cl_long)c->k_slab, k_row = (cl_long)c->k_row, v_rs = (cl_long)c->v_slab,
@@ -590,12 +601,26 @@ static clattn_status run_kernels(clattn_kv_cache *c, const clattn__dev_problem *
     CLATTN_FORWARD(CLATTN_ARG(ctx, kp, &a, group));
     CLATTN_FORWARD(CLATTN_ARG(ctx, kp, &a, nsplit));
     CLATTN_FORWARD(CLATTN_ARG(ctx, kp, &a, chunk));
-    CLATTN_FORWARD(clattn__set_mask_args(ctx, kp, &a, &dpl));
+    if (c->paged) {
+        const cl_long Nq = p->Lq;
+        CLATTN_FORWARD(CLATTN_ARG(ctx, kp, &a, c->indptr));
+        CLATTN_FORWARD(CLATTN_ARG(ctx, kp, &a, c->indices));
+        CLATTN_FORWARD(CLATTN_ARG(ctx, kp, &a, c->last));
+        CLATTN_FORWARD(CLATTN_ARG(ctx, kp, &a, c->qo_indptr));
+        CLATTN_FORWARD(CLATTN_ARG(ctx, kp, &a, Nq));
+        /* the kernel takes Lq from the prelude's arguments: the longest query count */
+        clattn__problem pq = *p;
+        pq.Lq = c->lq_max;
+        dpl.p = &pq;
+        CLATTN_FORWARD(clattn__set_mask_args(ctx, kp, &a, &dpl));
+    } else {
+        CLATTN_FORWARD(clattn__set_mask_args(ctx, kp, &a, &dpl));
+    }
     /* the row blocks of a split in one work-group: one core runs them back to back while
      * the split's keys and values are in its cache */
     size_t wg = 0;
     clGetKernelWorkGroupInfo(kp, ctx->device, CL_KERNEL_WORK_GROUP_SIZE, sizeof wg, &wg, NULL);
-    const size_t gp[3] = {(size_t)pl.nblk, (size_t)pl.nsplit, (size_t)(p->B * p->Hkv)};
+    const size_t gp[3] = {(size_t)pl.nblk, (size_t)pl.nsplit, (size_t)((c->paged ? c->n_seqs : p->B) * p->Hkv)};
     const size_t lp[3] = {(size_t)pl.nblk, 1, 1};
     CLATTN_FORWARD(clattn__enqueue(ctx, kp, 3, gp, (size_t)pl.nblk <= wg ? lp : NULL, NULL));
 
@@ -668,6 +693,29 @@ clattn_status clattn_kv_cache_attention(clattn_context *ctx, clattn_kv_cache *c,
     }
     clattn__dev_problem dp;
     CLATTN_FORWARD(clattn__stage(ctx, &p, &dp));
+    clattn__kv_src src;
+    memset(&src, 0, sizeof src);
+    src.kf = c->kf;
+    src.vf = c->vf;
+    src.k = c->k;
+    src.v = c->v;
+    src.krot = c->krot;
+    src.vrot = c->vrot;
+    src.ktab = c->ktab;
+    src.vtab = c->vtab;
+    src.k_slab = c->k_slab;
+    src.k_row = c->k_row;
+    src.v_slab = c->v_slab;
+    src.v_row = c->v_row;
+    src.lens = c->lens;
+    cl_event ev = NULL;
+    st = clattn__kv_attend(ctx, &src, &dp, Lmax, event ? &ev : NULL);
+    return clattn__stage_complete(ctx, &dp, st, ev, event);
+}
+
+clattn_status clattn__kv_attend(clattn_context *ctx, const clattn__kv_src *src,
+                                const clattn__dev_problem *dp, int64_t Lmax, cl_event *event)
+{
     kv_scratch s;
     memset(&s, 0, sizeof s);
     cl_event ev = NULL;
@@ -675,8 +723,8 @@ clattn_status clattn_kv_cache_attention(clattn_context *ctx, clattn_kv_cache *c,
      * outputs are shadowed so a failed second launch leaves them untouched (staging.c). */
     clattn__dev_problem sp;
     clattn__shadow sh;
-    st = clattn__shadow_begin(ctx, &dp, p.lse != NULL, &sp, &sh);
-    if (st == CLATTN_SUCCESS) st = run_kernels(c, &sp, Lmax, &s, sh.active ? NULL : &ev);
+    clattn_status st = clattn__shadow_begin(ctx, dp, dp->p->lse != NULL, &sp, &sh);
+    if (st == CLATTN_SUCCESS) st = run_kernels(ctx, src, &sp, Lmax, &s, sh.active ? NULL : &ev);
     if (st == CLATTN_SUCCESS) st = clattn__shadow_commit(ctx, &sh, &ev);
     clattn__shadow_release(ctx, &sh);
     /* releasing scratch while kernels are queued is safe: OpenCL keeps it alive */
@@ -684,7 +732,9 @@ clattn_status clattn_kv_cache_attention(clattn_context *ctx, clattn_kv_cache *c,
     clattn__buffer_release(ctx, s.part_o);
     clattn__buffer_release(ctx, s.part_ml);
     clattn__buffer_release(ctx, s.od);
-    return clattn__stage_complete(ctx, &dp, st, ev, event);
+    if (event) *event = ev;
+    else if (ev) clReleaseEvent(ev);
+    return st;
 }
 
 /* ---- Testing access (kv_cache.h) ------------------------------------------------ */
