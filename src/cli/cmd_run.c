@@ -8,6 +8,7 @@
 #include "device.h"   /* clattn__device_find: the reason a --device spec matches nothing */
 #include "internal.h" /* clattn__problem_init: validate before creating a context */
 #include "kv_case.h"
+#include "paged_case.h"
 #include "npy.h"
 
 #include <math.h>
@@ -61,6 +62,14 @@ static void usage(FILE *f)
             "                            within itself (every option per sequence); fused\n"
             "                            path; not with --mask, --kv-lens, --kv-quant or\n"
             "                            --grad-out\n"
+            "  --paged-kv PAGE_SIZE[,SEED]\n"
+            "                            K and V go into a paged KV pool (pages of PAGE_SIZE\n"
+            "                            tokens, a power of two 1..256) in the --kv-quant\n"
+            "                            format (none: f32), the pages placed in an order\n"
+            "                            shuffled by SEED (default 0: in order); batch entry\n"
+            "                            b is a sequence of kv_lens[b] keys (--kv-lens) whose\n"
+            "                            queries sit at its end, as in a cache; not with\n"
+            "                            --mask, --varlen, --grad-out or int4\n"
             "  -h, --help                this text\n"
             "\n"
             "Options take their value as the next argument or after '=' (--window=-1,0).\n"
@@ -91,6 +100,7 @@ enum {
     OPT_DK,
     OPT_DV,
     OPT_VARLEN,
+    OPT_PAGED_KV,
     OPT_END_
 };
 #define NOPTS (OPT_END_ - OPT_Q)
@@ -118,6 +128,7 @@ static const struct option longopts[] = {
     {"dk", required_argument, NULL, OPT_DK},
     {"dv", required_argument, NULL, OPT_DV},
     {"varlen", required_argument, NULL, OPT_VARLEN},
+    {"paged-kv", required_argument, NULL, OPT_PAGED_KV},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
 };
@@ -286,6 +297,28 @@ static int parse_options(run_args *a)
                           cli_option_name(longopts, no[i], n1, sizeof n1));
                 return -1;
             }
+    }
+    /* --paged-kv: the pool takes the --kv-quant format; no mask, packed sequences or
+     * backward pass through it */
+    if (ARGV_OF(a, OPT_PAGED_KV)) {
+        int ps;
+        unsigned long long seed;
+        char err[128];
+        if (!paged_parse(ARGV_OF(a, OPT_PAGED_KV), &ps, &seed, err, sizeof err)) {
+            cli_error(CMD, "--paged-kv %s", err);
+            return -1;
+        }
+        const int no[3] = {OPT_MASK, OPT_VARLEN, OPT_GRAD_OUT};
+        for (int i = 0; i < 3; i++)
+            if (ARGV_OF(a, no[i])) {
+                char n1[64];
+                cli_error(CMD, "--paged-kv does not combine with %s", cli_option_name(longopts, no[i], n1, sizeof n1));
+                return -1;
+            }
+        if (a->kv_quant && a->kv_format == CLATTN_KV_INT4) {
+            cli_error(CMD, "--paged-kv: int4 keys are not stored in pages; use int8 or tq4");
+            return -1;
+        }
     }
     /* the backward pass: all four of its options, or none */
     const int bwd[4] = {OPT_GRAD_OUT, OPT_DQ, OPT_DK, OPT_DV};
@@ -527,6 +560,22 @@ static int resolve_device(run_state *s)
     return 0;
 }
 
+/* --paged-kv (paged_case.c): the batch through a paged pool, outputs unpacked into o. */
+static clattn_status paged_compute(run_state *s)
+{
+    int ps = 1;
+    unsigned long long seed = 0;
+    char err[128];
+    paged_parse(ARG(s, OPT_PAGED_KV), &ps, &seed, err, sizeof err); /* checked by parse_options */
+    paged_prepared pp;
+    const int32_t *lens = s->a.opt.kv_lens ? (const int32_t *)s->kv_lens.data : NULL;
+    clattn_status st = paged_prepare(s->ctx, &s->tq, &s->tk, &s->tv, &s->a.opt, lens,
+                                     s->a.kv_quant ? s->a.kv_format : CLATTN_KV_F32, ps, seed, &pp);
+    if (st == CLATTN_SUCCESS) st = paged_run(s->ctx, &pp, &s->to, s->a.opt.lse ? &s->tlse : NULL);
+    paged_release(&pp);
+    return st;
+}
+
 static int compute(run_state *s)
 {
     char spec[32];
@@ -541,7 +590,9 @@ static int compute(run_state *s)
                   s->device_index, dev, clattn_status_string(st));
         return -1;
     }
-    if (s->a.kv_quant) {
+    if (ARG(s, OPT_PAGED_KV)) {
+        st = paged_compute(s);
+    } else if (s->a.kv_quant) {
         kv_prepared kp;
         const int32_t *lens = s->a.opt.kv_lens ? (const int32_t *)s->kv_lens.data : NULL;
         st = kv_prepare(s->ctx, &s->tk, &s->tv, &s->a.opt, lens, s->a.kv_format, &kp);
@@ -681,7 +732,10 @@ int cmd_run(int argc, char **argv)
     char shape[128];
     npy_shape_string(4, s.o_shape, shape, sizeof shape);
     char path[64];
-    if (s.a.kv_quant)
+    if (ARG(&s, OPT_PAGED_KV))
+        snprintf(path, sizeof path, "kv-pool (%s, pages %s)",
+                 clattn_kv_format_name(s.a.kv_quant ? s.a.kv_format : CLATTN_KV_F32), ARG(&s, OPT_PAGED_KV));
+    else if (s.a.kv_quant)
         snprintf(path, sizeof path, "kv-cache (%s)", clattn_kv_format_name(s.a.kv_format));
     else
         snprintf(path, sizeof path, "%s", clattn_path_name(clattn_context_last_path(s.ctx)));

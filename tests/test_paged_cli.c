@@ -1,0 +1,170 @@
+/* `clattn run --paged-kv PAGE_SIZE,SEED` end to end with .npy files: K and V go through a
+ * paged pool of the --kv-quant format (pages shuffled by the seed), each batch entry a
+ * sequence of its --kv-lens length whose queries sit at its end; O and LSE match the
+ * float64 reference computed per sequence on the keys and values the pool stores, and
+ * bad uses exit non-zero with one line on stderr and no output file. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include "clattn.h"
+#include "npy.h"
+#include "test_exe.h"
+
+#include <fcntl.h>
+#include <math.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+
+static char dir[256];
+
+static const char *path_in(const char *name)
+{
+    static char bufs[8][512];
+    static int next;
+    char *b = bufs[next++ % 8];
+    snprintf(b, sizeof bufs[0], "%s/%s", dir, name);
+    return b;
+}
+
+static void save(const char *name, clattn_dtype dtype, int rank, const int64_t *shape, const void *data)
+{
+    char err[1024];
+    if (npy_write(path_in(name), dtype, rank, shape, data, dtype, err, sizeof err) != 0) fail_msg("%s", err);
+}
+
+#define ARGS(...) ((const char *const[]){__VA_ARGS__, NULL})
+
+static bool exists(const char *p)
+{
+    struct stat st;
+    return stat(p, &st) == 0;
+}
+
+/* Exit 1 or 2, one stderr line containing needle, and no `out` file. */
+static void expect_failure_impl(const char *needle, const char *out, const char *const *args, int line)
+{
+    remove(out);
+    test_exe_result r;
+    test_run_clattn(dir, &r, args);
+    int lines = 0;
+    for (const char *s = r.err; *s; s++) lines += *s == '\n';
+    if ((r.status != 1 && r.status != 2) || lines != 1 || !strstr(r.err, needle))
+        fail_msg("line %d: status %d, stderr \"%s\" (want one line with \"%s\")", line, r.status, r.err, needle);
+    if (exists(out)) fail_msg("line %d: %s was left behind", line, out);
+}
+#define EXPECT_FAILURE(needle, out, ...) expect_failure_impl((needle), (out), ARGS(__VA_ARGS__), __LINE__)
+
+static uint32_t seed;
+static float rnd(void)
+{
+    seed = seed * 1664525u + 1013904223u;
+    return (float)(seed >> 8) / (float)(1u << 23) - 1.0f;
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    const char *base = getenv("TMPDIR");
+    snprintf(dir, sizeof dir, "%s/clattn-pagedcli-XXXXXX", base && *base ? base : "/tmp");
+    return mkdtemp(dir) ? 0 : -1;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    const char *names[] = {"q.npy", "k.npy", "v.npy", "o.npy", "lse.npy", "lens.npy", "cu.npy"};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) remove(path_in(names[i]));
+    rmdir(dir);
+    return 0;
+}
+
+static void test_run_paged_kv_matches_reference_per_sequence(void **state)
+{
+    (void)state;
+    enum { B = 3, HQ = 4, HKV = 2, LQ = 2, LK = 45, D = 32, DV = 32 };
+    static float q[B * HQ * LQ * D], k[B * HKV * LK * D], v[B * HKV * LK * DV], kh[sizeof k / 4], vh[sizeof v / 4];
+    static double ref[HQ * LQ * DV], rlse[HQ * LQ];
+    const int32_t lens[B] = {45, 9, 30};
+    seed = 11;
+    for (size_t i = 0; i < sizeof q / 4; i++) q[i] = rnd();
+    for (size_t i = 0; i < sizeof k / 4; i++) k[i] = rnd() * 2;
+    for (size_t i = 0; i < sizeof v / 4; i++) v[i] = rnd();
+    const int64_t sq[4] = {B, HQ, LQ, D}, sk[4] = {B, HKV, LK, D}, sv[4] = {B, HKV, LK, DV}, sl[1] = {B};
+    save("q.npy", CLATTN_F32, 4, sq, q);
+    save("k.npy", CLATTN_F32, 4, sk, k);
+    save("v.npy", CLATTN_F32, 4, sv, v);
+    save("lens.npy", CLATTN_I32, 1, sl, lens);
+    const char *formats[] = {"int8", "none"}; /* none: f32 pages */
+    const char *pages[] = {"4,7", "16,3"};
+    for (size_t f = 0; f < 2; f++) {
+        clattn_kv_format fmt = CLATTN_KV_F32;
+        if (f == 0) assert_int_equal(clattn_kv_format_from_name(formats[f], &fmt), CLATTN_SUCCESS);
+        for (int bh = 0; bh < B * HKV; bh++) {
+            clattn_kv_quantize_host(fmt, CLATTN_KV_KEYS, k + bh * LK * D, LK, D, kh + bh * LK * D, NULL);
+            clattn_kv_quantize_host(fmt, CLATTN_KV_VALUES, v + bh * LK * DV, LK, DV, vh + bh * LK * DV, NULL);
+        }
+        test_exe_result r;
+        test_run_clattn(dir, &r, ARGS("run", "--q", path_in("q.npy"), "--k", path_in("k.npy"), "--v", path_in("v.npy"),
+                                      "--out", path_in("o.npy"), "--lse", path_in("lse.npy"), "--causal",
+                                      "bottom-right", "--kv-quant", formats[f], "--kv-lens", path_in("lens.npy"),
+                                      "--paged-kv", pages[f], "--softcap", "25"));
+        if (r.status != 0) fail_msg("run --paged-kv %s: %s", pages[f], r.err);
+        if (!strstr(r.out, "kv-pool")) fail_msg("run --paged-kv printed: %s", r.out);
+        npy_array a, l;
+        char err[1024];
+        assert_int_equal(npy_read(path_in("o.npy"), &a, err, sizeof err), 0);
+        assert_int_equal(npy_read(path_in("lse.npy"), &l, err, sizeof err), 0);
+        const float *o = a.data, *lse = l.data;
+        double worst = 0;
+        for (int b = 0; b < B; b++) {
+            /* sequence b alone: its own keys, queries aligned to its own length */
+            clattn_tensor tq = clattn_tensor_host(q + b * HQ * LQ * D, CLATTN_F32, 1, HQ, LQ, D);
+            clattn_tensor tk = clattn_tensor_host(kh + b * HKV * LK * D, CLATTN_F32, 1, HKV, lens[b], D);
+            clattn_tensor tv = clattn_tensor_host(vh + b * HKV * LK * DV, CLATTN_F32, 1, HKV, lens[b], DV);
+            tk.nb[1] = (int64_t)sizeof(float) * LK * D; /* rows of the full [LK] slab */
+            tv.nb[1] = (int64_t)sizeof(float) * LK * DV;
+            clattn_options opt;
+            clattn_options_init(&opt);
+            opt.causal = CLATTN_CAUSAL_BOTTOM_RIGHT;
+            opt.softcap = 25.0f;
+            assert_int_equal(clattn_reference_attention(&tq, &tk, &tv, &opt, ref, rlse), CLATTN_SUCCESS);
+            for (int i = 0; i < HQ * LQ * DV; i++) {
+                const double got = o[b * HQ * LQ * DV + i];
+                worst = fmax(worst, fabs(got - ref[i]) / (2e-4 + 2e-3 * fabs(ref[i])));
+            }
+            for (int i = 0; i < HQ * LQ; i++)
+                worst = fmax(worst, fabs(lse[b * HQ * LQ + i] - rlse[i]) / (1e-3 + 1e-4 * fabs(rlse[i])));
+        }
+        npy_free(&a);
+        npy_free(&l);
+        if (!(worst <= 1.0)) fail_msg("run --paged-kv %s: max error %.3g of the f32 tolerance", pages[f], worst);
+    }
+    EXPECT_FAILURE("power of two", path_in("o.npy"), "run", "--q", path_in("q.npy"), "--k", path_in("k.npy"),
+                   "--v", path_in("v.npy"), "--out", path_in("o.npy"), "--paged-kv", "12");
+    EXPECT_FAILURE("seed", path_in("o.npy"), "run", "--q", path_in("q.npy"), "--k", path_in("k.npy"), "--v",
+                   path_in("v.npy"), "--out", path_in("o.npy"), "--paged-kv", "16,x");
+    EXPECT_FAILURE("int4", path_in("o.npy"), "run", "--q", path_in("q.npy"), "--k", path_in("k.npy"), "--v",
+                   path_in("v.npy"), "--out", path_in("o.npy"), "--paged-kv", "16", "--kv-quant", "int4");
+    const int32_t cu[2] = {0, LK};
+    const int64_t sc[1] = {2};
+    save("cu.npy", CLATTN_I32, 1, sc, cu);
+    EXPECT_FAILURE("--varlen", path_in("o.npy"), "run", "--q", path_in("q.npy"), "--k", path_in("k.npy"), "--v",
+                   path_in("v.npy"), "--out", path_in("o.npy"), "--paged-kv", "16", "--varlen", path_in("cu.npy"));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_run_paged_kv_matches_reference_per_sequence),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
