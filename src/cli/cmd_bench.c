@@ -10,6 +10,8 @@
 #include "commands.h"
 #include "peak.h"
 #include "kv_case.h"
+#include "bench_paged.h"
+#include "paged_case.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -41,6 +43,7 @@ static void usage(FILE *f)
             "                    [--dtype f32|f16|bf16] [--kv-quant none|f32|f16|int8|int4|tq4|tq3|tq2]\n"
             "                    [--runs N] [--warmup N]\n"
             "                    [--sweep FILE] [--backward]\n"
+            "                    [--paged PS[,SEED]] [--ragged MIN,MAX] [--cascade P,S] [--varlen MIN,MAX]\n"
             "\n"
             "Times clattn_attention with inputs already on the device: --warmup runs\n"
             "(default 2), then --runs timed runs (default: as many as fit in about 3 s,\n"
@@ -55,7 +58,21 @@ static void usage(FILE *f)
             "GB/s counts K and V at the cache's size.\n"
             "--backward: after each forward case, also time clattn_attention_backward on\n"
             "it (path bwd; GFLOP/s counts 2.5x the forward's FLOPs, FlashAttention-2's\n"
-            "convention) and print its time over the forward's.\n");
+            "convention) and print its time over the forward's.\n"
+            "Serving cases time two ways of the same work, run by run interleaved, and print\n"
+            "both rows and their ratio (dtype f32 inputs; K/V format from --kv-quant, f16\n"
+            "when none):\n"
+            "--paged PS[,SEED]: decode (Lq = 1) over a paged KV pool with pages of PS tokens\n"
+            "placed in an order shuffled by SEED (row paged:PS) against the same batch in\n"
+            "the contiguous KV cache (row kv:F); --ragged MIN,MAX spreads the B sequences'\n"
+            "lengths evenly from MIN to MAX (the shape's Lk is then MAX).\n"
+            "--cascade P,S: B sequences sharing a P-token prefix plus S own tokens each,\n"
+            "decode: cascade attention (row cascade) against one paged call in which every\n"
+            "sequence reads its full keys (row paged); pages of --paged PS (default 16).\n"
+            "--varlen MIN,MAX: ragged prefill of B sequences of lengths MIN..MAX (spread\n"
+            "evenly) packed without padding in one clattn_attention_varlen call (row\n"
+            "varlen) against one clattn_attention call per sequence on the fused path (row\n"
+            "fused*n); the shape gives B, Hq, Hkv and D (its Lq and Lk are not used).\n");
 }
 
 static bool parse_dtype(const char *s, clattn_dtype *dt)
@@ -79,11 +96,13 @@ static int parse_args(int argc, char **argv, bench_args *o, bool *help, const ch
         {"kv-quant", required_argument, NULL, 'k'}, {"runs", required_argument, NULL, 'r'},
         {"warmup", required_argument, NULL, 'w'}, {"sweep", required_argument, NULL, 'f'},
         {"backward", no_argument, NULL, 'b'},
+        {"paged", required_argument, NULL, 'P'},  {"ragged", required_argument, NULL, 'R'},
+        {"cascade", required_argument, NULL, 'C'}, {"varlen", required_argument, NULL, 'V'},
         {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0}};
     cli_getopt_reset();
     int ch;
     int64_t n;
-    while ((ch = getopt_long(argc, argv, ":j:d:p:s:c:t:k:r:w:f:hb", longopts, NULL)) != -1) {
+    while ((ch = getopt_long(argc, argv, ":j:d:p:s:c:t:k:r:w:f:hbP:R:C:V:", longopts, NULL)) != -1) {
         switch (ch) {
         case 'j': o->json = optarg; break;
         case 'd': o->device = optarg; break;
@@ -134,12 +153,76 @@ static int parse_args(int argc, char **argv, bench_args *o, bool *help, const ch
             else o->warmup = (long)n;
             break;
         case 'b': o->backward = true; break;
+        case 'P': {
+            char err[128];
+            if (!paged_parse(optarg, &o->spec.paged_ps, &o->spec.paged_seed, err, sizeof err)) {
+                cli_error(CMD, "%s--paged %s", where, err);
+                return CLI_EXIT_USAGE;
+            }
+            break;
+        }
+        case 'R':
+        case 'C':
+        case 'V': {
+            int64_t a = 0, b = 0;
+            const char *comma = strchr(optarg, ',');
+            char first[32];
+            const size_t n1 = comma ? (size_t)(comma - optarg) : 0;
+            bool ok = comma && n1 < sizeof first;
+            if (ok) {
+                memcpy(first, optarg, n1);
+                first[n1] = '\0';
+                ok = cli_parse_int64(first, &a) && cli_parse_int64(comma + 1, &b) && a >= 0 && b >= 0 &&
+                     (ch == 'C' ? a > 0 : a >= 1 && b >= a) && b <= (int64_t)1 << 24;
+            }
+            const char *name = ch == 'R' ? "ragged" : ch == 'C' ? "cascade" : "varlen";
+            if (!ok) {
+                cli_error(CMD, "%s--%s: '%s' is not %s", where, name, optarg,
+                          ch == 'C' ? "PREFIX,SUFFIX with PREFIX >= 1" : "MIN,MAX with 1 <= MIN <= MAX");
+                return CLI_EXIT_USAGE;
+            }
+            if (ch == 'R') {
+                o->spec.ragged_min = a;
+                o->spec.ragged_max = b;
+            } else if (ch == 'C') {
+                o->spec.cascade_prefix = a;
+                o->spec.cascade_suffix = b;
+            } else {
+                o->spec.varlen_min = a;
+                o->spec.varlen_max = b;
+            }
+            break;
+        }
         case 'h': *help = true; return CLI_EXIT_OK;
         default: cli_getopt_error(CMD, ch, argv, longopts); return CLI_EXIT_USAGE;
         }
     }
     if (optind < argc) {
         cli_error(CMD, "%sunexpected argument '%s'", where, argv[optind]);
+        return CLI_EXIT_USAGE;
+    }
+    /* the serving cases: one kind per case, and what each needs */
+    const bench_spec *sp = &o->spec;
+    const int kinds = (sp->paged_ps && !sp->cascade_prefix) + (sp->cascade_prefix > 0) + (sp->varlen_max > 0);
+    if (kinds > 1) {
+        cli_error(CMD, "%s--paged, --cascade and --varlen are separate cases (--cascade takes --paged for its page size)",
+                  where);
+        return CLI_EXIT_USAGE;
+    }
+    if (sp->ragged_max && !sp->paged_ps) {
+        cli_error(CMD, "%s--ragged goes with --paged", where);
+        return CLI_EXIT_USAGE;
+    }
+    if (sp->paged_ps && !sp->cascade_prefix && o->have_shape && sp->c.Lq != 1 && sp->c.B != 1) {
+        cli_error(CMD, "%s--paged times decode: the shape's Lq must be 1", where);
+        return CLI_EXIT_USAGE;
+    }
+    if (sp->cascade_prefix && sp->cascade_prefix % (sp->paged_ps ? sp->paged_ps : 16)) {
+        cli_error(CMD, "%s--cascade: the prefix length must be a multiple of the page size", where);
+        return CLI_EXIT_USAGE;
+    }
+    if (bench_serving_wanted(sp) && strcmp(sp->kv_quant, "int4") == 0) {
+        cli_error(CMD, "%sint4 keys are not stored in pages; use int8 or tq4", where);
         return CLI_EXIT_USAGE;
     }
     return CLI_EXIT_OK;
@@ -394,6 +477,17 @@ static int bench_device(size_t index, const bench_spec *specs, size_t nspecs, co
         clattn_path_from_name(o->path, &paths[npaths++]);
     }
     for (size_t i = 0; i < nspecs; i++) {
+        if (bench_serving_wanted(&specs[i])) {
+            /* the serving cases time their two ways themselves (bench_paged.c) */
+            ++*done;
+            const bench_serving_ctx bc = {ctx, &props, json, o->runs, o->warmup};
+            const clattn_status sst = bench_serving_run(&bc, &specs[i]);
+            if (sst != CLATTN_SUCCESS) {
+                printf("%-8s FAILED: %s: %s\n", "serving", clattn_status_string(sst), clattn_context_last_error(ctx));
+                ++*failures;
+            }
+            continue;
+        }
         attn_case c = specs[i].c;
         c.seed = 42;
         if (o->backward) c.lse = 1; /* the backward pass needs the forward's LSE */

@@ -51,6 +51,12 @@ int cmd_quantize_parse(int argc, char **argv, quantize_args *a, bool *help);
 typedef struct bench_spec {
     attn_case c;
     char kv_quant[16];
+    /* serving cases (bench_paged.c), 0 when not asked for */
+    int paged_ps;                            /* --paged PS[,SEED] */
+    unsigned long long paged_seed;
+    int64_t ragged_min, ragged_max;          /* --ragged MIN,MAX */
+    int64_t cascade_prefix, cascade_suffix;  /* --cascade P,S */
+    int64_t varlen_min, varlen_max;          /* --varlen MIN,MAX */
 } bench_spec;
 typedef struct bench_args {
     const char *json, *device, *path, *sweep;
