@@ -284,19 +284,22 @@ inline float kv_hsum(float16 v)
 #else
 #define K_TILE_BYTES 0
 #endif
-#define KV_PF_PAIR(nk, i)                                                                \
-    do {                                                                                 \
-        KV_PF((nk) + (i) * (2 * K_TILE_BYTES) / D);                                      \
-        if (4 * K_TILE_BYTES / D > 64) KV_PF((nk) + (i) * (2 * K_TILE_BYTES) / D + 64);  \
+/* The prefetch address at byte off of the next tile pair, whose tiles of TB bytes start
+ * at b0 and b1 (b1 = b0 + TB when contiguous; any page when paged). */
+#define KV_PF_AT(b0, b1, off, TB) ((off) < (TB) ? (b0) + (off) : (b1) + ((off) - (TB)))
+#define KV_PF_PAIR(nk, nk1, i)                                                                            \
+    do {                                                                                                  \
+        KV_PF(KV_PF_AT(nk, nk1, (i) * (2 * K_TILE_BYTES) / D, K_TILE_BYTES));                             \
+        if (4 * K_TILE_BYTES / D > 64) KV_PF(KV_PF_AT(nk, nk1, (i) * (2 * K_TILE_BYTES) / D + 64, K_TILE_BYTES)); \
     } while (0)
 /* The same for the next pair of value tiles (16 rows each), from the key loops, so the
  * value loop carries no prefetch instructions. */
 #define V_TILE_BYTES (16 * (2 * VNS + VCB))
-#define KV_PF_VPAIR(nv, i)                                                               \
-    do {                                                                                 \
-        KV_PF((nv) + (i) * (2 * V_TILE_BYTES) / D);                                      \
-        if (4 * V_TILE_BYTES / D > 64) KV_PF((nv) + (i) * (2 * V_TILE_BYTES) / D + 64);  \
-        if (4 * V_TILE_BYTES / D > 128) KV_PF((nv) + (i) * (2 * V_TILE_BYTES) / D + 128); \
+#define KV_PF_VPAIR(nv, nv1, i)                                                                           \
+    do {                                                                                                  \
+        KV_PF(KV_PF_AT(nv, nv1, (i) * (2 * V_TILE_BYTES) / D, V_TILE_BYTES));                             \
+        if (4 * V_TILE_BYTES / D > 64) KV_PF(KV_PF_AT(nv, nv1, (i) * (2 * V_TILE_BYTES) / D + 64, V_TILE_BYTES)); \
+        if (4 * V_TILE_BYTES / D > 128) KV_PF(KV_PF_AT(nv, nv1, (i) * (2 * V_TILE_BYTES) / D + 128, V_TILE_BYTES)); \
     } while (0)
 
 /* Per-token keys (f32, f16): keys whose dot products one work-item computes side by
@@ -411,7 +414,10 @@ __kernel void kv_partial(const __global float *qd, const __global uchar *kc,
          * decode path's time, tq4 0.40 / 0.47 / 0.47) */
 #if KV_PREFETCH
         const __global uchar *nk = K_FMT == FMT_INT4 ? K_GROUP(j0 + KT) : K_TILE(j0 + KT);
-        const __global uchar *nv = V_TILE(j0 + KT);
+        const __global uchar *nv = V_TILE(j0 + KT), *nv1 = V_TILE(j0 + KT + 16);
+#if K_FMT != FMT_INT4
+        const __global uchar *nk1 = K_TILE(j0 + KT + 16);
+#endif
 #endif
 
 #if K_FMT == FMT_INT4
@@ -440,7 +446,7 @@ __kernel void kv_partial(const __global float *qd, const __global uchar *kc,
             for (int i = 0; i + 1 < D; i += 2) { /* constant indices: see tq */
 #if KV_PREFETCH
                 KV_PF(nk + 20 * i);
-                KV_PF_VPAIR(nv, i);
+                KV_PF_VPAIR(nv, nv1, i);
 #endif
                 /* tokens 0..15 and 16..31 of channels i and i + 1 */
                 const float16 alo = KV_NIB(codes + 16 * i), ahi = KV_NIB(codes + 16 * i + 8);
@@ -485,8 +491,8 @@ __kernel void kv_partial(const __global float *qd, const __global uchar *kc,
                 const int iend = min(32 * kb + 32, D);
                 for (int i = 32 * kb; i + 1 < iend; i += 2) { /* constant indices: see tq */
 #if KV_PREFETCH
-                    KV_PF_PAIR(nk, i);
-                    KV_PF_VPAIR(nv, i);
+                    KV_PF_PAIR(nk, nk1, i);
+                    KV_PF_VPAIR(nv, nv1, i);
 #endif
                     const float16 k00 = convert_float16(vload16(i, q0)), k10 = convert_float16(vload16(i, q1));
                     const float16 k01 = convert_float16(vload16(i + 1, q0)), k11 = convert_float16(vload16(i + 1, q1));
@@ -526,8 +532,8 @@ __kernel void kv_partial(const __global float *qd, const __global uchar *kc,
              * i & 1 kept the accumulators on the stack (a load and store per FMA) */
             for (int i = 0; i + 1 < D; i += 2) {
 #if KV_PREFETCH
-                KV_PF_PAIR(nk, i);
-                KV_PF_VPAIR(nv, i);
+                KV_PF_PAIR(nk, nk1, i);
+                KV_PF_VPAIR(nv, nv1, i);
 #endif
                 const float16 k00 = KV_LOOKUP(ktable, ktab, kv_tq_codes(w0 + TQ_GB(K_FMT) * i, TQ_BITS(K_FMT)));
                 const float16 k10 = KV_LOOKUP(ktable, ktab, kv_tq_codes(w1 + TQ_GB(K_FMT) * i, TQ_BITS(K_FMT)));
