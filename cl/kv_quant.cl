@@ -444,6 +444,49 @@ __kernel void kv_paged_gather(const __global uchar *pool, long page_bytes, long 
     for (int e = 0; e < ROW_BYTES; e++) rows[(t * H + h) * ROW_BYTES + e] = row[e];
 }
 
+/* kv_paged_dequant: token t's stored row (slot src[t], every head) as floats, into
+ * out[(t * H + h) * DIM + i] (a dense [tokens, H, DIM] block, [1, H, tokens, DIM] with
+ * BLHD strides), dequantized as src/kv_format.c's to_float does (TQ: codebook times
+ * the scale, then the inverse rotation). Cascade attention reads a shared prefix this
+ * way once per call and runs it as one dense problem. */
+__kernel void kv_paged_dequant(const __global uchar *pool, long page_bytes, long tile_bytes, long H, long ps,
+                               const __global int *src, __global float *out, const __global int *rot,
+                               const __global float *tab)
+{
+    const long t = get_global_id(0), h = get_global_id(1);
+    const long slot = src[t], page = slot / ps, p = slot - page * ps;
+    const __global uchar *base = pool + (page * H + h) * page_bytes;
+    ushort rowbuf[(ROW_BYTES + 1) / 2]; /* halves inside are 2-byte aligned */
+    uchar *row = (uchar *)rowbuf;
+#if KTILES
+    kv_tile_load(base + (p / 16) * tile_bytes, (int)(p % 16), row);
+#else
+    kv_row_load(base, p, row);
+#endif
+    float x[DIM];
+#if FMT == FMT_F32
+    for (int i = 0; i < DIM; i++)
+        x[i] = as_float((uint)row[4 * i] | ((uint)row[4 * i + 1] << 8) | ((uint)row[4 * i + 2] << 16) |
+                        ((uint)row[4 * i + 3] << 24));
+#elif FMT == FMT_F16
+    for (int i = 0; i < DIM; i++) x[i] = vload_half(i, (const half *)row);
+#elif FMT == FMT_INT8
+    for (int i = 0; i < DIM; i++) x[i] = vload_half(i / 32, (const half *)row) * (float)((const char *)row)[2 * NB32 + i];
+#elif FMT == FMT_INT4
+    for (int i = 0; i < DIM; i++) {
+        const int b = i / 32, e = i % 32, l = e & 15;
+        const uchar *w = row + 4 * NB32 + 16 * b + 8 * (e >> 4);
+        const int q = (w[4 * (l & 1) + (l >> 2)] >> (4 * ((l >> 1) & 1))) & 15;
+        x[i] = vload_half(NB32 + b, (const half *)row) + vload_half(b, (const half *)row) * (float)q;
+    }
+#else
+    const float g = vload_half(0, (const half *)row);
+    for (int i = 0; i < DIM; i++) x[i] = g * tab[kv_word_get(row + 2 + TQ_GB * (i / 16), i % 16)];
+    kv_rot_inverse(x, rot);
+#endif
+    for (int i = 0; i < DIM; i++) out[(t * H + h) * DIM + i] = x[i];
+}
+
 __kernel void kv_paged_scatter(__global uchar *pool, long page_bytes, long tile_bytes, long H, long ps,
                                const __global int *dst, const __global int *grp,
                                const __global int *order, const __global uchar *rows)

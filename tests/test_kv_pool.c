@@ -487,14 +487,13 @@ static void test_page_copy_prefix_copy_and_range_removal(void **state)
     model_free(&m);
 }
 
-static void test_cascade_matches_reference_over_prefix_and_suffix(void **state)
+static void cascade_case(clattn_kv_format kf, clattn_kv_format vf)
 {
-    (void)state;
     clattn_context *cx = test_shared_context();
     /* one pool: sequences 0 and 1 of the model are the prefixes of two groups, 2..5 the
      * suffixes (2, 3 in group 0; 4, 5 in group 1) */
     model m;
-    model_init(&m, cx, 40, 16, 2, 32, 32, CLATTN_KV_F16, CLATTN_KV_F16, 6);
+    model_init(&m, cx, 40, 16, 2, 32, 32, kf, vf, 6);
     const int lens[6] = {70, 33, 5, 20, 0, 17};
     model_append(&m, lens);
     model_table(&m);
@@ -529,7 +528,9 @@ static void test_cascade_matches_reference_over_prefix_and_suffix(void **state)
         char why[256] = "";
         const double e =
             check_rows(&m, 2 + s, &m, s < 2 ? 0 : 1, q, Hq, Nq, qo[s], qo[s + 1] - qo[s], o, lse, &opt, why, sizeof why);
-        if (!(e <= 1.0)) print_error("FAILED cascade: %.3g of tolerance: %s\n", e, why);
+        if (!(e <= 1.0))
+            print_error("FAILED cascade (k %s v %s): %.3g of tolerance: %s\n", clattn_kv_format_name(kf),
+                        clattn_kv_format_name(vf), e, why);
         assert_true(e <= 1.0);
     }
     /* a sequence whose rows cross a group boundary, and ALiBi, are refused */
@@ -538,6 +539,15 @@ static void test_cascade_matches_reference_over_prefix_and_suffix(void **state)
                      CLATTN_ERROR_INVALID_ARGUMENT);
     assert_non_null(strstr(clattn_context_last_error(cx), "group"));
     model_free(&m);
+}
+
+static void test_cascade_matches_reference_over_prefix_and_suffix(void **state)
+{
+    (void)state;
+    cascade_case(CLATTN_KV_F16, CLATTN_KV_F16);
+    /* the prefix is dequantized on the device before its dense problem: tq (rotation),
+     * and int4 values */
+    cascade_case(CLATTN_KV_TQ4, CLATTN_KV_INT4);
 }
 
 int main(void)
