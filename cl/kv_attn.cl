@@ -286,7 +286,11 @@ inline float kv_hsum(float16 v)
 #endif
 /* The prefetch address at byte off of the next tile pair, whose tiles of TB bytes start
  * at b0 and b1 (b1 = b0 + TB when contiguous; any page when paged). */
+#ifdef PAGED
 #define KV_PF_AT(b0, b1, off, TB) ((off) < (TB) ? (b0) + (off) : (b1) + ((off) - (TB)))
+#else
+#define KV_PF_AT(b0, b1, off, TB) ((b0) + (off)) /* b1 = b0 + TB: the same address */
+#endif
 #define KV_PF_PAIR(nk, nk1, i)                                                                            \
     do {                                                                                                  \
         KV_PF(KV_PF_AT(nk, nk1, (i) * (2 * K_TILE_BYTES) / D, K_TILE_BYTES));                             \

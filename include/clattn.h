@@ -525,6 +525,8 @@ CLATTN_API clattn_status clattn_kv_quantize_host(clattn_kv_format format, clattn
  * the table holds (copy it first: clattn_kv_pool_copy_pages, copy-on-write). */
 typedef struct clattn_kv_pool clattn_kv_pool;
 
+/* The caller fills this struct and the library only reads it; its layout is fixed (as
+ * clattn_tensor's), so it carries no struct_size. */
 typedef struct clattn_page_table {
     size_t n_seqs;
     const int32_t *indptr;        /* [n_seqs + 1] */
