@@ -522,7 +522,10 @@ CLATTN_API clattn_status clattn_kv_quantize_host(clattn_kv_format format, clattn
  * page_size equal to the pool's): a bad table is refused with a message and nothing is
  * written. Pages may be shared by sequences (a common prefix) for reading; a call that
  * writes (append, copy, remove) refuses to write a page that more than one sequence of
- * the table holds (copy it first: clattn_kv_pool_copy_pages, copy-on-write). */
+ * the table holds (copy it first: clattn_kv_pool_copy_pages, copy-on-write). Every
+ * argument is checked before anything is enqueued; a writing call that the driver then
+ * fails part-way (an enqueue refused) may have written some of its destination slots
+ * or pages, never any other. */
 typedef struct clattn_kv_pool clattn_kv_pool;
 
 /* The caller fills this struct and the library only reads it; its layout is fixed (as
