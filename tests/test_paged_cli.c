@@ -2,7 +2,8 @@
  * paged pool of the --kv-quant format (pages shuffled by the seed), each batch entry a
  * sequence of its --kv-lens length whose queries sit at its end; O and LSE match the
  * float64 reference computed per sequence on the keys and values the pool stores, and
- * bad uses exit non-zero with one line on stderr and no output file. */
+ * bad uses exit non-zero with one line on stderr and no output file. The serving cases
+ * of `clattn bench` (--paged, --cascade, --varlen) run end to end on tiny shapes. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -81,7 +82,7 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     (void)state;
-    const char *names[] = {"q.npy", "k.npy", "v.npy", "o.npy", "lse.npy", "lens.npy", "cu.npy"};
+    const char *names[] = {"q.npy", "k.npy", "v.npy", "o.npy", "lse.npy", "lens.npy", "cu.npy", "bench.json"};
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) remove(path_in(names[i]));
     rmdir(dir);
     return 0;
@@ -161,10 +162,61 @@ static void test_run_paged_kv_matches_reference_per_sequence(void **state)
                    path_in("v.npy"), "--out", path_in("o.npy"), "--paged-kv", "16", "--varlen", path_in("cu.npy"));
 }
 
+/* The serving cases of `clattn bench` run end to end on tiny shapes: both rows, the ratio
+ * line and one JSON line per row; misuse is refused with one line. */
+static void test_bench_serving_cases_print_both_ways_and_their_ratio(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *args[16], *ratio;
+    } cases[] = {
+        {{"bench", "--shape", "3,4,2,1,80,32", "--paged", "16,2", "--ragged", "20,80", "--kv-quant", "int8", "--runs",
+          "2", "--warmup", "1", "--json", NULL},
+         "paged / contiguous"},
+        {{"bench", "--shape", "3,4,2,1,1,32", "--cascade", "32,9", "--paged", "16", "--runs", "2", "--warmup", "1",
+          "--json", NULL},
+         "cascade speed-up"},
+        {{"bench", "--shape", "3,4,2,1,1,32", "--varlen", "10,40", "--causal", "bottom-right", "--runs", "2", "--warmup",
+          "1", "--json", NULL},
+         "varlen / one call per sequence"},
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        const char *args[18];
+        int n = 0;
+        while (cases[c].args[n]) {
+            args[n] = cases[c].args[n];
+            n++;
+        }
+        args[n++] = path_in("bench.json");
+        args[n] = NULL;
+        remove(path_in("bench.json"));
+        test_exe_result r;
+        test_run_clattn(dir, &r, args);
+        if (r.status != 0 || !strstr(r.out, cases[c].ratio)) fail_msg("%s: status %d: %s%s", cases[c].ratio, r.status, r.out, r.err);
+        FILE *f = fopen(path_in("bench.json"), "r");
+        assert_non_null(f);
+        char line[2048];
+        int lines = 0;
+        while (fgets(line, sizeof line, f)) {
+            lines++;
+            if (!strstr(line, "\"median_ms\"") || !strstr(line, "\"device_bytes\"")) fail_msg("json: %s", line);
+        }
+        fclose(f);
+        remove(path_in("bench.json"));
+        assert_int_equal(lines, 2);
+    }
+    test_exe_result r;
+    test_run_clattn(dir, &r, ARGS("bench", "--shape", "3,4,2,2,80,32", "--paged", "16"));
+    if (r.status != 2 || !strstr(r.err, "Lq must be 1")) fail_msg("status %d: %s", r.status, r.err);
+    test_run_clattn(dir, &r, ARGS("bench", "--shape", "3,4,2,1,80,32", "--ragged", "1,80"));
+    if (r.status != 2 || !strstr(r.err, "--ragged goes with --paged")) fail_msg("status %d: %s", r.status, r.err);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_run_paged_kv_matches_reference_per_sequence),
+        cmocka_unit_test(test_bench_serving_cases_print_both_ways_and_their_ratio),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
