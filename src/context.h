@@ -203,6 +203,11 @@ typedef struct clattn__shadow {
 } clattn__shadow;
 clattn_status clattn__shadow_begin(clattn_context *ctx, const clattn__dev_problem *dp, bool needed,
                                    clattn__dev_problem *out, clattn__shadow *sh);
+/* The same for a path that writes every element of O and LSE (varlen: every row
+ * belongs to a sequence): a dense output's copy then starts empty instead of as a copy
+ * of the caller's bytes (outputs with gaps between elements are still copied). */
+clattn_status clattn__shadow_begin_whole(clattn_context *ctx, const clattn__dev_problem *dp, bool needed,
+                                         bool written_whole, clattn__dev_problem *out, clattn__shadow *sh);
 clattn_status clattn__shadow_commit(clattn_context *ctx, clattn__shadow *sh, cl_event *event);
 void clattn__shadow_release(clattn_context *ctx, clattn__shadow *sh);
 

@@ -264,13 +264,16 @@ clattn_status clattn__stage_complete(clattn_context *ctx, clattn__dev_problem *d
  * the caller's bytes, so padding between strided elements survives the commit. */
 
 static clattn_status shadow_one(clattn_context *ctx, clattn__dev_tensor *d, cl_mem *scratch,
-                                size_t *base, size_t *span)
+                                size_t *base, size_t *span, bool written_whole)
 {
     if (!d->mem || d->owned || !d->src) return CLATTN_SUCCESS; /* absent, or a staging copy */
     clattn__tensor_span(d->src, span);
     *base = d->src->offset;
     CLATTN_FORWARD(clattn__buffer_create(ctx, *span, scratch));
-    CLATTN_FORWARD(clattn__enqueue_copy(ctx, d->mem, *base, *scratch, 0, *span));
+    /* a dense output that the path writes whole has no bytes of the caller's to keep */
+    const bool dense = (uint64_t)clattn__tensor_numel(d->src) * clattn_dtype_size(d->src->dtype) == (uint64_t)*span;
+    if (!(written_whole && dense))
+        CLATTN_FORWARD(clattn__enqueue_copy(ctx, d->mem, *base, *scratch, 0, *span));
     d->mem = *scratch;
     d->off = 0; /* the copy starts at the tensor's first byte */
     return CLATTN_SUCCESS;
@@ -278,6 +281,12 @@ static clattn_status shadow_one(clattn_context *ctx, clattn__dev_tensor *d, cl_m
 
 clattn_status clattn__shadow_begin(clattn_context *ctx, const clattn__dev_problem *dp, bool needed,
                                    clattn__dev_problem *out, clattn__shadow *sh)
+{
+    return clattn__shadow_begin_whole(ctx, dp, needed, false, out, sh);
+}
+
+clattn_status clattn__shadow_begin_whole(clattn_context *ctx, const clattn__dev_problem *dp, bool needed,
+                                         bool written_whole, clattn__dev_problem *out, clattn__shadow *sh)
 {
     *out = *dp;
     memset(sh, 0, sizeof *sh);
@@ -288,8 +297,8 @@ clattn_status clattn__shadow_begin(clattn_context *ctx, const clattn__dev_proble
     sh->active = true;
     sh->o_dst = caller_o ? dp->o.mem : NULL;
     sh->lse_dst = caller_lse ? dp->lse.mem : NULL;
-    clattn_status st = shadow_one(ctx, &out->o, &sh->o, &sh->o_base, &sh->o_span);
-    if (st == CLATTN_SUCCESS) st = shadow_one(ctx, &out->lse, &sh->lse, &sh->lse_base, &sh->lse_span);
+    clattn_status st = shadow_one(ctx, &out->o, &sh->o, &sh->o_base, &sh->o_span, written_whole);
+    if (st == CLATTN_SUCCESS) st = shadow_one(ctx, &out->lse, &sh->lse, &sh->lse_base, &sh->lse_span, written_whole);
     if (st != CLATTN_SUCCESS) clattn__shadow_release(ctx, sh);
     return st;
 }
@@ -309,7 +318,9 @@ clattn_status clattn__shadow_commit(clattn_context *ctx, clattn__shadow *sh, cl_
     CLATTN_FORWARD(CLATTN_ARG(ctx, sh->commit, &a, l_off));
     CLATTN_FORWARD(CLATTN_ARG(ctx, sh->commit, &a, sh->lse));
     CLATTN_FORWARD(CLATTN_ARG(ctx, sh->commit, &a, l_n));
-    const size_t g[1] = {(size_t)(o_n > l_n ? o_n : l_n)};
+    /* COMMIT_RUN units per work-item (cl/commit.cl) */
+    const cl_ulong n = o_n > l_n ? o_n : l_n;
+    const size_t g[1] = {(size_t)((n + 63) / 64)};
     return clattn__enqueue(ctx, sh->commit, 1, g, NULL, event);
 }
 

@@ -156,7 +156,8 @@ clattn_status clattn_attention_varlen(clattn_context *ctx, const clattn_tensor *
     /* more than one sequence writes O and LSE in more than one launch: shadow them */
     clattn__dev_problem packed;
     clattn__shadow sh;
-    st = clattn__shadow_begin(ctx, &dp, nonempty > 1, &packed, &sh);
+    /* every row of O and LSE belongs to a sequence and is written: nothing to copy in */
+    st = clattn__shadow_begin_whole(ctx, &dp, nonempty > 1, true, &packed, &sh);
     const bool shadowed = st == CLATTN_SUCCESS;
     for (size_t s = 0; s < n_seqs && st == CLATTN_SUCCESS; s++) {
         const varlen_seq *sq = &seqs[s];
