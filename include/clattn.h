@@ -395,6 +395,91 @@ CLATTN_API clattn_status clattn_merge_states(clattn_context *ctx, size_t n_parts
                                              const clattn_tensor *lse_parts, clattn_tensor *o,
                                              clattn_tensor *lse, cl_event *event);
 
+/* ---- One block of a bigger problem (ring attention, key splits) ------------------ */
+/* Where a block of query rows and a block of keys sit in the whole problem. */
+typedef struct clattn_block {
+    int64_t q_start;  /* global position of the block's first query row */
+    int64_t k_start;  /* global position of the block's first key */
+    int64_t lq_total; /* Lq of the whole problem */
+    int64_t lk_total; /* Lk of the whole problem */
+} clattn_block;
+
+/* The attention of query rows q_start .. q_start+lq-1 (q [B, Hq, lq, D]) over keys
+ * k_start .. k_start+lk-1 only (k [B, Hkv, lk, D], v [B, Hkv, lk, Dv]), with every SPEC
+ * §1 option taken at the rows' and keys' global positions: causal edges, windows and
+ * ALiBi use i' = i + lk_total - lq_total and global j; opt->mask is the whole problem's
+ * mask ([B|1, Hq|1, lq_total|1, lk_total|1]); opt->kv_lens holds global key counts;
+ * opt->lse receives the block's LSE [B, Hq, lq, 1]. Merging the (O, LSE) of blocks over
+ * disjoint key sets (clattn_merge_states) gives the attention over their union, so ring
+ * attention and key splits are built from this call.
+ * A block whose pairs are all excluded by causal/window positions does no device work:
+ * O = 0 and LSE = -inf are written and *computed (may be NULL) is 0; otherwise 1.
+ * Positions become the block's own causal/window options when that is exact; otherwise
+ * (a causal edge that is not the block's own, ALiBi at an offset) a float32 mask of
+ * [B|1, Hq|1, lq, lk] is built on the host for the call. All tensors, outputs and option
+ * tensors are host tensors (the call returns when O and LSE are written); wait events
+ * are refused. */
+CLATTN_API clattn_status clattn_attention_block(clattn_context *ctx, const clattn_block *block,
+                                                const clattn_tensor *q, const clattn_tensor *k,
+                                                const clattn_tensor *v, clattn_tensor *o,
+                                                const clattn_options *opt, int *computed);
+
+/* ---- Device groups: one call over several devices --------------------------------- */
+/* A group of contexts (any mix of devices and platforms: two GPUs, a GPU and the CPU,
+ * PoCL and rusticl) that computes one attention call together. The call is split by
+ * (batch, KV head) units, each device taking a contiguous range of B*Hkv in proportion
+ * to its speed; when there are fewer than 4 units per device it is split by keys instead
+ * and the parts' (O, LSE) are merged exactly on the host (log-sum-exp, in double). Each
+ * device runs its part on a thread of its own, so a group uses each of its contexts from
+ * one thread at a time: do not use them elsewhere during a group call, and use a group
+ * from one thread at a time.
+ * Speeds: clattn_group_set_speeds, or measured by clattn_group_calibrate (also run by
+ * the first call when no speeds are set, with that call's D, Dv and dtype): each device
+ * runs a 1x4x256x256 problem, the first run builds the kernel and the best of the next
+ * three gives the speed in GFLOP/s. The split is recomputed from the speeds on every
+ * call.
+ * Host staging: the tensors are host tensors (the devices have no memory in common), so
+ * each device copies its part of Q, K, V in and its part of O and LSE out (each element
+ * of Q and O once over the group; K and V once per device in a key split, once in a
+ * unit split), into float32 host scratch of the group's output size, which is committed
+ * to o (with conversion to o's dtype) only when every device succeeded: a failed call
+ * leaves o and options.lse as they were. On a CPU device the copies cost about as much
+ * as reading the data once; on a discrete GPU they cross PCIe (docs/architecture.md). */
+typedef struct clattn_group clattn_group;
+
+/* A group of new contexts, one per device spec (see clattn_device_find); the group owns
+ * them. At most 64 devices. On failure *group is NULL and no context is left. */
+CLATTN_API clattn_status clattn_group_create(const char *const *specs, size_t n,
+                                             clattn_group **group);
+/* A group over the caller's contexts (not owned: they must outlive the group and are not
+ * freed by it). The same context twice is refused (INVALID_ARGUMENT). */
+CLATTN_API clattn_status clattn_group_create_from_contexts(clattn_context *const *ctxs,
+                                                           size_t n, clattn_group **group);
+CLATTN_API void clattn_group_free(clattn_group *group); /* NULL is a no-op */
+CLATTN_API size_t clattn_group_size(const clattn_group *group);
+CLATTN_API clattn_context *clattn_group_context(const clattn_group *group, size_t i);
+/* The message of the last failed group call ("" if none); it names the device. */
+CLATTN_API const char *clattn_group_last_error(const clattn_group *group);
+/* Relative speeds (n values >= 0, not all 0), e.g. `clattn devices --peak` figures. */
+CLATTN_API clattn_status clattn_group_set_speeds(clattn_group *group, const double *speeds);
+/* Measure each device's speed now (one device after the other, so they do not compete
+ * for a shared host) with head dims D, Dv and storage dtype. */
+CLATTN_API clattn_status clattn_group_calibrate(clattn_group *group, int64_t D, int64_t Dv,
+                                                clattn_dtype dtype);
+/* The speeds in use (GFLOP/s when measured), 0 each before any are set or measured. */
+CLATTN_API clattn_status clattn_group_speeds(const clattn_group *group, double *speeds);
+/* Attention as clattn_attention computes it (every SPEC §1 option, any strides), with
+ * host tensors only (q, k, v, o and the options' tensors); no wait events. Returns when
+ * o and options.lse are written. */
+CLATTN_API clattn_status clattn_group_attention(clattn_group *group, const clattn_tensor *q,
+                                                const clattn_tensor *k, const clattn_tensor *v,
+                                                clattn_tensor *o, const clattn_options *opt);
+/* Device i's share of the last call: by_keys 1 when keys were split (start, count over
+ * Lk), else 0 (over the B*Hkv units, unit = b*Hkv + kv head), and its wall time. */
+CLATTN_API clattn_status clattn_group_last_split(const clattn_group *group, size_t i,
+                                                 int *by_keys, int64_t *start, int64_t *count,
+                                                 double *seconds);
+
 /* ---- KV cache -------------------------------------------------------------------- */
 /* A key/value cache on the device for token-by-token generation: K [B, Hkv, capacity, D]
  * and V [B, Hkv, capacity, Dv] stored in a (possibly compressed) format, filled by
