@@ -242,7 +242,7 @@ clattn_status clattn_attention_block(clattn_context *ctx, const clattn_block *bk
         /* validate the block's tensors as a real call would, then write the empty rows */
         clattn__problem pr;
         loc.mask = NULL; /* the global mask was checked above; the block reads none */
-        st = clattn__problem_init(&pr, q, k, v, o, &loc, err, sizeof err);
+        st = lk == 0 ? CLATTN_SUCCESS : clattn__problem_init(&pr, q, k, v, o, &loc, err, sizeof err);
         if (st == CLATTN_SUCCESS) write_empty(o, full.lse);
         else st = clattn__fail(ctx, st, "%s", err);
     } else {
