@@ -71,9 +71,11 @@ typedef struct clattn_mpi_stats {
     double comm_s;       /* from posting each step's transfers to their completion (RING,
                             ZIGZAG: overlapped with compute); ULYSSES: the all-to-alls;
                             decode: the reduction */
-    double wait_s;       /* time the rank waited on MPI with nothing to compute: transfers
-                            that outlasted the step's compute, the all-to-alls, the
-                            reduction, and the status agreements */
+    double wait_s;       /* time the rank waited on transfers with nothing to compute:
+                            transfers that outlasted the step's compute (RING, ZIGZAG), the
+                            all-to-alls (ULYSSES), the reduction (decode) */
+    double sync_s;       /* time in the status agreements (MPI_Allreduce): mostly waiting
+                            for slower ranks to finish the step */
     int steps;           /* ring steps (N), or 1 */
     int64_t bytes_sent;  /* payload bytes this rank sent */
 } clattn_mpi_stats;

@@ -8,6 +8,7 @@
 #include "cli_util.h"
 #include "bench_backward.h"
 #include "commands.h"
+#include "cp_case.h"
 #include "peak.h"
 #include "kv_case.h"
 
@@ -41,6 +42,7 @@ static void usage(FILE *f)
             "                    [--dtype f32|f16|bf16] [--kv-quant none|f32|f16|int8|int4|tq4|tq3|tq2]\n"
             "                    [--runs N] [--warmup N]\n"
             "                    [--sweep FILE] [--backward]\n"
+            "                    [--context-parallel ring|zigzag|ulysses]   (under mpirun)\n"
             "\n"
             "Times clattn_attention with inputs already on the device: --warmup runs\n"
             "(default 2), then --runs timed runs (default: as many as fit in about 3 s,\n"
@@ -55,7 +57,11 @@ static void usage(FILE *f)
             "GB/s counts K and V at the cache's size.\n"
             "--backward: after each forward case, also time clattn_attention_backward on\n"
             "it (path bwd; GFLOP/s counts 2.5x the forward's FLOPs, FlashAttention-2's\n"
-            "convention) and print its time over the forward's.\n");
+            "convention) and print its time over the forward's.\n"
+            "--context-parallel S: under mpirun in an MPI build, time one --shape split over\n"
+            "the ranks with scheme S; per rank: total, compute, time transfers took, time\n"
+            "waiting on them, time in status agreements, and overlap (the part of the\n"
+            "transfer time hidden behind compute).\n");
 }
 
 static bool parse_dtype(const char *s, clattn_dtype *dt)
@@ -79,6 +85,7 @@ static int parse_args(int argc, char **argv, bench_args *o, bool *help, const ch
         {"kv-quant", required_argument, NULL, 'k'}, {"runs", required_argument, NULL, 'r'},
         {"warmup", required_argument, NULL, 'w'}, {"sweep", required_argument, NULL, 'f'},
         {"backward", no_argument, NULL, 'b'},
+        {"context-parallel", required_argument, NULL, 'x'},
         {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0}};
     cli_getopt_reset();
     int ch;
@@ -134,6 +141,10 @@ static int parse_args(int argc, char **argv, bench_args *o, bool *help, const ch
             else o->warmup = (long)n;
             break;
         case 'b': o->backward = true; break;
+        case 'x':
+            if (cp_check_args(CMD, optarg, false, false, false)) return CLI_EXIT_USAGE;
+            o->context_parallel = optarg;
+            break;
         case 'h': *help = true; return CLI_EXIT_OK;
         default: cli_getopt_error(CMD, ch, argv, longopts); return CLI_EXIT_USAGE;
         }
@@ -535,6 +546,7 @@ int cmd_bench(int argc, char **argv)
         usage(stdout);
         return CLI_EXIT_OK;
     }
+    if (o.context_parallel) return cp_bench_command(&o); /* under mpirun: cp_case.c */
     /* The cases: --shape, or each line of the sweep file, or the default sweep. */
     bench_spec specs[256];
     size_t nspecs = 0;

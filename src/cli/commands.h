@@ -58,6 +58,7 @@ typedef struct bench_args {
     bench_spec spec; /* from --shape/--causal/--dtype on the command line */
     bool have_shape;
     bool backward; /* --backward: also time clattn_attention_backward per case */
+    const char *context_parallel; /* --context-parallel (cp_case.c), or NULL */
 } bench_args;
 /* Also checks --path and that --shape and --sweep are not combined; the sweep file itself
  * is read by the command, each line through cmd_bench_parse_line. */

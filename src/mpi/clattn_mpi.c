@@ -180,7 +180,7 @@ static clattn_status agree(MPI_Comm comm, clattn_status mine, int rank, int step
     int in[2] = {(int)mine, rank}, out[2];
     const double t0 = now_s();
     int rc = MPI_Allreduce(in, out, 1, MPI_2INT, MPI_MINLOC, comm);
-    s->wait_s += now_s() - t0;
+    s->sync_s += now_s() - t0;
     if (rc != MPI_SUCCESS) return mfail(CLATTN_ERROR_INTERNAL, "MPI_Allreduce failed (%d)", rc);
     if (out[0] == CLATTN_SUCCESS) return CLATTN_SUCCESS;
     if (mine != CLATTN_SUCCESS) return mine;
@@ -204,7 +204,7 @@ static clattn_status same_everywhere(MPI_Comm comm, const int64_t *sig, int n, c
     const double t0 = now_s();
     MPI_Allreduce(sig, mn, n, MPI_INT64_T, MPI_MIN, comm);
     MPI_Allreduce(sig, mx, n, MPI_INT64_T, MPI_MAX, comm);
-    s->wait_s += now_s() - t0;
+    s->sync_s += now_s() - t0;
     for (int i = 0; i < n; i++)
         if (mn[i] != mx[i])
             return mfail(CLATTN_ERROR_INVALID_ARGUMENT,
@@ -769,7 +769,7 @@ clattn_status clattn_mpi_kv_cache_attention(clattn_context *ctx, MPI_Comm comm,
         MPI_Exscan(mylen, start, (int)B, MPI_INT64_T, MPI_SUM, comm);
         if (rank == 0) memset(start, 0, (size_t)B * sizeof *start);
         MPI_Allreduce(mylen, total, (int)B, MPI_INT64_T, MPI_SUM, comm);
-        s->wait_s += now_s() - tc;
+        s->sync_s += now_s() - tc;
     }
     if (st == CLATTN_SUCCESS) {
         const double tc = now_s();
