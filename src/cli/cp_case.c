@@ -262,6 +262,32 @@ static int cmp_d(const void *x, const void *y)
     return a < b ? -1 : a > b;
 }
 
+/* The (query, key) pairs a rank computes, left by causal masking: the work the scheme
+ * gives it, independent of how busy the machine is. */
+static double rank_pairs(clattn_cp_scheme s, int64_t Lq, int64_t Lk, clattn_causal causal, int rank, int n)
+{
+    if (s == CLATTN_CP_ULYSSES) { /* whole sequences for 1/n of the heads */
+        double all = 0;
+        for (int64_t i = 0; i < Lq; i++) {
+            const int64_t lim = causal == CLATTN_CAUSAL_NONE ? Lk - 1
+                                : causal == CLATTN_CAUSAL_TOP_LEFT ? i : i + Lk - Lq;
+            all += (double)(lim < 0 ? 0 : lim >= Lk ? Lk : lim + 1);
+        }
+        return all / n;
+    }
+    int64_t qs[2], ql[2];
+    int nq;
+    clattn_cp_slices(s, Lq, rank, n, qs, ql, &nq);
+    double pairs = 0;
+    for (int a = 0; a < nq; a++)
+        for (int64_t i = qs[a]; i < qs[a] + ql[a]; i++) {
+            const int64_t lim = causal == CLATTN_CAUSAL_NONE ? Lk - 1
+                                : causal == CLATTN_CAUSAL_TOP_LEFT ? i : i + Lk - Lq;
+            pairs += (double)(lim < 0 ? 0 : lim >= Lk ? Lk : lim + 1);
+        }
+    return pairs;
+}
+
 int cp_bench_command(const bench_args *o)
 {
     const char *CMD = "bench";
@@ -332,15 +358,16 @@ int cp_bench_command(const bench_args *o)
     if (!good && rank == 0) cli_error(CMD, "context-parallel attention failed: %s: %s", clattn_status_string(st), clattn_mpi_last_error());
     if (good) {
         /* medians per rank, gathered on rank 0 */
-        double med[6];
+        double med[7];
         double *arrs[5] = {tot, cmp, com, wt, sy};
         for (int i = 0; i < 5; i++) {
             qsort(arrs[i], (size_t)runs, 8, cmp_d);
             med[i] = arrs[i][runs / 2];
         }
         med[5] = (double)sent;
+        med[6] = rank_pairs(scheme, Lq, Lk, c->causal, rank, n) * (double)(B * Hq) * 2.0 * (double)(D + Dv) / 1e9;
         double *all = rank == 0 ? malloc((size_t)n * sizeof med) : NULL;
-        MPI_Gather(med, 6, MPI_DOUBLE, all, 6, MPI_DOUBLE, 0, MPI_COMM_WORLD);
+        MPI_Gather(med, 7, MPI_DOUBLE, all, 7, MPI_DOUBLE, 0, MPI_COMM_WORLD);
         if (rank == 0) {
             clattn_device_props p;
             clattn_context_device_props(ctx, &p);
@@ -350,30 +377,32 @@ int cp_bench_command(const bench_args *o)
                    (long long)D, (long long)Dv, clattn_dtype_name(dt),
                    c->causal == CLATTN_CAUSAL_NONE ? "none" : c->causal == CLATTN_CAUSAL_TOP_LEFT ? "top-left" : "bottom-right",
                    n, steps, p.name, runs);
-            printf("%4s %10s %10s %10s %10s %10s %7s %8s %10s\n", "rank", "total_ms", "compute_ms", "comm_ms",
-                   "wait_ms", "sync_ms", "wait%", "overlap", "sent_MiB");
-            double sum_c = 0, max_c = 0;
+            printf("%4s %10s %10s %10s %10s %10s %7s %8s %10s %8s\n", "rank", "total_ms", "compute_ms", "comm_ms",
+                   "wait_ms", "sync_ms", "wait%", "overlap", "sent_MiB", "GFLOP");
+            double sum_c = 0, max_c = 0, sum_w = 0, max_w = 0;
             FILE *jf = o->json ? fopen(o->json, "a") : NULL;
             for (int r = 0; r < n; r++) {
-                const double *m = all + r * 6;
+                const double *m = all + r * 7;
                 const double overlap = m[2] > 0 ? 1.0 - m[3] / m[2] : 1.0;
-                printf("%4d %10.2f %10.2f %10.2f %10.2f %10.2f %6.1f%% %7.1f%% %10.2f\n", r, m[0] * 1e3, m[1] * 1e3,
-                       m[2] * 1e3, m[3] * 1e3, m[4] * 1e3, 100.0 * m[3] / m[0], 100.0 * overlap, m[5] / 1048576.0);
+                printf("%4d %10.2f %10.2f %10.2f %10.2f %10.2f %6.1f%% %7.1f%% %10.2f %8.3f\n", r, m[0] * 1e3, m[1] * 1e3,
+                       m[2] * 1e3, m[3] * 1e3, m[4] * 1e3, 100.0 * m[3] / m[0], 100.0 * overlap, m[5] / 1048576.0, m[6]);
                 if (jf)
                     fprintf(jf,
                             "{\"context_parallel\": \"%s\", \"ranks\": %d, \"rank\": %d, \"device\": \"%s\", "
                             "\"shape\": {\"B\": %lld, \"Hq\": %lld, \"Hkv\": %lld, \"Lq\": %lld, \"Lk\": %lld, \"D\": %lld, "
                             "\"Dv\": %lld}, \"causal\": %d, \"dtype\": \"%s\", \"runs\": %ld, \"total_ms\": %.4f, "
                             "\"compute_ms\": %.4f, \"comm_ms\": %.4f, \"wait_ms\": %.4f, \"sync_ms\": %.4f, "
-                            "\"overlap\": %.4f, \"bytes_sent\": %.0f}\n",
+                            "\"overlap\": %.4f, \"bytes_sent\": %.0f, \"gflop\": %.6f}\n",
                             o->context_parallel, n, r, p.name, (long long)B, (long long)Hq, (long long)Hkv, (long long)Lq,
                             (long long)Lk, (long long)D, (long long)Dv, (int)c->causal, clattn_dtype_name(dt), runs,
-                            m[0] * 1e3, m[1] * 1e3, m[2] * 1e3, m[3] * 1e3, m[4] * 1e3, overlap, m[5]);
-                sum_c += m[1];
+                            m[0] * 1e3, m[1] * 1e3, m[2] * 1e3, m[3] * 1e3, m[4] * 1e3, overlap, m[5], m[6]);
+                sum_c += m[1], sum_w += m[6];
                 if (m[1] > max_c) max_c = m[1];
+                if (m[6] > max_w) max_w = m[6];
             }
             if (jf) fclose(jf);
-            printf("slowest rank's compute / mean: %.3f\n", max_c / (sum_c / n));
+            printf("slowest rank's compute / mean: %.3f; largest rank's work (GFLOP) / mean: %.3f\n",
+                   max_c / (sum_c / n), max_w / (sum_w / n));
         }
         free(all);
     }
@@ -405,6 +434,32 @@ int cp_run_command(const run_args *a, const char *scheme, const char *device, bo
     (void)a, (void)scheme, (void)device, (void)loaded, (void)io;
     refuse("run");
     return CLI_EXIT_USAGE;
+}
+
+/* The (query, key) pairs a rank computes, left by causal masking: the work the scheme
+ * gives it, independent of how busy the machine is. */
+static double rank_pairs(clattn_cp_scheme s, int64_t Lq, int64_t Lk, clattn_causal causal, int rank, int n)
+{
+    if (s == CLATTN_CP_ULYSSES) { /* whole sequences for 1/n of the heads */
+        double all = 0;
+        for (int64_t i = 0; i < Lq; i++) {
+            const int64_t lim = causal == CLATTN_CAUSAL_NONE ? Lk - 1
+                                : causal == CLATTN_CAUSAL_TOP_LEFT ? i : i + Lk - Lq;
+            all += (double)(lim < 0 ? 0 : lim >= Lk ? Lk : lim + 1);
+        }
+        return all / n;
+    }
+    int64_t qs[2], ql[2];
+    int nq;
+    clattn_cp_slices(s, Lq, rank, n, qs, ql, &nq);
+    double pairs = 0;
+    for (int a = 0; a < nq; a++)
+        for (int64_t i = qs[a]; i < qs[a] + ql[a]; i++) {
+            const int64_t lim = causal == CLATTN_CAUSAL_NONE ? Lk - 1
+                                : causal == CLATTN_CAUSAL_TOP_LEFT ? i : i + Lk - Lq;
+            pairs += (double)(lim < 0 ? 0 : lim >= Lk ? Lk : lim + 1);
+        }
+    return pairs;
 }
 
 int cp_bench_command(const bench_args *o)
