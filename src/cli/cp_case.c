@@ -436,32 +436,6 @@ int cp_run_command(const run_args *a, const char *scheme, const char *device, bo
     return CLI_EXIT_USAGE;
 }
 
-/* The (query, key) pairs a rank computes, left by causal masking: the work the scheme
- * gives it, independent of how busy the machine is. */
-static double rank_pairs(clattn_cp_scheme s, int64_t Lq, int64_t Lk, clattn_causal causal, int rank, int n)
-{
-    if (s == CLATTN_CP_ULYSSES) { /* whole sequences for 1/n of the heads */
-        double all = 0;
-        for (int64_t i = 0; i < Lq; i++) {
-            const int64_t lim = causal == CLATTN_CAUSAL_NONE ? Lk - 1
-                                : causal == CLATTN_CAUSAL_TOP_LEFT ? i : i + Lk - Lq;
-            all += (double)(lim < 0 ? 0 : lim >= Lk ? Lk : lim + 1);
-        }
-        return all / n;
-    }
-    int64_t qs[2], ql[2];
-    int nq;
-    clattn_cp_slices(s, Lq, rank, n, qs, ql, &nq);
-    double pairs = 0;
-    for (int a = 0; a < nq; a++)
-        for (int64_t i = qs[a]; i < qs[a] + ql[a]; i++) {
-            const int64_t lim = causal == CLATTN_CAUSAL_NONE ? Lk - 1
-                                : causal == CLATTN_CAUSAL_TOP_LEFT ? i : i + Lk - Lq;
-            pairs += (double)(lim < 0 ? 0 : lim >= Lk ? Lk : lim + 1);
-        }
-    return pairs;
-}
-
 int cp_bench_command(const bench_args *o)
 {
     (void)o;
