@@ -6,6 +6,7 @@
 #define _POSIX_C_SOURCE 200809L
 #include "clattn_mpi.h"
 
+#include <limits.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -184,6 +185,9 @@ static clattn_status agree(MPI_Comm comm, clattn_status mine, int rank, int step
     if (rc != MPI_SUCCESS) return mfail(CLATTN_ERROR_INTERNAL, "MPI_Allreduce failed (%d)", rc);
     if (out[0] == CLATTN_SUCCESS) return CLATTN_SUCCESS;
     if (mine != CLATTN_SUCCESS) return mine;
+    if (step < 0)
+        return mfail((clattn_status)out[0], "rank %d refused the call (%s); this rank stopped too",
+                     out[1], clattn_status_string(out[0]));
     return mfail((clattn_status)out[0], "rank %d failed at step %d (%s); this rank stopped too",
                  out[1], step, clattn_status_string(out[0]));
 }
@@ -390,7 +394,10 @@ static clattn_status ring(clattn_context *ctx, MPI_Comm comm, cp_problem *p, con
     float *part_o = malloc((size_t)(p->B * p->Hq * qmax * p->Dv + 1) * 4),
           *part_l = malloc((size_t)(p->B * p->Hq * qmax + 1) * 4);
     clattn_status st = CLATTN_SUCCESS;
-    if (!cur || !nxt || !acc_o || !acc_l || !part_o || !part_l)
+    if (cap > (size_t)INT_MAX) /* MPI counts are int: one message per slice */
+        st = mfail(CLATTN_ERROR_INVALID_SHAPE, "a K/V slice of %zu bytes is over one MPI message's 2 GiB: "
+                                               "use more ranks", cap);
+    else if (!cur || !nxt || !acc_o || !acc_l || !part_o || !part_l)
         st = mfail(CLATTN_ERROR_OUT_OF_MEMORY, "no host memory for the ring buffers (%zu bytes each)", cap);
     st = agree(comm, st, p->rank, -1, s);
     if (st == CLATTN_SUCCESS) {
@@ -578,7 +585,12 @@ static clattn_status ulysses(clattn_context *ctx, MPI_Comm comm, cp_problem *p, 
           *o_dense = malloc((size_t)(p->B * hq * p->Lq * p->Dv) * 4 + 4),
           *l_dense = malloc((size_t)(p->B * hq * p->Lq) * 4 + 4);
     clattn_status st = CLATTN_SUCCESS;
-    if (!ql || !kl || !vl || !qh || !kh || !vh || !oh || !back || !o_dense || !l_dense)
+    const double most = (double)(p->B * p->Hq * (p->Lq > p->Lk ? p->Lq : p->Lk)) *
+                        (double)(p->D > p->Dv + 1 ? p->D : p->Dv + 1) * 4.0;
+    if (most > (double)INT_MAX) /* MPI counts and displacements are int */
+        st = mfail(CLATTN_ERROR_INVALID_SHAPE, "ulysses moves %.0f bytes per all-to-all, over MPI's "
+                                               "int counts: use ring or zigzag", most);
+    else if (!ql || !kl || !vl || !qh || !kh || !vh || !oh || !back || !o_dense || !l_dense)
         st = mfail(CLATTN_ERROR_OUT_OF_MEMORY, "no host memory for the all-to-all buffers");
     st = agree(comm, st, p->rank, -1, s);
     const bool started = st == CLATTN_SUCCESS; /* the same on every rank */
