@@ -383,7 +383,8 @@ int cp_bench_command(const bench_args *o)
             FILE *jf = o->json ? fopen(o->json, "a") : NULL;
             for (int r = 0; r < n; r++) {
                 const double *m = all + r * 7;
-                const double overlap = m[2] > 0 ? 1.0 - m[3] / m[2] : 1.0;
+                double overlap = m[2] > 0 ? 1.0 - m[3] / m[2] : 1.0;
+                if (overlap < 0.0) overlap = 0.0; /* wait and transfer are the same clock's */
                 printf("%4d %10.2f %10.2f %10.2f %10.2f %10.2f %6.1f%% %7.1f%% %10.2f %8.3f\n", r, m[0] * 1e3, m[1] * 1e3,
                        m[2] * 1e3, m[3] * 1e3, m[4] * 1e3, 100.0 * m[3] / m[0], 100.0 * overlap, m[5] / 1048576.0, m[6]);
                 if (jf)
