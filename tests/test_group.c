@@ -1,7 +1,7 @@
 /* clattn_group_attention: one call split over several contexts equals the float64
  * reference (SPEC §1 tolerances) on every case of the shared suite, by (batch, KV head)
  * units and by keys with the log-sum-exp merge; the split follows the speeds (set, and
- * measured by calibration); two PoCL contexts, and PoCL with rusticl (llvmpipe); a
+ * measured by calibration) on two PoCL contexts (PoCL with rusticl: test_rusticl_group); a
  * device that fails makes the call fail with the device named and outputs untouched;
  * bad arguments are refused. */
 #include <setjmp.h>
@@ -117,44 +117,6 @@ static void test_split_follows_speeds(void **state)
     clattn_group_free(g);
 }
 
-/* PoCL and rusticl in one group: speeds measured on first use; a few cases over the
- * options (rusticl builds are slow, so the shapes share one head dim). */
-static void test_pocl_and_rusticl_match_reference(void **state)
-{
-    (void)state;
-    size_t idx;
-    if (clattn_device_find("llvmpipe", &idx) != CLATTN_SUCCESS)
-        fail_msg("no rusticl llvmpipe device: install mesa-opencl-icd and set RUSTICL_ENABLE=llvmpipe");
-    const char *specs[2] = {"portable", "llvmpipe"};
-    clattn_group *g = NULL;
-    assert_int_equal(clattn_group_create(specs, 2, &g), CLATTN_SUCCESS);
-    const attn_case cases[] = {
-        {.B = 2, .Hq = 8, .Hkv = 4, .Lq = 16, .Lk = 24, .D = 32, .lse = 1, .seed = 1},
-        {.B = 1, .Hq = 2, .Hkv = 2, .Lq = 16, .Lk = 24, .D = 32, .lse = 1, .seed = 2,
-         .causal = CLATTN_CAUSAL_TOP_LEFT, .alibi = 1, .softcap = 20.0f},
-        {.B = 1, .Hq = 2, .Hkv = 1, .Lq = 16, .Lk = 24, .D = 32, .lse = 1, .seed = 3,
-         .window = 1, .win_left = 5, .win_right = 2, .mask_kind = ATTN_MASK_BOOL, .kv_lens = 1},
-    };
-    /* the first call measures the speeds and splits by them */
-    int bk;
-    size_t failures = (size_t)check_case(g, &cases[0], &bk);
-    double sp[2];
-    int64_t count;
-    clattn_group_speeds(g, sp);
-    print_message("measured speeds: PoCL %.3f, rusticl %.3f GFLOP/s\n", sp[0], sp[1]);
-    assert_true(sp[0] > 0.0 && sp[1] > 0.0);
-    assert_int_equal(clattn_group_last_split(g, 0, &bk, NULL, &count, NULL), CLATTN_SUCCESS);
-    assert_int_equal(bk, 0);
-    assert_int_equal(count, llround(8.0 * sp[0] / (sp[0] + sp[1])));
-    /* equal shares, so rusticl computes half of every case */
-    const double even[2] = {1.0, 1.0};
-    assert_int_equal(clattn_group_set_speeds(g, even), CLATTN_SUCCESS);
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
-        failures += (size_t)check_case(g, &cases[i], &bk);
-    clattn_group_free(g);
-    assert_int_equal(failures, 0);
-}
-
 /* A device that fails (a fault armed on the second context) fails the call, names the
  * device, and leaves O untouched; host-only and duplicate-context rules. */
 static void test_failing_device_and_bad_arguments(void **state)
@@ -204,7 +166,6 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_two_contexts_match_reference_on_every_suite_case),
         cmocka_unit_test(test_split_follows_speeds),
-        cmocka_unit_test(test_pocl_and_rusticl_match_reference),
         cmocka_unit_test(test_failing_device_and_bad_arguments),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
