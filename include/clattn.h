@@ -444,7 +444,7 @@ CLATTN_API clattn_status clattn_attention_block(clattn_context *ctx, const clatt
  * unit split), into float32 host scratch of the group's output size, which is committed
  * to o (with conversion to o's dtype) only when every device succeeded: a failed call
  * leaves o and options.lse as they were. On a CPU device the copies cost about as much
- * as reading the data once; on a discrete GPU they cross PCIe (docs/architecture.md). */
+ * as reading the data once; on a discrete GPU they cross PCIe (docs/scaling.md). */
 typedef struct clattn_group clattn_group;
 
 /* A group of new contexts, one per device spec (see clattn_device_find); the group owns

@@ -5,7 +5,8 @@
 #      sanitized host adds nothing there) and the slow tier (the soak's 100,000 cycles
 #      check memory use, which the plain build measures); any extra arguments are passed
 #      to that ctest run (e.g. -L quick, -R test_api, -j2);
-#   2. build-tsan: ThreadSanitizer, test_threads (contexts on concurrent threads).
+#   2. build-tsan: ThreadSanitizer, test_threads (contexts on concurrent threads) and
+#      test_group (a device group's parts on a thread each).
 # Any sanitizer report fails the run (halt_on_error, -fno-sanitize-recover).
 #
 # Usage: scripts/sanitize.sh [CTEST_ARGS...]
@@ -65,11 +66,11 @@ fi
 echo "== TSan build (build-tsan, $tcc)"
 cmake -S . -B build-tsan -DCMAKE_C_COMPILER="$tcc" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
       -DCLATTN_SANITIZE=thread >/dev/null
-cmake --build build-tsan -j "$jobs" --target test_threads
+cmake --build build-tsan -j "$jobs" --target test_threads test_group
 share_cache build-tsan
 export TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1:suppressions=$supp/tsan.supp:print_suppressions=0"
 tsan_status=0
-(cd build-tsan && ctest --output-on-failure -R '^test_threads$') || tsan_status=$?
+(cd build-tsan && ctest --output-on-failure -R '^(test_threads|test_group)$') || tsan_status=$?
 end=$(date +%s)
 echo "== TSan test took $((end - asan_end)) s; sanitize.sh took $((end - start)) s in all"
 # both runs report before either failure ends the script
