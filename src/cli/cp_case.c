@@ -91,6 +91,10 @@ static unsigned char *scatter_rows(const clattn_tensor *t, clattn_cp_scheme s, i
 {
     const size_t es = clattn_dtype_size(dt), row = (size_t)ne[3] * es;
     int *counts = calloc((size_t)n, sizeof *counts), *displs = calloc((size_t)n, sizeof *displs);
+    if (!counts || !displs) { /* a few ints: a machine this short of memory stops the run */
+        fprintf(stderr, "clattn run: out of memory\n");
+        MPI_Abort(MPI_COMM_WORLD, 1);
+    }
     size_t total = 0;
     for (int r = 0; r < n; r++) {
         displs[r] = (int)total;
@@ -102,8 +106,16 @@ static unsigned char *scatter_rows(const clattn_tensor *t, clattn_cp_scheme s, i
         all = malloc(total + 1);
         for (int r = 0; r < n && all; r++) pack_rows(t, s, r, n, all + displs[r]);
     }
-    MPI_Scatterv(all, counts, displs, MPI_BYTE, mine, counts[rank], MPI_BYTE, 0, MPI_COMM_WORLD);
+    /* every rank must have its buffers before any enters the collective */
+    int ok = mine && (rank != 0 || all), every = 0;
+    MPI_Allreduce(&ok, &every, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
+    if (every)
+        MPI_Scatterv(all, counts, displs, MPI_BYTE, mine, counts[rank], MPI_BYTE, 0, MPI_COMM_WORLD);
     free(all), free(counts), free(displs);
+    if (!every) {
+        free(mine);
+        return NULL; /* the same on every rank */
+    }
     return mine;
 }
 
@@ -151,23 +163,30 @@ int cp_run_command(const run_args *a, const char *scheme_name, const char *devic
     clattn_options opt = a->opt;
     clattn_tensor tm, tkl, tal, tl;
     void *mbuf = NULL, *klbuf = NULL, *albuf = NULL;
+    const size_t mbytes = h[10] ? (size_t)(h[12] * h[13] * h[14] * h[15]) * clattn_dtype_size((clattn_dtype)h[11]) : 0;
+    mbuf = h[10] ? malloc(mbytes + 1) : NULL;
+    klbuf = h[16] ? malloc((size_t)B * 4 + 4) : NULL;
+    albuf = h[17] ? malloc((size_t)Hq * 4 + 4) : NULL;
+    int have = (!h[10] || mbuf) && (!h[16] || klbuf) && (!h[17] || albuf), every = 0;
+    MPI_Allreduce(&have, &every, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
+    if (!every) { /* the same on every rank: nobody enters a broadcast */
+        if (rank == 0) cli_error(CMD, "out of memory for the option tensors on some rank");
+        free(mbuf), free(klbuf), free(albuf);
+        return mpi_end(false, we_init);
+    }
     if (h[10]) {
-        const size_t bytes = (size_t)(h[12] * h[13] * h[14] * h[15]) * clattn_dtype_size((clattn_dtype)h[11]);
-        mbuf = malloc(bytes + 1);
-        if (rank == 0) memcpy(mbuf, (const unsigned char *)io->opt->mask->host + io->opt->mask->offset, bytes);
-        MPI_Bcast(mbuf, (int)bytes, MPI_BYTE, 0, MPI_COMM_WORLD);
+        if (rank == 0) memcpy(mbuf, (const unsigned char *)io->opt->mask->host + io->opt->mask->offset, mbytes);
+        MPI_Bcast(mbuf, (int)mbytes, MPI_BYTE, 0, MPI_COMM_WORLD);
         tm = clattn_tensor_host(mbuf, (clattn_dtype)h[11], h[12], h[13], h[14], h[15]);
         opt.mask = &tm;
     }
     if (h[16]) {
-        klbuf = malloc((size_t)B * 4 + 4);
         if (rank == 0) memcpy(klbuf, io->opt->kv_lens->host, (size_t)B * 4);
         MPI_Bcast(klbuf, (int)B, MPI_INT32_T, 0, MPI_COMM_WORLD);
         tkl = clattn_tensor_host(klbuf, CLATTN_I32, B, 1, 1, 1);
         opt.kv_lens = &tkl;
     }
     if (h[17]) {
-        albuf = malloc((size_t)Hq * 4 + 4);
         if (rank == 0) memcpy(albuf, io->opt->alibi->host, (size_t)Hq * 4);
         MPI_Bcast(albuf, (int)Hq, MPI_FLOAT, 0, MPI_COMM_WORLD);
         tal = clattn_tensor_host(albuf, CLATTN_F32, Hq, 1, 1, 1);
@@ -175,9 +194,12 @@ int cp_run_command(const run_args *a, const char *scheme_name, const char *devic
     }
     /* each rank's slices */
     const int64_t qne[4] = {B, Hq, Lq, D}, kne[4] = {B, Hkv, Lk, D}, vne[4] = {B, Hkv, Lk, Dv};
+    /* a rank without memory makes all of them give up (NULL everywhere): the call then
+     * fails validation on every rank, with the reason below */
     unsigned char *ql = scatter_rows(io->q, scheme, rank, n, qne, qd);
-    unsigned char *kl = scatter_rows(io->k, scheme, rank, n, kne, kd);
-    unsigned char *vl = scatter_rows(io->v, scheme, rank, n, vne, vd);
+    unsigned char *kl = ql ? scatter_rows(io->k, scheme, rank, n, kne, kd) : NULL;
+    unsigned char *vl = kl ? scatter_rows(io->v, scheme, rank, n, vne, vd) : NULL;
+    if (!vl && rank == 0) cli_error(CMD, "out of memory scattering the inputs on some rank");
     const int64_t lq = local_len(scheme, Lq, rank, n), lk = local_len(scheme, Lk, rank, n);
     float *ol = malloc((size_t)(B * Hq * lq * Dv) * 4 + 4), *ll = malloc((size_t)(B * Hq * lq) * 4 + 4);
     clattn_tensor tq = clattn_tensor_host(ql, qd, B, Hq, lq, D), tk = clattn_tensor_host(kl, kd, B, Hkv, lk, D),
@@ -215,9 +237,16 @@ int cp_run_command(const run_args *a, const char *scheme_name, const char *devic
         }
         float *oa = rank == 0 ? malloc((size_t)(to_rows * Dv) * 4 + 4) : NULL;
         float *la = rank == 0 ? malloc((size_t)to_rows * 4 + 4) : NULL;
-        MPI_Gatherv(ol, oc[rank], MPI_FLOAT, oa, oc, od, MPI_FLOAT, 0, MPI_COMM_WORLD);
-        MPI_Gatherv(ll, lc[rank], MPI_FLOAT, la, lc, ld, MPI_FLOAT, 0, MPI_COMM_WORLD);
-        if (rank == 0) {
+        int gather_ok = rank != 0 || (oa && la);
+        MPI_Bcast(&gather_ok, 1, MPI_INT, 0, MPI_COMM_WORLD);
+        if (gather_ok) {
+            MPI_Gatherv(ol, oc[rank], MPI_FLOAT, oa, oc, od, MPI_FLOAT, 0, MPI_COMM_WORLD);
+            MPI_Gatherv(ll, lc[rank], MPI_FLOAT, la, lc, ld, MPI_FLOAT, 0, MPI_COMM_WORLD);
+        } else {
+            cli_error(CMD, "out of memory gathering the output on rank 0");
+            good = false;
+        }
+        if (rank == 0 && gather_ok) {
             const clattn_tensor *O = io->o, *LSE = io->opt->lse;
             for (int r = 0; r < n; r++) {
                 int64_t s0[2], sl[2];

@@ -456,6 +456,15 @@ static clattn_status ring(clattn_context *ctx, MPI_Comm comm, cp_problem *p, con
 
 /* ---- Ulysses ---------------------------------------------------------------------- */
 
+/* Whether every rank got its buffers: a rank that did not must not leave the others
+ * inside a collective it never enters, so all of them give up together. */
+static bool all_allocated(MPI_Comm comm, bool mine)
+{
+    int in = mine ? 1 : 0, out = 0;
+    MPI_Allreduce(&in, &out, 1, MPI_INT, MPI_MIN, comm);
+    return out == 1;
+}
+
 /* An all-to-all of head groups: in is dense [B, H, l_self, W] (elements of es bytes);
  * rank t receives heads t*H/N .. of every rank's rows, assembled by global position into
  * out [B, H/N, L_total, W]. */
@@ -477,7 +486,7 @@ static int seq_to_heads(MPI_Comm comm, const cp_problem *p, const unsigned char 
         rbytes += (size_t)(p->B * h * ln[0]) * row;
     }
     unsigned char *sb = malloc(sbytes + 1), *rb = malloc(rbytes + 1);
-    if (!sc || !sd || !rc || !rd || !sb || !rb) {
+    if (!all_allocated(comm, sc && sd && rc && rd && sb && rb)) {
         free(sc), free(sd), free(rc), free(rd), free(sb), free(rb);
         return -1;
     }
@@ -531,7 +540,7 @@ static int heads_to_seq(MPI_Comm comm, const cp_problem *p, const unsigned char 
     const int64_t lself = ln[0];
     const size_t sbytes = (size_t)(p->B * h * L) * row, rbytes = (size_t)(p->B * H * lself) * row;
     unsigned char *sb = malloc(sbytes + 1), *rb = malloc(rbytes + 1);
-    if (!sc || !sd || !rc || !rd || !sb || !rb) {
+    if (!all_allocated(comm, sc && sd && rc && rd && sb && rb)) {
         free(sc), free(sd), free(rc), free(rd), free(sb), free(rb);
         return -1;
     }
@@ -599,7 +608,8 @@ static clattn_status ulysses(clattn_context *ctx, MPI_Comm comm, cp_problem *p, 
         if (seq_to_heads(comm, p, ql, p->Hq, p->D, eq, p->Lq, qh, s) ||
             seq_to_heads(comm, p, kl, p->Hkv, p->D, ek, p->Lk, kh, s) ||
             seq_to_heads(comm, p, vl, p->Hkv, p->Dv, ev, p->Lk, vh, s))
-            st = mfail(CLATTN_ERROR_INTERNAL, "MPI_Alltoallv failed");
+            st = mfail(CLATTN_ERROR_OUT_OF_MEMORY, "no host memory for an all-to-all on some rank, "
+                                                   "or MPI_Alltoallv failed");
         clattn_tensor tq = clattn_tensor_host(qh, q->dtype, p->B, hq, p->Lq, p->D),
                       tk = clattn_tensor_host(kh, k->dtype, p->B, hk, p->Lk, p->D),
                       tv = clattn_tensor_host(vh, v->dtype, p->B, hk, p->Lk, p->Dv),
