@@ -60,8 +60,9 @@ static void usage(FILE *f)
             "convention) and print its time over the forward's.\n"
             "--context-parallel S: under mpirun in an MPI build, time one --shape split over\n"
             "the ranks with scheme S; per rank: total, compute, time transfers took, time\n"
-            "waiting on them, time in status agreements, and overlap (the part of the\n"
-            "transfer time hidden behind compute).\n");
+            "waiting on them, time in status agreements, overlap (the part of the\n"
+            "transfer time hidden behind compute), the work the scheme gives the rank\n"
+            "(GFLOP) and the CPU time its process used.\n");
 }
 
 static bool parse_dtype(const char *s, clattn_dtype *dt)

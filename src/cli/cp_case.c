@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/resource.h>
 
 #include "attn_case.h"
 #include "cli_util.h"
@@ -285,6 +286,17 @@ int cp_run_command(const run_args *a, const char *scheme_name, const char *devic
 
 /* ---- bench ---------------------------------------------------------------------- */
 
+/* CPU time of this process (every thread: a CPU device's workers too), seconds. With more
+ * ranks than cores a rank's wall-clock compute includes waiting for a core; its CPU time
+ * is the work it did. */
+static double cpu_s(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)ru.ru_utime.tv_sec + 1e-6 * (double)ru.ru_utime.tv_usec + (double)ru.ru_stime.tv_sec +
+           1e-6 * (double)ru.ru_stime.tv_usec;
+}
+
 static int cmp_d(const void *x, const void *y)
 {
     const double a = *(const double *)x, b = *(const double *)y;
@@ -366,20 +378,23 @@ int cp_bench_command(const bench_args *o)
     opt.causal = c->causal;
     const long runs = o->runs > 0 ? o->runs : 3, warmup = o->warmup >= 0 ? o->warmup : 1;
     double *tot = calloc((size_t)runs, 8), *cmp = calloc((size_t)runs, 8), *com = calloc((size_t)runs, 8),
-           *wt = calloc((size_t)runs, 8), *sy = calloc((size_t)runs, 8);
+           *wt = calloc((size_t)runs, 8), *sy = calloc((size_t)runs, 8), *cpu = calloc((size_t)runs, 8);
     clattn_status st = CLATTN_SUCCESS;
     int steps = 0;
     int64_t sent = 0;
     /* every rank runs the same number of collective calls, even without a context */
     for (long r = -warmup; r < runs; r++) {
         clattn_mpi_stats s;
+        const double c0 = cpu_s();
         clattn_status rs = clattn_mpi_attention(ok ? ctx : NULL, MPI_COMM_WORLD, scheme, &tq, &tk, &tv, &to, Lq, Lk,
                                                 &opt, &s);
         if (rs != CLATTN_SUCCESS) {
             st = rs;
             break; /* the status is agreed: every rank leaves here */
         }
-        if (r >= 0) tot[r] = s.total_s, cmp[r] = s.compute_s, com[r] = s.comm_s, wt[r] = s.wait_s, sy[r] = s.sync_s;
+        if (r >= 0)
+            tot[r] = s.total_s, cmp[r] = s.compute_s, com[r] = s.comm_s, wt[r] = s.wait_s, sy[r] = s.sync_s,
+            cpu[r] = cpu_s() - c0;
         steps = s.steps;
         sent = s.bytes_sent;
     }
@@ -387,16 +402,17 @@ int cp_bench_command(const bench_args *o)
     if (!good && rank == 0) cli_error(CMD, "context-parallel attention failed: %s: %s", clattn_status_string(st), clattn_mpi_last_error());
     if (good) {
         /* medians per rank, gathered on rank 0 */
-        double med[7];
-        double *arrs[5] = {tot, cmp, com, wt, sy};
-        for (int i = 0; i < 5; i++) {
+        double med[8];
+        double *arrs[6] = {tot, cmp, com, wt, sy, cpu};
+        for (int i = 0; i < 6; i++) {
             qsort(arrs[i], (size_t)runs, 8, cmp_d);
             med[i] = arrs[i][runs / 2];
         }
+        med[7] = med[5]; /* CPU time */
         med[5] = (double)sent;
         med[6] = rank_pairs(scheme, Lq, Lk, c->causal, rank, n) * (double)(B * Hq) * 2.0 * (double)(D + Dv) / 1e9;
         double *all = rank == 0 ? malloc((size_t)n * sizeof med) : NULL;
-        MPI_Gather(med, 7, MPI_DOUBLE, all, 7, MPI_DOUBLE, 0, MPI_COMM_WORLD);
+        MPI_Gather(med, 8, MPI_DOUBLE, all, 8, MPI_DOUBLE, 0, MPI_COMM_WORLD);
         if (rank == 0) {
             clattn_device_props p;
             clattn_context_device_props(ctx, &p);
@@ -406,38 +422,41 @@ int cp_bench_command(const bench_args *o)
                    (long long)D, (long long)Dv, clattn_dtype_name(dt),
                    c->causal == CLATTN_CAUSAL_NONE ? "none" : c->causal == CLATTN_CAUSAL_TOP_LEFT ? "top-left" : "bottom-right",
                    n, steps, p.name, runs);
-            printf("%4s %10s %10s %10s %10s %10s %7s %8s %10s %8s\n", "rank", "total_ms", "compute_ms", "comm_ms",
-                   "wait_ms", "sync_ms", "wait%", "overlap", "sent_MiB", "GFLOP");
-            double sum_c = 0, max_c = 0, sum_w = 0, max_w = 0;
+            printf("%4s %10s %10s %10s %10s %10s %7s %8s %10s %8s %8s\n", "rank", "total_ms", "compute_ms", "comm_ms",
+                   "wait_ms", "sync_ms", "wait%", "overlap", "sent_MiB", "GFLOP", "cpu_ms");
+            double sum_c = 0, max_c = 0, sum_w = 0, max_w = 0, sum_u = 0, max_u = 0;
             FILE *jf = o->json ? fopen(o->json, "a") : NULL;
             for (int r = 0; r < n; r++) {
-                const double *m = all + r * 7;
+                const double *m = all + r * 8;
                 double overlap = m[2] > 0 ? 1.0 - m[3] / m[2] : 1.0;
                 if (overlap < 0.0) overlap = 0.0; /* wait and transfer are the same clock's */
-                printf("%4d %10.2f %10.2f %10.2f %10.2f %10.2f %6.1f%% %7.1f%% %10.2f %8.3f\n", r, m[0] * 1e3, m[1] * 1e3,
-                       m[2] * 1e3, m[3] * 1e3, m[4] * 1e3, 100.0 * m[3] / m[0], 100.0 * overlap, m[5] / 1048576.0, m[6]);
+                printf("%4d %10.2f %10.2f %10.2f %10.2f %10.2f %6.1f%% %7.1f%% %10.2f %8.3f %8.1f\n", r, m[0] * 1e3,
+                       m[1] * 1e3, m[2] * 1e3, m[3] * 1e3, m[4] * 1e3, 100.0 * m[3] / m[0], 100.0 * overlap,
+                       m[5] / 1048576.0, m[6], m[7] * 1e3);
                 if (jf)
                     fprintf(jf,
                             "{\"context_parallel\": \"%s\", \"ranks\": %d, \"rank\": %d, \"device\": \"%s\", "
                             "\"shape\": {\"B\": %lld, \"Hq\": %lld, \"Hkv\": %lld, \"Lq\": %lld, \"Lk\": %lld, \"D\": %lld, "
                             "\"Dv\": %lld}, \"causal\": %d, \"dtype\": \"%s\", \"runs\": %ld, \"total_ms\": %.4f, "
                             "\"compute_ms\": %.4f, \"comm_ms\": %.4f, \"wait_ms\": %.4f, \"sync_ms\": %.4f, "
-                            "\"overlap\": %.4f, \"bytes_sent\": %.0f, \"gflop\": %.6f}\n",
+                            "\"overlap\": %.4f, \"bytes_sent\": %.0f, \"gflop\": %.6f, \"cpu_ms\": %.4f}\n",
                             o->context_parallel, n, r, p.name, (long long)B, (long long)Hq, (long long)Hkv, (long long)Lq,
                             (long long)Lk, (long long)D, (long long)Dv, (int)c->causal, clattn_dtype_name(dt), runs,
-                            m[0] * 1e3, m[1] * 1e3, m[2] * 1e3, m[3] * 1e3, m[4] * 1e3, overlap, m[5], m[6]);
-                sum_c += m[1], sum_w += m[6];
+                            m[0] * 1e3, m[1] * 1e3, m[2] * 1e3, m[3] * 1e3, m[4] * 1e3, overlap, m[5], m[6], m[7] * 1e3);
+                sum_c += m[1], sum_w += m[6], sum_u += m[7];
+                if (m[7] > max_u) max_u = m[7];
                 if (m[1] > max_c) max_c = m[1];
                 if (m[6] > max_w) max_w = m[6];
             }
             if (jf) fclose(jf);
-            printf("slowest rank's compute / mean: %.3f; largest rank's work (GFLOP) / mean: %.3f\n",
-                   max_c / (sum_c / n), max_w / (sum_w / n));
+            printf("slowest rank's compute / mean: %.3f; largest rank's work (GFLOP) / mean: %.3f; "
+                   "largest CPU time / mean: %.3f\n",
+                   max_c / (sum_c / n), max_w / (sum_w / n), max_u / (sum_u / n));
         }
         free(all);
     }
     clattn_context_free(ctx);
-    free(q), free(k), free(v), free(out), free(tot), free(cmp), free(com), free(wt), free(sy);
+    free(q), free(k), free(v), free(out), free(tot), free(cmp), free(com), free(wt), free(sy), free(cpu);
     return mpi_end(good, we_init);
 }
 
