@@ -439,12 +439,14 @@ CLATTN_API clattn_status clattn_attention_block(clattn_context *ctx, const clatt
  * three gives the speed in GFLOP/s. The split is recomputed from the speeds on every
  * call.
  * Host staging: the tensors are host tensors (the devices have no memory in common), so
- * each device copies its part of Q, K, V in and its part of O and LSE out (each element
- * of Q and O once over the group; K and V once per device in a key split, once in a
- * unit split), into float32 host scratch of the group's output size, which is committed
- * to o (with conversion to o's dtype) only when every device succeeded: a failed call
- * leaves o and options.lse as they were. On a CPU device the copies cost about as much
- * as reading the data once; on a discrete GPU they cross PCIe (docs/scaling.md). */
+ * each device copies its part in and its results out: in a unit split Q, K, V and O each
+ * cross once over the whole group; in a key split K and V cross once, while Q goes to
+ * every device and every device returns a whole O and LSE for the merge. Results land in
+ * float32 host scratch (the output's size, per device in a key split), committed to o
+ * (converted to o's dtype) only when every device succeeded: a failed call leaves o and
+ * options.lse as they were. On a CPU device a copy costs about as much as reading the
+ * data once; on a discrete GPU it crosses PCIe, at B*Hq*Lq*(D+Dv)*4 + B*Hkv*Lk*(D+Dv)*e
+ * bytes per unit-split call (docs/scaling.md). */
 typedef struct clattn_group clattn_group;
 
 /* A group of new contexts, one per device spec (see clattn_device_find); the group owns
