@@ -445,8 +445,9 @@ CLATTN_API clattn_status clattn_attention_block(clattn_context *ctx, const clatt
  * float32 host scratch (the output's size, per device in a key split), committed to o
  * (converted to o's dtype) only when every device succeeded: a failed call leaves o and
  * options.lse as they were. On a CPU device a copy costs about as much as reading the
- * data once; on a discrete GPU it crosses PCIe, at B*Hq*Lq*(D+Dv)*4 + B*Hkv*Lk*(D+Dv)*e
- * bytes per unit-split call (docs/scaling.md). */
+ * data once; on a discrete GPU it crosses PCIe: B*Hq*Lq*D*e (Q) + B*Hkv*Lk*(D+Dv)*e
+ * (K, V) + B*Hq*Lq*(Dv+1)*4 (O, LSE) bytes per unit-split call, e the input element size
+ * (docs/scaling.md). */
 typedef struct clattn_group clattn_group;
 
 /* A group of new contexts, one per device spec (see clattn_device_find); the group owns
