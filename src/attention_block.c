@@ -2,25 +2,32 @@
  * keys, placed at global positions inside a bigger problem. Ring attention, zigzag
  * slicing and the key split of a device group all compute such blocks and merge the
  * partial (O, LSE) states. Causal, window and ALiBi are functions of global positions;
- * they are turned into the block's own options when that is exact (a shifted window, a
- * local causal edge), and otherwise into a float mask for the block built on the host,
- * so the kernels never need to know about offsets. */
+ * they become the block's own window after trimming the rows and keys that see nothing
+ * (always exact), and ALiBi at an offset becomes a float mask for the block built on the
+ * host, so the kernels never need to know about offsets. */
 #include "context.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-/* Allowed values of g = i'_global - j_global, as [gmin, gmax], from causal and window. */
+/* Positions: g = i'_global - j_global must lie in [gmin, gmax] (causal, window). */
 #define BIG_ (INT64_MAX / 4)
 
+/* How the block is computed. In the block's own coordinates a pair (i, j) has
+ * x = i + lk - lq - j (clattn's bottom-right alignment), and g = x + delta. The allowed
+ * band of g is always one interval of x; the block's own window can express an interval
+ * [-right, left] with both ends on their side of 0. Two trims move any other band there
+ * exactly: dropping the last query rows (which see no key at all) raises x, and dropping
+ * the last keys (which no row sees) lowers it. */
 typedef struct block_plan {
     bool skip;          /* every (query, key) pair of the block is excluded by position */
-    bool materialize;   /* positions (and ALiBi) go into a float mask built here */
-    clattn_causal causal;
-    int64_t wl, wr;     /* the block's own window, -1 = unbounded */
-    int64_t gmin, gmax; /* allowed g for the materialized mask */
-    int64_t delta;      /* g = (i + lk - lq - j) + delta */
+    bool materialize;   /* ALiBi at an offset: positions and slopes go into a float mask */
+    int64_t rows;       /* query rows computed (0 .. rows-1); the others see no key */
+    int64_t keys;       /* keys passed (0 .. keys-1); no row sees the others */
+    int64_t wl, wr;     /* the trimmed block's own window, -1 = unbounded */
+    int64_t gmin, gmax; /* allowed g, for the materialized mask */
+    int64_t delta;      /* g = (i + keys - rows - j) + delta in the trimmed block */
 } block_plan;
 
 static void plan_block(const clattn_options *o, const clattn_block *bk, int64_t lq, int64_t lk,
@@ -28,6 +35,8 @@ static void plan_block(const clattn_options *o, const clattn_block *bk, int64_t 
 {
     memset(p, 0, sizeof *p);
     p->wl = p->wr = -1;
+    p->rows = lq;
+    p->keys = lk;
     int64_t gmin = -BIG_, gmax = BIG_;
     if (o->causal == CLATTN_CAUSAL_BOTTOM_RIGHT) gmin = 0;
     if (o->causal == CLATTN_CAUSAL_TOP_LEFT) gmin = bk->lk_total - bk->lq_total;
@@ -35,34 +44,47 @@ static void plan_block(const clattn_options *o, const clattn_block *bk, int64_t 
     if (o->window_left >= 0) gmax = o->window_left;
     p->gmin = gmin;
     p->gmax = gmax;
-    p->delta = bk->q_start + bk->lk_total - bk->lq_total - bk->k_start - (lk - lq);
-    /* local x = i + lk - lq - j spans [1 - lq, lk - 1]; allowed x is [al, au] */
-    const int64_t xlo = 1 - lq, xhi = lk - 1;
-    const int64_t al = gmin == -BIG_ ? -BIG_ : gmin - p->delta;
-    const int64_t au = gmax == BIG_ ? BIG_ : gmax - p->delta;
-    if (lk == 0 || al > au || au < xlo || al > xhi) {
+    const int64_t delta = bk->q_start + bk->lk_total - bk->lq_total - bk->k_start - (lk - lq);
+    /* x spans [1 - lq, lk - 1]; allowed x is [al, au] */
+    const int64_t al = gmin == -BIG_ ? -BIG_ : gmin - delta;
+    const int64_t au = gmax == BIG_ ? BIG_ : gmax - delta;
+    if (lk == 0 || lq == 0 || al > au || au < 1 - lq || al > lk - 1) {
         p->skip = true;
         return;
     }
-    if (al > xlo) { /* a lower edge inside the block */
-        if (al <= 0)
-            p->wr = -al;
-        else if (al == lk - lq)
-            p->causal = CLATTN_CAUSAL_TOP_LEFT;
-        else
-            p->materialize = true;
+    /* au < 0: row i sees keys j >= i + lk - lq - au only, so rows from lq + au on see none;
+     * without them x rises by -au and the upper edge sits at 0 */
+    int64_t shift = 0;
+    if (au < 0) {
+        p->rows = lq + au;
+        shift = -au;
     }
-    if (au < xhi) { /* an upper edge inside the block */
-        if (au >= 0)
-            p->wl = au;
-        else
-            p->materialize = true;
+    const int64_t al1 = al == -BIG_ ? -BIG_ : al + shift, au1 = au == BIG_ ? BIG_ : au + shift;
+    /* al1 > 0: row i sees keys j <= i + lk - lq - al1 only, so the last al1 keys are seen
+     * by no row; without them x falls by al1 and the lower edge sits at 0 */
+    int64_t m = 0;
+    if (al1 > 0) {
+        m = al1;
+        p->keys = lk - m;
     }
+    const int64_t al2 = al1 == -BIG_ ? -BIG_ : al1 - m, au2 = au1 == BIG_ ? BIG_ : au1 - m;
+    if (al2 > 1 - p->rows) p->wr = -al2;        /* al2 <= 0 here */
+    if (au2 < p->keys - 1) p->wl = au2;         /* au2 >= 0 here */
+    p->delta = delta + m - shift;
     /* ALiBi reads |i' - j|: the block's own positions give it only when they are global */
     if (o->alibi && p->delta != 0) p->materialize = true;
 }
 
 static int64_t bcast(const clattn_tensor *t, int a, int64_t i) { return t->ne[a] == 1 ? 0 : i; }
+
+/* Extents start .. start+len-1 of dimension a of a host tensor. */
+static clattn_tensor dim_view(const clattn_tensor *t, int a, int64_t start, int64_t len)
+{
+    clattn_tensor v = *t;
+    v.offset += (size_t)(start * v.nb[a]);
+    v.ne[a] = len;
+    return v;
+}
 
 /* A view of a global mask's rows and keys for the block (broadcast extents stay 1). */
 static clattn_tensor mask_view(const clattn_tensor *m, const clattn_block *bk, int64_t lq,
@@ -172,12 +194,19 @@ clattn_status clattn_attention_block(clattn_context *ctx, const clattn_block *bk
 
     block_plan p;
     plan_block(&full, bk, lq, lk, &p);
+    const int64_t rows = p.skip ? 0 : p.rows, keys = p.skip ? 0 : p.keys;
 
-    /* The block's own options: global ones translated. */
+    /* The trimmed block's tensors and options: global ones translated. */
+    clattn_tensor qv = dim_view(q, 2, 0, rows), kv = dim_view(k, 2, 0, keys),
+                  vv = dim_view(v, 2, 0, keys), ov = dim_view(o, 2, 0, rows), lv;
     clattn_options loc = full;
-    loc.causal = p.causal;
+    loc.causal = CLATTN_CAUSAL_NONE;
     loc.window_left = p.wl;
     loc.window_right = p.wr;
+    if (full.lse) {
+        lv = dim_view(full.lse, 2, 0, rows);
+        loc.lse = &lv;
+    }
     clattn_tensor mview, lens_t, mat_t;
     int32_t *lens = NULL;
     float *mat = NULL;
@@ -186,67 +215,75 @@ clattn_status clattn_attention_block(clattn_context *ctx, const clattn_block *bk
         CLATTN_RETURN_IF(ctx, !lens, CLATTN_ERROR_OUT_OF_MEMORY, "clattn_attention_block: no memory");
         for (int64_t b = 0; b < B; b++) {
             int64_t n = (int64_t)clattn__host_get(kl, b, 0, 0, 0) - bk->k_start;
-            lens[b] = (int32_t)(n < 0 ? 0 : n > lk ? lk : n);
+            lens[b] = (int32_t)(n < 0 ? 0 : n > keys ? keys : n);
         }
         lens_t = clattn_tensor_host(lens, CLATTN_I32, B, 1, 1, 1);
         loc.kv_lens = &lens_t;
     }
     if (m && !p.materialize && !p.skip) {
-        mview = mask_view(m, bk, lq, lk);
+        mview = mask_view(m, bk, rows, keys);
         loc.mask = &mview;
     }
     if (p.materialize && !p.skip) {
-        /* positions (causal, window), ALiBi and the caller's mask in one additive mask */
+        /* positions, ALiBi and the caller's mask in one additive mask */
         const int64_t Bm = m && m->ne[0] != 1 ? B : 1;
         const int64_t Hm = full.alibi || (m && m->ne[1] != 1) ? Hq : 1;
         int64_t n = 0;
-        bool ok = clattn__mul_ok(Bm, Hm, &n) && clattn__mul_ok(n, lq, &n) &&
-                  clattn__mul_ok(n, lk, &n) && n <= (int64_t)(SIZE_MAX / sizeof(float));
+        bool ok = clattn__mul_ok(Bm, Hm, &n) && clattn__mul_ok(n, rows, &n) &&
+                  clattn__mul_ok(n, keys, &n) && n <= (int64_t)(SIZE_MAX / sizeof(float));
         mat = ok ? malloc((size_t)(n ? n : 1) * sizeof *mat) : NULL;
         if (!mat) {
             free(lens);
             return clattn__fail(ctx, CLATTN_ERROR_OUT_OF_MEMORY,
                                 "clattn_attention_block: no memory for the block's mask "
                                 "[%lld, %lld, %lld, %lld]",
-                                (long long)Bm, (long long)Hm, (long long)lq, (long long)lk);
+                                (long long)Bm, (long long)Hm, (long long)rows, (long long)keys);
         }
         float *w = mat;
         for (int64_t b = 0; b < Bm; b++)
             for (int64_t h = 0; h < Hm; h++) {
                 const double slope = full.alibi ? clattn__host_get(full.alibi, h, 0, 0, 0) : 0.0;
-                for (int64_t i = 0; i < lq; i++)
-                    for (int64_t j = 0; j < lk; j++) {
-                        const int64_t g = i + lk - lq - j + p.delta;
-                        double s = 0.0;
-                        if (g < p.gmin || g > p.gmax) s = -INFINITY;
-                        if (m && s == 0.0) {
+                for (int64_t i = 0; i < rows; i++)
+                    for (int64_t j = 0; j < keys; j++) {
+                        const int64_t g = i + keys - rows - j + p.delta;
+                        double sv = 0.0;
+                        if (g < p.gmin || g > p.gmax) sv = -INFINITY;
+                        if (m && sv == 0.0) {
                             double mv = clattn__host_get(m, bcast(m, 0, b), bcast(m, 1, h),
                                                          bcast(m, 2, bk->q_start + i),
                                                          bcast(m, 3, bk->k_start + j));
                             if (m->dtype == CLATTN_BOOL)
-                                s = mv == 0.0 ? -INFINITY : 0.0;
+                                sv = mv == 0.0 ? -INFINITY : 0.0;
                             else
-                                s = mv;
+                                sv = mv;
                         }
-                        if (full.alibi && s != -INFINITY) s -= slope * (double)(g < 0 ? -g : g);
-                        *w++ = (float)s;
+                        if (full.alibi && sv != -INFINITY) sv -= slope * (double)(g < 0 ? -g : g);
+                        *w++ = (float)sv;
                     }
             }
-        mat_t = clattn_tensor_host(mat, CLATTN_F32, Bm, Hm, lq, lk);
+        mat_t = clattn_tensor_host(mat, CLATTN_F32, Bm, Hm, rows, keys);
         loc.mask = &mat_t;
-        loc.causal = CLATTN_CAUSAL_NONE;
         loc.window_left = loc.window_right = -1;
         loc.alibi = NULL;
     }
-    if (p.skip) {
+    if (p.skip || lk == 0) {
         /* validate the block's tensors as a real call would, then write the empty rows */
         clattn__problem pr;
         loc.mask = NULL; /* the global mask was checked above; the block reads none */
-        st = lk == 0 ? CLATTN_SUCCESS : clattn__problem_init(&pr, q, k, v, o, &loc, err, sizeof err);
+        loc.window_left = loc.window_right = -1;
+        loc.lse = full.lse;
+        st = lk == 0 || lq == 0 ? CLATTN_SUCCESS
+                                : clattn__problem_init(&pr, q, k, v, o, &loc, err, sizeof err);
         if (st == CLATTN_SUCCESS) write_empty(o, full.lse);
         else st = clattn__fail(ctx, st, "%s", err);
     } else {
-        st = clattn_attention(ctx, q, k, v, o, &loc, NULL);
+        st = clattn_attention(ctx, &qv, &kv, &vv, &ov, &loc, NULL);
+        if (st == CLATTN_SUCCESS && rows < lq) {
+            /* the trimmed rows see no key */
+            clattn_tensor orest = dim_view(o, 2, rows, lq - rows), lrest;
+            if (full.lse) lrest = dim_view(full.lse, 2, rows, lq - rows);
+            write_empty(&orest, full.lse ? &lrest : NULL);
+        }
         if (st == CLATTN_SUCCESS && computed) *computed = 1;
     }
     free(lens);

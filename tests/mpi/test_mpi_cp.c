@@ -145,6 +145,22 @@ static void test_prefill_schemes_match_reference_on_every_suite_case(void **stat
                          .causal = CLATTN_CAUSAL_BOTTOM_RIGHT, .alibi = 1, .mask_kind = ATTN_MASK_FLOAT,
                          .kv_lens = 1, .seed = 99};
     bad += check_prefill(&u, CLATTN_CP_ULYSSES, NULL);
+    /* sliding windows narrower than a slice (the band crosses blocks below the diagonal),
+     * and causal cross-attention with Lq != Lk, through ring and zigzag */
+    const attn_case more[] = {
+        {.B = 1, .Hq = 2, .Hkv = 1, .Lq = 96, .Lk = 96, .D = 16, .lse = 1, .seed = 11,
+         .causal = CLATTN_CAUSAL_BOTTOM_RIGHT, .window = 1, .win_left = 5, .win_right = -1},
+        {.B = 1, .Hq = 2, .Hkv = 2, .Lq = 70, .Lk = 90, .D = 16, .lse = 1, .seed = 12,
+         .window = 1, .win_left = 7, .win_right = 3, .alibi = 1},
+        {.B = 2, .Hq = 2, .Hkv = 1, .Lq = 37, .Lk = 80, .D = 16, .lse = 1, .seed = 13,
+         .causal = CLATTN_CAUSAL_TOP_LEFT, .kv_lens = 1},
+        {.B = 1, .Hq = 2, .Hkv = 2, .Lq = 80, .Lk = 37, .D = 16, .lse = 1, .seed = 14,
+         .causal = CLATTN_CAUSAL_BOTTOM_RIGHT, .window = 1, .win_left = 2, .win_right = 0},
+    };
+    for (size_t i = 0; i < sizeof more / sizeof more[0]; i++) {
+        bad += check_prefill(&more[i], CLATTN_CP_RING, NULL);
+        bad += check_prefill(&more[i], CLATTN_CP_ZIGZAG, NULL);
+    }
     assert_int_equal(total_failures(bad), 0);
 }
 
