@@ -414,9 +414,10 @@ typedef struct clattn_block {
  * attention and key splits are built from this call.
  * A block whose pairs are all excluded by causal/window positions does no device work:
  * O = 0 and LSE = -inf are written and *computed (may be NULL) is 0; otherwise 1.
- * Positions become the block's own causal/window options when that is exact; otherwise
- * (a causal edge that is not the block's own, ALiBi at an offset) a float32 mask of
- * [B|1, Hq|1, lq, lk] is built on the host for the call. All tensors, outputs and option
+ * Causal edges and windows become the block's own window after the rows that see no
+ * key (O = 0, LSE = -inf) and the keys no row sees are left out, which is exact for any
+ * band; only ALiBi at an offset (a block off the diagonal) builds a float32 mask of
+ * [B|1, Hq, rows, keys] on the host for the call. All tensors, outputs and option
  * tensors are host tensors (the call returns when O and LSE are written); wait events
  * are refused. */
 CLATTN_API clattn_status clattn_attention_block(clattn_context *ctx, const clattn_block *block,
