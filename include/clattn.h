@@ -416,8 +416,10 @@ typedef struct clattn_block {
  * O = 0 and LSE = -inf are written and *computed (may be NULL) is 0; otherwise 1.
  * Causal edges and windows become the block's own window after the rows that see no
  * key (O = 0, LSE = -inf) and the keys no row sees are left out, which is exact for any
- * band; only ALiBi at an offset (a block off the diagonal) builds a float32 mask of
- * [B|1, Hq, rows, keys] on the host for the call. All tensors, outputs and option
+ * band. ALiBi at an offset (a block off the diagonal) whose computed pairs all lie on one
+ * side of i' = j becomes a per-key bias ([1, Hq, 1, keys] floats) plus a per-row constant
+ * added to the LSE; only ALiBi across i' = j at an offset, or ALiBi at an offset with a
+ * mask, builds a float32 mask of [B|1, Hq, rows, keys] on the host for the call. All tensors, outputs and option
  * tensors are host tensors (the call returns when O and LSE are written); wait events
  * are refused. */
 CLATTN_API clattn_status clattn_attention_block(clattn_context *ctx, const clattn_block *block,

@@ -22,7 +22,9 @@
  * the last keys (which no row sees) lowers it. */
 typedef struct block_plan {
     bool skip;          /* every (query, key) pair of the block is excluded by position */
-    bool materialize;   /* ALiBi at an offset: positions and slopes go into a float mask */
+    bool materialize;   /* ALiBi at an offset across g = 0, or with a mask: one float mask */
+    int alibi_sign;     /* ALiBi at an offset, g of one sign: +1 (g >= 0) or -1 (g <= 0);
+                           0 = the slopes are passed as they are, or materialized */
     int64_t rows;       /* query rows computed (0 .. rows-1); the others see no key */
     int64_t keys;       /* keys passed (0 .. keys-1); no row sees the others */
     int64_t wl, wr;     /* the trimmed block's own window, -1 = unbounded */
@@ -71,8 +73,20 @@ static void plan_block(const clattn_options *o, const clattn_block *bk, int64_t 
     if (al2 > 1 - p->rows) p->wr = -al2;        /* al2 <= 0 here */
     if (au2 < p->keys - 1) p->wl = au2;         /* au2 >= 0 here */
     p->delta = delta + m - shift;
-    /* ALiBi reads |i' - j|: the block's own positions give it only when they are global */
-    if (o->alibi && p->delta != 0) p->materialize = true;
+    /* ALiBi reads |i' - j|: the block's own positions give it only when they are global.
+     * Otherwise, when every pair the block computes has g of one sign, |g| = ±g splits
+     * into a per-key bias (a [1, Hq, 1, keys] mask) and a per-row constant, which leaves
+     * O alone and is added to the LSE afterwards; else one float mask holds it all. */
+    if (o->alibi && p->delta != 0) {
+        const int64_t lo = 1 - p->rows + p->delta, hi = p->keys - 1 + p->delta;
+        const int64_t gl = gmin > lo ? gmin : lo, gu = gmax < hi ? gmax : hi;
+        if (!o->mask && gl >= 0)
+            p->alibi_sign = 1;
+        else if (!o->mask && gu <= 0)
+            p->alibi_sign = -1;
+        else
+            p->materialize = true;
+    }
 }
 
 static int64_t bcast(const clattn_tensor *t, int a, int64_t i) { return t->ne[a] == 1 ? 0 : i; }
@@ -224,6 +238,21 @@ clattn_status clattn_attention_block(clattn_context *ctx, const clattn_block *bk
         mview = mask_view(m, bk, rows, keys);
         loc.mask = &mview;
     }
+    if (p.alibi_sign && !p.skip) {
+        /* s - slope*|g| = s + sign*slope*j - sign*slope*(i + keys - rows + delta) */
+        mat = malloc((size_t)(Hq * keys) * sizeof *mat + sizeof *mat);
+        if (!mat) {
+            free(lens);
+            return clattn__fail(ctx, CLATTN_ERROR_OUT_OF_MEMORY, "clattn_attention_block: no memory");
+        }
+        for (int64_t h = 0; h < Hq; h++) {
+            const double slope = clattn__host_get(full.alibi, h, 0, 0, 0);
+            for (int64_t j = 0; j < keys; j++) mat[h * keys + j] = (float)(p.alibi_sign * slope * (double)j);
+        }
+        mat_t = clattn_tensor_host(mat, CLATTN_F32, 1, Hq, 1, keys);
+        loc.mask = &mat_t;
+        loc.alibi = NULL;
+    }
     if (p.materialize && !p.skip) {
         /* positions, ALiBi and the caller's mask in one additive mask */
         const int64_t Bm = m && m->ne[0] != 1 ? B : 1;
@@ -278,6 +307,20 @@ clattn_status clattn_attention_block(clattn_context *ctx, const clattn_block *bk
         else st = clattn__fail(ctx, st, "%s", err);
     } else {
         st = clattn_attention(ctx, &qv, &kv, &vv, &ov, &loc, NULL);
+        if (st == CLATTN_SUCCESS && p.alibi_sign && full.lse) /* the per-row ALiBi constant */
+            for (int64_t b = 0; b < B; b++)
+                for (int64_t h = 0; h < Hq; h++) {
+                    const double slope = clattn__host_get(full.alibi, h, 0, 0, 0);
+                    for (int64_t i = 0; i < rows; i++) {
+                        unsigned char *at = (unsigned char *)lv.host + lv.offset + b * lv.nb[0] +
+                                            h * lv.nb[1] + i * lv.nb[2];
+                        float x;
+                        memcpy(&x, at, sizeof x);
+                        if (x == -INFINITY) continue;
+                        x = (float)((double)x - p.alibi_sign * slope * (double)(i + keys - rows + p.delta));
+                        memcpy(at, &x, sizeof x);
+                    }
+                }
         if (st == CLATTN_SUCCESS && rows < lq) {
             /* the trimmed rows see no key */
             clattn_tensor orest = dim_view(o, 2, rows, lq - rows), lrest;
