@@ -432,7 +432,9 @@ CLATTN_API clattn_status clattn_attention_block(clattn_context *ctx, const clatt
  * PoCL and rusticl) that computes one attention call together. The call is split by
  * (batch, KV head) units, each device taking a contiguous range of B*Hkv in proportion
  * to its speed; when there are fewer than 4 units per device it is split by keys instead
- * and the parts' (O, LSE) are merged exactly on the host (log-sum-exp, in double). Each
+ * and the parts' (O, LSE) are merged exactly on the host (log-sum-exp, in double); the
+ * key ranges then carry shares of the work (the rows that causal edges and windows let
+ * see each key), not of the keys. Each
  * device runs its part on a thread of its own, so a group uses each of its contexts from
  * one thread at a time: do not use them elsewhere during a group call, and use a group
  * from one thread at a time.

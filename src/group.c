@@ -316,6 +316,28 @@ clattn_status clattn_group_attention(clattn_group *g, const clattn_tensor *q,
     const int64_t total = by_keys ? Lk : units;
     double sum = 0.0, cum = 0.0;
     for (size_t i = 0; i < g->n; i++) sum += g->speed[i];
+    /* A key split shares the work, not the keys: with causal edges or a window, later keys
+     * are seen by fewer rows. work[j] = sum of the rows that see keys 0 .. j-1. */
+    double *work = NULL;
+    if (by_keys) {
+        work = malloc((size_t)(Lk + 1) * sizeof *work);
+        if (!work) return gfail(g, CLATTN_ERROR_OUT_OF_MEMORY, "no host memory for the split");
+        int64_t gmin = INT64_MIN / 4, gmax = INT64_MAX / 4; /* allowed i' - j */
+        if (full.causal == CLATTN_CAUSAL_BOTTOM_RIGHT) gmin = 0;
+        if (full.causal == CLATTN_CAUSAL_TOP_LEFT) gmin = Lk - Lq;
+        if (full.window_right >= 0 && -full.window_right > gmin) gmin = -full.window_right;
+        if (full.window_left >= 0) gmax = full.window_left;
+        work[0] = 0.0;
+        for (int64_t j = 0; j < Lk; j++) {
+            /* rows i with gmin <= i + Lk - Lq - j <= gmax */
+            int64_t lo = gmin + j - (Lk - Lq), hi = gmax + j - (Lk - Lq);
+            if (lo < 0) lo = 0;
+            if (hi > Lq - 1) hi = Lq - 1;
+            work[j + 1] = work[j] + (double)(hi >= lo ? hi - lo + 1 : 0);
+        }
+        if (!(work[Lk] > 0.0)) /* nothing visible: share the keys */
+            for (int64_t j = 0; j <= Lk; j++) work[j] = (double)j;
+    }
     part parts[GROUP_MAX_];
     pthread_t th[GROUP_MAX_];
     bool started[GROUP_MAX_] = {false};
@@ -325,6 +347,13 @@ clattn_status clattn_group_attention(clattn_group *g, const clattn_tensor *q,
     for (size_t i = 0; i < g->n; i++) {
         cum += g->speed[i];
         int64_t end = i + 1 == g->n ? total : (int64_t)llround((double)total * cum / sum);
+        if (by_keys && i + 1 < g->n) { /* the key whose prefix work is nearest the share */
+            const double target = work[Lk] * cum / sum;
+            int64_t j = prev;
+            while (j < Lk && work[j] < target) j++;
+            if (j > prev && target - work[j - 1] < work[j] - target) j--;
+            end = j;
+        }
         if (end < prev) end = prev;
         part *p = &parts[i];
         *p = (part){g, i, q, k, v, o, &full, prev, end, by_keys, NULL, NULL, CLATTN_SUCCESS, 0.0};
@@ -399,5 +428,6 @@ clattn_status clattn_group_attention(clattn_group *g, const clattn_tensor *q,
         free(acc);
     }
     for (size_t i = 0; i < g->n; i++) free(parts[i].o_buf), free(parts[i].l_buf);
+    free(work);
     return st;
 }
