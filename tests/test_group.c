@@ -2,8 +2,8 @@
  * reference (SPEC §1 tolerances) on every case of the shared suite, by (batch, KV head)
  * units and by keys with the log-sum-exp merge; the split follows the speeds (set, and
  * measured by calibration), key ranges weighted by the rows that see each key; on two
- * PoCL contexts (PoCL with rusticl: test_rusticl_group); a device that fails makes the call fail with the device named and outputs untouched;
- * bad arguments are refused. */
+ * PoCL contexts (PoCL with rusticl: test_rusticl_group); a device that fails makes the
+ * call fail with the device named and outputs untouched; bad arguments are refused. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
