@@ -4,7 +4,9 @@
  * copies for host outputs, copies of the caller's spans for cl_mem outputs) and reaches
  * the caller only after every launch was queued: one commit launch for cl_mem outputs, an
  * all-or-nothing read-back for host ones. So a failed call leaves every output as it was.
- * Memory beyond the tensors: one float per query row (D = rowsum(dO ∘ O)). */
+ * Memory beyond the tensors: one float per query row (D = rowsum(dO ∘ O)); the CPU form
+ * adds its partial dQ (NSPLIT x rows x D floats, NSPLIT bounded below), dense copies of Q
+ * and dO where they cannot be read in place, and a few KiB per work-item. */
 #include "backward.h"
 #include "context.h"
 
@@ -20,13 +22,14 @@
  * smaller groups left more per-group overhead in a first look (docs/backward.md). */
 static const struct {
     clattn_device_type type; /* 0 = any device (the default row, last) */
-    int form;                /* 0: CPU form (MB rows per work-item, no local memory);
+    int form;                /* 0: CPU form (one pass over key blocks, no local memory);
                                 1: work-groups of WG with BM x BN local tiles */
-    int bm, bn, wg, mb, kw; /* kw: CPU form, keys per tile in float16 vectors */
+    int bm, bn, wg; /* CPU form: bn keys per block (largest; shrunk for wide heads), bm
+                       query rows per step (a multiple of 4) */
 } bwd_tile_rows[] = {
-    /* type               form bm  bn  wg   mb  kw */
-    {CLATTN_DEVICE_CPU,   0,   32, 16, 64,  4,  2},
-    {0,                   1,   32, 16, 128, 4,  2},
+    /* type               form bm  bn  wg */
+    {CLATTN_DEVICE_CPU,   0,   16, 64, 1},
+    {0,                   1,   32, 16, 128},
 };
 
 /* Testing only: -1 = the form the table gives the device; 0 or 1 forces one. */
@@ -34,10 +37,20 @@ int clattn__backward_force_form = -1;
 #define BWD_LOCAL_BUDGET 32768u
 
 typedef struct bwd_plan {
-    int form, bm, bn, wg, mb, kw;
-    bool k_direct; /* CPU form: dQ reads K's rows in place (f32, unit stride, D % 16 == 0) */
-    int64_t nt; /* CPU form: key tiles of 16 * kw */
+    int form, bm, bn, wg;
+    /* CPU form: Q and dO rows read in place (f32, unit stride, D or Dv % 16 == 0) */
+    bool q_direct, do_direct;
+    int64_t nsplit; /* CPU form: work-items per (batch, KV head), each with a partial dQ */
 } bwd_plan;
+
+/* The CPU form's partial dQ may take at most this much (and at least one split). */
+#define BWD_PART_BUDGET ((uint64_t)64 << 20)
+/* Floats of one CPU-form work-item's scratch (SCR_FLOATS in cl/backward.cl). */
+static uint64_t cpu_scratch_floats(const clattn__problem *p, int bn)
+{
+    const uint64_t dp = (uint64_t)(p->D + 15) / 16 * 16, dvp = (uint64_t)(p->Dv + 15) / 16 * 16;
+    return (uint64_t)(p->D + p->Dv) * (uint64_t)bn + (uint64_t)bn * dp + (dp > dvp ? dp : dvp) + dp;
+}
 
 static uint64_t local_bytes(const clattn__problem *p, int bm, int bn)
 {
@@ -45,8 +58,10 @@ static uint64_t local_bytes(const clattn__problem *p, int bm, int bn)
                  4u * (uint64_t)bm);
 }
 
-static void make_plan(const clattn_context *ctx, const clattn__problem *p, bwd_plan *pl)
+static void make_plan(const clattn_context *ctx, const clattn__bwd_problem *bp, bwd_plan *pl)
 {
+    const clattn__problem *p = &bp->p;
+    memset(pl, 0, sizeof *pl);
     size_t row = sizeof bwd_tile_rows / sizeof bwd_tile_rows[0] - 1;
     for (size_t i = 0; i < row; i++)
         if (bwd_tile_rows[i].type == ctx->props.type) {
@@ -54,14 +69,37 @@ static void make_plan(const clattn_context *ctx, const clattn__problem *p, bwd_p
             break;
         }
     pl->form = clattn__backward_force_form >= 0 ? clattn__backward_force_form : bwd_tile_rows[row].form;
-    pl->mb = bwd_tile_rows[row].mb;
-    pl->kw = bwd_tile_rows[row].kw;
-    pl->nt = (p->Lk + 16 * pl->kw - 1) / (16 * pl->kw);
-    pl->k_direct = p->k->dtype == CLATTN_F32 && p->k->nb[3] == (int64_t)sizeof(float) &&
-                   p->D % 16 == 0;
+    /* a form forced on a device whose row is of the other form takes the values of the
+     * first row of its own form */
+    if (bwd_tile_rows[row].form != pl->form)
+        for (size_t i = 0; i < sizeof bwd_tile_rows / sizeof bwd_tile_rows[0]; i++)
+            if (bwd_tile_rows[i].form == pl->form) {
+                row = i;
+                break;
+            }
     pl->bm = bwd_tile_rows[row].bm;
     pl->bn = bwd_tile_rows[row].bn;
     pl->wg = bwd_tile_rows[row].wg;
+    if (pl->form == 0) {
+        /* dK and dV of a block live in private float16 vectors: keep them within 32 KiB
+         * (a CPU core's L1), halving the block for wide heads */
+        const int64_t vec = (p->D + 15) / 16 + (p->Dv + 15) / 16;
+        while (pl->bn > 16 && (int64_t)pl->bn * vec * 64 > 32768) pl->bn /= 2;
+        pl->q_direct = p->q->dtype == CLATTN_F32 && p->q->nb[3] == (int64_t)sizeof(float) &&
+                       p->D % 16 == 0;
+        pl->do_direct = bp->d_o->dtype == CLATTN_F32 &&
+                        bp->d_o->nb[3] == (int64_t)sizeof(float) && p->Dv % 16 == 0;
+        /* enough work-items to fill the device (4 per compute unit, so the last ones to
+         * finish leave few cores idle), each with its own partial dQ within the budget */
+        const int64_t bk = p->B * p->Hkv, nkb = (p->Lk + pl->bn - 1) / pl->bn;
+        const int64_t want = 4 * (int64_t)(ctx->props.compute_units ? ctx->props.compute_units : 1);
+        int64_t ns = bk > 0 ? (want + bk - 1) / bk : 1;
+        if (ns > nkb) ns = nkb;
+        const uint64_t part = (uint64_t)(p->B * p->Hq * p->Lq) * (uint64_t)((p->D + 15) / 16 * 16) * 4u;
+        while (ns > 1 && (uint64_t)ns * part > BWD_PART_BUDGET) ns--;
+        pl->nsplit = ns < 1 ? 1 : ns;
+        return;
+    }
     uint64_t budget = ctx->props.local_mem_bytes;
     if (budget == 0 || budget > BWD_LOCAL_BUDGET) budget = BWD_LOCAL_BUDGET;
     while (local_bytes(p, pl->bm, pl->bn) > budget) {
@@ -73,7 +111,7 @@ static void make_plan(const clattn_context *ctx, const clattn__problem *p, bwd_p
 }
 
 typedef struct bwd_kernels {
-    cl_kernel rowdot, dkdv, dq, dmask, commit, pack; /* pack: CPU form only */
+    cl_kernel rowdot, dkdv, dq, dmask, commit; /* CPU form: dkdv = bwd_cpu_kv, dq = bwd_dqsum */
 } bwd_kernels;
 
 /* A cl_mem output moved to scratch until the commit. */
@@ -87,8 +125,9 @@ typedef struct bwd_state {
     clattn__dev_tensor d_o, lse, out[4]; /* out: dq, dk, dv, d_mask */
     bwd_shadow sh[4];
     cl_mem dl;
-    cl_mem kt, vt, kp; /* the CPU form's packed K and V (cl/backward.cl) */
-    cl_mem qp, dop;    /* and its dense float32 rows of Q and dO */
+    cl_mem qp, dop; /* the CPU form's dense float32 rows of Q and dO (NULL: read in place) */
+    cl_mem scr;     /* its per-work-item scratch */
+    cl_mem part;    /* its partial dQ, one per split */
 } bwd_state;
 
 static void state_release(clattn_context *ctx, bwd_state *s)
@@ -106,12 +145,11 @@ static void state_release(clattn_context *ctx, bwd_state *s)
         s->sh[i].scratch = NULL;
     }
     clattn__buffer_release(ctx, s->dl);
-    clattn__buffer_release(ctx, s->kt);
-    clattn__buffer_release(ctx, s->vt);
-    clattn__buffer_release(ctx, s->kp);
     clattn__buffer_release(ctx, s->qp);
     clattn__buffer_release(ctx, s->dop);
-    s->dl = s->kt = s->vt = s->kp = s->qp = s->dop = NULL;
+    clattn__buffer_release(ctx, s->scr);
+    clattn__buffer_release(ctx, s->part);
+    s->dl = s->qp = s->dop = s->scr = s->part = NULL;
 }
 
 static clattn_status stage_all(clattn_context *ctx, const clattn__bwd_problem *bp,
@@ -155,15 +193,16 @@ static clattn_status stage_all(clattn_context *ctx, const clattn__bwd_problem *b
     }
     const int64_t rows = p->B * p->Hq * p->Lq;
     if (pl->form == 0) {
-        const size_t keys = (size_t)(p->B * p->Hkv * (pl->nt > 0 ? pl->nt : 1) * 16 * pl->kw);
-        const size_t dp = (size_t)((p->D + 15) / 16 * 16);
-        CLATTN_FORWARD(clattn__buffer_create(ctx, keys * (size_t)p->D * sizeof(float), &s->kt));
-        CLATTN_FORWARD(clattn__buffer_create(ctx, keys * (size_t)p->Dv * sizeof(float), &s->vt));
-        if (!pl->k_direct)
-            CLATTN_FORWARD(clattn__buffer_create(ctx, keys * dp * sizeof(float), &s->kp));
         const size_t nrows = (size_t)(rows > 0 ? rows : 1);
-        CLATTN_FORWARD(clattn__buffer_create(ctx, nrows * (size_t)p->D * sizeof(float), &s->qp));
-        CLATTN_FORWARD(clattn__buffer_create(ctx, nrows * (size_t)p->Dv * sizeof(float), &s->dop));
+        const size_t dp = (size_t)((p->D + 15) / 16 * 16), dvp = (size_t)((p->Dv + 15) / 16 * 16);
+        const size_t items = (size_t)(p->B * p->Hkv * pl->nsplit);
+        if (!pl->q_direct)
+            CLATTN_FORWARD(clattn__buffer_create(ctx, nrows * dp * sizeof(float), &s->qp));
+        if (!pl->do_direct)
+            CLATTN_FORWARD(clattn__buffer_create(ctx, nrows * dvp * sizeof(float), &s->dop));
+        CLATTN_FORWARD(clattn__buffer_create(
+            ctx, (items > 0 ? items : 1) * (size_t)cpu_scratch_floats(p, pl->bn) * sizeof(float), &s->scr));
+        CLATTN_FORWARD(clattn__buffer_create(ctx, (size_t)pl->nsplit * nrows * dp * sizeof(float), &s->part));
     }
     return clattn__buffer_create(ctx, (size_t)(rows > 0 ? rows : 1) * sizeof(float), &s->dl);
 }
@@ -202,16 +241,16 @@ static clattn_status get_kernels(clattn_context *ctx, const clattn__bwd_problem 
                                " -DFORM=%d",
                                (int)bp->d_o->dtype, (int)bp->dq->dtype, (int)bp->dk->dtype,
                                (int)bp->dv->dtype, (long long)p->D, (long long)p->Dv, pl->form) &&
-              (pl->form == 0 ? clattn__opts_add(opts, sizeof opts, " -DMB=%d -DKW=%d -DK_DIRECT=%d", pl->mb,
-                                                pl->kw, pl->k_direct ? 1 : 0)
+              (pl->form == 0 ? clattn__opts_add(opts, sizeof opts, " -DBN=%d -DRB=%d -DQ_DIRECT=%d -DDO_DIRECT=%d",
+                                                pl->bn, pl->bm, pl->q_direct ? 1 : 0, pl->do_direct ? 1 : 0)
                              : clattn__opts_add(opts, sizeof opts, " -DBM=%d -DBN=%d -DWG=%d",
                                                 pl->bm, pl->bn, pl->wg));
     CLATTN_RETURN_IF(ctx, !ok, CLATTN_ERROR_INTERNAL, "backward: build options too long");
     if (pl->form == 0) {
-        clattn__log(ctx, "backward: backward.cl CPU form, mb %d", pl->mb);
-        CLATTN_FORWARD(clattn__kernel_get(ctx, "backward.cl", opts, "bwd_cpu_pack", &kn->pack));
-        CLATTN_FORWARD(clattn__kernel_get(ctx, "backward.cl", opts, "bwd_cpu_dkdv", &kn->dkdv));
-        CLATTN_FORWARD(clattn__kernel_get(ctx, "backward.cl", opts, "bwd_cpu_dq", &kn->dq));
+        clattn__log(ctx, "backward: backward.cl CPU form, bn %d, rb %d, %lld splits", pl->bn, pl->bm,
+                    (long long)pl->nsplit);
+        CLATTN_FORWARD(clattn__kernel_get(ctx, "backward.cl", opts, "bwd_cpu_kv", &kn->dkdv));
+        CLATTN_FORWARD(clattn__kernel_get(ctx, "backward.cl", opts, "bwd_dqsum", &kn->dq));
     } else {
         clattn__log(ctx, "backward: backward.cl GPU form, bm %d, bn %d, wg %d", pl->bm, pl->bn,
                     pl->wg);
@@ -273,45 +312,31 @@ static clattn_status enqueue_cpu_form(clattn_context *ctx, const bwd_kernels *kn
                                       const bwd_plan *pl, bwd_state *s)
 {
     const clattn__problem *p = s->dp.p;
-    const cl_long B = p->B, Hkv = p->Hkv, Lk = p->Lk, nt = pl->nt;
+    const cl_long nsplit = pl->nsplit, B = p->B, Hq = p->Hq, Lq = p->Lq;
     cl_uint a = 0;
-    CLATTN_FORWARD(clattn__set_tensor_args(ctx, kn->pack, &a, &s->dp.k));
-    CLATTN_FORWARD(clattn__set_tensor_args(ctx, kn->pack, &a, &s->dp.v));
-    CLATTN_FORWARD(CLATTN_ARG(ctx, kn->pack, &a, B));
-    CLATTN_FORWARD(CLATTN_ARG(ctx, kn->pack, &a, Hkv));
-    CLATTN_FORWARD(CLATTN_ARG(ctx, kn->pack, &a, Lk));
-    CLATTN_FORWARD(CLATTN_ARG(ctx, kn->pack, &a, nt));
-    CLATTN_FORWARD(CLATTN_ARG(ctx, kn->pack, &a, s->kt));
-    CLATTN_FORWARD(CLATTN_ARG(ctx, kn->pack, &a, s->vt));
-    CLATTN_FORWARD(CLATTN_ARG(ctx, kn->pack, &a, s->kp));
-    const size_t g_pack[2] = {(size_t)(nt * 16 * pl->kw), (size_t)(p->B * p->Hkv)}, l_pack[2] = {16, 1};
-    CLATTN_FORWARD(clattn__enqueue(ctx, kn->pack, 2, g_pack, l_pack, NULL));
-
-    a = 0;
     CLATTN_FORWARD(set_inputs(ctx, kn->dkdv, &a, s));
     CLATTN_FORWARD(clattn__set_tensor_args(ctx, kn->dkdv, &a, &s->out[1]));
     CLATTN_FORWARD(clattn__set_tensor_args(ctx, kn->dkdv, &a, &s->out[2]));
     CLATTN_FORWARD(set_tail(ctx, kn->dkdv, &a, s));
-    CLATTN_FORWARD(CLATTN_ARG(ctx, kn->dkdv, &a, s->kt));
-    CLATTN_FORWARD(CLATTN_ARG(ctx, kn->dkdv, &a, s->vt));
-    CLATTN_FORWARD(CLATTN_ARG(ctx, kn->dkdv, &a, nt));
     CLATTN_FORWARD(CLATTN_ARG(ctx, kn->dkdv, &a, s->qp));
     CLATTN_FORWARD(CLATTN_ARG(ctx, kn->dkdv, &a, s->dop));
-    const size_t g_kv[2] = {(size_t)nt, (size_t)(p->B * p->Hkv)}, l1[2] = {1, 1};
-    CLATTN_FORWARD(clattn__enqueue(ctx, kn->dkdv, 2, g_kv, l1, NULL));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, kn->dkdv, &a, s->scr));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, kn->dkdv, &a, s->part));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, kn->dkdv, &a, nsplit));
+    const size_t g_kv[2] = {(size_t)nsplit, (size_t)(p->B * p->Hkv)}, l1[2] = {1, 1};
+    if (g_kv[1] > 0) CLATTN_FORWARD(clattn__enqueue(ctx, kn->dkdv, 2, g_kv, l1, NULL));
 
     a = 0;
-    CLATTN_FORWARD(set_inputs(ctx, kn->dq, &a, s));
+    const cl_float scale = p->scale;
+    CLATTN_FORWARD(CLATTN_ARG(ctx, kn->dq, &a, s->part));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, kn->dq, &a, nsplit));
     CLATTN_FORWARD(clattn__set_tensor_args(ctx, kn->dq, &a, &s->out[0]));
-    CLATTN_FORWARD(set_tail(ctx, kn->dq, &a, s));
-    CLATTN_FORWARD(CLATTN_ARG(ctx, kn->dq, &a, s->kt));
-    CLATTN_FORWARD(CLATTN_ARG(ctx, kn->dq, &a, s->vt));
-    CLATTN_FORWARD(CLATTN_ARG(ctx, kn->dq, &a, s->kp));
-    CLATTN_FORWARD(CLATTN_ARG(ctx, kn->dq, &a, nt));
-    CLATTN_FORWARD(CLATTN_ARG(ctx, kn->dq, &a, s->qp));
-    CLATTN_FORWARD(CLATTN_ARG(ctx, kn->dq, &a, s->dop));
-    const size_t g_q[2] = {(size_t)((p->Lq + pl->mb - 1) / pl->mb), (size_t)(p->B * p->Hq)};
-    return clattn__enqueue(ctx, kn->dq, 2, g_q, l1, NULL);
+    CLATTN_FORWARD(CLATTN_ARG(ctx, kn->dq, &a, scale));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, kn->dq, &a, B));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, kn->dq, &a, Hq));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, kn->dq, &a, Lq));
+    const size_t g_q[1] = {(size_t)(p->B * p->Hq * p->Lq)}, l_q[1] = {64};
+    return clattn__enqueue(ctx, kn->dq, 1, g_q, l_q, NULL);
 }
 
 static clattn_status enqueue_all(clattn_context *ctx, const bwd_kernels *kn, const bwd_plan *pl,
@@ -324,8 +349,11 @@ static clattn_status enqueue_all(clattn_context *ctx, const bwd_kernels *kn, con
     CLATTN_FORWARD(clattn__set_tensor_args(ctx, kn->rowdot, &a, &s->dp.o));
     CLATTN_FORWARD(clattn__set_tensor_args(ctx, kn->rowdot, &a, &s->d_o));
     CLATTN_FORWARD(CLATTN_ARG(ctx, kn->rowdot, &a, s->dl));
-    CLATTN_FORWARD(CLATTN_ARG(ctx, kn->rowdot, &a, s->qp)); /* NULL: the GPU form */
+    const cl_long nsplit = pl->form == 0 ? pl->nsplit : 0;
+    CLATTN_FORWARD(CLATTN_ARG(ctx, kn->rowdot, &a, s->qp)); /* NULL: the GPU form, or in place */
     CLATTN_FORWARD(CLATTN_ARG(ctx, kn->rowdot, &a, s->dop));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, kn->rowdot, &a, s->part));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, kn->rowdot, &a, nsplit));
     CLATTN_FORWARD(CLATTN_ARG(ctx, kn->rowdot, &a, B));
     CLATTN_FORWARD(CLATTN_ARG(ctx, kn->rowdot, &a, Hq));
     CLATTN_FORWARD(CLATTN_ARG(ctx, kn->rowdot, &a, Lq));
@@ -394,7 +422,7 @@ clattn_status clattn_attention_backward(clattn_context *ctx, const clattn_tensor
                      CLATTN_ERROR_INVALID_SHAPE, "backward: more than 2^31 - 1025 keys or queries");
 
     bwd_plan pl;
-    make_plan(ctx, p, &pl);
+    make_plan(ctx, &bp, &pl);
     bwd_state s;
     memset(&s, 0, sizeof s);
     s.dp.p = p;
