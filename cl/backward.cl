@@ -398,6 +398,27 @@ bwd_dq(TENSOR_PARAMS(const __global Q_T *, q), TENSOR_PARAMS(const __global K_T 
         (ds16) = vload16(0, dsa_);                                                       \
     } while (0)
 
+/* e^x for x <= ~0 (a score minus its row's LSE), within 2e-7 relative, as
+ * clattn_exp2_neg in cl/flash_cpu.cl: 2^n by the exponent bits times a degree-6
+ * polynomial of 2^f; exactly 0 far below. PoCL's exp on a float16 handles ranges this
+ * input never has and cost several times as many instructions. */
+inline float16 bwd_exp_neg(float16 x)
+{
+    const float16 xc = fmax(x * 1.4426950408889634f, (float16)(-127.0f));
+    const float16 t = xc + 12582912.0f;       /* 1.5 * 2^23: rounds xc to an integer */
+    const float16 f = xc - (t - 12582912.0f); /* in [-1/2, 1/2] */
+    float16 p = (float16)1.5403530393381606e-4f;
+    p = fma(p, f, (float16)1.3333558146428443e-3f);
+    p = fma(p, f, (float16)9.6181291076284772e-3f);
+    p = fma(p, f, (float16)5.5504108664821580e-2f);
+    p = fma(p, f, (float16)2.4022650695910071e-1f);
+    p = fma(p, f, (float16)6.9314718055994531e-1f);
+    p = fma(p, f, (float16)1.0f);
+    const int16 n = as_int16(t) - 0x4b400000;
+    const float16 r = as_float16(as_int16(p) + (n << 23));
+    return select(r, (float16)0.0f, xc < (float16)(-126.0f));
+}
+
 /* The same for the vector of 16 keys at once, when no mask must be read per key: the
  * prelude's SCORE steps in order (scale, softcap, ALiBi) on float16, then exclusion by the
  * key range. Positions are exact in float below 2^24 keys; the lane path serves beyond. */
@@ -415,7 +436,7 @@ bwd_dq(TENSOR_PARAMS(const __global Q_T *, q), TENSOR_PARAMS(const __global K_T 
         }                                                                                \
         if (HAS_ALIBI) x_ -= (slope) * fabs((float16)((float)((i) + Lk - Lq)) - jv_);    \
         const int16 in_ = jv_ >= (float16)((float)(lo)) && jv_ < (float16)((float)(hi)); \
-        (p16) = select((float16)(0.0f), exp(x_ - (l)), in_);                             \
+        (p16) = select((float16)(0.0f), bwd_exp_neg(x_ - (l)), in_);                     \
         (ds16) = (p16) * ((dp16) - (dd)) * dcap_;                                        \
     } while (0)
 #define TERMS16(s16, dp16, b, h, i, j0, lo, hi, slope, l, dd, p16, ds16)                 \
@@ -481,8 +502,16 @@ __kernel void bwd_cpu_kv(TENSOR_PARAMS(const __global Q_T *, q),
             const long h = kvh * group + g;
             const float slope = ALIBI_SLOPE(h);
             for (long i0 = 0; i0 < Lq; i0 += RB) {
-                /* the rows of this step that see a key of the block, packed to the front */
-                int n = 0;
+                /* Key ranges only move forward with the row (causal, window and key
+                 * lengths all bound them by the row's position or not at all): a step
+                 * whose last row ends before the block sees none of it, and once a
+                 * step's first row starts past the block no later row sees it. */
+                const long2 first = KEY_RANGE(b, i0), last = KEY_RANGE(b, min(i0 + RB, Lq) - 1);
+                if (first.x >= j1) break;
+                if (last.y <= j0) continue;
+                /* the rows of this step that see a key of the block, packed to the front;
+                 * [ulo, uhi): the keys of the block some of them see */
+                int n = 0, ulo = BN, uhi = 0;
                 for (int r = 0; r < RB && i0 + r < Lq; r++) {
                     const long i = i0 + r;
                     const long2 kr2 = KEY_RANGE(b, i);
@@ -504,6 +533,8 @@ __kernel void bwd_cpu_kv(TENSOR_PARAMS(const __global Q_T *, q),
                     dqr[n] = dqs + row * (DP16 * 16);
                     lo[n] = kr2.x;
                     hi[n] = kr2.y;
+                    ulo = min(ulo, (int)(max(kr2.x, j0) - j0));
+                    uhi = max(uhi, (int)(min(kr2.y, j1) - j0));
                     rows[n] = i;
                     lr[n] = l;
                     ddr[n] = dl[row];
@@ -511,6 +542,8 @@ __kernel void bwd_cpu_kv(TENSOR_PARAMS(const __global Q_T *, q),
                 }
                 if (n == 0) continue;
                 const int nt = (n + RT - 1) / RT * RT; /* whole register tiles */
+                /* the products below skip keys no row of the step sees, in groups of 4 */
+                const int jlo = ulo / 4 * 4, jhi = uhi;
                 for (int r = n; r < nt; r++) {
                     qr[r] = zrow;
                     dr[r] = zrow;
@@ -558,7 +591,7 @@ __kernel void bwd_cpu_kv(TENSOR_PARAMS(const __global Q_T *, q),
                     }
                 }
                 /* dV += Pᵀ dO and dK += dSᵀ Q: 4 keys x CT vectors per register tile */
-                for (int jj0 = 0; jj0 < BN; jj0 += 4) {
+                for (int jj0 = jlo; jj0 < jhi; jj0 += 4) {
 #pragma unroll
                     for (int c0 = 0; c0 < DVP16; c0 += CT) {
                         float16 a[4][CT];
@@ -624,7 +657,7 @@ __kernel void bwd_cpu_kv(TENSOR_PARAMS(const __global Q_T *, q),
 #pragma unroll
                             for (int c = 0; c < CT; c++)
                                 if (c0 + c < DP16) a[r][c] = vload16(c0 + c, dqr[r0 + r]);
-                        for (int jj = 0; jj < BN; jj++) {
+                        for (int jj = jlo; jj < jhi; jj++) {
                             float16 x[CT];
 #pragma unroll
                             for (int c = 0; c < CT; c++)
