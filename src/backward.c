@@ -204,6 +204,7 @@ static clattn_status stage_all(clattn_context *ctx, const clattn__bwd_problem *b
             ctx, (items > 0 ? items : 1) * (size_t)cpu_scratch_floats(p, pl->bn) * sizeof(float), &s->scr));
         CLATTN_FORWARD(clattn__buffer_create(ctx, (size_t)pl->nsplit * nrows * dp * sizeof(float), &s->part));
     }
+    if (pl->form == 2) return CLATTN_SUCCESS; /* the unfused form recomputes D per row */
     return clattn__buffer_create(ctx, (size_t)(rows > 0 ? rows : 1) * sizeof(float), &s->dl);
 }
 
@@ -246,6 +247,14 @@ static clattn_status get_kernels(clattn_context *ctx, const clattn__bwd_problem 
                              : clattn__opts_add(opts, sizeof opts, " -DBM=%d -DBN=%d -DWG=%d",
                                                 pl->bm, pl->bn, pl->wg));
     CLATTN_RETURN_IF(ctx, !ok, CLATTN_ERROR_INTERNAL, "backward: build options too long");
+    if (pl->form == 2) {
+        clattn__log(ctx, "backward: backward_unfused.cl");
+        const char *f = "backward_unfused.cl";
+        CLATTN_FORWARD(clattn__kernel_get(ctx, f, opts, "bwdu_dq", &kn->dq));
+        CLATTN_FORWARD(clattn__kernel_get(ctx, f, opts, "bwdu_dkdv", &kn->dkdv));
+        CLATTN_FORWARD(clattn__kernel_get(ctx, f, opts, "bwdu_dmask", &kn->dmask));
+        return clattn__kernel_get(ctx, f, opts, "bwdu_commit", &kn->commit);
+    }
     if (pl->form == 0) {
         clattn__log(ctx, "backward: backward.cl CPU form, bn %d, rb %d, %lld splits", pl->bn, pl->bm,
                     (long long)pl->nsplit);
@@ -274,6 +283,21 @@ static clattn_status set_inputs(clattn_context *ctx, cl_kernel k, cl_uint *a, co
     CLATTN_FORWARD(CLATTN_ARG(ctx, k, a, s->lse.off));
     for (int i = 0; i < 3; i++) CLATTN_FORWARD(CLATTN_ARG(ctx, k, a, s->lse.st[i]));
     return CLATTN_ARG(ctx, k, a, s->dl);
+}
+
+/* q, k, v, o, d_o, lse: the leading arguments of the unfused form's kernels. */
+static clattn_status set_inputs_unfused(clattn_context *ctx, cl_kernel k, cl_uint *a,
+                                        const bwd_state *s)
+{
+    CLATTN_FORWARD(clattn__set_tensor_args(ctx, k, a, &s->dp.q));
+    CLATTN_FORWARD(clattn__set_tensor_args(ctx, k, a, &s->dp.k));
+    CLATTN_FORWARD(clattn__set_tensor_args(ctx, k, a, &s->dp.v));
+    CLATTN_FORWARD(clattn__set_tensor_args(ctx, k, a, &s->dp.o));
+    CLATTN_FORWARD(clattn__set_tensor_args(ctx, k, a, &s->d_o));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, k, a, s->lse.mem));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, k, a, s->lse.off));
+    for (int i = 0; i < 3; i++) CLATTN_FORWARD(CLATTN_ARG(ctx, k, a, s->lse.st[i]));
+    return CLATTN_SUCCESS;
 }
 
 static clattn_status set_tail(clattn_context *ctx, cl_kernel k, cl_uint *a, const bwd_state *s)
@@ -339,8 +363,27 @@ static clattn_status enqueue_cpu_form(clattn_context *ctx, const bwd_kernels *kn
     return clattn__enqueue(ctx, kn->dq, 1, g_q, l_q, NULL);
 }
 
-static clattn_status enqueue_all(clattn_context *ctx, const bwd_kernels *kn, const bwd_plan *pl,
-                                 bwd_state *s, cl_event *event)
+static clattn_status enqueue_unfused(clattn_context *ctx, const bwd_kernels *kn, bwd_state *s)
+{
+    const clattn__problem *p = s->dp.p;
+    cl_uint a = 0;
+    CLATTN_FORWARD(set_inputs_unfused(ctx, kn->dq, &a, s));
+    CLATTN_FORWARD(clattn__set_tensor_args(ctx, kn->dq, &a, &s->out[0]));
+    CLATTN_FORWARD(set_tail(ctx, kn->dq, &a, s));
+    const size_t g_q[1] = {(size_t)(p->B * p->Hq * p->Lq)}, l_q[1] = {64};
+    CLATTN_FORWARD(clattn__enqueue(ctx, kn->dq, 1, g_q, l_q, NULL));
+    a = 0;
+    CLATTN_FORWARD(set_inputs_unfused(ctx, kn->dkdv, &a, s));
+    CLATTN_FORWARD(clattn__set_tensor_args(ctx, kn->dkdv, &a, &s->out[1]));
+    CLATTN_FORWARD(clattn__set_tensor_args(ctx, kn->dkdv, &a, &s->out[2]));
+    CLATTN_FORWARD(set_tail(ctx, kn->dkdv, &a, s));
+    const size_t g_kv[2] = {(size_t)p->Lk, (size_t)(p->B * p->Hkv)}, l_kv[2] = {64, 1};
+    return clattn__enqueue(ctx, kn->dkdv, 2, g_kv, l_kv, NULL);
+}
+
+/* D = rowsum(dO ∘ O), then the tiled form's gradient kernels. */
+static clattn_status enqueue_tiled(clattn_context *ctx, const bwd_kernels *kn, const bwd_plan *pl,
+                                   bwd_state *s)
 {
     const clattn__problem *p = s->dp.p;
     const cl_long B = p->B, Hq = p->Hq, Lq = p->Lq;
@@ -360,16 +403,26 @@ static clattn_status enqueue_all(clattn_context *ctx, const bwd_kernels *kn, con
     const size_t g_row[1] = {(size_t)(p->B * p->Hq * p->Lq)}, l_row[1] = {64};
     CLATTN_FORWARD(clattn__enqueue(ctx, kn->rowdot, 1, g_row, l_row, NULL));
 
-    if (pl->form == 0)
-        CLATTN_FORWARD(enqueue_cpu_form(ctx, kn, pl, s));
+    if (pl->form == 0) return enqueue_cpu_form(ctx, kn, pl, s);
+    return enqueue_gpu_form(ctx, kn, pl, s);
+}
+
+static clattn_status enqueue_all(clattn_context *ctx, const bwd_kernels *kn, const bwd_plan *pl,
+                                 bwd_state *s, cl_event *event)
+{
+    const clattn__problem *p = s->dp.p;
+    cl_uint a = 0;
+    if (pl->form == 2)
+        CLATTN_FORWARD(enqueue_unfused(ctx, kn, s));
     else
-        CLATTN_FORWARD(enqueue_gpu_form(ctx, kn, pl, s));
+        CLATTN_FORWARD(enqueue_tiled(ctx, kn, pl, s));
 
     if (s->out[3].mem) {
         const clattn_tensor *m = p->mask;
         const cl_long ne[4] = {m->ne[0], m->ne[1], m->ne[2], m->ne[3]};
         a = 0;
-        CLATTN_FORWARD(set_inputs(ctx, kn->dmask, &a, s));
+        CLATTN_FORWARD(pl->form == 2 ? set_inputs_unfused(ctx, kn->dmask, &a, s)
+                                     : set_inputs(ctx, kn->dmask, &a, s));
         CLATTN_FORWARD(clattn__set_tensor_args(ctx, kn->dmask, &a, &s->out[3]));
         for (int i = 0; i < 4; i++) CLATTN_FORWARD(CLATTN_ARG(ctx, kn->dmask, &a, ne[i]));
         CLATTN_FORWARD(set_tail(ctx, kn->dmask, &a, s));
@@ -400,6 +453,32 @@ static clattn_status enqueue_all(clattn_context *ctx, const bwd_kernels *kn, con
     return CLATTN_SUCCESS;
 }
 
+/* One try with the plan's form: kernels, staging, launches, read-back; a failure leaves
+ * every output as it was. */
+static clattn_status run_form(clattn_context *ctx, const clattn__bwd_problem *bp,
+                              const bwd_plan *pl, cl_event *event)
+{
+    bwd_state s;
+    memset(&s, 0, sizeof s);
+    s.dp.p = &bp->p;
+    /* the kernels first: a build failure must come before anything is allocated or queued
+     * (the build options need only the problem's dtypes and features) */
+    bwd_kernels kn;
+    memset(&kn, 0, sizeof kn);
+    CLATTN_FORWARD(get_kernels(ctx, bp, &s.dp, pl, &kn));
+    clattn_status st = stage_all(ctx, bp, pl, &s);
+    cl_event ev = NULL;
+    if (st == CLATTN_SUCCESS) st = enqueue_all(ctx, &kn, pl, &s, event ? &ev : NULL);
+    if (st == CLATTN_SUCCESS) st = download(ctx, &s);
+    state_release(ctx, &s);
+    if (st != CLATTN_SUCCESS) {
+        if (ev) clReleaseEvent(ev);
+        return st;
+    }
+    if (event) *event = ev;
+    return CLATTN_SUCCESS;
+}
+
 clattn_status clattn_attention_backward(clattn_context *ctx, const clattn_tensor *q,
                                         const clattn_tensor *k, const clattn_tensor *v,
                                         const clattn_tensor *o, const clattn_tensor *d_o,
@@ -421,25 +500,35 @@ clattn_status clattn_attention_backward(clattn_context *ctx, const clattn_tensor
     CLATTN_RETURN_IF(ctx, p->Lk > INT_MAX - 1024 || p->Lq > INT_MAX - 1024,
                      CLATTN_ERROR_INVALID_SHAPE, "backward: more than 2^31 - 1025 keys or queries");
 
+    /* opt->path: auto tries the tiled forms and falls back to the unfused form when they
+     * fail to build or run; fused and unfused run that one only */
+    const clattn_path want = opt ? opt->path : CLATTN_PATH_AUTO;
+    CLATTN_RETURN_IF(ctx, want != CLATTN_PATH_AUTO && want != CLATTN_PATH_FUSED && want != CLATTN_PATH_UNFUSED,
+                     CLATTN_ERROR_PATH_UNSUPPORTED,
+                     "backward: path '%s' has no backward pass (auto, fused or unfused)",
+                     clattn_path_name(want));
     bwd_plan pl;
     make_plan(ctx, &bp, &pl);
-    bwd_state s;
-    memset(&s, 0, sizeof s);
-    s.dp.p = p;
-    /* the kernels first: a build failure must come before anything is allocated or queued
-     * (the build options need only the problem's dtypes and features) */
-    bwd_kernels kn;
-    memset(&kn, 0, sizeof kn);
-    CLATTN_FORWARD(get_kernels(ctx, &bp, &s.dp, &pl, &kn));
-    st = stage_all(ctx, &bp, &pl, &s);
-    cl_event ev = NULL;
-    if (st == CLATTN_SUCCESS) st = enqueue_all(ctx, &kn, &pl, &s, event ? &ev : NULL);
-    if (st == CLATTN_SUCCESS) st = download(ctx, &s);
-    state_release(ctx, &s);
-    if (st != CLATTN_SUCCESS) {
-        if (ev) clReleaseEvent(ev);
-        return st;
+    char first[512] = "";
+    if (want != CLATTN_PATH_UNFUSED) {
+        ctx->running_path = CLATTN_PATH_FUSED; /* for CLATTN_FAIL_PATH, as dispatch does */
+        st = run_form(ctx, &bp, &pl, event);
+        ctx->running_path = CLATTN_PATH_AUTO;
+        if (st == CLATTN_SUCCESS || want == CLATTN_PATH_FUSED) return st;
+        /* outputs are untouched by a failed call, so the fallback starts clean */
+        snprintf(first, sizeof first, "%.500s", ctx->last_error);
+        clattn__log(ctx, "backward: the tiled forms failed (%s); the unfused form runs", first);
     }
-    if (event) *event = ev;
-    return CLATTN_SUCCESS;
+    pl.form = 2;
+    ctx->running_path = CLATTN_PATH_UNFUSED;
+    st = run_form(ctx, &bp, &pl, event);
+    ctx->running_path = CLATTN_PATH_AUTO;
+    if (st != CLATTN_SUCCESS && *first) {
+        char second[512];
+        snprintf(second, sizeof second, "%.500s", ctx->last_error);
+        return clattn__fail(ctx, st, "backward: the tiled forms failed (%s), and the unfused form too (%s)",
+                            first, second);
+    }
+    return st;
 }
+
