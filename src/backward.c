@@ -187,7 +187,13 @@ static clattn_status stage_all(clattn_context *ctx, const clattn__bwd_problem *b
         sh->base = d->src->offset;
         sh->dst = d->mem;
         CLATTN_FORWARD(clattn__buffer_create(ctx, sh->span, &sh->scratch));
-        CLATTN_FORWARD(clattn__enqueue_copy(ctx, d->mem, sh->base, sh->scratch, 0, sh->span));
+        /* the kernels write every element; only a span with gaps (padding between rows)
+         * needs the caller's bytes in the copy, so the commit leaves the gaps as they were */
+        const clattn_tensor *t = d->src;
+        const uint64_t dense = (uint64_t)t->ne[0] * (uint64_t)t->ne[1] * (uint64_t)t->ne[2] *
+                               (uint64_t)t->ne[3] * (uint64_t)clattn_dtype_size(t->dtype);
+        if (dense != (uint64_t)sh->span)
+            CLATTN_FORWARD(clattn__enqueue_copy(ctx, d->mem, sh->base, sh->scratch, 0, sh->span));
         d->mem = sh->scratch;
         d->off = 0;
     }
