@@ -269,7 +269,10 @@ static void test_backward_refuses_bad_input_and_writes_nothing(void **state)
                                    &b.dv, &tdm, &b.opt, NULL);
     assert_int_equal(st, CLATTN_ERROR_INVALID_ARGUMENT);
     UNTOUCHED();
-    /* a failing device (the first allocation) leaves the outputs as they were too */
+    /* a failing device (the first allocation, the second read-back) leaves the outputs as
+     * they were too, with the fused path forced (auto mode would fall back to the
+     * unfused form: test_backward_fallback) */
+    b.opt.path = CLATTN_PATH_FUSED;
     clattn__fault_arm(ctx, CLATTN__FAULT_ALLOC, 1);
     st = run_backward(ctx, &b);
     assert_int_not_equal(st, CLATTN_SUCCESS);
@@ -282,6 +285,7 @@ static void test_backward_refuses_bad_input_and_writes_nothing(void **state)
     clattn__fault_arm(ctx, CLATTN__FAULT_MAP, 0);
     /* and then the same call works */
     assert_int_equal(check_backward(ctx, &b), 0);
+    b.opt.path = CLATTN_PATH_AUTO;
 #undef UNTOUCHED
     free(sentinel);
     bwd_data_free(&b);

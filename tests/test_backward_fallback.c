@@ -66,8 +66,9 @@ static void test_unfused_backward_matches_reference(void **state)
     if (failed) fail_msg("%d unfused backward cases differ from the reference", failed);
 }
 
-/* A failed kernel build of the tiled forms (the first kernel get of the call) sends auto
- * mode to the unfused form, whose gradients match the reference. */
+/* A failed kernel build of the tiled forms (the first kernel get of the call), or their
+ * first allocation failing, sends auto mode to the unfused form, whose gradients match
+ * the reference. */
 static void test_build_failure_falls_back_to_unfused(void **state)
 {
     (void)state;
@@ -75,14 +76,16 @@ static void test_build_failure_falls_back_to_unfused(void **state)
     const attn_case cases[] = {
         {SHAPE(1, 4, 2, 21, 35, 32, 32), .causal = CLATTN_CAUSAL_BOTTOM_RIGHT, .seed = 20},
         {SHAPE(2, 2, 2, 19, 37, 32, 48), .mask_kind = ATTN_MASK_FLOAT, .mask_rank = 4, .seed = 21},
+        {SHAPE(1, 4, 2, 21, 35, 32, 32), .causal = CLATTN_CAUSAL_BOTTOM_RIGHT, .seed = 22},
     };
+    const clattn__fault_kind kinds[] = {CLATTN__FAULT_BUILD, CLATTN__FAULT_BUILD, CLATTN__FAULT_ALLOC};
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         bwd_data b;
         bwd_data_make(&cases[i], cases[i].mask_kind == ATTN_MASK_FLOAT, &b);
-        clattn__fault_arm(ctx, CLATTN__FAULT_BUILD, 1);
+        clattn__fault_arm(ctx, kinds[i], 1);
         const int bad = check_backward(ctx, &b);
         const uint64_t fired = clattn__fault_fired(ctx);
-        clattn__fault_arm(ctx, CLATTN__FAULT_BUILD, 0);
+        clattn__fault_arm(ctx, kinds[i], 0);
         bwd_data_free(&b);
         assert_int_equal(fired, 1); /* the tiled form did fail */
         assert_int_equal(bad, 0);
