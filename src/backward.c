@@ -9,31 +9,16 @@
  * and dO where they cannot be read in place, and a few KiB per work-item. */
 #include "backward.h"
 #include "context.h"
+#include "tuning.h"
 
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 
-/* Tile sizes of cl/backward.cl (BM query rows x BN keys per tile, WG work-items). One
- * portable form, sized so its local arrays fit 32 KiB (the smallest local memory among the
- * GPUs clattn targets), which the plan below enforces by halving the tiles. These are the
- * starting values, not measured optima; the tuning layer is to take them over. The CPU
- * row uses 64 work-items: PoCL runs a work-group's items as a loop on one core, and
- * smaller groups left more per-group overhead in a first look (docs/backward.md). */
-static const struct {
-    clattn_device_type type; /* 0 = any device (the default row, last) */
-    int form;                /* 0: CPU form (one pass over key blocks, no local memory);
-                                1: work-groups of WG with BM x BN local tiles */
-    int bm, bn, wg; /* CPU form: bn keys per block (largest; shrunk for wide heads), bm
-                       query rows per step (a multiple of 4) */
-} bwd_tile_rows[] = {
-    /* type               form bm  bn  wg */
-    {CLATTN_DEVICE_CPU,   0,   16, 64, 1},
-    {0,                   1,   32, 16, 128},
-};
-
-/* Testing only: -1 = the form the table gives the device; 0 or 1 forces one. */
+/* Testing only: -1 = the form the tuning layer gives the device; 0 or 1 forces one. */
 int clattn__backward_force_form = -1;
+/* Testing only: the form of the last successful call (0 CPU, 1 GPU, 2 unfused). */
+int clattn__backward_last_form = -1;
 #define BWD_LOCAL_BUDGET 32768u
 
 typedef struct bwd_plan {
@@ -58,28 +43,23 @@ static uint64_t local_bytes(const clattn__problem *p, int bm, int bn)
                  4u * (uint64_t)bm);
 }
 
+/* The plan of a tiled form: the tuning layer's backward row (src/tuning.c), its form
+ * unless that failed to build for this class on ctx (then the other), or a forced one. */
 static void make_plan(const clattn_context *ctx, const clattn__bwd_problem *bp, bwd_plan *pl)
 {
     const clattn__problem *p = &bp->p;
     memset(pl, 0, sizeof *pl);
-    size_t row = sizeof bwd_tile_rows / sizeof bwd_tile_rows[0] - 1;
-    for (size_t i = 0; i < row; i++)
-        if (bwd_tile_rows[i].type == ctx->props.type) {
-            row = i;
-            break;
-        }
-    pl->form = clattn__backward_force_form >= 0 ? clattn__backward_force_form : bwd_tile_rows[row].form;
-    /* a form forced on a device whose row is of the other form takes the values of the
-     * first row of its own form */
-    if (bwd_tile_rows[row].form != pl->form)
-        for (size_t i = 0; i < sizeof bwd_tile_rows / sizeof bwd_tile_rows[0]; i++)
-            if (bwd_tile_rows[i].form == pl->form) {
-                row = i;
-                break;
-            }
-    pl->bm = bwd_tile_rows[row].bm;
-    pl->bn = bwd_tile_rows[row].bn;
-    pl->wg = bwd_tile_rows[row].wg;
+    clattn__trow tu;
+    clattn__tsource src;
+    clattn__tuning_row_for(ctx, CLATTN__TP_BACKWARD, p, -1, &tu, &src);
+    int form = clattn__tuning_form(ctx, CLATTN__TP_BACKWARD, p, &tu);
+    if (clattn__backward_force_form >= 0) form = clattn__backward_force_form;
+    if (form != tu.form) clattn__tuning_apply_form(CLATTN__TP_BACKWARD, form, &tu);
+    pl->form = form;
+    pl->bm = tu.block_m;
+    pl->bn = tu.block_n;
+    pl->wg = tu.wg;
+    clattn__log(ctx, "backward: tuning row from %s", src.text);
     if (pl->form == 0) {
         /* dK and dV of a block live in private float16 vectors: keep them within 32 KiB
          * (a CPU core's L1), halving the block for wide heads */
@@ -514,21 +494,34 @@ clattn_status clattn_attention_backward(clattn_context *ctx, const clattn_tensor
                      "backward: path '%s' has no backward pass (auto, fused or unfused)",
                      clattn_path_name(want));
     bwd_plan pl;
-    make_plan(ctx, &bp, &pl);
     char first[512] = "";
     if (want != CLATTN_PATH_UNFUSED) {
-        ctx->running_path = CLATTN_PATH_FUSED; /* for CLATTN_FAIL_PATH, as dispatch does */
-        st = run_form(ctx, &bp, &pl, event);
-        ctx->running_path = CLATTN_PATH_AUTO;
-        if (st == CLATTN_SUCCESS || want == CLATTN_PATH_FUSED) return st;
+        /* the tuned form, then (after a build failure, remembered for the problem's class
+         * on ctx) the other tiled form */
+        for (int tries = 0; tries < clattn__tform_count(CLATTN__TP_BACKWARD); tries++) {
+            make_plan(ctx, &bp, &pl);
+            ctx->running_path = CLATTN_PATH_FUSED; /* for CLATTN_FAIL_PATH, as dispatch does */
+            st = run_form(ctx, &bp, &pl, event);
+            ctx->running_path = CLATTN_PATH_AUTO;
+            if (st == CLATTN_SUCCESS) {
+                clattn__backward_last_form = pl.form;
+                return st;
+            }
+            if (st != CLATTN_ERROR_BUILD_FAILED || clattn__backward_force_form >= 0 ||
+                !clattn__tuning_form_failed(ctx, CLATTN__TP_BACKWARD, p, pl.form))
+                break;
+        }
+        if (want == CLATTN_PATH_FUSED) return st;
         /* outputs are untouched by a failed call, so the fallback starts clean */
         snprintf(first, sizeof first, "%.500s", ctx->last_error);
         clattn__log(ctx, "backward: the tiled forms failed (%s); the unfused form runs", first);
     }
+    memset(&pl, 0, sizeof pl);
     pl.form = 2;
     ctx->running_path = CLATTN_PATH_UNFUSED;
     st = run_form(ctx, &bp, &pl, event);
     ctx->running_path = CLATTN_PATH_AUTO;
+    if (st == CLATTN_SUCCESS) clattn__backward_last_form = 2;
     if (st != CLATTN_SUCCESS && *first) {
         char second[512];
         snprintf(second, sizeof second, "%.500s", ctx->last_error);

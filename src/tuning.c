@@ -18,12 +18,12 @@
 #define P(x) (1u << CLATTN__TP_##x)
 #define F(name, paths) {#name, offsetof(clattn__trow, name), paths}
 static const clattn__tparam_info params[] = {
-    F(form, P(FUSED) | P(DECODE)),
-    F(block_m, P(FUSED)),
-    F(block_n, P(FUSED)),
+    F(form, P(FUSED) | P(DECODE) | P(BACKWARD)),
+    F(block_m, P(FUSED) | P(BACKWARD)),
+    F(block_n, P(FUSED) | P(BACKWARD)),
     F(dv_chunk, P(FUSED)),
     F(row_groups, P(FUSED)),
-    F(wg, P(FUSED) | P(DECODE)),
+    F(wg, P(FUSED) | P(DECODE) | P(BACKWARD)),
     F(rows, P(DECODE) | P(KV)),
     F(ktile, P(DECODE)),
     F(vw, P(DECODE)),
@@ -50,7 +50,8 @@ int *clattn__trow_field(clattn__trow *r, const clattn__tparam_info *pi)
     return (int *)(void *)((char *)r + pi->offset);
 }
 
-static const char *const path_names[CLATTN__TP_COUNT] = {"fused", "decode", "unfused", "kv", "dispatch"};
+static const char *const path_names[CLATTN__TP_COUNT] = {"fused", "decode", "unfused", "kv", "dispatch",
+                                                         "backward"};
 
 const char *clattn__tpath_name(clattn__tpath path)
 {
@@ -69,11 +70,13 @@ bool clattn__tpath_from_name(const char *name, clattn__tpath *out)
 
 /* Forms in fallback order. Fused: cl/flash_cpu.cl, cl/flash_gpu.cl. Decode: cl/decode.cl
  * with DEC_GPU 0 (work-item per row block, vectors along D, no local memory) or 1
- * (work-group per row block, local memory). A form that fails to build is followed by the
+ * (work-group per row block, local memory). Backward: cl/backward.cl with FORM 0 (one
+ * pass over key blocks per work-item, no local memory) or 1 (work-groups with local
+ * tiles); after both, backward.c runs cl/backward_unfused.cl. A form that fails to build is followed by the
  * next index, wrapping round (clattn__tuning_form), before the path gives up. */
 int clattn__tform_count(clattn__tpath path)
 {
-    return path == CLATTN__TP_FUSED || path == CLATTN__TP_DECODE ? 2 : 1;
+    return path == CLATTN__TP_FUSED || path == CLATTN__TP_DECODE || path == CLATTN__TP_BACKWARD ? 2 : 1;
 }
 
 const char *clattn__tform_name(clattn__tpath path, int form)
@@ -173,6 +176,26 @@ static const builtin_row dispatch_rows[] = {
     {0, NULL, NULL, 0, {.prefer_clblast = 0}},
 };
 
+/* Backward pass (cl/backward.cl, src/backward.c).
+ * CPU row (FORM 0): PoCL 3.1 on a 2-core Xeon with AVX-512, 1x8x8x1024x1024x64 f32
+ * (docs/measurements.md): blocks of 64 keys (their dK and dV, 32 KiB of float16
+ * vectors, stay in L1; 32 ran 4% slower, and wide heads halve the block to stay within
+ * 32 KiB), 16 query rows per step (8 ran 10% slower, 32 the same); wg is 1 (a CPU runs
+ * a work-group's items as a loop, and this form has no barriers to share).
+ * GPU row (FORM 1): untuned starting values; the plan halves the tiles to fit 32 KiB of
+ * local memory (the smallest among the GPUs clattn targets). It is also the default:
+ * the CPU form puts one work-item on each (batch, KV head, key split), too few for a GPU.
+ * llvmpipe takes the GPU form as the fused and decode paths do (its CPU-form builds
+ * are slow). */
+#define BACKWARD_CPU {.form = 0, .block_m = 16, .block_n = 64, .wg = 1}
+#define BACKWARD_GPU {.form = 1, .block_m = 32, .block_n = 16, .wg = 128}
+static const builtin_row backward_rows[] = {
+    {0, NULL, "llvmpipe", 0, BACKWARD_GPU},
+    {0, NULL, NULL, CLATTN_DEVICE_CPU, BACKWARD_CPU},
+    {0, NULL, NULL, CLATTN_DEVICE_GPU, BACKWARD_GPU},
+    {0, NULL, NULL, 0, BACKWARD_GPU},
+};
+
 static const builtin_row *table_of(clattn__tpath path, size_t *n)
 {
 #define T(t)                                                                               \
@@ -183,6 +206,7 @@ static const builtin_row *table_of(clattn__tpath path, size_t *n)
     case CLATTN__TP_DECODE: T(decode_rows);
     case CLATTN__TP_UNFUSED: T(unfused_rows);
     case CLATTN__TP_KV: T(kv_rows);
+    case CLATTN__TP_BACKWARD: T(backward_rows);
     default: T(dispatch_rows);
     }
 #undef T
@@ -198,6 +222,11 @@ void clattn__tuning_apply_form(clattn__tpath path, int form, clattn__trow *r)
         r->dv_chunk = 4;
         r->row_groups = form ? 1 : 4;
         r->wg = form ? 128 : 1;
+    } else if (path == CLATTN__TP_BACKWARD) {
+        const clattn__trow g = form ? (clattn__trow)BACKWARD_GPU : (clattn__trow)BACKWARD_CPU;
+        r->block_m = g.block_m;
+        r->block_n = g.block_n;
+        r->wg = g.wg;
     } else if (path == CLATTN__TP_DECODE) {
         if (form) {
             r->rows = 8;
@@ -379,6 +408,24 @@ bool clattn__tuning_legal(const clattn__tdevice *dev, clattn__tpath path, const 
         REFUSE_IF(r->prefer_clblast < 0 || r->prefer_clblast > 1, "prefer_clblast %d is not 0 or 1",
                   r->prefer_clblast);
         return true;
+    case CLATTN__TP_BACKWARD:
+        /* local memory is no criterion: src/backward.c halves the GPU form's tiles until
+         * they fit the device, and the CPU form's block for wide heads */
+        REFUSE_IF(r->form < 0 || r->form > 1, "form %d is not cpu (0) or gpu (1)", r->form);
+        if (r->form == 0) {
+            REFUSE_IF(r->block_m < 4 || r->block_m > 64 || r->block_m % 4,
+                      "block_m %d is not a multiple of 4 in 4..64", r->block_m);
+            REFUSE_IF(r->block_n < 16 || r->block_n > 128 || r->block_n % 16,
+                      "block_n %d is not a multiple of 16 in 16..128", r->block_n);
+            REFUSE_IF(r->wg != 1, "wg %d is not 1 (the CPU form runs one work-item per group)", r->wg);
+        } else {
+            REFUSE_IF(!pow2(r->block_m) || r->block_m > 128, "block_m %d is not a power of two up to 128",
+                      r->block_m);
+            REFUSE_IF(!pow2(r->block_n) || r->block_n > 128, "block_n %d is not a power of two up to 128",
+                      r->block_n);
+            REFUSE_IF(!pow2(r->wg) || r->wg > maxwg, "wg %d is not a power of two up to %d", r->wg, maxwg);
+        }
+        return true;
     default:
         REFUSE_IF(true, "unknown path");
     }
@@ -387,7 +434,7 @@ bool clattn__tuning_legal(const clattn__tdevice *dev, clattn__tpath path, const 
 
 /* ---- Forced forms (tests) ---------------------------------------------------------- */
 /* Process-wide, as the test hooks they replace: tests set them between calls. */
-static int forced_form[CLATTN__TP_COUNT] = {-1, -1, -1, -1, -1};
+static int forced_form[CLATTN__TP_COUNT] = {-1, -1, -1, -1, -1, -1};
 
 void clattn__tuning_force_form(clattn__tpath path, int form)
 {

@@ -17,18 +17,21 @@ typedef enum clattn__tpath {
     CLATTN__TP_UNFUSED,
     CLATTN__TP_KV,
     CLATTN__TP_DISPATCH,
+    CLATTN__TP_BACKWARD, /* clattn_attention_backward's tiled forms (cl/backward.cl) */
     CLATTN__TP_COUNT
 } clattn__tpath;
 
 /* One row: the values of every parameter; a path reads the ones its table lists
  * (clattn__tparam_info). Forms are indices into the path's ordered list of forms. */
 typedef struct clattn__trow {
-    int form;           /* fused, decode: index in the path's form list */
-    int block_m;        /* fused: query rows per work-item (CPU) / per work-group (GPU) */
-    int block_n;        /* fused: keys per tile */
+    int form;           /* fused, decode, backward: index in the path's form list */
+    int block_m;        /* fused: query rows per work-item (CPU) / per work-group (GPU);
+                           backward: query rows per step (CPU) / per tile (GPU) */
+    int block_n;        /* fused: keys per tile; backward: keys per block (CPU, the most:
+                           wide heads halve it) / per tile (GPU) */
     int dv_chunk;       /* fused CPU: float16 vectors of O updated per pass over a tile */
     int row_groups;     /* fused CPU: groups of block_m rows per work-item */
-    int wg;             /* fused, decode: work-group size */
+    int wg;             /* fused, decode, backward: work-group size */
     int rows;           /* decode, kv: most query rows per work-item / work-group */
     int ktile;          /* decode: keys per tile */
     int vw;             /* decode CPU: float vector width along D (4, 8 or 16) */

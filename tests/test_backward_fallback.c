@@ -1,9 +1,10 @@
-/* The backward pass's fallback chain (src/backward.c): the unfused form
+/* The backward pass's forms and fallback chain (src/backward.c): the unfused form
  * (cl/backward_unfused.cl) against the float64 backward reference when asked for with
- * opt.path = unfused, and when the tiled forms fail (an injected kernel-build failure,
- * CLATTN_FAIL_PATH's build and launch failures of the fused path): the call still
- * succeeds with correct gradients. A failing forced fused path returns its error with
- * every output untouched, and paths that have no backward pass are refused.
+ * opt.path = unfused; a tiled form that fails to build gives way to the other tiled form,
+ * and when both fail or a launch or allocation fails, auto mode ends on the unfused form:
+ * the call still succeeds with correct gradients. A failing forced fused path returns its
+ * error with every output untouched; paths that have no backward pass are refused; a
+ * tuning file's backward record picks the form.
  * Tolerances are test_backward's (tests/helpers/test_backward_util.c). */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -12,10 +13,13 @@
 
 #include <cmocka.h>
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "context.h" /* fault injection, clattn__fail_path_set */
+#include "backward.h" /* clattn__backward_last_form */
+#include "context.h"  /* fault injection, clattn__fail_path_set */
+#include "tuning.h"   /* the built-in backward row */
 #include "test_backward_util.h"
 
 #define SHAPE(b, hq, hkv, lq, lk, d, dv) .B = b, .Hq = hq, .Hkv = hkv, .Lq = lq, .Lk = lk, .D = d, .Dv = dv
@@ -56,6 +60,7 @@ static void test_unfused_backward_matches_reference(void **state)
          .causal = CLATTN_CAUSAL_BOTTOM_RIGHT, .seed = 11},
     };
     int failed = run_cases(ctx, cases, sizeof cases / sizeof cases[0], 0);
+    assert_int_equal(clattn__backward_last_form, 2);
     const attn_case mask_cases[] = {
         {SHAPE(2, 4, 2, 19, 37, 32, 48), UNF, .mask_kind = ATTN_MASK_FLOAT, .mask_rank = 3,
          .mask_ones = 2u, .seed = 12},
@@ -66,22 +71,24 @@ static void test_unfused_backward_matches_reference(void **state)
     if (failed) fail_msg("%d unfused backward cases differ from the reference", failed);
 }
 
-/* A failed kernel build of the tiled forms (the first kernel get of the call), or their
- * first allocation failing, sends auto mode to the unfused form, whose gradients match
- * the reference. */
-static void test_build_failure_falls_back_to_unfused(void **state)
+/* On a fresh context: a failed kernel build of the tuned tiled form (the first kernel get
+ * of the call) gives way to the other tiled form; a failed first allocation sends auto
+ * mode to the unfused form. Both give the reference's gradients. */
+static void test_failures_fall_back_form_by_form(void **state)
 {
     (void)state;
-    clattn_context *ctx = test_shared_context();
+    clattn_context *ctx = test_context();
     const attn_case cases[] = {
         {SHAPE(1, 4, 2, 21, 35, 32, 32), .causal = CLATTN_CAUSAL_BOTTOM_RIGHT, .seed = 20},
         {SHAPE(2, 2, 2, 19, 37, 32, 48), .mask_kind = ATTN_MASK_FLOAT, .mask_rank = 4, .seed = 21},
         {SHAPE(1, 4, 2, 21, 35, 32, 32), .causal = CLATTN_CAUSAL_BOTTOM_RIGHT, .seed = 22},
     };
     const clattn__fault_kind kinds[] = {CLATTN__FAULT_BUILD, CLATTN__FAULT_BUILD, CLATTN__FAULT_ALLOC};
+    int first_fallback = -1;
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         bwd_data b;
         bwd_data_make(&cases[i], cases[i].mask_kind == ATTN_MASK_FLOAT, &b);
+        clattn__backward_last_form = -1;
         clattn__fault_arm(ctx, kinds[i], 1);
         const int bad = check_backward(ctx, &b);
         const uint64_t fired = clattn__fault_fired(ctx);
@@ -89,7 +96,21 @@ static void test_build_failure_falls_back_to_unfused(void **state)
         bwd_data_free(&b);
         assert_int_equal(fired, 1); /* the tiled form did fail */
         assert_int_equal(bad, 0);
+        if (kinds[i] == CLATTN__FAULT_ALLOC) {
+            assert_int_equal(clattn__backward_last_form, 2);
+        } else {
+            /* the other tiled form: CPU and GPU forms are 0 and 1 */
+            assert_true(clattn__backward_last_form == 0 || clattn__backward_last_form == 1);
+            if (i == 0) first_fallback = clattn__backward_last_form;
+        }
     }
+    /* the class whose tuned form failed keeps to the other form on this context */
+    bwd_data b;
+    bwd_data_make(&cases[0], 0, &b);
+    assert_int_equal(check_backward(ctx, &b), 0);
+    assert_int_equal(clattn__backward_last_form, first_fallback);
+    bwd_data_free(&b);
+    clattn_context_free(ctx);
 }
 
 /* CLATTN_FAIL_PATH's failures of the fused path, at build and at launch, fall back too;
@@ -103,11 +124,13 @@ static void test_fail_path_falls_back_or_is_returned_when_forced(void **state)
     for (int i = 0; i < 2; i++) {
         bwd_data b;
         bwd_data_make(&c, 0, &b);
+        clattn__backward_last_form = -1;
         clattn__fail_path_set(ctx, stages[i]);
         const int bad = check_backward(ctx, &b);
         clattn__fail_path_set(ctx, "");
         bwd_data_free(&b);
         assert_int_equal(bad, 0);
+        assert_int_equal(clattn__backward_last_form, 2); /* both tiled forms failed */
     }
     for (int i = 0; i < 2; i++) {
         attn_case cf = c;
@@ -156,13 +179,50 @@ static void test_paths_without_backward_are_refused(void **state)
     }
 }
 
+/* A tuning file's backward record for this device picks the form (here the one the
+ * built-in row does not) and its tiles; `clattn devices --tuning` shows the same row. */
+static void test_tuning_file_record_picks_the_form(void **state)
+{
+    (void)state;
+    clattn_context *probe = test_context();
+    clattn_device_props props;
+    assert_int_equal(clattn_context_device_props(probe, &props), CLATTN_SUCCESS);
+    clattn__trow builtin;
+    clattn__tuning_builtin(&probe->tuning->dev, CLATTN__TP_BACKWARD, &builtin, NULL);
+    clattn_context_free(probe);
+    const int other = 1 - builtin.form;
+    char path[512], text[1024];
+    snprintf(path, sizeof path, "%s/test-backward-tuning.json", CLATTN_TEST_BINARY_DIR);
+    snprintf(text, sizeof text,
+             "{\"clattn_tuning\": 1, \"records\": [{\"device\": {\"name\": \"%s\"}, "
+             "\"path\": \"backward\", \"params\": {\"form\": \"%s\", \"block_m\": %d, \"block_n\": %d}}]}",
+             props.name, other ? "gpu" : "cpu", other ? 16 : 8, other ? 16 : 32);
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    assert_int_equal(fputs(text, f) >= 0, 1);
+    assert_int_equal(fclose(f), 0);
+    setenv("CLATTN_TUNING_FILE", path, 1);
+    clattn_context *ctx = test_context();
+    unsetenv("CLATTN_TUNING_FILE");
+    const attn_case c = {SHAPE(1, 4, 2, 37, 45, 32, 32), .causal = CLATTN_CAUSAL_BOTTOM_RIGHT, .seed = 50};
+    bwd_data b;
+    bwd_data_make(&c, 0, &b);
+    clattn__backward_last_form = -1;
+    assert_int_equal(check_backward(ctx, &b), 0);
+    assert_int_equal(clattn__backward_last_form, other);
+    bwd_data_free(&b);
+    clattn_context_free(ctx);
+    remove(path);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_unfused_backward_matches_reference),
-        cmocka_unit_test(test_build_failure_falls_back_to_unfused),
+        cmocka_unit_test(test_failures_fall_back_form_by_form),
         cmocka_unit_test(test_fail_path_falls_back_or_is_returned_when_forced),
         cmocka_unit_test(test_paths_without_backward_are_refused),
+        cmocka_unit_test(test_tuning_file_record_picks_the_form),
     };
     return cmocka_run_group_tests(tests, NULL, test_shared_context_teardown);
 }

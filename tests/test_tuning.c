@@ -87,6 +87,9 @@ static void test_lookup_takes_the_most_specific_level(void **state)
                          devs[i].name, why);
             if (p == CLATTN__TP_FUSED || p == CLATTN__TP_DECODE)
                 assert_int_equal(row.form, devs[i].type == CLATTN_DEVICE_GPU ? 1 : 0);
+            /* the backward's CPU form is for CPUs only: too few work-items for a GPU */
+            if (p == CLATTN__TP_BACKWARD)
+                assert_int_equal(row.form, devs[i].type == CLATTN_DEVICE_CPU ? 0 : 1);
             /* every table has a CPU row; an unknown kind of device gets the default */
             if (devs[i].type != CLATTN_DEVICE_GPU)
                 assert_string_equal(level, devs[i].type == CLATTN_DEVICE_CPU ? "type" : "default");
@@ -96,7 +99,9 @@ static void test_lookup_takes_the_most_specific_level(void **state)
      * level, whatever LLVM version and width its name carries; a longer name does not */
     clattn__tdevice pipe = fake(CLATTN_DEVICE_CPU, 0x10005, "", "llvmpipe (LLVM 15.0.6, 256 bits)");
     pipe.local_mem = 32 * 1024;
-    for (int p = CLATTN__TP_FUSED; p <= CLATTN__TP_DECODE; p++) {
+    const clattn__tpath pipe_paths[] = {CLATTN__TP_FUSED, CLATTN__TP_DECODE, CLATTN__TP_BACKWARD};
+    for (size_t k = 0; k < sizeof pipe_paths / sizeof pipe_paths[0]; k++) {
+        const clattn__tpath p = pipe_paths[k];
         clattn__trow row;
         const char *level;
         char why[160];
@@ -137,6 +142,9 @@ static void test_illegal_rows_are_refused_with_a_message(void **state)
         {CLATTN__TP_UNFUSED, {.tile = 32, .softmax_wg = 64}, "tile"},
         {CLATTN__TP_KV, {.rows = 4, .min_chunk = 64, .max_chunk = 0, .wgs_per_cu = 4}, "max_chunk"},
         {CLATTN__TP_DISPATCH, {.prefer_clblast = 2}, "prefer_clblast"},
+        {CLATTN__TP_BACKWARD, {.form = 0, .block_m = 6, .block_n = 64, .wg = 1}, "block_m"},
+        {CLATTN__TP_BACKWARD, {.form = 0, .block_m = 16, .block_n = 40, .wg = 1}, "block_n"},
+        {CLATTN__TP_BACKWARD, {.form = 1, .block_m = 32, .block_n = 16, .wg = 512}, "wg"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         char why[160] = "";
