@@ -18,6 +18,8 @@
 #include <string.h>
 
 #include "backward.h" /* clattn__backward_last_form */
+#include "cli_util.h" /* CLI_EXIT_OK */
+#include "commands.h" /* cmd_tune */
 #include "context.h"  /* fault injection, clattn__fail_path_set */
 #include "tuning.h"   /* the built-in backward row */
 #include "test_backward_util.h"
@@ -215,6 +217,37 @@ static void test_tuning_file_record_picks_the_form(void **state)
     remove(path);
 }
 
+/* `clattn tune --path backward` times the backward rows and writes a backward record,
+ * which the next context's backward row comes from. */
+static void test_tune_path_backward_writes_a_record(void **state)
+{
+    (void)state;
+    char out[512];
+    snprintf(out, sizeof out, "%s/test-backward-tuned.json", CLATTN_TEST_BINARY_DIR);
+    remove(out);
+    /* one candidate: the other form's generic row */
+    char *argv[] = {"tune", "--budget", "30", "--max-candidates", "1", "--path", "backward",
+                    "--shape", "1,2,2,20,40,32", "--out", out, NULL};
+    assert_int_equal(cmd_tune(11, argv), CLI_EXIT_OK);
+    setenv("CLATTN_TUNING_FILE", out, 1);
+    clattn_context *ctx = test_context();
+    unsetenv("CLATTN_TUNING_FILE");
+    const attn_case c = {SHAPE(1, 2, 2, 20, 40, 32, 32), .seed = 60};
+    clattn__tclass cls;
+    clattn__tclass_make(ctx, CLATTN__TP_BACKWARD, CLATTN_F32, 32, 32, 20, false, 1, -1, &cls);
+    clattn__trow row;
+    clattn__tsource src;
+    clattn__tuning_row(ctx, CLATTN__TP_BACKWARD, &cls, &row, &src);
+    if (!strstr(src.text, out)) fail_msg("the backward row came from %s, not %s", src.text, out);
+    bwd_data b;
+    bwd_data_make(&c, 0, &b);
+    assert_int_equal(check_backward(ctx, &b), 0);
+    assert_int_equal(clattn__backward_last_form, row.form);
+    bwd_data_free(&b);
+    clattn_context_free(ctx);
+    remove(out);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -223,6 +256,7 @@ int main(void)
         cmocka_unit_test(test_fail_path_falls_back_or_is_returned_when_forced),
         cmocka_unit_test(test_paths_without_backward_are_refused),
         cmocka_unit_test(test_tuning_file_record_picks_the_form),
+        cmocka_unit_test(test_tune_path_backward_writes_a_record),
     };
     return cmocka_run_group_tests(tests, NULL, test_shared_context_teardown);
 }
