@@ -345,7 +345,11 @@ CLATTN_API clattn_status clattn_attention_varlen(clattn_context *ctx, const clat
  * of a float additive mask (opt->mask must be f32; d_mask f32 with the mask's extents):
  * dLoss/ds summed over the extents the mask broadcasts. Inputs and outputs take any of
  * f32, f16 and bf16 storage (d_mask: f32) and any strides; arithmetic is float32.
- * Outputs must not overlap each other or any input. opt->lse and opt->path are not used.
+ * Outputs must not overlap each other or any input. opt->lse is not used. opt->path:
+ * AUTO runs the tiled kernels (the tuning layer's form for the device, then its other
+ * form if that one fails to build) and, when they fail to build or run, falls back to
+ * the unfused kernels (no scratch, slower); FUSED runs the tiled kernels only, UNFUSED
+ * the unfused ones only; DECODE and CLBLAST are refused (CLATTN_ERROR_PATH_UNSUPPORTED).
  * The result is deterministic (no atomics): the same inputs give bit-identical gradients.
  * Memory: scratch linear in B*Hq*Lq, plus a copy of each cl_mem output (outputs are
  * written into scratch and committed in one launch, so a failed call leaves every output
