@@ -356,7 +356,8 @@ bwd_dq(TENSOR_PARAMS(const __global Q_T *, q), TENSOR_PARAMS(const __global K_T 
  * (qp [rows, DP], dop [rows, DVP]) unless those are read in place (Q_DIRECT, DO_DIRECT:
  * float32 with unit stride and D, DV multiples of 16).
  * Build options: BN (keys per block, a multiple of 16), RB (rows per step, a multiple of
- * RT = 4), Q_DIRECT, DO_DIRECT. */
+ * RT = 4), Q_DIRECT, DO_DIRECT, K_DIRECT (the K rows of dQ += dS K read in place rather
+ * than from the work-item's padded copy: float32 K with unit stride and D % 16 == 0). */
 #if (BN % 16) != 0
 #error "the CPU form needs BN a multiple of 16"
 #endif
@@ -372,6 +373,9 @@ bwd_dq(TENSOR_PARAMS(const __global Q_T *, q), TENSOR_PARAMS(const __global K_T 
 #endif
 #ifndef DO_DIRECT
 #define DO_DIRECT 0
+#endif
+#ifndef K_DIRECT
+#define K_DIRECT 0 /* 1: dQ reads K's rows in place (f32, unit stride, D % 16 == 0) */
 #endif
 #define NVN (BN / 16)
 #define CT 4 /* float16 vectors of a gradient row per register tile */
@@ -471,6 +475,11 @@ __kernel void bwd_cpu_kv(TENSOR_PARAMS(const __global Q_T *, q),
     for (int e = 0; e < 16 * ZP16; e++) zrow[e] = 0.0f;
     __global float *dqs = part + s * (B * Hq * Lq) * (DP16 * 16);
     const long nkb = (Lk + BN - 1) / BN;
+#if K_DIRECT
+#define KROW(jj) ((const __global float *)k + k_off + b * k_s0 + kvh * k_s1 + (j0 + (jj)) * k_s2)
+#else
+#define KROW(jj) (kr + (jj) * (DP16 * 16))
+#endif
 
     float16 dka[BN][DP16], dva[BN][DVP16];
     float pb[RB][BN], dsb[RB][BN];
@@ -489,9 +498,10 @@ __kernel void bwd_cpu_kv(TENSOR_PARAMS(const __global Q_T *, q),
             for (int d = 0; d < D; d++) {
                 const float x = j < Lk ? LOAD_K(k, kb0 + d * k_s3) : 0.0f;
                 kt[d * BN + jj] = x;
-                kr[jj * (DP16 * 16) + d] = x;
+                if (!K_DIRECT) kr[jj * (DP16 * 16) + d] = x;
             }
-            for (int d = D; d < DP16 * 16; d++) kr[jj * (DP16 * 16) + d] = 0.0f;
+            if (!K_DIRECT)
+                for (int d = D; d < DP16 * 16; d++) kr[jj * (DP16 * 16) + d] = 0.0f;
             for (int c = 0; c < DV; c++) vt[c * BN + jj] = j < Lk ? LOAD_V(v, vb0 + c * v_s3) : 0.0f;
         }
         for (int jj = 0; jj < BN; jj++) {
@@ -647,7 +657,8 @@ __kernel void bwd_cpu_kv(TENSOR_PARAMS(const __global Q_T *, q),
                                 if (c0 + c < DP16) dka[jj0 + t][c0 + c] = a[t][c];
                     }
                 }
-                /* dQ_s += dS K for the step's rows: RT rows x CT vectors per register tile */
+                /* dQ_s += dS K for the step's rows: RT rows x CT vectors per register tile
+                 * (keys below jhi only: no K row past Lk is read in place) */
                 for (int r0 = 0; r0 < nt; r0 += RT) {
 #pragma unroll
                     for (int c0 = 0; c0 < DP16; c0 += CT) {
@@ -661,7 +672,7 @@ __kernel void bwd_cpu_kv(TENSOR_PARAMS(const __global Q_T *, q),
                             float16 x[CT];
 #pragma unroll
                             for (int c = 0; c < CT; c++)
-                                if (c0 + c < DP16) x[c] = vload16(c0 + c, kr + jj * (DP16 * 16));
+                                if (c0 + c < DP16) x[c] = vload16(c0 + c, KROW(jj));
 #pragma unroll
                             for (int r = 0; r < RT; r++) {
                                 const float dsv = dsb[r0 + r][jj];

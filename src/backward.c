@@ -23,8 +23,8 @@ int clattn__backward_last_form = -1;
 
 typedef struct bwd_plan {
     int form, bm, bn, wg;
-    /* CPU form: Q and dO rows read in place (f32, unit stride, D or Dv % 16 == 0) */
-    bool q_direct, do_direct;
+    /* CPU form: Q, dO and K rows read in place (f32, unit stride, D or Dv % 16 == 0) */
+    bool q_direct, do_direct, k_direct;
     int64_t nsplit; /* CPU form: work-items per (batch, KV head), each with a partial dQ */
 } bwd_plan;
 
@@ -66,6 +66,8 @@ static void make_plan(const clattn_context *ctx, const clattn__bwd_problem *bp, 
         const int64_t vec = (p->D + 15) / 16 + (p->Dv + 15) / 16;
         while (pl->bn > 16 && (int64_t)pl->bn * vec * 64 > 32768) pl->bn /= 2;
         pl->q_direct = p->q->dtype == CLATTN_F32 && p->q->nb[3] == (int64_t)sizeof(float) &&
+                       p->D % 16 == 0;
+        pl->k_direct = p->k->dtype == CLATTN_F32 && p->k->nb[3] == (int64_t)sizeof(float) &&
                        p->D % 16 == 0;
         pl->do_direct = bp->d_o->dtype == CLATTN_F32 &&
                         bp->d_o->nb[3] == (int64_t)sizeof(float) && p->Dv % 16 == 0;
@@ -228,8 +230,10 @@ static clattn_status get_kernels(clattn_context *ctx, const clattn__bwd_problem 
                                " -DFORM=%d",
                                (int)bp->d_o->dtype, (int)bp->dq->dtype, (int)bp->dk->dtype,
                                (int)bp->dv->dtype, (long long)p->D, (long long)p->Dv, pl->form) &&
-              (pl->form == 0 ? clattn__opts_add(opts, sizeof opts, " -DBN=%d -DRB=%d -DQ_DIRECT=%d -DDO_DIRECT=%d",
-                                                pl->bn, pl->bm, pl->q_direct ? 1 : 0, pl->do_direct ? 1 : 0)
+              (pl->form == 0 ? clattn__opts_add(opts, sizeof opts,
+                                                " -DBN=%d -DRB=%d -DQ_DIRECT=%d -DDO_DIRECT=%d -DK_DIRECT=%d",
+                                                pl->bn, pl->bm, pl->q_direct ? 1 : 0, pl->do_direct ? 1 : 0,
+                                                pl->k_direct ? 1 : 0)
                              : clattn__opts_add(opts, sizeof opts, " -DBM=%d -DBN=%d -DWG=%d",
                                                 pl->bm, pl->bn, pl->wg));
     CLATTN_RETURN_IF(ctx, !ok, CLATTN_ERROR_INTERNAL, "backward: build options too long");
