@@ -23,6 +23,7 @@ int clattn__backward_last_form = -1;
 
 typedef struct bwd_plan {
     int form, bm, bn, wg;
+    int commit_unit; /* bytes per work-item of the commit: 16 or 2 */
     /* CPU form: Q, dO and K rows read in place (f32, unit stride, D or Dv % 16 == 0) */
     bool q_direct, do_direct, k_direct;
     int64_t nsplit; /* CPU form: work-items per (batch, KV head), each with a partial dQ */
@@ -56,6 +57,15 @@ static void make_plan(const clattn_context *ctx, const clattn__bwd_problem *bp, 
     if (clattn__backward_force_form >= 0) form = clattn__backward_force_form;
     if (form != tu.form) clattn__tuning_apply_form(CLATTN__TP_BACKWARD, form, &tu);
     pl->form = form;
+    /* the commit copies 16 bytes per work-item when every cl_mem output's offset and span
+     * allow it */
+    pl->commit_unit = 16;
+    const clattn_tensor *outs[4] = {bp->dq, bp->dk, bp->dv, bp->d_mask};
+    for (int i = 0; i < 4; i++) {
+        size_t span = 0;
+        if (!outs[i] || !outs[i]->buffer || !clattn__tensor_span(outs[i], &span)) continue;
+        if (outs[i]->offset % 16 || span % 16) pl->commit_unit = 2;
+    }
     pl->bm = tu.block_m;
     pl->bn = tu.block_n;
     pl->wg = tu.wg;
@@ -258,7 +268,8 @@ static clattn_status get_kernels(clattn_context *ctx, const clattn__bwd_problem 
     }
     CLATTN_FORWARD(clattn__kernel_get(ctx, "backward.cl", opts, "bwd_rowdot", &kn->rowdot));
     CLATTN_FORWARD(clattn__kernel_get(ctx, "backward.cl", opts, "bwd_dmask", &kn->dmask));
-    CLATTN_FORWARD(clattn__kernel_get(ctx, "backward.cl", opts, "bwd_commit", &kn->commit));
+    CLATTN_FORWARD(clattn__kernel_get(ctx, "backward.cl", opts,
+                                      pl->commit_unit == 16 ? "bwd_commit16" : "bwd_commit", &kn->commit));
     return CLATTN_SUCCESS;
 }
 
@@ -426,7 +437,8 @@ static clattn_status enqueue_all(clattn_context *ctx, const bwd_kernels *kn, con
     a = 0;
     for (int i = 0; i < 4; i++) {
         const bwd_shadow *sh = &s->sh[i];
-        const cl_ulong off = sh->base / 2, n = sh->scratch ? sh->span / 2 : 0;
+        const cl_ulong unit = pl->form == 2 ? 2 : (cl_ulong)pl->commit_unit;
+        const cl_ulong off = sh->base / unit, n = sh->scratch ? sh->span / unit : 0;
         any = any || n > 0;
         if (n > maxn) maxn = n;
         CLATTN_FORWARD(CLATTN_ARG(ctx, kn->commit, &a, sh->dst));
