@@ -357,7 +357,9 @@ bwd_dq(TENSOR_PARAMS(const __global Q_T *, q), TENSOR_PARAMS(const __global K_T 
  * float32 with unit stride and D, DV multiples of 16).
  * Build options: BN (keys per block, a multiple of 16), RB (rows per step, a multiple of
  * RT = 4), Q_DIRECT, DO_DIRECT, K_DIRECT (the K rows of dQ += dS K read in place rather
- * than from the work-item's padded copy: float32 K with unit stride and D % 16 == 0). */
+ * than from the work-item's padded copy: float32 K with unit stride and D % 16 == 0),
+ * DQ_DIRECT. dS is kept multiplied by the scale, so dK and dQ need no final scaling and
+ * dQ comes out the same whether it went through a partial or not. */
 #if (BN % 16) != 0
 #error "the CPU form needs BN a multiple of 16"
 #endif
@@ -376,6 +378,10 @@ bwd_dq(TENSOR_PARAMS(const __global Q_T *, q), TENSOR_PARAMS(const __global K_T 
 #endif
 #ifndef K_DIRECT
 #define K_DIRECT 0 /* 1: dQ reads K's rows in place (f32, unit stride, D % 16 == 0) */
+#endif
+#ifndef DQ_DIRECT
+#define DQ_DIRECT 0 /* 1: one split accumulates dQ in the output itself (f32, dense, unit
+                       stride, D % 16 == 0; zeroed by the host first): no bwd_dqsum */
 #endif
 #define NVN (BN / 16)
 #define CT 4 /* float16 vectors of a gradient row per register tile */
@@ -460,9 +466,10 @@ __kernel void bwd_cpu_kv(TENSOR_PARAMS(const __global Q_T *, q),
                          TENSOR_PARAMS(const __global DO_T *, dout), const __global float *lse,
                          long lse_off, long lse_s0, long lse_s1, long lse_s2,
                          const __global float *dl, TENSOR_PARAMS(__global DK_T *, dk),
-                         TENSOR_PARAMS(__global DV_T *, dv), MASK_PARAMS, long B, long Hq,
-                         long Hkv, const __global float *qp, const __global float *dop,
-                         __global float *scr, __global float *part, long nsplit)
+                         TENSOR_PARAMS(__global DV_T *, dv), TENSOR_PARAMS(__global DQ_T *, dq),
+                         MASK_PARAMS, long B, long Hq, long Hkv, const __global float *qp,
+                         const __global float *dop, __global float *scr, __global float *part,
+                         long nsplit)
 {
     const long s = get_global_id(0), bk = get_global_id(1);
     if (s >= nsplit || bk >= B * Hkv) return;
@@ -473,7 +480,9 @@ __kernel void bwd_cpu_kv(TENSOR_PARAMS(const __global Q_T *, q),
     __global float *zrow = kr + BN * DP16 * 16;
     __global float *dummy = zrow + 16 * ZP16;
     for (int e = 0; e < 16 * ZP16; e++) zrow[e] = 0.0f;
+#if !DQ_DIRECT
     __global float *dqs = part + s * (B * Hq * Lq) * (DP16 * 16);
+#endif
     const long nkb = (Lk + BN - 1) / BN;
 #if K_DIRECT
 #define KROW(jj) ((const __global float *)k + k_off + b * k_s0 + kvh * k_s1 + (j0 + (jj)) * k_s2)
@@ -540,7 +549,11 @@ __kernel void bwd_cpu_kv(TENSOR_PARAMS(const __global Q_T *, q),
 #else
                     dr[n] = dop + row * (DVP16 * 16);
 #endif
+#if DQ_DIRECT
+                    dqr[n] = (__global float *)dq + dq_off + b * dq_s0 + h * dq_s1 + i * dq_s2;
+#else
                     dqr[n] = dqs + row * (DP16 * 16);
+#endif
                     lo[n] = kr2.x;
                     hi[n] = kr2.y;
                     ulo = min(ulo, (int)(max(kr2.x, j0) - j0));
@@ -596,7 +609,7 @@ __kernel void bwd_cpu_kv(TENSOR_PARAMS(const __global Q_T *, q),
                                 TERMS16(sa[r][w], pa[r][w], b, h, rows[R], j0 + 16 * w, lo[R],
                                         hi[R], slope, lr[R], ddr[R], p16, ds16);
                             vstore16(p16, w, pb[R]);
-                            vstore16(ds16, w, dsb[R]);
+                            vstore16(ds16 * scale, w, dsb[R]); /* scale · dS for dK and dQ */
                         }
                     }
                 }
@@ -694,7 +707,7 @@ __kernel void bwd_cpu_kv(TENSOR_PARAMS(const __global Q_T *, q),
         for (int jj = 0; jj < BN && j0 + jj < j1; jj++) {
             const long j = j0 + jj;
             float t[16 * ZP16];
-            for (int u = 0; u < DP16; u++) vstore16(dka[jj][u] * scale, u, t);
+            for (int u = 0; u < DP16; u++) vstore16(dka[jj][u], u, t);
             for (int d = 0; d < D; d++) STORE_DK(dk, kb0 + j * dk_s2 + d * dk_s3, t[d]);
             for (int u = 0; u < DVP16; u++) vstore16(dva[jj][u], u, t);
             for (int c = 0; c < DV; c++) STORE_DV(dv, vb0 + j * dv_s2 + c * dv_s3, t[c]);
@@ -702,7 +715,7 @@ __kernel void bwd_cpu_kv(TENSOR_PARAMS(const __global Q_T *, q),
     }
 }
 
-/* dQ = scale · the sum of the partials, in split order. */
+/* dQ = the sum of the partials (of scale · dS K), in split order. */
 __kernel void bwd_dqsum(const __global float *part, long nsplit, TENSOR_PARAMS(__global DQ_T *, dq),
                         float scale, long B, long Hq, long Lq)
 {
@@ -714,7 +727,7 @@ __kernel void bwd_dqsum(const __global float *part, long nsplit, TENSOR_PARAMS(_
     for (int d = 0; d < D; d++) {
         float x = 0.0f;
         for (long s = 0; s < nsplit; s++) x += part[(s * rows + row) * (DP16 * 16) + d];
-        STORE_DQ(dq, ob + d * dq_s3, scale * x);
+        STORE_DQ(dq, ob + d * dq_s3, x);
     }
 }
 #endif

@@ -24,8 +24,9 @@ int clattn__backward_last_form = -1;
 typedef struct bwd_plan {
     int form, bm, bn, wg;
     int commit_unit; /* bytes per work-item of the commit: 16 or 2 */
-    /* CPU form: Q, dO and K rows read in place (f32, unit stride, D or Dv % 16 == 0) */
-    bool q_direct, do_direct, k_direct;
+    /* CPU form: Q, dO and K rows read in place (f32, unit stride, D or Dv % 16 == 0);
+     * dQ accumulated in the output (one split, f32, dense, unit stride, D % 16 == 0) */
+    bool q_direct, do_direct, k_direct, dq_direct;
     int64_t nsplit; /* CPU form: work-items per (batch, KV head), each with a partial dQ */
 } bwd_plan;
 
@@ -90,6 +91,11 @@ static void make_plan(const clattn_context *ctx, const clattn__bwd_problem *bp, 
         const uint64_t part = (uint64_t)(p->B * p->Hq * p->Lq) * (uint64_t)((p->D + 15) / 16 * 16) * 4u;
         while (ns > 1 && (uint64_t)ns * part > BWD_PART_BUDGET) ns--;
         pl->nsplit = ns < 1 ? 1 : ns;
+        size_t span = 0;
+        const clattn_tensor *dq = bp->dq;
+        pl->dq_direct = pl->nsplit == 1 && dq->dtype == CLATTN_F32 && dq->nb[3] == (int64_t)sizeof(float) &&
+                        p->D % 16 == 0 && clattn__tensor_span(dq, &span) &&
+                        (uint64_t)span == (uint64_t)(p->B * p->Hq * p->Lq * p->D) * sizeof(float);
         return;
     }
     uint64_t budget = ctx->props.local_mem_bytes;
@@ -200,7 +206,8 @@ static clattn_status stage_all(clattn_context *ctx, const clattn__bwd_problem *b
             CLATTN_FORWARD(clattn__buffer_create(ctx, nrows * dvp * sizeof(float), &s->dop));
         CLATTN_FORWARD(clattn__buffer_create(
             ctx, (items > 0 ? items : 1) * (size_t)cpu_scratch_floats(p, pl->bn) * sizeof(float), &s->scr));
-        CLATTN_FORWARD(clattn__buffer_create(ctx, (size_t)pl->nsplit * nrows * dp * sizeof(float), &s->part));
+        if (!pl->dq_direct)
+            CLATTN_FORWARD(clattn__buffer_create(ctx, (size_t)pl->nsplit * nrows * dp * sizeof(float), &s->part));
     }
     if (pl->form == 2) return CLATTN_SUCCESS; /* the unfused form recomputes D per row */
     return clattn__buffer_create(ctx, (size_t)(rows > 0 ? rows : 1) * sizeof(float), &s->dl);
@@ -241,9 +248,10 @@ static clattn_status get_kernels(clattn_context *ctx, const clattn__bwd_problem 
                                (int)bp->d_o->dtype, (int)bp->dq->dtype, (int)bp->dk->dtype,
                                (int)bp->dv->dtype, (long long)p->D, (long long)p->Dv, pl->form) &&
               (pl->form == 0 ? clattn__opts_add(opts, sizeof opts,
-                                                " -DBN=%d -DRB=%d -DQ_DIRECT=%d -DDO_DIRECT=%d -DK_DIRECT=%d",
+                                                " -DBN=%d -DRB=%d -DQ_DIRECT=%d -DDO_DIRECT=%d -DK_DIRECT=%d"
+                                                " -DDQ_DIRECT=%d",
                                                 pl->bn, pl->bm, pl->q_direct ? 1 : 0, pl->do_direct ? 1 : 0,
-                                                pl->k_direct ? 1 : 0)
+                                                pl->k_direct ? 1 : 0, pl->dq_direct ? 1 : 0)
                              : clattn__opts_add(opts, sizeof opts, " -DBM=%d -DBN=%d -DWG=%d",
                                                 pl->bm, pl->bn, pl->wg));
     CLATTN_RETURN_IF(ctx, !ok, CLATTN_ERROR_INTERNAL, "backward: build options too long");
@@ -342,6 +350,7 @@ static clattn_status enqueue_cpu_form(clattn_context *ctx, const bwd_kernels *kn
     CLATTN_FORWARD(set_inputs(ctx, kn->dkdv, &a, s));
     CLATTN_FORWARD(clattn__set_tensor_args(ctx, kn->dkdv, &a, &s->out[1]));
     CLATTN_FORWARD(clattn__set_tensor_args(ctx, kn->dkdv, &a, &s->out[2]));
+    CLATTN_FORWARD(clattn__set_tensor_args(ctx, kn->dkdv, &a, &s->out[0]));
     CLATTN_FORWARD(set_tail(ctx, kn->dkdv, &a, s));
     CLATTN_FORWARD(CLATTN_ARG(ctx, kn->dkdv, &a, s->qp));
     CLATTN_FORWARD(CLATTN_ARG(ctx, kn->dkdv, &a, s->dop));
@@ -349,7 +358,15 @@ static clattn_status enqueue_cpu_form(clattn_context *ctx, const bwd_kernels *kn
     CLATTN_FORWARD(CLATTN_ARG(ctx, kn->dkdv, &a, s->part));
     CLATTN_FORWARD(CLATTN_ARG(ctx, kn->dkdv, &a, nsplit));
     const size_t g_kv[2] = {(size_t)nsplit, (size_t)(p->B * p->Hkv)}, l1[2] = {1, 1};
+    size_t dq_span = 0;
+    if (pl->dq_direct && clattn__tensor_span(s->out[0].src, &dq_span) && dq_span) {
+        /* dQ accumulates in the output's scratch (dense: no gap to clear) */
+        const float zero = 0.0f;
+        CLATTN_FORWARD(clattn__enqueue_fill(ctx, s->out[0].mem, &zero, sizeof zero,
+                                            (size_t)s->out[0].off * sizeof(float), dq_span));
+    }
     if (g_kv[1] > 0) CLATTN_FORWARD(clattn__enqueue(ctx, kn->dkdv, 2, g_kv, l1, NULL));
+    if (pl->dq_direct) return CLATTN_SUCCESS;
 
     a = 0;
     const cl_float scale = p->scale;
