@@ -381,7 +381,7 @@ bwd_dq(TENSOR_PARAMS(const __global Q_T *, q), TENSOR_PARAMS(const __global K_T 
 #endif
 #ifndef DQ_DIRECT
 #define DQ_DIRECT 0 /* 1: one split accumulates dQ in the output itself (f32, dense, unit
-                       stride, D % 16 == 0; zeroed by the host first): no bwd_dqsum */
+                       stride, D % 16 == 0; zeroed by the kernel first): no bwd_dqsum */
 #endif
 #define NVN (BN / 16)
 #define CT 4 /* float16 vectors of a gradient row per register tile */
@@ -484,6 +484,15 @@ __kernel void bwd_cpu_kv(TENSOR_PARAMS(const __global Q_T *, q),
     __global float *dqs = part + s * (B * Hq * Lq) * (DP16 * 16);
 #endif
     const long nkb = (Lk + BN - 1) / BN;
+#if DQ_DIRECT
+    /* the rows of dQ this work-item owns (every head of its group), zeroed here rather
+     * than by another command: this launch is the only one that writes the outputs */
+    for (long g = 0; g < group; g++)
+        for (long i = 0; i < Lq; i++) {
+            __global float *r = (__global float *)dq + dq_off + b * dq_s0 + (kvh * group + g) * dq_s1 + i * dq_s2;
+            for (int u = 0; u < DP16; u++) vstore16((float16)(0.0f), u, r);
+        }
+#endif
 #if K_DIRECT
 #define KROW(jj) ((const __global float *)k + k_off + b * k_s0 + kvh * k_s1 + (j0 + (jj)) * k_s2)
 #else

@@ -27,6 +27,10 @@ typedef struct bwd_plan {
     /* CPU form: Q, dO and K rows read in place (f32, unit stride, D or Dv % 16 == 0);
      * dQ accumulated in the output (one split, f32, dense, unit stride, D % 16 == 0) */
     bool q_direct, do_direct, k_direct, dq_direct;
+    /* CPU form, dq_direct, every output a cl_mem tensor and no d_mask: one launch writes
+     * dQ, dK and dV in the caller's buffers, so no copies and no commit are needed (it
+     * is the call's last command: queued whole or not at all) */
+    bool in_place;
     int64_t nsplit; /* CPU form: work-items per (batch, KV head), each with a partial dQ */
 } bwd_plan;
 
@@ -96,6 +100,7 @@ static void make_plan(const clattn_context *ctx, const clattn__bwd_problem *bp, 
         pl->dq_direct = pl->nsplit == 1 && dq->dtype == CLATTN_F32 && dq->nb[3] == (int64_t)sizeof(float) &&
                         p->D % 16 == 0 && clattn__tensor_span(dq, &span) &&
                         (uint64_t)span == (uint64_t)(p->B * p->Hq * p->Lq * p->D) * sizeof(float);
+        pl->in_place = pl->dq_direct && bp->dq->buffer && bp->dk->buffer && bp->dv->buffer && !bp->d_mask;
         return;
     }
     uint64_t budget = ctx->props.local_mem_bytes;
@@ -175,8 +180,9 @@ static clattn_status stage_all(clattn_context *ctx, const clattn__bwd_problem *b
                {"d_mask", bp->d_mask, true, &s->out[3]}};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
         CLATTN_FORWARD(clattn__stage_tensor(ctx, all[i].name, all[i].t, all[i].output, all[i].d));
-    /* cl_mem outputs: kernels write a copy of the caller's span (padding included) */
-    for (int i = 0; i < 4; i++) {
+    /* cl_mem outputs: kernels write a copy of the caller's span (padding included),
+     * unless one launch writes them all in place */
+    for (int i = 0; i < 4 && !pl->in_place; i++) {
         clattn__dev_tensor *d = &s->out[i];
         if (!d->mem || d->owned) continue;
         bwd_shadow *sh = &s->sh[i];
@@ -264,8 +270,9 @@ static clattn_status get_kernels(clattn_context *ctx, const clattn__bwd_problem 
         return clattn__kernel_get(ctx, f, opts, "bwdu_commit", &kn->commit);
     }
     if (pl->form == 0) {
-        clattn__log(ctx, "backward: backward.cl CPU form, bn %d, rb %d, %lld splits", pl->bn, pl->bm,
-                    (long long)pl->nsplit);
+        clattn__log(ctx, "backward: backward.cl CPU form, bn %d, rb %d, %lld splits%s%s", pl->bn, pl->bm,
+                    (long long)pl->nsplit, pl->dq_direct ? ", dQ in the output" : "",
+                    pl->in_place ? ", outputs in place" : "");
         CLATTN_FORWARD(clattn__kernel_get(ctx, "backward.cl", opts, "bwd_cpu_kv", &kn->dkdv));
         CLATTN_FORWARD(clattn__kernel_get(ctx, "backward.cl", opts, "bwd_dqsum", &kn->dq));
     } else {
@@ -342,7 +349,7 @@ static clattn_status enqueue_gpu_form(clattn_context *ctx, const bwd_kernels *kn
 }
 
 static clattn_status enqueue_cpu_form(clattn_context *ctx, const bwd_kernels *kn,
-                                      const bwd_plan *pl, bwd_state *s)
+                                      const bwd_plan *pl, bwd_state *s, cl_event *event)
 {
     const clattn__problem *p = s->dp.p;
     const cl_long nsplit = pl->nsplit, B = p->B, Hq = p->Hq, Lq = p->Lq;
@@ -358,13 +365,8 @@ static clattn_status enqueue_cpu_form(clattn_context *ctx, const bwd_kernels *kn
     CLATTN_FORWARD(CLATTN_ARG(ctx, kn->dkdv, &a, s->part));
     CLATTN_FORWARD(CLATTN_ARG(ctx, kn->dkdv, &a, nsplit));
     const size_t g_kv[2] = {(size_t)nsplit, (size_t)(p->B * p->Hkv)}, l1[2] = {1, 1};
-    size_t dq_span = 0;
-    if (pl->dq_direct && clattn__tensor_span(s->out[0].src, &dq_span) && dq_span) {
-        /* dQ accumulates in the output's scratch (dense: no gap to clear) */
-        const float zero = 0.0f;
-        CLATTN_FORWARD(clattn__enqueue_fill(ctx, s->out[0].mem, &zero, sizeof zero,
-                                            (size_t)s->out[0].off * sizeof(float), dq_span));
-    }
+    /* with outputs written in place, this launch is the call's last and its event */
+    if (pl->in_place && g_kv[1] > 0) return clattn__enqueue(ctx, kn->dkdv, 2, g_kv, l1, event);
     if (g_kv[1] > 0) CLATTN_FORWARD(clattn__enqueue(ctx, kn->dkdv, 2, g_kv, l1, NULL));
     if (pl->dq_direct) return CLATTN_SUCCESS;
 
@@ -401,7 +403,7 @@ static clattn_status enqueue_unfused(clattn_context *ctx, const bwd_kernels *kn,
 
 /* D = rowsum(dO ∘ O), then the tiled form's gradient kernels. */
 static clattn_status enqueue_tiled(clattn_context *ctx, const bwd_kernels *kn, const bwd_plan *pl,
-                                   bwd_state *s)
+                                   bwd_state *s, cl_event *event)
 {
     const clattn__problem *p = s->dp.p;
     const cl_long B = p->B, Hq = p->Hq, Lq = p->Lq;
@@ -421,7 +423,7 @@ static clattn_status enqueue_tiled(clattn_context *ctx, const bwd_kernels *kn, c
     const size_t g_row[1] = {(size_t)(p->B * p->Hq * p->Lq)}, l_row[1] = {64};
     CLATTN_FORWARD(clattn__enqueue(ctx, kn->rowdot, 1, g_row, l_row, NULL));
 
-    if (pl->form == 0) return enqueue_cpu_form(ctx, kn, pl, s);
+    if (pl->form == 0) return enqueue_cpu_form(ctx, kn, pl, s, event);
     return enqueue_gpu_form(ctx, kn, pl, s);
 }
 
@@ -433,7 +435,12 @@ static clattn_status enqueue_all(clattn_context *ctx, const bwd_kernels *kn, con
     if (pl->form == 2)
         CLATTN_FORWARD(enqueue_unfused(ctx, kn, s));
     else
-        CLATTN_FORWARD(enqueue_tiled(ctx, kn, pl, s));
+        CLATTN_FORWARD(enqueue_tiled(ctx, kn, pl, s, event));
+    if (pl->in_place) {
+        /* no d_mask and no commit; an empty problem's event is a marker */
+        if (event && !*event) CLATTN_FORWARD(clattn__enqueue_marker(ctx, event));
+        return CLATTN_SUCCESS;
+    }
 
     if (s->out[3].mem) {
         const clattn_tensor *m = p->mask;
