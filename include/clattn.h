@@ -353,7 +353,8 @@ CLATTN_API clattn_status clattn_attention_varlen(clattn_context *ctx, const clat
  * The result is deterministic (no atomics): the same inputs give bit-identical gradients.
  * Memory: scratch linear in B*Hq*Lq, plus a copy of each cl_mem output (outputs are
  * written into scratch and committed in one launch, so a failed call leaves every output
- * as it was; host outputs likewise). Events and host tensors behave as in
+ * as it was; host outputs likewise; where a single launch writes every output, as the
+ * CPU form's can, it writes them in place instead). Events and host tensors behave as in
  * clattn_attention. Accuracy and speed: docs/backward.md. */
 CLATTN_API clattn_status clattn_attention_backward(
     clattn_context *ctx, const clattn_tensor *q, const clattn_tensor *k, const clattn_tensor *v,

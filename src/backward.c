@@ -1,12 +1,17 @@
-/* clattn_attention_backward: the gradients of attention on the device with the kernels of
- * cl/backward.cl (FlashAttention-2's schedule, no atomics, deterministic). Inputs are
- * staged as the forward call stages them; every output is written into scratch (staging
- * copies for host outputs, copies of the caller's spans for cl_mem outputs) and reaches
- * the caller only after every launch was queued: one commit launch for cl_mem outputs, an
- * all-or-nothing read-back for host ones. So a failed call leaves every output as it was.
+/* clattn_attention_backward: the gradients of attention on the device. The tiled forms of
+ * cl/backward.cl (CPU: one pass over the keys; GPU: FlashAttention-2's two kernels; no
+ * atomics, deterministic) come from the tuning layer's backward path, with the unfused
+ * form of cl/backward_unfused.cl at the end of the fallback chain. Inputs are staged as
+ * the forward call stages them; every output is written into scratch (staging copies for
+ * host outputs, copies of the caller's spans for cl_mem outputs) and reaches the caller
+ * only after every launch was queued: one commit launch for cl_mem outputs, an
+ * all-or-nothing read-back for host ones; or, when a single launch writes every output
+ * and is the call's last command (the CPU form, in_place below), in place. So a failed
+ * call leaves every output as it was.
  * Memory beyond the tensors: one float per query row (D = rowsum(dO ∘ O)); the CPU form
- * adds its partial dQ (NSPLIT x rows x D floats, NSPLIT bounded below), dense copies of Q
- * and dO where they cannot be read in place, and a few KiB per work-item. */
+ * adds its partial dQ (NSPLIT x rows x D floats, bounded below; none with one split and
+ * a dense float32 dQ), dense copies of Q and dO where they cannot be read in place, and
+ * a few KiB per work-item. */
 #include "backward.h"
 #include "context.h"
 #include "tuning.h"
