@@ -22,8 +22,9 @@
 
 /* Testing only: -1 = the form the tuning layer gives the device; 0 or 1 forces one. */
 int clattn__backward_force_form = -1;
-/* Testing only: the form of the last successful call (0 CPU, 1 GPU, 2 unfused). */
-int clattn__backward_last_form = -1;
+/* Testing only: the form of the calling thread's last successful call (0 CPU, 1 GPU, 2
+ * unfused). */
+_Thread_local int clattn__backward_last_form = -1; /* per thread: no race between threads */
 #define BWD_LOCAL_BUDGET 32768u
 
 typedef struct bwd_plan {
