@@ -350,6 +350,7 @@ CLATTN_API clattn_status clattn_attention_varlen(clattn_context *ctx, const clat
  * form if that one fails to build) and, when they fail to build or run, falls back to
  * the unfused kernels (no scratch, slower); FUSED runs the tiled kernels only, UNFUSED
  * the unfused ones only; DECODE and CLBLAST are refused (CLATTN_ERROR_PATH_UNSUPPORTED).
+ * With AUTO, CLATTN_PATH=fused or unfused forces those (other values leave it AUTO).
  * The result is deterministic (no atomics): the same inputs give bit-identical gradients.
  * Memory: scratch linear in B*Hq*Lq, plus a copy of each cl_mem output (outputs are
  * written into scratch and committed in one launch, so a failed call leaves every output

@@ -534,11 +534,18 @@ clattn_status clattn_attention_backward(clattn_context *ctx, const clattn_tensor
 
     /* opt->path: auto tries the tiled forms and falls back to the unfused form when they
      * fail to build or run; fused and unfused run that one only */
-    const clattn_path want = opt ? opt->path : CLATTN_PATH_AUTO;
+    clattn_path want = opt ? opt->path : CLATTN_PATH_AUTO;
     CLATTN_RETURN_IF(ctx, want != CLATTN_PATH_AUTO && want != CLATTN_PATH_FUSED && want != CLATTN_PATH_UNFUSED,
                      CLATTN_ERROR_PATH_UNSUPPORTED,
                      "backward: path '%s' has no backward pass (auto, fused or unfused)",
                      clattn_path_name(want));
+    /* CLATTN_PATH forces fused or unfused here too; the forward-only paths it may name
+     * for a whole run leave the backward in auto mode */
+    clattn_path env_path;
+    if (want == CLATTN_PATH_AUTO && ctx->env.path[0] &&
+        clattn_path_from_name(ctx->env.path, &env_path) == CLATTN_SUCCESS &&
+        (env_path == CLATTN_PATH_FUSED || env_path == CLATTN_PATH_UNFUSED))
+        want = env_path;
     bwd_plan pl;
     char first[512] = "";
     if (want != CLATTN_PATH_UNFUSED) {

@@ -3,8 +3,9 @@
  * opt.path = unfused; a tiled form that fails to build gives way to the other tiled form,
  * and when both fail or a launch or allocation fails, auto mode ends on the unfused form:
  * the call still succeeds with correct gradients. A failing forced fused path returns its
- * error with every output untouched; paths that have no backward pass are refused; a
- * tuning file's backward record picks the form.
+ * error with every output untouched; CLATTN_PATH=unfused forces the unfused form; paths
+ * that have no backward pass are refused; a tuning file's backward record picks the
+ * form, and `clattn tune --path backward` writes one.
  * Tolerances are test_backward's (tests/helpers/test_backward_util.c). */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -159,6 +160,28 @@ static void test_fail_path_falls_back_or_is_returned_when_forced(void **state)
     }
 }
 
+/* CLATTN_PATH=unfused (read when the context is created) forces the unfused form in auto
+ * mode; CLATTN_PATH=decode, a forward-only path, leaves the backward in auto mode. */
+static void test_clattn_path_forces_the_unfused_form(void **state)
+{
+    (void)state;
+    const char *values[] = {"unfused", "decode"};
+    for (int i = 0; i < 2; i++) {
+        setenv("CLATTN_PATH", values[i], 1);
+        clattn_context *ctx = test_context();
+        unsetenv("CLATTN_PATH");
+        const attn_case c = {SHAPE(1, 2, 2, 17, 33, 32, 32), .seed = 35};
+        bwd_data b;
+        bwd_data_make(&c, 0, &b);
+        clattn__backward_last_form = -1;
+        assert_int_equal(check_backward(ctx, &b), 0);
+        if (i == 0) assert_int_equal(clattn__backward_last_form, 2);
+        else assert_true(clattn__backward_last_form == 0 || clattn__backward_last_form == 1);
+        bwd_data_free(&b);
+        clattn_context_free(ctx);
+    }
+}
+
 /* decode and clblast have no backward pass: refused with a message, nothing written. */
 static void test_paths_without_backward_are_refused(void **state)
 {
@@ -254,6 +277,7 @@ int main(void)
         cmocka_unit_test(test_unfused_backward_matches_reference),
         cmocka_unit_test(test_failures_fall_back_form_by_form),
         cmocka_unit_test(test_fail_path_falls_back_or_is_returned_when_forced),
+        cmocka_unit_test(test_clattn_path_forces_the_unfused_form),
         cmocka_unit_test(test_paths_without_backward_are_refused),
         cmocka_unit_test(test_tuning_file_record_picks_the_form),
         cmocka_unit_test(test_tune_path_backward_writes_a_record),
