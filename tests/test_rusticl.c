@@ -122,9 +122,10 @@ static void test_device_buffers_at_offsets_on_rusticl(void **state)
     clattn__tuning_force_form(CLATTN__TP_DECODE, -1);
 }
 
-/* The backward kernels (one portable form, local tiles within 32 KiB) on rusticl's
- * GPU-like limits: GQA with key lengths and causal, a broadcast float mask with its
- * gradient and softcap, Dv != D, and a head size whose tiles shrink to fit. */
+/* The backward kernels (the GPU form the tuning layer gives llvmpipe, local tiles within
+ * 32 KiB) on rusticl's GPU-like limits: GQA with key lengths and causal, a broadcast
+ * float mask with its gradient and softcap, Dv != D, and a head size whose tiles shrink
+ * to fit. */
 static void test_backward_matches_reference_on_rusticl(void **state)
 {
     (void)state;
