@@ -162,6 +162,14 @@ clattn_status clattn__stage_tensor(clattn_context *ctx, const char *name, const 
 clattn_status clattn__stage_complete(clattn_context *ctx, clattn__dev_problem *dp, clattn_status st,
                                      cl_event ev, cl_event *event);
 
+/* The start of every public attention call (ctx not NULL): clear *event and the last
+ * error, read the caller's options into *full (an older, smaller struct gets defaults)
+ * and validate the problem into *p; a failure is recorded on ctx with its message. */
+clattn_status clattn__call_begin(clattn_context *ctx, const clattn_tensor *q,
+                                 const clattn_tensor *k, const clattn_tensor *v, clattn_tensor *o,
+                                 const clattn_options *opt, cl_event *event, clattn_options *full,
+                                 clattn__problem *p);
+
 /* A scratch buffer of at least `bytes` (never 0), or, when host is not NULL, a copy of
  * host's first `bytes`. Every buffer clattn allocates goes through here and back through
  * clattn__buffer_release, so the context knows its peak device memory. */

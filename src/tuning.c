@@ -247,7 +247,7 @@ static const char *const level_names[] = {"default", "type", "vendor", "arch", "
 /* A row's name matches the whole device name, case-insensitively, or its head before
  * " (": Mesa names a device "llvmpipe (LLVM 15.0.6, 256 bits)", the suffix changing with
  * every LLVM build and vector width while the device stays the same kind. */
-static bool name_matches(const char *row_name, const char *dev_name)
+bool clattn__tuning_name_matches(const char *row_name, const char *dev_name)
 {
     const size_t n = strlen(row_name);
     char head[sizeof ((clattn__tdevice *)0)->name];
@@ -275,7 +275,7 @@ static int row_level(const builtin_row *t, const clattn__tdevice *dev)
         level = LEVEL_ARCH;
     }
     if (t->name) {
-        if (!name_matches(t->name, dev->name)) return -1;
+        if (!clattn__tuning_name_matches(t->name, dev->name)) return -1;
         level = LEVEL_NAME;
     }
     return level;

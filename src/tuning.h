@@ -157,6 +157,10 @@ void clattn__tclass_of(const clattn_context *ctx, clattn__tpath path, const clat
 /* The same from the class's ingredients (clattn tune). */
 void clattn__tclass_make(const clattn_context *ctx, clattn__tpath path, int dtype, int64_t D, int64_t Dv,
                          int64_t Lq, bool causal, int64_t group, int kv_format, clattn__tclass *cls);
+/* A row's or record's device name matches the whole device name, case-insensitively, or
+ * its head before " (" (Mesa's "llvmpipe (LLVM 15.0.6, 256 bits)" is "llvmpipe"). */
+bool clattn__tuning_name_matches(const char *row_name, const char *dev_name);
+
 /* The row in force for path and class on ctx: built-in, overridden by the best matching
  * record, then by a forced form; src (may be NULL) gets where it came from. */
 void clattn__tuning_row(const clattn_context *ctx, clattn__tpath path, const clattn__tclass *cls,

@@ -5,9 +5,9 @@
  * forms, the unfused path's local-memory tiles) run here on the whole SPEC suite, with
  * host tensors and with cl_mem tensors at byte offsets as an application passes them,
  * forced and in auto mode (which takes them here through llvmpipe's tuning rows).
- * The CPU forms (float16 vector code) take minutes to build on llvmpipe and stay on
- * PoCL, where test_fused_path and test_decode_path run them. A missing rusticl device is
- * a failure: the README's test command installs mesa-opencl-icd. */
+ * The CPU forms' PoCL rows (unrolled float16 vector code) take minutes to build on
+ * llvmpipe; test_rusticl_cpu_forms runs those forms here with compact rows. A missing
+ * rusticl device is a failure: the README's test command installs mesa-opencl-icd. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>

@@ -364,14 +364,8 @@ static int bench_device(size_t index, const bench_spec *specs, size_t nspecs, co
                         FILE *json, size_t *done, size_t total, int *failures, bench_table *tab)
 {
     clattn_device_props props;
-    char spec[32];
-    snprintf(spec, sizeof spec, "%zu", index);
     clattn_context *ctx;
-    if (clattn_device_get_props(index, &props) != CLATTN_SUCCESS ||
-        clattn_context_create(spec, &ctx) != CLATTN_SUCCESS) {
-        cli_error(CMD, "cannot open device %zu", index);
-        return CLI_EXIT_FAILURE;
-    }
+    if (cli_open_device(CMD, index, &ctx, &props) != CLATTN_SUCCESS) return CLI_EXIT_FAILURE;
     printf("device %zu: %s | %s | driver %s\n", index, props.name, props.platform_name,
            props.driver_version);
     cli_peak peak = {0, 0, false};

@@ -88,15 +88,10 @@ static void print_json(const clattn_device_props *p, int is_default)
 /* The peak of device index (peak.h), through a context of its own. */
 static int device_peak(size_t index, cli_peak *peak)
 {
-    char spec[32], err[512];
-    snprintf(spec, sizeof spec, "%zu", index);
+    char err[512];
     clattn_context *ctx = NULL;
-    clattn_status st = clattn_context_create(spec, &ctx);
-    if (st != CLATTN_SUCCESS) {
-        cli_error(CMD, "device %zu: cannot create a context: %s", index, clattn_status_string(st));
-        return CLI_EXIT_FAILURE;
-    }
-    st = cli_peak_get(ctx, true, peak, err, sizeof err);
+    if (cli_open_device(CMD, index, &ctx, NULL) != CLATTN_SUCCESS) return CLI_EXIT_FAILURE;
+    clattn_status st = cli_peak_get(ctx, true, peak, err, sizeof err);
     clattn_context_free(ctx);
     if (st != CLATTN_SUCCESS) {
         cli_error(CMD, "%s", err);

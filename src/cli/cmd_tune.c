@@ -655,14 +655,8 @@ int cmd_tune(int argc, char **argv)
         cli_error(CMD, "no OpenCL device matches '%s' (see clattn devices)", a.device ? a.device : "(default)");
         return CLI_EXIT_FAILURE;
     }
-    char spec[32];
-    snprintf(spec, sizeof spec, "%zu", index);
     clattn_context *ctx = NULL;
-    clattn_status st = clattn_context_create(spec, &ctx);
-    if (st != CLATTN_SUCCESS) {
-        cli_error(CMD, "cannot open device %zu: %s", index, clattn_status_string(st));
-        return CLI_EXIT_FAILURE;
-    }
+    if (cli_open_device(CMD, index, &ctx, NULL) != CLATTN_SUCCESS) return CLI_EXIT_FAILURE;
     char out[4096];
     if (a.out) {
         snprintf(out, sizeof out, "%s", a.out);
