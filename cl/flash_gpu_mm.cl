@@ -32,7 +32,8 @@
  * Build options: D, DV (1..256); BLOCK_M, BLOCK_N; WG and TC (work-items along keys and
  * O columns, a power of two in 4..32 dividing WG and BLOCK_N; TR = WG / TC must divide
  * BLOCK_M); QK_VEC, V_VEC (1: Q and K / V rows are contiguous along the head dim, which
- * is a multiple of 4, and stored as f32 or f16: loaded as 4-vectors). Local memory, in
+ * is a multiple of 4, and stored as f32 or f16: loaded as 4-vectors); SG_REDUCE, SG_INTEL
+ * (below: subgroup reductions, a variant behind a probe). Local memory, in
  * floats (clattn__fused_gpu_mm_local_bytes):
  *   BLOCK_M*D + max(D*(BLOCK_N + 1), BLOCK_N*DV) + BLOCK_M*(BLOCK_N + 1) + BLOCK_M*TC
  */
@@ -59,6 +60,20 @@
 #endif
 #ifndef V_VEC
 #define V_VEC 0
+#endif
+/* SG_REDUCE 1: the TC work-items of a row group are one subgroup (the host sets it only
+ * when the subgroup probe measured a size of TC with subgroups as runs of consecutive
+ * work-items, src/probe.c): row maxima and sums by sub_group_reduce_* instead of a
+ * round trip through local memory. SG_INTEL: through cl_intel_subgroups. */
+#ifndef SG_REDUCE
+#define SG_REDUCE 0
+#endif
+#if SG_REDUCE
+#if SG_INTEL
+#pragma OPENCL EXTENSION cl_intel_subgroups : enable
+#else
+#pragma OPENCL EXTENSION cl_khr_subgroups : enable
+#endif
 #endif
 
 #define TR (WG / TC)               /* row groups of the work-group */
@@ -212,6 +227,9 @@ flash_gpu_mm(TENSOR_PARAMS(const __global Q_T *, q), TENSOR_PARAMS(const __globa
         /* scores (log2 domain), and each row's max over this work-item's keys; a tile
          * inside every row's range needs no range test */
         const bool inside = j0 >= ilo && j0 + BLOCK_N <= ihi;
+#if SG_REDUCE
+        float rmax[RM];
+#endif
         for (int rr = 0; rr < RM; rr++) {
             const long i = i0 + tr + rr * TR;
             float mx = -INFINITY;
@@ -231,7 +249,11 @@ flash_gpu_mm(TENSOR_PARAMS(const __global Q_T *, q), TENSOR_PARAMS(const __globa
                 s[rr][c] = x;
                 mx = fmax(mx, x);
             }
+#if SG_REDUCE
+            rmax[rr] = sub_group_reduce_max(mx);
+#else
             red[(tr + rr * TR) * TC + tc] = mx;
+#endif
         }
         barrier(CLK_LOCAL_MEM_FENCE);
 
@@ -254,8 +276,12 @@ flash_gpu_mm(TENSOR_PARAMS(const __global Q_T *, q), TENSOR_PARAMS(const __globa
         /* P, with the rows' new maxima; O rescaled only where the maximum moved */
         for (int rr = 0; rr < RM; rr++) {
             const int r = tr + rr * TR;
+#if SG_REDUCE
+            const float mx = fmax(m[rr], rmax[rr]);
+#else
             float mx = m[rr];
             for (int u = 0; u < TC; u++) mx = fmax(mx, red[r * TC + u]);
+#endif
             /* a row with nothing allowed yet keeps m = -inf; never exp2(-inf - -inf) */
             const float muse = mx == -INFINITY ? 0.0f : mx;
             float sum = 0.0f;
@@ -289,14 +315,20 @@ flash_gpu_mm(TENSOR_PARAMS(const __global Q_T *, q), TENSOR_PARAMS(const __globa
     }
 
     /* Combine the per-work-item sums of each row, then write O and LSE once. */
+#if !SG_REDUCE
     barrier(CLK_LOCAL_MEM_FENCE);
     for (int rr = 0; rr < RM; rr++) red[(tr + rr * TR) * TC + tc] = l[rr];
     barrier(CLK_LOCAL_MEM_FENCE);
+#endif
     for (int rr = 0; rr < RM; rr++) {
         const int r = tr + rr * TR;
         const long i = i0 + r;
+#if SG_REDUCE
+        const float lt = sub_group_reduce_add(l[rr]);
+#else
         float lt = 0.0f;
         for (int u = 0; u < TC; u++) lt += red[r * TC + u];
+#endif
         if (i >= Lq) continue;
         const float inv = lt > 0.0f ? 1.0f / lt : 0.0f;
         const long ob = o_off + b * o_s0 + h * o_s1 + i * o_s2;

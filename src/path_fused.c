@@ -5,6 +5,7 @@
  * when the copy for every (batch, KV head) exceeds the workspace bound, the heads are
  * done in groups that fit. */
 #include "context.h"
+#include "probe.h"
 #include "tuning.h"
 
 #include <string.h>
@@ -18,6 +19,8 @@ static uint64_t gpu_local_bytes(const clattn__problem *p, int block_m, int block
 /* The kernel parameters of one call: the tuning row adjusted to the device and p. */
 typedef struct fused_plan {
     int form, block_m, block_n, dv_chunk, row_groups, wg, tc, vw;
+    int sg;         /* gpu-mm: 1 = subgroup reductions (probed: subgroups of tc work-items) */
+    bool sg_intel;  /* through cl_intel_subgroups rather than cl_khr_subgroups */
     int64_t lk_pad; /* keys of the packed copies: Lk rounded up to block_n (at least one tile) */
     int64_t dv_pad; /* row length of the packed V */
     bool v_direct;  /* CPU form: V is read in place (f32, unit stride along Dv, Dv % 16 == 0) */
@@ -26,8 +29,13 @@ typedef struct fused_plan {
 
 static int64_t ceil_to(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
 
-static void fused_make_plan(const clattn_context *ctx, const clattn__problem *p, fused_plan *pl)
+/* probe_ctx: the context again where the plan may probe the variants (a run), NULL where
+ * it must not (fused_supports: the variants do not change what fits). */
+static void fused_make_plan(const clattn_context *ctx, clattn_context *probe_ctx, const clattn__problem *p,
+                            fused_plan *pl)
 {
+    pl->sg = 0;
+    pl->sg_intel = false;
     /* the packed V only converts and pads: skip it when V already is f32 rows of whole
      * float16 vectors (the kernel reads V as float16 vectors) */
     pl->v_direct = p->v->dtype == CLATTN_F32 && p->v->nb[3] == (int64_t)sizeof(float) &&
@@ -58,6 +66,14 @@ static void fused_make_plan(const clattn_context *ctx, const clattn__problem *p,
                 pl->wg >>= 1;
                 pl->block_m = pl->wg / pl->tc;
             } else break;
+        }
+        /* the subgroup variant, where the probe measured subgroups of exactly tc */
+        int sgsize = 0;
+        if (probe_ctx && clattn__variant_usable(probe_ctx, CLATTN__VAR_SUBGROUPS, &sgsize, NULL, 0) &&
+            sgsize == pl->tc) {
+            pl->sg = 1;
+            pl->sg_intel = !clattn__device_has_extension(ctx->device, "cl_khr_subgroups") &&
+                           clattn__device_has_extension(ctx->device, "cl_intel_subgroups");
         }
     }
     if (pl->form == 0) {
@@ -115,7 +131,7 @@ static uint64_t head_bytes(const clattn__problem *p, const fused_plan *pl)
 static bool fused_supports(const clattn_context *ctx, const clattn__problem *p, const char **why)
 {
     fused_plan pl;
-    fused_make_plan(ctx, p, &pl);
+    fused_make_plan(ctx, NULL, p, &pl);
     /* key indices are int lanes in the kernels */
     if (p->Lk > (int64_t)0x7fffffff - 2 * pl.block_n) {
         *why = "more than 2^31 keys";
@@ -191,8 +207,9 @@ static clattn_status fused_run_plan(clattn_context *ctx, const clattn__dev_probl
                                " -DD=%lld -DDV=%lld -DBLOCK_M=%d -DBLOCK_N=%d -DWG=%d",
                                (long long)p->D, (long long)p->Dv, pl.block_m, pl.block_n, pl.wg) &&
               (pl.form != 2 ||
-               clattn__opts_add(opts, sizeof opts, " -DTC=%d -DQK_VEC=%d -DV_VEC=%d", pl.tc,
-                                pl.vw == 4 && qk_vec(dp), pl.vw == 4 && v_vec(dp))) &&
+               clattn__opts_add(opts, sizeof opts, " -DTC=%d -DQK_VEC=%d -DV_VEC=%d -DSG_REDUCE=%d -DSG_INTEL=%d",
+                                pl.tc, pl.vw == 4 && qk_vec(dp), pl.vw == 4 && v_vec(dp), pl.sg,
+                                pl.sg_intel ? 1 : 0)) &&
               (pl.form != 0 ||
                clattn__opts_add(opts, sizeof opts, " -DDV_CHUNK=%d -DROW_GROUPS=%d -DV_DIRECT=%d",
                                 pl.dv_chunk, pl.row_groups, pl.v_direct ? 1 : 0));
@@ -203,8 +220,9 @@ static clattn_status fused_run_plan(clattn_context *ctx, const clattn__dev_probl
     const int64_t nblk = (p->Lq + rows - 1) / rows;
 
     if (pl.form == 2) {
-        clattn__log(ctx, "fused: flash_gpu_mm.cl, block_m %d, block_n %d, wg %d = %d x %d, vw %d "
-                    "(tuning: %s)", pl.block_m, pl.block_n, pl.wg, pl.wg / pl.tc, pl.tc, pl.vw, pl.src.text);
+        clattn__log(ctx, "fused: flash_gpu_mm.cl, block_m %d, block_n %d, wg %d = %d x %d, vw %d%s "
+                    "(tuning: %s)", pl.block_m, pl.block_n, pl.wg, pl.wg / pl.tc, pl.tc, pl.vw,
+                    pl.sg ? ", subgroup reductions" : "", pl.src.text);
         cl_kernel kmain;
         CLATTN_FORWARD(clattn__kernel_get(ctx, "flash_gpu_mm.cl", opts, "flash_gpu_mm", &kmain));
         cl_uint a = 0;
@@ -325,8 +343,13 @@ static clattn_status fused_run(clattn_context *ctx, const clattn__dev_problem *d
 {
     for (;;) {
         fused_plan pl;
-        fused_make_plan(ctx, dp->p, &pl);
+        fused_make_plan(ctx, ctx, dp->p, &pl);
         clattn_status st = fused_run_plan(ctx, dp, &pl, event);
+        if (st == CLATTN_ERROR_BUILD_FAILED && pl.sg) {
+            /* the variant, not the form, failed: the same form without it */
+            clattn__variant_failed(ctx, CLATTN__VAR_SUBGROUPS, "the gpu-mm kernel with subgroup reductions did not build");
+            continue;
+        }
         if (st != CLATTN_ERROR_BUILD_FAILED || !clattn__tuning_form_failed(ctx, CLATTN__TP_FUSED, dp->p, pl.form))
             return st;
         const char *why = "";

@@ -25,7 +25,7 @@ void clattn__probe_force(clattn__variant v, int mode)
     if ((unsigned)v < CLATTN__VAR_COUNT) forced[v] = mode >= 0 && mode <= 2 ? mode : -1;
 }
 
-static bool has_ext(cl_device_id d, const char *ext)
+bool clattn__device_has_extension(cl_device_id d, const char *ext)
 {
     size_t n = 0;
     if (clGetDeviceInfo(d, CL_DEVICE_EXTENSIONS, 0, NULL, &n) != CL_SUCCESS || n == 0) return false;
@@ -50,16 +50,16 @@ static bool requirement(clattn_context *ctx, clattn__variant v, char *opts, size
     switch (v) {
     case CLATTN__VAR_F16:
         snprintf(opts, cap, "-DPROBE_F16");
-        if (has_ext(ctx->device, "cl_khr_fp16")) return true;
+        if (clattn__device_has_extension(ctx->device, "cl_khr_fp16")) return true;
         snprintf(why, whylen, "the device lacks cl_khr_fp16");
         return false;
     case CLATTN__VAR_SUBGROUPS:
-        if (has_ext(ctx->device, "cl_khr_subgroups")) {
+        if (clattn__device_has_extension(ctx->device, "cl_khr_subgroups")) {
             snprintf(opts, cap, "-DPROBE_SG");
             return true;
         }
         snprintf(opts, cap, "-DPROBE_SG -DPROBE_SG_INTEL");
-        if (has_ext(ctx->device, "cl_intel_subgroups")) return true;
+        if (clattn__device_has_extension(ctx->device, "cl_intel_subgroups")) return true;
         snprintf(why, whylen, "the device lacks cl_khr_subgroups and cl_intel_subgroups");
         return false;
     case CLATTN__VAR_MMA_NV: {
