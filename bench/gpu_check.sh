@@ -104,6 +104,14 @@ export CLATTN_CACHE_DIR=${GPU_CHECK_CACHE:-$out/cache}
 # the copy kernel's read bandwidth and the FMA rate, measured in this run
 if "$exe" devices --peak --json >"$out/peak.json" 2>"$out/peak.log"; then step peak ok ""; else step peak failed "see peak.log"; fi
 
+# which optional features the device has, each decided by its probe kernel (f16
+# arithmetic, subgroups and their measured size, mma.sync through inline PTX)
+if "$exe" devices --variants >"$out/variants.txt" 2>&1; then
+    step variants ok "$(grep -c 'variant .* yes' "$out/variants.txt") usable feature(s) over all devices"
+else
+    step variants failed "see variants.txt"
+fi
+
 # ---- The GPU forms against the reference, each forced through a tuning file -----------
 # fused: gpu, gpu-mm; decode: gpu. clattn check's quick suite covers every SPEC rule.
 form_file() { # PATH FORM -> a tuning file naming FORM on any device, per head class with

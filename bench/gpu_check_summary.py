@@ -29,6 +29,24 @@ def read_jsonl(path):
     return rows
 
 
+def variants(out):
+    """The probe answers of `clattn devices --variants`: {device: {feature: line}}."""
+    res, dev = {}, None
+    path = os.path.join(out, "variants.txt")
+    if not os.path.exists(path):
+        return res
+    for line in open(path):
+        s = line.strip()
+        if s.startswith("[") or s.startswith("*["):
+            dev = s.split("]", 1)[1].strip()
+            res[dev] = {}
+        elif s.startswith("variant ") and dev is not None:
+            parts = s.split(None, 2)
+            if len(parts) == 3:
+                res[dev][parts[1]] = parts[2]
+    return res
+
+
 def key(r, causal=None):
     s = r["shape"]
     return (s["B"], s["Hq"], s["Hkv"], s["Lq"], s["Lk"], s["D"], s["Dv"], r["dtype"],
@@ -123,8 +141,9 @@ def main():
         "steps": steps,
         "cases": cases,
         "targets": targets,
-        "not_built": ["f16-arithmetic variant (CLATTN_PARAM_ALLOW_F16_MATH)",
-                      "subgroup variant", "matrix-unit variants (mma.sync, XMX, WMMA)",
+        "variants": variants(out),
+        "not_built": ["f16-arithmetic kernel variant (only its probe exists)",
+                      "matrix-unit kernel variants (mma.sync has a probe; XMX and WMMA have none)",
                       "KV-cache GPU form"],
     }
     with open(os.path.join(out, "gpu_check.json"), "w") as f:

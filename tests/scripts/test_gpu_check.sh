@@ -41,7 +41,8 @@ python3 - "$work/out/gpu_check.json" <<'PY'
 import json, re, sys
 s = json.load(open(sys.argv[1]))
 st = {x["step"]: x for x in s["steps"]}
-for name in ("peak", "check-fused-gpu", "check-fused-gpu-mm", "check-decode-gpu", "check-auto-fused",
+assert any("baseline" in v for v in s["variants"].values()), s["variants"]
+for name in ("peak", "variants", "check-fused-gpu", "check-fused-gpu-mm", "check-decode-gpu", "check-auto-fused",
              "check-auto-decode", "tune", "bench", "bench-tuned", "torch"):
     assert st.get(name, {}).get("status") == "ok", (name, st.get(name))
 for name in ("check-fused-gpu", "check-fused-gpu-mm", "check-decode-gpu"):
