@@ -16,9 +16,13 @@
  * exp2 of a difference. A row's accumulators are rescaled only when its maximum moves.
  * Arithmetic and accumulation are float32 whatever the storage types.
  *
- * Schedule: dimension 0 of the grid is (b, h), dimension 1 the row block, taken in
- * reverse: under a causal mask the last rows see the most keys, so the heaviest blocks
- * of every head start first and the light ones fill in behind them. Only the key tiles
+ * Schedule: dimension 0 of the grid is (b, h), dimension 1 the row block in zigzag order
+ * (the last block, the first, the second last, the second, ...): under a causal mask the
+ * last rows see the most keys, so the heaviest blocks of every head start first and light
+ * ones fill in behind them on devices that hand out work-groups as units free up (GPUs),
+ * while any contiguous run of groups holds as much work as another on devices that
+ * split the grid into ranges (llvmpipe: heaviest-first alone left one thread with three
+ * quarters of a causal problem, slower than full there). Only the key tiles
  * inside the union of the block's key ranges are visited (fully masked tiles are
  * skipped), and tiles inside every row's range skip the per-key range test.
  *
@@ -128,8 +132,9 @@ flash_gpu_mm(TENSOR_PARAMS(const __global Q_T *, q), TENSOR_PARAMS(const __globa
     const int t = (int)get_local_id(0);
     const int tc = t % TC, tr = t / TC;
     const long bh = get_group_id(0);
-    const long nblk = (long)get_num_groups(1);
-    const long i0 = (nblk - 1 - (long)get_group_id(1)) * BLOCK_M; /* heaviest first */
+    /* zigzag: group g takes block nblk-1-g/2 (even g) or g/2 (odd g), heaviest first */
+    const long nblk = (long)get_num_groups(1), g = (long)get_group_id(1);
+    const long i0 = ((g & 1) ? g / 2 : nblk - 1 - g / 2) * BLOCK_M;
     /* whole work-groups leave together, before any barrier */
     if (i0 >= Lq || bh >= B * Hq) return;
     const long b = bh / Hq, h = bh - b * Hq;

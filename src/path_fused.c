@@ -227,7 +227,7 @@ static clattn_status fused_run_plan(clattn_context *ctx, const clattn__dev_probl
         CLATTN_FORWARD(clattn__kernel_get(ctx, "flash_gpu_mm.cl", opts, "flash_gpu_mm", &kmain));
         cl_uint a = 0;
         CLATTN_FORWARD(set_main_args(ctx, kmain, &a, dp, p->B, p->Hq, Hkv));
-        /* (b, h) along dimension 0, the row blocks along 1 (taken in reverse by the kernel) */
+        /* (b, h) along dimension 0, the row blocks along 1 (in zigzag order in the kernel) */
         size_t g[2] = {(size_t)(p->B * p->Hq * pl.wg), (size_t)nblk}, l[2] = {(size_t)pl.wg, 1};
         return clattn__enqueue(ctx, kmain, 2, g, l, event);
     }

@@ -95,12 +95,12 @@ typedef clattn__tbuiltin builtin_row;
  * registers), 4 output vectors per P·V pass, 4 row groups so a head's K/V tiles are
  * read from L3 once per 24 rows, one work-item per work-group. 5..7 rows and 8 x 32
  * timed within noise of it; 4 x 64 and 6 x 32 were 5-10% slower.
- * GPU row (cl/flash_gpu.cl): untuned defaults; on an NVIDIA H200 (OpenCL) it ran
+ * The gpu form (cl/flash_gpu.cl, 32 x 32 tiles, 128 work-items: its generic values in
+ * clattn__tuning_apply_form), the GPU row until gpu-mm, ran on an NVIDIA H200 (OpenCL)
  * 1x8x1024x1024x64 f32 in 0.40 ms (5.4 TFLOP/s, PyTorch SDPA 0.13 ms) and
  * 1x8x2048x2048x128 f32 in 2.7 ms (6.4 TFLOP/s, SDPA 0.42 ms).
  * The default is the CPU form: it needs no local memory and runs anywhere. */
 #define FUSED_CPU {.form = 0, .block_m = 6, .block_n = 64, .dv_chunk = 4, .row_groups = 4, .wg = 1}
-#define FUSED_GPU {.form = 1, .block_m = 32, .block_n = 32, .dv_chunk = 0, .row_groups = 1, .wg = 128}
 /* gpu-mm (cl/flash_gpu_mm.cl): 32 rows x 32 keys per tile, 128 work-items as 8 row
  * groups x 16 along the keys: 4 x 2 scores and 4 x ceil(Dv / 16) outputs per work-item;
  * 23 KiB of local memory at head size 64, so it fits 32 KiB devices (Apple) as it is.
@@ -108,10 +108,11 @@ typedef clattn__tbuiltin builtin_row;
 #define FUSED_GPU_MM                                                                       \
     {.form = 2, .block_m = 32, .block_n = 32, .dv_chunk = 0, .row_groups = 1, .wg = 128, .tc = 16, .vw = 4}
 static const builtin_row fused_rows[] = {
-    /* Mesa rusticl on llvmpipe: a CPU device that runs the GPU form 12x faster than the
-     * CPU form (clattn tune, docs/measurements.md), and builds it in seconds where the
-     * CPU form's code takes minutes (docs/measurements.md has why). */
-    {0, NULL, "llvmpipe", 0, FUSED_GPU},
+    /* Mesa rusticl on llvmpipe: a CPU device that runs the GPU forms 12x faster than the
+     * CPU form (clattn tune, docs/measurements.md), and builds them in seconds where the
+     * CPU form's code takes minutes (docs/measurements.md has why); gpu-mm ran
+     * 1x8x8x1024x1024x64 f32 1.8-3.4x faster than the gpu form there (docs/measurements.md). */
+    {0, NULL, "llvmpipe", 0, FUSED_GPU_MM},
     {0, NULL, NULL, CLATTN_DEVICE_CPU, FUSED_CPU},
     {0, NULL, NULL, CLATTN_DEVICE_GPU, FUSED_GPU_MM},
     {0, NULL, NULL, 0, FUSED_CPU},
