@@ -130,7 +130,9 @@ flash_gpu_mm(TENSOR_PARAMS(const __global Q_T *, q), TENSOR_PARAMS(const __globa
     __local float red[BLOCK_M * TC];
 
     const int t = (int)get_local_id(0);
-    const int tc = t % TC, tr = t / TC;
+    /* unsigned, so a power-of-two TC makes a mask and a shift: a signed / and % pair
+     * becomes LLVM's `freeze`, which oclgrind's --uninitialized checker cannot follow */
+    const int tc = (int)((uint)t % TC), tr = (int)((uint)t / TC);
     const long bh = get_group_id(0);
     /* zigzag: group g takes block nblk-1-g/2 (even g) or g/2 (odd g), heaviest first */
     const long nblk = (long)get_num_groups(1), g = (long)get_group_id(1);
