@@ -192,6 +192,15 @@ if timeout 300 "$exe" bench --device "$dev" --sweep "$sweep" --runs "$runs" --wa
 else
     step bench failed "see bench.txt"
 fi
+# the earlier fused GPU form on the prefill cases, so both forms are compared in one run
+grep -v -- "--kv-quant" "$sweep" | grep -v -E -- "--shape [0-9]+,[0-9]+,[0-9]+,[1-8]," >"$out/prefill.sweep"
+if timeout 300 env CLATTN_TUNING_FILE="$(form_file fused gpu)" "$exe" bench --device "$dev" --path fused \
+    --sweep "$out/prefill.sweep" --runs "$runs" --warmup 2 --json "$out/clattn-form-gpu.jsonl" \
+    >"$out/bench-form-gpu.txt" 2>&1; then
+    step bench-form-gpu ok "$(wc -l <"$out/clattn-form-gpu.jsonl") cases"
+else
+    step bench-form-gpu failed "see bench-form-gpu.txt"
+fi
 if [ -s "$out/tuning.json" ]; then
     if CLATTN_TUNING_FILE=$out/tuning.json timeout 300 "$exe" bench --device "$dev" --sweep "$sweep" \
         --runs "$runs" --warmup 2 --json "$out/clattn-tuned.jsonl" >"$out/bench-tuned.txt" 2>&1; then

@@ -73,6 +73,7 @@ def main():
     built = read_jsonl(os.path.join(out, "clattn.jsonl"))
     tuned = {key(r): r for r in read_jsonl(os.path.join(out, "clattn-tuned.jsonl"))}
     torch = {key(r): r for r in read_jsonl(os.path.join(out, "torch.jsonl"))}
+    form_gpu = {key(r): r for r in read_jsonl(os.path.join(out, "clattn-form-gpu.jsonl"))}
     if built and peak:
         named = [d for d in devs if d.get("name") == built[0].get("device")]
         if named:
@@ -88,6 +89,8 @@ def main():
              "clattn_ms": r["median_ms"], "gflops": r["gflops"], "gbps": r["gbps"]}
         t = tuned.get(k)
         c["clattn_tuned_ms"] = t["median_ms"] if t else None
+        fg = form_gpu.get(k)
+        c["fused_gpu_form_ms"] = fg["median_ms"] if fg else None  # the earlier GPU form
         best = min(x for x in (r["median_ms"], t["median_ms"] if t else None) if x is not None)
         c["clattn_best_ms"] = best
         s = torch.get(k)

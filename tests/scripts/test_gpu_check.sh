@@ -42,7 +42,7 @@ import json, re, sys
 s = json.load(open(sys.argv[1]))
 st = {x["step"]: x for x in s["steps"]}
 assert any("baseline" in v for v in s["variants"].values()), s["variants"]
-for name in ("peak", "variants", "check-fused-gpu", "check-fused-gpu-mm", "check-decode-gpu", "check-auto-fused",
+for name in ("peak", "variants", "bench-form-gpu", "check-fused-gpu", "check-fused-gpu-mm", "check-decode-gpu", "check-auto-fused",
              "check-auto-decode", "tune", "bench", "bench-tuned", "torch"):
     assert st.get(name, {}).get("status") == "ok", (name, st.get(name))
 for name in ("check-fused-gpu", "check-fused-gpu-mm", "check-decode-gpu"):
@@ -57,6 +57,9 @@ assert abs(full["speed_vs_torch"] - round(0.5 / full["clattn_best_ms"], 3)) < 1e
 assert full["clattn_best_ms"] == min(full["clattn_ms"], full["clattn_tuned_ms"]), full
 assert abs(causal["causal_over_full"] - round(causal["clattn_ms"] / full["clattn_ms"], 3)) < 1e-3, causal
 assert causal["speed_vs_torch"] is None  # no SDPA row for it
+# the earlier GPU form timed on the prefill cases only
+assert full["fused_gpu_form_ms"] > 0 and causal["fused_gpu_form_ms"] > 0, (full, causal)
+assert dec["fused_gpu_form_ms"] is None and kv["fused_gpu_form_ms"] is None, (dec, kv)
 assert abs(dec["speed_vs_torch"] - round(0.25 / dec["clattn_best_ms"], 3)) < 1e-3, dec
 for c in (dec, kv):
     assert abs(c["read_fraction"] - round(c["gbps"] / s["copy_read_gbps"], 3)) < 1e-3, c
