@@ -49,9 +49,10 @@
  *   CLATTN_FAIL_PATH    testing only: "NAME:build" or "NAME:launch" (comma separated)
  *                       makes that path fail as a broken driver would, to exercise the
  *                       fallback chain.
- *   CLATTN_FAULT        testing only: "alloc:N", "enqueue:N", "map:N" or "build:N" (comma
- *                       separated) makes the N-th device allocation, enqueue, read-back or
- *                       kernel build of the context fail once, as a driver would.
+ *   CLATTN_FAULT        testing only: "alloc:N", "enqueue:N", "map:N", "build:N" or
+ *                       "probe:N" (comma separated) makes the N-th device allocation,
+ *                       enqueue, read-back, kernel build or feature probe of the context
+ *                       fail once, as a driver would (a failed probe: wrong output).
  *
  * Failures. A call that fails leaves its outputs (O, LSE; host or cl_mem) and the KV
  * cache (contents and lengths) as they were before the call. In auto mode a path that

@@ -24,9 +24,10 @@ static const clattn__tparam_info params[] = {
     F(dv_chunk, P(FUSED)),
     F(row_groups, P(FUSED)),
     F(wg, P(FUSED) | P(DECODE) | P(BACKWARD)),
+    F(tc, P(FUSED)),
     F(rows, P(DECODE) | P(KV)),
     F(ktile, P(DECODE)),
-    F(vw, P(DECODE)),
+    F(vw, P(DECODE) | P(FUSED)),
     F(wgs_per_cu, P(DECODE) | P(KV)),
     F(min_chunk, P(DECODE) | P(KV)),
     F(max_chunk, P(DECODE) | P(KV)),
@@ -68,7 +69,8 @@ bool clattn__tpath_from_name(const char *name, clattn__tpath *out)
     return false;
 }
 
-/* Forms in fallback order. Fused: cl/flash_cpu.cl, cl/flash_gpu.cl. Decode: cl/decode.cl
+/* Forms in fallback order. Fused: cl/flash_cpu.cl, cl/flash_gpu.cl, cl/flash_gpu_mm.cl
+ * (gpu-mm: after it fails, the CPU form, which needs no local memory). Decode: cl/decode.cl
  * with DEC_GPU 0 (work-item per row block, vectors along D, no local memory) or 1
  * (work-group per row block, local memory). Backward: cl/backward.cl with FORM 0 (one
  * pass over key blocks per work-item, no local memory) or 1 (work-groups with local
@@ -76,13 +78,14 @@ bool clattn__tpath_from_name(const char *name, clattn__tpath *out)
  * next index, wrapping round (clattn__tuning_form), before the path gives up. */
 int clattn__tform_count(clattn__tpath path)
 {
-    return path == CLATTN__TP_FUSED || path == CLATTN__TP_DECODE || path == CLATTN__TP_BACKWARD ? 2 : 1;
+    return path == CLATTN__TP_FUSED ? 3 : path == CLATTN__TP_DECODE || path == CLATTN__TP_BACKWARD ? 2 : 1;
 }
 
 const char *clattn__tform_name(clattn__tpath path, int form)
 {
     if (clattn__tform_count(path) == 1) return "-";
-    return form == 0 ? "cpu" : form == 1 ? "gpu" : "?";
+    if (form >= clattn__tform_count(path)) return "?";
+    return form == 0 ? "cpu" : form == 1 ? "gpu" : form == 2 ? "gpu-mm" : "?";
 }
 
 /* ---- Built-in rows ----------------------------------------------------------------- */
@@ -95,19 +98,26 @@ typedef clattn__tbuiltin builtin_row;
  * registers), 4 output vectors per P·V pass, 4 row groups so a head's K/V tiles are
  * read from L3 once per 24 rows, one work-item per work-group. 5..7 rows and 8 x 32
  * timed within noise of it; 4 x 64 and 6 x 32 were 5-10% slower.
- * GPU row (cl/flash_gpu.cl): untuned defaults; on an NVIDIA H200 (OpenCL) it ran
+ * The gpu form (cl/flash_gpu.cl, 32 x 32 tiles, 128 work-items: its generic values in
+ * clattn__tuning_apply_form), the GPU row until gpu-mm, ran on an NVIDIA H200 (OpenCL)
  * 1x8x1024x1024x64 f32 in 0.40 ms (5.4 TFLOP/s, PyTorch SDPA 0.13 ms) and
  * 1x8x2048x2048x128 f32 in 2.7 ms (6.4 TFLOP/s, SDPA 0.42 ms).
  * The default is the CPU form: it needs no local memory and runs anywhere. */
 #define FUSED_CPU {.form = 0, .block_m = 6, .block_n = 64, .dv_chunk = 4, .row_groups = 4, .wg = 1}
-#define FUSED_GPU {.form = 1, .block_m = 32, .block_n = 32, .dv_chunk = 0, .row_groups = 1, .wg = 128}
+/* gpu-mm (cl/flash_gpu_mm.cl): 32 rows x 32 keys per tile, 128 work-items as 8 row
+ * groups x 16 along the keys: 4 x 2 scores and 4 x ceil(Dv / 16) outputs per work-item;
+ * 23 KiB of local memory at head size 64, so it fits 32 KiB devices (Apple) as it is.
+ * Untuned: the host shrinks the tiles to the device's local memory (path_fused.c). */
+#define FUSED_GPU_MM                                                                       \
+    {.form = 2, .block_m = 32, .block_n = 32, .dv_chunk = 0, .row_groups = 1, .wg = 128, .tc = 16, .vw = 4}
 static const builtin_row fused_rows[] = {
-    /* Mesa rusticl on llvmpipe: a CPU device that runs the GPU form 12x faster than the
-     * CPU form (clattn tune, docs/measurements.md), and builds it in seconds where the
-     * CPU form's code takes minutes (docs/measurements.md has why). */
-    {0, NULL, "llvmpipe", 0, FUSED_GPU},
+    /* Mesa rusticl on llvmpipe: a CPU device that runs the GPU forms 12x faster than the
+     * CPU form (clattn tune, docs/measurements.md), and builds them in seconds where the
+     * CPU form's code takes minutes (docs/measurements.md has why); gpu-mm ran
+     * 1x8x8x1024x1024x64 f32 1.8-3.4x faster than the gpu form there (docs/measurements.md). */
+    {0, NULL, "llvmpipe", 0, FUSED_GPU_MM},
     {0, NULL, NULL, CLATTN_DEVICE_CPU, FUSED_CPU},
-    {0, NULL, NULL, CLATTN_DEVICE_GPU, FUSED_GPU},
+    {0, NULL, NULL, CLATTN_DEVICE_GPU, FUSED_GPU_MM},
     {0, NULL, NULL, 0, FUSED_CPU},
 };
 
@@ -217,6 +227,11 @@ static const builtin_row *table_of(clattn__tpath path, size_t *n)
 void clattn__tuning_apply_form(clattn__tpath path, int form, clattn__trow *r)
 {
     if (path == CLATTN__TP_FUSED) {
+        if (form == 2) {
+            const clattn__trow mm = FUSED_GPU_MM;
+            *r = mm;
+            return;
+        }
         r->block_m = form ? 32 : 6;
         r->block_n = form ? 32 : 64;
         r->dv_chunk = 4;
@@ -316,6 +331,14 @@ uint64_t clattn__fused_gpu_local_bytes(int64_t D, int64_t Dv, int block_m, int b
                             (uint64_t)block_m * (uint64_t)(block_n + 1) + (uint64_t)block_m * 16u);
 }
 
+/* Local memory of the gpu-mm form (cl/flash_gpu_mm.cl's qs, kv, ps and red). */
+uint64_t clattn__fused_gpu_mm_local_bytes(int64_t D, int64_t Dv, int block_m, int block_n, int tc)
+{
+    const uint64_t kt = (uint64_t)D * (uint64_t)(block_n + 1), vt = (uint64_t)block_n * (uint64_t)Dv;
+    return sizeof(float) * ((uint64_t)block_m * (uint64_t)D + (kt > vt ? kt : vt) +
+                            (uint64_t)block_m * (uint64_t)(block_n + 1) + (uint64_t)block_m * (uint64_t)tc);
+}
+
 /* Local memory of the decode GPU form (cl/decode.cl: qs, ss, red, red4, per-row values). */
 uint64_t clattn__decode_gpu_local_bytes(int64_t D, int64_t Dv, int rows, int ktile, int wg)
 {
@@ -341,7 +364,26 @@ bool clattn__tuning_legal(const clattn__tdevice *dev, clattn__tpath path, const 
     if (head <= 0 || head > 256) head = 256;
     switch (path) {
     case CLATTN__TP_FUSED:
-        REFUSE_IF(r->form < 0 || r->form > 1, "form %d is not cpu (0) or gpu (1)", r->form);
+        REFUSE_IF(r->form < 0 || r->form > 2, "form %d is not cpu (0), gpu (1) or gpu-mm (2)", r->form);
+        if (r->form == 2) {
+            /* cl/flash_gpu_mm.cl: WG = TR x TC, TC | BLOCK_N, TR | BLOCK_M */
+            REFUSE_IF(!pow2(r->tc) || r->tc < 4 || r->tc > 32, "tc %d is not a power of two in 4..32", r->tc);
+            REFUSE_IF(!pow2(r->wg) || r->wg < r->tc || r->wg > maxwg,
+                      "wg %d is not a power of two in tc..%d", r->wg, maxwg);
+            REFUSE_IF(!pow2(r->block_n) || r->block_n < r->tc || r->block_n > 128 || r->block_n / r->tc > 8,
+                      "block_n %d is not a power of two in tc..128 with at most 8 keys per work-item",
+                      r->block_n);
+            REFUSE_IF(!pow2(r->block_m) || r->block_m < r->wg / r->tc || r->block_m > 256 ||
+                          r->block_m / (r->wg / r->tc) > 8,
+                      "block_m %d is not a power of two in wg/tc = %d..256 with at most 8 rows per "
+                      "work-item", r->block_m, r->wg / r->tc);
+            REFUSE_IF(r->vw != 1 && r->vw != 4, "vw %d is not 1 or 4", r->vw);
+            const uint64_t need = clattn__fused_gpu_mm_local_bytes(head, head, r->block_m, r->block_n, r->tc);
+            REFUSE_IF(need > dev->local_mem, "its tiles need %llu bytes of local memory at head size %d, "
+                      "the device has %llu", (unsigned long long)need, head,
+                      (unsigned long long)dev->local_mem);
+            return true;
+        }
         REFUSE_IF(r->block_n < 16 || r->block_n > 256 || r->block_n % 16,
                   "block_n %d is not a multiple of 16 in 16..256", r->block_n);
         if (r->form == 0) {

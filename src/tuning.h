@@ -32,9 +32,11 @@ typedef struct clattn__trow {
     int dv_chunk;       /* fused CPU: float16 vectors of O updated per pass over a tile */
     int row_groups;     /* fused CPU: groups of block_m rows per work-item */
     int wg;             /* fused, decode, backward: work-group size */
+    int tc;             /* fused gpu-mm: work-items along the keys and O columns of a row */
     int rows;           /* decode, kv: most query rows per work-item / work-group */
     int ktile;          /* decode: keys per tile */
-    int vw;             /* decode CPU: float vector width along D (4, 8 or 16) */
+    int vw;             /* decode CPU: float vector width along D (4, 8 or 16);
+                         * fused gpu-mm: 4 = 4-vector loads where the layout allows, 1 = none */
     int wgs_per_cu;     /* decode, kv: work-groups wanted per compute unit */
     int min_chunk;      /* decode, kv: fewest keys per split */
     int max_chunk;      /* decode, kv: most keys per split (0 = no bound) */
@@ -116,8 +118,9 @@ void clattn__tuning_apply_form(clattn__tpath path, int form, clattn__trow *row);
 bool clattn__tuning_legal(const clattn__tdevice *dev, clattn__tpath path, const clattn__trow *row,
                           int head, char *why, size_t whylen);
 
-/* Local memory of the GPU forms in bytes (cl/flash_gpu.cl, cl/decode.cl). */
+/* Local memory of the GPU forms in bytes (cl/flash_gpu.cl, cl/flash_gpu_mm.cl, cl/decode.cl). */
 uint64_t clattn__fused_gpu_local_bytes(int64_t D, int64_t Dv, int block_m, int block_n);
+uint64_t clattn__fused_gpu_mm_local_bytes(int64_t D, int64_t Dv, int block_m, int block_n, int tc);
 uint64_t clattn__decode_gpu_local_bytes(int64_t D, int64_t Dv, int rows, int ktile, int wg);
 
 /* Testing: force a form of a path (-1 = the tuned one) for every context of the process;

@@ -156,6 +156,10 @@ static const space fused_cpu_space[] = {
 static const space fused_gpu_space[] = {
     {"wg", {64, 128, 256}, 3}, {"block_m", {16, 32, 64}, 3}, {"block_n", {16, 32, 64}, 3},
 };
+static const space fused_gpu_mm_space[] = {
+    {"wg", {64, 128, 256}, 3},     {"tc", {8, 16, 32}, 3},      {"block_m", {16, 32, 64, 128}, 4},
+    {"block_n", {16, 32, 64}, 3},  {"vw", {1, 4}, 2},
+};
 static const space decode_cpu_space[] = {
     {"rows", {1, 2, 4, 8}, 4},        {"ktile", {16, 32, 64}, 3},
     {"vw", {8, 16}, 2},               {"wgs_per_cu", {2, 4, 8, 16}, 4},
@@ -186,6 +190,7 @@ static const space *space_of(clattn__tpath path, int form, size_t *n)
     *n = sizeof t / sizeof t[0];                                                           \
     return t
     if (path == CLATTN__TP_FUSED) {
+        if (form == 2) { S(fused_gpu_mm_space); }
         if (form) { S(fused_gpu_space); }
         S(fused_cpu_space);
     }
