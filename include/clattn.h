@@ -49,9 +49,10 @@
  *   CLATTN_FAIL_PATH    testing only: "NAME:build" or "NAME:launch" (comma separated)
  *                       makes that path fail as a broken driver would, to exercise the
  *                       fallback chain.
- *   CLATTN_FAULT        testing only: "alloc:N", "enqueue:N", "map:N" or "build:N" (comma
- *                       separated) makes the N-th device allocation, enqueue, read-back or
- *                       kernel build of the context fail once, as a driver would.
+ *   CLATTN_FAULT        testing only: "alloc:N", "enqueue:N", "map:N", "build:N" or
+ *                       "probe:N" (comma separated) makes the N-th device allocation,
+ *                       enqueue, read-back, kernel build or feature probe of the context
+ *                       fail once, as a driver would (a failed probe: wrong output).
  *
  * Failures. A call that fails leaves its outputs (O, LSE; host or cl_mem) and the KV
  * cache (contents and lengths) as they were before the call. In auto mode a path that
@@ -345,11 +346,17 @@ CLATTN_API clattn_status clattn_attention_varlen(clattn_context *ctx, const clat
  * of a float additive mask (opt->mask must be f32; d_mask f32 with the mask's extents):
  * dLoss/ds summed over the extents the mask broadcasts. Inputs and outputs take any of
  * f32, f16 and bf16 storage (d_mask: f32) and any strides; arithmetic is float32.
- * Outputs must not overlap each other or any input. opt->lse and opt->path are not used.
+ * Outputs must not overlap each other or any input. opt->lse is not used. opt->path:
+ * AUTO runs the tiled kernels (the tuning layer's form for the device, then its other
+ * form if that one fails to build) and, when they fail to build or run, falls back to
+ * the unfused kernels (no scratch, slower); FUSED runs the tiled kernels only, UNFUSED
+ * the unfused ones only; DECODE and CLBLAST are refused (CLATTN_ERROR_PATH_UNSUPPORTED).
+ * With AUTO, CLATTN_PATH=fused or unfused forces those (other values leave it AUTO).
  * The result is deterministic (no atomics): the same inputs give bit-identical gradients.
  * Memory: scratch linear in B*Hq*Lq, plus a copy of each cl_mem output (outputs are
  * written into scratch and committed in one launch, so a failed call leaves every output
- * as it was; host outputs likewise). Events and host tensors behave as in
+ * as it was; host outputs likewise; where a single launch writes every output, as the
+ * CPU form's can, it writes them in place instead). Events and host tensors behave as in
  * clattn_attention. Accuracy and speed: docs/backward.md. */
 CLATTN_API clattn_status clattn_attention_backward(
     clattn_context *ctx, const clattn_tensor *q, const clattn_tensor *k, const clattn_tensor *v,

@@ -508,7 +508,7 @@ static bool read_record(rec_ctx *rc, int obj, clattn__trecord *r)
     }
     if (dev < 0 || path < 0 || prm < 0) REC_FAIL(rc, "needs \"device\", \"path\" and \"params\"");
     if (p->nodes[path].type != J_STR || !clattn__tpath_from_name(jstr(p, path), &r->path))
-        REC_FAIL(rc, "\"path\" is not fused, decode, unfused, kv or dispatch");
+        REC_FAIL(rc, "\"path\" is not fused, decode, unfused, kv, dispatch or backward");
     if (!read_device(rc, dev)) return false;
     if (cls >= 0) {
         if (!read_class(rc, cls, &r->cls)) return false;

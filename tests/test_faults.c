@@ -24,7 +24,7 @@
 
 #include "tuning.h" /* clattn__tuning_force_form */
 
-static const char *const kind_names[CLATTN__FAULT_KINDS] = {"alloc", "enqueue", "map", "build"};
+static const char *const kind_names[CLATTN__FAULT_KINDS] = {"alloc", "enqueue", "map", "build", "probe"};
 
 /* ---- Attention paths ------------------------------------------------------------- */
 

@@ -28,6 +28,7 @@ typedef struct devices_args {
     bool json;
     bool peak;   /* --peak: measure (or read the cached) FMA GFLOP/s and copy GB/s */
     bool tuning; /* --tuning: the tuning rows in force per path and class */
+    bool variants; /* --variants: each optional feature's probe answer */
 } devices_args;
 int cmd_devices_parse(int argc, char **argv, devices_args *a, bool *help);
 
