@@ -20,8 +20,9 @@
  * Rows with LSE = -inf (every key excluded) contribute nothing. Scores go through the
  * prelude's SCORE and KEY_RANGE, exactly as the forward kernels compute them.
  * The dK/dV and dQ kernels above are the GPU form (FORM 1); FORM 0 replaces them with the
- * CPU form further down (bwd_cpu_pack, bwd_cpu_dkdv, bwd_cpu_dq).
- * Build options: D, DV, FORM; GPU form BM, BN, WG; CPU form MB, KW, K_DIRECT; dtypes
+ * CPU form further down (bwd_cpu_kv, one pass over the keys for all three gradients,
+ * and bwd_dqsum).
+ * Build options: D, DV, FORM; GPU form BM, BN, WG; CPU form BN, RB, Q_DIRECT, DO_DIRECT; dtypes
  * Q_DT K_DT V_DT O_DT (prelude) and DO_DT DQ_DT DK_DT DV_DT (0 f32, 1 f16, 2 bf16). Local
  * memory of the GPU form in floats, which the host keeps within its budget (src/backward.c):
  *     (BM + BN) * (D + DV) + 2 * BM * BN + 4 * BM
@@ -90,30 +91,43 @@
         (dsp) = (dsf) * SOFTCAP_DERIV(dot);                                              \
     } while (0)
 
-/* Also, when qp is not NULL (the CPU form), the row's Q and dO as dense float32 rows
- * qp [B*Hq*Lq, D] and dop [B*Hq*Lq, DV]: the CPU kernels read each row once per key tile,
- * and strided loads with dtype conversion there cost more than the arithmetic. */
+#define DP16 ((D + 15) / 16)  /* float16 vectors of a Q or dQ row, zero padded */
+#define DVP16 ((DV + 15) / 16) /* and of a dO row */
+
+/* The CPU form also gets, when qp or dop is not NULL, the row's Q and dO as dense float32
+ * rows padded with zeros, qp [B*Hq*Lq, 16*DP16] and dop [B*Hq*Lq, 16*DVP16] (its kernel
+ * reads each row once per key block, and strided loads with dtype conversion there cost
+ * more than the arithmetic), and when part is not NULL zeros the row in each of the
+ * nsplit partial dQ ([nsplit][B*Hq*Lq][16*DP16]). */
 __kernel void bwd_rowdot(TENSOR_PARAMS(const __global Q_T *, q),
                          TENSOR_PARAMS(const __global O_T *, o),
                          TENSOR_PARAMS(const __global DO_T *, dout), __global float *dl,
-                         __global float *qp, __global float *dop, long B, long Hq, long Lq)
+                         __global float *qp, __global float *dop, __global float *part,
+                         long nsplit, long B, long Hq, long Lq)
 {
     const long row = get_global_id(0);
-    if (row >= B * Hq * Lq) return;
+    const long rows = B * Hq * Lq;
+    if (row >= rows) return;
     const long3 bhi = clattn_decode_row(row, Hq, Lq);
     const long ob = o_off + bhi.x * o_s0 + bhi.y * o_s1 + bhi.z * o_s2;
     const long db = dout_off + bhi.x * dout_s0 + bhi.y * dout_s1 + bhi.z * dout_s2;
+    /* fma in the order the kernels compute dP = dO · V: a row that sees one key (O = V)
+     * gets dP - D = 0 exactly */
     float s = 0.0f;
-    for (int c = 0; c < DV; c++) {
-        const float g = LOAD_DO(dout, db + c * dout_s3);
-        s = mad(LOAD_O(o, ob + c * o_s3), g, s);
-        if (qp) dop[row * DV + c] = g;
-    }
+    for (int c = 0; c < DV; c++) s = fma(LOAD_DO(dout, db + c * dout_s3), LOAD_O(o, ob + c * o_s3), s);
     dl[row] = s;
+    if (dop) {
+        for (int c = 0; c < DV; c++) dop[row * (DVP16 * 16) + c] = LOAD_DO(dout, db + c * dout_s3);
+        for (int c = DV; c < DVP16 * 16; c++) dop[row * (DVP16 * 16) + c] = 0.0f;
+    }
     if (qp) {
         const long qb = q_off + bhi.x * q_s0 + bhi.y * q_s1 + bhi.z * q_s2;
-        for (int d = 0; d < D; d++) qp[row * D + d] = LOAD_Q(q, qb + d * q_s3);
+        for (int d = 0; d < D; d++) qp[row * (DP16 * 16) + d] = LOAD_Q(q, qb + d * q_s3);
+        for (int d = D; d < DP16 * 16; d++) qp[row * (DP16 * 16) + d] = 0.0f;
     }
+    if (part)
+        for (long sp = 0; sp < nsplit; sp++)
+            for (int d = 0; d < DP16 * 16; d++) part[(sp * rows + row) * (DP16 * 16) + d] = 0.0f;
 }
 
 /* Load BM query rows (b, h, i0..) of Q, dO, LSE, D and key ranges into local memory;
@@ -177,7 +191,7 @@ __kernel void bwd_rowdot(TENSOR_PARAMS(const __global Q_T *, q),
             if (j >= rlo[r] && j < rhi[r] && rl[r] != -INFINITY) {         \
                 float dot = 0.0f, dpv = 0.0f;                                            \
                 for (int d = 0; d < D; d++) dot = mad(qs[r * D + d], ks[jj * D + d], dot); \
-                for (int c = 0; c < DV; c++) dpv = mad(dos[r * DV + c], vs[jj * DV + c], dpv); \
+                for (int c = 0; c < DV; c++) dpv = fma(dos[r * DV + c], vs[jj * DV + c], dpv); \
                 BWD_TERMS(dot, dpv, (b), (h), i, j, (slope), rl[r], rd[r], p, dsf, dsp); \
             }                                                                            \
             if (want_p) ps[e] = p;                                                       \
@@ -319,55 +333,62 @@ bwd_dq(TENSOR_PARAMS(const __global Q_T *, q), TENSOR_PARAMS(const __global K_T 
 
 #if FORM == 0
 /* ---- The CPU form (FORM 0) ---------------------------------------------------------
- * As cl/flash_cpu.cl does for the forward: no local memory, no barriers, one work-item per
- * block, and every product a rank-1 update "broadcast scalar x float16 vector" over the
- * keys of a tile of TW = 16*KW keys, on packed float32 copies of K and V made per call by
- * bwd_cpu_pack (NT = ceil(Lk/TW) tiles, zero padded):
- *   kt [B*Hkv, NT, D, TW]   K transposed tile by tile
- *   vt [B*Hkv, NT, DV, TW]  V the same
- *   kp [B*Hkv, NT*TW, DP]   K rows padded to DP (a multiple of 16) for dQ += dS K
- *                           (not made when K_DIRECT: K itself has such rows)
- *   bwd_cpu_pack  global (NT*TW, B*Hkv)
- *   bwd_cpu_dkdv  global (NT, B*Hkv): one tile per work-item; dK and dV of its keys held
- *                 transposed in private float16 vectors, over every query row (of every
- *                 head of the group) whose key range meets the tile, RB rows per step
- *   bwd_cpu_dq    global (ceil(Lq/MB), B*Hq): MB query rows per work-item
- * KW > 1 reuses each broadcast row value across KW vectors: fewer loads per FMA. */
-#ifndef MB
-#define MB 4
+ * As cl/flash_cpu.cl does for the forward: no local memory, no barriers, one work-item
+ * per work-group, every product a rank-1 update "broadcast scalar x float16 vector".
+ * One kernel computes all three gradients in one pass over the keys, so P and dS are
+ * recomputed once (5 products of the forward's size against the forward's 2, where
+ * separate dK/dV and dQ kernels cost 7):
+ *
+ *   bwd_cpu_kv  global (NSPLIT, B*Hkv): work-item (s, b, kvh) walks key blocks s, s +
+ *               NSPLIT, s + 2 NSPLIT, ... of BN keys (interleaved, so causal masks give
+ *               every split the same share). For each block it copies K and V into its
+ *               own scratch (Kᵀ and Vᵀ by tiles for S = Q Kᵀ and dP = dO Vᵀ, K rows
+ *               padded to DP for dQ), keeps the block's dK and dV in private float16
+ *               vectors, and visits, for every query head of the GQA group, the rows
+ *               that see a key of the block, RB rows per step: S and dP, then P and dS,
+ *               then dV += Pᵀ dO, dK += dSᵀ Q, and dQ_s += dS K into its own partial
+ *               dQ (read-modify-write of rows no other work-item writes).
+ *   bwd_dqsum   global (B*Hq*Lq): dQ = scale · (dQ_0 + dQ_1 + ...) in split order.
+ *
+ * Every sum runs in a fixed order in one work-item: bit-identical results, no atomics.
+ * Memory beyond the tensors: NSPLIT partial dQ of [B*Hq*Lq, DP] floats (the host bounds
+ * NSPLIT), a few KiB of scratch per work-item, and dense float32 rows of Q and dO
+ * (qp [rows, DP], dop [rows, DVP]) unless those are read in place (Q_DIRECT, DO_DIRECT:
+ * float32 with unit stride and D, DV multiples of 16).
+ * Build options: BN (keys per block, a multiple of 16), RB (rows per step, a multiple of
+ * RT = 4), Q_DIRECT, DO_DIRECT, K_DIRECT (the K rows of dQ += dS K read in place rather
+ * than from the work-item's padded copy: float32 K with unit stride and D % 16 == 0),
+ * DQ_DIRECT. dS is kept multiplied by the scale, so dK and dQ need no final scaling and
+ * dQ comes out the same whether it went through a partial or not. */
+#if (BN % 16) != 0
+#error "the CPU form needs BN a multiple of 16"
 #endif
-#ifndef KW
-#define KW 1
+#ifndef RB
+#define RB 16
 #endif
-#define TW (16 * KW)
+#define RT 4 /* rows per register tile of S and dP */
+#if (RB % RT) != 0
+#error "RB must be a multiple of 4"
+#endif
+#ifndef Q_DIRECT
+#define Q_DIRECT 0
+#endif
+#ifndef DO_DIRECT
+#define DO_DIRECT 0
+#endif
 #ifndef K_DIRECT
-#define K_DIRECT 0 /* 1: dQ reads K rows in place (f32, unit stride, D % 16 == 0): no kp */
+#define K_DIRECT 0 /* 1: dQ reads K's rows in place (f32, unit stride, D % 16 == 0) */
 #endif
-#define DP16 ((D + 15) / 16)
-
-__kernel void bwd_cpu_pack(TENSOR_PARAMS(const __global K_T *, k),
-                           TENSOR_PARAMS(const __global V_T *, v), long B, long Hkv, long Lk,
-                           long nt, __global float *kt, __global float *vt, __global float *kp)
-{
-    const long j = get_global_id(0), bk = get_global_id(1);
-    if (j >= nt * TW || bk >= B * Hkv) return;
-    const long b = bk / Hkv, kvh = bk - b * Hkv;
-    const long tile = j / TW, jj = j - tile * TW;
-    __global float *ktt = kt + ((bk * nt + tile) * D) * TW;
-    __global float *vtt = vt + ((bk * nt + tile) * DV) * TW;
-    __global float *kpr = K_DIRECT ? kp : kp + (bk * nt * TW + j) * (DP16 * 16);
-    const long kb = k_off + b * k_s0 + kvh * k_s1 + j * k_s2;
-    const long vb = v_off + b * v_s0 + kvh * v_s1 + j * v_s2;
-    for (int d = 0; d < D; d++) {
-        const float x = j < Lk ? LOAD_K(k, kb + d * k_s3) : 0.0f;
-        ktt[d * TW + jj] = x;
-        if (!K_DIRECT) kpr[d] = x;
-    }
-    if (!K_DIRECT)
-        for (int d = D; d < DP16 * 16; d++) kpr[d] = 0.0f;
-    for (int c = 0; c < DV; c++) vtt[c * TW + jj] = j < Lk ? LOAD_V(v, vb + c * v_s3) : 0.0f;
-}
-
+#ifndef DQ_DIRECT
+#define DQ_DIRECT 0 /* 1: one split accumulates dQ in the output itself (f32, dense, unit
+                       stride, D % 16 == 0; zeroed by the kernel first): no bwd_dqsum */
+#endif
+#define NVN (BN / 16)
+#define CT 4 /* float16 vectors of a gradient row per register tile */
+#define ZP16 (DP16 > DVP16 ? DP16 : DVP16)
+/* scratch floats per work-item: Kᵀ [D][BN], Vᵀ [DV][BN], K rows [BN][DP], a zero row
+ * (the Q and dO rows of a step's unused slots) and a dummy dQ row (their dQ) */
+#define SCR_FLOATS ((long)(D + DV) * BN + (long)BN * DP16 * 16 + 16 * ZP16 + 16 * DP16)
 /* The 16 lanes of (s, dp) for row (b, h, i) and keys j0..j0+15 into p and dS (dLoss/ds
  * before the softcap); lanes outside [lo, hi) are 0. */
 #define LANE_TERMS(s16, dp16, b, h, i, j0, lo, hi, slope, l, dd, p16, ds16)              \
@@ -387,6 +408,27 @@ __kernel void bwd_cpu_pack(TENSOR_PARAMS(const __global K_T *, k),
         (ds16) = vload16(0, dsa_);                                                       \
     } while (0)
 
+/* e^x for x <= ~0 (a score minus its row's LSE), within 2e-7 relative, as
+ * clattn_exp2_neg in cl/flash_cpu.cl: 2^n by the exponent bits times a degree-6
+ * polynomial of 2^f; exactly 0 far below. PoCL's exp on a float16 handles ranges this
+ * input never has and cost several times as many instructions. */
+inline float16 bwd_exp_neg(float16 x)
+{
+    const float16 xc = fmax(x * 1.4426950408889634f, (float16)(-127.0f));
+    const float16 t = xc + 12582912.0f;       /* 1.5 * 2^23: rounds xc to an integer */
+    const float16 f = xc - (t - 12582912.0f); /* in [-1/2, 1/2] */
+    float16 p = (float16)1.5403530393381606e-4f;
+    p = fma(p, f, (float16)1.3333558146428443e-3f);
+    p = fma(p, f, (float16)9.6181291076284772e-3f);
+    p = fma(p, f, (float16)5.5504108664821580e-2f);
+    p = fma(p, f, (float16)2.4022650695910071e-1f);
+    p = fma(p, f, (float16)6.9314718055994531e-1f);
+    p = fma(p, f, (float16)1.0f);
+    const int16 n = as_int16(t) - 0x4b400000;
+    const float16 r = as_float16(as_int16(p) + (n << 23));
+    return select(r, (float16)0.0f, xc < (float16)(-126.0f));
+}
+
 /* The same for the vector of 16 keys at once, when no mask must be read per key: the
  * prelude's SCORE steps in order (scale, softcap, ALiBi) on float16, then exclusion by the
  * key range. Positions are exact in float below 2^24 keys; the lane path serves beyond. */
@@ -404,7 +446,7 @@ __kernel void bwd_cpu_pack(TENSOR_PARAMS(const __global K_T *, k),
         }                                                                                \
         if (HAS_ALIBI) x_ -= (slope) * fabs((float16)((float)((i) + Lk - Lq)) - jv_);    \
         const int16 in_ = jv_ >= (float16)((float)(lo)) && jv_ < (float16)((float)(hi)); \
-        (p16) = select((float16)(0.0f), exp(x_ - (l)), in_);                             \
+        (p16) = select((float16)(0.0f), bwd_exp_neg(x_ - (l)), in_);                     \
         (ds16) = (p16) * ((dp16) - (dd)) * dcap_;                                        \
     } while (0)
 #define TERMS16(s16, dp16, b, h, i, j0, lo, hi, slope, l, dd, p16, ds16)                 \
@@ -418,231 +460,283 @@ __kernel void bwd_cpu_pack(TENSOR_PARAMS(const __global K_T *, k),
 #define TERMS16 LANE_TERMS
 #endif
 
-#ifndef RB
-#define RB 4 /* query rows per step of bwd_cpu_dkdv: dK/dV are read and written once per RB rows */
-#endif
-
-__kernel void bwd_cpu_dkdv(TENSOR_PARAMS(const __global Q_T *, q),
-                           TENSOR_PARAMS(const __global K_T *, k),
-                           TENSOR_PARAMS(const __global V_T *, v),
-                           TENSOR_PARAMS(const __global DO_T *, dout), const __global float *lse,
-                           long lse_off, long lse_s0, long lse_s1, long lse_s2,
-                           const __global float *dl, TENSOR_PARAMS(__global DK_T *, dk),
-                           TENSOR_PARAMS(__global DV_T *, dv), MASK_PARAMS, long B, long Hq,
-                           long Hkv, const __global float *kt, const __global float *vt, long nt,
-                           const __global float *qp, const __global float *dop)
-{
-    const long tile = get_global_id(0), bk = get_global_id(1);
-    if (tile >= nt || bk >= B * Hkv) return;
-    const long b = bk / Hkv, kvh = bk - b * Hkv, group = Hq / Hkv;
-    const long j0 = tile * TW, j1 = min(j0 + TW, Lk);
-    const __global float16 *ktt = (const __global float16 *)(kt + ((bk * nt + tile) * D) * TW);
-    const __global float16 *vtt = (const __global float16 *)(vt + ((bk * nt + tile) * DV) * TW);
-    float16 dkt[D][KW], dvt[DV][KW];
-    for (int d = 0; d < D; d++)
-        for (int w = 0; w < KW; w++) dkt[d][w] = (float16)(0.0f);
-    for (int c = 0; c < DV; c++)
-        for (int w = 0; w < KW; w++) dvt[c][w] = (float16)(0.0f);
-    /* the step's rows in qp and dop; rows past its count point at row 0: computed with,
-     * never used */
-    const __global float *qr[RB], *dr[RB];
-    float16 pr[RB][KW], dsr[RB][KW];
-    for (long g = 0; g < group; g++) {
-        const long h = kvh * group + g;
-        const float slope = ALIBI_SLOPE(h);
-        for (long i0 = 0; i0 < Lq; i0 += RB) {
-            /* the rows of this step that see a key of the tile, packed to the front */
-            int n = 0;
-            long lo[RB], hi[RB], rows[RB];
-            float lr[RB], ddr[RB];
-            for (int r = 0; r < RB; r++) {
-                qr[r] = qp;
-                dr[r] = dop;
-            }
-            for (int r = 0; r < RB && i0 + r < Lq; r++) {
-                const long i = i0 + r;
-                const long2 kr = KEY_RANGE(b, i);
-                if (kr.x >= j1 || kr.y <= j0 || kr.x >= kr.y) continue;
-                const float l = lse[lse_off + b * lse_s0 + h * lse_s1 + i * lse_s2];
-                if (l == -INFINITY) continue;
-                const long row = (b * Hq + h) * Lq + i;
-                qr[n] = qp + row * D;
-                dr[n] = dop + row * DV;
-                lo[n] = kr.x;
-                hi[n] = kr.y;
-                rows[n] = i;
-                lr[n] = l;
-                ddr[n] = dl[row];
-                n++;
-            }
-            if (n == 0) continue;
-            /* all RB rows at once: independent chains of FMAs, not one chain per row */
-            float16 s16[RB][KW], dp16[RB][KW];
-            for (int r = 0; r < RB; r++)
-                for (int w = 0; w < KW; w++) s16[r][w] = dp16[r][w] = (float16)(0.0f);
-            for (int d = 0; d < D; d++) {
-                float16 kd[KW];
-                for (int w = 0; w < KW; w++) kd[w] = ktt[d * KW + w];
-                for (int r = 0; r < RB; r++) {
-                    const float16 x = (float16)(qr[r][d]);
-                    for (int w = 0; w < KW; w++) s16[r][w] = mad(x, kd[w], s16[r][w]);
-                }
-            }
-            for (int c = 0; c < DV; c++) {
-                float16 vc[KW];
-                for (int w = 0; w < KW; w++) vc[w] = vtt[c * KW + w];
-                for (int r = 0; r < RB; r++) {
-                    const float16 x = (float16)(dr[r][c]);
-                    for (int w = 0; w < KW; w++) dp16[r][w] = mad(x, vc[w], dp16[r][w]);
-                }
-            }
-            for (int r = 0; r < n; r++)
-                for (int w = 0; w < KW; w++)
-                    TERMS16(s16[r][w], dp16[r][w], b, h, rows[r], j0 + 16 * w, lo[r], hi[r], slope,
-                            lr[r], ddr[r], pr[r][w], dsr[r][w]);
-            for (int c = 0; c < DV; c++) {
-                float16 a[KW];
-                for (int w = 0; w < KW; w++) a[w] = dvt[c][w];
-                for (int r = 0; r < n; r++) {
-                    const float16 x = (float16)(dr[r][c]);
-                    for (int w = 0; w < KW; w++) a[w] = mad(x, pr[r][w], a[w]);
-                }
-                for (int w = 0; w < KW; w++) dvt[c][w] = a[w];
-            }
-            for (int d = 0; d < D; d++) {
-                float16 a[KW];
-                for (int w = 0; w < KW; w++) a[w] = dkt[d][w];
-                for (int r = 0; r < n; r++) {
-                    const float16 x = (float16)(qr[r][d]);
-                    for (int w = 0; w < KW; w++) a[w] = mad(x, dsr[r][w], a[w]);
-                }
-                for (int w = 0; w < KW; w++) dkt[d][w] = a[w];
-            }
-        }
-    }
-    const long kb = dk_off + b * dk_s0 + kvh * dk_s1, vb = dv_off + b * dv_s0 + kvh * dv_s1;
-    for (int d = 0; d < D; d++)
-        for (int w = 0; w < KW; w++) {
-            float t[16];
-            vstore16(dkt[d][w] * scale, 0, t);
-            for (int e = 0; e < 16; e++) {
-                const long j = j0 + 16 * w + e;
-                if (j < j1) STORE_DK(dk, kb + j * dk_s2 + d * dk_s3, t[e]);
-            }
-        }
-    for (int c = 0; c < DV; c++)
-        for (int w = 0; w < KW; w++) {
-            float t[16];
-            vstore16(dvt[c][w], 0, t);
-            for (int e = 0; e < 16; e++) {
-                const long j = j0 + 16 * w + e;
-                if (j < j1) STORE_DV(dv, vb + j * dv_s2 + c * dv_s3, t[e]);
-            }
-        }
-}
-
-__kernel void bwd_cpu_dq(TENSOR_PARAMS(const __global Q_T *, q),
+__kernel void bwd_cpu_kv(TENSOR_PARAMS(const __global Q_T *, q),
                          TENSOR_PARAMS(const __global K_T *, k),
                          TENSOR_PARAMS(const __global V_T *, v),
                          TENSOR_PARAMS(const __global DO_T *, dout), const __global float *lse,
                          long lse_off, long lse_s0, long lse_s1, long lse_s2,
-                         const __global float *dl, TENSOR_PARAMS(__global DQ_T *, dq), MASK_PARAMS,
-                         long B, long Hq, long Hkv, const __global float *kt,
-                         const __global float *vt, const __global float *kp, long nt,
-                         const __global float *qp, const __global float *dop)
+                         const __global float *dl, TENSOR_PARAMS(__global DK_T *, dk),
+                         TENSOR_PARAMS(__global DV_T *, dv), TENSOR_PARAMS(__global DQ_T *, dq),
+                         MASK_PARAMS, long B, long Hq, long Hkv, const __global float *qp,
+                         const __global float *dop, __global float *scr, __global float *part,
+                         long nsplit)
 {
-    const long blk = get_global_id(0), bh = get_global_id(1);
-    const long i0 = blk * MB;
-    if (i0 >= Lq || bh >= B * Hq) return;
-    const long b = bh / Hq, h = bh - b * Hq, kvh = h / (Hq / Hkv), bk = b * Hkv + kvh;
-    const float slope = ALIBI_SLOPE(h);
-    const __global float *qr[MB], *dr[MB]; /* rows past Lq read row i0: never used */
-    float lr[MB], ddr[MB];
-    long lo[MB], hi[MB];
-    long jlo = Lk, jhi = 0;
-    for (int r = 0; r < MB; r++) {
-        const long row = (b * Hq + h) * Lq + (i0 + r < Lq ? i0 + r : i0);
-        qr[r] = qp + row * D;
-        dr[r] = dop + row * DV;
-    }
-    for (int r = 0; r < MB; r++) {
-        const long i = i0 + r;
-        lo[r] = hi[r] = 0;
-        lr[r] = -INFINITY;
-        ddr[r] = 0.0f;
-        if (i >= Lq) continue;
-        const long2 kr = KEY_RANGE(b, i);
-        lr[r] = lse[lse_off + b * lse_s0 + h * lse_s1 + i * lse_s2];
-        if (kr.x >= kr.y || lr[r] == -INFINITY) continue;
-        lo[r] = kr.x;
-        hi[r] = kr.y;
-        jlo = min(jlo, kr.x);
-        jhi = max(jhi, kr.y);
-        ddr[r] = dl[(b * Hq + h) * Lq + i];
-    }
-    float16 acc[MB][DP16];
-    for (int r = 0; r < MB; r++)
-        for (int u = 0; u < DP16; u++) acc[r][u] = (float16)(0.0f);
-    const __global float16 *kpb = K_DIRECT ? 0 : (const __global float16 *)(kp + bk * nt * TW * (DP16 * 16));
-    for (long tile = jlo / TW; tile * TW < jhi; tile++) {
-        const long j0 = tile * TW;
-        const __global float16 *ktt = (const __global float16 *)(kt + ((bk * nt + tile) * D) * TW);
-        const __global float16 *vtt = (const __global float16 *)(vt + ((bk * nt + tile) * DV) * TW);
-        /* all MB rows at once: independent chains of FMAs */
-        float16 s16[MB][KW], dp16[MB][KW];
-        for (int r = 0; r < MB; r++)
-            for (int w = 0; w < KW; w++) s16[r][w] = dp16[r][w] = (float16)(0.0f);
-        for (int d = 0; d < D; d++) {
-            float16 kd[KW];
-            for (int w = 0; w < KW; w++) kd[w] = ktt[d * KW + w];
-            for (int r = 0; r < MB; r++) {
-                const float16 x = (float16)(qr[r][d]);
-                for (int w = 0; w < KW; w++) s16[r][w] = mad(x, kd[w], s16[r][w]);
-            }
-        }
-        for (int c = 0; c < DV; c++) {
-            float16 vc[KW];
-            for (int w = 0; w < KW; w++) vc[w] = vtt[c * KW + w];
-            for (int r = 0; r < MB; r++) {
-                const float16 x = (float16)(dr[r][c]);
-                for (int w = 0; w < KW; w++) dp16[r][w] = mad(x, vc[w], dp16[r][w]);
-            }
-        }
-        for (int r = 0; r < MB; r++) {
-            if (lo[r] >= j0 + TW || hi[r] <= j0) continue;
-            for (int w = 0; w < KW; w++) {
-                const long jw = j0 + 16 * w;
-                if (lo[r] >= jw + 16 || hi[r] <= jw) continue;
-                float16 p16, ds16;
-                TERMS16(s16[r][w], dp16[r][w], b, h, i0 + r, jw, lo[r], hi[r], slope, lr[r], ddr[r],
-                        p16, ds16);
-                float dsa[16];
-                vstore16(ds16, 0, dsa);
-                for (int jj = 0; jj < 16; jj++) {
-                    const float x = dsa[jj];
-                    if (x == 0.0f) continue;
-#if K_DIRECT
-                    /* lanes past Lk have dS == 0: no row beyond K is read */
-                    const __global float *krow =
-                        (const __global float *)k + k_off + b * k_s0 + kvh * k_s1 + (jw + jj) * k_s2;
-                    for (int u = 0; u < DP16; u++) acc[r][u] = mad((float16)(x), vload16(u, krow), acc[r][u]);
-#else
-                    const __global float16 *krow = kpb + (jw + jj) * DP16;
-                    for (int u = 0; u < DP16; u++) acc[r][u] = mad((float16)(x), krow[u], acc[r][u]);
+    const long s = get_global_id(0), bk = get_global_id(1);
+    if (s >= nsplit || bk >= B * Hkv) return;
+    const long b = bk / Hkv, kvh = bk - b * Hkv, group = Hq / Hkv;
+    __global float *kt = scr + (bk * nsplit + s) * SCR_FLOATS;
+    __global float *vt = kt + D * BN;
+    __global float *kr = vt + DV * BN;
+    __global float *zrow = kr + BN * DP16 * 16;
+    __global float *dummy = zrow + 16 * ZP16;
+    for (int e = 0; e < 16 * ZP16; e++) zrow[e] = 0.0f;
+#if !DQ_DIRECT
+    __global float *dqs = part + s * (B * Hq * Lq) * (DP16 * 16);
 #endif
+    const long nkb = (Lk + BN - 1) / BN;
+#if DQ_DIRECT
+    /* the rows of dQ this work-item owns (every head of its group), zeroed here rather
+     * than by another command: this launch is the only one that writes the outputs */
+    for (long g = 0; g < group; g++)
+        for (long i = 0; i < Lq; i++) {
+            __global float *r = (__global float *)dq + dq_off + b * dq_s0 + (kvh * group + g) * dq_s1 + i * dq_s2;
+            for (int u = 0; u < DP16; u++) vstore16((float16)(0.0f), u, r);
+        }
+#endif
+#if K_DIRECT
+#define KROW(jj) ((const __global float *)k + k_off + b * k_s0 + kvh * k_s1 + (j0 + (jj)) * k_s2)
+#else
+#define KROW(jj) (kr + (jj) * (DP16 * 16))
+#endif
+
+    float16 dka[BN][DP16], dva[BN][DVP16];
+    float pb[RB][BN], dsb[RB][BN];
+    const __global float *qr[RB], *dr[RB];
+    __global float *dqr[RB];
+    long rows[RB], lo[RB], hi[RB];
+    float lr[RB], ddr[RB];
+
+    for (long kb = s; kb < nkb; kb += nsplit) {
+        const long j0 = kb * BN, j1 = min(j0 + BN, Lk);
+        /* the block's K and V, zero past Lk */
+        for (int jj = 0; jj < BN; jj++) {
+            const long j = j0 + jj;
+            const long kb0 = k_off + b * k_s0 + kvh * k_s1 + j * k_s2;
+            const long vb0 = v_off + b * v_s0 + kvh * v_s1 + j * v_s2;
+            for (int d = 0; d < D; d++) {
+                const float x = j < Lk ? LOAD_K(k, kb0 + d * k_s3) : 0.0f;
+                kt[d * BN + jj] = x;
+                if (!K_DIRECT) kr[jj * (DP16 * 16) + d] = x;
+            }
+            if (!K_DIRECT)
+                for (int d = D; d < DP16 * 16; d++) kr[jj * (DP16 * 16) + d] = 0.0f;
+            for (int c = 0; c < DV; c++) vt[c * BN + jj] = j < Lk ? LOAD_V(v, vb0 + c * v_s3) : 0.0f;
+        }
+        for (int jj = 0; jj < BN; jj++) {
+            for (int u = 0; u < DP16; u++) dka[jj][u] = (float16)(0.0f);
+            for (int u = 0; u < DVP16; u++) dva[jj][u] = (float16)(0.0f);
+        }
+        for (long g = 0; g < group; g++) {
+            const long h = kvh * group + g;
+            const float slope = ALIBI_SLOPE(h);
+            for (long i0 = 0; i0 < Lq; i0 += RB) {
+                /* Key ranges only move forward with the row (causal, window and key
+                 * lengths all bound them by the row's position or not at all): a step
+                 * whose last row ends before the block sees none of it, and once a
+                 * step's first row starts past the block no later row sees it. */
+                const long2 first = KEY_RANGE(b, i0), last = KEY_RANGE(b, min(i0 + RB, Lq) - 1);
+                if (first.x >= j1) break;
+                if (last.y <= j0) continue;
+                /* the rows of this step that see a key of the block, packed to the front;
+                 * [ulo, uhi): the keys of the block some of them see */
+                int n = 0, ulo = BN, uhi = 0;
+                for (int r = 0; r < RB && i0 + r < Lq; r++) {
+                    const long i = i0 + r;
+                    const long2 kr2 = KEY_RANGE(b, i);
+                    if (kr2.x >= j1 || kr2.y <= j0 || kr2.x >= kr2.y) continue;
+                    const float l = lse[lse_off + b * lse_s0 + h * lse_s1 + i * lse_s2];
+                    if (l == -INFINITY) continue;
+                    const long row = (b * Hq + h) * Lq + i;
+#if Q_DIRECT
+                    qr[n] = (const __global float *)q + q_off + b * q_s0 + h * q_s1 + i * q_s2;
+#else
+                    qr[n] = qp + row * (DP16 * 16);
+#endif
+#if DO_DIRECT
+                    dr[n] = (const __global float *)dout + dout_off + b * dout_s0 + h * dout_s1 +
+                            i * dout_s2;
+#else
+                    dr[n] = dop + row * (DVP16 * 16);
+#endif
+#if DQ_DIRECT
+                    dqr[n] = (__global float *)dq + dq_off + b * dq_s0 + h * dq_s1 + i * dq_s2;
+#else
+                    dqr[n] = dqs + row * (DP16 * 16);
+#endif
+                    lo[n] = kr2.x;
+                    hi[n] = kr2.y;
+                    ulo = min(ulo, (int)(max(kr2.x, j0) - j0));
+                    uhi = max(uhi, (int)(min(kr2.y, j1) - j0));
+                    rows[n] = i;
+                    lr[n] = l;
+                    ddr[n] = dl[row];
+                    n++;
+                }
+                if (n == 0) continue;
+                const int nt = (n + RT - 1) / RT * RT; /* whole register tiles */
+                /* the products below skip keys no row of the step sees, in groups of 4 */
+                const int jlo = ulo / 4 * 4, jhi = uhi;
+                for (int r = n; r < nt; r++) {
+                    qr[r] = zrow;
+                    dr[r] = zrow;
+                    dqr[r] = dummy;
+                }
+                /* S = Q Kᵀ and dP = dO Vᵀ, RT rows at a time; then P and dS */
+                for (int r0 = 0; r0 < nt; r0 += RT) {
+                    float16 sa[RT][NVN], pa[RT][NVN];
+#pragma unroll
+                    for (int r = 0; r < RT; r++)
+#pragma unroll
+                        for (int w = 0; w < NVN; w++) sa[r][w] = pa[r][w] = (float16)(0.0f);
+                    for (int d = 0; d < D; d++) {
+                        float16 kv[NVN];
+#pragma unroll
+                        for (int w = 0; w < NVN; w++) kv[w] = vload16(w, kt + d * BN);
+#pragma unroll
+                        for (int r = 0; r < RT; r++) {
+                            const float x = qr[r0 + r][d];
+#pragma unroll
+                            for (int w = 0; w < NVN; w++) sa[r][w] = fma((float16)(x), kv[w], sa[r][w]);
+                        }
+                    }
+                    for (int c = 0; c < DV; c++) {
+                        float16 vv[NVN];
+#pragma unroll
+                        for (int w = 0; w < NVN; w++) vv[w] = vload16(w, vt + c * BN);
+#pragma unroll
+                        for (int r = 0; r < RT; r++) {
+                            const float x = dr[r0 + r][c];
+#pragma unroll
+                            for (int w = 0; w < NVN; w++) pa[r][w] = fma((float16)(x), vv[w], pa[r][w]);
+                        }
+                    }
+                    for (int r = 0; r < RT; r++) {
+                        const int R = r0 + r;
+                        for (int w = 0; w < NVN; w++) {
+                            float16 p16 = (float16)(0.0f), ds16 = (float16)(0.0f);
+                            if (R < n && lo[R] < j0 + 16 * w + 16 && hi[R] > j0 + 16 * w)
+                                TERMS16(sa[r][w], pa[r][w], b, h, rows[R], j0 + 16 * w, lo[R],
+                                        hi[R], slope, lr[R], ddr[R], p16, ds16);
+                            vstore16(p16, w, pb[R]);
+                            vstore16(ds16 * scale, w, dsb[R]); /* scale · dS for dK and dQ */
+                        }
+                    }
+                }
+                /* dV += Pᵀ dO and dK += dSᵀ Q: 4 keys x CT vectors per register tile */
+                for (int jj0 = jlo; jj0 < jhi; jj0 += 4) {
+#pragma unroll
+                    for (int c0 = 0; c0 < DVP16; c0 += CT) {
+                        float16 a[4][CT];
+#pragma unroll
+                        for (int t = 0; t < 4; t++)
+#pragma unroll
+                            for (int c = 0; c < CT; c++)
+                                if (c0 + c < DVP16) a[t][c] = dva[jj0 + t][c0 + c];
+                        for (int r = 0; r < n; r++) {
+                            float16 x[CT];
+#pragma unroll
+                            for (int c = 0; c < CT; c++)
+                                if (c0 + c < DVP16) x[c] = vload16(c0 + c, dr[r]);
+#pragma unroll
+                            for (int t = 0; t < 4; t++) {
+                                const float pv = pb[r][jj0 + t];
+#pragma unroll
+                                for (int c = 0; c < CT; c++)
+                                    if (c0 + c < DVP16) a[t][c] = fma((float16)(pv), x[c], a[t][c]);
+                            }
+                        }
+#pragma unroll
+                        for (int t = 0; t < 4; t++)
+#pragma unroll
+                            for (int c = 0; c < CT; c++)
+                                if (c0 + c < DVP16) dva[jj0 + t][c0 + c] = a[t][c];
+                    }
+#pragma unroll
+                    for (int c0 = 0; c0 < DP16; c0 += CT) {
+                        float16 a[4][CT];
+#pragma unroll
+                        for (int t = 0; t < 4; t++)
+#pragma unroll
+                            for (int c = 0; c < CT; c++)
+                                if (c0 + c < DP16) a[t][c] = dka[jj0 + t][c0 + c];
+                        for (int r = 0; r < n; r++) {
+                            float16 x[CT];
+#pragma unroll
+                            for (int c = 0; c < CT; c++)
+                                if (c0 + c < DP16) x[c] = vload16(c0 + c, qr[r]);
+#pragma unroll
+                            for (int t = 0; t < 4; t++) {
+                                const float dsv = dsb[r][jj0 + t];
+#pragma unroll
+                                for (int c = 0; c < CT; c++)
+                                    if (c0 + c < DP16) a[t][c] = fma((float16)(dsv), x[c], a[t][c]);
+                            }
+                        }
+#pragma unroll
+                        for (int t = 0; t < 4; t++)
+#pragma unroll
+                            for (int c = 0; c < CT; c++)
+                                if (c0 + c < DP16) dka[jj0 + t][c0 + c] = a[t][c];
+                    }
+                }
+                /* dQ_s += dS K for the step's rows: RT rows x CT vectors per register tile
+                 * (keys below jhi only: no K row past Lk is read in place) */
+                for (int r0 = 0; r0 < nt; r0 += RT) {
+#pragma unroll
+                    for (int c0 = 0; c0 < DP16; c0 += CT) {
+                        float16 a[RT][CT];
+#pragma unroll
+                        for (int r = 0; r < RT; r++)
+#pragma unroll
+                            for (int c = 0; c < CT; c++)
+                                if (c0 + c < DP16) a[r][c] = vload16(c0 + c, dqr[r0 + r]);
+                        for (int jj = jlo; jj < jhi; jj++) {
+                            float16 x[CT];
+#pragma unroll
+                            for (int c = 0; c < CT; c++)
+                                if (c0 + c < DP16) x[c] = vload16(c0 + c, KROW(jj));
+#pragma unroll
+                            for (int r = 0; r < RT; r++) {
+                                const float dsv = dsb[r0 + r][jj];
+#pragma unroll
+                                for (int c = 0; c < CT; c++)
+                                    if (c0 + c < DP16) a[r][c] = fma((float16)(dsv), x[c], a[r][c]);
+                            }
+                        }
+#pragma unroll
+                        for (int r = 0; r < RT; r++)
+#pragma unroll
+                            for (int c = 0; c < CT; c++)
+                                if (c0 + c < DP16) vstore16(a[r][c], c0 + c, dqr[r0 + r]);
+                    }
                 }
             }
         }
-    }
-    for (int r = 0; r < MB; r++) {
-        const long i = i0 + r;
-        if (i >= Lq) break;
-        const long ob = dq_off + b * dq_s0 + h * dq_s1 + i * dq_s2;
-        for (int u = 0; u < DP16; u++) {
-            float t[16];
-            vstore16(acc[r][u] * scale, 0, t);
-            for (int e = 0; e < 16 && u * 16 + e < D; e++) STORE_DQ(dq, ob + (u * 16 + e) * dq_s3, t[e]);
+        const long kb0 = dk_off + b * dk_s0 + kvh * dk_s1, vb0 = dv_off + b * dv_s0 + kvh * dv_s1;
+        for (int jj = 0; jj < BN && j0 + jj < j1; jj++) {
+            const long j = j0 + jj;
+            float t[16 * ZP16];
+            for (int u = 0; u < DP16; u++) vstore16(dka[jj][u], u, t);
+            for (int d = 0; d < D; d++) STORE_DK(dk, kb0 + j * dk_s2 + d * dk_s3, t[d]);
+            for (int u = 0; u < DVP16; u++) vstore16(dva[jj][u], u, t);
+            for (int c = 0; c < DV; c++) STORE_DV(dv, vb0 + j * dv_s2 + c * dv_s3, t[c]);
         }
+    }
+}
+
+/* dQ = the sum of the partials (of scale · dS K), in split order. */
+__kernel void bwd_dqsum(const __global float *part, long nsplit, TENSOR_PARAMS(__global DQ_T *, dq),
+                        float scale, long B, long Hq, long Lq)
+{
+    const long row = get_global_id(0);
+    const long rows = B * Hq * Lq;
+    if (row >= rows) return;
+    const long3 bhi = clattn_decode_row(row, Hq, Lq);
+    const long ob = dq_off + bhi.x * dq_s0 + bhi.y * dq_s1 + bhi.z * dq_s2;
+    for (int d = 0; d < D; d++) {
+        float x = 0.0f;
+        for (long s = 0; s < nsplit; s++) x += part[(s * rows + row) * (DP16 * 16) + d];
+        STORE_DQ(dq, ob + d * dq_s3, x);
     }
 }
 #endif
@@ -699,15 +793,20 @@ __kernel void bwd_dmask(TENSOR_PARAMS(const __global Q_T *, q),
     dm[dm_off + a0 * dm_s0 + a1 * dm_s1 + a2 * dm_s2 + a3 * dm_s3] = sum;
 }
 
-/* Spans in 2-byte units (every output dtype is 2 or 4 bytes); an absent one has n = 0. */
-kernel void bwd_commit(global ushort *d0, ulong o0, global const ushort *s0, ulong n0,
-                       global ushort *d1, ulong o1, global const ushort *s1, ulong n1,
-                       global ushort *d2, ulong o2, global const ushort *s2, ulong n2,
-                       global ushort *d3, ulong o3, global const ushort *s3, ulong n3)
-{
-    const ulong i = get_global_id(0);
-    if (i < n0) d0[o0 + i] = s0[i];
-    if (i < n1) d1[o1 + i] = s1[i];
-    if (i < n2) d2[o2 + i] = s2[i];
-    if (i < n3) d3[o3 + i] = s3[i];
-}
+/* Spans in units of T: bwd_commit in 2 bytes (every output dtype is 2 or 4 bytes),
+ * bwd_commit16 in 16 when every offset and span is a multiple of 16 bytes (8 times fewer
+ * work-items for the same copy); an absent span has n = 0. */
+#define BWD_COMMIT(name, T)                                                              \
+    kernel void name(global T *d0, ulong o0, global const T *s0, ulong n0, global T *d1,  \
+                     ulong o1, global const T *s1, ulong n1, global T *d2, ulong o2,      \
+                     global const T *s2, ulong n2, global T *d3, ulong o3,               \
+                     global const T *s3, ulong n3)                                       \
+    {                                                                                    \
+        const ulong i = get_global_id(0);                                                \
+        if (i < n0) d0[o0 + i] = s0[i];                                                  \
+        if (i < n1) d1[o1 + i] = s1[i];                                                  \
+        if (i < n2) d2[o2 + i] = s2[i];                                                  \
+        if (i < n3) d3[o3 + i] = s3[i];                                                  \
+    }
+BWD_COMMIT(bwd_commit, ushort)
+BWD_COMMIT(bwd_commit16, uint4)

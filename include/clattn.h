@@ -49,9 +49,10 @@
  *   CLATTN_FAIL_PATH    testing only: "NAME:build" or "NAME:launch" (comma separated)
  *                       makes that path fail as a broken driver would, to exercise the
  *                       fallback chain.
- *   CLATTN_FAULT        testing only: "alloc:N", "enqueue:N", "map:N" or "build:N" (comma
- *                       separated) makes the N-th device allocation, enqueue, read-back or
- *                       kernel build of the context fail once, as a driver would.
+ *   CLATTN_FAULT        testing only: "alloc:N", "enqueue:N", "map:N", "build:N" or
+ *                       "probe:N" (comma separated) makes the N-th device allocation,
+ *                       enqueue, read-back, kernel build or feature probe of the context
+ *                       fail once, as a driver would (a failed probe: wrong output).
  *
  * Failures. A call that fails leaves its outputs (O, LSE; host or cl_mem) and the KV
  * cache (contents and lengths) as they were before the call. In auto mode a path that
@@ -345,11 +346,17 @@ CLATTN_API clattn_status clattn_attention_varlen(clattn_context *ctx, const clat
  * of a float additive mask (opt->mask must be f32; d_mask f32 with the mask's extents):
  * dLoss/ds summed over the extents the mask broadcasts. Inputs and outputs take any of
  * f32, f16 and bf16 storage (d_mask: f32) and any strides; arithmetic is float32.
- * Outputs must not overlap each other or any input. opt->lse and opt->path are not used.
+ * Outputs must not overlap each other or any input. opt->lse is not used. opt->path:
+ * AUTO runs the tiled kernels (the tuning layer's form for the device, then its other
+ * form if that one fails to build) and, when they fail to build or run, falls back to
+ * the unfused kernels (no scratch, slower); FUSED runs the tiled kernels only, UNFUSED
+ * the unfused ones only; DECODE and CLBLAST are refused (CLATTN_ERROR_PATH_UNSUPPORTED).
+ * With AUTO, CLATTN_PATH=fused or unfused forces those (other values leave it AUTO).
  * The result is deterministic (no atomics): the same inputs give bit-identical gradients.
  * Memory: scratch linear in B*Hq*Lq, plus a copy of each cl_mem output (outputs are
  * written into scratch and committed in one launch, so a failed call leaves every output
- * as it was; host outputs likewise). Events and host tensors behave as in
+ * as it was; host outputs likewise; where a single launch writes every output, as the
+ * CPU form's can, it writes them in place instead). Events and host tensors behave as in
  * clattn_attention. Accuracy and speed: docs/backward.md. */
 CLATTN_API clattn_status clattn_attention_backward(
     clattn_context *ctx, const clattn_tensor *q, const clattn_tensor *k, const clattn_tensor *v,
@@ -394,6 +401,99 @@ CLATTN_API clattn_status clattn_merge_states(clattn_context *ctx, size_t n_parts
                                              const clattn_tensor *o_parts,
                                              const clattn_tensor *lse_parts, clattn_tensor *o,
                                              clattn_tensor *lse, cl_event *event);
+
+/* ---- One block of a bigger problem (ring attention, key splits) ------------------ */
+/* Where a block of query rows and a block of keys sit in the whole problem. */
+typedef struct clattn_block {
+    int64_t q_start;  /* global position of the block's first query row */
+    int64_t k_start;  /* global position of the block's first key */
+    int64_t lq_total; /* Lq of the whole problem */
+    int64_t lk_total; /* Lk of the whole problem */
+} clattn_block;
+
+/* The attention of query rows q_start .. q_start+lq-1 (q [B, Hq, lq, D]) over keys
+ * k_start .. k_start+lk-1 only (k [B, Hkv, lk, D], v [B, Hkv, lk, Dv]), with every SPEC
+ * §1 option taken at the rows' and keys' global positions: causal edges, windows and
+ * ALiBi use i' = i + lk_total - lq_total and global j; opt->mask is the whole problem's
+ * mask ([B|1, Hq|1, lq_total|1, lk_total|1]); opt->kv_lens holds global key counts;
+ * opt->lse receives the block's LSE [B, Hq, lq, 1]. Merging the (O, LSE) of blocks over
+ * disjoint key sets (clattn_merge_states) gives the attention over their union, so ring
+ * attention and key splits are built from this call.
+ * A block whose pairs are all excluded by causal/window positions does no device work:
+ * O = 0 and LSE = -inf are written and *computed (may be NULL) is 0; otherwise 1.
+ * Causal edges and windows become the block's own window after the rows that see no
+ * key (O = 0, LSE = -inf) and the keys no row sees are left out, which is exact for any
+ * band. ALiBi at an offset (a block off the diagonal) whose computed pairs all lie on one
+ * side of i' = j becomes a per-key bias ([1, Hq, 1, keys] floats) plus a per-row constant
+ * added to the LSE; only ALiBi across i' = j at an offset, or ALiBi at an offset with a
+ * mask, builds a float32 mask of [B|1, Hq, rows, keys] on the host for the call. All tensors, outputs and option
+ * tensors are host tensors (the call returns when O and LSE are written); wait events
+ * are refused. */
+CLATTN_API clattn_status clattn_attention_block(clattn_context *ctx, const clattn_block *block,
+                                                const clattn_tensor *q, const clattn_tensor *k,
+                                                const clattn_tensor *v, clattn_tensor *o,
+                                                const clattn_options *opt, int *computed);
+
+/* ---- Device groups: one call over several devices --------------------------------- */
+/* A group of contexts (any mix of devices and platforms: two GPUs, a GPU and the CPU,
+ * PoCL and rusticl) that computes one attention call together. The call is split by
+ * (batch, KV head) units, each device taking a contiguous range of B*Hkv in proportion
+ * to its speed; when there are fewer than 4 units per device it is split by keys instead
+ * and the parts' (O, LSE) are merged exactly on the host (log-sum-exp, in double); the
+ * key ranges then carry shares of the work (the rows that causal edges and windows let
+ * see each key), not of the keys. Each
+ * device runs its part on a thread of its own, so a group uses each of its contexts from
+ * one thread at a time: do not use them elsewhere during a group call, and use a group
+ * from one thread at a time.
+ * Speeds: clattn_group_set_speeds, or measured by clattn_group_calibrate (also run by
+ * the first call when no speeds are set, with that call's D, Dv and dtype): each device
+ * runs a 1x4x256x256 problem, the first run builds the kernel and the best of the next
+ * three gives the speed in GFLOP/s. The split is recomputed from the speeds on every
+ * call.
+ * Host staging: the tensors are host tensors (the devices have no memory in common), so
+ * each device copies its part in and its results out: in a unit split Q, K, V and O each
+ * cross once over the whole group; in a key split K and V cross once, while Q goes to
+ * every device and every device returns a whole O and LSE for the merge. Results land in
+ * float32 host scratch (the output's size, per device in a key split), committed to o
+ * (converted to o's dtype) only when every device succeeded: a failed call leaves o and
+ * options.lse as they were. On a CPU device a copy costs about as much as reading the
+ * data once; on a discrete GPU it crosses PCIe: B*Hq*Lq*D*e (Q) + B*Hkv*Lk*(D+Dv)*e
+ * (K, V) + B*Hq*Lq*(Dv+1)*4 (O, LSE) bytes per unit-split call, e the input element size
+ * (docs/scaling.md). */
+typedef struct clattn_group clattn_group;
+
+/* A group of new contexts, one per device spec (see clattn_device_find); the group owns
+ * them. At most 64 devices. On failure *group is NULL and no context is left. */
+CLATTN_API clattn_status clattn_group_create(const char *const *specs, size_t n,
+                                             clattn_group **group);
+/* A group over the caller's contexts (not owned: they must outlive the group and are not
+ * freed by it). The same context twice is refused (INVALID_ARGUMENT). */
+CLATTN_API clattn_status clattn_group_create_from_contexts(clattn_context *const *ctxs,
+                                                           size_t n, clattn_group **group);
+CLATTN_API void clattn_group_free(clattn_group *group); /* NULL is a no-op */
+CLATTN_API size_t clattn_group_size(const clattn_group *group);
+CLATTN_API clattn_context *clattn_group_context(const clattn_group *group, size_t i);
+/* The message of the last failed group call ("" if none); it names the device. */
+CLATTN_API const char *clattn_group_last_error(const clattn_group *group);
+/* Relative speeds (n values >= 0, not all 0), e.g. `clattn devices --peak` figures. */
+CLATTN_API clattn_status clattn_group_set_speeds(clattn_group *group, const double *speeds);
+/* Measure each device's speed now (one device after the other, so they do not compete
+ * for a shared host) with head dims D, Dv and storage dtype. */
+CLATTN_API clattn_status clattn_group_calibrate(clattn_group *group, int64_t D, int64_t Dv,
+                                                clattn_dtype dtype);
+/* The speeds in use (GFLOP/s when measured), 0 each before any are set or measured. */
+CLATTN_API clattn_status clattn_group_speeds(const clattn_group *group, double *speeds);
+/* Attention as clattn_attention computes it (every SPEC §1 option, any strides), with
+ * host tensors only (q, k, v, o and the options' tensors); no wait events. Returns when
+ * o and options.lse are written. */
+CLATTN_API clattn_status clattn_group_attention(clattn_group *group, const clattn_tensor *q,
+                                                const clattn_tensor *k, const clattn_tensor *v,
+                                                clattn_tensor *o, const clattn_options *opt);
+/* Device i's share of the last call: by_keys 1 when keys were split (start, count over
+ * Lk), else 0 (over the B*Hkv units, unit = b*Hkv + kv head), and its wall time. */
+CLATTN_API clattn_status clattn_group_last_split(const clattn_group *group, size_t i,
+                                                 int *by_keys, int64_t *start, int64_t *count,
+                                                 double *seconds);
 
 /* ---- KV cache -------------------------------------------------------------------- */
 /* A key/value cache on the device for token-by-token generation: K [B, Hkv, capacity, D]

@@ -15,6 +15,10 @@ build=${CLATTN_BUILD_DIR:-$root/build}
 packages=(cmake make gcc pkg-config opencl-headers ocl-icd-opencl-dev pocl-opencl-icd
           mesa-opencl-icd libclblast-dev libcmocka-dev oclgrind clinfo
           python3 python3-venv python3-pip)
+# Open MPI for the test suite: libclattn_mpi's tests run several ranks on this machine.
+if [ "$mode" = test ]; then
+  packages+=(libopenmpi-dev openmpi-bin)
+fi
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -31,7 +35,12 @@ fi
 bash "$root/scripts/opencl_device_check.sh"
 
 jobs=$(nproc 2>/dev/null || echo 2)
-cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release >/dev/null
+# The MPI layer (libclattn_mpi, --context-parallel) whenever an MPI compiler is here.
+mpi_flag=-DCLATTN_WITH_MPI=OFF
+if command -v mpicc >/dev/null 2>&1; then
+  mpi_flag=-DCLATTN_WITH_MPI=ON
+fi
+cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release "$mpi_flag" >/dev/null
 cmake --build "$build" -j "$jobs"
 
 case "$mode" in

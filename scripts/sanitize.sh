@@ -1,11 +1,12 @@
 #!/bin/sh
 # Build clattn with sanitizers and run its tests under them:
 #   1. build-asan: AddressSanitizer + UndefinedBehaviorSanitizer (leaks too), every CTest
-#      test but test_rusticl (see below), the oclgrind tier (oclgrind runs the kernels in its own simulator, so a
+#      test but test_rusticl and test_rusticl_group (see below), the oclgrind tier (oclgrind runs the kernels in its own simulator, so a
 #      sanitized host adds nothing there) and the slow tier (the soak's 100,000 cycles
 #      check memory use, which the plain build measures); any extra arguments are passed
 #      to that ctest run (e.g. -L quick, -R test_api, -j2);
-#   2. build-tsan: ThreadSanitizer, test_threads (contexts on concurrent threads).
+#   2. build-tsan: ThreadSanitizer, test_threads (contexts on concurrent threads) and
+#      test_group (a device group's parts on a thread each).
 # Any sanitizer report fails the run (halt_on_error, -fno-sanitize-recover).
 #
 # Usage: scripts/sanitize.sh [CTEST_ARGS...]
@@ -49,12 +50,12 @@ export ASAN_OPTIONS="detect_leaks=1:halt_on_error=1:abort_on_error=0:strict_stri
 # print_suppressions=0: the CLI tests check that stderr holds exactly one line per error.
 export LSAN_OPTIONS="suppressions=$supp/lsan.supp:print_suppressions=0"
 export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:suppressions=$supp/ubsan.supp"
-# test_rusticl is left to the plain build: with fast_unwind_on_malloc=0, ASan unwinds
+# test_rusticl and test_rusticl_group are left to the plain build: with fast_unwind_on_malloc=0, ASan unwinds
 # through libgcc inside malloc, and rusticl's threads then deadlock on the unwinder's
 # lock (seen: every thread asleep, one in _Unwind_Find_FDE). It runs the same host code
 # as the PoCL tests, which do run here.
 asan_status=0
-(cd build-asan && ctest --output-on-failure -LE 'oclgrind|slow' -E '^test_rusticl$' "$@") || asan_status=$?
+(cd build-asan && ctest --output-on-failure -LE 'oclgrind|slow' -E '^(test_rusticl|test_rusticl_group)$' "$@") || asan_status=$?
 asan_end=$(date +%s)
 echo "== ASan+UBSan tests took $((asan_end - start)) s"
 
@@ -65,11 +66,11 @@ fi
 echo "== TSan build (build-tsan, $tcc)"
 cmake -S . -B build-tsan -DCMAKE_C_COMPILER="$tcc" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
       -DCLATTN_SANITIZE=thread >/dev/null
-cmake --build build-tsan -j "$jobs" --target test_threads
+cmake --build build-tsan -j "$jobs" --target test_threads test_group
 share_cache build-tsan
 export TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1:suppressions=$supp/tsan.supp:print_suppressions=0"
 tsan_status=0
-(cd build-tsan && ctest --output-on-failure -R '^test_threads$') || tsan_status=$?
+(cd build-tsan && ctest --output-on-failure -R '^(test_threads|test_group)$') || tsan_status=$?
 end=$(date +%s)
 echo "== TSan test took $((end - asan_end)) s; sanitize.sh took $((end - start)) s in all"
 # both runs report before either failure ends the script

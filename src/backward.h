@@ -31,5 +31,8 @@ clattn_status clattn__bwd_problem_init(clattn__bwd_problem *bp, const clattn_ten
 /* Testing only: -1 = the kernel form the device's table row gives; 0 = CPU form, 1 = GPU
  * form (so both run on whatever device runs the tests). Not part of the ABI. */
 extern int clattn__backward_force_form;
+/* Testing only: the form that computed the calling thread's last successful call (0 CPU,
+ * 1 GPU, 2 the unfused fallback of cl/backward_unfused.cl). */
+extern _Thread_local int clattn__backward_last_form;
 
 #endif /* CLATTN_BACKWARD_H */

@@ -49,6 +49,7 @@ typedef enum clattn__fault_kind {
     CLATTN__FAULT_ENQUEUE,   /* kernels, fills, copies, markers, CLBlast: CL_OUT_OF_RESOURCES */
     CLATTN__FAULT_MAP,       /* read-backs to the host: CL_MAP_FAILURE */
     CLATTN__FAULT_BUILD,     /* kernel gets (built or cached): CLATTN_ERROR_BUILD_FAILED */
+    CLATTN__FAULT_PROBE,     /* feature probes (probe.c): the probe's output reads as wrong */
     CLATTN__FAULT_KINDS
 } clattn__fault_kind;
 
@@ -79,6 +80,11 @@ struct clattn_context {
     struct clattn__env env;     /* the environment at creation */
     struct clattn__tuning *tuning; /* device key, tuning file records (tuning.c) */
     clattn__faults faults;
+    /* feature probes (probe.c), by clattn__variant: 0 = not asked yet, 1 = unusable,
+     * 2 = usable; the value a probe measured (the subgroup size) */
+    signed char probe_answer[8];
+    int probe_value[8];
+    char probe_why[8][112];
 };
 
 /* ---- Fault injection (faults.c) -------------------------------------------------- */
@@ -90,7 +96,7 @@ uint64_t clattn__fault_sites(const clattn_context *ctx, clattn__fault_kind kind)
 uint64_t clattn__fault_fired(const clattn_context *ctx);
 /* The counted check at a site: CL_SUCCESS, or the error the site must return. */
 cl_int clattn__fault_check(clattn_context *ctx, clattn__fault_kind kind);
-/* Parse CLATTN_FAULT ("alloc:N", "enqueue:N", "map:N" or "build:N", comma separated) and
+/* Parse CLATTN_FAULT ("alloc:N", "enqueue:N", "map:N", "build:N" or "probe:N", comma separated) and
  * arm it; false when the text is not of that form. */
 bool clattn__fault_parse(clattn_context *ctx, const char *spec);
 /* Replace the CLATTN_FAIL_PATH value the context was created with (tests). */
@@ -117,6 +123,13 @@ clattn_status clattn__disk_cache_load(clattn_context *ctx, const char *file, con
 /* FNV-1a of an OpenCL C source with its comments left out, continuing from h: the part
  * of the disk cache's key that a kernel file contributes. */
 uint64_t clattn__code_hash(uint64_t h, const char *src);
+/* A feature probe's answer (probe.c), kept beside the program binaries as
+ * `<key>.probe`, the key made of the probe's source and options, the device and the
+ * driver as a binary's is. load: false when there is none (or the cache is off). */
+bool clattn__disk_probe_load(clattn_context *ctx, const char *source, const char *options, int *answer,
+                             int *value);
+void clattn__disk_probe_store(clattn_context *ctx, const char *source, const char *options, int answer,
+                              int value);
 void clattn__disk_cache_store(clattn_context *ctx, const char *file, const char *prelude,
                               const char *body, const char *options, cl_program prog);
 
@@ -161,6 +174,14 @@ clattn_status clattn__stage_tensor(clattn_context *ctx, const char *name, const 
  * release it, and return the call's status. */
 clattn_status clattn__stage_complete(clattn_context *ctx, clattn__dev_problem *dp, clattn_status st,
                                      cl_event ev, cl_event *event);
+
+/* The start of every public attention call (ctx not NULL): clear *event and the last
+ * error, read the caller's options into *full (an older, smaller struct gets defaults)
+ * and validate the problem into *p; a failure is recorded on ctx with its message. */
+clattn_status clattn__call_begin(clattn_context *ctx, const clattn_tensor *q,
+                                 const clattn_tensor *k, const clattn_tensor *v, clattn_tensor *o,
+                                 const clattn_options *opt, cl_event *event, clattn_options *full,
+                                 clattn__problem *p);
 
 /* A scratch buffer of at least `bytes` (never 0), or, when host is not NULL, a copy of
  * host's first `bytes`. Every buffer clattn allocates goes through here and back through

@@ -35,19 +35,21 @@ cl_int clattn__fault_check(clattn_context *ctx, clattn__fault_kind kind)
                 kind == CLATTN__FAULT_ALLOC     ? "allocation"
                 : kind == CLATTN__FAULT_ENQUEUE ? "enqueue"
                 : kind == CLATTN__FAULT_MAP     ? "read-back"
+                : kind == CLATTN__FAULT_PROBE   ? "probe"
                                                 : "kernel get",
                 (unsigned long long)f->sites[kind]);
     switch (kind) {
     case CLATTN__FAULT_ALLOC: return CL_MEM_OBJECT_ALLOCATION_FAILURE;
     case CLATTN__FAULT_ENQUEUE: return CL_OUT_OF_RESOURCES;
     case CLATTN__FAULT_MAP: return CL_MAP_FAILURE;
+    case CLATTN__FAULT_PROBE: return CL_INVALID_VALUE;
     default: return (cl_int)CLATTN_ERROR_BUILD_FAILED;
     }
 }
 
 bool clattn__fault_parse(clattn_context *ctx, const char *spec)
 {
-    static const char *const names[CLATTN__FAULT_KINDS] = {"alloc", "enqueue", "map", "build"};
+    static const char *const names[CLATTN__FAULT_KINDS] = {"alloc", "enqueue", "map", "build", "probe"};
     uint64_t arm[CLATTN__FAULT_KINDS] = {0};
     for (const char *s = spec; *s;) {
         const char *end = strchr(s, ',');

@@ -5,6 +5,7 @@
  * when the copy for every (batch, KV head) exceeds the workspace bound, the heads are
  * done in groups that fit. */
 #include "context.h"
+#include "probe.h"
 #include "tuning.h"
 
 #include <string.h>
@@ -17,7 +18,9 @@ static uint64_t gpu_local_bytes(const clattn__problem *p, int block_m, int block
 
 /* The kernel parameters of one call: the tuning row adjusted to the device and p. */
 typedef struct fused_plan {
-    int form, block_m, block_n, dv_chunk, row_groups, wg;
+    int form, block_m, block_n, dv_chunk, row_groups, wg, tc, vw;
+    int sg;         /* gpu-mm: 1 = subgroup reductions (probed: subgroups of tc work-items) */
+    bool sg_intel;  /* through cl_intel_subgroups rather than cl_khr_subgroups */
     int64_t lk_pad; /* keys of the packed copies: Lk rounded up to block_n (at least one tile) */
     int64_t dv_pad; /* row length of the packed V */
     bool v_direct;  /* CPU form: V is read in place (f32, unit stride along Dv, Dv % 16 == 0) */
@@ -26,8 +29,13 @@ typedef struct fused_plan {
 
 static int64_t ceil_to(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
 
-static void fused_make_plan(const clattn_context *ctx, const clattn__problem *p, fused_plan *pl)
+/* probe_ctx: the context again where the plan may probe the variants (a run), NULL where
+ * it must not (fused_supports: the variants do not change what fits). */
+static void fused_make_plan(const clattn_context *ctx, clattn_context *probe_ctx, const clattn__problem *p,
+                            fused_plan *pl)
 {
+    pl->sg = 0;
+    pl->sg_intel = false;
     /* the packed V only converts and pads: skip it when V already is f32 rows of whole
      * float16 vectors (the kernel reads V as float16 vectors) */
     pl->v_direct = p->v->dtype == CLATTN_F32 && p->v->nb[3] == (int64_t)sizeof(float) &&
@@ -42,6 +50,32 @@ static void fused_make_plan(const clattn_context *ctx, const clattn__problem *p,
     pl->dv_chunk = tu.dv_chunk;
     pl->row_groups = tu.row_groups > 0 ? tu.row_groups : 1;
     pl->wg = tu.wg;
+    pl->tc = tu.tc;
+    pl->vw = tu.vw;
+    if (pl->form == 2) {
+        /* gpu-mm: WG = (WG / TC) x TC work-items, every tile value a power of two; the
+         * work-group shrinks to the device's limit, then the tiles (keys first, then
+         * rows, then the work-group) until they fit the local memory */
+        const uint64_t budget = ctx->props.local_mem_bytes;
+        while (pl->wg > pl->tc && (size_t)pl->wg > ctx->props.max_work_group_size) pl->wg >>= 1;
+        if (pl->block_m < pl->wg / pl->tc) pl->block_m = pl->wg / pl->tc;
+        while (clattn__fused_gpu_mm_local_bytes(p->D, p->Dv, pl->block_m, pl->block_n, pl->tc) > budget) {
+            if (pl->block_n > pl->tc) pl->block_n >>= 1;
+            else if (pl->block_m > pl->wg / pl->tc) pl->block_m >>= 1;
+            else if (pl->wg > pl->tc) {
+                pl->wg >>= 1;
+                pl->block_m = pl->wg / pl->tc;
+            } else break;
+        }
+        /* the subgroup variant, where the probe measured subgroups of exactly tc */
+        int sgsize = 0;
+        if (probe_ctx && clattn__variant_usable(probe_ctx, CLATTN__VAR_SUBGROUPS, &sgsize, NULL, 0) &&
+            sgsize == pl->tc) {
+            pl->sg = 1;
+            pl->sg_intel = !clattn__device_has_extension(ctx->device, "cl_khr_subgroups") &&
+                           clattn__device_has_extension(ctx->device, "cl_intel_subgroups");
+        }
+    }
     if (pl->form == 0) {
         /* one row group when the tuned count would leave compute units idle (fewer than 4
          * work-items per unit). Nothing in between: ROW_GROUPS is a build option, and
@@ -73,6 +107,21 @@ static void fused_make_plan(const clattn_context *ctx, const clattn__problem *p,
     pl->dv_pad = ceil_to(p->Dv, 16);
 }
 
+/* gpu-mm: Q and K (V) rows contiguous along the head dim, a multiple of 4, stored as f32
+ * or f16: the kernel loads them as 4-vectors (vload4 / vload_half4). */
+static bool qk_vec(const clattn__dev_problem *dp)
+{
+    const clattn__problem *p = dp->p;
+    return dp->q.st[3] == 1 && dp->k.st[3] == 1 && p->D % 4 == 0 && p->q->dtype != CLATTN_BF16 &&
+           p->k->dtype != CLATTN_BF16;
+}
+
+static bool v_vec(const clattn__dev_problem *dp)
+{
+    const clattn__problem *p = dp->p;
+    return dp->v.st[3] == 1 && p->Dv % 4 == 0 && p->v->dtype != CLATTN_BF16;
+}
+
 /* Bytes of the packed K and V of one (batch, KV head). */
 static uint64_t head_bytes(const clattn__problem *p, const fused_plan *pl)
 {
@@ -82,11 +131,19 @@ static uint64_t head_bytes(const clattn__problem *p, const fused_plan *pl)
 static bool fused_supports(const clattn_context *ctx, const clattn__problem *p, const char **why)
 {
     fused_plan pl;
-    fused_make_plan(ctx, p, &pl);
+    fused_make_plan(ctx, NULL, p, &pl);
     /* key indices are int lanes in the kernels */
     if (p->Lk > (int64_t)0x7fffffff - 2 * pl.block_n) {
         *why = "more than 2^31 keys";
         return false;
+    }
+    if (pl.form == 2) {
+        if (clattn__fused_gpu_mm_local_bytes(p->D, p->Dv, pl.block_m, pl.block_n, pl.tc) >
+            ctx->props.local_mem_bytes) {
+            *why = "the gpu-mm form's tiles do not fit the device's local memory";
+            return false;
+        }
+        return true;
     }
     if (pl.form == 1) {
         if (gpu_local_bytes(p, pl.block_m, pl.block_n) > ctx->props.local_mem_bytes) {
@@ -149,14 +206,31 @@ static clattn_status fused_run_plan(clattn_context *ctx, const clattn__dev_probl
               clattn__opts_add(opts, sizeof opts,
                                " -DD=%lld -DDV=%lld -DBLOCK_M=%d -DBLOCK_N=%d -DWG=%d",
                                (long long)p->D, (long long)p->Dv, pl.block_m, pl.block_n, pl.wg) &&
-              (pl.form == 1 ||
+              (pl.form != 2 ||
+               clattn__opts_add(opts, sizeof opts, " -DTC=%d -DQK_VEC=%d -DV_VEC=%d -DSG_REDUCE=%d -DSG_INTEL=%d",
+                                pl.tc, pl.vw == 4 && qk_vec(dp), pl.vw == 4 && v_vec(dp), pl.sg,
+                                pl.sg_intel ? 1 : 0)) &&
+              (pl.form != 0 ||
                clattn__opts_add(opts, sizeof opts, " -DDV_CHUNK=%d -DROW_GROUPS=%d -DV_DIRECT=%d",
                                 pl.dv_chunk, pl.row_groups, pl.v_direct ? 1 : 0));
     CLATTN_RETURN_IF(ctx, !ok, CLATTN_ERROR_INTERNAL, "fused: build options too long");
     const int64_t Hkv = p->Hq / p->group;
     /* work-items (CPU) / work-groups (GPU) along the query rows */
-    const int64_t rows = pl.form == 1 ? pl.block_m : (int64_t)pl.block_m * pl.row_groups;
+    const int64_t rows = pl.form != 0 ? pl.block_m : (int64_t)pl.block_m * pl.row_groups;
     const int64_t nblk = (p->Lq + rows - 1) / rows;
+
+    if (pl.form == 2) {
+        clattn__log(ctx, "fused: flash_gpu_mm.cl, block_m %d, block_n %d, wg %d = %d x %d, vw %d%s "
+                    "(tuning: %s)", pl.block_m, pl.block_n, pl.wg, pl.wg / pl.tc, pl.tc, pl.vw,
+                    pl.sg ? ", subgroup reductions" : "", pl.src.text);
+        cl_kernel kmain;
+        CLATTN_FORWARD(clattn__kernel_get(ctx, "flash_gpu_mm.cl", opts, "flash_gpu_mm", &kmain));
+        cl_uint a = 0;
+        CLATTN_FORWARD(set_main_args(ctx, kmain, &a, dp, p->B, p->Hq, Hkv));
+        /* (b, h) along dimension 0, the row blocks along 1 (in zigzag order in the kernel) */
+        size_t g[2] = {(size_t)(p->B * p->Hq * pl.wg), (size_t)nblk}, l[2] = {(size_t)pl.wg, 1};
+        return clattn__enqueue(ctx, kmain, 2, g, l, event);
+    }
 
     if (pl.form == 1) {
         clattn__log(ctx, "fused: flash_gpu.cl, block_m %d, block_n %d, wg %d (tuning: %s)", pl.block_m,
@@ -269,8 +343,13 @@ static clattn_status fused_run(clattn_context *ctx, const clattn__dev_problem *d
 {
     for (;;) {
         fused_plan pl;
-        fused_make_plan(ctx, dp->p, &pl);
+        fused_make_plan(ctx, ctx, dp->p, &pl);
         clattn_status st = fused_run_plan(ctx, dp, &pl, event);
+        if (st == CLATTN_ERROR_BUILD_FAILED && pl.sg) {
+            /* the variant, not the form, failed: the same form without it */
+            clattn__variant_failed(ctx, CLATTN__VAR_SUBGROUPS, "the gpu-mm kernel with subgroup reductions did not build");
+            continue;
+        }
         if (st != CLATTN_ERROR_BUILD_FAILED || !clattn__tuning_form_failed(ctx, CLATTN__TP_FUSED, dp->p, pl.form))
             return st;
         const char *why = "";

@@ -154,6 +154,52 @@ clattn_status clattn__disk_cache_load(clattn_context *ctx, const char *file, con
     return CLATTN_SUCCESS;
 }
 
+/* Forward: the temporary files of the binary store serve the probe store too. */
+static FILE *open_temp(const char *path, char *tmp, size_t cap);
+
+static bool probe_path(const clattn_context *ctx, const char *source, const char *options, char *buf,
+                       size_t cap)
+{
+    char dir[CLATTN__ENV_PATH_MAX];
+    if (!cache_dir(ctx, dir, sizeof dir)) return false;
+    const uint64_t key = cache_key(ctx, "probes.cl", "", source, options);
+    int n = snprintf(buf, cap, "%s/%016llx.probe", dir, (unsigned long long)key);
+    return n > 0 && (size_t)n < cap;
+}
+
+bool clattn__disk_probe_load(clattn_context *ctx, const char *source, const char *options, int *answer,
+                             int *value)
+{
+    char path[1100];
+    if (!probe_path(ctx, source, options, path, sizeof path)) return false;
+    FILE *f = fopen(path, "rb");
+    if (!f) return false;
+    char line[64] = "";
+    const bool got = fgets(line, sizeof line, f) != NULL;
+    fclose(f);
+    int a = -1, v = 0;
+    if (!got || sscanf(line, "clattn-probe 1 %d %d", &a, &v) != 2 || (a != 1 && a != 2)) {
+        clattn__log(ctx, "probe cache: %s is damaged, probing again", path);
+        remove(path);
+        return false;
+    }
+    *answer = a;
+    *value = v;
+    return true;
+}
+
+void clattn__disk_probe_store(clattn_context *ctx, const char *source, const char *options, int answer,
+                              int value)
+{
+    char path[1100], tmp[1200];
+    if (!probe_path(ctx, source, options, path, sizeof path)) return;
+    FILE *f = open_temp(path, tmp, sizeof tmp);
+    if (!f) return;
+    bool ok = fprintf(f, "clattn-probe 1 %d %d\n", answer, value) > 0;
+    if (fclose(f) != 0) ok = false;
+    if (!(ok && rename(tmp, path) == 0)) remove(tmp);
+}
+
 /* Every store in the process gets a number of its own: two contexts (threads) storing the
  * same program must not write one temporary file, or one's rename publishes a file the
  * other is still truncating and writing. */

@@ -18,15 +18,16 @@
 #define P(x) (1u << CLATTN__TP_##x)
 #define F(name, paths) {#name, offsetof(clattn__trow, name), paths}
 static const clattn__tparam_info params[] = {
-    F(form, P(FUSED) | P(DECODE)),
-    F(block_m, P(FUSED)),
-    F(block_n, P(FUSED)),
+    F(form, P(FUSED) | P(DECODE) | P(BACKWARD)),
+    F(block_m, P(FUSED) | P(BACKWARD)),
+    F(block_n, P(FUSED) | P(BACKWARD)),
     F(dv_chunk, P(FUSED)),
     F(row_groups, P(FUSED)),
-    F(wg, P(FUSED) | P(DECODE)),
+    F(wg, P(FUSED) | P(DECODE) | P(BACKWARD)),
+    F(tc, P(FUSED)),
     F(rows, P(DECODE) | P(KV)),
     F(ktile, P(DECODE)),
-    F(vw, P(DECODE)),
+    F(vw, P(DECODE) | P(FUSED)),
     F(wgs_per_cu, P(DECODE) | P(KV)),
     F(min_chunk, P(DECODE) | P(KV)),
     F(max_chunk, P(DECODE) | P(KV)),
@@ -50,7 +51,8 @@ int *clattn__trow_field(clattn__trow *r, const clattn__tparam_info *pi)
     return (int *)(void *)((char *)r + pi->offset);
 }
 
-static const char *const path_names[CLATTN__TP_COUNT] = {"fused", "decode", "unfused", "kv", "dispatch"};
+static const char *const path_names[CLATTN__TP_COUNT] = {"fused", "decode", "unfused", "kv", "dispatch",
+                                                         "backward"};
 
 const char *clattn__tpath_name(clattn__tpath path)
 {
@@ -67,19 +69,23 @@ bool clattn__tpath_from_name(const char *name, clattn__tpath *out)
     return false;
 }
 
-/* Forms in fallback order. Fused: cl/flash_cpu.cl, cl/flash_gpu.cl. Decode: cl/decode.cl
+/* Forms in fallback order. Fused: cl/flash_cpu.cl, cl/flash_gpu.cl, cl/flash_gpu_mm.cl
+ * (gpu-mm: after it fails, the CPU form, which needs no local memory). Decode: cl/decode.cl
  * with DEC_GPU 0 (work-item per row block, vectors along D, no local memory) or 1
- * (work-group per row block, local memory). A form that fails to build is followed by the
+ * (work-group per row block, local memory). Backward: cl/backward.cl with FORM 0 (one
+ * pass over key blocks per work-item, no local memory) or 1 (work-groups with local
+ * tiles); after both, backward.c runs cl/backward_unfused.cl. A form that fails to build is followed by the
  * next index, wrapping round (clattn__tuning_form), before the path gives up. */
 int clattn__tform_count(clattn__tpath path)
 {
-    return path == CLATTN__TP_FUSED || path == CLATTN__TP_DECODE ? 2 : 1;
+    return path == CLATTN__TP_FUSED ? 3 : path == CLATTN__TP_DECODE || path == CLATTN__TP_BACKWARD ? 2 : 1;
 }
 
 const char *clattn__tform_name(clattn__tpath path, int form)
 {
     if (clattn__tform_count(path) == 1) return "-";
-    return form == 0 ? "cpu" : form == 1 ? "gpu" : "?";
+    if (form >= clattn__tform_count(path)) return "?";
+    return form == 0 ? "cpu" : form == 1 ? "gpu" : form == 2 ? "gpu-mm" : "?";
 }
 
 /* ---- Built-in rows ----------------------------------------------------------------- */
@@ -92,19 +98,26 @@ typedef clattn__tbuiltin builtin_row;
  * registers), 4 output vectors per P·V pass, 4 row groups so a head's K/V tiles are
  * read from L3 once per 24 rows, one work-item per work-group. 5..7 rows and 8 x 32
  * timed within noise of it; 4 x 64 and 6 x 32 were 5-10% slower.
- * GPU row (cl/flash_gpu.cl): untuned defaults; on an NVIDIA H200 (OpenCL) it ran
+ * The gpu form (cl/flash_gpu.cl, 32 x 32 tiles, 128 work-items: its generic values in
+ * clattn__tuning_apply_form), the GPU row until gpu-mm, ran on an NVIDIA H200 (OpenCL)
  * 1x8x1024x1024x64 f32 in 0.40 ms (5.4 TFLOP/s, PyTorch SDPA 0.13 ms) and
  * 1x8x2048x2048x128 f32 in 2.7 ms (6.4 TFLOP/s, SDPA 0.42 ms).
  * The default is the CPU form: it needs no local memory and runs anywhere. */
 #define FUSED_CPU {.form = 0, .block_m = 6, .block_n = 64, .dv_chunk = 4, .row_groups = 4, .wg = 1}
-#define FUSED_GPU {.form = 1, .block_m = 32, .block_n = 32, .dv_chunk = 0, .row_groups = 1, .wg = 128}
+/* gpu-mm (cl/flash_gpu_mm.cl): 32 rows x 32 keys per tile, 128 work-items as 8 row
+ * groups x 16 along the keys: 4 x 2 scores and 4 x ceil(Dv / 16) outputs per work-item;
+ * 23 KiB of local memory at head size 64, so it fits 32 KiB devices (Apple) as it is.
+ * Untuned: the host shrinks the tiles to the device's local memory (path_fused.c). */
+#define FUSED_GPU_MM                                                                       \
+    {.form = 2, .block_m = 32, .block_n = 32, .dv_chunk = 0, .row_groups = 1, .wg = 128, .tc = 16, .vw = 4}
 static const builtin_row fused_rows[] = {
-    /* Mesa rusticl on llvmpipe: a CPU device that runs the GPU form 12x faster than the
-     * CPU form (clattn tune, docs/measurements.md), and builds it in seconds where the
-     * CPU form's code takes minutes (docs/measurements.md has why). */
-    {0, NULL, "llvmpipe", 0, FUSED_GPU},
+    /* Mesa rusticl on llvmpipe: a CPU device that runs the GPU forms 12x faster than the
+     * CPU form (clattn tune, docs/measurements.md), and builds them in seconds where the
+     * CPU form's code takes minutes (docs/measurements.md has why); gpu-mm ran
+     * 1x8x8x1024x1024x64 f32 1.8-3.4x faster than the gpu form there (docs/measurements.md). */
+    {0, NULL, "llvmpipe", 0, FUSED_GPU_MM},
     {0, NULL, NULL, CLATTN_DEVICE_CPU, FUSED_CPU},
-    {0, NULL, NULL, CLATTN_DEVICE_GPU, FUSED_GPU},
+    {0, NULL, NULL, CLATTN_DEVICE_GPU, FUSED_GPU_MM},
     {0, NULL, NULL, 0, FUSED_CPU},
 };
 
@@ -173,6 +186,26 @@ static const builtin_row dispatch_rows[] = {
     {0, NULL, NULL, 0, {.prefer_clblast = 0}},
 };
 
+/* Backward pass (cl/backward.cl, src/backward.c).
+ * CPU row (FORM 0): PoCL 3.1 on a 2-core Xeon with AVX-512, 1x8x8x1024x1024x64 f32
+ * (docs/measurements.md): blocks of 64 keys (their dK and dV, 32 KiB of float16
+ * vectors, stay in L1; 32 ran 4% slower, and wide heads halve the block to stay within
+ * 32 KiB), 16 query rows per step (8 ran 10% slower, 32 the same); wg is 1 (a CPU runs
+ * a work-group's items as a loop, and this form has no barriers to share).
+ * GPU row (FORM 1): untuned starting values; the plan halves the tiles to fit 32 KiB of
+ * local memory (the smallest among the GPUs clattn targets). It is also the default:
+ * the CPU form puts one work-item on each (batch, KV head, key split), too few for a GPU.
+ * llvmpipe takes the GPU form as the fused and decode paths do (its CPU-form builds
+ * are slow). */
+#define BACKWARD_CPU {.form = 0, .block_m = 16, .block_n = 64, .wg = 1}
+#define BACKWARD_GPU {.form = 1, .block_m = 32, .block_n = 16, .wg = 128}
+static const builtin_row backward_rows[] = {
+    {0, NULL, "llvmpipe", 0, BACKWARD_GPU},
+    {0, NULL, NULL, CLATTN_DEVICE_CPU, BACKWARD_CPU},
+    {0, NULL, NULL, CLATTN_DEVICE_GPU, BACKWARD_GPU},
+    {0, NULL, NULL, 0, BACKWARD_GPU},
+};
+
 static const builtin_row *table_of(clattn__tpath path, size_t *n)
 {
 #define T(t)                                                                               \
@@ -183,6 +216,7 @@ static const builtin_row *table_of(clattn__tpath path, size_t *n)
     case CLATTN__TP_DECODE: T(decode_rows);
     case CLATTN__TP_UNFUSED: T(unfused_rows);
     case CLATTN__TP_KV: T(kv_rows);
+    case CLATTN__TP_BACKWARD: T(backward_rows);
     default: T(dispatch_rows);
     }
 #undef T
@@ -193,11 +227,21 @@ static const builtin_row *table_of(clattn__tpath path, size_t *n)
 void clattn__tuning_apply_form(clattn__tpath path, int form, clattn__trow *r)
 {
     if (path == CLATTN__TP_FUSED) {
+        if (form == 2) {
+            const clattn__trow mm = FUSED_GPU_MM;
+            *r = mm;
+            return;
+        }
         r->block_m = form ? 32 : 6;
         r->block_n = form ? 32 : 64;
         r->dv_chunk = 4;
         r->row_groups = form ? 1 : 4;
         r->wg = form ? 128 : 1;
+    } else if (path == CLATTN__TP_BACKWARD) {
+        const clattn__trow g = form ? (clattn__trow)BACKWARD_GPU : (clattn__trow)BACKWARD_CPU;
+        r->block_m = g.block_m;
+        r->block_n = g.block_n;
+        r->wg = g.wg;
     } else if (path == CLATTN__TP_DECODE) {
         if (form) {
             r->rows = 8;
@@ -218,7 +262,7 @@ static const char *const level_names[] = {"default", "type", "vendor", "arch", "
 /* A row's name matches the whole device name, case-insensitively, or its head before
  * " (": Mesa names a device "llvmpipe (LLVM 15.0.6, 256 bits)", the suffix changing with
  * every LLVM build and vector width while the device stays the same kind. */
-static bool name_matches(const char *row_name, const char *dev_name)
+bool clattn__tuning_name_matches(const char *row_name, const char *dev_name)
 {
     const size_t n = strlen(row_name);
     char head[sizeof ((clattn__tdevice *)0)->name];
@@ -246,7 +290,7 @@ static int row_level(const builtin_row *t, const clattn__tdevice *dev)
         level = LEVEL_ARCH;
     }
     if (t->name) {
-        if (!name_matches(t->name, dev->name)) return -1;
+        if (!clattn__tuning_name_matches(t->name, dev->name)) return -1;
         level = LEVEL_NAME;
     }
     return level;
@@ -287,6 +331,14 @@ uint64_t clattn__fused_gpu_local_bytes(int64_t D, int64_t Dv, int block_m, int b
                             (uint64_t)block_m * (uint64_t)(block_n + 1) + (uint64_t)block_m * 16u);
 }
 
+/* Local memory of the gpu-mm form (cl/flash_gpu_mm.cl's qs, kv, ps and red). */
+uint64_t clattn__fused_gpu_mm_local_bytes(int64_t D, int64_t Dv, int block_m, int block_n, int tc)
+{
+    const uint64_t kt = (uint64_t)D * (uint64_t)(block_n + 1), vt = (uint64_t)block_n * (uint64_t)Dv;
+    return sizeof(float) * ((uint64_t)block_m * (uint64_t)D + (kt > vt ? kt : vt) +
+                            (uint64_t)block_m * (uint64_t)(block_n + 1) + (uint64_t)block_m * (uint64_t)tc);
+}
+
 /* Local memory of the decode GPU form (cl/decode.cl: qs, ss, red, red4, per-row values). */
 uint64_t clattn__decode_gpu_local_bytes(int64_t D, int64_t Dv, int rows, int ktile, int wg)
 {
@@ -312,7 +364,26 @@ bool clattn__tuning_legal(const clattn__tdevice *dev, clattn__tpath path, const 
     if (head <= 0 || head > 256) head = 256;
     switch (path) {
     case CLATTN__TP_FUSED:
-        REFUSE_IF(r->form < 0 || r->form > 1, "form %d is not cpu (0) or gpu (1)", r->form);
+        REFUSE_IF(r->form < 0 || r->form > 2, "form %d is not cpu (0), gpu (1) or gpu-mm (2)", r->form);
+        if (r->form == 2) {
+            /* cl/flash_gpu_mm.cl: WG = TR x TC, TC | BLOCK_N, TR | BLOCK_M */
+            REFUSE_IF(!pow2(r->tc) || r->tc < 4 || r->tc > 32, "tc %d is not a power of two in 4..32", r->tc);
+            REFUSE_IF(!pow2(r->wg) || r->wg < r->tc || r->wg > maxwg,
+                      "wg %d is not a power of two in tc..%d", r->wg, maxwg);
+            REFUSE_IF(!pow2(r->block_n) || r->block_n < r->tc || r->block_n > 128 || r->block_n / r->tc > 8,
+                      "block_n %d is not a power of two in tc..128 with at most 8 keys per work-item",
+                      r->block_n);
+            REFUSE_IF(!pow2(r->block_m) || r->block_m < r->wg / r->tc || r->block_m > 256 ||
+                          r->block_m / (r->wg / r->tc) > 8,
+                      "block_m %d is not a power of two in wg/tc = %d..256 with at most 8 rows per "
+                      "work-item", r->block_m, r->wg / r->tc);
+            REFUSE_IF(r->vw != 1 && r->vw != 4, "vw %d is not 1 or 4", r->vw);
+            const uint64_t need = clattn__fused_gpu_mm_local_bytes(head, head, r->block_m, r->block_n, r->tc);
+            REFUSE_IF(need > dev->local_mem, "its tiles need %llu bytes of local memory at head size %d, "
+                      "the device has %llu", (unsigned long long)need, head,
+                      (unsigned long long)dev->local_mem);
+            return true;
+        }
         REFUSE_IF(r->block_n < 16 || r->block_n > 256 || r->block_n % 16,
                   "block_n %d is not a multiple of 16 in 16..256", r->block_n);
         if (r->form == 0) {
@@ -379,6 +450,24 @@ bool clattn__tuning_legal(const clattn__tdevice *dev, clattn__tpath path, const 
         REFUSE_IF(r->prefer_clblast < 0 || r->prefer_clblast > 1, "prefer_clblast %d is not 0 or 1",
                   r->prefer_clblast);
         return true;
+    case CLATTN__TP_BACKWARD:
+        /* local memory is no criterion: src/backward.c halves the GPU form's tiles until
+         * they fit the device, and the CPU form's block for wide heads */
+        REFUSE_IF(r->form < 0 || r->form > 1, "form %d is not cpu (0) or gpu (1)", r->form);
+        if (r->form == 0) {
+            REFUSE_IF(r->block_m < 4 || r->block_m > 64 || r->block_m % 4,
+                      "block_m %d is not a multiple of 4 in 4..64", r->block_m);
+            REFUSE_IF(r->block_n < 16 || r->block_n > 128 || r->block_n % 16,
+                      "block_n %d is not a multiple of 16 in 16..128", r->block_n);
+            REFUSE_IF(r->wg != 1, "wg %d is not 1 (the CPU form runs one work-item per group)", r->wg);
+        } else {
+            REFUSE_IF(!pow2(r->block_m) || r->block_m > 128, "block_m %d is not a power of two up to 128",
+                      r->block_m);
+            REFUSE_IF(!pow2(r->block_n) || r->block_n > 128, "block_n %d is not a power of two up to 128",
+                      r->block_n);
+            REFUSE_IF(!pow2(r->wg) || r->wg > maxwg, "wg %d is not a power of two up to %d", r->wg, maxwg);
+        }
+        return true;
     default:
         REFUSE_IF(true, "unknown path");
     }
@@ -387,7 +476,7 @@ bool clattn__tuning_legal(const clattn__tdevice *dev, clattn__tpath path, const 
 
 /* ---- Forced forms (tests) ---------------------------------------------------------- */
 /* Process-wide, as the test hooks they replace: tests set them between calls. */
-static int forced_form[CLATTN__TP_COUNT] = {-1, -1, -1, -1, -1};
+static int forced_form[CLATTN__TP_COUNT] = {-1, -1, -1, -1, -1, -1};
 
 void clattn__tuning_force_form(clattn__tpath path, int form)
 {

@@ -17,21 +17,26 @@ typedef enum clattn__tpath {
     CLATTN__TP_UNFUSED,
     CLATTN__TP_KV,
     CLATTN__TP_DISPATCH,
+    CLATTN__TP_BACKWARD, /* clattn_attention_backward's tiled forms (cl/backward.cl) */
     CLATTN__TP_COUNT
 } clattn__tpath;
 
 /* One row: the values of every parameter; a path reads the ones its table lists
  * (clattn__tparam_info). Forms are indices into the path's ordered list of forms. */
 typedef struct clattn__trow {
-    int form;           /* fused, decode: index in the path's form list */
-    int block_m;        /* fused: query rows per work-item (CPU) / per work-group (GPU) */
-    int block_n;        /* fused: keys per tile */
+    int form;           /* fused, decode, backward: index in the path's form list */
+    int block_m;        /* fused: query rows per work-item (CPU) / per work-group (GPU);
+                           backward: query rows per step (CPU) / per tile (GPU) */
+    int block_n;        /* fused: keys per tile; backward: keys per block (CPU, the most:
+                           wide heads halve it) / per tile (GPU) */
     int dv_chunk;       /* fused CPU: float16 vectors of O updated per pass over a tile */
     int row_groups;     /* fused CPU: groups of block_m rows per work-item */
-    int wg;             /* fused, decode: work-group size */
+    int wg;             /* fused, decode, backward: work-group size */
+    int tc;             /* fused gpu-mm: work-items along the keys and O columns of a row */
     int rows;           /* decode, kv: most query rows per work-item / work-group */
     int ktile;          /* decode: keys per tile */
-    int vw;             /* decode CPU: float vector width along D (4, 8 or 16) */
+    int vw;             /* decode CPU: float vector width along D (4, 8 or 16);
+                         * fused gpu-mm: 4 = 4-vector loads where the layout allows, 1 = none */
     int wgs_per_cu;     /* decode, kv: work-groups wanted per compute unit */
     int min_chunk;      /* decode, kv: fewest keys per split */
     int max_chunk;      /* decode, kv: most keys per split (0 = no bound) */
@@ -113,8 +118,9 @@ void clattn__tuning_apply_form(clattn__tpath path, int form, clattn__trow *row);
 bool clattn__tuning_legal(const clattn__tdevice *dev, clattn__tpath path, const clattn__trow *row,
                           int head, char *why, size_t whylen);
 
-/* Local memory of the GPU forms in bytes (cl/flash_gpu.cl, cl/decode.cl). */
+/* Local memory of the GPU forms in bytes (cl/flash_gpu.cl, cl/flash_gpu_mm.cl, cl/decode.cl). */
 uint64_t clattn__fused_gpu_local_bytes(int64_t D, int64_t Dv, int block_m, int block_n);
+uint64_t clattn__fused_gpu_mm_local_bytes(int64_t D, int64_t Dv, int block_m, int block_n, int tc);
 uint64_t clattn__decode_gpu_local_bytes(int64_t D, int64_t Dv, int rows, int ktile, int wg);
 
 /* Testing: force a form of a path (-1 = the tuned one) for every context of the process;
@@ -154,6 +160,10 @@ void clattn__tclass_of(const clattn_context *ctx, clattn__tpath path, const clat
 /* The same from the class's ingredients (clattn tune). */
 void clattn__tclass_make(const clattn_context *ctx, clattn__tpath path, int dtype, int64_t D, int64_t Dv,
                          int64_t Lq, bool causal, int64_t group, int kv_format, clattn__tclass *cls);
+/* A row's or record's device name matches the whole device name, case-insensitively, or
+ * its head before " (" (Mesa's "llvmpipe (LLVM 15.0.6, 256 bits)" is "llvmpipe"). */
+bool clattn__tuning_name_matches(const char *row_name, const char *dev_name);
+
 /* The row in force for path and class on ctx: built-in, overridden by the best matching
  * record, then by a forced form; src (may be NULL) gets where it came from. */
 void clattn__tuning_row(const clattn_context *ctx, clattn__tpath path, const clattn__tclass *cls,

@@ -406,8 +406,9 @@ static bool read_device(rec_ctx *rc, int obj)
             if ((uint32_t)v->ival != rc->dev->vendor_id) rc->foreign = true;
         } else if (strcmp(k, "arch") == 0 || strcmp(k, "name") == 0) {
             if (t != J_STR) REC_FAIL(rc, "device.%s is not a string", k);
-            const char *want = k[0] == 'a' ? rc->dev->arch : rc->dev->name;
-            if (!clattn__ieq(jstr(p, m), want)) rc->foreign = true;
+            if (k[0] == 'a' ? !clattn__ieq(jstr(p, m), rc->dev->arch)
+                            : !clattn__tuning_name_matches(jstr(p, m), rc->dev->name))
+                rc->foreign = true;
         } else if (strcmp(k, "type") == 0) {
             const int ty = t == J_STR ? name_index(jstr(p, m), type_names, 5) : -1;
             if (ty < 1) REC_FAIL(rc, "device.type is not cpu, gpu, accelerator or other");
@@ -507,7 +508,7 @@ static bool read_record(rec_ctx *rc, int obj, clattn__trecord *r)
     }
     if (dev < 0 || path < 0 || prm < 0) REC_FAIL(rc, "needs \"device\", \"path\" and \"params\"");
     if (p->nodes[path].type != J_STR || !clattn__tpath_from_name(jstr(p, path), &r->path))
-        REC_FAIL(rc, "\"path\" is not fused, decode, unfused, kv or dispatch");
+        REC_FAIL(rc, "\"path\" is not fused, decode, unfused, kv, dispatch or backward");
     if (!read_device(rc, dev)) return false;
     if (cls >= 0) {
         if (!read_class(rc, cls, &r->cls)) return false;

@@ -122,15 +122,11 @@ clattn_status clattn_attention_varlen(clattn_context *ctx, const clattn_tensor *
                                       const clattn_options *opt, cl_event *event)
 {
     if (!ctx) return CLATTN_ERROR_INVALID_ARGUMENT;
-    if (event) *event = NULL;
-    ctx->last_error[0] = '\0';
-    CLATTN_RETURN_IF(ctx, !o, CLATTN_ERROR_INVALID_ARGUMENT, "o is NULL");
     clattn__problem p;
-    char err[1024];
     clattn_options full;
-    clattn_status st = clattn__options_read(opt, &full, err, sizeof err);
-    if (st == CLATTN_SUCCESS) st = clattn__problem_init(&p, q, k, v, o, &full, err, sizeof err);
-    if (st != CLATTN_SUCCESS) return clattn__fail(ctx, st, "%s", err);
+    CLATTN_FORWARD(clattn__call_begin(ctx, q, k, v, o, opt, event, &full, &p));
+    char err[1024];
+    clattn_status st;
     varlen_seq *seqs = calloc(n_seqs ? n_seqs : 1, sizeof *seqs);
     CLATTN_RETURN_IF(ctx, !seqs, CLATTN_ERROR_OUT_OF_MEMORY, "varlen: out of host memory");
     st = varlen_validate(ctx, &p, n_seqs, cu_seqlens_q, cu_seqlens_k, &full, seqs, err, sizeof err);

@@ -135,13 +135,11 @@ static void test_backward_matches_reference_on_random_cases(void **state)
 /* Two runs give bit-identical gradients; so do host tensors and cl_mem tensors (through
  * the commit of scratch copies); the event completes when they are written. O and LSE
  * here come from the device's own forward pass, as a training step would get them. */
-static void test_backward_is_deterministic_and_same_on_cl_mem(void **state)
+static void deterministic_and_same_on_cl_mem(const attn_case *c)
 {
-    (void)state;
     clattn_context *ctx = test_shared_context();
-    const attn_case c = {SHAPE(1, 4, 2, 45, 70, 64, 64), BR, .seed = 50};
     bwd_data b;
-    bwd_data_make(&c, 0, &b);
+    bwd_data_make(c, 0, &b);
     attn_case fc = b.c;
     assert_int_equal(attn_case_run(ctx, &fc, b.d, NULL), CLATTN_SUCCESS); /* device O, LSE */
     assert_int_equal(check_backward(ctx, &b), 0);
@@ -158,48 +156,65 @@ static void test_backward_is_deterministic_and_same_on_cl_mem(void **state)
     assert_memory_equal(k1, b.dk_buf, bk);
     assert_memory_equal(v1, b.dv_buf, bv);
 
-    /* cl_mem gradients at byte offsets inside one buffer, with dO on the device */
+    /* cl_mem gradients at byte offsets inside one buffer, with dO on the device: offsets
+     * of 16-byte multiples (the commit copies 16 bytes per work-item), then of 4 (2) */
     cl_context clc = clattn_context_cl_context(ctx);
     cl_command_queue queue = clattn_context_cl_queue(ctx);
     const size_t bo = grad_bytes(b.no, CLATTN_F32);
-    const size_t off_q = 256, off_k = off_q + bq + 256, off_v = off_k + bk + 256,
-                 off_do = off_v + bv + 256, total = off_do + bo;
-    cl_int err;
-    cl_mem buf = clCreateBuffer(clc, CL_MEM_READ_WRITE, total, NULL, &err);
-    assert_int_equal(err, CL_SUCCESS);
-    unsigned char *host = malloc(total);
-    assert_non_null(host);
-    memset(host, 0x5a, total);
-    memcpy(host + off_do, b.do_buf, bo);
-    assert_int_equal(clEnqueueWriteBuffer(queue, buf, CL_TRUE, 0, total, host, 0, NULL, NULL), CL_SUCCESS);
-    clattn_tensor dq = b.dq, dk = b.dk, dv = b.dv, d_o = b.d_o;
-    dq.host = dk.host = dv.host = d_o.host = NULL;
-    dq.buffer = dk.buffer = dv.buffer = d_o.buffer = buf;
-    dq.offset = off_q;
-    dk.offset = off_k;
-    dv.offset = off_v;
-    d_o.offset = off_do;
-    cl_event ev = NULL;
-    assert_int_equal(clattn_attention_backward(ctx, &b.q, &b.k, &b.v, &b.o, &d_o, &b.lse, &dq, &dk,
-                                               &dv, NULL, &b.opt, &ev),
-                     CLATTN_SUCCESS);
-    assert_non_null(ev);
-    assert_int_equal(clWaitForEvents(1, &ev), CL_SUCCESS);
-    clReleaseEvent(ev);
-    unsigned char *back = malloc(total);
-    assert_non_null(back);
-    assert_int_equal(clEnqueueReadBuffer(queue, buf, CL_TRUE, 0, total, back, 0, NULL, NULL), CL_SUCCESS);
-    assert_memory_equal(q1, back + off_q, bq);
-    assert_memory_equal(k1, back + off_k, bk);
-    assert_memory_equal(v1, back + off_v, bv);
-    for (size_t i = 0; i < off_q; i++) assert_int_equal(back[i], 0x5a); /* around: untouched */
-    clReleaseMemObject(buf);
-    free(host);
-    free(back);
+    for (int pass = 0; pass < 2; pass++) {
+        const size_t gap = pass ? 260 : 256;
+        const size_t off_q = gap, off_k = off_q + bq + gap, off_v = off_k + bk + gap,
+                     off_do = off_v + bv + gap, total = off_do + bo;
+        cl_int err;
+        cl_mem buf = clCreateBuffer(clc, CL_MEM_READ_WRITE, total, NULL, &err);
+        assert_int_equal(err, CL_SUCCESS);
+        unsigned char *host = malloc(total);
+        assert_non_null(host);
+        memset(host, 0x5a, total);
+        memcpy(host + off_do, b.do_buf, bo);
+        assert_int_equal(clEnqueueWriteBuffer(queue, buf, CL_TRUE, 0, total, host, 0, NULL, NULL), CL_SUCCESS);
+        clattn_tensor dq = b.dq, dk = b.dk, dv = b.dv, d_o = b.d_o;
+        dq.host = dk.host = dv.host = d_o.host = NULL;
+        dq.buffer = dk.buffer = dv.buffer = d_o.buffer = buf;
+        dq.offset = off_q;
+        dk.offset = off_k;
+        dv.offset = off_v;
+        d_o.offset = off_do;
+        cl_event ev = NULL;
+        assert_int_equal(clattn_attention_backward(ctx, &b.q, &b.k, &b.v, &b.o, &d_o, &b.lse, &dq, &dk,
+                                                   &dv, NULL, &b.opt, &ev),
+                         CLATTN_SUCCESS);
+        assert_non_null(ev);
+        assert_int_equal(clWaitForEvents(1, &ev), CL_SUCCESS);
+        clReleaseEvent(ev);
+        unsigned char *back = malloc(total);
+        assert_non_null(back);
+        assert_int_equal(clEnqueueReadBuffer(queue, buf, CL_TRUE, 0, total, back, 0, NULL, NULL), CL_SUCCESS);
+        assert_memory_equal(q1, back + off_q, bq);
+        assert_memory_equal(k1, back + off_k, bk);
+        assert_memory_equal(v1, back + off_v, bv);
+        /* around and between them: untouched */
+        for (size_t i = 0; i < off_q; i++) assert_int_equal(back[i], 0x5a);
+        for (size_t i = off_q + bq; i < off_k; i++) assert_int_equal(back[i], 0x5a);
+        for (size_t i = off_k + bk; i < off_v; i++) assert_int_equal(back[i], 0x5a);
+        clReleaseMemObject(buf);
+        free(host);
+        free(back);
+    }
     free(q1);
     free(k1);
     free(v1);
     bwd_data_free(&b);
+}
+
+static void test_backward_is_deterministic_and_same_on_cl_mem(void **state)
+{
+    (void)state;
+    /* on a CPU device: key splits with partial dQ and a commit of scratch copies; then
+     * one split, where the CPU form writes cl_mem outputs in place */
+    const attn_case cases[] = {{SHAPE(1, 4, 2, 45, 70, 64, 64), BR, .seed = 50},
+                               {SHAPE(2, 4, 4, 45, 60, 64, 64), BR, .seed = 51}};
+    for (int i = 0; i < 2; i++) deterministic_and_same_on_cl_mem(&cases[i]);
 }
 
 /* Bad input is refused with a message, and no output changes. */
@@ -269,7 +284,10 @@ static void test_backward_refuses_bad_input_and_writes_nothing(void **state)
                                    &b.dv, &tdm, &b.opt, NULL);
     assert_int_equal(st, CLATTN_ERROR_INVALID_ARGUMENT);
     UNTOUCHED();
-    /* a failing device (the first allocation) leaves the outputs as they were too */
+    /* a failing device (the first allocation, the second read-back) leaves the outputs as
+     * they were too, with the fused path forced (auto mode would fall back to the
+     * unfused form: test_backward_fallback) */
+    b.opt.path = CLATTN_PATH_FUSED;
     clattn__fault_arm(ctx, CLATTN__FAULT_ALLOC, 1);
     st = run_backward(ctx, &b);
     assert_int_not_equal(st, CLATTN_SUCCESS);
@@ -282,6 +300,7 @@ static void test_backward_refuses_bad_input_and_writes_nothing(void **state)
     clattn__fault_arm(ctx, CLATTN__FAULT_MAP, 0);
     /* and then the same call works */
     assert_int_equal(check_backward(ctx, &b), 0);
+    b.opt.path = CLATTN_PATH_AUTO;
 #undef UNTOUCHED
     free(sentinel);
     bwd_data_free(&b);

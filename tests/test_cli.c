@@ -10,7 +10,7 @@
 
 #include "clattn.h"
 #include "npy.h"
-#include "test_exe.h"
+#include "test_scratch.h"
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -28,101 +28,36 @@
 /* The problem every good run uses: GQA (Hq = 2 Hkv), Lq != Lk, Dv != D. */
 enum { B = 2, HQ = 4, HKV = 2, LQ = 5, LK = 7, D = 8, DV = 6 };
 
-static char dir[256];
-
-/* ---- Files ----------------------------------------------------------------------- */
-
-static const char *in_dir(const char *name)
-{
-    /* a few rotating buffers, so one call can build several paths */
-    static char bufs[16][512];
-    static int next;
-    char *b = bufs[next++ % 16];
-    snprintf(b, sizeof bufs[0], "%s/%s", dir, name);
-    return b;
-}
-
-static bool exists(const char *path)
-{
-    struct stat st;
-    return stat(path, &st) == 0;
-}
-
-static int count_tmp_files(void)
-{
-    DIR *d = opendir(dir);
-    assert_non_null(d);
-    int n = 0;
-    struct dirent *e;
-    while ((e = readdir(d)) != NULL)
-        if (strstr(e->d_name, ".tmp.")) n++;
-    closedir(d);
-    return n;
-}
-
-static void save(const char *name, clattn_dtype dtype, int rank, const int64_t *shape,
-                 const void *data)
-{
-    char err[1024];
-    if (npy_write(in_dir(name), dtype, rank, shape, data, dtype, err, sizeof err) != 0)
-        fail_msg("%s", err);
-}
-
-static void save_bytes(const char *name, const void *bytes, size_t len)
-{
-    FILE *f = fopen(in_dir(name), "wb");
-    assert_non_null(f);
-    if (len) assert_int_equal(fwrite(bytes, 1, len, f), len);
-    assert_int_equal(fclose(f), 0);
-}
-
-/* Deterministic values in [-1, 1). */
-static float next_value(uint32_t *state)
-{
-    *state = *state * 1664525u + 1013904223u;
-    return (float)(*state >> 8) / (float)(1u << 23) - 1.0f;
-}
 
 static float q_data[B * HQ * LQ * D], k_data[B * HKV * LK * D], v_data[B * HKV * LK * DV];
 
-/* [B, H, L, X] -> [B, L, H, X] */
-static void to_blhd(const float *src, float *dst, int b, int h, int l, int x)
-{
-    for (int i0 = 0; i0 < b; i0++)
-        for (int i1 = 0; i1 < h; i1++)
-            for (int i2 = 0; i2 < l; i2++)
-                for (int i3 = 0; i3 < x; i3++)
-                    dst[((i0 * l + i2) * h + i1) * x + i3] = src[((i0 * h + i1) * l + i2) * x + i3];
-}
 
 static int setup(void **state)
 {
     (void)state;
-    const char *base = getenv("TMPDIR");
-    snprintf(dir, sizeof dir, "%s/clattn-cli-XXXXXX", base && *base ? base : "/tmp");
-    if (!mkdtemp(dir)) return -1;
+    if (test_scratch_create("cli") != 0) return -1;
 
     uint32_t seed = 7;
-    for (size_t i = 0; i < sizeof q_data / sizeof q_data[0]; i++) q_data[i] = next_value(&seed);
-    for (size_t i = 0; i < sizeof k_data / sizeof k_data[0]; i++) k_data[i] = next_value(&seed);
-    for (size_t i = 0; i < sizeof v_data / sizeof v_data[0]; i++) v_data[i] = next_value(&seed);
+    for (size_t i = 0; i < sizeof q_data / sizeof q_data[0]; i++) q_data[i] = test_lcg_value(&seed);
+    for (size_t i = 0; i < sizeof k_data / sizeof k_data[0]; i++) k_data[i] = test_lcg_value(&seed);
+    for (size_t i = 0; i < sizeof v_data / sizeof v_data[0]; i++) v_data[i] = test_lcg_value(&seed);
     const int64_t sq[4] = {B, HQ, LQ, D}, sk[4] = {B, HKV, LK, D}, sv[4] = {B, HKV, LK, DV};
-    save("q.npy", CLATTN_F32, 4, sq, q_data);
-    save("k.npy", CLATTN_F32, 4, sk, k_data);
-    save("v.npy", CLATTN_F32, 4, sv, v_data);
+    test_save_npy("q.npy", CLATTN_F32, 4, sq, q_data);
+    test_save_npy("k.npy", CLATTN_F32, 4, sk, k_data);
+    test_save_npy("v.npy", CLATTN_F32, 4, sv, v_data);
 
     static float qt[sizeof q_data / 4], kt[sizeof k_data / 4], vt[sizeof v_data / 4];
-    to_blhd(q_data, qt, B, HQ, LQ, D);
-    to_blhd(k_data, kt, B, HKV, LK, D);
-    to_blhd(v_data, vt, B, HKV, LK, DV);
+    test_swap_hl(q_data, qt, B, HQ, LQ, D, true);
+    test_swap_hl(k_data, kt, B, HKV, LK, D, true);
+    test_swap_hl(v_data, vt, B, HKV, LK, DV, true);
     const int64_t tq[4] = {B, LQ, HQ, D}, tk[4] = {B, LK, HKV, D}, tv[4] = {B, LK, HKV, DV};
-    save("q_blhd.npy", CLATTN_F32, 4, tq, qt);
-    save("k_blhd.npy", CLATTN_F32, 4, tk, kt);
-    save("v_blhd.npy", CLATTN_F32, 4, tv, vt);
+    test_save_npy("q_blhd.npy", CLATTN_F32, 4, tq, qt);
+    test_save_npy("k_blhd.npy", CLATTN_F32, 4, tk, kt);
+    test_save_npy("v_blhd.npy", CLATTN_F32, 4, tv, vt);
 
     /* a float16 copy of Q, to run mixed storage */
     char err[512];
-    if (npy_write(in_dir("q_f16.npy"), CLATTN_F16, 4, sq, q_data, CLATTN_F32, err, sizeof err))
+    if (npy_write(test_scratch_path("q_f16.npy"), CLATTN_F16, 4, sq, q_data, CLATTN_F32, err, sizeof err))
         return -1;
 
     /* masks and per-option inputs */
@@ -130,7 +65,7 @@ static int setup(void **state)
     for (int i = 0; i < LQ; i++)
         for (int j = 0; j < LK; j++) band[i * LK + j] = (unsigned char)((i + j) % 3 != 0);
     const int64_t s2[2] = {LQ, LK};
-    save("mask_bool2.npy", CLATTN_BOOL, 2, s2, band);
+    test_save_npy("mask_bool2.npy", CLATTN_BOOL, 2, s2, band);
     float fmask[HQ * LQ * LK];
     for (int h = 0; h < HQ; h++)
         for (int i = 0; i < LQ; i++)
@@ -138,124 +73,66 @@ static int setup(void **state)
                 fmask[(h * LQ + i) * LK + j] =
                     (j == i + h) ? -INFINITY : 0.25f * (float)((h + 2 * i + 3 * j) % 5) - 0.5f;
     const int64_t s3[3] = {HQ, LQ, LK};
-    save("mask_f32_3.npy", CLATTN_F32, 3, s3, fmask);
+    test_save_npy("mask_f32_3.npy", CLATTN_F32, 3, s3, fmask);
     const int64_t bad_mask_shape[2] = {LQ, LK + 1};
     unsigned char bad_mask[LQ * (LK + 1)] = {0};
-    save("mask_badshape.npy", CLATTN_BOOL, 2, bad_mask_shape, bad_mask);
+    test_save_npy("mask_badshape.npy", CLATTN_BOOL, 2, bad_mask_shape, bad_mask);
     const int64_t s1lk[1] = {LK};
-    save("mask_rank1.npy", CLATTN_BOOL, 1, s1lk, band);
+    test_save_npy("mask_rank1.npy", CLATTN_BOOL, 1, s1lk, band);
 
     const int64_t sb[1] = {B}, shq[1] = {HQ}, shkv[1] = {HKV};
     const int32_t lens[B] = {LK - 2, 3}, bad_lens[B] = {LK + 1, 0};
-    save("kv_lens.npy", CLATTN_I32, 1, sb, lens);
-    save("kv_lens_bad.npy", CLATTN_I32, 1, sb, bad_lens);
+    test_save_npy("kv_lens.npy", CLATTN_I32, 1, sb, lens);
+    test_save_npy("kv_lens_bad.npy", CLATTN_I32, 1, sb, bad_lens);
     const float fl[B] = {1, 2};
-    save("kv_lens_f32.npy", CLATTN_F32, 1, sb, fl);
+    test_save_npy("kv_lens_f32.npy", CLATTN_F32, 1, sb, fl);
     const float slopes[HQ] = {0.5f, 0.25f, 0.125f, 0.0625f};
-    save("alibi.npy", CLATTN_F32, 1, shq, slopes);
-    save("alibi_short.npy", CLATTN_F32, 1, shkv, slopes);
+    test_save_npy("alibi.npy", CLATTN_F32, 1, shq, slopes);
+    test_save_npy("alibi_short.npy", CLATTN_F32, 1, shkv, slopes);
 
     /* malformed inputs */
-    save_bytes("not_npy.npy", "this is not a numpy file, just text\n", 36);
-    FILE *f = fopen(in_dir("q.npy"), "rb");
+    test_save_bytes("not_npy.npy", "this is not a numpy file, just text\n", 36);
+    FILE *f = fopen(test_scratch_path("q.npy"), "rb");
     unsigned char head[200];
     size_t got = fread(head, 1, sizeof head, f);
     fclose(f);
     assert_int_equal(got, sizeof head);
-    save_bytes("q_truncated.npy", head, sizeof head); /* 128-byte header + 72 of 1280 bytes */
+    test_save_bytes("q_truncated.npy", head, sizeof head); /* 128-byte header + 72 of 1280 bytes */
     const int64_t s3q[3] = {B, HQ, LQ * D};
-    save("q_rank3.npy", CLATTN_F32, 3, s3q, q_data);
+    test_save_npy("q_rank3.npy", CLATTN_F32, 3, s3q, q_data);
     const int64_t skb[4] = {B + 1, HKV, LK, D};
     static float kb[(B + 1) * HKV * LK * D];
-    save("k_batch3.npy", CLATTN_F32, 4, skb, kb);
+    test_save_npy("k_batch3.npy", CLATTN_F32, 4, skb, kb);
     const int64_t skd[4] = {B, HKV, LK, D / 2};
-    save("k_d4.npy", CLATTN_F32, 4, skd, k_data);
-    save("q_i32.npy", CLATTN_I32, 4, sq, q_data); /* int32 storage is refused for Q */
-    return 0;
-}
-
-static void remove_all(const char *path)
-{
-    DIR *d = opendir(path);
-    if (!d) return;
-    struct dirent *e;
-    while ((e = readdir(d)) != NULL) {
-        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
-        char p[768];
-        snprintf(p, sizeof p, "%s/%s", path, e->d_name);
-        remove(p);
-    }
-    closedir(d);
-    rmdir(path);
-}
-
-static int teardown(void **state)
-{
-    (void)state;
-    remove_all(dir);
+    test_save_npy("k_d4.npy", CLATTN_F32, 4, skd, k_data);
+    test_save_npy("q_i32.npy", CLATTN_I32, 4, sq, q_data); /* int32 storage is refused for Q */
     return 0;
 }
 
 /* ---- Running the executable ------------------------------------------------------ */
 
-static int count_lines(const char *s)
-{
-    int n = 0;
-    for (; *s; s++) n += *s == '\n';
-    return n;
-}
-
-/* The run must fail cleanly: exit 1 or 2 (not a crash), one line on stderr that contains
- * `needle`, and neither out nor lse (when not NULL) on disk, nor any temporary file. */
-static void expect_failure_impl(const char *needle, const char *out, const char *lse,
-                                const char *const *args, int line)
-{
-    if (out) remove(out);
-    if (lse) remove(lse);
-    test_exe_result r;
-    test_run_clattn(dir, &r, args);
-    char cmd[1024] = "";
-    for (const char *const *a = args; *a; a++) {
-        strncat(cmd, " ", sizeof cmd - strlen(cmd) - 1);
-        strncat(cmd, *a, sizeof cmd - strlen(cmd) - 1);
-    }
-    if (r.status != 1 && r.status != 2)
-        fail_msg("line %d: clattn%s: exit status %d (want 1 or 2); stderr: %s", line, cmd,
-                 r.status, r.err);
-    size_t len = strlen(r.err);
-    if (count_lines(r.err) != 1 || len == 0 || r.err[len - 1] != '\n')
-        fail_msg("line %d: clattn%s: want exactly one stderr line, got: \"%s\"", line, cmd,
-                 r.err);
-    if (strncmp(r.err, "clattn", 6) != 0 || !strstr(r.err, needle))
-        fail_msg("line %d: clattn%s: stderr \"%s\" lacks \"%s\"", line, cmd, r.err, needle);
-    if (out && exists(out)) fail_msg("line %d: clattn%s left %s behind", line, cmd, out);
-    if (lse && exists(lse)) fail_msg("line %d: clattn%s left %s behind", line, cmd, lse);
-    if (count_tmp_files() != 0) fail_msg("line %d: clattn%s left a temporary file", line, cmd);
-}
-
-#define ARGS(...) ((const char *const[]){__VA_ARGS__, NULL})
 #define EXPECT_FAILURE(needle, out, lse, ...)                                             \
-    expect_failure_impl((needle), (out), (lse), ARGS(__VA_ARGS__), __LINE__)
+    test_expect_cli_failure((needle), (out), (lse), ARGS(__VA_ARGS__), __LINE__)
 
 /* ---- Failures -------------------------------------------------------------------- */
 
 static void test_missing_and_unreadable_inputs_fail_cleanly(void **state)
 {
     (void)state;
-    const char *o = in_dir("o.npy");
-    const char *q = in_dir("q.npy"), *k = in_dir("k.npy"), *v = in_dir("v.npy");
+    const char *o = test_scratch_path("o.npy");
+    const char *q = test_scratch_path("q.npy"), *k = test_scratch_path("k.npy"), *v = test_scratch_path("v.npy");
     EXPECT_FAILURE("missing --q", o, NULL, "run");
     EXPECT_FAILURE("missing --q", o, NULL, "run", "--k", k, "--v", v, "--out", o);
     EXPECT_FAILURE("missing --out", NULL, NULL, "run", "--q", q, "--k", k, "--v", v);
-    EXPECT_FAILURE("cannot open", o, NULL, "run", "--q", in_dir("nope.npy"), "--k", k, "--v", v,
+    EXPECT_FAILURE("cannot open", o, NULL, "run", "--q", test_scratch_path("nope.npy"), "--k", k, "--v", v,
                    "--out", o);
-    EXPECT_FAILURE("bad magic", o, NULL, "run", "--q", in_dir("not_npy.npy"), "--k", k, "--v", v,
+    EXPECT_FAILURE("bad magic", o, NULL, "run", "--q", test_scratch_path("not_npy.npy"), "--k", k, "--v", v,
                    "--out", o);
     EXPECT_FAILURE("truncated data (expected 1280 bytes, found 72)", o, NULL, "run", "--q",
-                   in_dir("q_truncated.npy"), "--k", k, "--v", v, "--out", o);
-    EXPECT_FAILURE("--q: ", o, NULL, "run", "--q", in_dir("q_truncated.npy"), "--k", k, "--v", v,
+                   test_scratch_path("q_truncated.npy"), "--k", k, "--v", v, "--out", o);
+    EXPECT_FAILURE("--q: ", o, NULL, "run", "--q", test_scratch_path("q_truncated.npy"), "--k", k, "--v", v,
                    "--out", o);
-    EXPECT_FAILURE("is a directory", o, NULL, "run", "--q", dir, "--k", k, "--v", v, "--out", o);
+    EXPECT_FAILURE("is a directory", o, NULL, "run", "--q", test_scratch_dir(), "--k", k, "--v", v, "--out", o);
 }
 
 /* A damaged header's bytes reach the terminal only as \xNN: stderr is printable ASCII,
@@ -266,13 +143,13 @@ static void test_damaged_header_bytes_reach_stderr_as_printable_ascii(void **sta
     static const char header[] = "{'descr': '\x1b[2J\x1b]0;x\x07\xff<f4', 'fortran_order': False, 'shape': (3,)}";
     unsigned char img[160] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0, (unsigned char)(sizeof header - 1), 0};
     memcpy(img + 10, header, sizeof header - 1);
-    save_bytes("q_escape.npy", img, 10 + (sizeof header - 1) + 12);
-    const char *o = in_dir("o.npy");
+    test_save_bytes("q_escape.npy", img, 10 + (sizeof header - 1) + 12);
+    const char *o = test_scratch_path("o.npy");
     EXPECT_FAILURE("unsupported dtype '\\x1b[2J\\x1b]0;x\\x07\\xff<f4'", o, NULL, "run", "--q",
-                   in_dir("q_escape.npy"), "--k", in_dir("k.npy"), "--v", in_dir("v.npy"), "--out", o);
+                   test_scratch_path("q_escape.npy"), "--k", test_scratch_path("k.npy"), "--v", test_scratch_path("v.npy"), "--out", o);
     test_exe_result r;
-    test_run_clattn(dir, &r, ARGS("run", "--q", in_dir("q_escape.npy"), "--k", in_dir("k.npy"), "--v",
-                                  in_dir("v.npy"), "--out", o));
+    test_run_clattn(test_scratch_dir(), &r, ARGS("run", "--q", test_scratch_path("q_escape.npy"), "--k", test_scratch_path("k.npy"), "--v",
+                                  test_scratch_path("v.npy"), "--out", o));
     const size_t len = strlen(r.err);
     for (size_t i = 0; i + 1 < len; i++)
         if ((unsigned char)r.err[i] < 0x20 || (unsigned char)r.err[i] > 0x7e)
@@ -282,38 +159,38 @@ static void test_damaged_header_bytes_reach_stderr_as_printable_ascii(void **sta
 static void test_wrong_shapes_and_dtypes_fail_cleanly(void **state)
 {
     (void)state;
-    const char *o = in_dir("o.npy"), *l = in_dir("lse.npy");
-    const char *q = in_dir("q.npy"), *k = in_dir("k.npy"), *v = in_dir("v.npy");
-    EXPECT_FAILURE("expected rank 4", o, NULL, "run", "--q", in_dir("q_rank3.npy"), "--k", k,
+    const char *o = test_scratch_path("o.npy"), *l = test_scratch_path("lse.npy");
+    const char *q = test_scratch_path("q.npy"), *k = test_scratch_path("k.npy"), *v = test_scratch_path("v.npy");
+    EXPECT_FAILURE("expected rank 4", o, NULL, "run", "--q", test_scratch_path("q_rank3.npy"), "--k", k,
                    "--v", v, "--out", o);
-    EXPECT_FAILURE("expected float32 or float16", o, NULL, "run", "--q", in_dir("q_i32.npy"),
+    EXPECT_FAILURE("expected float32 or float16", o, NULL, "run", "--q", test_scratch_path("q_i32.npy"),
                    "--k", k, "--v", v, "--out", o);
-    EXPECT_FAILURE("batch sizes differ", o, l, "run", "--q", q, "--k", in_dir("k_batch3.npy"),
+    EXPECT_FAILURE("batch sizes differ", o, l, "run", "--q", q, "--k", test_scratch_path("k_batch3.npy"),
                    "--v", v, "--out", o, "--lse", l);
-    EXPECT_FAILURE("head dims differ", o, NULL, "run", "--q", q, "--k", in_dir("k_d4.npy"),
+    EXPECT_FAILURE("head dims differ", o, NULL, "run", "--q", q, "--k", test_scratch_path("k_d4.npy"),
                    "--v", v, "--out", o);
     /* bhld files read as blhd: Hq = 5 heads against Hkv = 7 */
     EXPECT_FAILURE("multiple of k/v heads", o, NULL, "run", "--q", q, "--k", k, "--v", v,
                    "--out", o, "--layout", "blhd");
     EXPECT_FAILURE("mask", o, NULL, "run", "--q", q, "--k", k, "--v", v, "--out", o, "--mask",
-                   in_dir("mask_badshape.npy"));
+                   test_scratch_path("mask_badshape.npy"));
     EXPECT_FAILURE("rank 2..4", o, NULL, "run", "--q", q, "--k", k, "--v", v, "--out", o,
-                   "--mask", in_dir("mask_rank1.npy"));
+                   "--mask", test_scratch_path("mask_rank1.npy"));
     EXPECT_FAILURE("bool or float32", o, NULL, "run", "--q", q, "--k", k, "--v", v, "--out", o,
-                   "--mask", in_dir("kv_lens.npy"));
+                   "--mask", test_scratch_path("kv_lens.npy"));
     EXPECT_FAILURE("outside 0..Lk", o, NULL, "run", "--q", q, "--k", k, "--v", v, "--out", o,
-                   "--kv-lens", in_dir("kv_lens_bad.npy"));
+                   "--kv-lens", test_scratch_path("kv_lens_bad.npy"));
     EXPECT_FAILURE("expected int32 [B]", o, NULL, "run", "--q", q, "--k", k, "--v", v, "--out", o,
-                   "--kv-lens", in_dir("kv_lens_f32.npy"));
+                   "--kv-lens", test_scratch_path("kv_lens_f32.npy"));
     EXPECT_FAILURE("alibi", o, NULL, "run", "--q", q, "--k", k, "--v", v, "--out", o, "--alibi",
-                   in_dir("alibi_short.npy"));
+                   test_scratch_path("alibi_short.npy"));
 }
 
 static void test_bad_option_values_fail_cleanly(void **state)
 {
     (void)state;
-    const char *o = in_dir("o.npy");
-    const char *q = in_dir("q.npy"), *k = in_dir("k.npy"), *v = in_dir("v.npy");
+    const char *o = test_scratch_path("o.npy");
+    const char *q = test_scratch_path("q.npy"), *k = test_scratch_path("k.npy"), *v = test_scratch_path("v.npy");
 #define BAD(needle, ...) EXPECT_FAILURE(needle, o, NULL, "run", "--q", q, "--k", k, "--v", v, \
                                         "--out", o, __VA_ARGS__)
     BAD("--causal", "--causal", "sideways");
@@ -348,9 +225,9 @@ static void test_bad_option_values_fail_cleanly(void **state)
 static void test_unwritable_outputs_leave_nothing_behind(void **state)
 {
     (void)state;
-    const char *o = in_dir("o.npy"), *l = in_dir("lse.npy");
-    const char *q = in_dir("q.npy"), *k = in_dir("k.npy"), *v = in_dir("v.npy");
-    const char *missing_o = in_dir("no-such-dir/o.npy"), *missing_l = in_dir("no-such-dir/l.npy");
+    const char *o = test_scratch_path("o.npy"), *l = test_scratch_path("lse.npy");
+    const char *q = test_scratch_path("q.npy"), *k = test_scratch_path("k.npy"), *v = test_scratch_path("v.npy");
+    const char *missing_o = test_scratch_path("no-such-dir/o.npy"), *missing_l = test_scratch_path("no-such-dir/l.npy");
     EXPECT_FAILURE("cannot create", missing_o, NULL, "run", "--q", q, "--k", k, "--v", v,
                    "--out", missing_o);
     /* --out could be written, --lse cannot: --out must not appear either */
@@ -358,15 +235,15 @@ static void test_unwritable_outputs_leave_nothing_behind(void **state)
                    "--lse", missing_l);
     EXPECT_FAILURE("--out", o, l, "run", "--q", q, "--k", k, "--v", v, "--out", missing_o,
                    "--lse", l);
-    assert_false(exists(o));
-    assert_false(exists(l));
+    assert_false(test_file_exists(o));
+    assert_false(test_file_exists(l));
 
     /* a failed run leaves an existing output as it was */
-    save_bytes("o.npy", "old", 3);
+    test_save_bytes("o.npy", "old", 3);
     test_exe_result r;
-    test_run_clattn(dir, &r, ARGS("run", "--q", q, "--k", k, "--v", v, "--out", o, "--scale", "x"));
+    test_run_clattn(test_scratch_dir(), &r, ARGS("run", "--q", q, "--k", k, "--v", v, "--out", o, "--scale", "x"));
     assert_int_equal(r.status, 2);
-    assert_true(exists(o));
+    assert_true(test_file_exists(o));
     struct stat st;
     assert_int_equal(stat(o, &st), 0);
     assert_int_equal(st.st_size, 3);
@@ -376,7 +253,7 @@ static void test_unwritable_outputs_leave_nothing_behind(void **state)
 static void test_top_level_and_devices_errors_are_one_line(void **state)
 {
     (void)state;
-    expect_failure_impl("missing command", NULL, NULL, (const char *const[]){NULL}, __LINE__);
+    test_expect_cli_failure("missing command", NULL, NULL, (const char *const[]){NULL}, __LINE__);
     EXPECT_FAILURE("unknown command 'frobnicate'", NULL, NULL, "frobnicate");
     EXPECT_FAILURE("unknown option '--bogus'", NULL, NULL, "devices", "--bogus");
     EXPECT_FAILURE("takes no value", NULL, NULL, "devices", "--json=yes");
@@ -389,20 +266,20 @@ static void test_help_version_and_device_list(void **state)
 {
     (void)state;
     test_exe_result r;
-    test_run_clattn(dir, &r, ARGS("--help"));
+    test_run_clattn(test_scratch_dir(), &r, ARGS("--help"));
     assert_int_equal(r.status, 0);
     assert_non_null(strstr(r.out, "devices"));
     assert_non_null(strstr(r.out, "run"));
     assert_string_equal(r.err, "");
 
-    test_run_clattn(dir, &r, ARGS("run", "--help"));
+    test_run_clattn(test_scratch_dir(), &r, ARGS("run", "--help"));
     assert_int_equal(r.status, 0);
     for (const char *opt = "--q\0--k\0--v\0--out\0--lse\0--mask\0--causal\0--window\0--kv-lens\0"
                            "--scale\0--softcap\0--alibi\0--layout\0--path\0--device\0--out-dtype\0";
          *opt; opt += strlen(opt) + 1)
         if (!strstr(r.out, opt)) fail_msg("clattn run --help does not mention %s", opt);
 
-    test_run_clattn(dir, &r, ARGS("--version"));
+    test_run_clattn(test_scratch_dir(), &r, ARGS("--version"));
     assert_int_equal(r.status, 0);
     char want[64];
     snprintf(want, sizeof want, "clattn %s\n", clattn_version_string());
@@ -410,9 +287,9 @@ static void test_help_version_and_device_list(void **state)
 
     size_t count = 0;
     assert_int_equal(clattn_device_count(&count), CLATTN_SUCCESS);
-    test_run_clattn(dir, &r, ARGS("devices"));
+    test_run_clattn(test_scratch_dir(), &r, ARGS("devices"));
     assert_int_equal(r.status, 0);
-    test_run_clattn(dir, &r, ARGS("devices", "--json"));
+    test_run_clattn(test_scratch_dir(), &r, ARGS("devices", "--json"));
     assert_int_equal(r.status, 0);
     assert_string_equal(r.err, "");
     assert_int_equal(r.out[0], '[');
@@ -460,7 +337,7 @@ typedef struct good_case {
 static void check_case(const good_case *c)
 {
     char err[1024];
-    const char *o = in_dir("good_o.npy"), *l = in_dir("good_lse.npy");
+    const char *o = test_scratch_path("good_o.npy"), *l = test_scratch_path("good_lse.npy");
     remove(o);
     remove(l);
 
@@ -469,11 +346,11 @@ static void check_case(const good_case *c)
     char window[64], scale[64], softcap[64];
     args[n++] = "run";
     args[n++] = "--q";
-    args[n++] = in_dir(c->blhd ? "q_blhd.npy" : c->f16_q ? "q_f16.npy" : "q.npy");
+    args[n++] = test_scratch_path(c->blhd ? "q_blhd.npy" : c->f16_q ? "q_f16.npy" : "q.npy");
     args[n++] = "--k";
-    args[n++] = in_dir(c->blhd ? "k_blhd.npy" : "k.npy");
+    args[n++] = test_scratch_path(c->blhd ? "k_blhd.npy" : "k.npy");
     args[n++] = "--v";
-    args[n++] = in_dir(c->blhd ? "v_blhd.npy" : "v.npy");
+    args[n++] = test_scratch_path(c->blhd ? "v_blhd.npy" : "v.npy");
     args[n++] = "--out";
     args[n++] = o;
     if (c->blhd) {
@@ -496,15 +373,15 @@ static void check_case(const good_case *c)
     }
     if (c->mask) {
         args[n++] = "--mask";
-        args[n++] = in_dir(c->mask);
+        args[n++] = test_scratch_path(c->mask);
     }
     if (c->kv_lens) {
         args[n++] = "--kv-lens";
-        args[n++] = in_dir("kv_lens.npy");
+        args[n++] = test_scratch_path("kv_lens.npy");
     }
     if (c->alibi) {
         args[n++] = "--alibi";
-        args[n++] = in_dir("alibi.npy");
+        args[n++] = test_scratch_path("alibi.npy");
     }
     if (!isnan(c->scale)) {
         snprintf(scale, sizeof scale, "%.9g", (double)c->scale);
@@ -522,7 +399,7 @@ static void check_case(const good_case *c)
     args[n] = NULL;
 
     test_exe_result r;
-    test_run_clattn(dir, &r, args);
+    test_run_clattn(test_scratch_dir(), &r, args);
     if (c->path && r.status == 1 && strstr(r.err, "CLATTN_ERROR_PATH_UNSUPPORTED")) {
         print_message("%s: the path declines this problem: %s", c->label, r.err);
         skip();
@@ -534,7 +411,7 @@ static void check_case(const good_case *c)
         if (!strstr(r.out, want)) fail_msg("%s: stdout does not say \"%s\": %s", c->label, want, r.out);
     }
     if (r.err[0] != '\0') fail_msg("%s: unexpected stderr: %s", c->label, r.err);
-    assert_int_equal(count_tmp_files(), 0);
+    assert_int_equal(test_scratch_tmp_files(), 0);
 
     /* The reference, on the same stored inputs (Q rounded through float16 if so). */
     npy_array qa, ka, va, ma = {0}, la = {0}, aa = {0};
@@ -560,19 +437,19 @@ static void check_case(const good_case *c)
     opt.softcap = c->softcap;
     clattn_tensor tm, tl, ta;
     if (c->mask) {
-        assert_int_equal(npy_read(in_dir(c->mask), &ma, err, sizeof err), 0);
+        assert_int_equal(npy_read(test_scratch_path(c->mask), &ma, err, sizeof err), 0);
         int64_t ne[4] = {1, 1, 1, 1};
         for (int i = 0; i < ma.rank; i++) ne[4 - ma.rank + i] = ma.shape[i];
         tm = clattn_tensor_host(ma.data, ma.dtype, ne[0], ne[1], ne[2], ne[3]);
         opt.mask = &tm;
     }
     if (c->kv_lens) {
-        assert_int_equal(npy_read(in_dir("kv_lens.npy"), &la, err, sizeof err), 0);
+        assert_int_equal(npy_read(test_scratch_path("kv_lens.npy"), &la, err, sizeof err), 0);
         tl = clattn_tensor_host(la.data, CLATTN_I32, B, 1, 1, 1);
         opt.kv_lens = &tl;
     }
     if (c->alibi) {
-        assert_int_equal(npy_read(in_dir("alibi.npy"), &aa, err, sizeof err), 0);
+        assert_int_equal(npy_read(test_scratch_path("alibi.npy"), &aa, err, sizeof err), 0);
         ta = clattn_tensor_host(aa.data, CLATTN_F32, HQ, 1, 1, 1);
         opt.alibi = &ta;
     }
@@ -632,7 +509,7 @@ static void check_case(const good_case *c)
         }
         npy_free(&ls);
     } else {
-        assert_false(exists(l));
+        assert_false(test_file_exists(l));
     }
     npy_free(&qa);
     npy_free(&ka);
@@ -706,5 +583,5 @@ int main(void)
             tests[n++] = t;
         }
     }
-    return _cmocka_run_group_tests("test_cli", tests, n, setup, teardown);
+    return _cmocka_run_group_tests("test_cli", tests, n, setup, test_scratch_remove);
 }

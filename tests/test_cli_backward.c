@@ -10,7 +10,7 @@
 
 #include "clattn.h"
 #include "npy.h"
-#include "test_exe.h"
+#include "test_scratch.h"
 
 #include <dirent.h>
 #include <math.h>
@@ -24,116 +24,55 @@
 /* GQA (Hq = 2 Hkv), Lq != Lk, Dv != D. */
 enum { B = 2, HQ = 4, HKV = 2, LQ = 6, LK = 9, D = 8, DV = 5 };
 
-static char dir[256];
 static float q_data[B * HQ * LQ * D], k_data[B * HKV * LK * D], v_data[B * HKV * LK * DV];
 static float do_data[B * HQ * LQ * DV], fmask[LQ * LK];
-
-static const char *in_dir(const char *name)
-{
-    static char bufs[16][512];
-    static int next;
-    char *b = bufs[next++ % 16];
-    snprintf(b, sizeof bufs[0], "%s/%s", dir, name);
-    return b;
-}
-
-static bool exists(const char *path)
-{
-    struct stat st;
-    return stat(path, &st) == 0;
-}
-
-static void save(const char *name, int rank, const int64_t *shape, const float *data)
-{
-    char err[1024];
-    if (npy_write(in_dir(name), CLATTN_F32, rank, shape, data, CLATTN_F32, err, sizeof err) != 0)
-        fail_msg("%s", err);
-}
-
-/* [B, H, L, X] -> [B, L, H, X] and back */
-static void swap_hl(const float *src, float *dst, int b, int h, int l, int x, bool to_blhd)
-{
-    for (int i0 = 0; i0 < b; i0++)
-        for (int i1 = 0; i1 < h; i1++)
-            for (int i2 = 0; i2 < l; i2++)
-                for (int i3 = 0; i3 < x; i3++) {
-                    const int bhld = ((i0 * h + i1) * l + i2) * x + i3;
-                    const int blhd = ((i0 * l + i2) * h + i1) * x + i3;
-                    if (to_blhd) dst[blhd] = src[bhld];
-                    else dst[bhld] = src[blhd];
-                }
-}
 
 static int setup(void **state)
 {
     (void)state;
-    const char *base = getenv("TMPDIR");
-    snprintf(dir, sizeof dir, "%s/clattn-clibwd-XXXXXX", base && *base ? base : "/tmp");
-    if (!mkdtemp(dir)) return -1;
+    if (test_scratch_create("clibwd") != 0) return -1;
     uint32_t s = 11;
     float *all[4] = {q_data, k_data, v_data, do_data};
     size_t n[4] = {sizeof q_data / 4, sizeof k_data / 4, sizeof v_data / 4, sizeof do_data / 4};
     for (int a = 0; a < 4; a++)
-        for (size_t i = 0; i < n[a]; i++) {
-            s = s * 1664525u + 1013904223u;
-            all[a][i] = (float)(s >> 8) / (float)(1u << 23) - 1.0f;
-        }
+        for (size_t i = 0; i < n[a]; i++) all[a][i] = test_lcg_value(&s);
     for (int i = 0; i < LQ; i++)
         for (int j = 0; j < LK; j++) fmask[i * LK + j] = (i + j) % 4 == 1 ? -INFINITY : 0.1f * (float)(j - i);
     const int64_t sq[4] = {B, HQ, LQ, D}, sk[4] = {B, HKV, LK, D}, sv[4] = {B, HKV, LK, DV},
                   so[4] = {B, HQ, LQ, DV}, sm[2] = {LQ, LK};
-    save("q.npy", 4, sq, q_data);
-    save("k.npy", 4, sk, k_data);
-    save("v.npy", 4, sv, v_data);
-    save("do.npy", 4, so, do_data);
-    save("mask.npy", 2, sm, fmask);
+    test_save_npy("q.npy", CLATTN_F32, 4, sq, q_data);
+    test_save_npy("k.npy", CLATTN_F32, 4, sk, k_data);
+    test_save_npy("v.npy", CLATTN_F32, 4, sv, v_data);
+    test_save_npy("do.npy", CLATTN_F32, 4, so, do_data);
+    test_save_npy("mask.npy", CLATTN_F32, 2, sm, fmask);
     static float t[sizeof q_data / 4];
     const int64_t tq[4] = {B, LQ, HQ, D}, tk[4] = {B, LK, HKV, D}, tv[4] = {B, LK, HKV, DV},
                   to[4] = {B, LQ, HQ, DV};
-    swap_hl(q_data, t, B, HQ, LQ, D, true);
-    save("q_blhd.npy", 4, tq, t);
-    swap_hl(k_data, t, B, HKV, LK, D, true);
-    save("k_blhd.npy", 4, tk, t);
-    swap_hl(v_data, t, B, HKV, LK, DV, true);
-    save("v_blhd.npy", 4, tv, t);
-    swap_hl(do_data, t, B, HQ, LQ, DV, true);
-    save("do_blhd.npy", 4, to, t);
+    test_swap_hl(q_data, t, B, HQ, LQ, D, true);
+    test_save_npy("q_blhd.npy", CLATTN_F32, 4, tq, t);
+    test_swap_hl(k_data, t, B, HKV, LK, D, true);
+    test_save_npy("k_blhd.npy", CLATTN_F32, 4, tk, t);
+    test_swap_hl(v_data, t, B, HKV, LK, DV, true);
+    test_save_npy("v_blhd.npy", CLATTN_F32, 4, tv, t);
+    test_swap_hl(do_data, t, B, HQ, LQ, DV, true);
+    test_save_npy("do_blhd.npy", CLATTN_F32, 4, to, t);
     const int64_t bad[4] = {B, HQ, LQ, DV + 1};
     static float zeros[B * HQ * LQ * (DV + 1)];
-    save("do_bad.npy", 4, bad, zeros);
+    test_save_npy("do_bad.npy", CLATTN_F32, 4, bad, zeros);
     return 0;
 }
 
-static int teardown(void **state)
-{
-    (void)state;
-    DIR *d = opendir(dir);
-    if (d) {
-        struct dirent *e;
-        while ((e = readdir(d)) != NULL) {
-            if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
-            char p[768];
-            snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
-            remove(p);
-        }
-        closedir(d);
-        rmdir(dir);
-    }
-    return 0;
-}
-
-#define ARGS(...) ((const char *const[]){__VA_ARGS__, NULL})
 
 /* Compare a written gradient file with dense BHLD reference values. */
 static void check_file(const char *name, const double *ref, int h, int l, int x, bool blhd)
 {
     npy_array a;
     char err[512];
-    if (npy_read(in_dir(name), &a, err, sizeof err) != 0) fail_msg("%s: %s", name, err);
+    if (npy_read(test_scratch_path(name), &a, err, sizeof err) != 0) fail_msg("%s: %s", name, err);
     const int n = B * h * l * x;
     float *g = malloc((size_t)n * sizeof *g);
     assert_non_null(g);
-    if (blhd) swap_hl((const float *)a.data, g, B, h, l, x, false);
+    if (blhd) test_swap_hl((const float *)a.data, g, B, h, l, x, false);
     else memcpy(g, a.data, (size_t)n * sizeof *g);
     double m = 0.0;
     for (int i = 0; i < n; i++) m = fmax(m, fabs(ref[i]));
@@ -155,17 +94,17 @@ static void run_good(bool blhd, bool with_mask)
     snprintf(v, sizeof v, "v%s", suffix);
     snprintf(dO, sizeof dO, "do%s", suffix);
     if (with_mask)
-        test_run_clattn(dir, &r,
-                        ARGS("run", "--q", in_dir(q), "--k", in_dir(k), "--v", in_dir(v), "--out",
-                             in_dir("o.npy"), "--grad-out", in_dir(dO), "--dq", in_dir("dq.npy"),
-                             "--dk", in_dir("dk.npy"), "--dv", in_dir("dv.npy"), "--mask",
-                             in_dir("mask.npy"), "--causal", "bottom-right", "--softcap", "3",
+        test_run_clattn(test_scratch_dir(), &r,
+                        ARGS("run", "--q", test_scratch_path(q), "--k", test_scratch_path(k), "--v", test_scratch_path(v), "--out",
+                             test_scratch_path("o.npy"), "--grad-out", test_scratch_path(dO), "--dq", test_scratch_path("dq.npy"),
+                             "--dk", test_scratch_path("dk.npy"), "--dv", test_scratch_path("dv.npy"), "--mask",
+                             test_scratch_path("mask.npy"), "--causal", "bottom-right", "--softcap", "3",
                              "--layout", blhd ? "blhd" : "bhld"));
     else
-        test_run_clattn(dir, &r,
-                        ARGS("run", "--q", in_dir(q), "--k", in_dir(k), "--v", in_dir(v), "--out",
-                             in_dir("o.npy"), "--grad-out", in_dir(dO), "--dq", in_dir("dq.npy"),
-                             "--dk", in_dir("dk.npy"), "--dv", in_dir("dv.npy"), "--layout",
+        test_run_clattn(test_scratch_dir(), &r,
+                        ARGS("run", "--q", test_scratch_path(q), "--k", test_scratch_path(k), "--v", test_scratch_path(v), "--out",
+                             test_scratch_path("o.npy"), "--grad-out", test_scratch_path(dO), "--dq", test_scratch_path("dq.npy"),
+                             "--dk", test_scratch_path("dk.npy"), "--dv", test_scratch_path("dv.npy"), "--layout",
                              blhd ? "blhd" : "bhld"));
     if (r.status != 0) fail_msg("clattn run --grad-out: exit %d: %s", r.status, r.err);
     assert_non_null(strstr(r.out, "backward pass wrote"));
@@ -201,35 +140,35 @@ static void test_run_grad_out_writes_reference_gradients(void **state)
 static void expect_failure(const char *needle, const char *const *args)
 {
     const char *outs[4] = {"o.npy", "dq.npy", "dk.npy", "dv.npy"};
-    for (int i = 0; i < 4; i++) remove(in_dir(outs[i]));
+    for (int i = 0; i < 4; i++) remove(test_scratch_path(outs[i]));
     test_exe_result r;
-    test_run_clattn(dir, &r, args);
+    test_run_clattn(test_scratch_dir(), &r, args);
     if (r.status != 1 && r.status != 2) fail_msg("exit status %d; stderr: %s", r.status, r.err);
     const char *nl = strchr(r.err, '\n');
     if (!nl || nl[1] != '\0' || !strstr(r.err, needle))
         fail_msg("want one stderr line with \"%s\", got \"%s\"", needle, r.err);
     for (int i = 0; i < 4; i++)
-        if (exists(in_dir(outs[i]))) fail_msg("%s left behind (%s)", outs[i], needle);
+        if (test_file_exists(test_scratch_path(outs[i]))) fail_msg("%s left behind (%s)", outs[i], needle);
 }
 
 static void test_run_grad_out_bad_uses_fail_cleanly(void **state)
 {
     (void)state;
-    expect_failure("--grad-out", ARGS("run", "--q", in_dir("q.npy"), "--k", in_dir("k.npy"), "--v",
-                                      in_dir("v.npy"), "--out", in_dir("o.npy"), "--grad-out",
-                                      in_dir("do_bad.npy"), "--dq", in_dir("dq.npy"), "--dk",
-                                      in_dir("dk.npy"), "--dv", in_dir("dv.npy")));
-    expect_failure("needs all of", ARGS("run", "--q", in_dir("q.npy"), "--k", in_dir("k.npy"), "--v",
-                                        in_dir("v.npy"), "--out", in_dir("o.npy"), "--grad-out",
-                                        in_dir("do.npy"), "--dq", in_dir("dq.npy")));
-    expect_failure("same file", ARGS("run", "--q", in_dir("q.npy"), "--k", in_dir("k.npy"), "--v",
-                                     in_dir("v.npy"), "--out", in_dir("o.npy"), "--grad-out",
-                                     in_dir("do.npy"), "--dq", in_dir("dq.npy"), "--dk",
-                                     in_dir("dq.npy"), "--dv", in_dir("dv.npy")));
-    expect_failure("--kv-quant", ARGS("run", "--q", in_dir("q.npy"), "--k", in_dir("k.npy"), "--v",
-                                      in_dir("v.npy"), "--out", in_dir("o.npy"), "--grad-out",
-                                      in_dir("do.npy"), "--dq", in_dir("dq.npy"), "--dk",
-                                      in_dir("dk.npy"), "--dv", in_dir("dv.npy"), "--kv-quant",
+    expect_failure("--grad-out", ARGS("run", "--q", test_scratch_path("q.npy"), "--k", test_scratch_path("k.npy"), "--v",
+                                      test_scratch_path("v.npy"), "--out", test_scratch_path("o.npy"), "--grad-out",
+                                      test_scratch_path("do_bad.npy"), "--dq", test_scratch_path("dq.npy"), "--dk",
+                                      test_scratch_path("dk.npy"), "--dv", test_scratch_path("dv.npy")));
+    expect_failure("needs all of", ARGS("run", "--q", test_scratch_path("q.npy"), "--k", test_scratch_path("k.npy"), "--v",
+                                        test_scratch_path("v.npy"), "--out", test_scratch_path("o.npy"), "--grad-out",
+                                        test_scratch_path("do.npy"), "--dq", test_scratch_path("dq.npy")));
+    expect_failure("same file", ARGS("run", "--q", test_scratch_path("q.npy"), "--k", test_scratch_path("k.npy"), "--v",
+                                     test_scratch_path("v.npy"), "--out", test_scratch_path("o.npy"), "--grad-out",
+                                     test_scratch_path("do.npy"), "--dq", test_scratch_path("dq.npy"), "--dk",
+                                     test_scratch_path("dq.npy"), "--dv", test_scratch_path("dv.npy")));
+    expect_failure("--kv-quant", ARGS("run", "--q", test_scratch_path("q.npy"), "--k", test_scratch_path("k.npy"), "--v",
+                                      test_scratch_path("v.npy"), "--out", test_scratch_path("o.npy"), "--grad-out",
+                                      test_scratch_path("do.npy"), "--dq", test_scratch_path("dq.npy"), "--dk",
+                                      test_scratch_path("dk.npy"), "--dv", test_scratch_path("dv.npy"), "--kv-quant",
                                       "int8"));
 }
 
@@ -239,5 +178,5 @@ int main(void)
         cmocka_unit_test(test_run_grad_out_writes_reference_gradients),
         cmocka_unit_test(test_run_grad_out_bad_uses_fail_cleanly),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, setup, test_scratch_remove);
 }

@@ -1,8 +1,8 @@
 /* The fused path (flash attention, cl/flash_cpu.cl and cl/flash_gpu.cl) forced on the
  * default device and compared with the float64 CPU reference: every SPEC §1 option,
  * key counts around the tile sizes, GQA and MQA, every class of head size (odd ones
- * included), storage types, layouts, fully masked rows, both kernel forms whatever the
- * device, cl_mem inputs, and the split into head groups when the workspace is small. */
+ * included), storage types, layouts, fully masked rows, every kernel form whatever the
+ * device (the gpu-mm form on the whole suite), cl_mem inputs, and the split into head groups when the workspace is small. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -40,11 +40,11 @@ static void run_tuned(const attn_case *cases, size_t n, int flags)
     test_run_cases(get_ctx(), cases, n, CLATTN_PATH_FUSED, flags);
 }
 
-/* Both kernel forms, CPU (0) and GPU (1), whatever the device. */
+/* Every kernel form, CPU (0), GPU (1) and gpu-mm (2), whatever the device. */
 static void run_both_forms(const attn_case *cases, size_t n)
 {
     clattn_context *c = get_ctx();
-    for (int form = 0; form <= 1; form++) {
+    for (int form = 0; form < clattn__tform_count(CLATTN__TP_FUSED); form++) {
         clattn__tuning_force_form(CLATTN__TP_FUSED, form);
         test_run_cases(c, cases, n, CLATTN_PATH_FUSED, 0);
     }
@@ -57,6 +57,19 @@ static void test_fused_matches_reference_on_every_spec_option(void **state)
     size_t n;
     const attn_case *suite = attn_case_suite(&n);
     run_tuned(suite, n, 0);
+}
+
+/* The gpu-mm form (cl/flash_gpu_mm.cl) forced on the whole SPEC suite, whatever the
+ * device: on a CPU device its local-memory tiles, vector loads, exp2 softmax and
+ * reversed row-block order run as they would on a GPU. */
+static void test_fused_gpu_mm_form_on_every_spec_option(void **state)
+{
+    (void)state;
+    size_t n;
+    const attn_case *suite = attn_case_suite(&n);
+    clattn__tuning_force_form(CLATTN__TP_FUSED, 2);
+    test_run_cases(get_ctx(), suite, n, CLATTN_PATH_FUSED, 0);
+    clattn__tuning_force_form(CLATTN__TP_FUSED, -1);
 }
 
 /* Key counts just below, at and above tile multiples, causal both ways so tiles are
@@ -116,6 +129,11 @@ static void test_fused_every_head_size_and_dv_unlike_d(void **state)
     const attn_case other[] = {cases[0], cases[2], cases[5], cases[8], cases[11], cases[ND + 1]};
     clattn__tuning_force_form(CLATTN__TP_FUSED, gpu ? 0 : 1);
     test_run_cases(get_ctx(), other, gpu ? 3 : sizeof other / sizeof other[0], CLATTN_PATH_FUSED, 0);
+    /* gpu-mm: every size class, Dv unlike D both ways (its tiles shrink at 256) */
+    const attn_case mm[] = {cases[0], cases[2], cases[5], cases[8], cases[11], cases[ND], cases[ND + 1],
+                            cases[ND + 2]};
+    clattn__tuning_force_form(CLATTN__TP_FUSED, 2);
+    test_run_cases(get_ctx(), mm, sizeof mm / sizeof mm[0], CLATTN_PATH_FUSED, 0);
     clattn__tuning_force_form(CLATTN__TP_FUSED, -1);
 }
 
@@ -212,6 +230,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_fused_matches_reference_on_every_spec_option),
+        cmocka_unit_test(test_fused_gpu_mm_form_on_every_spec_option),
         cmocka_unit_test(test_fused_key_counts_around_tile_sizes),
         cmocka_unit_test(test_fused_gqa_groups_and_mqa_match_reference),
         cmocka_unit_test(test_fused_every_head_size_and_dv_unlike_d),

@@ -10,7 +10,7 @@
 
 #include "clattn.h"
 #include "npy.h"
-#include "test_exe.h"
+#include "test_scratch.h"
 
 #include <fcntl.h>
 #include <math.h>
@@ -23,44 +23,8 @@
 #include <unistd.h>
 
 
-static char dir[256];
-
-static const char *path_in(const char *name)
-{
-    static char bufs[8][512];
-    static int next;
-    char *b = bufs[next++ % 8];
-    snprintf(b, sizeof bufs[0], "%s/%s", dir, name);
-    return b;
-}
-
-static void save(const char *name, clattn_dtype dtype, int rank, const int64_t *shape, const void *data)
-{
-    char err[1024];
-    if (npy_write(path_in(name), dtype, rank, shape, data, dtype, err, sizeof err) != 0) fail_msg("%s", err);
-}
-
-#define ARGS(...) ((const char *const[]){__VA_ARGS__, NULL})
-
-static bool exists(const char *p)
-{
-    struct stat st;
-    return stat(p, &st) == 0;
-}
-
-/* Exit 1 or 2, one stderr line containing needle, and no `out` file. */
-static void expect_failure_impl(const char *needle, const char *out, const char *const *args, int line)
-{
-    remove(out);
-    test_exe_result r;
-    test_run_clattn(dir, &r, args);
-    int lines = 0;
-    for (const char *s = r.err; *s; s++) lines += *s == '\n';
-    if ((r.status != 1 && r.status != 2) || lines != 1 || !strstr(r.err, needle))
-        fail_msg("line %d: status %d, stderr \"%s\" (want one line with \"%s\")", line, r.status, r.err, needle);
-    if (exists(out)) fail_msg("line %d: %s was left behind", line, out);
-}
-#define EXPECT_FAILURE(needle, out, ...) expect_failure_impl((needle), (out), ARGS(__VA_ARGS__), __LINE__)
+#define EXPECT_FAILURE(needle, out, ...)                                                  \
+    test_expect_cli_failure((needle), (out), NULL, ARGS(__VA_ARGS__), __LINE__)
 
 static uint32_t seed;
 static float rnd(void)
@@ -72,18 +36,7 @@ static float rnd(void)
 static int setup(void **state)
 {
     (void)state;
-    const char *base = getenv("TMPDIR");
-    snprintf(dir, sizeof dir, "%s/clattn-kvcli-XXXXXX", base && *base ? base : "/tmp");
-    return mkdtemp(dir) ? 0 : -1;
-}
-
-static int teardown(void **state)
-{
-    (void)state;
-    const char *names[] = {"x.npy", "xh.npy", "xb.npy", "q.npy", "k.npy", "v.npy", "o.npy", "o32.npy", "i.npy"};
-    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) remove(path_in(names[i]));
-    rmdir(dir);
-    return 0;
+    return test_scratch_create("kvcli");
 }
 
 /* quantize writes exactly the reference quantizer's output and prints its bits and error. */
@@ -95,7 +48,7 @@ static void test_quantize_writes_the_reference_dequantization_and_reports_bits(v
     seed = 11;
     for (int i = 0; i < M * N * D; i++) x[i] = rnd() * (i % 5 + 1);
     const int64_t shape[3] = {M, N, D};
-    save("x.npy", CLATTN_F32, 3, shape, x);
+    test_save_npy("x.npy", CLATTN_F32, 3, shape, x);
     const char *formats[] = {"int8", "int4", "tq4", "tq3", "tq2", "f16"};
     for (size_t f = 0; f < sizeof formats / sizeof formats[0]; f++) {
         clattn_kv_format fmt;
@@ -104,13 +57,13 @@ static void test_quantize_writes_the_reference_dequantization_and_reports_bits(v
             assert_int_equal(clattn_kv_quantize_host(fmt, CLATTN_KV_KEYS, x + m * N * D, N, D, want + m * N * D, NULL),
                              CLATTN_SUCCESS);
         test_exe_result r;
-        test_run_clattn(dir, &r, ARGS("quantize", "--format", formats[f], "--in", path_in("x.npy"), "--out", path_in("xh.npy")));
+        test_run_clattn(test_scratch_dir(), &r, ARGS("quantize", "--format", formats[f], "--in", test_scratch_path("x.npy"), "--out", test_scratch_path("xh.npy")));
         if (r.status != 0) fail_msg("quantize %s: status %d: %s", formats[f], r.status, r.err);
         if (!strstr(r.out, "bits/element") || !strstr(r.out, "max |x-x^|"))
             fail_msg("quantize %s printed: %s", formats[f], r.out);
         npy_array a;
         char err[1024];
-        assert_int_equal(npy_read(path_in("xh.npy"), &a, err, sizeof err), 0);
+        assert_int_equal(npy_read(test_scratch_path("xh.npy"), &a, err, sizeof err), 0);
         assert_int_equal(a.dtype, CLATTN_F32);
         assert_int_equal(a.rank, 3);
         assert_memory_equal(a.data, want, sizeof want);
@@ -120,29 +73,29 @@ static void test_quantize_writes_the_reference_dequantization_and_reports_bits(v
     /* float16 input and the values role */
     static uint16_t xh16[M * N * D];
     for (int i = 0; i < M * N * D; i++) xh16[i] = 0x3c00 | (uint16_t)(i % 1000); /* 1.0 .. 2.0 */
-    save("xb.npy", CLATTN_F16, 3, shape, xh16);
+    test_save_npy("xb.npy", CLATTN_F16, 3, shape, xh16);
     test_exe_result r;
-    test_run_clattn(dir, &r, ARGS("quantize", "--format", "int4", "--role", "values", "--in", path_in("xb.npy"), "--out",
-                        path_in("xh.npy")));
+    test_run_clattn(test_scratch_dir(), &r, ARGS("quantize", "--format", "int4", "--role", "values", "--in", test_scratch_path("xb.npy"), "--out",
+                        test_scratch_path("xh.npy")));
     if (r.status != 0) fail_msg("quantize f16 input: %s", r.err);
 }
 
 static void test_quantize_rejects_bad_input_with_one_line(void **state)
 {
     (void)state;
-    const char *o = path_in("xh.npy"), *x = path_in("x.npy");
+    const char *o = test_scratch_path("xh.npy"), *x = test_scratch_path("x.npy");
     float v[4] = {1, 2, 3, 4};
     int32_t iv[4] = {1, 2, 3, 4};
     const int64_t s1[1] = {4};
-    save("x.npy", CLATTN_F32, 1, s1, v);
-    save("i.npy", CLATTN_I32, 1, s1, iv);
+    test_save_npy("x.npy", CLATTN_F32, 1, s1, v);
+    test_save_npy("i.npy", CLATTN_I32, 1, s1, iv);
     EXPECT_FAILURE("--format", o, "quantize", "--format", "q8_0", "--in", x, "--out", o);
     EXPECT_FAILURE("--role", o, "quantize", "--format", "int8", "--role", "both", "--in", x, "--out", o);
     EXPECT_FAILURE("missing --in", o, "quantize", "--format", "int8", "--out", o);
-    EXPECT_FAILURE("expected float32 or float16", o, "quantize", "--format", "int8", "--in", path_in("i.npy"), "--out", o);
-    EXPECT_FAILURE("--in", o, "quantize", "--format", "int8", "--in", path_in("nope.npy"), "--out", o);
+    EXPECT_FAILURE("expected float32 or float16", o, "quantize", "--format", "int8", "--in", test_scratch_path("i.npy"), "--out", o);
+    EXPECT_FAILURE("--in", o, "quantize", "--format", "int8", "--in", test_scratch_path("nope.npy"), "--out", o);
     EXPECT_FAILURE("same file", x, "quantize", "--format", "int8", "--in", x, "--out", x);
-    save("x.npy", CLATTN_F32, 1, s1, v); /* put back what the last case removed */
+    test_save_npy("x.npy", CLATTN_F32, 1, s1, v); /* put back what the last case removed */
     EXPECT_FAILURE("unknown option", o, "quantize", "--format", "int8", "--in", x, "--out", o, "--bogus");
 }
 
@@ -160,9 +113,9 @@ static void test_run_with_kv_quant_matches_reference_on_the_quantized_cache(void
     for (size_t i = 0; i < sizeof k / 4; i++) k[i] = rnd() * 2;
     for (size_t i = 0; i < sizeof v / 4; i++) v[i] = rnd();
     const int64_t sq[4] = {B, HQ, LQ, D}, sk[4] = {B, HKV, LK, D}, sv[4] = {B, HKV, LK, DV};
-    save("q.npy", CLATTN_F32, 4, sq, q);
-    save("k.npy", CLATTN_F32, 4, sk, k);
-    save("v.npy", CLATTN_F32, 4, sv, v);
+    test_save_npy("q.npy", CLATTN_F32, 4, sq, q);
+    test_save_npy("k.npy", CLATTN_F32, 4, sk, k);
+    test_save_npy("v.npy", CLATTN_F32, 4, sv, v);
     const char *formats[] = {"f32", "int8", "int4", "tq4", "tq2"};
     for (size_t f = 0; f < sizeof formats / sizeof formats[0]; f++) {
         clattn_kv_format fmt;
@@ -179,21 +132,21 @@ static void test_run_with_kv_quant_matches_reference_on_the_quantized_cache(void
         opt.causal = CLATTN_CAUSAL_BOTTOM_RIGHT;
         assert_int_equal(clattn_reference_attention(&tq, &tk, &tv, &opt, ref, NULL), CLATTN_SUCCESS);
         test_exe_result r;
-        test_run_clattn(dir, &r, ARGS("run", "--q", path_in("q.npy"), "--k", path_in("k.npy"), "--v", path_in("v.npy"),
-                            "--out", path_in("o.npy"), "--causal", "bottom-right", "--kv-quant", formats[f]));
+        test_run_clattn(test_scratch_dir(), &r, ARGS("run", "--q", test_scratch_path("q.npy"), "--k", test_scratch_path("k.npy"), "--v", test_scratch_path("v.npy"),
+                            "--out", test_scratch_path("o.npy"), "--causal", "bottom-right", "--kv-quant", formats[f]));
         if (r.status != 0) fail_msg("run --kv-quant %s: %s", formats[f], r.err);
         if (!strstr(r.out, "kv-cache")) fail_msg("run --kv-quant %s printed: %s", formats[f], r.out);
         npy_array a;
         char err[1024];
-        assert_int_equal(npy_read(path_in("o.npy"), &a, err, sizeof err), 0);
+        assert_int_equal(npy_read(test_scratch_path("o.npy"), &a, err, sizeof err), 0);
         const float *o = a.data;
         double worst = 0;
         for (size_t i = 0; i < a.count; i++) worst = fmax(worst, fabs(o[i] - ref[i]) / (2e-4 + 2e-3 * fabs(ref[i])));
         npy_free(&a);
         if (!(worst <= 1.0)) fail_msg("run --kv-quant %s: max error %.3g of the f32 tolerance", formats[f], worst);
     }
-    EXPECT_FAILURE("--kv-quant", path_in("o.npy"), "run", "--q", path_in("q.npy"), "--k", path_in("k.npy"),
-                   "--v", path_in("v.npy"), "--out", path_in("o.npy"), "--kv-quant", "int3");
+    EXPECT_FAILURE("--kv-quant", test_scratch_path("o.npy"), "run", "--q", test_scratch_path("q.npy"), "--k", test_scratch_path("k.npy"),
+                   "--v", test_scratch_path("v.npy"), "--out", test_scratch_path("o.npy"), "--kv-quant", "int3");
 }
 
 int main(void)
@@ -203,5 +156,5 @@ int main(void)
         cmocka_unit_test(test_quantize_rejects_bad_input_with_one_line),
         cmocka_unit_test(test_run_with_kv_quant_matches_reference_on_the_quantized_cache),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, setup, test_scratch_remove);
 }

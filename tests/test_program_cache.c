@@ -2,7 +2,8 @@
  * not change (an edited comment must not invalidate every user's cached programs) while
  * any change the compiler sees must; and several contexts of one process on different
  * threads storing and loading the same program at the same time, which must never see a
- * damaged file and must leave no temporary files behind. */
+ * damaged file and must leave no temporary files behind; and a binary the driver refuses
+ * (as after a driver update) is rebuilt from source. */
 #include "context.h" /* clattn__disk_cache_store / _load */
 #include "test_util.h"
 
@@ -146,12 +147,94 @@ static void test_concurrent_stores_of_one_program_never_damage_the_cache(void **
                  misses, THREADS * ROUNDS, final_loads ? "loads" : "does not load", files, others);
 }
 
+/* The cache files of one folder (names ending in .bin), at most 64. */
+static int cache_files(const char *dir, char names[][512])
+{
+    int n = 0;
+    DIR *d = opendir(dir);
+    assert_non_null(d);
+    for (struct dirent *e; (e = readdir(d)) != NULL && n < 64;) {
+        const size_t len = strlen(e->d_name);
+        if (len > 4 && strcmp(e->d_name + len - 4, ".bin") == 0)
+            snprintf(names[n++], 512, "%s/%s", dir, e->d_name);
+    }
+    closedir(d);
+    return n;
+}
+
+static uint64_t fnv1a64(const unsigned char *p, size_t n)
+{
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (size_t i = 0; i < n; i++) {
+        h ^= p[i];
+        h *= 0x100000001b3ull;
+    }
+    return h;
+}
+
+/* After a driver update the cached binaries are intact files (header, checksum) that the
+ * driver no longer accepts: each is rebuilt from source, the call's results are right,
+ * and the file is replaced by the new driver's binary. Simulated by rewriting every
+ * cached binary as bytes no driver accepts, under a valid header and checksum. */
+static void test_a_binary_the_driver_refuses_is_rebuilt_from_source(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/clattn-cache-refused-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    assert_int_equal(setenv("CLATTN_CACHE_DIR", dir, 1), 0);
+    const attn_case c = {.B = 1, .Hq = 2, .Hkv = 1, .Lq = 9, .Lk = 21, .D = 16, .Dv = 16,
+                         .causal = CLATTN_CAUSAL_BOTTOM_RIGHT, .lse = 1, .seed = 77};
+    clattn_context *ctx = test_context();
+    test_run_cases(ctx, &c, 1, CLATTN_PATH_FUSED, 0);
+    clattn_context_free(ctx);
+
+    static char names[64][512];
+    const int n = cache_files(dir, names);
+    assert_true(n >= 1);
+    static const unsigned char junk[] = "not a program binary of any driver: rebuilt from source";
+    for (int i = 0; i < n; i++) {
+        FILE *f = fopen(names[i], "r+b");
+        assert_non_null(f);
+        struct {
+            char magic[8];
+            uint64_t key, size, checksum;
+        } hdr;
+        assert_int_equal(fread(&hdr, sizeof hdr, 1, f), 1);
+        hdr.size = sizeof junk;
+        hdr.checksum = fnv1a64(junk, sizeof junk);
+        fclose(f);
+        f = fopen(names[i], "wb");
+        assert_non_null(f);
+        assert_int_equal(fwrite(&hdr, sizeof hdr, 1, f), 1);
+        assert_int_equal(fwrite(junk, 1, sizeof junk, f), sizeof junk);
+        fclose(f);
+    }
+
+    ctx = test_context();
+    test_run_cases(ctx, &c, 1, CLATTN_PATH_FUSED, 0); /* fails the test on a wrong result */
+    clattn_context_free(ctx);
+    /* every file now holds a binary the driver accepts again (bigger than the junk) */
+    const int m = cache_files(dir, names);
+    int refused = 0;
+    for (int i = 0; i < m; i++) {
+        FILE *f = fopen(names[i], "rb");
+        assert_non_null(f);
+        fseek(f, 0, SEEK_END);
+        if (ftell(f) <= (long)(32 + sizeof junk)) refused++;
+        fclose(f);
+        remove(names[i]);
+    }
+    rmdir(dir);
+    if (m != n || refused) fail_msg("%d cache files before, %d after, %d still the refused bytes", n, m, refused);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_comment_edits_keep_the_cache_key),
         cmocka_unit_test(test_code_edits_change_the_cache_key),
         cmocka_unit_test(test_concurrent_stores_of_one_program_never_damage_the_cache),
+        cmocka_unit_test(test_a_binary_the_driver_refuses_is_rebuilt_from_source),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -5,9 +5,9 @@
  * forms, the unfused path's local-memory tiles) run here on the whole SPEC suite, with
  * host tensors and with cl_mem tensors at byte offsets as an application passes them,
  * forced and in auto mode (which takes them here through llvmpipe's tuning rows).
- * The CPU forms (float16 vector code) take minutes to build on llvmpipe and stay on
- * PoCL, where test_fused_path and test_decode_path run them. A missing rusticl device is
- * a failure: the README's test command installs mesa-opencl-icd. */
+ * The CPU forms' PoCL rows (unrolled float16 vector code) take minutes to build on
+ * llvmpipe; test_rusticl_cpu_forms runs those forms here with compact rows. A missing
+ * rusticl device is a failure: the README's test command installs mesa-opencl-icd. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -57,7 +57,7 @@ static void test_auto_mode_takes_the_gpu_forms_on_rusticl(void **state)
         clattn__trow row;
         clattn__tsource src;
         clattn__tuning_row(rusticl(), paths[i], &cls, &row, &src);
-        if (row.form != 1)
+        if (row.form != (paths[i] == CLATTN__TP_FUSED ? 2 : 1)) /* gpu-mm, decode gpu */
             fail_msg("%s: form %s on llvmpipe (%s)", clattn__tpath_name(paths[i]),
                      clattn__tform_name(paths[i], row.form), src.text);
     }
@@ -80,6 +80,16 @@ static void test_fused_gpu_form_matches_reference_on_rusticl(void **state)
 {
     (void)state;
     clattn__tuning_force_form(CLATTN__TP_FUSED, 1);
+    run_suite(CLATTN_PATH_FUSED, 0);
+    clattn__tuning_force_form(CLATTN__TP_FUSED, -1);
+}
+
+/* The gpu-mm form (two register-blocked mini-GEMMs per key tile) on the whole suite,
+ * within llvmpipe's 32 KiB of local memory (its tiles shrink at large heads). */
+static void test_fused_gpu_mm_form_matches_reference_on_rusticl(void **state)
+{
+    (void)state;
+    clattn__tuning_force_form(CLATTN__TP_FUSED, 2);
     run_suite(CLATTN_PATH_FUSED, 0);
     clattn__tuning_force_form(CLATTN__TP_FUSED, -1);
 }
@@ -116,15 +126,18 @@ static void test_device_buffers_at_offsets_on_rusticl(void **state)
     clattn__tuning_force_form(CLATTN__TP_FUSED, 1);
     clattn__tuning_force_form(CLATTN__TP_DECODE, 1);
     test_run_cases(rusticl(), cases, n, CLATTN_PATH_FUSED, TEST_ON_DEVICE_PACKED);
+    clattn__tuning_force_form(CLATTN__TP_FUSED, 2);
+    test_run_cases(rusticl(), cases, n, CLATTN_PATH_FUSED, TEST_ON_DEVICE_PACKED);
     test_run_cases(rusticl(), cases, n, CLATTN_PATH_DECODE, TEST_ON_DEVICE_PACKED | TEST_ALLOW_UNSUPPORTED);
     test_run_cases(rusticl(), cases, n, CLATTN_PATH_UNFUSED, TEST_ON_DEVICE_PACKED);
     clattn__tuning_force_form(CLATTN__TP_FUSED, -1);
     clattn__tuning_force_form(CLATTN__TP_DECODE, -1);
 }
 
-/* The backward kernels (one portable form, local tiles within 32 KiB) on rusticl's
- * GPU-like limits: GQA with key lengths and causal, a broadcast float mask with its
- * gradient and softcap, Dv != D, and a head size whose tiles shrink to fit. */
+/* The backward kernels (the GPU form the tuning layer gives llvmpipe, local tiles within
+ * 32 KiB) on rusticl's GPU-like limits: GQA with key lengths and causal, a broadcast
+ * float mask with its gradient and softcap, Dv != D, and a head size whose tiles shrink
+ * to fit. */
 static void test_backward_matches_reference_on_rusticl(void **state)
 {
     (void)state;
@@ -151,6 +164,7 @@ int main(void)
         cmocka_unit_test(test_auto_mode_takes_the_gpu_forms_on_rusticl),
         cmocka_unit_test(test_unfused_path_matches_reference_on_rusticl),
         cmocka_unit_test(test_fused_gpu_form_matches_reference_on_rusticl),
+        cmocka_unit_test(test_fused_gpu_mm_form_matches_reference_on_rusticl),
         cmocka_unit_test(test_decode_gpu_form_matches_reference_on_rusticl),
         cmocka_unit_test(test_device_buffers_at_offsets_on_rusticl),
         cmocka_unit_test(test_backward_matches_reference_on_rusticl),

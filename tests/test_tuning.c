@@ -85,8 +85,12 @@ static void test_lookup_takes_the_most_specific_level(void **state)
             if (!clattn__tuning_legal(&devs[i], (clattn__tpath)p, &row, 64, why, sizeof why))
                 fail_msg("built-in %s row for %s is illegal: %s", clattn__tpath_name((clattn__tpath)p),
                          devs[i].name, why);
+            /* GPUs: fused gpu-mm (2), decode gpu (1) */
             if (p == CLATTN__TP_FUSED || p == CLATTN__TP_DECODE)
-                assert_int_equal(row.form, devs[i].type == CLATTN_DEVICE_GPU ? 1 : 0);
+                assert_int_equal(row.form, devs[i].type == CLATTN_DEVICE_GPU ? 2 - p : 0);
+            /* the backward's CPU form is for CPUs only: too few work-items for a GPU */
+            if (p == CLATTN__TP_BACKWARD)
+                assert_int_equal(row.form, devs[i].type == CLATTN_DEVICE_CPU ? 0 : 1);
             /* every table has a CPU row; an unknown kind of device gets the default */
             if (devs[i].type != CLATTN_DEVICE_GPU)
                 assert_string_equal(level, devs[i].type == CLATTN_DEVICE_CPU ? "type" : "default");
@@ -96,15 +100,32 @@ static void test_lookup_takes_the_most_specific_level(void **state)
      * level, whatever LLVM version and width its name carries; a longer name does not */
     clattn__tdevice pipe = fake(CLATTN_DEVICE_CPU, 0x10005, "", "llvmpipe (LLVM 15.0.6, 256 bits)");
     pipe.local_mem = 32 * 1024;
-    for (int p = CLATTN__TP_FUSED; p <= CLATTN__TP_DECODE; p++) {
+    const clattn__tpath pipe_paths[] = {CLATTN__TP_FUSED, CLATTN__TP_DECODE, CLATTN__TP_BACKWARD};
+    for (size_t k = 0; k < sizeof pipe_paths / sizeof pipe_paths[0]; k++) {
+        const clattn__tpath p = pipe_paths[k];
         clattn__trow row;
         const char *level;
         char why[160];
         clattn__tuning_builtin(&pipe, (clattn__tpath)p, &row, &level);
         assert_string_equal(level, "name");
-        assert_int_equal(row.form, 1);
+        assert_int_equal(row.form, p == CLATTN__TP_FUSED ? 2 : 1); /* gpu-mm, decode gpu */
         if (!clattn__tuning_legal(&pipe, (clattn__tpath)p, &row, 64, why, sizeof why))
             fail_msg("llvmpipe's %s row is illegal: %s", clattn__tpath_name((clattn__tpath)p), why);
+    }
+    /* Apple-class GPUs (32 KiB of local memory, 256 work-items per group) get legal GPU
+     * rows for both paths as built in, with no tuning file */
+    clattn__tdevice apple = fake(CLATTN_DEVICE_GPU, 0x1027f00, "", "Apple M2");
+    apple.local_mem = 32 * 1024;
+    apple.max_wg = 256;
+    for (int p = CLATTN__TP_FUSED; p <= CLATTN__TP_DECODE; p++) {
+        clattn__trow row;
+        const char *level;
+        char why[160];
+        clattn__tuning_builtin(&apple, (clattn__tpath)p, &row, &level);
+        assert_int_equal(row.form, p == CLATTN__TP_FUSED ? 2 : 1);
+        if (!clattn__tuning_legal(&apple, (clattn__tpath)p, &row, 64, why, sizeof why))
+            fail_msg("the %s row for a 32 KiB / 256 work-item GPU is illegal: %s",
+                     clattn__tpath_name((clattn__tpath)p), why);
     }
     clattn__tdevice other = fake(CLATTN_DEVICE_CPU, 0x10005, "", "llvmpipe2");
     clattn__trow row;
@@ -128,6 +149,13 @@ static void test_illegal_rows_are_refused_with_a_message(void **state)
         {CLATTN__TP_FUSED, {.form = 1, .block_m = 64, .block_n = 64, .wg = 128}, "local memory"},
         {CLATTN__TP_FUSED, {.form = 0, .block_m = 6, .block_n = 40, .dv_chunk = 4, .row_groups = 4, .wg = 1}, "block_n"},
         {CLATTN__TP_FUSED, {.form = 0, .block_m = 17, .block_n = 64, .dv_chunk = 4, .row_groups = 1, .wg = 1}, "block_m"},
+        {CLATTN__TP_FUSED, {.form = 2, .block_m = 32, .block_n = 32, .wg = 128, .tc = 12, .vw = 4}, "tc"},
+        {CLATTN__TP_FUSED, {.form = 2, .block_m = 32, .block_n = 8, .wg = 128, .tc = 16, .vw = 4}, "block_n"},
+        {CLATTN__TP_FUSED, {.form = 2, .block_m = 128, .block_n = 16, .wg = 128, .tc = 16, .vw = 4}, "block_m"},
+        {CLATTN__TP_FUSED, {.form = 2, .block_m = 32, .block_n = 32, .wg = 128, .tc = 16, .vw = 2}, "vw"},
+        {CLATTN__TP_FUSED, {.form = 2, .block_m = 64, .block_n = 64, .wg = 256, .tc = 16, .vw = 4}, "local memory"},
+        {CLATTN__TP_FUSED, {.form = 2, .block_m = 64, .block_n = 64, .wg = 512, .tc = 16, .vw = 4}, "wg"},
+        {CLATTN__TP_FUSED, {.form = 3, .block_m = 32, .block_n = 32, .wg = 128}, "form"},
         {CLATTN__TP_DECODE, {.form = 0, .max_lq = 8, .rows = 4, .ktile = 20, .vw = 8, .wg = 1, .wgs_per_cu = 4,
                              .min_chunk = 256, .max_chunk = 0}, "ktile"},
         {CLATTN__TP_DECODE, {.form = 0, .max_lq = 8, .rows = 4, .ktile = 16, .vw = 16, .wg = 1, .wgs_per_cu = 4,
@@ -137,6 +165,9 @@ static void test_illegal_rows_are_refused_with_a_message(void **state)
         {CLATTN__TP_UNFUSED, {.tile = 32, .softmax_wg = 64}, "tile"},
         {CLATTN__TP_KV, {.rows = 4, .min_chunk = 64, .max_chunk = 0, .wgs_per_cu = 4}, "max_chunk"},
         {CLATTN__TP_DISPATCH, {.prefer_clblast = 2}, "prefer_clblast"},
+        {CLATTN__TP_BACKWARD, {.form = 0, .block_m = 6, .block_n = 64, .wg = 1}, "block_m"},
+        {CLATTN__TP_BACKWARD, {.form = 0, .block_m = 16, .block_n = 40, .wg = 1}, "block_n"},
+        {CLATTN__TP_BACKWARD, {.form = 1, .block_m = 32, .block_n = 16, .wg = 512}, "wg"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         char why[160] = "";

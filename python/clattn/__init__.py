@@ -14,7 +14,8 @@ import numpy as np
 from . import _lib
 from ._lib import lib
 
-__all__ = ["scaled_dot_product_attention", "KVCache", "devices", "ClattnError", "__version__"]
+__all__ = ["scaled_dot_product_attention", "scaled_dot_product_attention_backward", "KVCache", "devices",
+           "ClattnError", "__version__"]
 __version__ = lib.clattn_version_string().decode()
 
 
@@ -250,6 +251,20 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     ('auto', 'fused', 'decode', 'clblast', 'unfused'), device (index or name; default:
     CLATTN_DEVICE, else the first GPU, else the first device).
     """
+    q, k, v, q4, k4, v4, code, opt, keep = _prepare(
+        query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, causal, window, softcap,
+        alibi_slopes, kv_lens, path)
+    o4, lse4 = _forward(_context(device), q4, k4, v4, code, opt, keep, q.dtype, return_lse)
+    out = o4.reshape(q.shape[:-1] + (v.shape[-1],))
+    if return_lse:
+        return out, lse4.reshape(q.shape[:-1])
+    return out
+
+
+def _prepare(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, causal, window,
+             softcap, alibi_slopes, kv_lens, path):
+    """The checks and conversions scaled_dot_product_attention and its backward share:
+    (q, k, v, q4, k4, v4, dtype code, options, arrays to keep alive)."""
     if dropout_p != 0.0:
         raise ClattnValueError(
             _lib.INVALID_ARGUMENT, "clattn: dropout_p=%r: clattn computes inference attention; dropout_p must be 0" % (dropout_p,)
@@ -281,9 +296,14 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     opt = _options(scale, c, window, softcap, path)
     q4, k4, v4 = _as4d(q), _as4d(k), _as4d(v)
     code = _DTYPES[q.dtype]
-    o4 = np.empty(q4.shape[:3] + (v4.shape[3],), dtype=q.dtype)
     keep = []
     _extras(opt, keep, attn_mask, q, k.shape[-2], alibi_slopes, kv_lens, q4.shape[0])
+    return q, k, v, q4, k4, v4, code, opt, keep
+
+
+def _forward(ctx, q4, k4, v4, code, opt, keep, dtype, return_lse):
+    """clattn_attention on 4-D arrays: (o4, lse4 or None)."""
+    o4 = np.empty(q4.shape[:3] + (v4.shape[3],), dtype=dtype)
     lse4 = None
     if return_lse:
         lse4 = np.empty(q4.shape[:3] + (1,), dtype=np.float32)
@@ -291,14 +311,72 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
         keep.append(lt)
         opt.lse = ctypes.pointer(lt)
     tq, tk, tv, to = _tensor(q4, code), _tensor(k4, code), _tensor(v4, code), _tensor(o4, code)
-    ctx = _context(device)
     with ctx.lock:
         st = lib.clattn_attention(ctx.handle, tq, tk, tv, to, opt, None)
         ctx.check(st)
-    out = o4.reshape(q.shape[:-1] + (v.shape[-1],))
-    if return_lse:
-        return out, lse4.reshape(q.shape[:-1])
-    return out
+    opt.lse = None
+    return o4, lse4
+
+
+def scaled_dot_product_attention_backward(grad_out, query, key, value, attn_mask=None, dropout_p=0.0,
+                                          is_causal=False, scale=None, enable_gqa=False, *, out=None,
+                                          lse=None, causal=None, window=None, softcap=None,
+                                          alibi_slopes=None, kv_lens=None, path="auto", device=None):
+    """The gradients (dq, dk, dv) of scaled_dot_product_attention at (query, key, value).
+
+    grad_out is dLoss/dout, shaped like the forward's result (N..., Hq, L, Ev) with
+    query's dtype. Every other argument means what it means for
+    scaled_dot_product_attention; dq, dk and dv have the shapes and dtype of query, key
+    and value (with GQA, dk and dv are summed over each KV head's query heads). out and
+    lse are the forward's result and its log-sum-exp (return_lse=True); when either is
+    None the forward runs first to get both. path: 'auto' (the tiled kernels, falling
+    back to the unfused ones if those fail), 'fused' or 'unfused'; the forward-only paths
+    are refused. Deterministic: the same inputs give bit-identical gradients.
+    """
+    q, k, v, q4, k4, v4, code, opt, keep = _prepare(
+        query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, causal, window, softcap,
+        alibi_slopes, kv_lens, path)
+    out_shape = q.shape[:-1] + (v.shape[-1],)
+    g = np.asarray(grad_out)
+    if g.dtype != q.dtype:
+        raise ClattnTypeError(
+            _lib.UNSUPPORTED_DTYPE, "clattn: grad_out has dtype %s, query %s: they must match" % (g.dtype, q.dtype)
+        )
+    if g.shape != out_shape:
+        raise ClattnValueError(
+            _lib.INVALID_SHAPE, "clattn: grad_out has shape %s; the forward's result has %s" % (g.shape, out_shape)
+        )
+    ctx = _context(device)
+    if out is None or lse is None:
+        fwd_opt = _options(scale, _resolve_causal(is_causal, causal, attn_mask), window, softcap, "auto")
+        fwd_opt.mask, fwd_opt.alibi, fwd_opt.kv_lens = opt.mask, opt.alibi, opt.kv_lens
+        o4, lse4 = _forward(ctx, q4, k4, v4, code, fwd_opt, keep, q.dtype, True)
+    else:
+        o = np.asarray(out)
+        if o.dtype != q.dtype or o.shape != out_shape:
+            raise ClattnValueError(
+                _lib.INVALID_SHAPE,
+                "clattn: out has shape %s and dtype %s; expected %s and %s" % (o.shape, o.dtype, out_shape, q.dtype),
+            )
+        l = np.asarray(lse)
+        if l.dtype != np.float32 or l.shape != q.shape[:-1]:
+            raise ClattnValueError(
+                _lib.INVALID_SHAPE,
+                "clattn: lse has shape %s and dtype %s; expected %s and float32" % (l.shape, l.dtype, q.shape[:-1]),
+            )
+        o4 = _as4d(o)
+        lse4 = _as4d(l.reshape(l.shape + (1,)))
+    g4 = _as4d(g)
+    dq4 = np.empty(q4.shape, dtype=q.dtype)
+    dk4 = np.empty(k4.shape, dtype=q.dtype)
+    dv4 = np.empty(v4.shape, dtype=q.dtype)
+    tensors = [_tensor(a, code) for a in (q4, k4, v4, o4, g4)] + [_tensor(lse4, _lib.F32)]
+    grads = [_tensor(a, code) for a in (dq4, dk4, dv4)]
+    keep += [o4, lse4, g4]
+    with ctx.lock:
+        st = lib.clattn_attention_backward(ctx.handle, *tensors, *grads, None, opt, None)
+        ctx.check(st)
+    return dq4.reshape(q.shape), dk4.reshape(k.shape), dv4.reshape(v.shape)
 
 
 class KVCache:

@@ -126,6 +126,11 @@ def _declare(lib):
         "clattn_context_device_props": (st, [vp, P(DeviceProps)]),
         "clattn_path_name": (ctypes.c_char_p, [ctypes.c_int]),
         "clattn_attention": (st, [vp, P(Tensor), P(Tensor), P(Tensor), P(Tensor), P(Options), vp]),
+        "clattn_attention_backward": (
+            st,
+            [vp, P(Tensor), P(Tensor), P(Tensor), P(Tensor), P(Tensor), P(Tensor), P(Tensor),
+             P(Tensor), P(Tensor), P(Tensor), P(Options), vp],
+        ),
         "clattn_kv_cache_create": (
             st,
             [vp, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,

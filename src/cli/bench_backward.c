@@ -1,7 +1,9 @@
 /* `clattn bench --backward` (see bench_backward.h). */
 #include "bench_backward.h"
 
+#include <math.h>
 #include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -81,4 +83,63 @@ clattn_status bench_backward_measure(clattn_context *ctx, const attn_case *c, at
     r->min = t[0];
     r->max = t[m - 1];
     return CLATTN_SUCCESS;
+}
+
+bool bench_backward_check(clattn_context *ctx, const attn_case *c, attn_case_data *d, char *why,
+                          size_t whylen)
+{
+    clattn_tensor q, k, v, o;
+    clattn_options opt;
+    attn_case_tensors(d, &q, &k, &v, &o);
+    attn_case_options(c, d, &opt);
+    if (!opt.lse) {
+        snprintf(why, whylen, "the case has no LSE");
+        return false;
+    }
+    const int64_t Dv = attn_case_dv(c), Hkv = c->Hkv ? c->Hkv : c->Hq;
+    const int64_t no = c->B * c->Hq * c->Lq * Dv, nq = c->B * c->Hq * c->Lq * c->D,
+                  nk = c->B * Hkv * c->Lk * c->D, nv = c->B * Hkv * c->Lk * Dv, n = nq + nk + nv;
+    float *g = malloc((size_t)(no + n + 1) * sizeof(float));
+    double *ref = malloc((size_t)(n + 1) * sizeof(double));
+    bool ok = g && ref;
+    if (!ok) snprintf(why, whylen, "out of host memory");
+    if (ok) {
+        uint32_t s = 777;
+        for (int64_t i = 0; i < no; i++) {
+            s = s * 1664525u + 1013904223u;
+            g[i] = (float)(s >> 8) / (float)(1u << 23) - 1.0f;
+        }
+        clattn_tensor t_do = clattn_tensor_host(g, CLATTN_F32, c->B, c->Hq, c->Lq, Dv);
+        clattn_tensor t_dq = clattn_tensor_host(g + no, CLATTN_F32, c->B, c->Hq, c->Lq, c->D);
+        clattn_tensor t_dk = clattn_tensor_host(g + no + nq, CLATTN_F32, c->B, Hkv, c->Lk, c->D);
+        clattn_tensor t_dv = clattn_tensor_host(g + no + nq + nk, CLATTN_F32, c->B, Hkv, c->Lk, Dv);
+        clattn_status st = clattn_attention_backward(ctx, &q, &k, &v, &o, &t_do, opt.lse, &t_dq, &t_dk,
+                                                     &t_dv, NULL, &opt, NULL);
+        if (st != CLATTN_SUCCESS) {
+            snprintf(why, whylen, "%s: %.200s", clattn_status_string(st), clattn_context_last_error(ctx));
+            ok = false;
+        } else if (clattn_reference_attention_backward(&q, &k, &v, &t_do, &opt, ref, ref + nq, ref + nq + nk,
+                                                       NULL) != CLATTN_SUCCESS) {
+            snprintf(why, whylen, "the reference refused the case");
+            ok = false;
+        }
+        /* each of dq, dk, dv within 1e-2 of its largest reference value */
+        const int64_t from[3] = {0, nq, nq + nk}, to[3] = {nq, nq + nk, n};
+        static const char *const names[3] = {"dq", "dk", "dv"};
+        for (int t = 0; t < 3 && ok; t++) {
+            double m = 1e-6, e = 0.0;
+            for (int64_t i = from[t]; i < to[t]; i++) m = fmax(m, fabs(ref[i]));
+            for (int64_t i = from[t]; i < to[t]; i++) {
+                const double x = g[no + i];
+                e = fmax(e, isfinite(x) ? fabs(x - ref[i]) : INFINITY);
+            }
+            if (e > 1e-2 * m) {
+                snprintf(why, whylen, "wrong answer: %s off by %g (largest value %g)", names[t], e, m);
+                ok = false;
+            }
+        }
+    }
+    free(g);
+    free(ref);
+    return ok;
 }

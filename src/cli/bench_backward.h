@@ -6,6 +6,9 @@
 #include "attn_case.h"
 #include "clattn.h"
 
+#include <stdbool.h>
+#include <stddef.h>
+
 typedef struct bench_backward_result {
     double median, min, max; /* ms */
     long runs;
@@ -18,5 +21,13 @@ typedef struct bench_backward_result {
  * (0: as many as fit in about 3 s, 3 to 30), each ended by clFinish. */
 clattn_status bench_backward_measure(clattn_context *ctx, const attn_case *c, attn_case_data *d,
                                      long runs, long warmup, bench_backward_result *r);
+
+/* Does the backward pass on ctx give the float64 reference's gradients (within 1e-2 of
+ * each tensor's largest value) for case c? d holds c's host data, the forward pass with
+ * LSE already run on it. The gradients are f32 host arrays; dO is random. On a
+ * mismatch or failure, why says what happened. For clattn tune: c->path should be
+ * fused, so a failing candidate is not hidden by the unfused fallback. */
+bool bench_backward_check(clattn_context *ctx, const attn_case *c, attn_case_data *d, char *why,
+                          size_t whylen);
 
 #endif

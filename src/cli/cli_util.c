@@ -201,3 +201,22 @@ void cli_json_string(FILE *f, const char *s)
     }
     fputc('"', f);
 }
+
+clattn_status cli_open_device(const char *cmd, size_t index, clattn_context **ctx,
+                              clattn_device_props *props)
+{
+    clattn_device_props local;
+    if (!props) props = &local;
+    clattn_status st = clattn_device_get_props(index, props);
+    if (st == CLATTN_SUCCESS) {
+        char spec[32];
+        snprintf(spec, sizeof spec, "%zu", index);
+        st = clattn_context_create(spec, ctx);
+        if (st != CLATTN_SUCCESS)
+            cli_error(cmd, "cannot open device %zu (%s): %s", index, props->name,
+                      clattn_status_string(st));
+    } else {
+        cli_error(cmd, "cannot open device %zu: %s", index, clattn_status_string(st));
+    }
+    return st;
+}

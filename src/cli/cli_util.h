@@ -4,6 +4,8 @@
 #ifndef CLATTN_CLI_UTIL_H
 #define CLATTN_CLI_UTIL_H
 
+#include "clattn.h"
+
 #include <getopt.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -45,5 +47,11 @@ const char *cli_option_name(const struct option *longopts, int val, char *buf, s
 
 /* Write s as a JSON string literal (quotes included); invalid UTF-8 becomes U+FFFD. */
 void cli_json_string(FILE *f, const char *s);
+
+/* A context on device `index` (clattn_device_find's numbering) and, when props is not
+ * NULL, the device's properties. On failure one error line for cmd names the device and
+ * why, and the status is returned. */
+clattn_status cli_open_device(const char *cmd, size_t index, clattn_context **ctx,
+                              clattn_device_props *props);
 
 #endif /* CLATTN_CLI_UTIL_H */

@@ -8,6 +8,7 @@
 #include "cli_util.h"
 #include "bench_backward.h"
 #include "commands.h"
+#include "cp_case.h"
 #include "peak.h"
 #include "kv_case.h"
 #include "bench_paged.h"
@@ -44,6 +45,7 @@ static void usage(FILE *f)
             "                    [--runs N] [--warmup N]\n"
             "                    [--sweep FILE] [--backward]\n"
             "                    [--paged PS[,SEED]] [--ragged MIN,MAX] [--cascade P,S] [--varlen MIN,MAX]\n"
+            "                    [--context-parallel ring|zigzag|ulysses]   (under mpirun)\n"
             "\n"
             "Times clattn_attention with inputs already on the device: --warmup runs\n"
             "(default 2), then --runs timed runs (default: as many as fit in about 3 s,\n"
@@ -72,7 +74,12 @@ static void usage(FILE *f)
             "--varlen MIN,MAX: ragged prefill of B sequences of lengths MIN..MAX (spread\n"
             "evenly) packed without padding in one clattn_attention_varlen call (row\n"
             "varlen) against one clattn_attention call per sequence on the fused path (row\n"
-            "fused*n); the shape gives B, Hq, Hkv and D (its Lq and Lk are not used).\n");
+            "fused*n); the shape gives B, Hq, Hkv and D (its Lq and Lk are not used).\n"
+            "--context-parallel S: under mpirun in an MPI build, time one --shape split over\n"
+            "the ranks with scheme S; per rank: total, compute, time transfers took, time\n"
+            "waiting on them, time in status agreements, overlap (the part of the\n"
+            "transfer time hidden behind compute), the work the scheme gives the rank\n"
+            "(GFLOP) and the CPU time its process used.\n");
 }
 
 static bool parse_dtype(const char *s, clattn_dtype *dt)
@@ -98,6 +105,7 @@ static int parse_args(int argc, char **argv, bench_args *o, bool *help, const ch
         {"backward", no_argument, NULL, 'b'},
         {"paged", required_argument, NULL, 'P'},  {"ragged", required_argument, NULL, 'R'},
         {"cascade", required_argument, NULL, 'C'}, {"varlen", required_argument, NULL, 'V'},
+        {"context-parallel", required_argument, NULL, 'x'},
         {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0}};
     cli_getopt_reset();
     int ch;
@@ -193,6 +201,10 @@ static int parse_args(int argc, char **argv, bench_args *o, bool *help, const ch
             }
             break;
         }
+        case 'x':
+            if (cp_check_args(CMD, optarg, false, false, false)) return CLI_EXIT_USAGE;
+            o->context_parallel = optarg;
+            break;
         case 'h': *help = true; return CLI_EXIT_OK;
         default: cli_getopt_error(CMD, ch, argv, longopts); return CLI_EXIT_USAGE;
         }
@@ -447,14 +459,8 @@ static int bench_device(size_t index, const bench_spec *specs, size_t nspecs, co
                         FILE *json, size_t *done, size_t total, int *failures, bench_table *tab)
 {
     clattn_device_props props;
-    char spec[32];
-    snprintf(spec, sizeof spec, "%zu", index);
     clattn_context *ctx;
-    if (clattn_device_get_props(index, &props) != CLATTN_SUCCESS ||
-        clattn_context_create(spec, &ctx) != CLATTN_SUCCESS) {
-        cli_error(CMD, "cannot open device %zu", index);
-        return CLI_EXIT_FAILURE;
-    }
+    if (cli_open_device(CMD, index, &ctx, &props) != CLATTN_SUCCESS) return CLI_EXIT_FAILURE;
     printf("device %zu: %s | %s | driver %s\n", index, props.name, props.platform_name,
            props.driver_version);
     cli_peak peak = {0, 0, false};
@@ -629,6 +635,7 @@ int cmd_bench(int argc, char **argv)
         usage(stdout);
         return CLI_EXIT_OK;
     }
+    if (o.context_parallel) return cp_bench_command(&o); /* under mpirun: cp_case.c */
     /* The cases: --shape, or each line of the sweep file, or the default sweep. */
     bench_spec specs[256];
     size_t nspecs = 0;

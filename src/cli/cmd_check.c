@@ -88,14 +88,8 @@ static int check_device(size_t index, const char *path_arg, bool full, long nran
                         bool quiet, tally *t)
 {
     clattn_device_props props;
-    char spec[32];
-    snprintf(spec, sizeof spec, "%zu", index);
     clattn_context *ctx;
-    if (clattn_device_get_props(index, &props) != CLATTN_SUCCESS ||
-        clattn_context_create(spec, &ctx) != CLATTN_SUCCESS) {
-        cli_error("check", "cannot open device %zu", index);
-        return CLI_EXIT_FAILURE;
-    }
+    if (cli_open_device("check", index, &ctx, &props) != CLATTN_SUCCESS) return CLI_EXIT_FAILURE;
     printf("device %zu: %s (%s, driver %s)\n", index, props.name, props.platform_name,
            props.driver_version);
     clattn_path paths[CLATTN_PATH_COUNT_];

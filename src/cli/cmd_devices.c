@@ -6,6 +6,7 @@
 #include "commands.h"
 #include "context.h"
 #include "peak.h"
+#include "probe.h"
 #include "tuning.h"
 
 #include <inttypes.h>
@@ -17,7 +18,7 @@ static const char *const CMD = "devices";
 static void usage(FILE *f)
 {
     fprintf(f,
-            "usage: clattn devices [--json] [--peak] [--tuning]\n"
+            "usage: clattn devices [--json] [--peak] [--tuning] [--variants]\n"
             "\n"
             "List every OpenCL platform/device with its capabilities. The default device\n"
             "(CLATTN_DEVICE if set, else the first GPU, else the first device) is marked '*'.\n"
@@ -30,6 +31,10 @@ static void usage(FILE *f)
             "             program cache's folder (CLATTN_CACHE_DIR=off measures again)\n"
             "  --tuning   also print, per path and problem class, the tuning row in force and\n"
             "             where it came from (a built-in level, or a tuning file record)\n"
+            "  --variants also print whether each optional feature (f16 arithmetic,\n"
+            "             subgroups, matrix units) is usable: what the device reports, then a\n"
+            "             probe kernel run once against the expected answer (cached per device\n"
+            "             and driver with the programs); the subgroup size is the probe's\n"
             "  -h, --help this text\n");
 }
 
@@ -88,15 +93,10 @@ static void print_json(const clattn_device_props *p, int is_default)
 /* The peak of device index (peak.h), through a context of its own. */
 static int device_peak(size_t index, cli_peak *peak)
 {
-    char spec[32], err[512];
-    snprintf(spec, sizeof spec, "%zu", index);
+    char err[512];
     clattn_context *ctx = NULL;
-    clattn_status st = clattn_context_create(spec, &ctx);
-    if (st != CLATTN_SUCCESS) {
-        cli_error(CMD, "device %zu: cannot create a context: %s", index, clattn_status_string(st));
-        return CLI_EXIT_FAILURE;
-    }
-    st = cli_peak_get(ctx, true, peak, err, sizeof err);
+    if (cli_open_device(CMD, index, &ctx, NULL) != CLATTN_SUCCESS) return CLI_EXIT_FAILURE;
+    clattn_status st = cli_peak_get(ctx, true, peak, err, sizeof err);
     clattn_context_free(ctx);
     if (st != CLATTN_SUCCESS) {
         cli_error(CMD, "%s", err);
@@ -107,17 +107,19 @@ static int device_peak(size_t index, cli_peak *peak)
 
 int cmd_devices_parse(int argc, char **argv, devices_args *a, bool *help)
 {
-    enum { OPT_JSON = 256, OPT_PEAK, OPT_TUNING };
+    enum { OPT_JSON = 256, OPT_PEAK, OPT_TUNING, OPT_VARIANTS };
     static const struct option longopts[] = {
         {"json", no_argument, NULL, OPT_JSON},
         {"peak", no_argument, NULL, OPT_PEAK},
         {"tuning", no_argument, NULL, OPT_TUNING},
+        {"variants", no_argument, NULL, OPT_VARIANTS},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     a->json = false;
     a->peak = false;
     a->tuning = false;
+    a->variants = false;
     *help = false;
     cli_getopt_reset();
     int c;
@@ -126,6 +128,7 @@ int cmd_devices_parse(int argc, char **argv, devices_args *a, bool *help)
         case OPT_JSON: a->json = true; break;
         case OPT_PEAK: a->peak = true; break;
         case OPT_TUNING: a->tuning = true; break;
+        case OPT_VARIANTS: a->variants = true; break;
         case 'h': *help = true; return CLI_EXIT_OK;
         default: cli_getopt_error(CMD, c, argv, longopts); return CLI_EXIT_USAGE;
         }
@@ -134,8 +137,8 @@ int cmd_devices_parse(int argc, char **argv, devices_args *a, bool *help)
         cli_error(CMD, "unexpected argument '%s' (see clattn devices --help)", argv[optind]);
         return CLI_EXIT_USAGE;
     }
-    if (a->json && a->tuning) {
-        cli_error(CMD, "--tuning prints text only: leave out --json");
+    if (a->json && (a->tuning || a->variants)) {
+        cli_error(CMD, "--tuning and --variants print text only: leave out --json");
         return CLI_EXIT_USAGE;
     }
     return CLI_EXIT_OK;
@@ -214,6 +217,27 @@ static void print_tuning(size_t i)
     clattn_context_free(ctx);
 }
 
+/* Each optional feature's answer on device i (probe.h): probes run here when the device
+ * reports the feature and no cached answer exists. */
+static void print_variants(size_t i)
+{
+    char spec[32];
+    snprintf(spec, sizeof spec, "%zu", i);
+    clattn_context *ctx = NULL;
+    if (clattn_context_create(spec, &ctx) != CLATTN_SUCCESS) {
+        printf("     variants: cannot open a context on this device\n");
+        return;
+    }
+    for (int v = 0; v < CLATTN__VAR_COUNT; v++) {
+        char why[112];
+        int value = 0;
+        const bool ok = clattn__variant_usable(ctx, (clattn__variant)v, &value, why, sizeof why);
+        if (ok && value) printf("     variant %-10s yes, %d (%s)\n", clattn__variant_name((clattn__variant)v), value, why);
+        else printf("     variant %-10s %s (%s)\n", clattn__variant_name((clattn__variant)v), ok ? "yes" : "no", why);
+    }
+    clattn_context_free(ctx);
+}
+
 int cmd_devices(int argc, char **argv)
 {
     devices_args a;
@@ -264,6 +288,7 @@ int cmd_devices(int argc, char **argv)
                 printf("     peak %.1f GFLOP/s (float32 FMA), %.1f GB/s (copy)%s\n", peak.gflops, peak.gbps,
                        peak.cached ? ", cached" : "");
             if (a.tuning) print_tuning(i);
+            if (a.variants) print_variants(i);
         }
     }
     if (json) printf(count ? "\n]\n" : "]\n");

@@ -5,6 +5,7 @@
 #include "clattn.h"
 #include "cli_util.h"
 #include "commands.h"
+#include "cp_case.h"
 #include "device.h"   /* clattn__device_find: the reason a --device spec matches nothing */
 #include "internal.h" /* clattn__problem_init: validate before creating a context */
 #include "kv_case.h"
@@ -70,6 +71,10 @@ static void usage(FILE *f)
             "                            b is a sequence of kv_lens[b] keys (--kv-lens) whose\n"
             "                            queries sit at its end, as in a cache; not with\n"
             "                            --mask, --varlen, --grad-out or int4\n"
+            "  --context-parallel ring|zigzag|ulysses\n"
+            "                            under mpirun (a build with -DCLATTN_WITH_MPI=ON): rank 0\n"
+            "                            reads the files and writes the same output; every rank\n"
+            "                            computes its slice of the sequence (see clattn_mpi.h)\n"
             "  -h, --help                this text\n"
             "\n"
             "Options take their value as the next argument or after '=' (--window=-1,0).\n"
@@ -101,6 +106,7 @@ enum {
     OPT_DV,
     OPT_VARLEN,
     OPT_PAGED_KV,
+    OPT_CONTEXT_PARALLEL,
     OPT_END_
 };
 #define NOPTS (OPT_END_ - OPT_Q)
@@ -129,6 +135,7 @@ static const struct option longopts[] = {
     {"dv", required_argument, NULL, OPT_DV},
     {"varlen", required_argument, NULL, OPT_VARLEN},
     {"paged-kv", required_argument, NULL, OPT_PAGED_KV},
+    {"context-parallel", required_argument, NULL, OPT_CONTEXT_PARALLEL},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
 };
@@ -308,8 +315,8 @@ static int parse_options(run_args *a)
             cli_error(CMD, "--paged-kv %s", err);
             return -1;
         }
-        const int no[3] = {OPT_MASK, OPT_VARLEN, OPT_GRAD_OUT};
-        for (int i = 0; i < 3; i++)
+        const int no[4] = {OPT_MASK, OPT_VARLEN, OPT_GRAD_OUT, OPT_CONTEXT_PARALLEL};
+        for (int i = 0; i < 4; i++)
             if (ARGV_OF(a, no[i])) {
                 char n1[64];
                 cli_error(CMD, "--paged-kv does not combine with %s", cli_option_name(longopts, no[i], n1, sizeof n1));
@@ -320,6 +327,10 @@ static int parse_options(run_args *a)
             return -1;
         }
     }
+    if (ARGV_OF(a, OPT_CONTEXT_PARALLEL) &&
+        cp_check_args(CMD, ARGV_OF(a, OPT_CONTEXT_PARALLEL), a->kv_quant, ARGV_OF(a, OPT_VARLEN),
+                      ARGV_OF(a, OPT_GRAD_OUT)))
+        return -1;
     /* the backward pass: all four of its options, or none */
     const int bwd[4] = {OPT_GRAD_OUT, OPT_DQ, OPT_DK, OPT_DV};
     int nbwd = 0;
@@ -677,6 +688,9 @@ static int write_outputs(run_state *s)
     return 0;
 }
 
+/* rank 0 writes a --context-parallel run's outputs as a plain run does */
+static int cp_write(void *state) { return write_outputs(state); }
+
 int cmd_run_parse(int argc, char **argv, run_args *a, bool *help)
 {
     memset(a, 0, sizeof *a);
@@ -721,9 +735,17 @@ int cmd_run(int argc, char **argv)
     }
 
     int rc = CLI_EXIT_FAILURE;
+    /* Under --context-parallel (mpirun, cp_case.c) only rank 0 reads and writes files. */
+    const char *cp = ARG(&s, OPT_CONTEXT_PARALLEL);
+    const int rank = cp ? cp_begin() : 0;
     /* Files and the problem first: a bad input is reported without touching OpenCL. */
-    if (load_inputs(&s) || prepare_outputs(&s) || resolve_device(&s) || compute(&s) ||
-        write_outputs(&s))
+    const bool loaded = rank == 0 && !(load_inputs(&s) || prepare_outputs(&s));
+    if (cp) {
+        cp_io io = {&s, cp_write, &s.tq, &s.tk, &s.tv, &s.to, &s.a.opt, ARG(&s, OPT_OUT)};
+        rc = cp_run_command(&s.a, cp, ARG(&s, OPT_DEVICE), rank > 0 || loaded, &io);
+        goto done;
+    }
+    if (!loaded || resolve_device(&s) || compute(&s) || write_outputs(&s))
         goto done;
 
     clattn_device_props props;

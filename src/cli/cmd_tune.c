@@ -7,6 +7,7 @@
  * before it is timed (warm-up, then the median of at least 3 runs). Interrupted (SIGINT)
  * or out of budget, it still writes what it found. */
 #include "attn_case.h"
+#include "bench_backward.h"
 #include "cli_util.h"
 #include "commands.h"
 #include "context.h"
@@ -39,7 +40,8 @@ static void usage(FILE *f)
             "\n"
             "  --device SPEC     index, substring of platform/device name, cpu or gpu\n"
             "  --budget SECONDS  time for the whole search (default %.0f)\n"
-            "  --path P          fused, decode, unfused or all (default all)\n"
+            "  --path P          fused, decode, unfused, backward or all (default all: fused\n"
+            "                    and decode; the unfused and backward paths when named)\n"
             "  --shape B,Hq,Hkv,Lq,Lk,D[,Dv]  one problem to tune (with --causal, --dtype)\n"
             "  --sweep FILE      one problem per line: --shape S [--causal C] [--dtype T]\n"
             "  --max-candidates N  time at most N candidates per class (smoke runs: the\n"
@@ -131,8 +133,8 @@ static int parse_args(int argc, char **argv, tune_args *a, bool *help)
         return CLI_EXIT_USAGE;
     }
     if (a->path && strcmp(a->path, "all") != 0 && strcmp(a->path, "fused") != 0 &&
-        strcmp(a->path, "decode") != 0 && strcmp(a->path, "unfused") != 0) {
-        cli_error(CMD, "--path %s is not fused, decode, unfused or all", a->path);
+        strcmp(a->path, "decode") != 0 && strcmp(a->path, "unfused") != 0 && strcmp(a->path, "backward") != 0) {
+        cli_error(CMD, "--path %s is not fused, decode, unfused, backward or all", a->path);
         return CLI_EXIT_USAGE;
     }
     return CLI_EXIT_OK;
@@ -154,6 +156,10 @@ static const space fused_cpu_space[] = {
 static const space fused_gpu_space[] = {
     {"wg", {64, 128, 256}, 3}, {"block_m", {16, 32, 64}, 3}, {"block_n", {16, 32, 64}, 3},
 };
+static const space fused_gpu_mm_space[] = {
+    {"wg", {64, 128, 256}, 3},     {"tc", {8, 16, 32}, 3},      {"block_m", {16, 32, 64, 128}, 4},
+    {"block_n", {16, 32, 64}, 3},  {"vw", {1, 4}, 2},
+};
 static const space decode_cpu_space[] = {
     {"rows", {1, 2, 4, 8}, 4},        {"ktile", {16, 32, 64}, 3},
     {"vw", {8, 16}, 2},               {"wgs_per_cu", {2, 4, 8, 16}, 4},
@@ -163,6 +169,15 @@ static const space decode_cpu_space[] = {
 static const space decode_gpu_space[] = {
     {"rows", {4, 8, 16}, 3},      {"ktile", {64, 128, 256}, 3},    {"wg", {64, 128, 256}, 3},
     {"wgs_per_cu", {4, 8, 16}, 3}, {"min_chunk", {64, 128, 256}, 3},
+};
+static const space backward_cpu_space[] = {
+    {"block_m", {8, 16, 32}, 3},
+    {"block_n", {32, 64, 128}, 3},
+};
+static const space backward_gpu_space[] = {
+    {"block_m", {16, 32, 64}, 3},
+    {"block_n", {16, 32, 64}, 3},
+    {"wg", {64, 128, 256}, 3},
 };
 static const space unfused_space[] = {
     {"tile", {1, 4, 8, 16}, 4},
@@ -175,12 +190,17 @@ static const space *space_of(clattn__tpath path, int form, size_t *n)
     *n = sizeof t / sizeof t[0];                                                           \
     return t
     if (path == CLATTN__TP_FUSED) {
+        if (form == 2) { S(fused_gpu_mm_space); }
         if (form) { S(fused_gpu_space); }
         S(fused_cpu_space);
     }
     if (path == CLATTN__TP_DECODE) {
         if (form) { S(decode_gpu_space); }
         S(decode_cpu_space);
+    }
+    if (path == CLATTN__TP_BACKWARD) {
+        if (form) { S(backward_gpu_space); }
+        S(backward_cpu_space);
     }
     S(unfused_space);
 #undef S
@@ -257,6 +277,9 @@ typedef struct tuner {
     int64_t max_candidates; /* per class; 0 = no bound */
 } tuner;
 
+/* The path a case runs for tuning path p: the backward pass runs its forward on the fused
+ * path and its tiled forms with the fused path forced (no unfused fallback to hide a
+ * failing candidate). */
 static clattn_path path_id(clattn__tpath p)
 {
     return p == CLATTN__TP_DECODE ? CLATTN_PATH_DECODE : p == CLATTN__TP_UNFUSED ? CLATTN_PATH_UNFUSED : CLATTN_PATH_FUSED;
@@ -272,6 +295,14 @@ static bool check_row(tuner *t, const attn_case *small, clattn__tpath path, cons
     attn_case_data *d = NULL;
     clattn_status st = attn_case_data_create(&c, &d);
     if (st == CLATTN_SUCCESS) st = attn_case_run(t->ctx, &c, d, NULL);
+    if (path == CLATTN__TP_BACKWARD) {
+        /* the forward (O and LSE) as the user's, then the candidate's gradients */
+        const bool ok = st == CLATTN_SUCCESS && bench_backward_check(t->ctx, &c, d, why, whylen);
+        if (st != CLATTN_SUCCESS)
+            snprintf(why, whylen, "forward: %s: %.200s", clattn_status_string(st), clattn_context_last_error(t->ctx));
+        attn_case_data_free(d);
+        return ok;
+    }
     attn_case_result r;
     memset(&r, 0, sizeof r);
     if (st == CLATTN_SUCCESS) st = attn_case_compare(&c, d, &r);
@@ -292,6 +323,13 @@ static double time_row(tuner *t, const attn_case *c, attn_case_data *d, clattn__
 {
     *gave_up = false;
     clattn__tuning_set_candidate(t->ctx, path, row);
+    if (path == CLATTN__TP_BACKWARD) {
+        /* O and LSE are on the device since tune_class ran the forward; the median of 3
+         * after one warm-up (the candidate's kernel build) */
+        bench_backward_result br;
+        (void)give_up;
+        return bench_backward_measure(t->ctx, c, d, 3, 1, &br) == CLATTN_SUCCESS ? br.median : -1;
+    }
     cl_command_queue q = clattn_context_cl_queue(t->ctx);
     double ms[7];
     int runs = 0;
@@ -353,6 +391,7 @@ static void tune_class(tuner *t, clattn__tpath path, const attn_case *c, double 
     }
     attn_case tc = *c;
     tc.path = path_id(path);
+    if (path == CLATTN__TP_BACKWARD) tc.lse = 1; /* the backward pass needs the forward's LSE */
     attn_case_data *d = NULL;
     if (attn_case_data_create(&tc, &d) != CLATTN_SUCCESS || attn_case_data_upload(ctx, d) != CLATTN_SUCCESS) {
         fprintf(stderr, "tune: %s: skipped, no memory for the case\n", o->label);
@@ -361,6 +400,15 @@ static void tune_class(tuner *t, clattn__tpath path, const attn_case *c, double 
         return;
     }
     bool gave_up;
+    if (path == CLATTN__TP_BACKWARD) {
+        /* the forward once: the backward pass reads its O and LSE on the device */
+        if (attn_case_run(ctx, &tc, d, NULL) != CLATTN_SUCCESS) {
+            fprintf(stderr, "tune: %s: skipped, the forward pass failed\n", o->label);
+            attn_case_data_free(d);
+            clattn__tuning_set_candidate(ctx, path, NULL);
+            return;
+        }
+    }
     o->default_ms = time_row(t, &tc, d, path, &base, 1e30, &gave_up);
     if (o->default_ms < 0) {
         fprintf(stderr, "tune: %s: skipped, the built-in row failed on the timing case\n", o->label);
@@ -612,14 +660,8 @@ int cmd_tune(int argc, char **argv)
         cli_error(CMD, "no OpenCL device matches '%s' (see clattn devices)", a.device ? a.device : "(default)");
         return CLI_EXIT_FAILURE;
     }
-    char spec[32];
-    snprintf(spec, sizeof spec, "%zu", index);
     clattn_context *ctx = NULL;
-    clattn_status st = clattn_context_create(spec, &ctx);
-    if (st != CLATTN_SUCCESS) {
-        cli_error(CMD, "cannot open device %zu: %s", index, clattn_status_string(st));
-        return CLI_EXIT_FAILURE;
-    }
+    if (cli_open_device(CMD, index, &ctx, NULL) != CLATTN_SUCCESS) return CLI_EXIT_FAILURE;
     char out[4096];
     if (a.out) {
         snprintf(out, sizeof out, "%s", a.out);
@@ -635,11 +677,11 @@ int cmd_tune(int argc, char **argv)
     struct job {
         clattn__tpath path;
         int c;
-    } jobs[3 * MAX_CLASSES];
+    } jobs[4 * MAX_CLASSES];
     int njobs = 0;
-    const clattn__tpath paths[] = {CLATTN__TP_DECODE, CLATTN__TP_FUSED, CLATTN__TP_UNFUSED};
+    const clattn__tpath paths[] = {CLATTN__TP_DECODE, CLATTN__TP_FUSED, CLATTN__TP_UNFUSED, CLATTN__TP_BACKWARD};
     for (int i = 0; i < ncases; i++) {
-        for (int j = 0; j < 3; j++) {
+        for (int j = 0; j < 4; j++) {
             const clattn__tpath p = paths[j];
             if (a.path && strcmp(a.path, "all") != 0 && strcmp(a.path, clattn__tpath_name(p)) != 0) continue;
             clattn__tclass cls;
@@ -649,8 +691,9 @@ int cmd_tune(int argc, char **argv)
             const bool asked = a.path && strcmp(a.path, "all") != 0;
             if (p == CLATTN__TP_DECODE && !cls.decode) continue;
             if (p != CLATTN__TP_DECODE && cls.decode && !asked) continue;
-            /* the unfused path is the fallback: tuned only when asked for */
-            if (p == CLATTN__TP_UNFUSED && !asked) continue;
+            /* the unfused path is the fallback, and the backward pass a training call:
+             * tuned only when asked for */
+            if ((p == CLATTN__TP_UNFUSED || p == CLATTN__TP_BACKWARD) && !asked) continue;
             jobs[njobs].path = p;
             jobs[njobs++].c = i;
         }

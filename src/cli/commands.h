@@ -28,6 +28,7 @@ typedef struct devices_args {
     bool json;
     bool peak;   /* --peak: measure (or read the cached) FMA GFLOP/s and copy GB/s */
     bool tuning; /* --tuning: the tuning rows in force per path and class */
+    bool variants; /* --variants: each optional feature's probe answer */
 } devices_args;
 int cmd_devices_parse(int argc, char **argv, devices_args *a, bool *help);
 
@@ -64,6 +65,7 @@ typedef struct bench_args {
     bench_spec spec; /* from --shape/--causal/--dtype on the command line */
     bool have_shape;
     bool backward; /* --backward: also time clattn_attention_backward per case */
+    const char *context_parallel; /* --context-parallel (cp_case.c), or NULL */
 } bench_args;
 /* Also checks --path and that --shape and --sweep are not combined; the sweep file itself
  * is read by the command, each line through cmd_bench_parse_line. */

@@ -127,3 +127,11 @@ size_t test_case_count(size_t dflt)
     unsigned long long v = strtoull(s, &end, 10);
     return *end == '\0' ? (size_t)v : dflt;
 }
+
+bool test_case_matches(const attn_case *c, attn_case_data *d, char *why, size_t len)
+{
+    attn_case_result r;
+    assert_int_equal(attn_case_compare(c, d, &r), CLATTN_SUCCESS);
+    if (!r.ok) attn_case_result_format(&r, why, len);
+    return r.ok;
+}

@@ -6,6 +6,7 @@
 
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -40,6 +41,10 @@ size_t test_run_cases(clattn_context *ctx, const attn_case *cases, size_t n,
 /* The same for count random cases drawn from seeds first_seed, first_seed + 1, ... */
 size_t test_run_random_cases(clattn_context *ctx, uint64_t first_seed, size_t count,
                              clattn_path path, int flags);
+
+/* Compare a case's output with the reference; on a mismatch, false with the case's
+ * result (its errors and where) in why. A failing comparison itself fails the test. */
+bool test_case_matches(const attn_case *c, attn_case_data *d, char *why, size_t len);
 
 /* CLATTN_TEST_CASES from the environment when set (to run more or fewer random cases),
  * else dflt. */

@@ -1,4 +1,5 @@
-/* Runs the backward kernels (both forms, cl/backward.cl) on small cases that switch on
+/* Runs the backward kernels (the CPU and GPU forms of cl/backward.cl and the unfused
+ * form of cl/backward_unfused.cl) on small cases that switch on
  * every build option they take (dtypes, mask kinds with the mask's gradient, softcap,
  * ALiBi, odd head sizes, GQA, causal, window, key lengths), so that under oclgrind each
  * variant is checked for out-of-bounds accesses, races and API misuse. O and LSE come from
@@ -93,10 +94,15 @@ static int run_case(clattn_context *ctx, const attn_case *c0)
     if (clattn_reference_attention_backward(&q, &k, &v, &t_do, &opt, ref, ref + nq, ref + nq + nk,
                                             with_dm ? rm : NULL) != CLATTN_SUCCESS)
         failures++;
-    for (int form = 0; form <= 1 && !failures; form++) {
-        clattn__backward_force_form = form;
+    static const char *const form_names[3] = {"cpu form dq/dk/dv", "gpu form dq/dk/dv",
+                                              "unfused form dq/dk/dv"};
+    for (int form = 0; form <= 2 && !failures; form++) {
+        /* 0, 1: the tiled forms forced; 2: the unfused form, asked for by its path */
+        clattn__backward_force_form = form < 2 ? form : -1;
+        clattn_options bopt = opt;
+        bopt.path = form < 2 ? CLATTN_PATH_AUTO : CLATTN_PATH_UNFUSED;
         clattn_status st = clattn_attention_backward(ctx, &q, &k, &v, &o, &t_do, opt.lse, &t_dq,
-                                                     &t_dk, &t_dv, with_dm ? &t_dm : NULL, &opt, NULL);
+                                                     &t_dk, &t_dv, with_dm ? &t_dm : NULL, &bopt, NULL);
         if (st != CLATTN_SUCCESS) {
             printf("  form %d: %s: %s\n", form, clattn_status_string(st), clattn_context_last_error(ctx));
             failures++;
@@ -105,7 +111,7 @@ static int run_case(clattn_context *ctx, const attn_case *c0)
         gather(&t_dq, got);
         gather(&t_dk, got + nq);
         gather(&t_dv, got + nq + nk);
-        failures += max_err(form ? "gpu form dq/dk/dv" : "cpu form dq/dk/dv", got, ref, nq + nk + nv);
+        failures += max_err(form_names[form], got, ref, nq + nk + nv);
         if (with_dm) {
             gather(&t_dm, gmd);
             failures += max_err("d_mask", gmd, rm, nm);

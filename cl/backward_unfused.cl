@@ -1,0 +1,210 @@
+/* backward_unfused.cl: the backward pass's simple form, the last link of its fallback
+ * chain (src/backward.c runs it when the tiled forms of cl/backward.cl fail to build or
+ * launch, or when the unfused path is asked for). No tiles, no local memory and no
+ * scratch at all: every work-item recomputes what it needs, so only the outputs (and
+ * their commit copies) take memory, whatever the shape.
+ *
+ *   bwdu_dq     global (B*Hq*Lq): one query row; D_i = dO_i · O_i, then for each key
+ *               of its range dQ_i += dS_ij K_j.
+ *   bwdu_dkdv   global (Lk, B*Hkv): one key of one KV head; for every query row of
+ *               every head of its GQA group that sees it: dV_j += P_ij dO_i and
+ *               dK_j += dS_ij Q_i (D_i recomputed per row).
+ *   bwdu_dmask  global (mask elements): the float mask's gradient, as bwd_dmask does.
+ *
+ * Every sum runs in one work-item in a fixed order (deterministic, no atomics). Scores go
+ * through the prelude's SCORE and KEY_RANGE as in the forward kernels; dP and D use the
+ * same fma chain, so a row that sees one key (O = V) gets dP - D = 0 exactly.
+ * Build options: D, DV, dtypes Q_DT K_DT V_DT O_DT (prelude), DO_DT DQ_DT DK_DT DV_DT. */
+#ifndef D
+#error "backward_unfused.cl needs -DD=<head dim of q and k>"
+#endif
+#ifndef DV
+#define DV D
+#endif
+#ifndef DO_DT
+#define DO_DT 0
+#endif
+#ifndef DQ_DT
+#define DQ_DT 0
+#endif
+#ifndef DK_DT
+#define DK_DT 0
+#endif
+#ifndef DV_DT
+#define DV_DT 0
+#endif
+#define DO_T CLATTN_CAT(CLATTN_DT_, DO_DT)
+#define DQ_T CLATTN_CAT(CLATTN_DT_, DQ_DT)
+#define DK_T CLATTN_CAT(CLATTN_DT_, DK_DT)
+#define DV_T CLATTN_CAT(CLATTN_DT_, DV_DT)
+#define LOAD_O(p, i) CLATTN_CAT(clattn_load, O_DT)((p), (i))
+#define LOAD_DO(p, i) CLATTN_CAT(clattn_load, DO_DT)((p), (i))
+#define STORE_DQ(p, i, x) CLATTN_CAT(clattn_store, DQ_DT)((p), (i), (x))
+#define STORE_DK(p, i, x) CLATTN_CAT(clattn_store, DK_DT)((p), (i), (x))
+#define STORE_DV(p, i, x) CLATTN_CAT(clattn_store, DV_DT)((p), (i), (x))
+
+#if HAS_SOFTCAP
+#define SOFTCAP_DERIV(dot) (1.0f - tanh(scale * (dot) / softcap) * tanh(scale * (dot) / softcap))
+#else
+#define SOFTCAP_DERIV(dot) 1.0f
+#endif
+
+/* The leading arguments of every kernel here. */
+#define BWDU_INPUTS                                                                      \
+    TENSOR_PARAMS(const __global Q_T *, q), TENSOR_PARAMS(const __global K_T *, k),       \
+        TENSOR_PARAMS(const __global V_T *, v), TENSOR_PARAMS(const __global O_T *, o),   \
+        TENSOR_PARAMS(const __global DO_T *, dout), const __global float *lse,           \
+        long lse_off, long lse_s0, long lse_s1, long lse_s2
+
+/* D_i = dO_i · O_i of row (b, h, i). */
+#define ROW_DELTA(b, h, i, out)                                                          \
+    do {                                                                                 \
+        const long ob_ = o_off + (b) * o_s0 + (h) * o_s1 + (i) * o_s2;                   \
+        const long db_ = dout_off + (b) * dout_s0 + (h) * dout_s1 + (i) * dout_s2;       \
+        float s_ = 0.0f;                                                                 \
+        for (int c = 0; c < DV; c++)                                                     \
+            s_ = fma(LOAD_DO(dout, db_ + c * dout_s3), LOAD_O(o, ob_ + c * o_s3), s_);   \
+        (out) = s_;                                                                      \
+    } while (0)
+
+/* dot = Q_i · K_j and dpv = dO_i · V_j from the rows qr, dr (private) and key (b, kvh, j). */
+#define PAIR_DOTS(qr, dr, b, kvh, j, dot, dpv)                                           \
+    do {                                                                                 \
+        const long kb_ = k_off + (b) * k_s0 + (kvh) * k_s1 + (j) * k_s2;                 \
+        const long vb_ = v_off + (b) * v_s0 + (kvh) * v_s1 + (j) * v_s2;                 \
+        float d_ = 0.0f, e_ = 0.0f;                                                      \
+        for (int d = 0; d < D; d++) d_ = mad((qr)[d], LOAD_K(k, kb_ + d * k_s3), d_);    \
+        for (int c = 0; c < DV; c++) e_ = fma((dr)[c], LOAD_V(v, vb_ + c * v_s3), e_);   \
+        (dot) = d_;                                                                      \
+        (dpv) = e_;                                                                      \
+    } while (0)
+
+__kernel void bwdu_dq(BWDU_INPUTS, TENSOR_PARAMS(__global DQ_T *, dq), MASK_PARAMS, long B,
+                      long Hq, long Hkv)
+{
+    const long row = get_global_id(0);
+    if (row >= B * Hq * Lq) return;
+    const long3 bhi = clattn_decode_row(row, Hq, Lq);
+    const long b = bhi.x, h = bhi.y, i = bhi.z, kvh = h / (Hq / Hkv);
+    const float slope = ALIBI_SLOPE(h);
+    const float l = lse[lse_off + b * lse_s0 + h * lse_s1 + i * lse_s2];
+    float acc[D];
+    for (int d = 0; d < D; d++) acc[d] = 0.0f;
+    if (l != -INFINITY) {
+        float qr[D], dr[DV], dd;
+        const long qb = q_off + b * q_s0 + h * q_s1 + i * q_s2;
+        const long db = dout_off + b * dout_s0 + h * dout_s1 + i * dout_s2;
+        for (int d = 0; d < D; d++) qr[d] = LOAD_Q(q, qb + d * q_s3);
+        for (int c = 0; c < DV; c++) dr[c] = LOAD_DO(dout, db + c * dout_s3);
+        ROW_DELTA(b, h, i, dd);
+        const long2 kr = KEY_RANGE(b, i);
+        for (long j = kr.x; j < kr.y; j++) {
+            float dot, dpv;
+            PAIR_DOTS(qr, dr, b, kvh, j, dot, dpv);
+            const float s = SCORE(dot, b, h, i, j, slope);
+            const float p = s == -INFINITY ? 0.0f : exp(s - l);
+            const float ds = p * (dpv - dd) * SOFTCAP_DERIV(dot);
+            if (ds == 0.0f) continue;
+            const long kb = k_off + b * k_s0 + kvh * k_s1 + j * k_s2;
+            for (int d = 0; d < D; d++) acc[d] = fma(ds, LOAD_K(k, kb + d * k_s3), acc[d]);
+        }
+    }
+    const long ob = dq_off + b * dq_s0 + h * dq_s1 + i * dq_s2;
+    for (int d = 0; d < D; d++) STORE_DQ(dq, ob + d * dq_s3, scale * acc[d]);
+}
+
+__kernel void bwdu_dkdv(BWDU_INPUTS, TENSOR_PARAMS(__global DK_T *, dk),
+                        TENSOR_PARAMS(__global DV_T *, dv), MASK_PARAMS, long B, long Hq,
+                        long Hkv)
+{
+    const long j = get_global_id(0), bk = get_global_id(1);
+    if (j >= Lk || bk >= B * Hkv) return;
+    const long b = bk / Hkv, kvh = bk - b * Hkv, group = Hq / Hkv;
+    float ak[D], av[DV];
+    for (int d = 0; d < D; d++) ak[d] = 0.0f;
+    for (int c = 0; c < DV; c++) av[c] = 0.0f;
+    for (long g = 0; g < group; g++) {
+        const long h = kvh * group + g;
+        const float slope = ALIBI_SLOPE(h);
+        for (long i = 0; i < Lq; i++) {
+            const long2 kr = KEY_RANGE(b, i);
+            if (j < kr.x || j >= kr.y) continue;
+            const float l = lse[lse_off + b * lse_s0 + h * lse_s1 + i * lse_s2];
+            if (l == -INFINITY) continue;
+            float qr[D], dr[DV], dd, dot, dpv;
+            const long qb = q_off + b * q_s0 + h * q_s1 + i * q_s2;
+            const long db = dout_off + b * dout_s0 + h * dout_s1 + i * dout_s2;
+            for (int d = 0; d < D; d++) qr[d] = LOAD_Q(q, qb + d * q_s3);
+            for (int c = 0; c < DV; c++) dr[c] = LOAD_DO(dout, db + c * dout_s3);
+            ROW_DELTA(b, h, i, dd);
+            PAIR_DOTS(qr, dr, b, kvh, j, dot, dpv);
+            const float s = SCORE(dot, b, h, i, j, slope);
+            const float p = s == -INFINITY ? 0.0f : exp(s - l);
+            const float ds = p * (dpv - dd) * SOFTCAP_DERIV(dot);
+            for (int c = 0; c < DV; c++) av[c] = fma(p, dr[c], av[c]);
+            for (int d = 0; d < D; d++) ak[d] = fma(ds, qr[d], ak[d]);
+        }
+    }
+    const long kb = dk_off + b * dk_s0 + kvh * dk_s1 + j * dk_s2;
+    const long vb = dv_off + b * dv_s0 + kvh * dv_s1 + j * dv_s2;
+    for (int d = 0; d < D; d++) STORE_DK(dk, kb + d * dk_s3, scale * ak[d]);
+    for (int c = 0; c < DV; c++) STORE_DV(dv, vb + c * dv_s3, av[c]);
+}
+
+__kernel void bwdu_dmask(BWDU_INPUTS, TENSOR_PARAMS(__global float *, dm), long mne0, long mne1,
+                         long mne2, long mne3, MASK_PARAMS, long B, long Hq, long Hkv)
+{
+    const long idx = get_global_id(0);
+    if (idx >= mne0 * mne1 * mne2 * mne3) return;
+    long rest = idx;
+    const long a3 = rest % mne3;
+    rest /= mne3;
+    const long a2 = rest % mne2;
+    rest /= mne2;
+    const long a1 = rest % mne1;
+    const long a0 = rest / mne1;
+    /* a broadcast extent (1) sums over the whole dimension */
+    const long b0 = mne0 == 1 ? 0 : a0, b1 = mne0 == 1 ? B : a0 + 1;
+    const long h0 = mne1 == 1 ? 0 : a1, h1 = mne1 == 1 ? Hq : a1 + 1;
+    const long q0 = mne2 == 1 ? 0 : a2, q1 = mne2 == 1 ? Lq : a2 + 1;
+    const long k0 = mne3 == 1 ? 0 : a3, k1 = mne3 == 1 ? Lk : a3 + 1;
+    float sum = 0.0f;
+    for (long b = b0; b < b1; b++)
+        for (long h = h0; h < h1; h++) {
+            const long kvh = h / (Hq / Hkv);
+            const float slope = ALIBI_SLOPE(h);
+            for (long i = q0; i < q1; i++) {
+                const float l = lse[lse_off + b * lse_s0 + h * lse_s1 + i * lse_s2];
+                if (l == -INFINITY) continue;
+                float qr[D], dr[DV], dd;
+                const long qb = q_off + b * q_s0 + h * q_s1 + i * q_s2;
+                const long db = dout_off + b * dout_s0 + h * dout_s1 + i * dout_s2;
+                for (int d = 0; d < D; d++) qr[d] = LOAD_Q(q, qb + d * q_s3);
+                for (int c = 0; c < DV; c++) dr[c] = LOAD_DO(dout, db + c * dout_s3);
+                ROW_DELTA(b, h, i, dd);
+                const long2 kr = KEY_RANGE(b, i);
+                for (long j = max(k0, kr.x); j < min(k1, kr.y); j++) {
+                    float dot, dpv;
+                    PAIR_DOTS(qr, dr, b, kvh, j, dot, dpv);
+                    const float s = SCORE(dot, b, h, i, j, slope);
+                    const float p = s == -INFINITY ? 0.0f : exp(s - l);
+                    sum += p * (dpv - dd);
+                }
+            }
+        }
+    dm[dm_off + a0 * dm_s0 + a1 * dm_s1 + a2 * dm_s2 + a3 * dm_s3] = sum;
+}
+
+/* The commit of the cl_mem outputs' scratch copies, as bwd_commit in cl/backward.cl (a
+ * copy here, so that this fallback builds nothing from that file). */
+kernel void bwdu_commit(global ushort *d0, ulong o0, global const ushort *s0, ulong n0,
+                        global ushort *d1, ulong o1, global const ushort *s1, ulong n1,
+                        global ushort *d2, ulong o2, global const ushort *s2, ulong n2,
+                        global ushort *d3, ulong o3, global const ushort *s3, ulong n3)
+{
+    const ulong i = get_global_id(0);
+    if (i < n0) d0[o0 + i] = s0[i];
+    if (i < n1) d1[o1 + i] = s1[i];
+    if (i < n2) d2[o2 + i] = s2[i];
+    if (i < n3) d3[o3 + i] = s3[i];
+}
