@@ -26,37 +26,6 @@ static clattn_context *make_ctx(const char *spec)
     return c;
 }
 
-/* Run case c through the group and compare with the reference; returns 1 on a failure.
- * *by_keys receives how the call was split. */
-static int check_case(clattn_group *g, const attn_case *c, int *by_keys)
-{
-    attn_case_data *d = NULL;
-    assert_int_equal(attn_case_data_create(c, &d), CLATTN_SUCCESS);
-    clattn_tensor q, k, v, o;
-    attn_case_tensors(d, &q, &k, &v, &o);
-    clattn_options opt;
-    attn_case_options(c, d, &opt);
-    clattn_status st = clattn_group_attention(g, &q, &k, &v, &o, &opt);
-    char line[512], res[512];
-    attn_case_format(c, line, sizeof line);
-    int bad = 0;
-    if (st != CLATTN_SUCCESS) {
-        print_error("%s: %s: %s\n", line, clattn_status_string(st), clattn_group_last_error(g));
-        bad = 1;
-    } else {
-        attn_case_result r;
-        assert_int_equal(attn_case_compare(c, d, &r), CLATTN_SUCCESS);
-        if (!r.ok) {
-            attn_case_result_format(&r, res, sizeof res);
-            print_error("%s: %s\n", line, res);
-            bad = 1;
-        }
-    }
-    clattn_group_last_split(g, 0, by_keys, NULL, NULL, NULL);
-    attn_case_data_free(d);
-    return bad;
-}
-
 /* Every suite case on two PoCL contexts at speeds 1:3, so the parts are unequal. */
 static void test_two_contexts_match_reference_on_every_suite_case(void **state)
 {
@@ -70,7 +39,7 @@ static void test_two_contexts_match_reference_on_every_suite_case(void **state)
     const attn_case *suite = attn_case_suite(&n);
     for (size_t i = 0; i < n; i++) {
         int bk = 0;
-        failures += (size_t)check_case(g, &suite[i], &bk);
+        failures += (size_t)test_group_check_case(g, &suite[i], &bk);
         keys += (size_t)bk;
     }
     /* both kinds of split ran */
@@ -94,14 +63,14 @@ static void test_split_follows_speeds(void **state)
     attn_case c = {.B = 4, .Hq = 8, .Hkv = 4, .Lq = 9, .Lk = 40, .D = 16, .lse = 1, .seed = 7};
     int bk = -1;
     int64_t start, count;
-    assert_int_equal(check_case(g, &c, &bk), 0);
+    assert_int_equal(test_group_check_case(g, &c, &bk), 0);
     assert_int_equal(bk, 0);
     assert_int_equal(clattn_group_last_split(g, 1, &bk, &start, &count, NULL), CLATTN_SUCCESS);
     assert_int_equal(start, 4);
     assert_int_equal(count, 12);
     attn_case one = {.B = 1, .Hq = 2, .Hkv = 1, .Lq = 9, .Lk = 40, .D = 16, .lse = 1,
                      .causal = CLATTN_CAUSAL_BOTTOM_RIGHT, .seed = 8};
-    assert_int_equal(check_case(g, &one, &bk), 0);
+    assert_int_equal(test_group_check_case(g, &one, &bk), 0);
     assert_int_equal(bk, 1);
     /* bottom-right causal, Lq 9 over Lk 40: keys 0..31 are seen by all 9 rows, key j >= 32
      * by 40 - j; work 324, a quarter is 81 = keys 0..8 */
@@ -113,7 +82,7 @@ static void test_split_follows_speeds(void **state)
     double got[2];
     assert_int_equal(clattn_group_speeds(g, got), CLATTN_SUCCESS);
     assert_true(got[0] > 0.0 && got[1] > 0.0);
-    assert_int_equal(check_case(g, &c, &bk), 0);
+    assert_int_equal(test_group_check_case(g, &c, &bk), 0);
     assert_int_equal(clattn_group_last_split(g, 0, NULL, NULL, &count, NULL), CLATTN_SUCCESS);
     assert_int_equal(count, llround(16.0 * got[0] / (got[0] + got[1])));
     clattn_group_free(g);

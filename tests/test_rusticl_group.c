@@ -17,37 +17,6 @@
 
 #include "test_util.h"
 
-/* Run case c through the group and compare with the reference; returns 1 on a failure.
- * *by_keys receives how the call was split. */
-static int check_case(clattn_group *g, const attn_case *c, int *by_keys)
-{
-    attn_case_data *d = NULL;
-    assert_int_equal(attn_case_data_create(c, &d), CLATTN_SUCCESS);
-    clattn_tensor q, k, v, o;
-    attn_case_tensors(d, &q, &k, &v, &o);
-    clattn_options opt;
-    attn_case_options(c, d, &opt);
-    clattn_status st = clattn_group_attention(g, &q, &k, &v, &o, &opt);
-    char line[512], res[512];
-    attn_case_format(c, line, sizeof line);
-    int bad = 0;
-    if (st != CLATTN_SUCCESS) {
-        print_error("%s: %s: %s\n", line, clattn_status_string(st), clattn_group_last_error(g));
-        bad = 1;
-    } else {
-        attn_case_result r;
-        assert_int_equal(attn_case_compare(c, d, &r), CLATTN_SUCCESS);
-        if (!r.ok) {
-            attn_case_result_format(&r, res, sizeof res);
-            print_error("%s: %s\n", line, res);
-            bad = 1;
-        }
-    }
-    clattn_group_last_split(g, 0, by_keys, NULL, NULL, NULL);
-    attn_case_data_free(d);
-    return bad;
-}
-
 /* PoCL and rusticl in one group: speeds measured on first use; a few cases over the
  * options (rusticl builds are slow, so the shapes share one head dim). */
 static void test_pocl_and_rusticl_match_reference(void **state)
@@ -68,7 +37,7 @@ static void test_pocl_and_rusticl_match_reference(void **state)
     };
     /* the first call measures the speeds and splits by them */
     int bk;
-    size_t failures = (size_t)check_case(g, &cases[0], &bk);
+    size_t failures = (size_t)test_group_check_case(g, &cases[0], &bk);
     double sp[2];
     int64_t count;
     clattn_group_speeds(g, sp);
@@ -81,7 +50,7 @@ static void test_pocl_and_rusticl_match_reference(void **state)
     const double even[2] = {1.0, 1.0};
     assert_int_equal(clattn_group_set_speeds(g, even), CLATTN_SUCCESS);
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
-        failures += (size_t)check_case(g, &cases[i], &bk);
+        failures += (size_t)test_group_check_case(g, &cases[i], &bk);
     clattn_group_free(g);
     assert_int_equal(failures, 0);
 }

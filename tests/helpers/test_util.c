@@ -135,3 +135,36 @@ bool test_case_matches(const attn_case *c, attn_case_data *d, char *why, size_t 
     if (!r.ok) attn_case_result_format(&r, why, len);
     return r.ok;
 }
+
+attn_case_data *test_case_prepare(const attn_case *c, clattn_tensor *q, clattn_tensor *k,
+                                  clattn_tensor *v, clattn_tensor *o, clattn_options *opt)
+{
+    attn_case_data *d = NULL;
+    assert_int_equal(attn_case_data_create(c, &d), CLATTN_SUCCESS);
+    attn_case_tensors(d, q, k, v, o);
+    attn_case_options(c, d, opt);
+    return d;
+}
+
+int test_group_check_case(clattn_group *g, const attn_case *c, int *by_keys)
+{
+    clattn_tensor q, k, v, o;
+    clattn_options opt;
+    attn_case_data *d = test_case_prepare(c, &q, &k, &v, &o, &opt);
+    clattn_status st = clattn_group_attention(g, &q, &k, &v, &o, &opt);
+    char line[512], res[768];
+    attn_case_format(c, line, sizeof line);
+    int bad = 0;
+    if (st != CLATTN_SUCCESS) {
+        print_error("%s: %s: %s\n", line, clattn_status_string(st), clattn_group_last_error(g));
+        bad = 1;
+    } else if (!test_case_matches(c, d, res, sizeof res)) {
+        print_error("%s: %s\n", line, res);
+        bad = 1;
+    }
+    int split_by_keys = 0;
+    clattn_group_last_split(g, 0, &split_by_keys, NULL, NULL, NULL);
+    if (by_keys) *by_keys = split_by_keys;
+    attn_case_data_free(d);
+    return bad;
+}

@@ -42,6 +42,14 @@ size_t test_run_cases(clattn_context *ctx, const attn_case *cases, size_t n,
 size_t test_run_random_cases(clattn_context *ctx, uint64_t first_seed, size_t count,
                              clattn_path path, int flags);
 
+/* Create case c's data (a failure fails the test) and give its tensors and options. */
+attn_case_data *test_case_prepare(const attn_case *c, clattn_tensor *q, clattn_tensor *k,
+                                  clattn_tensor *v, clattn_tensor *o, clattn_options *opt);
+
+/* Run case c through device group g and compare with the reference: 0 on a match, 1 on
+ * a failure (printed with the case). *by_keys (may be NULL) gets how the call was split. */
+int test_group_check_case(clattn_group *g, const attn_case *c, int *by_keys);
+
 /* Compare a case's output with the reference; on a mismatch, false with the case's
  * result (its errors and where) in why. A failing comparison itself fails the test. */
 bool test_case_matches(const attn_case *c, attn_case_data *d, char *why, size_t len);

@@ -19,6 +19,7 @@
 
 #include "attn_case.h"
 #include "clattn_mpi.h"
+#include "test_util.h"
 
 static int rank, nranks;
 static clattn_context *ctx;
@@ -66,12 +67,9 @@ static long total_failures(long mine)
 /* One prefill case under one scheme: this rank's rows against the reference. */
 static long check_prefill(const attn_case *c, clattn_cp_scheme s, clattn_mpi_stats *stats)
 {
-    attn_case_data *d = NULL;
-    assert_int_equal(attn_case_data_create(c, &d), CLATTN_SUCCESS);
     clattn_tensor q, k, v, o;
-    attn_case_tensors(d, &q, &k, &v, &o);
     clattn_options opt;
-    attn_case_options(c, d, &opt);
+    attn_case_data *d = test_case_prepare(c, &q, &k, &v, &o, &opt);
     const int64_t B = c->B, Hq = c->Hq, Lq = c->Lq, Dv = attn_case_dv(c);
     double *ref = malloc((size_t)(B * Hq * Lq * Dv) * 8 + 8), *ref_l = malloc((size_t)(B * Hq * Lq) * 8 + 8);
     assert_int_equal(clattn_reference_attention(&q, &k, &v, &opt, ref, ref_l), CLATTN_SUCCESS);
