@@ -2,12 +2,12 @@
 gradients of SPEC §1 attention: every keyword, GQA, layouts of rank 2 to 5, the forward's
 out and lse given or recomputed, float16, the unfused fallback path, and bad inputs. Sizes
 are small and share a head size, so the kernels build once per feature set."""
-import math
 
 import numpy as np
 import pytest
 
 import clattn
+from reference import probabilities
 
 D = 16
 RNG = np.random.default_rng(11)
@@ -17,51 +17,14 @@ def rand(*shape, dtype=np.float32):
     return RNG.standard_normal(shape).astype(dtype)
 
 
-def reference_grads(do, q, k, v, mask=None, causal="none", scale=None, window=None, softcap=None,
-                    alibi=None, kv_lens=None):
+def reference_grads(do, q, k, v, **kw):
     """dq, dk, dv of SPEC §1 attention in float64 on 4-D [B, H, L, D] inputs."""
     q, k, v, do = (np.asarray(x, dtype=np.float64) for x in (q, k, v, do))
-    B, Hq, L, Dq = q.shape
+    B, Hq, L, _ = q.shape
     Hkv, S = k.shape[1], k.shape[2]
     g = Hq // Hkv
     kr, vr = np.repeat(k, g, axis=1), np.repeat(v, g, axis=1)
-    sc = 1.0 / math.sqrt(Dq) if scale is None else scale
-    raw = np.einsum("bhld,bhsd->bhls", q, kr) * sc
-    s, dcap = raw, np.ones_like(raw)
-    if softcap:
-        t = np.tanh(raw / softcap)
-        s, dcap = softcap * t, 1.0 - t * t
-    i = np.arange(L)[:, None]
-    j = np.arange(S)[None, :]
-    ip = i + S - L
-    if alibi is not None:
-        s = s - np.asarray(alibi, np.float64)[None, :, None, None] * np.abs(ip - j)
-    allowed = np.ones((B, Hq, L, S), dtype=bool)
-    if mask is not None:
-        m = np.asarray(mask)
-        m = m.reshape((1,) * (4 - m.ndim) + m.shape) if m.ndim < 4 else m
-        if m.dtype == np.bool_:
-            allowed &= np.broadcast_to(m, allowed.shape)
-        else:
-            s = s + np.broadcast_to(m.astype(np.float64), allowed.shape)
-    if causal == "top_left":
-        allowed &= j <= i
-    elif causal == "bottom_right":
-        allowed &= j <= ip
-    if window is not None:
-        left, right = window
-        if left >= 0:
-            allowed &= j >= ip - left
-        if right >= 0:
-            allowed &= j <= ip + right
-    if kv_lens is not None:
-        allowed &= j[None, None] < np.asarray(kv_lens)[:, None, None, None]
-    s = np.where(allowed, s, -np.inf)
-    mx = s.max(axis=-1, keepdims=True)
-    empty = ~np.isfinite(mx)
-    p = np.where(allowed, np.exp(s - np.where(empty, 0.0, mx)), 0.0)
-    tot = p.sum(axis=-1, keepdims=True)
-    p = np.where(tot > 0, p / np.where(tot > 0, tot, 1.0), 0.0)
+    p, dcap, sc, _, _ = probabilities(q, k, **kw)
     o = np.einsum("bhls,bhse->bhle", p, vr)
     dv = np.einsum("bhls,bhle->bhse", p, do)
     dp = np.einsum("bhle,bhse->bhls", do, vr)

@@ -2,12 +2,12 @@
 attn_mask broadcasting as PyTorch does it, GQA, the KV cache, and bad inputs (each an
 exception with clattn's message, never a crash). Sizes are small and share a head size,
 so the kernels build once and the suite runs in seconds."""
-import math
 
 import numpy as np
 import pytest
 
 import clattn
+from reference import probabilities
 
 D = 16
 RNG = np.random.default_rng(7)
@@ -17,49 +17,13 @@ def rand(*shape, dtype=np.float32):
     return RNG.standard_normal(shape).astype(dtype)
 
 
-def reference(q, k, v, mask=None, causal="none", scale=None, window=None, softcap=None, alibi=None,
-              kv_lens=None):
+def reference(q, k, v, **kw):
     """SPEC §1 in float64 on 4-D [B, H, L, D] inputs; returns (out, lse)."""
-    q, k, v = (np.asarray(x, dtype=np.float64) for x in (q, k, v))
-    B, Hq, L, Dq = q.shape
-    S = k.shape[2]
-    g = Hq // k.shape[1]
-    k = np.repeat(k, g, axis=1)  # query head h reads KV head h // g
-    v = np.repeat(v, g, axis=1)
-    s = np.einsum("bhld,bhsd->bhls", q, k) * (1.0 / math.sqrt(Dq) if scale is None else scale)
-    if softcap:
-        s = softcap * np.tanh(s / softcap)
-    i = np.arange(L)[:, None]
-    j = np.arange(S)[None, :]
-    ip = i + S - L
-    if alibi is not None:
-        s = s - np.asarray(alibi, np.float64)[None, :, None, None] * np.abs(ip - j)
-    allowed = np.ones((B, Hq, L, S), dtype=bool)
-    if mask is not None:
-        m = np.asarray(mask)
-        m = m.reshape((1,) * (4 - m.ndim) + m.shape) if m.ndim < 4 else m
-        if m.dtype == np.bool_:
-            allowed &= np.broadcast_to(m, allowed.shape)
-        else:
-            s = s + np.broadcast_to(m.astype(np.float64), allowed.shape)
-    if causal == "top_left":
-        allowed &= j <= i
-    elif causal == "bottom_right":
-        allowed &= j <= ip
-    if window is not None:
-        left, right = window
-        if left >= 0:
-            allowed &= j >= ip - left
-        if right >= 0:
-            allowed &= j <= ip + right
-    if kv_lens is not None:
-        allowed &= j[None, None] < np.asarray(kv_lens)[:, None, None, None]
-    s = np.where(allowed, s, -np.inf)
-    m = s.max(axis=-1, keepdims=True)
-    empty = ~np.isfinite(m)
-    p = np.where(empty, 0.0, np.exp(s - np.where(empty, 0.0, m)))
-    z = p.sum(axis=-1, keepdims=True)
-    out = np.where(empty, 0.0, np.einsum("bhls,bhsd->bhld", p, v) / np.where(empty, 1.0, z))
+    p, _, _, m, z = probabilities(q, k, **kw)
+    v = np.asarray(v, dtype=np.float64)
+    v = np.repeat(v, q.shape[1] // v.shape[1], axis=1)
+    empty = z <= 0
+    out = np.einsum("bhls,bhsd->bhld", p, v)
     lse = np.where(empty[..., 0], -np.inf, (m + np.log(np.where(empty, 1.0, z)))[..., 0])
     return out, lse
 
