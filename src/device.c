@@ -217,3 +217,20 @@ clattn_status clattn_device_find(const char *spec, size_t *index)
     clattn__env_read(&env);
     return clattn__device_find(spec, env.device, index, NULL, 0);
 }
+
+bool clattn__device_has_extension(cl_device_id d, const char *ext)
+{
+    size_t n = 0;
+    if (clGetDeviceInfo(d, CL_DEVICE_EXTENSIONS, 0, NULL, &n) != CL_SUCCESS || n == 0) return false;
+    char *s = malloc(n + 1);
+    if (!s) return false;
+    bool found = false;
+    if (clGetDeviceInfo(d, CL_DEVICE_EXTENSIONS, n, s, NULL) == CL_SUCCESS) {
+        s[n] = '\0';
+        const size_t len = strlen(ext);
+        for (const char *p = strstr(s, ext); p && !found; p = strstr(p + 1, ext))
+            found = (p == s || p[-1] == ' ') && (p[len] == ' ' || p[len] == '\0');
+    }
+    free(s);
+    return found;
+}

@@ -30,4 +30,7 @@ static inline bool clattn__ieq(const char *a, const char *b)
     return *a == *b;
 }
 
+/* Does device d list extension ext (a whole word of CL_DEVICE_EXTENSIONS)? */
+bool clattn__device_has_extension(cl_device_id d, const char *ext);
+
 #endif

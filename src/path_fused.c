@@ -5,6 +5,7 @@
  * when the copy for every (batch, KV head) exceeds the workspace bound, the heads are
  * done in groups that fit. */
 #include "context.h"
+#include "device.h"
 #include "probe.h"
 #include "tuning.h"
 

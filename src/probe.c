@@ -4,6 +4,7 @@
 #include "probe.h"
 
 #include "context.h"
+#include "device.h"
 #include "tuning.h"
 
 #include <stdio.h>
@@ -23,23 +24,6 @@ static int forced[CLATTN__VAR_COUNT] = {-1, -1, -1, -1, -1, -1};
 void clattn__probe_force(clattn__variant v, int mode)
 {
     if ((unsigned)v < CLATTN__VAR_COUNT) forced[v] = mode >= 0 && mode <= 2 ? mode : -1;
-}
-
-bool clattn__device_has_extension(cl_device_id d, const char *ext)
-{
-    size_t n = 0;
-    if (clGetDeviceInfo(d, CL_DEVICE_EXTENSIONS, 0, NULL, &n) != CL_SUCCESS || n == 0) return false;
-    char *s = malloc(n + 1);
-    if (!s) return false;
-    bool found = false;
-    if (clGetDeviceInfo(d, CL_DEVICE_EXTENSIONS, n, s, NULL) == CL_SUCCESS) {
-        s[n] = '\0';
-        const size_t len = strlen(ext);
-        for (const char *p = strstr(s, ext); p && !found; p = strstr(p + 1, ext))
-            found = (p == s || p[-1] == ' ') && (p[len] == ' ' || p[len] == '\0');
-    }
-    free(s);
-    return found;
 }
 
 /* Does the device report what v needs? opts gets the probe's build options; why says what

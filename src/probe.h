@@ -30,9 +30,6 @@ const char *clattn__variant_name(clattn__variant v);
  * Probes at most once per context and, through the disk cache, per device and driver. */
 bool clattn__variant_usable(clattn_context *ctx, clattn__variant v, int *value, char *why, size_t whylen);
 
-/* Does device d list extension ext (a whole word of CL_DEVICE_EXTENSIONS)? */
-bool clattn__device_has_extension(cl_device_id d, const char *ext);
-
 /* A kernel using v failed to build on ctx although the probe passed: v is unusable on
  * ctx from now on (the path retries without it). */
 void clattn__variant_failed(clattn_context *ctx, clattn__variant v, const char *why);

@@ -496,23 +496,6 @@ int clattn__tuning_forced_form(clattn__tpath path)
 #define CL_DEVICE_GFXIP_MINOR_AMD 0x404B
 #define CL_DEVICE_ID_INTEL 0x4251
 
-static bool has_extension(cl_device_id device, const char *ext)
-{
-    size_t n = 0;
-    if (clGetDeviceInfo(device, CL_DEVICE_EXTENSIONS, 0, NULL, &n) != CL_SUCCESS || n == 0) return false;
-    char *s = malloc(n + 1);
-    if (!s) return false;
-    bool found = false;
-    if (clGetDeviceInfo(device, CL_DEVICE_EXTENSIONS, n, s, NULL) == CL_SUCCESS) {
-        s[n] = '\0';
-        const size_t len = strlen(ext);
-        for (const char *p = strstr(s, ext); p && !found; p = strstr(p + 1, ext))
-            found = (p == s || p[-1] == ' ') && (p[len] == ' ' || p[len] == '\0');
-    }
-    free(s);
-    return found;
-}
-
 void clattn__tdevice_of(cl_device_id device, const clattn_device_props *props, clattn__tdevice *out)
 {
     memset(out, 0, sizeof *out);
@@ -525,7 +508,7 @@ void clattn__tdevice_of(cl_device_id device, const clattn_device_props *props, c
         out->vendor_id = vid;
     if (!device) return;
     cl_uint a = 0, b = 0;
-    if (has_extension(device, "cl_nv_device_attribute_query") &&
+    if (clattn__device_has_extension(device, "cl_nv_device_attribute_query") &&
         clGetDeviceInfo(device, CL_DEVICE_COMPUTE_CAPABILITY_MAJOR_NV, sizeof a, &a, NULL) == CL_SUCCESS &&
         clGetDeviceInfo(device, CL_DEVICE_COMPUTE_CAPABILITY_MINOR_NV, sizeof b, &b, NULL) == CL_SUCCESS) {
         snprintf(out->arch, sizeof out->arch, "sm_%u%u", a, b);
@@ -537,11 +520,11 @@ void clattn__tdevice_of(cl_device_id device, const clattn_device_props *props, c
             i++;
         }
         out->arch[i] = '\0';
-    } else if (has_extension(device, "cl_amd_device_attribute_query") &&
+    } else if (clattn__device_has_extension(device, "cl_amd_device_attribute_query") &&
                clGetDeviceInfo(device, CL_DEVICE_GFXIP_MAJOR_AMD, sizeof a, &a, NULL) == CL_SUCCESS &&
                clGetDeviceInfo(device, CL_DEVICE_GFXIP_MINOR_AMD, sizeof b, &b, NULL) == CL_SUCCESS) {
         snprintf(out->arch, sizeof out->arch, "gfx%u%u", a, b);
-    } else if (has_extension(device, "cl_intel_device_attribute_query") &&
+    } else if (clattn__device_has_extension(device, "cl_intel_device_attribute_query") &&
                clGetDeviceInfo(device, CL_DEVICE_ID_INTEL, sizeof a, &a, NULL) == CL_SUCCESS) {
         snprintf(out->arch, sizeof out->arch, "intel:0x%x", a);
     }

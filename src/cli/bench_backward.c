@@ -1,25 +1,14 @@
 /* `clattn bench --backward` (see bench_backward.h). */
 #include "bench_backward.h"
 
+#include "cli_util.h"
+
 #include <math.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-
-static double now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec * 1e-6;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    const double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
 
 clattn_status bench_backward_measure(clattn_context *ctx, const attn_case *c, attn_case_data *d,
                                      long runs, long warmup, bench_backward_result *r)
@@ -60,13 +49,13 @@ clattn_status bench_backward_measure(clattn_context *ctx, const attn_case *c, at
     double t[30];
     for (long i = 0; st == CLATTN_SUCCESS && i < (warmup < 1 ? 1 : warmup) + (runs ? runs : 30); i++) {
         const bool timed = i >= (warmup < 1 ? 1 : warmup);
-        const double t0 = now_ms();
+        const double t0 = cli_now_ms();
         st = clattn_attention_backward(ctx, &q, &k, &v, &o, &t_do, opt.lse, &t_dq, &t_dk, &t_dv,
                                        NULL, &opt, NULL);
         clFinish(queue);
         if (!timed || st != CLATTN_SUCCESS) continue;
         const long j = r->runs++;
-        if (j < 30) t[j] = now_ms() - t0;
+        if (j < 30) t[j] = cli_now_ms() - t0;
         if (!runs && j >= 2) { /* default: stop after ~3 s once 3 runs are in */
             double total = 0;
             for (long u = 0; u <= j && u < 30; u++) total += t[u];
@@ -78,7 +67,7 @@ clattn_status bench_backward_measure(clattn_context *ctx, const attn_case *c, at
         if (mem[i]) clReleaseMemObject(mem[i]);
     if (st != CLATTN_SUCCESS) return st;
     const long m = r->runs < 30 ? r->runs : 30;
-    qsort(t, (size_t)m, sizeof t[0], cmp_double);
+    cli_sort_doubles(t, (size_t)m);
     r->median = m % 2 ? t[m / 2] : 0.5 * (t[m / 2 - 1] + t[m / 2]);
     r->min = t[0];
     r->max = t[m - 1];

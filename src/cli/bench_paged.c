@@ -23,19 +23,6 @@
 #include <string.h>
 #include <time.h>
 
-static double now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec * 1e-6;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    const double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
 /* Two ways of one case; run(i, way) does one call of way 0 or 1. */
 typedef struct twoway {
     double t[2][64];
@@ -61,10 +48,10 @@ static clattn_status time_two(clattn_context *ctx, way_fn fn, void *arg, long ru
     double total = 0;
     for (tw->runs = 0; tw->runs < n;) {
         for (int w = 0; w < 2; w++) {
-            const double t0 = now_ms();
+            const double t0 = cli_now_ms();
             if ((st = fn(arg, w)) != CLATTN_SUCCESS) return st;
             clFinish(q);
-            tw->t[w][tw->runs] = now_ms() - t0;
+            tw->t[w][tw->runs] = cli_now_ms() - t0;
             total += tw->t[w][tw->runs];
         }
         tw->runs++;
@@ -77,7 +64,7 @@ static void stats(const double *t, long n, double *med, double *mn, double *mx)
 {
     double s[64];
     memcpy(s, t, sizeof(double) * (size_t)n);
-    qsort(s, (size_t)n, sizeof s[0], cmp_double);
+    cli_sort_doubles(s, (size_t)n);
     *med = n % 2 ? s[n / 2] : 0.5 * (s[n / 2 - 1] + s[n / 2]);
     *mn = s[0];
     *mx = s[n - 1];

@@ -8,6 +8,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 /* Long enough for any message of ours; a kernel build log gets cut with "..." so one
  * failing build cannot flood the terminal on one line. */
@@ -220,3 +221,18 @@ clattn_status cli_open_device(const char *cmd, size_t index, clattn_context **ct
     }
     return st;
 }
+
+double cli_now_ms(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec * 1e3 + (double)t.tv_nsec * 1e-6;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    const double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+void cli_sort_doubles(double *v, size_t n) { qsort(v, n, sizeof v[0], cmp_double); }

@@ -48,6 +48,11 @@ const char *cli_option_name(const struct option *longopts, int val, char *buf, s
 /* Write s as a JSON string literal (quotes included); invalid UTF-8 becomes U+FFFD. */
 void cli_json_string(FILE *f, const char *s);
 
+/* Milliseconds on a monotonic clock, for timing runs. */
+double cli_now_ms(void);
+/* Sort n doubles in ascending order (medians of timed runs). */
+void cli_sort_doubles(double *v, size_t n);
+
 /* A context on device `index` (clattn_device_find's numbering) and, when props is not
  * NULL, the device's properties. On failure one error line for cmd names the device and
  * why, and the status is returned. */

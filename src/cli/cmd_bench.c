@@ -271,19 +271,6 @@ int cmd_bench_parse_line(const char *line, const bench_args *base, bench_spec *o
     return CLI_EXIT_OK;
 }
 
-static double now_ms(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec * 1e3 + t.tv_nsec * 1e-6;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
 /* The path a measurement ran on; CLATTN_PATH_COUNT_ marks attention over a KV cache. */
 static const char *path_label(clattn_path p)
 {
@@ -400,10 +387,10 @@ static clattn_status measure(clattn_context *ctx, const attn_case *c, attn_case_
     double t[30];
     long runs = o->runs;
     for (long i = 0; i < (runs ? runs : 30); i++) {
-        double t0 = now_ms();
+        double t0 = cli_now_ms();
         if ((st = run_once(ctx, c, d, kp)) != CLATTN_SUCCESS) return st;
         clFinish(q);
-        double dt = now_ms() - t0;
+        double dt = cli_now_ms() - t0;
         if (i < 30) t[i] = dt;
         m->runs = i + 1;
         /* default: stop after ~3 s once 3 runs are in */
@@ -414,7 +401,7 @@ static clattn_status measure(clattn_context *ctx, const attn_case *c, attn_case_
         }
     }
     long n = m->runs < 30 ? m->runs : 30;
-    qsort(t, (size_t)n, sizeof t[0], cmp_double);
+    cli_sort_doubles(t, (size_t)n);
     m->median = n % 2 ? t[n / 2] : 0.5 * (t[n / 2 - 1] + t[n / 2]);
     m->min = t[0];
     m->max = t[n - 1];

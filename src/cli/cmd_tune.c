@@ -66,12 +66,6 @@ static double now_s(void)
     return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
 }
 
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
 typedef struct tune_args {
     const char *device, *path, *shape, *sweep, *out, *causal, *dtype;
     double budget;
@@ -348,7 +342,7 @@ static double time_row(tuner *t, const attn_case *c, attn_case_data *d, clattn__
         /* at least 3 runs; up to 7 for short ones, while time allows */
         if (runs >= 3 && (dt * (double)runs > 200.0 || now_s() > t->deadline)) break;
     }
-    qsort(ms, (size_t)runs, sizeof ms[0], cmp_double);
+    cli_sort_doubles(ms, (size_t)runs);
     return runs % 2 ? ms[runs / 2] : 0.5 * (ms[runs / 2 - 1] + ms[runs / 2]);
 }
 
