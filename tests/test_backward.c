@@ -31,14 +31,7 @@
 
 static void run_cases(const attn_case *cases, size_t n, int with_dmask)
 {
-    clattn_context *ctx = test_shared_context();
-    int failed = 0;
-    for (size_t i = 0; i < n; i++) {
-        bwd_data b;
-        bwd_data_make(&cases[i], with_dmask, &b);
-        failed += check_backward(ctx, &b) != 0;
-        bwd_data_free(&b);
-    }
+    const int failed = check_backward_cases(test_shared_context(), cases, n, with_dmask);
     if (failed) fail_msg("%d of %zu cases differ from the reference", failed, n);
 }
 

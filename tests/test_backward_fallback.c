@@ -28,18 +28,6 @@
 #define SHAPE(b, hq, hkv, lq, lk, d, dv) .B = b, .Hq = hq, .Hkv = hkv, .Lq = lq, .Lk = lk, .D = d, .Dv = dv
 #define UNF .path = CLATTN_PATH_UNFUSED
 
-static int run_cases(clattn_context *ctx, const attn_case *cases, size_t n, int with_dmask)
-{
-    int failed = 0;
-    for (size_t i = 0; i < n; i++) {
-        bwd_data b;
-        bwd_data_make(&cases[i], with_dmask, &b);
-        failed += check_backward(ctx, &b) != 0;
-        bwd_data_free(&b);
-    }
-    return failed;
-}
-
 /* The unfused form asked for: positions, GQA, layouts, fully masked rows, masks and the
  * float mask's gradient, softcap and ALiBi, f16 storage, Dv != D. */
 static void test_unfused_backward_matches_reference(void **state)
@@ -62,7 +50,7 @@ static void test_unfused_backward_matches_reference(void **state)
         {SHAPE(1, 2, 2, 21, 27, 64, 64), UNF, .dtype = CLATTN_F16, .out_dtype = CLATTN_F16,
          .causal = CLATTN_CAUSAL_BOTTOM_RIGHT, .seed = 11},
     };
-    int failed = run_cases(ctx, cases, sizeof cases / sizeof cases[0], 0);
+    int failed = check_backward_cases(ctx, cases, sizeof cases / sizeof cases[0], 0);
     assert_int_equal(clattn__backward_last_form, 2);
     const attn_case mask_cases[] = {
         {SHAPE(2, 4, 2, 19, 37, 32, 48), UNF, .mask_kind = ATTN_MASK_FLOAT, .mask_rank = 3,
@@ -70,7 +58,7 @@ static void test_unfused_backward_matches_reference(void **state)
         {SHAPE(2, 2, 2, 19, 37, 32, 48), UNF, .mask_kind = ATTN_MASK_FLOAT, .mask_rank = 4,
          .causal = CLATTN_CAUSAL_BOTTOM_RIGHT, .seed = 13},
     };
-    failed += run_cases(ctx, mask_cases, sizeof mask_cases / sizeof mask_cases[0], 1);
+    failed += check_backward_cases(ctx, mask_cases, sizeof mask_cases / sizeof mask_cases[0], 1);
     if (failed) fail_msg("%d unfused backward cases differ from the reference", failed);
 }
 

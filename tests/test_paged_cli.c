@@ -12,7 +12,7 @@
 
 #include "clattn.h"
 #include "npy.h"
-#include "test_exe.h"
+#include "test_scratch.h"
 
 #include <fcntl.h>
 #include <math.h>
@@ -25,67 +25,15 @@
 #include <unistd.h>
 
 
-static char dir[256];
-
-static const char *path_in(const char *name)
-{
-    static char bufs[8][512];
-    static int next;
-    char *b = bufs[next++ % 8];
-    snprintf(b, sizeof bufs[0], "%s/%s", dir, name);
-    return b;
-}
-
-static void save(const char *name, clattn_dtype dtype, int rank, const int64_t *shape, const void *data)
-{
-    char err[1024];
-    if (npy_write(path_in(name), dtype, rank, shape, data, dtype, err, sizeof err) != 0) fail_msg("%s", err);
-}
-
-#define ARGS(...) ((const char *const[]){__VA_ARGS__, NULL})
-
-static bool exists(const char *p)
-{
-    struct stat st;
-    return stat(p, &st) == 0;
-}
-
-/* Exit 1 or 2, one stderr line containing needle, and no `out` file. */
-static void expect_failure_impl(const char *needle, const char *out, const char *const *args, int line)
-{
-    remove(out);
-    test_exe_result r;
-    test_run_clattn(dir, &r, args);
-    int lines = 0;
-    for (const char *s = r.err; *s; s++) lines += *s == '\n';
-    if ((r.status != 1 && r.status != 2) || lines != 1 || !strstr(r.err, needle))
-        fail_msg("line %d: status %d, stderr \"%s\" (want one line with \"%s\")", line, r.status, r.err, needle);
-    if (exists(out)) fail_msg("line %d: %s was left behind", line, out);
-}
-#define EXPECT_FAILURE(needle, out, ...) expect_failure_impl((needle), (out), ARGS(__VA_ARGS__), __LINE__)
+#define EXPECT_FAILURE(needle, out, ...)                                                  \
+    test_expect_cli_failure((needle), (out), NULL, ARGS(__VA_ARGS__), __LINE__)
 
 static uint32_t seed;
-static float rnd(void)
-{
-    seed = seed * 1664525u + 1013904223u;
-    return (float)(seed >> 8) / (float)(1u << 23) - 1.0f;
-}
 
 static int setup(void **state)
 {
     (void)state;
-    const char *base = getenv("TMPDIR");
-    snprintf(dir, sizeof dir, "%s/clattn-pagedcli-XXXXXX", base && *base ? base : "/tmp");
-    return mkdtemp(dir) ? 0 : -1;
-}
-
-static int teardown(void **state)
-{
-    (void)state;
-    const char *names[] = {"q.npy", "k.npy", "v.npy", "o.npy", "lse.npy", "lens.npy", "cu.npy", "bench.json"};
-    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) remove(path_in(names[i]));
-    rmdir(dir);
-    return 0;
+    return test_scratch_create("pagedcli");
 }
 
 static void test_run_paged_kv_matches_reference_per_sequence(void **state)
@@ -96,14 +44,14 @@ static void test_run_paged_kv_matches_reference_per_sequence(void **state)
     static double ref[HQ * LQ * DV], rlse[HQ * LQ];
     const int32_t lens[B] = {45, 9, 30};
     seed = 11;
-    for (size_t i = 0; i < sizeof q / 4; i++) q[i] = rnd();
-    for (size_t i = 0; i < sizeof k / 4; i++) k[i] = rnd() * 2;
-    for (size_t i = 0; i < sizeof v / 4; i++) v[i] = rnd();
+    for (size_t i = 0; i < sizeof q / 4; i++) q[i] = test_lcg_value(&seed);
+    for (size_t i = 0; i < sizeof k / 4; i++) k[i] = test_lcg_value(&seed) * 2;
+    for (size_t i = 0; i < sizeof v / 4; i++) v[i] = test_lcg_value(&seed);
     const int64_t sq[4] = {B, HQ, LQ, D}, sk[4] = {B, HKV, LK, D}, sv[4] = {B, HKV, LK, DV}, sl[1] = {B};
-    save("q.npy", CLATTN_F32, 4, sq, q);
-    save("k.npy", CLATTN_F32, 4, sk, k);
-    save("v.npy", CLATTN_F32, 4, sv, v);
-    save("lens.npy", CLATTN_I32, 1, sl, lens);
+    test_save_npy("q.npy", CLATTN_F32, 4, sq, q);
+    test_save_npy("k.npy", CLATTN_F32, 4, sk, k);
+    test_save_npy("v.npy", CLATTN_F32, 4, sv, v);
+    test_save_npy("lens.npy", CLATTN_I32, 1, sl, lens);
     const char *formats[] = {"int8", "none"}; /* none: f32 pages */
     const char *pages[] = {"4,7", "16,3"};
     for (size_t f = 0; f < 2; f++) {
@@ -114,16 +62,16 @@ static void test_run_paged_kv_matches_reference_per_sequence(void **state)
             clattn_kv_quantize_host(fmt, CLATTN_KV_VALUES, v + bh * LK * DV, LK, DV, vh + bh * LK * DV, NULL);
         }
         test_exe_result r;
-        test_run_clattn(dir, &r, ARGS("run", "--q", path_in("q.npy"), "--k", path_in("k.npy"), "--v", path_in("v.npy"),
-                                      "--out", path_in("o.npy"), "--lse", path_in("lse.npy"), "--causal",
-                                      "bottom-right", "--kv-quant", formats[f], "--kv-lens", path_in("lens.npy"),
+        test_run_clattn(test_scratch_dir(), &r, ARGS("run", "--q", test_scratch_path("q.npy"), "--k", test_scratch_path("k.npy"), "--v", test_scratch_path("v.npy"),
+                                      "--out", test_scratch_path("o.npy"), "--lse", test_scratch_path("lse.npy"), "--causal",
+                                      "bottom-right", "--kv-quant", formats[f], "--kv-lens", test_scratch_path("lens.npy"),
                                       "--paged-kv", pages[f], "--softcap", "25"));
         if (r.status != 0) fail_msg("run --paged-kv %s: %s", pages[f], r.err);
         if (!strstr(r.out, "kv-pool")) fail_msg("run --paged-kv printed: %s", r.out);
         npy_array a, l;
         char err[1024];
-        assert_int_equal(npy_read(path_in("o.npy"), &a, err, sizeof err), 0);
-        assert_int_equal(npy_read(path_in("lse.npy"), &l, err, sizeof err), 0);
+        assert_int_equal(npy_read(test_scratch_path("o.npy"), &a, err, sizeof err), 0);
+        assert_int_equal(npy_read(test_scratch_path("lse.npy"), &l, err, sizeof err), 0);
         const float *o = a.data, *lse = l.data;
         double worst = 0;
         for (int b = 0; b < B; b++) {
@@ -149,17 +97,17 @@ static void test_run_paged_kv_matches_reference_per_sequence(void **state)
         npy_free(&l);
         if (!(worst <= 1.0)) fail_msg("run --paged-kv %s: max error %.3g of the f32 tolerance", pages[f], worst);
     }
-    EXPECT_FAILURE("power of two", path_in("o.npy"), "run", "--q", path_in("q.npy"), "--k", path_in("k.npy"),
-                   "--v", path_in("v.npy"), "--out", path_in("o.npy"), "--paged-kv", "12");
-    EXPECT_FAILURE("seed", path_in("o.npy"), "run", "--q", path_in("q.npy"), "--k", path_in("k.npy"), "--v",
-                   path_in("v.npy"), "--out", path_in("o.npy"), "--paged-kv", "16,x");
-    EXPECT_FAILURE("int4", path_in("o.npy"), "run", "--q", path_in("q.npy"), "--k", path_in("k.npy"), "--v",
-                   path_in("v.npy"), "--out", path_in("o.npy"), "--paged-kv", "16", "--kv-quant", "int4");
+    EXPECT_FAILURE("power of two", test_scratch_path("o.npy"), "run", "--q", test_scratch_path("q.npy"), "--k", test_scratch_path("k.npy"),
+                   "--v", test_scratch_path("v.npy"), "--out", test_scratch_path("o.npy"), "--paged-kv", "12");
+    EXPECT_FAILURE("seed", test_scratch_path("o.npy"), "run", "--q", test_scratch_path("q.npy"), "--k", test_scratch_path("k.npy"), "--v",
+                   test_scratch_path("v.npy"), "--out", test_scratch_path("o.npy"), "--paged-kv", "16,x");
+    EXPECT_FAILURE("int4", test_scratch_path("o.npy"), "run", "--q", test_scratch_path("q.npy"), "--k", test_scratch_path("k.npy"), "--v",
+                   test_scratch_path("v.npy"), "--out", test_scratch_path("o.npy"), "--paged-kv", "16", "--kv-quant", "int4");
     const int32_t cu[2] = {0, LK};
     const int64_t sc[1] = {2};
-    save("cu.npy", CLATTN_I32, 1, sc, cu);
-    EXPECT_FAILURE("--varlen", path_in("o.npy"), "run", "--q", path_in("q.npy"), "--k", path_in("k.npy"), "--v",
-                   path_in("v.npy"), "--out", path_in("o.npy"), "--paged-kv", "16", "--varlen", path_in("cu.npy"));
+    test_save_npy("cu.npy", CLATTN_I32, 1, sc, cu);
+    EXPECT_FAILURE("--varlen", test_scratch_path("o.npy"), "run", "--q", test_scratch_path("q.npy"), "--k", test_scratch_path("k.npy"), "--v",
+                   test_scratch_path("v.npy"), "--out", test_scratch_path("o.npy"), "--paged-kv", "16", "--varlen", test_scratch_path("cu.npy"));
 }
 
 /* The serving cases of `clattn bench` run end to end on tiny shapes: both rows, the ratio
@@ -187,13 +135,13 @@ static void test_bench_serving_cases_print_both_ways_and_their_ratio(void **stat
             args[n] = cases[c].args[n];
             n++;
         }
-        args[n++] = path_in("bench.json");
+        args[n++] = test_scratch_path("bench.json");
         args[n] = NULL;
-        remove(path_in("bench.json"));
+        remove(test_scratch_path("bench.json"));
         test_exe_result r;
-        test_run_clattn(dir, &r, args);
+        test_run_clattn(test_scratch_dir(), &r, args);
         if (r.status != 0 || !strstr(r.out, cases[c].ratio)) fail_msg("%s: status %d: %s%s", cases[c].ratio, r.status, r.out, r.err);
-        FILE *f = fopen(path_in("bench.json"), "r");
+        FILE *f = fopen(test_scratch_path("bench.json"), "r");
         assert_non_null(f);
         char line[2048];
         int lines = 0;
@@ -202,13 +150,13 @@ static void test_bench_serving_cases_print_both_ways_and_their_ratio(void **stat
             if (!strstr(line, "\"median_ms\"") || !strstr(line, "\"device_bytes\"")) fail_msg("json: %s", line);
         }
         fclose(f);
-        remove(path_in("bench.json"));
+        remove(test_scratch_path("bench.json"));
         assert_int_equal(lines, 2);
     }
     test_exe_result r;
-    test_run_clattn(dir, &r, ARGS("bench", "--shape", "3,4,2,2,80,32", "--paged", "16"));
+    test_run_clattn(test_scratch_dir(), &r, ARGS("bench", "--shape", "3,4,2,2,80,32", "--paged", "16"));
     if (r.status != 2 || !strstr(r.err, "Lq must be 1")) fail_msg("status %d: %s", r.status, r.err);
-    test_run_clattn(dir, &r, ARGS("bench", "--shape", "3,4,2,1,80,32", "--ragged", "1,80"));
+    test_run_clattn(test_scratch_dir(), &r, ARGS("bench", "--shape", "3,4,2,1,80,32", "--ragged", "1,80"));
     if (r.status != 2 || !strstr(r.err, "--ragged goes with --paged")) fail_msg("status %d: %s", r.status, r.err);
 }
 
@@ -218,5 +166,5 @@ int main(void)
         cmocka_unit_test(test_run_paged_kv_matches_reference_per_sequence),
         cmocka_unit_test(test_bench_serving_cases_print_both_ways_and_their_ratio),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, setup, test_scratch_remove);
 }

@@ -201,3 +201,15 @@ int check_backward(clattn_context *ctx, bwd_data *b)
     return bad;
 }
 
+
+int check_backward_cases(clattn_context *ctx, const attn_case *cases, size_t n, int with_dmask)
+{
+    int failed = 0;
+    for (size_t i = 0; i < n; i++) {
+        bwd_data b;
+        bwd_data_make(&cases[i], with_dmask, &b);
+        failed += check_backward(ctx, &b) != 0;
+        bwd_data_free(&b);
+    }
+    return failed;
+}

@@ -26,5 +26,8 @@ size_t grad_bytes(int64_t n, clattn_dtype dt);
 clattn_status run_backward(clattn_context *ctx, bwd_data *b);
 /* Run it and compare with the reference; prints failures, returns the failing count. */
 int check_backward(clattn_context *ctx, bwd_data *b);
+/* check_backward on each of n cases (with the float mask's gradient when with_dmask);
+ * returns how many differ. */
+int check_backward_cases(clattn_context *ctx, const attn_case *cases, size_t n, int with_dmask);
 
 #endif
