@@ -23,7 +23,7 @@
  * CPU form further down (bwd_cpu_kv, one pass over the keys for all three gradients,
  * and bwd_dqsum).
  * Build options: D, DV, FORM; GPU form BM, BN, WG; CPU form BN, RB, Q_DIRECT, DO_DIRECT; dtypes
- * Q_DT K_DT V_DT O_DT (prelude) and DO_DT DQ_DT DK_DT DV_DT (0 f32, 1 f16, 2 bf16). Local
+ * Q_DT K_DT V_DT O_DT DO_DT DQ_DT DK_DT DV_DT (prelude; 0 f32, 1 f16, 2 bf16). Local
  * memory of the GPU form in floats, which the host keeps within its budget (src/backward.c):
  *     (BM + BN) * (D + DV) + 2 * BM * BN + 4 * BM
  */
@@ -45,41 +45,11 @@
 #ifndef FORM
 #define FORM 1 /* 0: the CPU form below, 1: work-groups with local tiles */
 #endif
-#ifndef DO_DT
-#define DO_DT 0
-#endif
-#ifndef DQ_DT
-#define DQ_DT 0
-#endif
-#ifndef DK_DT
-#define DK_DT 0
-#endif
-#ifndef DV_DT
-#define DV_DT 0
-#endif
-
-#define DO_T CLATTN_CAT(CLATTN_DT_, DO_DT)
-#define DQ_T CLATTN_CAT(CLATTN_DT_, DQ_DT)
-#define DK_T CLATTN_CAT(CLATTN_DT_, DK_DT)
-#define DV_T CLATTN_CAT(CLATTN_DT_, DV_DT)
-#define LOAD_O(p, i) CLATTN_CAT(clattn_load, O_DT)((p), (i))
-#define LOAD_DO(p, i) CLATTN_CAT(clattn_load, DO_DT)((p), (i))
-#define STORE_DQ(p, i, x) CLATTN_CAT(clattn_store, DQ_DT)((p), (i), (x))
-#define STORE_DK(p, i, x) CLATTN_CAT(clattn_store, DK_DT)((p), (i), (x))
-#define STORE_DV(p, i, x) CLATTN_CAT(clattn_store, DV_DT)((p), (i), (x))
 
 /* Per-work-item accumulators of the dK/dV and dQ tiles. */
 #define KU ((BN * D + WG - 1) / WG)
 #define VU ((BN * DV + WG - 1) / WG)
 #define QU ((BM * D + WG - 1) / WG)
-
-/* d(softcap·tanh(x/softcap))/dx at x = scale·dot. */
-#if HAS_SOFTCAP
-#define SOFTCAP_DERIV(dot)                                                               \
-    (1.0f - tanh(scale * (dot) / softcap) * tanh(scale * (dot) / softcap))
-#else
-#define SOFTCAP_DERIV(dot) 1.0f
-#endif
 
 /* p and dS of key j for row (b, h, i), with j inside the row's key range: dsf is dLoss/ds
  * of the final score (the mask's gradient), dsp the one before the softcap (for dQ, dK). */
@@ -408,26 +378,8 @@ bwd_dq(TENSOR_PARAMS(const __global Q_T *, q), TENSOR_PARAMS(const __global K_T 
         (ds16) = vload16(0, dsa_);                                                       \
     } while (0)
 
-/* e^x for x <= ~0 (a score minus its row's LSE), within 2e-7 relative, as
- * clattn_exp2_neg in cl/flash_cpu.cl: 2^n by the exponent bits times a degree-6
- * polynomial of 2^f; exactly 0 far below. PoCL's exp on a float16 handles ranges this
- * input never has and cost several times as many instructions. */
-inline float16 bwd_exp_neg(float16 x)
-{
-    const float16 xc = fmax(x * 1.4426950408889634f, (float16)(-127.0f));
-    const float16 t = xc + 12582912.0f;       /* 1.5 * 2^23: rounds xc to an integer */
-    const float16 f = xc - (t - 12582912.0f); /* in [-1/2, 1/2] */
-    float16 p = (float16)1.5403530393381606e-4f;
-    p = fma(p, f, (float16)1.3333558146428443e-3f);
-    p = fma(p, f, (float16)9.6181291076284772e-3f);
-    p = fma(p, f, (float16)5.5504108664821580e-2f);
-    p = fma(p, f, (float16)2.4022650695910071e-1f);
-    p = fma(p, f, (float16)6.9314718055994531e-1f);
-    p = fma(p, f, (float16)1.0f);
-    const int16 n = as_int16(t) - 0x4b400000;
-    const float16 r = as_float16(as_int16(p) + (n << 23));
-    return select(r, (float16)0.0f, xc < (float16)(-126.0f));
-}
+/* e^x for x <= ~0 (a score minus its row's LSE), through the prelude's clattn_exp2_neg. */
+#define bwd_exp_neg(x) clattn_exp2_neg((x) * 1.4426950408889634f)
 
 /* The same for the vector of 16 keys at once, when no mask must be read per key: the
  * prelude's SCORE steps in order (scale, softcap, ALiBi) on float16, then exclusion by the

@@ -14,41 +14,13 @@
  * Every sum runs in one work-item in a fixed order (deterministic, no atomics). Scores go
  * through the prelude's SCORE and KEY_RANGE as in the forward kernels; dP and D use the
  * same fma chain, so a row that sees one key (O = V) gets dP - D = 0 exactly.
- * Build options: D, DV, dtypes Q_DT K_DT V_DT O_DT (prelude), DO_DT DQ_DT DK_DT DV_DT. */
+ * Build options: D, DV, dtypes Q_DT K_DT V_DT O_DT DO_DT DQ_DT DK_DT DV_DT (prelude). */
 #ifndef D
 #error "backward_unfused.cl needs -DD=<head dim of q and k>"
 #endif
 #ifndef DV
 #define DV D
 #endif
-#ifndef DO_DT
-#define DO_DT 0
-#endif
-#ifndef DQ_DT
-#define DQ_DT 0
-#endif
-#ifndef DK_DT
-#define DK_DT 0
-#endif
-#ifndef DV_DT
-#define DV_DT 0
-#endif
-#define DO_T CLATTN_CAT(CLATTN_DT_, DO_DT)
-#define DQ_T CLATTN_CAT(CLATTN_DT_, DQ_DT)
-#define DK_T CLATTN_CAT(CLATTN_DT_, DK_DT)
-#define DV_T CLATTN_CAT(CLATTN_DT_, DV_DT)
-#define LOAD_O(p, i) CLATTN_CAT(clattn_load, O_DT)((p), (i))
-#define LOAD_DO(p, i) CLATTN_CAT(clattn_load, DO_DT)((p), (i))
-#define STORE_DQ(p, i, x) CLATTN_CAT(clattn_store, DQ_DT)((p), (i), (x))
-#define STORE_DK(p, i, x) CLATTN_CAT(clattn_store, DK_DT)((p), (i), (x))
-#define STORE_DV(p, i, x) CLATTN_CAT(clattn_store, DV_DT)((p), (i), (x))
-
-#if HAS_SOFTCAP
-#define SOFTCAP_DERIV(dot) (1.0f - tanh(scale * (dot) / softcap) * tanh(scale * (dot) / softcap))
-#else
-#define SOFTCAP_DERIV(dot) 1.0f
-#endif
-
 /* The leading arguments of every kernel here. */
 #define BWDU_INPUTS                                                                      \
     TENSOR_PARAMS(const __global Q_T *, q), TENSOR_PARAMS(const __global K_T *, k),       \

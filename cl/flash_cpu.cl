@@ -126,27 +126,6 @@ __kernel void flash_cpu_pack(TENSOR_PARAMS(const __global K_T *, k),
 
 /* max without fmax's NaN handling (scores are never NaN). */
 #define CLATTN_VMAX(a, b) max((a), (b))
-/* 2^x for x <= 0 or -inf (a score minus the running max), within 2e-7 relative:
- * 2^n by the exponent bits times a degree-6 Taylor polynomial of 2^f, n = round(x),
- * |f| <= 1/2; exactly 0 below 2^-126, so -inf gives 0 and never NaN. PoCL's exp2 on a
- * float16 ran as two 8-wide halves with range handling this input never needs (about
- * 35 instructions against 15 here; the kernel ran about 5% faster with this one). */
-inline float16 clattn_exp2_neg(float16 x)
-{
-    const float16 xc = fmax(x, (float16)(-127.0f));
-    const float16 t = xc + 12582912.0f;       /* 1.5 * 2^23: rounds xc to an integer */
-    const float16 f = xc - (t - 12582912.0f); /* in [-1/2, 1/2] */
-    float16 p = (float16)1.5403530393381606e-4f;
-    p = fma(p, f, (float16)1.3333558146428443e-3f);
-    p = fma(p, f, (float16)9.6181291076284772e-3f);
-    p = fma(p, f, (float16)5.5504108664821580e-2f);
-    p = fma(p, f, (float16)2.4022650695910071e-1f);
-    p = fma(p, f, (float16)6.9314718055994531e-1f);
-    p = fma(p, f, (float16)1.0f);
-    const int16 n = as_int16(t) - 0x4b400000; /* round(xc), from t's low mantissa bits */
-    const float16 r = as_float16(as_int16(p) + (n << 23));
-    return select(r, (float16)0.0f, xc < (float16)(-126.0f));
-}
 #if FAST_EXP2
 #define CLATTN_EXP2V(x) clattn_exp2_neg(x)
 #else

@@ -1,8 +1,9 @@
 /* prelude.cl: helpers shared by every clattn kernel, prepended to each kernel file.
  *
- * Storage types. Q_DT, K_DT, V_DT, O_DT (build options) take clattn_dtype's values:
- * 0 = float, 1 = half (read with vload_half / written with vstore_half_rte, core OpenCL
- * 1.2, so no cl_khr_fp16 is needed), 2 = bfloat16 held in a ushort. Arithmetic is float.
+ * Storage types. Q_DT, K_DT, V_DT, O_DT and the backward pass's DO_DT, DQ_DT, DK_DT,
+ * DV_DT (build options) take clattn_dtype's values: 0 = float, 1 = half (read with
+ * vload_half / written with vstore_half_rte, core OpenCL 1.2, so no cl_khr_fp16 is
+ * needed), 2 = bfloat16 held in a ushort. Arithmetic is float.
  *
  * Masking (SPEC §1, in this order): s = scale*dot; softcap; ALiBi; additive mask; then the
  * exclusions. Exclusions by position (causal, window, key lengths) reduce to one key
@@ -51,6 +52,25 @@
 #define V_T CLATTN_CAT(CLATTN_DT_, V_DT)
 #define O_T CLATTN_CAT(CLATTN_DT_, O_DT)
 
+/* The backward pass's tensors: dO (DO_DT), dQ, dK, dV (DQ_DT, DK_DT, DV_DT), and O read
+ * back (O_DT). */
+#ifndef DO_DT
+#define DO_DT 0
+#endif
+#ifndef DQ_DT
+#define DQ_DT 0
+#endif
+#ifndef DK_DT
+#define DK_DT 0
+#endif
+#ifndef DV_DT
+#define DV_DT 0
+#endif
+#define DO_T CLATTN_CAT(CLATTN_DT_, DO_DT)
+#define DQ_T CLATTN_CAT(CLATTN_DT_, DQ_DT)
+#define DK_T CLATTN_CAT(CLATTN_DT_, DK_DT)
+#define DV_T CLATTN_CAT(CLATTN_DT_, DV_DT)
+
 inline float clattn_load0(const __global float *p, long i) { return p[i]; }
 inline float clattn_load1(const __global half *p, long i) { return vload_half((size_t)i, p); }
 inline float clattn_load2(const __global ushort *p, long i) { return as_float((uint)p[i] << 16); }
@@ -67,6 +87,11 @@ inline void clattn_store2(__global ushort *p, long i, float v)
 #define LOAD_K(p, i) CLATTN_CAT(clattn_load, K_DT)((p), (i))
 #define LOAD_V(p, i) CLATTN_CAT(clattn_load, V_DT)((p), (i))
 #define STORE_O(p, i, v) CLATTN_CAT(clattn_store, O_DT)((p), (i), (v))
+#define LOAD_O(p, i) CLATTN_CAT(clattn_load, O_DT)((p), (i))
+#define LOAD_DO(p, i) CLATTN_CAT(clattn_load, DO_DT)((p), (i))
+#define STORE_DQ(p, i, x) CLATTN_CAT(clattn_store, DQ_DT)((p), (i), (x))
+#define STORE_DK(p, i, x) CLATTN_CAT(clattn_store, DK_DT)((p), (i), (x))
+#define STORE_DV(p, i, x) CLATTN_CAT(clattn_store, DV_DT)((p), (i), (x))
 
 /* KV-cache storage formats (clattn_kv_format's values), for the kernels of cl/kv_*.cl. */
 #define FMT_F32 0
@@ -158,3 +183,34 @@ inline float clattn_score(float dot, long b, long h, long i, long j, float slope
 #define SCORE(dot, b, h, i, j, slope)                                                 \
     clattn_score((dot), (b), (h), (i), (j), (slope), scale, softcap, Lq, Lk, mask,     \
                  mask_off, mask_s0, mask_s1, mask_s2, mask_s3)
+
+/* d(softcap·tanh(x/softcap))/dx at x = scale·dot. */
+#if HAS_SOFTCAP
+#define SOFTCAP_DERIV(dot)                                                               \
+    (1.0f - tanh(scale * (dot) / softcap) * tanh(scale * (dot) / softcap))
+#else
+#define SOFTCAP_DERIV(dot) 1.0f
+#endif
+
+/* 2^x for x <= 0 or -inf (a score minus a running max or an LSE), within 2e-7 relative,
+ * for the CPU forms of the fused and backward kernels:
+ * 2^n by the exponent bits times a degree-6 Taylor polynomial of 2^f, n = round(x),
+ * |f| <= 1/2; exactly 0 below 2^-126, so -inf gives 0 and never NaN. PoCL's exp2 on a
+ * float16 ran as two 8-wide halves with range handling this input never needs (about
+ * 35 instructions against 15 here; the kernel ran about 5% faster with this one). */
+inline float16 clattn_exp2_neg(float16 x)
+{
+    const float16 xc = fmax(x, (float16)(-127.0f));
+    const float16 t = xc + 12582912.0f;       /* 1.5 * 2^23: rounds xc to an integer */
+    const float16 f = xc - (t - 12582912.0f); /* in [-1/2, 1/2] */
+    float16 p = (float16)1.5403530393381606e-4f;
+    p = fma(p, f, (float16)1.3333558146428443e-3f);
+    p = fma(p, f, (float16)9.6181291076284772e-3f);
+    p = fma(p, f, (float16)5.5504108664821580e-2f);
+    p = fma(p, f, (float16)2.4022650695910071e-1f);
+    p = fma(p, f, (float16)6.9314718055994531e-1f);
+    p = fma(p, f, (float16)1.0f);
+    const int16 n = as_int16(t) - 0x4b400000; /* round(xc), from t's low mantissa bits */
+    const float16 r = as_float16(as_int16(p) + (n << 23));
+    return select(r, (float16)0.0f, xc < (float16)(-126.0f));
+}
