@@ -6,11 +6,13 @@
  * with one online-softmax rescale per tile. It serves decode (a few rows) and chunked
  * prefill (more row blocks per split) alike.
  *
- *   kv_partial  per (row block, split): running max m, sum l and unnormalised output
- *               acc over the split's keys into part_ml / part_o (see cl/decode.cl).
- *   kv_merge    per row: combine the splits by log-sum-exp into a dense output row
- *               (od, DVP floats; still rotated for TQ values) and LSE. kv_store_o
- *               (cl/kv_quant.cl) rotates it back and stores O.
+ *   kv_partial     per (row block, split): running max m, sum l and unnormalised output
+ *                  acc over the split's keys into part_ml / part_o (row width DVP), the
+ *                  split-KV skeleton of cl/splitkv.cl shared with decode.
+ *   splitkv_merge  (cl/splitkv.cl, built with -DSPLITKV_DENSE_OUT) per (d, row): combine
+ *                  the splits by log-sum-exp into a dense output row (od, DVP floats;
+ *                  still rotated for TQ values) and LSE. kv_store_o (cl/kv_quant.cl)
+ *                  rotates it back and stores O.
  *
  * Scores (K_FMT; layouts in src/kv_format.h):
  *   int8, tq   keys in 16-token tiles, coordinate-major: for each coordinate i one
@@ -635,18 +637,16 @@ __kernel void kv_partial(const __global float *qd, const __global uchar *kc,
             const float8 m8 = fmax(vm.lo, vm.hi);
             const float4 m4 = fmax(m8.lo, m8.hi);
             const float2 m2 = fmax(m4.lo, m4.hi);
-            const float mnew = fmax(m[r], fmax(m2.x, m2.y));
-            if (mnew == -INFINITY) { /* nothing visible yet: p = 0, never exp(-inf - -inf) */
+            const float corr = splitkv_rescale(&m[r], fmax(m2.x, m2.y));
+            if (m[r] == -INFINITY) { /* nothing visible yet: p = 0, never exp(-inf - -inf) */
                 vstore16((float16)(0.0f), 0, s[r]);
                 vstore16((float16)(0.0f), 1, s[r]);
                 continue;
             }
-            const float corr = exp(m[r] - mnew);
-            const float16 p0 = exp(s0 - (float16)(mnew)), p1 = exp(s1 - (float16)(mnew));
+            const float16 p0 = exp(s0 - (float16)(m[r])), p1 = exp(s1 - (float16)(m[r]));
             vstore16(p0, 0, s[r]);
             vstore16(p1, 1, s[r]);
             l[r] = fma(l[r], corr, kv_hsum(p0 + p1));
-            m[r] = mnew;
             for (int c = 0; c < NVC; c++) acc[r][c] *= corr;
 #if V_FMT == FMT_INT4
             for (int vb = 0; vb < NVB; vb++) accm[r][vb] *= corr;
@@ -737,43 +737,7 @@ __kernel void kv_partial(const __global float *qd, const __global uchar *kc,
 #else
         const long pr = ((b * Hq + hr[r]) * Lq + ir[r]) * nsplit + split;
 #endif
-        part_ml[pr * 2] = m[r];
-        part_ml[pr * 2 + 1] = l[r];
+        splitkv_store_ml(part_ml, pr, m[r], l[r]);
         for (int c = 0; c < NVC; c++) vstore16(acc[r][c], c, part_o + pr * DVP);
-    }
-}
-
-/* ---- Merge -------------------------------------------------------------------------
- * global (nrows): row = (b*Hq + h)*Lq + i. M = max m_s; w_s = exp(m_s - M) (a split
- * with m_s = -inf is skipped, never exp(-inf - -inf)); od = sum w_s acc_s / sum w_s l_s,
- * LSE = M + log(sum w_s l_s); a row with M = -inf gives 0 and -inf (SPEC §1). */
-__kernel void kv_merge(const __global float *part_o, const __global float *part_ml, long nsplit,
-                       long nrows, long Hq, long Lq, __global float *od, __global float *lse,
-                       long lse_off, long lse_s0, long lse_s1, long lse_s2)
-{
-    const long row = get_global_id(0);
-    if (row >= nrows) return;
-    const __global float *ml = part_ml + row * nsplit * 2;
-    float M = -INFINITY;
-    for (long s = 0; s < nsplit; s++) M = fmax(M, ml[s * 2]);
-    float L = 0.0f;
-    float16 acc[NVC];
-    for (int c = 0; c < NVC; c++) acc[c] = (float16)(0.0f);
-    if (M != -INFINITY) {
-        for (long s = 0; s < nsplit; s++) {
-            const float ms = ml[s * 2];
-            if (ms == -INFINITY) continue;
-            const float w = exp(ms - M);
-            L = fma(w, ml[s * 2 + 1], L);
-            const __global float *po = part_o + (row * nsplit + s) * DVP;
-            for (int c = 0; c < NVC; c++) acc[c] = fma((float16)(w), vload16(c, po), acc[c]);
-        }
-    }
-    const float inv = M == -INFINITY ? 0.0f : 1.0f / L;
-    for (int c = 0; c < NVC; c++) vstore16(acc[c] * inv, c, od + row * DVP);
-    if (lse) { /* LSE asked for (NULL otherwise) */
-        const long3 bhi = clattn_decode_row(row, Hq, Lq);
-        lse[lse_off + bhi.x * lse_s0 + bhi.y * lse_s1 + bhi.z * lse_s2] =
-            M == -INFINITY ? -INFINITY : M + log(L);
     }
 }

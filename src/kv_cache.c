@@ -568,7 +568,8 @@ static clattn_status run_kernels(clattn_context *ctx, const clattn__kv_src *c,
     /* partial attention over the splits */
     opts[0] = '\0';
     bool ok = clattn__mask_options(dp, opts, sizeof opts) &&
-              clattn__opts_add(opts, sizeof opts, " -DD=%lld -DDV=%lld -DK_FMT=%d -DV_FMT=%d -DROWS=%d -DKV_PREFETCH=%d",
+              clattn__opts_add(opts, sizeof opts, " -DD=%lld -DDV=%lld -DK_FMT=%d -DV_FMT=%d -DROWS=%d -DKV_PREFETCH=%d"
+                               " -DSPLITKV_DENSE_OUT",
                                (long long)p->D, (long long)p->Dv, (int)c->kf, (int)c->vf, pl.rows,
                                pl.prefetch);
     if (ok && c->paged)
@@ -577,7 +578,7 @@ static clattn_status run_kernels(clattn_context *ctx, const clattn__kv_src *c,
     CLATTN_RETURN_IF(ctx, !ok, CLATTN_ERROR_INTERNAL, "kv attention: build options too long");
     cl_kernel kp, km;
     CLATTN_FORWARD(clattn__kernel_get(ctx, "kv_attn.cl", opts, "kv_partial", &kp));
-    CLATTN_FORWARD(clattn__kernel_get(ctx, "kv_attn.cl", opts, "kv_merge", &km));
+    CLATTN_FORWARD(clattn__kernel_get(ctx, "kv_attn.cl", opts, "splitkv_merge", &km));
     clattn__dev_problem dpl = *dp; /* the cache's lengths play kv_lens */
     dpl.kv_lens.mem = c->paged ? c->indptr : c->lens; /* any int buffer when paged (unread) */
     dpl.kv_lens.off = 0;
@@ -632,12 +633,14 @@ static clattn_status run_kernels(clattn_context *ctx, const clattn__kv_src *c,
     CLATTN_FORWARD(CLATTN_ARG(ctx, km, &a, nrows));
     CLATTN_FORWARD(CLATTN_ARG(ctx, km, &a, Hq));
     CLATTN_FORWARD(CLATTN_ARG(ctx, km, &a, Lq));
+    const cl_long width = DVP; /* part_o's and od's row width */
+    CLATTN_FORWARD(CLATTN_ARG(ctx, km, &a, width));
     CLATTN_FORWARD(CLATTN_ARG(ctx, km, &a, s->od));
     CLATTN_FORWARD(CLATTN_ARG(ctx, km, &a, dp->lse.mem));
     CLATTN_FORWARD(CLATTN_ARG(ctx, km, &a, dp->lse.off));
     for (int i = 0; i < 3; i++) CLATTN_FORWARD(CLATTN_ARG(ctx, km, &a, dp->lse.st[i]));
-    const size_t gm[1] = {(size_t)rows_all};
-    CLATTN_FORWARD(clattn__enqueue(ctx, km, 1, gm, NULL, NULL));
+    const size_t gm[2] = {(size_t)DVP, (size_t)rows_all};
+    CLATTN_FORWARD(clattn__enqueue(ctx, km, 2, gm, NULL, NULL));
 
     /* O: rotated back for TQ values, stored in o's dtype and strides */
     rows_options(c, p, p->Dv, opts, sizeof opts);
@@ -719,7 +722,7 @@ clattn_status clattn__kv_attend(clattn_context *ctx, const clattn__kv_src *src,
     kv_scratch s;
     memset(&s, 0, sizeof s);
     cl_event ev = NULL;
-    /* LSE (kv_merge) is written before O (kv_store_o): with both, the caller's cl_mem
+    /* LSE (splitkv_merge) is written before O (kv_store_o): with both, the caller's cl_mem
      * outputs are shadowed so a failed second launch leaves them untouched (staging.c). */
     clattn__dev_problem sp;
     clattn__shadow sh;
