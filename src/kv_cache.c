@@ -540,8 +540,10 @@ static clattn_status run_kernels(clattn_context *ctx, const clattn__kv_src *c,
         } else {
             make_plan(ctx, p, (int)c->kf, Lmax, &pl);
         }
-        /* partial attention's program first: a form that fails to build gives way to the
-         * next form (tuning.c) before any scratch exists */
+        /* partial attention's program first: a GPU form that fails to build gives way to
+         * the CPU form (tuning.c remembers it) before any scratch exists. Not the other
+         * way round: the CPU form runs on every device, so its failure is reported (a
+         * CPU running the GPU form would take ~50x as long, docs/measurements.md). */
         opts[0] = '\0';
         bool ok = clattn__mask_options(dp, opts, sizeof opts) &&
                   clattn__opts_add(opts, sizeof opts, " -DD=%lld -DDV=%lld -DK_FMT=%d -DV_FMT=%d -DROWS=%d -DKV_PREFETCH=%d"
@@ -555,7 +557,7 @@ static clattn_status run_kernels(clattn_context *ctx, const clattn__kv_src *c,
             ok = clattn__opts_add(opts, sizeof opts, " -DKV_GPU=1 -DWG=%d -DKTILE=%d", pl.wg, pl.ktile);
         CLATTN_RETURN_IF(ctx, !ok, CLATTN_ERROR_INTERNAL, "kv attention: build options too long");
         const clattn_status bst = clattn__kernel_get(ctx, "kv_attn.cl", opts, "kv_partial", &kp);
-        if (bst == CLATTN_ERROR_BUILD_FAILED && clattn__tuning_form_failed(ctx, CLATTN__TP_KV, p, pl.form))
+        if (bst == CLATTN_ERROR_BUILD_FAILED && pl.form == 1 && clattn__tuning_form_failed(ctx, CLATTN__TP_KV, p, pl.form))
             continue;
         CLATTN_FORWARD(bst);
         break;
