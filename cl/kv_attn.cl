@@ -313,6 +313,55 @@ inline float kv_hsum(float16 v)
  * side, so independent FMA chains hide the FMA latency. */
 #define TU (ROWS >= 3 ? 1 : 4 / ROWS)
 
+/* ---- The setup both forms of kv_partial share ------------------------------------
+ * KV_SEQUENCE: sequence b's length len, its own query count Lqb and its slots' end (paged:
+ * also its pages and first packed query row q0). */
+#ifdef PAGED
+#define KV_SEQUENCE()                                                                      \
+    /* sequence b: its pages, length, and its own query rows (Lq is the longest count) */ \
+    const long pg0 = pg_indptr[b], npg = pg_indptr[b + 1] - pg0;                          \
+    const __global int *pg_idx = pg_indices + pg0;                                         \
+    const long len = npg > 0 ? (npg - 1) * PS + pg_last[b] : 0;                            \
+    const long q0 = qo_indptr[b], Lqb = qo_indptr[b + 1] - q0;                             \
+    const long slot_end = npg > 0 ? (npg - 1) * PT + pg_last[b] : 0
+#define KV_QROW(h, i) (((h) * Nq + q0 + (i)) * DP) /* packed rows [Hq, Nq] */
+#else
+#define KV_SEQUENCE()                                                                      \
+    const long len = clamp((long)kv_lens[kvl_off + b * kvl_st], 0L, Lk);                   \
+    const long Lqb = Lq, slot_end = len
+#define KV_QROW(h, i) (((b * Hq + (h)) * Lq + (i)) * DP)
+#endif
+/* KV_ROWS_SETUP: the block's rows r (row blk * ROWS + r of the group): query head hr,
+ * row ir (Lq marks an idle row: paged, not written), visible slots [lo, hi) within the
+ * split [c_lo, c_hi), ALiBi slope, dense query row qrow; jlo..jhi spans them all. */
+#define KV_ROWS_SETUP()                                                                    \
+    long hr[ROWS], ir[ROWS], lo[ROWS], hi[ROWS], qrow[ROWS];                               \
+    float slope[ROWS];                                                                     \
+    long jlo = c_hi, jhi = c_lo;                                                           \
+    for (int r = 0; r < ROWS; r++) {                                                       \
+        const long row = blk * ROWS + r;                                                   \
+        const long g0 = row / Lq;                                                          \
+        const bool active = row < nrows && row - g0 * Lq < Lqb;                            \
+        const long g = active ? g0 : 0;                                                    \
+        const long i = active ? row - g * Lq : 0;                                          \
+        hr[r] = kvh * group + g;                                                           \
+        ir[r] = active ? i : Lq;                                                           \
+        /* len already bounds the keys: no second key-length test */                       \
+        const long2 range = clattn_key_range(b, i, Lqb, len, causal, win_left, win_right, 0, \
+                                             kv_lens, kvl_off, kvl_st);                    \
+        /* the token range as slots: [slot of lo, slot of hi-1, plus one) */               \
+        const long s_lo = TOKEN_SLOT(range.x);                                             \
+        const long s_hi = range.y > range.x ? TOKEN_SLOT(range.y - 1) + 1 : s_lo;          \
+        lo[r] = active ? max(s_lo, c_lo) : c_hi;                                           \
+        hi[r] = active ? min(s_hi, c_hi) : c_lo;                                           \
+        if (lo[r] < hi[r]) {                                                               \
+            jlo = min(jlo, lo[r]);                                                         \
+            jhi = max(jhi, hi[r]);                                                         \
+        }                                                                                  \
+        slope[r] = active ? ALIBI_SLOPE(hr[r]) : 0.0f;                                     \
+        qrow[r] = KV_QROW(hr[r], i);                                                       \
+    }
+
 #ifndef KV_GPU
 #define KV_GPU 0
 #endif
@@ -336,17 +385,7 @@ __kernel void kv_partial(const __global float *qd, const __global uchar *kc,
     const long b = bk / Hkv;
     const long kvh = bk - b * Hkv;
     const long nrows = group * Lq;
-#ifdef PAGED
-    /* sequence b: its pages, length, and its own query rows (Lq is the longest count) */
-    const long pg0 = pg_indptr[b], npg = pg_indptr[b + 1] - pg0;
-    const __global int *pg_idx = pg_indices + pg0;
-    const long len = npg > 0 ? (npg - 1) * PS + pg_last[b] : 0;
-    const long q0 = qo_indptr[b], Lqb = qo_indptr[b + 1] - q0;
-    const long slot_end = npg > 0 ? (npg - 1) * PT + pg_last[b] : 0;
-#else
-    const long len = clamp((long)kv_lens[kvl_off + b * kvl_st], 0L, Lk);
-    const long Lqb = Lq, slot_end = len;
-#endif
+    KV_SEQUENCE();
     const long c_lo = split * chunk; /* slots (tokens when contiguous) */
     const long c_hi = min(slot_end, c_lo + chunk);
 
@@ -360,36 +399,7 @@ __kernel void kv_partial(const __global float *qd, const __global uchar *kc,
     const float16 ntable = (float16)(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
 #endif
 
-    long hr[ROWS], ir[ROWS], lo[ROWS], hi[ROWS], qrow[ROWS];
-    float slope[ROWS];
-    long jlo = c_hi, jhi = c_lo;
-    for (int r = 0; r < ROWS; r++) {
-        const long row = blk * ROWS + r;
-        const long g0 = row / Lq;
-        const bool active = row < nrows && row - g0 * Lq < Lqb;
-        const long g = active ? g0 : 0;
-        const long i = active ? row - g * Lq : 0;
-        hr[r] = kvh * group + g;
-        ir[r] = active ? i : Lq; /* Lq >= Lqb marks an idle row (paged: not written) */
-        /* len already bounds the keys: no second key-length test */
-        const long2 range = clattn_key_range(b, i, Lqb, len, causal, win_left, win_right, 0,
-                                             kv_lens, kvl_off, kvl_st);
-        /* the token range as slots: [slot of lo, slot of hi-1, plus one) */
-        const long s_lo = TOKEN_SLOT(range.x);
-        const long s_hi = range.y > range.x ? TOKEN_SLOT(range.y - 1) + 1 : s_lo;
-        lo[r] = active ? max(s_lo, c_lo) : c_hi;
-        hi[r] = active ? min(s_hi, c_hi) : c_lo;
-        if (lo[r] < hi[r]) {
-            jlo = min(jlo, lo[r]);
-            jhi = max(jhi, hi[r]);
-        }
-        slope[r] = active ? ALIBI_SLOPE(hr[r]) : 0.0f;
-#ifdef PAGED
-        qrow[r] = (hr[r] * Nq + q0 + i) * DP; /* packed rows [Hq, Nq] */
-#else
-        qrow[r] = ((b * Hq + hr[r]) * Lq + i) * DP;
-#endif
-    }
+    KV_ROWS_SETUP();
 #if K_FMT == FMT_F32 || K_FMT == FMT_F16 || K_FMT == FMT_INT4
     float16 qv[ROWS][NDC];
     for (int r = 0; r < ROWS; r++)
@@ -844,50 +854,15 @@ void kv_partial(const __global float *qd, const __global uchar *kc, const __glob
     const long b = bk / Hkv;
     const long kvh = bk - b * Hkv;
     const long nrows = group * Lq;
-#ifdef PAGED
-    const long pg0 = pg_indptr[b], npg = pg_indptr[b + 1] - pg0;
-    const __global int *pg_idx = pg_indices + pg0;
-    const long len = npg > 0 ? (npg - 1) * PS + pg_last[b] : 0;
-    const long q0 = qo_indptr[b], Lqb = qo_indptr[b + 1] - q0;
-    const long slot_end = npg > 0 ? (npg - 1) * PT + pg_last[b] : 0;
-#else
-    const long len = clamp((long)kv_lens[kvl_off + b * kvl_st], 0L, Lk);
-    const long Lqb = Lq, slot_end = len;
+    KV_SEQUENCE();
+#ifndef PAGED
     const __global uchar *kslab = kc + bk * k_rs;
     const __global uchar *vslab = vc + bk * v_rs;
 #endif
     const long c_lo = split * chunk;
     const long c_hi = min(slot_end, c_lo + chunk);
 
-    /* every work-item holds every row's identity and range (the CPU form's setup) */
-    long hr[ROWS], ir[ROWS], lo[ROWS], hi[ROWS], qrow[ROWS];
-    float slope[ROWS];
-    long jlo = c_hi, jhi = c_lo;
-    for (int r = 0; r < ROWS; r++) {
-        const long row = blk * ROWS + r;
-        const long g0 = row / Lq;
-        const bool active = row < nrows && row - g0 * Lq < Lqb;
-        const long g = active ? g0 : 0;
-        const long i = active ? row - g * Lq : 0;
-        hr[r] = kvh * group + g;
-        ir[r] = active ? i : Lq;
-        const long2 range = clattn_key_range(b, i, Lqb, len, causal, win_left, win_right, 0,
-                                             kv_lens, kvl_off, kvl_st);
-        const long s_lo = TOKEN_SLOT(range.x);
-        const long s_hi = range.y > range.x ? TOKEN_SLOT(range.y - 1) + 1 : s_lo;
-        lo[r] = active ? max(s_lo, c_lo) : c_hi;
-        hi[r] = active ? min(s_hi, c_hi) : c_lo;
-        if (lo[r] < hi[r]) {
-            jlo = min(jlo, lo[r]);
-            jhi = max(jhi, hi[r]);
-        }
-        slope[r] = active ? ALIBI_SLOPE(hr[r]) : 0.0f;
-#ifdef PAGED
-        qrow[r] = (hr[r] * Nq + q0 + i) * DP;
-#else
-        qrow[r] = ((b * Hq + hr[r]) * Lq + i) * DP;
-#endif
-    }
+    KV_ROWS_SETUP(); /* every work-item holds every row's identity and range */
     for (int x = t; x < ROWS * D; x += WG) {
         const int r = x / D, i = x - r * D;
         qs[r][i] = qd[qrow[r] + i];

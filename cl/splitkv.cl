@@ -55,31 +55,35 @@ inline void splitkv_store_ml(__global float *part_ml, long pr, float m, float l)
     } while (0)
 #endif
 
-/* global (W, nrows): merge the splits of column d of each row. */
+/* global (NC, nrows): work-item c merges columns c, c + NC, ... of its row (decode: NC =
+ * W, a column each; the KV cache: a few work-items per row), M and L found once. */
 __kernel void splitkv_merge(const __global float *part_o, const __global float *part_ml,
                             long nsplit, long nrows, long Hq, long Lq, long W,
                             SPLITKV_OUT_PARAMS, __global float *lse, long lse_off, long lse_s0,
                             long lse_s1, long lse_s2)
 {
-    const long d = get_global_id(0);
+    const long c = get_global_id(0), nc = get_global_size(0);
     const long row = get_global_id(1);
-    if (d >= W || row >= nrows) return;
+    if (c >= W || row >= nrows) return;
     const __global float *ml = part_ml + row * nsplit * 2;
     float M = -INFINITY;
     for (long s = 0; s < nsplit; s++) M = fmax(M, ml[s * 2]);
-    float L = 0.0f, acc = 0.0f;
-    if (M != -INFINITY) {
-        for (long s = 0; s < nsplit; s++) {
-            const float ms = ml[s * 2];
-            if (ms == -INFINITY) continue; /* this split saw no key of the row */
-            const float w = exp(ms - M);
-            L = fma(w, ml[s * 2 + 1], L);
-            acc = fma(w, part_o[(row * nsplit + s) * W + d], acc);
-        }
-    }
+    float L = 0.0f;
+    if (M != -INFINITY)
+        for (long s = 0; s < nsplit; s++)
+            if (ml[s * 2] != -INFINITY) L = fma(exp(ml[s * 2] - M), ml[s * 2 + 1], L);
     const long3 bhi = clattn_decode_row(row, Hq, Lq);
-    SPLITKV_STORE(row, bhi, d, M == -INFINITY ? 0.0f : acc / L);
-    if (lse && d == 0) /* LSE asked for (NULL otherwise) */
+    for (long d = c; d < W; d += nc) {
+        float acc = 0.0f;
+        if (M != -INFINITY)
+            for (long s = 0; s < nsplit; s++) {
+                const float ms = ml[s * 2];
+                if (ms == -INFINITY) continue; /* this split saw no key of the row */
+                acc = fma(exp(ms - M), part_o[(row * nsplit + s) * W + d], acc);
+            }
+        SPLITKV_STORE(row, bhi, d, M == -INFINITY ? 0.0f : acc / L);
+    }
+    if (lse && c == 0) /* LSE asked for (NULL otherwise) */
         lse[lse_off + bhi.x * lse_s0 + bhi.y * lse_s1 + bhi.z * lse_s2] =
             M == -INFINITY ? -INFINITY : M + log(L);
 }

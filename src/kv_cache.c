@@ -672,7 +672,9 @@ static clattn_status run_kernels(clattn_context *ctx, const clattn__kv_src *c,
     CLATTN_FORWARD(CLATTN_ARG(ctx, km, &a, dp->lse.mem));
     CLATTN_FORWARD(CLATTN_ARG(ctx, km, &a, dp->lse.off));
     for (int i = 0; i < 3; i++) CLATTN_FORWARD(CLATTN_ARG(ctx, km, &a, dp->lse.st[i]));
-    const size_t gm[2] = {(size_t)DVP, (size_t)rows_all};
+    /* 16 work-items per row, DVP / 16 columns each: a work-group's items share the row's
+     * (m, l) and PoCL vectorises across them */
+    const size_t gm[2] = {16, (size_t)rows_all};
     CLATTN_FORWARD(clattn__enqueue(ctx, km, 2, gm, NULL, NULL));
 
     /* O: rotated back for TQ values, stored in o's dtype and strides */
