@@ -113,7 +113,7 @@ else
 fi
 
 # ---- The GPU forms against the reference, each forced through a tuning file -----------
-# fused: gpu, gpu-mm; decode: gpu. clattn check's quick suite covers every SPEC rule.
+# fused: gpu, gpu-mm; decode: gpu; the KV cache's gpu form through its tests. clattn check's quick suite covers every SPEC rule.
 form_file() { # PATH FORM -> a tuning file naming FORM on any device, per head class with
     # tiles that are legal in 32 KiB of local memory (clattn shrinks them further to fit)
     local f=$out/form-$1-$2.json sep="" head params
@@ -151,6 +151,26 @@ for pf in fused:gpu fused:gpu-mm decode:gpu; do
     used=$(grep -c "$pat" "$log" || true)
     step "check-$p-$form" "$st" "$(tail -1 "$log" | tr '\t' ' ') [$used calls logged the form]"
 done
+# the KV cache's and pool's GPU form (forced) against the float64 reference, every
+# format: their cmocka tests, built beside clattn when this script builds it (cmocka
+# from .gpu/deb); a given GPU_CHECK_EXE has no tests beside it
+if [ -n "${build:-}" ]; then
+    tb=${build}-tests
+    log=$out/check-kv-gpu.txt
+    if { cmake -S "$src" -B "$tb" -DCMAKE_BUILD_TYPE=Release -DCLATTN_BUILD_TESTS=ON -DCLATTN_WITH_CLBLAST=OFF &&
+        cmake --build "$tb" -j "$jobs" --target test_kv_cache test_kv_pool; } >"$out/build-tests.log" 2>&1; then
+        st=ok
+        for t in test_kv_cache test_kv_pool; do
+            CLATTN_DEVICE=$dev CLATTN_LOG=1 timeout 240 "$(find "$tb" -type f -name $t -perm -u+x | head -1)" \
+                "test_gpu_form_*" >>"$log" 2>&1 || st=failed
+        done
+        step check-kv-gpu "$st" "$(grep -c 'PASSED' "$log" || true) of 2 test programs passed [$(grep -c 'form gpu' "$log" || true) calls logged the form]"
+    else
+        step check-kv-gpu failed "the tests did not build: see build-tests.log"
+    fi
+else
+    step check-kv-gpu skipped "GPU_CHECK_EXE given: no tests built"
+fi
 # the whole suite (quick mode: the quick one) on the forms the device's own rows choose
 full="--full"
 [ "$quick" = 1 ] && full=""

@@ -2,20 +2,14 @@
  * bound). Decode reads every key once and does little arithmetic per byte, so it is
  * bound by memory bandwidth: the keys are split across work-groups to keep every core
  * busy, and each (batch, KV head, split) is read once for ALL query rows of its GQA
- * group (group * Lq rows). Two kernels:
+ * group (group * Lq rows). The split step, the partial layout and the merge kernel
+ * (splitkv_merge) are the split-KV skeleton of cl/splitkv.cl, shared with the KV cache:
  *
  *   decode_partial  one (b, kvh, split, block of ROWS rows of the group) per work-item
  *                   (DEC_GPU 0) or per work-group (DEC_GPU 1); writes for each row its
- *                   running max m, sum l = sum exp(s - m) and unnormalised output
- *                   acc = sum exp(s - m) v over the split's keys to scratch:
- *                     part_ml[(row * nsplit + split) * 2 + {0, 1}] = m, l
- *                     part_o [(row * nsplit + split) * DV + d]     = acc[d]
- *                   row = (b * Hq + h) * Lq + i. A split where a row sees no key writes
- *                   m = -inf, l = 0, acc = 0.
- *   decode_merge    one work-item per (d, row): M = max m_s, w_s = exp(m_s - M) (0 for a
- *                   split with m_s = -inf, never exp(-inf - -inf)), O = sum w_s acc_s /
- *                   sum w_s l_s, LSE = M + log(sum w_s l_s); M = -inf gives O = 0 and
- *                   LSE = -inf (SPEC §1).
+ *                   running max m, sum l and unnormalised output acc over the split's
+ *                   keys to part_ml / part_o (row width W = DV), row = (b * Hq + h) * Lq + i.
+ *   splitkv_merge   one work-item per (d, row): the log-sum-exp merge into O and LSE.
  *
  * Two forms of decode_partial, chosen on the host from the device (tuning data):
  *   CPU (DEC_GPU 0): one work-item per block of ROWS rows; no local memory, no barriers.
@@ -275,22 +269,20 @@ __kernel void decode_partial(TENSOR_PARAMS(const __global Q_T *, q),
                 sv[u] = VLOAD(u, s[r]);
                 vmax = fmax(vmax, sv[u]);
             }
-            const float mnew = fmax(m[r], dec_hmax(vmax));
-            if (mnew == -INFINITY) {
+            const float corr = splitkv_rescale(&m[r], dec_hmax(vmax));
+            if (m[r] == -INFINITY) {
 #pragma unroll
                 for (int u = 0; u < KTILE / VW; u++) CLATTN_CAT(vstore, VW)((FV)(0.0f), u, s[r]);
                 continue;
             }
-            const float corr = exp(m[r] - mnew);
             FV sum = (FV)(0.0f);
 #pragma unroll
             for (int u = 0; u < KTILE / VW; u++) {
-                const FV pv = exp(sv[u] - (FV)(mnew));
+                const FV pv = exp(sv[u] - (FV)(m[r]));
                 sum += pv;
                 CLATTN_CAT(vstore, VW)(pv, u, s[r]);
             }
             l[r] = fma(l[r], corr, dec_hsum(sum));
-            m[r] = mnew;
 #pragma unroll
             for (int c = 0; c < NVC; c++) acc[r][c] *= corr;
         }
@@ -308,8 +300,7 @@ __kernel void decode_partial(TENSOR_PARAMS(const __global Q_T *, q),
     for (int r = 0; r < ROWS; r++) {
         if (blk * ROWS + r >= nrows) break;
         const long pr = DEC_PART_ROW(b, hr[r], ir[r]) * nsplit + split;
-        part_ml[pr * 2] = m[r];
-        part_ml[pr * 2 + 1] = l[r];
+        splitkv_store_ml(part_ml, pr, m[r], l[r]);
         __global float *po = part_o + pr * DV;
         for (int c = 0; c < NVC; c++) {
             if ((c + 1) * VW <= DV) {
@@ -503,15 +494,13 @@ void decode_partial(TENSOR_PARAMS(const __global Q_T *, q),
          * exp(-inf - -inf) is never evaluated */
         float corr[ROWS], psum[ROWS];
         for (int r = 0; r < ROWS; r++) {
-            const float mnew = fmax(m[r], red[r][0]);
-            corr[r] = mnew == -INFINITY ? 1.0f : exp(m[r] - mnew);
+            corr[r] = splitkv_rescale(&m[r], red[r][0]);
             psum[r] = 0.0f;
             for (int kk = t; kk < KTILE; kk += WG) {
-                const float p = mnew == -INFINITY ? 0.0f : exp(ss[r][kk] - mnew);
+                const float p = m[r] == -INFINITY ? 0.0f : exp(ss[r][kk] - m[r]);
                 ss[r][kk] = p;
                 psum[r] += p;
             }
-            m[r] = mnew;
         }
         barrier(CLK_LOCAL_MEM_FENCE); /* every red[r][0] read before it is overwritten */
         for (int r = 0; r < ROWS; r++) red[r][t] = psum[r];
@@ -555,10 +544,7 @@ void decode_partial(TENSOR_PARAMS(const __global Q_T *, q),
     for (int r = 0; r < ROWS; r++) {
         if (blk * ROWS + r >= nrows) break; /* uniform across the work-group */
         const long pr = DEC_PART_ROW(b, h_s[r], i_s[r]) * nsplit + split;
-        if (t == 0) {
-            part_ml[pr * 2] = m[r];
-            part_ml[pr * 2 + 1] = l[r];
-        }
+        if (t == 0) splitkv_store_ml(part_ml, pr, m[r], l[r]);
         barrier(CLK_LOCAL_MEM_FENCE);
         for (int u = 0; u < NU; u++) red4[u][t] = acc[r][u];
         barrier(CLK_LOCAL_MEM_FENCE);
@@ -578,34 +564,3 @@ void decode_partial(TENSOR_PARAMS(const __global Q_T *, q),
     }
 }
 #endif
-
-/* global (DV, B*Hq*Lq): merge the splits of each row into O (and LSE). */
-__kernel void decode_merge(const __global float *part_o, const __global float *part_ml,
-                           long nsplit, long nrows, long Hq, long Lq,
-                           TENSOR_PARAMS(__global O_T *, o), __global float *lse, long lse_off,
-                           long lse_s0, long lse_s1, long lse_s2)
-{
-    const long d = get_global_id(0);
-    const long row = get_global_id(1);
-    if (d >= DV || row >= nrows) return;
-    const __global float *ml = part_ml + row * nsplit * 2;
-    float M = -INFINITY;
-    for (long s = 0; s < nsplit; s++) M = fmax(M, ml[s * 2]);
-    float L = 0.0f, acc = 0.0f;
-    if (M != -INFINITY) {
-        for (long s = 0; s < nsplit; s++) {
-            const float ms = ml[s * 2];
-            if (ms == -INFINITY) continue; /* this split saw no key of the row */
-            const float w = exp(ms - M);
-            L = fma(w, ml[s * 2 + 1], L);
-            acc = fma(w, part_o[(row * nsplit + s) * DV + d], acc);
-        }
-    }
-    const long3 bhi = clattn_decode_row(row, Hq, Lq);
-    const long b = bhi.x, h = bhi.y, i = bhi.z;
-    STORE_O(o, o_off + b * o_s0 + h * o_s1 + i * o_s2 + d * o_s3, M == -INFINITY ? 0.0f : acc / L);
-    if (lse) { /* LSE asked for (NULL otherwise) */
-        if (d == 0)
-            lse[lse_off + b * lse_s0 + h * lse_s1 + i * lse_s2] = M == -INFINITY ? -INFINITY : M + log(L);
-    }
-}

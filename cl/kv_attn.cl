@@ -6,11 +6,13 @@
  * with one online-softmax rescale per tile. It serves decode (a few rows) and chunked
  * prefill (more row blocks per split) alike.
  *
- *   kv_partial  per (row block, split): running max m, sum l and unnormalised output
- *               acc over the split's keys into part_ml / part_o (see cl/decode.cl).
- *   kv_merge    per row: combine the splits by log-sum-exp into a dense output row
- *               (od, DVP floats; still rotated for TQ values) and LSE. kv_store_o
- *               (cl/kv_quant.cl) rotates it back and stores O.
+ *   kv_partial     per (row block, split): running max m, sum l and unnormalised output
+ *                  acc over the split's keys into part_ml / part_o (row width DVP), the
+ *                  split-KV skeleton of cl/splitkv.cl shared with decode.
+ *   splitkv_merge  (cl/splitkv.cl, built with -DSPLITKV_DENSE_OUT) per (d, row): combine
+ *                  the splits by log-sum-exp into a dense output row (od, DVP floats;
+ *                  still rotated for TQ values) and LSE. kv_store_o (cl/kv_quant.cl)
+ *                  rotates it back and stores O.
  *
  * Scores (K_FMT; layouts in src/kv_format.h):
  *   int8, tq   keys in 16-token tiles, coordinate-major: for each coordinate i one
@@ -38,7 +40,8 @@
  * prelude's kv_lens), and positions are aligned per entry: i' = i + len[b] - Lq. The
  * prelude's Lk argument is max_b len[b], the extent of a mask's last dimension.
  *
- * Build options (besides the prelude's): D, DV, K_FMT, V_FMT, ROWS, KV_PREFETCH.
+ * Build options (besides the prelude's): D, DV, K_FMT, V_FMT, ROWS, KV_PREFETCH (CPU form);
+ * KV_GPU 1 selects the GPU form (below), with WG work-items and KTILE keys per tile.
  * Measured on the 2-core Xeon (AVX-512) with PoCL 3.1: see src/kv_cache.c.
  *
  * Paged pools (-DPAGED -DPS=<page size> -DPT=<slots per page>, src/kv_pool.c): the same
@@ -310,6 +313,59 @@ inline float kv_hsum(float16 v)
  * side, so independent FMA chains hide the FMA latency. */
 #define TU (ROWS >= 3 ? 1 : 4 / ROWS)
 
+/* ---- The setup both forms of kv_partial share ------------------------------------
+ * KV_SEQUENCE: sequence b's length len, its own query count Lqb and its slots' end (paged:
+ * also its pages and first packed query row q0). */
+#ifdef PAGED
+#define KV_SEQUENCE()                                                                      \
+    /* sequence b: its pages, length, and its own query rows (Lq is the longest count) */ \
+    const long pg0 = pg_indptr[b], npg = pg_indptr[b + 1] - pg0;                          \
+    const __global int *pg_idx = pg_indices + pg0;                                         \
+    const long len = npg > 0 ? (npg - 1) * PS + pg_last[b] : 0;                            \
+    const long q0 = qo_indptr[b], Lqb = qo_indptr[b + 1] - q0;                             \
+    const long slot_end = npg > 0 ? (npg - 1) * PT + pg_last[b] : 0
+#define KV_QROW(h, i) (((h) * Nq + q0 + (i)) * DP) /* packed rows [Hq, Nq] */
+#else
+#define KV_SEQUENCE()                                                                      \
+    const long len = clamp((long)kv_lens[kvl_off + b * kvl_st], 0L, Lk);                   \
+    const long Lqb = Lq, slot_end = len
+#define KV_QROW(h, i) (((b * Hq + (h)) * Lq + (i)) * DP)
+#endif
+/* KV_ROWS_SETUP: the block's rows r (row blk * ROWS + r of the group): query head hr,
+ * row ir (Lq marks an idle row: paged, not written), visible slots [lo, hi) within the
+ * split [c_lo, c_hi), ALiBi slope, dense query row qrow; jlo..jhi spans them all. */
+#define KV_ROWS_SETUP()                                                                    \
+    long hr[ROWS], ir[ROWS], lo[ROWS], hi[ROWS], qrow[ROWS];                               \
+    float slope[ROWS];                                                                     \
+    long jlo = c_hi, jhi = c_lo;                                                           \
+    for (int r = 0; r < ROWS; r++) {                                                       \
+        const long row = blk * ROWS + r;                                                   \
+        const long g0 = row / Lq;                                                          \
+        const bool active = row < nrows && row - g0 * Lq < Lqb;                            \
+        const long g = active ? g0 : 0;                                                    \
+        const long i = active ? row - g * Lq : 0;                                          \
+        hr[r] = kvh * group + g;                                                           \
+        ir[r] = active ? i : Lq;                                                           \
+        /* len already bounds the keys: no second key-length test */                       \
+        const long2 range = clattn_key_range(b, i, Lqb, len, causal, win_left, win_right, 0, \
+                                             kv_lens, kvl_off, kvl_st);                    \
+        /* the token range as slots: [slot of lo, slot of hi-1, plus one) */               \
+        const long s_lo = TOKEN_SLOT(range.x);                                             \
+        const long s_hi = range.y > range.x ? TOKEN_SLOT(range.y - 1) + 1 : s_lo;          \
+        lo[r] = active ? max(s_lo, c_lo) : c_hi;                                           \
+        hi[r] = active ? min(s_hi, c_hi) : c_lo;                                           \
+        if (lo[r] < hi[r]) {                                                               \
+            jlo = min(jlo, lo[r]);                                                         \
+            jhi = max(jhi, hi[r]);                                                         \
+        }                                                                                  \
+        slope[r] = active ? ALIBI_SLOPE(hr[r]) : 0.0f;                                     \
+        qrow[r] = KV_QROW(hr[r], i);                                                       \
+    }
+
+#ifndef KV_GPU
+#define KV_GPU 0
+#endif
+#if !KV_GPU
 /* ---- Partial attention -------------------------------------------------------------
  * global (nblk, nsplit, B*Hkv), local (nblk, 1, 1) when it fits.
  *   qd       dense query rows [B*Hq*Lq, DP] (rotated for TQ keys)
@@ -329,17 +385,7 @@ __kernel void kv_partial(const __global float *qd, const __global uchar *kc,
     const long b = bk / Hkv;
     const long kvh = bk - b * Hkv;
     const long nrows = group * Lq;
-#ifdef PAGED
-    /* sequence b: its pages, length, and its own query rows (Lq is the longest count) */
-    const long pg0 = pg_indptr[b], npg = pg_indptr[b + 1] - pg0;
-    const __global int *pg_idx = pg_indices + pg0;
-    const long len = npg > 0 ? (npg - 1) * PS + pg_last[b] : 0;
-    const long q0 = qo_indptr[b], Lqb = qo_indptr[b + 1] - q0;
-    const long slot_end = npg > 0 ? (npg - 1) * PT + pg_last[b] : 0;
-#else
-    const long len = clamp((long)kv_lens[kvl_off + b * kvl_st], 0L, Lk);
-    const long Lqb = Lq, slot_end = len;
-#endif
+    KV_SEQUENCE();
     const long c_lo = split * chunk; /* slots (tokens when contiguous) */
     const long c_hi = min(slot_end, c_lo + chunk);
 
@@ -353,36 +399,7 @@ __kernel void kv_partial(const __global float *qd, const __global uchar *kc,
     const float16 ntable = (float16)(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
 #endif
 
-    long hr[ROWS], ir[ROWS], lo[ROWS], hi[ROWS], qrow[ROWS];
-    float slope[ROWS];
-    long jlo = c_hi, jhi = c_lo;
-    for (int r = 0; r < ROWS; r++) {
-        const long row = blk * ROWS + r;
-        const long g0 = row / Lq;
-        const bool active = row < nrows && row - g0 * Lq < Lqb;
-        const long g = active ? g0 : 0;
-        const long i = active ? row - g * Lq : 0;
-        hr[r] = kvh * group + g;
-        ir[r] = active ? i : Lq; /* Lq >= Lqb marks an idle row (paged: not written) */
-        /* len already bounds the keys: no second key-length test */
-        const long2 range = clattn_key_range(b, i, Lqb, len, causal, win_left, win_right, 0,
-                                             kv_lens, kvl_off, kvl_st);
-        /* the token range as slots: [slot of lo, slot of hi-1, plus one) */
-        const long s_lo = TOKEN_SLOT(range.x);
-        const long s_hi = range.y > range.x ? TOKEN_SLOT(range.y - 1) + 1 : s_lo;
-        lo[r] = active ? max(s_lo, c_lo) : c_hi;
-        hi[r] = active ? min(s_hi, c_hi) : c_lo;
-        if (lo[r] < hi[r]) {
-            jlo = min(jlo, lo[r]);
-            jhi = max(jhi, hi[r]);
-        }
-        slope[r] = active ? ALIBI_SLOPE(hr[r]) : 0.0f;
-#ifdef PAGED
-        qrow[r] = (hr[r] * Nq + q0 + i) * DP; /* packed rows [Hq, Nq] */
-#else
-        qrow[r] = ((b * Hq + hr[r]) * Lq + i) * DP;
-#endif
-    }
+    KV_ROWS_SETUP();
 #if K_FMT == FMT_F32 || K_FMT == FMT_F16 || K_FMT == FMT_INT4
     float16 qv[ROWS][NDC];
     for (int r = 0; r < ROWS; r++)
@@ -635,18 +652,16 @@ __kernel void kv_partial(const __global float *qd, const __global uchar *kc,
             const float8 m8 = fmax(vm.lo, vm.hi);
             const float4 m4 = fmax(m8.lo, m8.hi);
             const float2 m2 = fmax(m4.lo, m4.hi);
-            const float mnew = fmax(m[r], fmax(m2.x, m2.y));
-            if (mnew == -INFINITY) { /* nothing visible yet: p = 0, never exp(-inf - -inf) */
+            const float corr = splitkv_rescale(&m[r], fmax(m2.x, m2.y));
+            if (m[r] == -INFINITY) { /* nothing visible yet: p = 0, never exp(-inf - -inf) */
                 vstore16((float16)(0.0f), 0, s[r]);
                 vstore16((float16)(0.0f), 1, s[r]);
                 continue;
             }
-            const float corr = exp(m[r] - mnew);
-            const float16 p0 = exp(s0 - (float16)(mnew)), p1 = exp(s1 - (float16)(mnew));
+            const float16 p0 = exp(s0 - (float16)(m[r])), p1 = exp(s1 - (float16)(m[r]));
             vstore16(p0, 0, s[r]);
             vstore16(p1, 1, s[r]);
             l[r] = fma(l[r], corr, kv_hsum(p0 + p1));
-            m[r] = mnew;
             for (int c = 0; c < NVC; c++) acc[r][c] *= corr;
 #if V_FMT == FMT_INT4
             for (int vb = 0; vb < NVB; vb++) accm[r][vb] *= corr;
@@ -737,43 +752,201 @@ __kernel void kv_partial(const __global float *qd, const __global uchar *kc,
 #else
         const long pr = ((b * Hq + hr[r]) * Lq + ir[r]) * nsplit + split;
 #endif
-        part_ml[pr * 2] = m[r];
-        part_ml[pr * 2 + 1] = l[r];
+        splitkv_store_ml(part_ml, pr, m[r], l[r]);
         for (int c = 0; c < NVC; c++) vstore16(acc[r][c], c, part_o + pr * DVP);
     }
 }
 
-/* ---- Merge -------------------------------------------------------------------------
- * global (nrows): row = (b*Hq + h)*Lq + i. M = max m_s; w_s = exp(m_s - M) (a split
- * with m_s = -inf is skipped, never exp(-inf - -inf)); od = sum w_s acc_s / sum w_s l_s,
- * LSE = M + log(sum w_s l_s); a row with M = -inf gives 0 and -inf (SPEC §1). */
-__kernel void kv_merge(const __global float *part_o, const __global float *part_ml, long nsplit,
-                       long nrows, long Hq, long Lq, __global float *od, __global float *lse,
-                       long lse_off, long lse_s0, long lse_s1, long lse_s2)
+#else
+/* ---- Partial attention, GPU form (KV_GPU 1) -----------------------------------------
+ * global (WG * nblk, nsplit, B*Hkv), local (WG, 1, 1): one work-group per (block of ROWS
+ * query rows of the GQA group, split, (b, kvh)), the arguments as in the CPU form. The
+ * split is walked KTILE slots at a time. The work-items dequantize the tile's keys and
+ * values into local memory once, element by element (kv_key_at / kv_val_at, any format,
+ * contiguous or paged), so every row of the group reads them from there; they then score
+ * (row, key) pairs from local memory; every work-item runs the same online-softmax step
+ * (splitkv_rescale) on its private m and l, reading the row's KTILE scores (a few local
+ * reads replace tree reductions at these tile sizes); and P·V gives work-item t the
+ * columns t, t + WG, ... of every row. Four barriers per tile. Local memory:
+ * 4 (ROWS D + KTILE (D + DV) + ROWS KTILE) bytes (clattn__kv_gpu_local_bytes).
+ * Arithmetic differs from the CPU form only in order: a key is dequantized and then
+ * multiplied by q (the CPU form folds the scales in after the dot product).
+ */
+#ifndef WG
+#define WG 64
+#endif
+#ifndef KTILE
+#define KTILE 16
+#endif
+
+/* Lane l's code of a 16-lane TQ or INT4 word at w (layouts in src/kv_format.h), reading
+ * only the bytes of the word. */
+inline int kv_code_at(const __global uchar *w, int bits, int l)
 {
-    const long row = get_global_id(0);
-    if (row >= nrows) return;
-    const __global float *ml = part_ml + row * nsplit * 2;
-    float M = -INFINITY;
-    for (long s = 0; s < nsplit; s++) M = fmax(M, ml[s * 2]);
-    float L = 0.0f;
-    float16 acc[NVC];
-    for (int c = 0; c < NVC; c++) acc[c] = (float16)(0.0f);
-    if (M != -INFINITY) {
-        for (long s = 0; s < nsplit; s++) {
-            const float ms = ml[s * 2];
-            if (ms == -INFINITY) continue;
-            const float w = exp(ms - M);
-            L = fma(w, ml[s * 2 + 1], L);
-            const __global float *po = part_o + (row * nsplit + s) * DVP;
-            for (int c = 0; c < NVC; c++) acc[c] = fma((float16)(w), vload16(c, po), acc[c]);
+    if (bits == 4) return (w[4 * (l & 1) + (l >> 2)] >> (4 * ((l >> 1) & 1))) & 15;
+    if (bits == 3) {
+        const int sh = 24 * (l & 1) + 3 * (l >> 1), byte = sh >> 3, bit = sh & 7;
+        const uint x = bit <= 5 ? (uint)w[byte] >> bit : ((uint)w[byte] >> bit) | ((uint)w[byte + 1] << (8 - bit));
+        return (int)(x & 7u);
+    }
+    return (w[l >> 2] >> (2 * (l & 3))) & 3;
+}
+
+/* Coordinate i of the key in slot j, as a float in the stored (rotated for TQ) basis. */
+#if K_FMT == FMT_F32
+#define KV_KEY_AT(j, i) (((const __global float *)K_ROWP(j))[i])
+#elif K_FMT == FMT_F16
+#define KV_KEY_AT(j, i) kv_h2f(K_ROWP(j) + 2 * (i))
+#elif K_FMT == FMT_INT8
+#define KV_KEY_AT(j, i) kv_key_int8(K_TILE(j), (int)(IN_PAGE(j) & 15), (i))
+inline float kv_key_int8(const __global uchar *tile, int l, int i)
+{
+    return kv_h2f(tile + 32 * (i >> 5) + 2 * l) * (float)((const __global char *)(tile + 32 * NKB))[16 * i + l];
+}
+#elif K_FMT == FMT_INT4
+#define KV_KEY_AT(j, i) kv_key_int4(K_GROUP(j), (int)(IN_PAGE(j) & (KT - 1)), (i))
+inline float kv_key_int4(const __global uchar *gk, int u, int i)
+{
+    return fma(kv_h2f(gk + 2 * i), (float)kv_code_at(gk + 4 * D + 16 * i + 8 * (u >> 4), 4, u & 15),
+               kv_h2f(gk + 2 * D + 2 * i));
+}
+#else
+#define KV_KEY_AT(j, i) kv_key_tq(K_TILE(j), (int)(IN_PAGE(j) & 15), (i), ktab)
+inline float kv_key_tq(const __global uchar *tile, int l, int i, const __global float *tab)
+{
+    return kv_h2f(tile + 2 * l) * tab[kv_code_at(tile + 32 + TQ_GB(K_FMT) * i, TQ_BITS(K_FMT), l)];
+}
+#endif
+
+/* Column d < DV of the value in slot j: token t of its value tile vt, codes at cr. */
+inline float kv_val_at(const __global uchar *vt, int t, int d, const __global float *tab)
+{
+    const __global uchar *cr = vt + 32 * VNS + t * VCB;
+#if V_FMT == FMT_F32
+    return ((const __global float *)cr)[d];
+#elif V_FMT == FMT_F16
+    return kv_h2f(cr + 2 * d);
+#elif V_FMT == FMT_INT8
+    return kv_h2f(vt + 32 * (d >> 5) + 2 * t) * (float)((const __global char *)cr)[d];
+#elif V_FMT == FMT_INT4
+    return fma(kv_h2f(vt + 32 * (d >> 5) + 2 * t), (float)kv_code_at(cr + 8 * (d >> 4), 4, d & 15),
+               kv_h2f(vt + 32 * (NVB + (d >> 5)) + 2 * t));
+#else
+    return kv_h2f(vt + 2 * t) * tab[kv_code_at(cr + TQ_GB(V_FMT) * (d >> 4), TQ_BITS(V_FMT), d & 15)];
+#endif
+}
+
+__kernel __attribute__((reqd_work_group_size(WG, 1, 1)))
+void kv_partial(const __global float *qd, const __global uchar *kc, const __global uchar *vc,
+                long k_rs, long k_row, long v_rs, long v_row, const __global float *ktab,
+                const __global float *vtab, __global float *part_o, __global float *part_ml, long Hq,
+                long Hkv, long group, long nsplit, long chunk, PAGED_PARAMS MASK_PARAMS)
+{
+    __local float qs[ROWS][D];
+    __local float ks[KTILE][D];
+    __local float vs[KTILE][DV];
+    __local float ss[ROWS][KTILE]; /* scores, then probabilities, of the tile */
+
+    const int t = (int)get_local_id(0);
+    const long blk = get_group_id(0);
+    const long split = get_global_id(1);
+    const long bk = get_global_id(2);
+    const long b = bk / Hkv;
+    const long kvh = bk - b * Hkv;
+    const long nrows = group * Lq;
+    KV_SEQUENCE();
+#ifndef PAGED
+    const __global uchar *kslab = kc + bk * k_rs;
+    const __global uchar *vslab = vc + bk * v_rs;
+#endif
+    const long c_lo = split * chunk;
+    const long c_hi = min(slot_end, c_lo + chunk);
+
+    KV_ROWS_SETUP(); /* every work-item holds every row's identity and range */
+    for (int x = t; x < ROWS * D; x += WG) {
+        const int r = x / D, i = x - r * D;
+        qs[r][i] = qd[qrow[r] + i];
+    }
+
+    float m[ROWS], l[ROWS];
+#define NU ((DVP + WG - 1) / WG) /* columns per work-item */
+    float acc[ROWS][NU];
+    for (int r = 0; r < ROWS; r++) {
+        m[r] = -INFINITY;
+        l[r] = 0.0f;
+        for (int u = 0; u < NU; u++) acc[r][u] = 0.0f;
+    }
+
+    for (long j0 = jlo; j0 < jhi; j0 += KTILE) {
+        const int nt = (int)min((long)KTILE, jhi - j0);
+        barrier(CLK_LOCAL_MEM_FENCE); /* qs written; the previous tile's ks, vs, ss used up */
+        for (int x = t; x < KTILE * D; x += WG) {
+            const int kk = x / D, i = x - kk * D;
+            ks[kk][i] = kk < nt && SLOT_USED(j0 + kk) ? KV_KEY_AT(j0 + kk, i) : 0.0f;
+        }
+        for (int x = t; x < KTILE * DV; x += WG) {
+            const int kk = x / DV, d = x - kk * DV;
+            const long j = j0 + kk;
+            vs[kk][d] = kk < nt && SLOT_USED(j) ? kv_val_at(V_TILE(j), (int)(IN_PAGE(j) & 15), d, vtab) : 0.0f;
+        }
+        barrier(CLK_LOCAL_MEM_FENCE);
+        for (int x = t; x < ROWS * KTILE; x += WG) {
+            const int r = x / KTILE, kk = x - r * KTILE;
+            const long j = j0 + kk; /* a slot; the token SLOT_TOKEN(j) when SLOT_USED(j) */
+            float sc = -INFINITY;
+            if (kk < nt && j >= lo[r] && j < hi[r] && SLOT_USED(j)) {
+                float dot = 0.0f;
+                for (int i = 0; i < D; i++) dot = fma(qs[r][i], ks[kk][i], dot);
+                sc = clattn_score(dot, b, hr[r], ir[r], SLOT_TOKEN(j), slope[r], scale, softcap, Lqb,
+                                  len, mask, mask_off, mask_s0, mask_s1, mask_s2, mask_s3);
+            }
+            ss[r][kk] = sc;
+        }
+        barrier(CLK_LOCAL_MEM_FENCE);
+        float corr[ROWS];
+        for (int r = 0; r < ROWS; r++) {
+            float tmax = -INFINITY;
+            for (int kk = 0; kk < KTILE; kk++) tmax = fmax(tmax, ss[r][kk]);
+            corr[r] = splitkv_rescale(&m[r], tmax);
+        }
+        barrier(CLK_LOCAL_MEM_FENCE); /* every score read before it becomes a probability */
+        for (int x = t; x < ROWS * KTILE; x += WG) {
+            const int r = x / KTILE, kk = x - r * KTILE;
+            /* nothing visible yet: p = 0, never exp(-inf - -inf) */
+            ss[r][kk] = m[r] == -INFINITY ? 0.0f : exp(ss[r][kk] - m[r]);
+        }
+        barrier(CLK_LOCAL_MEM_FENCE);
+        for (int r = 0; r < ROWS; r++) {
+            float sum = 0.0f;
+            for (int kk = 0; kk < KTILE; kk++) sum += ss[r][kk];
+            l[r] = fma(l[r], corr[r], sum);
+        }
+        for (int u = 0; u < NU; u++) {
+            const int d = t + u * WG;
+            if (d >= DV) break;
+            for (int r = 0; r < ROWS; r++) {
+                float a = acc[r][u] * corr[r];
+                for (int kk = 0; kk < nt; kk++) a = fma(ss[r][kk], vs[kk][d], a);
+                acc[r][u] = a;
+            }
         }
     }
-    const float inv = M == -INFINITY ? 0.0f : 1.0f / L;
-    for (int c = 0; c < NVC; c++) vstore16(acc[c] * inv, c, od + row * DVP);
-    if (lse) { /* LSE asked for (NULL otherwise) */
-        const long3 bhi = clattn_decode_row(row, Hq, Lq);
-        lse[lse_off + bhi.x * lse_s0 + bhi.y * lse_s1 + bhi.z * lse_s2] =
-            M == -INFINITY ? -INFINITY : M + log(L);
+
+    /* m and l are the same in every work-item; lanes DV..DVP of part_o are written 0 */
+    for (int r = 0; r < ROWS; r++) {
+        if (blk * ROWS + r >= nrows) break;
+#ifdef PAGED
+        if (ir[r] >= Lqb) continue; /* past this sequence's own query rows */
+        const long pr = (hr[r] * Nq + q0 + ir[r]) * nsplit + split;
+#else
+        const long pr = ((b * Hq + hr[r]) * Lq + ir[r]) * nsplit + split;
+#endif
+        if (t == 0) splitkv_store_ml(part_ml, pr, m[r], l[r]);
+        for (int u = 0; u < NU; u++) {
+            const int d = t + u * WG;
+            if (d < DVP) part_o[pr * DVP + d] = d < DV ? acc[r][u] : 0.0f;
+        }
     }
 }
+#undef NU
+#endif /* KV_GPU */

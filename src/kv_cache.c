@@ -459,6 +459,8 @@ clattn_status clattn_kv_cache_append_with_event(clattn_kv_cache *c, const clattn
  * 0.53); under CPU contention the decode path, which mostly waits on memory, loses less
  * than the formats, which also compute. */
 typedef struct kv_plan {
+    int form;     /* 0 = CPU form, 1 = GPU form (KV_GPU) */
+    int wg, ktile; /* GPU form: work-group size, keys per tile */
     int rows;
     int prefetch; /* KV_PREFETCH */
     int64_t nblk, nsplit, chunk;
@@ -472,9 +474,20 @@ static void make_plan(const clattn_context *ctx, const clattn__problem *p, int k
 {
     clattn__trow tu; /* the tuned values (tuning.c; the measurements are above and there) */
     clattn__tuning_row_for(ctx, CLATTN__TP_KV, p, kf, &tu, &pl->src);
+    /* the next form when the row's failed to build on this context (tuning.c) */
+    const int form = clattn__tuning_form(ctx, CLATTN__TP_KV, p, &tu);
+    if (form != tu.form) clattn__tuning_apply_form(CLATTN__TP_KV, form, &tu);
+    pl->form = tu.form;
+    pl->wg = tu.wg;
+    pl->ktile = tu.ktile;
     const int64_t nrows = p->group * p->Lq;
     pl->nblk = ceil_div(nrows, tu.rows);
     pl->rows = (int)ceil_div(nrows, pl->nblk);
+    /* GPU form: tiles halved until the group's local memory fits the device (a row tuned
+     * at one head size meets wider heads, e.g. D = 256 on a 32 KiB device) */
+    if (pl->form == 1)
+        while (pl->ktile > 1 && clattn__kv_gpu_local_bytes(p->D, p->Dv, pl->rows, pl->ktile) > ctx->props.local_mem_bytes)
+            pl->ktile /= 2;
     pl->prefetch = tu.prefetch;
     const int64_t min_chunk = tu.min_chunk, max_chunk = tu.max_chunk;
     const int64_t per_cu = tu.wgs_per_cu;
@@ -515,15 +528,41 @@ static clattn_status run_kernels(clattn_context *ctx, const clattn__kv_src *c,
 {
     const clattn__problem *p = dp->p;
     kv_plan pl;
-    if (c->paged) {
-        /* the plan sees the ragged batch as n_seqs entries of the longest query count */
-        clattn__problem pp = *p;
-        pp.B = c->n_seqs;
-        pp.Lq = c->lq_max;
-        make_plan(ctx, &pp, (int)c->kf, Lmax, &pl);
-    } else {
-        make_plan(ctx, p, (int)c->kf, Lmax, &pl);
+    char opts[640] = "";
+    cl_kernel kp, km;
+    for (;;) {
+        if (c->paged) {
+            /* the plan sees the ragged batch as n_seqs entries of the longest query count */
+            clattn__problem pp = *p;
+            pp.B = c->n_seqs;
+            pp.Lq = c->lq_max;
+            make_plan(ctx, &pp, (int)c->kf, Lmax, &pl);
+        } else {
+            make_plan(ctx, p, (int)c->kf, Lmax, &pl);
+        }
+        /* partial attention's program first: a GPU form that fails to build gives way to
+         * the CPU form (tuning.c remembers it) before any scratch exists. Not the other
+         * way round: the CPU form runs on every device, so its failure is reported (a
+         * CPU running the GPU form would take ~50x as long, docs/measurements.md). */
+        opts[0] = '\0';
+        bool ok = clattn__mask_options(dp, opts, sizeof opts) &&
+                  clattn__opts_add(opts, sizeof opts, " -DD=%lld -DDV=%lld -DK_FMT=%d -DV_FMT=%d -DROWS=%d -DKV_PREFETCH=%d"
+                                   " -DSPLITKV_DENSE_OUT",
+                                   (long long)p->D, (long long)p->Dv, (int)c->kf, (int)c->vf, pl.rows,
+                                   pl.prefetch);
+        if (ok && c->paged)
+            ok = clattn__opts_add(opts, sizeof opts, " -DPAGED -DPS=%lld -DPT=%lld", (long long)c->page_size,
+                                  (long long)c->page_slots);
+        if (ok && pl.form == 1)
+            ok = clattn__opts_add(opts, sizeof opts, " -DKV_GPU=1 -DWG=%d -DKTILE=%d", pl.wg, pl.ktile);
+        CLATTN_RETURN_IF(ctx, !ok, CLATTN_ERROR_INTERNAL, "kv attention: build options too long");
+        const clattn_status bst = clattn__kernel_get(ctx, "kv_attn.cl", opts, "kv_partial", &kp);
+        if (bst == CLATTN_ERROR_BUILD_FAILED && pl.form == 1 && clattn__tuning_form_failed(ctx, CLATTN__TP_KV, p, pl.form))
+            continue;
+        CLATTN_FORWARD(bst);
+        break;
     }
+    CLATTN_FORWARD(clattn__kernel_get(ctx, "kv_attn.cl", opts, "splitkv_merge", &km));
     const int64_t rows_all = p->B * p->Hq * p->Lq;
     const int64_t DP = ceil_div(p->D, 16) * 16, DVP = ceil_div(p->Dv, 16) * 16;
     int64_t scratch_i = 0, q_bytes = 0, o_bytes = 0;
@@ -544,8 +583,8 @@ static clattn_status run_kernels(clattn_context *ctx, const clattn__kv_src *c,
     CLATTN_FORWARD(clattn__buffer_create(ctx, (size_t)(rows_all * pl.nsplit * DVP) * 4u, &s->part_o));
     CLATTN_FORWARD(clattn__buffer_create(ctx, (size_t)(rows_all * pl.nsplit * 2) * 4u, &s->part_ml));
     CLATTN_FORWARD(clattn__buffer_create(ctx, (size_t)o_bytes, &s->od));
-    clattn__log(ctx, "kv attention%s: k %s, v %s, %d rows x %lld blocks, %lld splits of %lld keys (tuning: %s)",
-                c->paged ? " (paged)" : "", clattn_kv_format_name(c->kf), clattn_kv_format_name(c->vf),
+    clattn__log(ctx, "kv attention%s: form %s, k %s, v %s, %d rows x %lld blocks, %lld splits of %lld keys (tuning: %s)",
+                c->paged ? " (paged)" : "", pl.form ? "gpu" : "cpu", clattn_kv_format_name(c->kf), clattn_kv_format_name(c->vf),
                 pl.rows, (long long)pl.nblk, (long long)pl.nsplit, (long long)pl.chunk, pl.src.text);
 
     const cl_long Hq = p->Hq, Lq = p->Lq, Hkv = p->Hkv, group = p->group;
@@ -553,10 +592,10 @@ static clattn_status run_kernels(clattn_context *ctx, const clattn__kv_src *c,
 
     /* q: dense float rows, rotated for TQ keys (the same program as kv_store_o's when
      * D = Dv) */
-    char opts[640] = "";
-    rows_options(c, p, p->D, opts, sizeof opts);
+    char ropts[640] = "";
+    rows_options(c, p, p->D, ropts, sizeof ropts);
     cl_kernel kq;
-    CLATTN_FORWARD(clattn__kernel_get(ctx, "kv_quant.cl", opts, "kv_prep_q", &kq));
+    CLATTN_FORWARD(clattn__kernel_get(ctx, "kv_quant.cl", ropts, "kv_prep_q", &kq));
     cl_uint a = 0;
     CLATTN_FORWARD(clattn__set_tensor_args(ctx, kq, &a, &dp->q));
     CLATTN_FORWARD(CLATTN_ARG(ctx, kq, &a, s->qd));
@@ -566,18 +605,6 @@ static clattn_status run_kernels(clattn_context *ctx, const clattn__kv_src *c,
     CLATTN_FORWARD(clattn__enqueue(ctx, kq, 3, gq, NULL, NULL));
 
     /* partial attention over the splits */
-    opts[0] = '\0';
-    bool ok = clattn__mask_options(dp, opts, sizeof opts) &&
-              clattn__opts_add(opts, sizeof opts, " -DD=%lld -DDV=%lld -DK_FMT=%d -DV_FMT=%d -DROWS=%d -DKV_PREFETCH=%d",
-                               (long long)p->D, (long long)p->Dv, (int)c->kf, (int)c->vf, pl.rows,
-                               pl.prefetch);
-    if (ok && c->paged)
-        ok = clattn__opts_add(opts, sizeof opts, " -DPAGED -DPS=%lld -DPT=%lld", (long long)c->page_size,
-                              (long long)c->page_slots);
-    CLATTN_RETURN_IF(ctx, !ok, CLATTN_ERROR_INTERNAL, "kv attention: build options too long");
-    cl_kernel kp, km;
-    CLATTN_FORWARD(clattn__kernel_get(ctx, "kv_attn.cl", opts, "kv_partial", &kp));
-    CLATTN_FORWARD(clattn__kernel_get(ctx, "kv_attn.cl", opts, "kv_merge", &km));
     clattn__dev_problem dpl = *dp; /* the cache's lengths play kv_lens */
     dpl.kv_lens.mem = c->paged ? c->indptr : c->lens; /* any int buffer when paged (unread) */
     dpl.kv_lens.off = 0;
@@ -618,11 +645,18 @@ static clattn_status run_kernels(clattn_context *ctx, const clattn__kv_src *c,
     }
     /* the row blocks of a split in one work-group: one core runs them back to back while
      * the split's keys and values are in its cache */
-    size_t wg = 0;
-    clGetKernelWorkGroupInfo(kp, ctx->device, CL_KERNEL_WORK_GROUP_SIZE, sizeof wg, &wg, NULL);
-    const size_t gp[3] = {(size_t)pl.nblk, (size_t)pl.nsplit, (size_t)((c->paged ? c->n_seqs : p->B) * p->Hkv)};
-    const size_t lp[3] = {(size_t)pl.nblk, 1, 1};
-    CLATTN_FORWARD(clattn__enqueue(ctx, kp, 3, gp, (size_t)pl.nblk <= wg ? lp : NULL, NULL));
+    const size_t nbk = (size_t)((c->paged ? c->n_seqs : p->B) * p->Hkv);
+    if (pl.form == 1) { /* a work-group per (row block, split, (b, kvh)) */
+        const size_t gp[3] = {(size_t)pl.wg * (size_t)pl.nblk, (size_t)pl.nsplit, nbk};
+        const size_t lp[3] = {(size_t)pl.wg, 1, 1};
+        CLATTN_FORWARD(clattn__enqueue(ctx, kp, 3, gp, lp, NULL));
+    } else {
+        size_t wg = 0;
+        clGetKernelWorkGroupInfo(kp, ctx->device, CL_KERNEL_WORK_GROUP_SIZE, sizeof wg, &wg, NULL);
+        const size_t gp[3] = {(size_t)pl.nblk, (size_t)pl.nsplit, nbk};
+        const size_t lp[3] = {(size_t)pl.nblk, 1, 1};
+        CLATTN_FORWARD(clattn__enqueue(ctx, kp, 3, gp, (size_t)pl.nblk <= wg ? lp : NULL, NULL));
+    }
 
     const cl_long nrows = rows_all;
     a = 0;
@@ -632,17 +666,21 @@ static clattn_status run_kernels(clattn_context *ctx, const clattn__kv_src *c,
     CLATTN_FORWARD(CLATTN_ARG(ctx, km, &a, nrows));
     CLATTN_FORWARD(CLATTN_ARG(ctx, km, &a, Hq));
     CLATTN_FORWARD(CLATTN_ARG(ctx, km, &a, Lq));
+    const cl_long width = DVP; /* part_o's and od's row width */
+    CLATTN_FORWARD(CLATTN_ARG(ctx, km, &a, width));
     CLATTN_FORWARD(CLATTN_ARG(ctx, km, &a, s->od));
     CLATTN_FORWARD(CLATTN_ARG(ctx, km, &a, dp->lse.mem));
     CLATTN_FORWARD(CLATTN_ARG(ctx, km, &a, dp->lse.off));
     for (int i = 0; i < 3; i++) CLATTN_FORWARD(CLATTN_ARG(ctx, km, &a, dp->lse.st[i]));
-    const size_t gm[1] = {(size_t)rows_all};
-    CLATTN_FORWARD(clattn__enqueue(ctx, km, 1, gm, NULL, NULL));
+    /* 16 work-items per row, DVP / 16 columns each: a work-group's items share the row's
+     * (m, l) and PoCL vectorises across them */
+    const size_t gm[2] = {16, (size_t)rows_all};
+    CLATTN_FORWARD(clattn__enqueue(ctx, km, 2, gm, NULL, NULL));
 
     /* O: rotated back for TQ values, stored in o's dtype and strides */
-    rows_options(c, p, p->Dv, opts, sizeof opts);
+    rows_options(c, p, p->Dv, ropts, sizeof ropts);
     cl_kernel ko;
-    CLATTN_FORWARD(clattn__kernel_get(ctx, "kv_quant.cl", opts, "kv_store_o", &ko));
+    CLATTN_FORWARD(clattn__kernel_get(ctx, "kv_quant.cl", ropts, "kv_store_o", &ko));
     a = 0;
     CLATTN_FORWARD(CLATTN_ARG(ctx, ko, &a, s->od));
     CLATTN_FORWARD(clattn__set_tensor_args(ctx, ko, &a, &dp->o));
@@ -719,7 +757,7 @@ clattn_status clattn__kv_attend(clattn_context *ctx, const clattn__kv_src *src,
     kv_scratch s;
     memset(&s, 0, sizeof s);
     cl_event ev = NULL;
-    /* LSE (kv_merge) is written before O (kv_store_o): with both, the caller's cl_mem
+    /* LSE (splitkv_merge) is written before O (kv_store_o): with both, the caller's cl_mem
      * outputs are shadowed so a failed second launch leaves them untouched (staging.c). */
     clattn__dev_problem sp;
     clattn__shadow sh;

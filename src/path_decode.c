@@ -1,7 +1,8 @@
 /* The decode path: split-KV attention for a few query rows (Lq <= max_lq of the tuning row), the
  * shape of token-by-token generation. cl/decode.cl's decode_partial reads each (batch,
  * KV head) once for its whole GQA group, in key splits spread over the compute units,
- * and decode_merge combines the splits by their log-sum-exp. Scratch: per row and split
+ * and splitkv_merge (cl/splitkv.cl, the split-KV skeleton shared with the KV cache)
+ * combines the splits by their log-sum-exp. Scratch: per row and split
  * a max, a sum and Dv floats, bounded by the context's workspace. */
 #include "context.h"
 #include "tuning.h"
@@ -130,7 +131,7 @@ static clattn_status decode_run_plan(clattn_context *ctx, const clattn__dev_prob
 
     cl_kernel kpart, kmerge;
     CLATTN_FORWARD(clattn__kernel_get(ctx, "decode.cl", opts, "decode_partial", &kpart));
-    CLATTN_FORWARD(clattn__kernel_get(ctx, "decode.cl", opts, "decode_merge", &kmerge));
+    CLATTN_FORWARD(clattn__kernel_get(ctx, "decode.cl", opts, "splitkv_merge", &kmerge));
 
     cl_mem part_o, part_ml;
     const uint64_t nrows_all = (uint64_t)(p->B * p->Hq * p->Lq);
@@ -179,6 +180,8 @@ static clattn_status decode_run_plan(clattn_context *ctx, const clattn__dev_prob
     TRY(CLATTN_ARG(ctx, kmerge, &a, nrows));
     TRY(CLATTN_ARG(ctx, kmerge, &a, Hq));
     TRY(CLATTN_ARG(ctx, kmerge, &a, Lq));
+    const cl_long width = p->Dv; /* part_o's row width */
+    TRY(CLATTN_ARG(ctx, kmerge, &a, width));
     TRY(clattn__set_tensor_args(ctx, kmerge, &a, &dp->o));
     TRY(CLATTN_ARG(ctx, kmerge, &a, dp->lse.mem));
     TRY(CLATTN_ARG(ctx, kmerge, &a, dp->lse.off));

@@ -22,13 +22,39 @@ bool clattn__opts_add(char *buf, size_t cap, const char *fmt, ...)
     return n >= 0 && (size_t)n < cap - used;
 }
 
+/* The programs built on the split-KV skeleton (cl/splitkv.cl, after the prelude): decode
+ * and the KV-cache attention share its online softmax and merge kernel. */
+static bool uses_splitkv(const char *file)
+{
+    return strcmp(file, "decode.cl") == 0 || strcmp(file, "kv_attn.cl") == 0;
+}
+
+static clattn_status build_texts(clattn_context *ctx, const char *file, const char *prelude,
+                                 const char *body, const char *options, cl_program *out);
+
 static clattn_status build_program(clattn_context *ctx, const char *file, const char *options,
                                    cl_program *out)
 {
     const char *prelude = clattn__kernel_source(ctx->env.kernel_dir, "prelude.cl");
     const char *body = clattn__kernel_source(ctx->env.kernel_dir, file);
-    CLATTN_RETURN_IF(ctx, !prelude || !body, CLATTN_ERROR_INTERNAL,
-                     "kernel source %s is missing from this build", !prelude ? "prelude.cl" : file);
+    const char *skeleton = uses_splitkv(file) ? clattn__kernel_source(ctx->env.kernel_dir, "splitkv.cl") : "";
+    CLATTN_RETURN_IF(ctx, !prelude || !body || !skeleton, CLATTN_ERROR_INTERNAL,
+                     "kernel source %s is missing from this build",
+                     !prelude ? "prelude.cl" : !skeleton ? "splitkv.cl" : file);
+    if (!*skeleton) return build_texts(ctx, file, prelude, body, options, out);
+    /* the prelude and the skeleton as one text, so the disk cache's key covers both */
+    size_t hlen = strlen(prelude) + strlen(skeleton) + 2;
+    char *head = malloc(hlen);
+    CLATTN_RETURN_IF(ctx, !head, CLATTN_ERROR_OUT_OF_MEMORY, "out of host memory");
+    snprintf(head, hlen, "%s\n%s", prelude, skeleton);
+    clattn_status st = build_texts(ctx, file, head, body, options, out);
+    free(head);
+    return st;
+}
+
+static clattn_status build_texts(clattn_context *ctx, const char *file, const char *prelude,
+                                 const char *body, const char *options, cl_program *out)
+{
     size_t olen = strlen(base_options) + strlen(options) + 2;
     char *all_options = malloc(olen);
     CLATTN_RETURN_IF(ctx, !all_options, CLATTN_ERROR_OUT_OF_MEMORY, "out of host memory");

@@ -18,15 +18,15 @@
 #define P(x) (1u << CLATTN__TP_##x)
 #define F(name, paths) {#name, offsetof(clattn__trow, name), paths}
 static const clattn__tparam_info params[] = {
-    F(form, P(FUSED) | P(DECODE) | P(BACKWARD)),
+    F(form, P(FUSED) | P(DECODE) | P(BACKWARD) | P(KV)),
     F(block_m, P(FUSED) | P(BACKWARD)),
     F(block_n, P(FUSED) | P(BACKWARD)),
     F(dv_chunk, P(FUSED)),
     F(row_groups, P(FUSED)),
-    F(wg, P(FUSED) | P(DECODE) | P(BACKWARD)),
+    F(wg, P(FUSED) | P(DECODE) | P(BACKWARD) | P(KV)),
     F(tc, P(FUSED)),
     F(rows, P(DECODE) | P(KV)),
-    F(ktile, P(DECODE)),
+    F(ktile, P(DECODE) | P(KV)),
     F(vw, P(DECODE) | P(FUSED)),
     F(wgs_per_cu, P(DECODE) | P(KV)),
     F(min_chunk, P(DECODE) | P(KV)),
@@ -74,11 +74,15 @@ bool clattn__tpath_from_name(const char *name, clattn__tpath *out)
  * with DEC_GPU 0 (work-item per row block, vectors along D, no local memory) or 1
  * (work-group per row block, local memory). Backward: cl/backward.cl with FORM 0 (one
  * pass over key blocks per work-item, no local memory) or 1 (work-groups with local
- * tiles); after both, backward.c runs cl/backward_unfused.cl. A form that fails to build is followed by the
+ * tiles); after both, backward.c runs cl/backward_unfused.cl. KV cache: cl/kv_attn.cl with
+ * KV_GPU 0 (work-item per row block, no local memory) or 1 (work-group per row block, the
+ * tile's keys and values dequantized into local memory once for the group's rows). A form that fails to build is followed by the
  * next index, wrapping round (clattn__tuning_form), before the path gives up. */
 int clattn__tform_count(clattn__tpath path)
 {
-    return path == CLATTN__TP_FUSED ? 3 : path == CLATTN__TP_DECODE || path == CLATTN__TP_BACKWARD ? 2 : 1;
+    return path == CLATTN__TP_FUSED                                                       ? 3
+           : path == CLATTN__TP_DECODE || path == CLATTN__TP_BACKWARD || path == CLATTN__TP_KV ? 2
+                                                                                              : 1;
 }
 
 const char *clattn__tform_name(clattn__tpath path, int form)
@@ -169,10 +173,24 @@ static const builtin_row unfused_rows[] = {
  * work-groups per compute unit with a split's row blocks in one work-group, software
  * prefetch (memory stalls: int8 0.68 -> 0.58 of the f16 time, kv_cache.c has the
  * figures). Other devices: untuned, smaller splits for more work-groups, each row block
- * counted as a work-group. */
+ * counted as a work-group.
+ * GPU devices take the GPU form (KV_GPU 1): 64 work-items per (row block, split), tiles
+ * of 16 keys (qs, ks, vs and ss take 18.3 KiB at D = Dv = 128 with 4 rows, within the
+ * 32 KiB of the smallest GPUs clattn targets). Untuned: no GPU has run it yet. */
+#define KV_GPU_FORM {.form = 1, .rows = 4, .ktile = 16, .wg = 64}
 static const builtin_row kv_rows[] = {
+    /* rusticl on llvmpipe: the GPU form, 8.5x faster there than the CPU form (int8 K/V,
+     * 1x32x8x1x4096x128 f16: 302 against 2583 ms, docs/measurements.md); the CPU row's
+     * software prefetch does not even build there (rusticl's SPIR-V writer rejects
+     * llvm.prefetch) */
+    {0, NULL, "llvmpipe", 0,
+     {.form = 1, .rows = 4, .ktile = 16, .wg = 64, .min_chunk = 64, .max_chunk = 1024, .wgs_per_cu = 4,
+      .split_blocks = 1, .prefetch = 0}},
     {0, NULL, NULL, CLATTN_DEVICE_CPU,
      {.rows = 4, .min_chunk = 256, .max_chunk = 2048, .wgs_per_cu = 8, .split_blocks = 0, .prefetch = 1}},
+    {0, NULL, NULL, CLATTN_DEVICE_GPU,
+     {.form = 1, .rows = 4, .ktile = 16, .wg = 64, .min_chunk = 64, .max_chunk = 1024, .wgs_per_cu = 4,
+      .split_blocks = 1, .prefetch = 0}},
     {0, NULL, NULL, 0,
      {.rows = 4, .min_chunk = 64, .max_chunk = 1024, .wgs_per_cu = 4, .split_blocks = 1, .prefetch = 0}},
 };
@@ -242,6 +260,12 @@ void clattn__tuning_apply_form(clattn__tpath path, int form, clattn__trow *r)
         r->block_m = g.block_m;
         r->block_n = g.block_n;
         r->wg = g.wg;
+    } else if (path == CLATTN__TP_KV) {
+        const clattn__trow g = KV_GPU_FORM;
+        r->rows = 4;
+        r->ktile = form ? g.ktile : 0;
+        r->wg = form ? g.wg : 0;
+        if (form) r->prefetch = 0; /* KV_PREFETCH is the CPU form's */
     } else if (path == CLATTN__TP_DECODE) {
         if (form) {
             r->rows = 8;
@@ -337,6 +361,13 @@ uint64_t clattn__fused_gpu_mm_local_bytes(int64_t D, int64_t Dv, int block_m, in
     const uint64_t kt = (uint64_t)D * (uint64_t)(block_n + 1), vt = (uint64_t)block_n * (uint64_t)Dv;
     return sizeof(float) * ((uint64_t)block_m * (uint64_t)D + (kt > vt ? kt : vt) +
                             (uint64_t)block_m * (uint64_t)(block_n + 1) + (uint64_t)block_m * (uint64_t)tc);
+}
+
+/* Local memory of the KV cache's GPU form (cl/kv_attn.cl KV_GPU 1: qs, ks, vs, ss). */
+uint64_t clattn__kv_gpu_local_bytes(int64_t D, int64_t Dv, int rows, int ktile)
+{
+    return sizeof(float) * ((uint64_t)rows * (uint64_t)D + (uint64_t)ktile * (uint64_t)(D + Dv) +
+                            (uint64_t)rows * (uint64_t)ktile);
 }
 
 /* Local memory of the decode GPU form (cl/decode.cl: qs, ss, red, red4, per-row values). */
@@ -445,6 +476,17 @@ bool clattn__tuning_legal(const clattn__tdevice *dev, clattn__tpath path, const 
                   "max_chunk %d is not in min_chunk..2^24", r->max_chunk);
         REFUSE_IF(r->split_blocks < 0 || r->split_blocks > 1, "split_blocks %d is not 0 or 1", r->split_blocks);
         REFUSE_IF(r->prefetch < 0 || r->prefetch > 1, "prefetch %d is not 0 or 1", r->prefetch);
+        REFUSE_IF(r->form < 0 || r->form > 1, "form %d is not cpu (0) or gpu (1)", r->form);
+        if (r->form == 1) {
+            REFUSE_IF(!pow2(r->wg) || r->wg < 16 || r->wg > maxwg,
+                      "wg %d is not a power of two in 16..%d", r->wg, maxwg);
+            REFUSE_IF(!pow2(r->ktile) || r->ktile < 4 || r->ktile > 128,
+                      "ktile %d is not a power of two in 4..128", r->ktile);
+            const uint64_t need = clattn__kv_gpu_local_bytes(head, head, r->rows, r->ktile);
+            REFUSE_IF(need > dev->local_mem, "it needs %llu bytes of local memory at head size %d, "
+                      "the device has %llu", (unsigned long long)need, head,
+                      (unsigned long long)dev->local_mem);
+        }
         return true;
     case CLATTN__TP_DISPATCH:
         REFUSE_IF(r->prefer_clblast < 0 || r->prefer_clblast > 1, "prefer_clblast %d is not 0 or 1",

@@ -24,17 +24,17 @@ typedef enum clattn__tpath {
 /* One row: the values of every parameter; a path reads the ones its table lists
  * (clattn__tparam_info). Forms are indices into the path's ordered list of forms. */
 typedef struct clattn__trow {
-    int form;           /* fused, decode, backward: index in the path's form list */
+    int form;           /* fused, decode, backward, kv: index in the path's form list */
     int block_m;        /* fused: query rows per work-item (CPU) / per work-group (GPU);
                            backward: query rows per step (CPU) / per tile (GPU) */
     int block_n;        /* fused: keys per tile; backward: keys per block (CPU, the most:
                            wide heads halve it) / per tile (GPU) */
     int dv_chunk;       /* fused CPU: float16 vectors of O updated per pass over a tile */
     int row_groups;     /* fused CPU: groups of block_m rows per work-item */
-    int wg;             /* fused, decode, backward: work-group size */
+    int wg;             /* fused, decode, backward, kv GPU form: work-group size */
     int tc;             /* fused gpu-mm: work-items along the keys and O columns of a row */
     int rows;           /* decode, kv: most query rows per work-item / work-group */
-    int ktile;          /* decode: keys per tile */
+    int ktile;          /* decode, kv GPU form: keys per tile */
     int vw;             /* decode CPU: float vector width along D (4, 8 or 16);
                          * fused gpu-mm: 4 = 4-vector loads where the layout allows, 1 = none */
     int wgs_per_cu;     /* decode, kv: work-groups wanted per compute unit */
@@ -122,6 +122,7 @@ bool clattn__tuning_legal(const clattn__tdevice *dev, clattn__tpath path, const 
 uint64_t clattn__fused_gpu_local_bytes(int64_t D, int64_t Dv, int block_m, int block_n);
 uint64_t clattn__fused_gpu_mm_local_bytes(int64_t D, int64_t Dv, int block_m, int block_n, int tc);
 uint64_t clattn__decode_gpu_local_bytes(int64_t D, int64_t Dv, int rows, int ktile, int wg);
+uint64_t clattn__kv_gpu_local_bytes(int64_t D, int64_t Dv, int rows, int ktile);
 
 /* Testing: force a form of a path (-1 = the tuned one) for every context of the process;
  * a forced form never falls back to another one. */

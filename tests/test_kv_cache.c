@@ -15,9 +15,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "context.h" /* fault injection */
 #include "kv_cache.h"
 #include "kv_format.h"
 #include "test_util.h"
+#include "tuning.h" /* clattn__tuning_force_form */
 
 static clattn_context *ctx;
 
@@ -34,6 +36,12 @@ static int teardown(void **state)
     ctx = NULL;
     return 0;
 }
+
+/* Set by the fallback test: run_case makes the GPU form the tuned one (a candidate row,
+ * not forced, so the form-by-form fallback is live) and fails the attention's first
+ * kernel build; build_fault_fired says whether the fault fired. */
+static bool fail_gpu_build;
+static bool build_fault_fired;
 
 static uint64_t rng_state;
 static double uniform01(void)
@@ -305,7 +313,18 @@ static double run_case(const kv_case *kc, clattn_kv_format kf, clattn_kv_format 
     } else {
         opt.causal = CLATTN_CAUSAL_BOTTOM_RIGHT; /* what opt == NULL means */
     }
+    if (fail_gpu_build) {
+        clattn__trow row = {.rows = 4, .min_chunk = 256, .max_chunk = 2048, .wgs_per_cu = 8};
+        clattn__tuning_apply_form(CLATTN__TP_KV, 1, &row);
+        clattn__tuning_set_candidate(cx, CLATTN__TP_KV, &row);
+        clattn__fault_arm(cx, CLATTN__FAULT_BUILD, 1);
+    }
     st = clattn_kv_cache_attention(cx, c, &tq, &to, kc->opts ? &opt : NULL, NULL);
+    if (fail_gpu_build) {
+        build_fault_fired = clattn__fault_fired(cx) != 0;
+        clattn__fault_arm(cx, CLATTN__FAULT_BUILD, 0);
+        clattn__tuning_set_candidate(cx, CLATTN__TP_KV, NULL);
+    }
     double worst = 0;
     if (st != CLATTN_SUCCESS) {
         snprintf(why, whylen, "attention: %s", clattn_context_last_error(cx));
@@ -448,6 +467,61 @@ static void test_attention_over_cache_honours_every_spec_option(void **state)
         {CLATTN_KV_F16, CLATTN_KV_TQ2},   {CLATTN_KV_TQ3, CLATTN_KV_INT4}, {CLATTN_KV_TQ2, CLATTN_KV_F32},
     };
     run_cases(cases, sizeof cases / sizeof cases[0], pairs, sizeof pairs / sizeof pairs[0], 1);
+}
+
+/* The GPU form (cl/kv_attn.cl KV_GPU 1, a work-group per row block with the tile's keys
+ * and values dequantized into local memory), forced through the tuning layer: every
+ * format as keys and values, GQA groups split over row blocks, per-batch lengths with
+ * an empty entry and one long enough for several key splits (the shared merge), head sizes off the 16-lane grid (D 72, Dv 40), a tile boundary inside
+ * a split, and the options that act per key (mask, window, softcap, ALiBi, LSE, f16 q
+ * and o). Few shapes, so the builds stay few. */
+static void test_gpu_form_matches_reference_on_every_format(void **state)
+{
+    (void)state;
+    rng_state = 99;
+    clattn__tuning_force_form(CLATTN__TP_KV, 1);
+    static const kv_case cases[] = {
+        {"gpu gqa+lens, splits", 3, 8, 2, 1, 64, 64, {77, 0, 700}, 0, 0, 0, 0, 0, 0, 0, 0, CLATTN_F32},
+        {"gpu D72 Dv40 prefill", 2, 6, 3, 3, 72, 40, {33, 64}, 0, 0, 0, 0, 0, 0, 0, 0, CLATTN_F32},
+    };
+    run_cases(cases, sizeof cases / sizeof cases[0], same_pairs, sizeof same_pairs / sizeof same_pairs[0], 4);
+    static const kv_case opts[] = {
+        {"gpu bool mask+lse", 2, 4, 2, 3, 64, 64, {40, 70}, CLATTN_CAUSAL_BOTTOM_RIGHT, 1, 1, -1, -1, 0, 0, 1, CLATTN_F32},
+        {"gpu window+softcap+alibi, f16", 2, 4, 4, 2, 64, 64, {100, 61}, CLATTN_CAUSAL_BOTTOM_RIGHT, 1, 0, 37, 0, 5.0f, 1, 1,
+         CLATTN_F16},
+    };
+    static const clattn_kv_format pairs[][2] = {{CLATTN_KV_TQ3, CLATTN_KV_INT4}, {CLATTN_KV_INT8, CLATTN_KV_TQ2}};
+    run_cases(opts, sizeof opts / sizeof opts[0], pairs, sizeof pairs / sizeof pairs[0], 1);
+}
+
+/* The GPU form's build fails (an injected fault on the attention's first build, the
+ * partial kernel's): the call gives way to the CPU form and still matches the reference. */
+static void test_failed_gpu_form_build_gives_way_to_the_cpu_form(void **state)
+{
+    (void)state;
+    rng_state = 5;
+    static const kv_case cases[] = {
+        {"fallback", 2, 4, 2, 2, 64, 64, {50, 90}, 0, 0, 0, 0, 0, 0, 0, 0, CLATTN_F32},
+    };
+    static const clattn_kv_format pairs[][2] = {{CLATTN_KV_INT8, CLATTN_KV_TQ4}};
+    fail_gpu_build = true;
+    build_fault_fired = false;
+    run_cases(cases, 1, pairs, 1, 1);
+    fail_gpu_build = false;
+    assert_true(build_fault_fired);
+}
+
+static int fallback_teardown(void **state)
+{
+    fail_gpu_build = false;
+    return teardown(state); /* a fresh context: this one remembers the failed form */
+}
+
+static int unforce_kv_form(void **state)
+{
+    (void)state;
+    clattn__tuning_force_form(CLATTN__TP_KV, -1);
+    return 0;
 }
 
 /* ---- Capacity, reset, sizes, arguments --------------------------------------------- */
@@ -656,12 +730,17 @@ static void test_sizes_that_overflow_are_refused_not_wrapped(void **state)
     }
 }
 
-int main(void)
+/* An argument names the tests to run (cmocka's pattern, e.g. test_gpu_form_*): CTest runs
+ * the GPU-form tests alone on rusticl that way. */
+int main(int argc, char **argv)
 {
+    if (argc > 1) cmocka_set_test_filter(argv[1]);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_device_quantizers_match_the_cpu_reference_bit_for_bit),
         cmocka_unit_test(test_attention_over_each_format_matches_reference_on_dequantized_cache),
         cmocka_unit_test(test_attention_over_cache_honours_every_spec_option),
+        cmocka_unit_test_teardown(test_gpu_form_matches_reference_on_every_format, unforce_kv_form),
+        cmocka_unit_test_teardown(test_failed_gpu_form_build_gives_way_to_the_cpu_form, fallback_teardown),
         cmocka_unit_test(test_append_past_capacity_is_refused_and_nothing_is_lost),
         cmocka_unit_test(test_reset_empties_the_cache),
         cmocka_unit_test(test_bits_per_element_are_within_a_quarter_of_nominal),

@@ -19,6 +19,7 @@
 #include <string.h>
 
 #include "test_util.h"
+#include "tuning.h" /* clattn__tuning_force_form */
 
 static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
 static double uniform01(void)
@@ -304,6 +305,31 @@ static void test_paged_attention_matches_reference_on_dequantized_pages(void **s
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) run_pool_case(&cases[i]);
 }
 
+/* The GPU form (KV_GPU 1) over pages, forced through the tuning layer: tiled keys on
+ * pages padded to a tile and on pages of two tiles, INT4 and TQ value tiles, small
+ * unpadded pages of plain rows, every per-key option. */
+static void test_gpu_form_over_pages_matches_reference(void **state)
+{
+    (void)state;
+    clattn__tuning_force_form(CLATTN__TP_KV, 1);
+    static const pool_case cases[] = {
+        {"gpu: int8 keys, tq4 values, page 4 (padded to a tile), every option", CLATTN_KV_INT8, CLATTN_KV_TQ4, 4, 2, 1,
+         40, 24, 4, 70, 3, 1, CLATTN_CAUSAL_BOTTOM_RIGHT},
+        {"gpu: tq3 keys, int4 values, page 32, GQA", CLATTN_KV_TQ3, CLATTN_KV_INT4, 32, 4, 2, 32, 32, 3, 90, 2, 0,
+         CLATTN_CAUSAL_BOTTOM_RIGHT},
+        {"gpu: f16, page 2 (unpadded small pages)", CLATTN_KV_F16, CLATTN_KV_F16, 2, 4, 2, 32, 32, 3, 50, 3, 0,
+         CLATTN_CAUSAL_NONE},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) run_pool_case(&cases[i]);
+}
+
+static int unforce_kv_form(void **state)
+{
+    (void)state;
+    clattn__tuning_force_form(CLATTN__TP_KV, -1);
+    return 0;
+}
+
 /* Attention of the whole table into host o / lse (f32). */
 static void attend(model *m, const int32_t *qo, const float *q, int Hq, int Nq, float *o, float *lse)
 {
@@ -552,10 +578,14 @@ static void test_cascade_matches_reference_over_prefix_and_suffix(void **state)
     cascade_case(CLATTN_KV_TQ4, CLATTN_KV_INT4);
 }
 
-int main(void)
+/* An argument names the tests to run (cmocka's pattern, e.g. test_gpu_form_*): CTest runs
+ * the GPU-form tests alone on rusticl that way. */
+int main(int argc, char **argv)
 {
+    if (argc > 1) cmocka_set_test_filter(argv[1]);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_paged_attention_matches_reference_on_dequantized_pages),
+        cmocka_unit_test_teardown(test_gpu_form_over_pages_matches_reference, unforce_kv_form),
         cmocka_unit_test(test_bad_tables_and_slots_are_refused_and_nothing_is_written),
         cmocka_unit_test(test_page_copy_prefix_copy_and_range_removal),
         cmocka_unit_test(test_cascade_matches_reference_over_prefix_and_suffix),
