@@ -1,8 +1,8 @@
 #!/bin/sh
 # Build clattn with sanitizers and run its tests under them:
 #   1. build-asan: AddressSanitizer + UndefinedBehaviorSanitizer (leaks too), every CTest
-#      test but test_rusticl and test_rusticl_group (see below), the oclgrind tier (oclgrind runs the kernels in its own simulator, so a
-#      sanitized host adds nothing there) and the slow tier (the soak's 100,000 cycles
+#      test but those labelled rusticl (see below), the oclgrind tier (oclgrind runs the
+#      kernels in its own simulator, so a sanitized host adds nothing there) and the slow tier (the soak's 100,000 cycles
 #      check memory use, which the plain build measures); any extra arguments are passed
 #      to that ctest run (e.g. -L quick, -R test_api, -j2);
 #   2. build-tsan: ThreadSanitizer, test_threads (contexts on concurrent threads) and
@@ -50,12 +50,12 @@ export ASAN_OPTIONS="detect_leaks=1:halt_on_error=1:abort_on_error=0:strict_stri
 # print_suppressions=0: the CLI tests check that stderr holds exactly one line per error.
 export LSAN_OPTIONS="suppressions=$supp/lsan.supp:print_suppressions=0"
 export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:suppressions=$supp/ubsan.supp"
-# test_rusticl and test_rusticl_group are left to the plain build: with fast_unwind_on_malloc=0, ASan unwinds
-# through libgcc inside malloc, and rusticl's threads then deadlock on the unwinder's
-# lock (seen: every thread asleep, one in _Unwind_Find_FDE). It runs the same host code
-# as the PoCL tests, which do run here.
+# The tests labelled rusticl are left to the plain build: with fast_unwind_on_malloc=0,
+# ASan unwinds through libgcc inside malloc, and rusticl's threads then deadlock on the
+# unwinder's lock (seen: every thread asleep, one in _Unwind_Find_FDE). They run the same
+# host code as the PoCL tests, which do run here.
 asan_status=0
-(cd build-asan && ctest --output-on-failure -LE 'oclgrind|slow' -E '^(test_rusticl|test_rusticl_group)$' "$@") || asan_status=$?
+(cd build-asan && ctest --output-on-failure -LE 'oclgrind|slow|rusticl' "$@") || asan_status=$?
 asan_end=$(date +%s)
 echo "== ASan+UBSan tests took $((asan_end - start)) s"
 
