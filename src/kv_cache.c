@@ -33,21 +33,22 @@ static bool keys_grouped(clattn_kv_format f) { return f == CLATTN_KV_INT4; }
 
 /* ---- Create, free, reset, queries ----------------------------------------------- */
 
-static clattn_status alloc_tracked(clattn_kv_cache *c, size_t bytes, const void *host, cl_mem *mem)
+clattn_status clattn__kv_buffer(clattn_context *ctx, size_t bytes, const void *host, cl_mem *mem,
+                               uint64_t *total)
 {
-    CLATTN_FORWARD(clattn__buffer_create_copy(c->ctx, bytes, host, mem));
-    c->bytes += bytes ? bytes : 16;
+    CLATTN_FORWARD(clattn__buffer_create_copy(ctx, bytes, host, mem));
+    *total += bytes ? bytes : 16;
     if (!host) {
         /* zeroed, so no kernel ever reads bytes nobody wrote (INT4 key groups are read
          * whole, including the tokens not yet appended) */
         const cl_uchar zero = 0;
-        CLATTN_FORWARD(clattn__enqueue_fill(c->ctx, *mem, &zero, 1, 0, bytes ? bytes : 16));
+        CLATTN_FORWARD(clattn__enqueue_fill(ctx, *mem, &zero, 1, 0, bytes ? bytes : 16));
     }
     return CLATTN_SUCCESS;
 }
 
-static clattn_status make_tq_tables(clattn_kv_cache *c, clattn_kv_format f, int n, cl_mem *rot,
-                                    cl_mem *tab)
+clattn_status clattn__kv_tq_buffers(clattn_context *ctx, clattn_kv_format f, int n, cl_mem *rot,
+                                    cl_mem *tab, uint64_t *total)
 {
     if (!is_tq(f)) return CLATTN_SUCCESS;
     clattn__kv_rot r;
@@ -56,8 +57,8 @@ static clattn_status make_tq_tables(clattn_kv_cache *c, clattn_kv_format f, int 
     clattn__kv_rot_table(&r, table);
     float cb[32];
     clattn__kv_tq_table(clattn__kv_traits_of(f)->tq_bits, cb);
-    CLATTN_FORWARD(alloc_tracked(c, clattn__kv_rot_table_len(&r) * sizeof(int32_t), table, rot));
-    return alloc_tracked(c, sizeof cb, cb, tab);
+    CLATTN_FORWARD(clattn__kv_buffer(ctx, clattn__kv_rot_table_len(&r) * sizeof(int32_t), table, rot, total));
+    return clattn__kv_buffer(ctx, sizeof cb, cb, tab, total);
 }
 
 clattn_status clattn_kv_cache_create(clattn_context *ctx, int64_t B, int64_t Hkv, int64_t capacity,
@@ -125,13 +126,13 @@ clattn_status clattn_kv_cache_create(clattn_context *ctx, int64_t B, int64_t Hkv
                           "allocation (%llu bytes)",
                           (long long)kbytes, (long long)vbytes, (unsigned long long)clattn__alloc_cap(ctx));
     }
-    if (st == CLATTN_SUCCESS) st = alloc_tracked(c, (size_t)kbytes + 64u, NULL, &c->k);
-    if (st == CLATTN_SUCCESS) st = alloc_tracked(c, (size_t)vbytes + 64u, NULL, &c->v);
+    if (st == CLATTN_SUCCESS) st = clattn__kv_buffer(c->ctx, (size_t)kbytes + 64u, NULL, &c->k, &c->bytes);
+    if (st == CLATTN_SUCCESS) st = clattn__kv_buffer(c->ctx, (size_t)vbytes + 64u, NULL, &c->v, &c->bytes);
     if (st == CLATTN_SUCCESS && keys_grouped(k_format))
-        st = alloc_tracked(c, (size_t)tbytes, NULL, &c->ktail);
-    if (st == CLATTN_SUCCESS) st = alloc_tracked(c, (size_t)B * sizeof(int32_t), c->len, &c->lens);
-    if (st == CLATTN_SUCCESS) st = make_tq_tables(c, k_format, (int)D, &c->krot, &c->ktab);
-    if (st == CLATTN_SUCCESS) st = make_tq_tables(c, v_format, (int)Dv, &c->vrot, &c->vtab);
+        st = clattn__kv_buffer(c->ctx, (size_t)tbytes, NULL, &c->ktail, &c->bytes);
+    if (st == CLATTN_SUCCESS) st = clattn__kv_buffer(c->ctx, (size_t)B * sizeof(int32_t), c->len, &c->lens, &c->bytes);
+    if (st == CLATTN_SUCCESS) st = clattn__kv_tq_buffers(c->ctx, k_format, (int)D, &c->krot, &c->ktab, &c->bytes);
+    if (st == CLATTN_SUCCESS) st = clattn__kv_tq_buffers(c->ctx, v_format, (int)Dv, &c->vrot, &c->vtab, &c->bytes);
     if (st != CLATTN_SUCCESS) {
         clattn_kv_cache_free(c);
         return st;

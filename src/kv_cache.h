@@ -36,6 +36,15 @@ typedef struct clattn__kv_src {
 /* An append's input: the checks problem.c applies to q/k/v, for shape [B, H, n, dim]
  * ("kv append: NAME: ..." messages), and the input as kernels see it (a host tensor is
  * copied whole to a new buffer, marked owned). */
+/* A device buffer of a KV store (cache or pool): a copy of host, or zeroed when host is
+ * NULL (no kernel reads bytes nobody wrote); *total counts its bytes. */
+clattn_status clattn__kv_buffer(clattn_context *ctx, size_t bytes, const void *host, cl_mem *mem,
+                               uint64_t *total);
+/* The rotation table and codebook of TQ format f at head size n (nothing for other
+ * formats), as clattn__kv_buffer buffers. */
+clattn_status clattn__kv_tq_buffers(clattn_context *ctx, clattn_kv_format f, int n, cl_mem *rot,
+                                    cl_mem *tab, uint64_t *total);
+
 clattn_status clattn__kv_check_input(clattn_context *ctx, const char *name, const clattn_tensor *t,
                                      int64_t B, int64_t H, int64_t n, int64_t dim);
 clattn_status clattn__kv_stage_input(clattn_context *ctx, const clattn_tensor *t, clattn__dev_tensor *d);

@@ -28,34 +28,9 @@ struct clattn_kv_pool {
     uint64_t bytes;
 };
 
-static bool is_tq(clattn_kv_format f) { return clattn__kv_traits_of(f)->tq_bits != 0; }
 static bool plain(clattn_kv_format f) { return f == CLATTN_KV_F32 || f == CLATTN_KV_F16; }
 
 /* ---- Create, free --------------------------------------------------------------- */
-
-static clattn_status pool_alloc(clattn_kv_pool *p, size_t bytes, const void *host, cl_mem *mem)
-{
-    CLATTN_FORWARD(clattn__buffer_create_copy(p->ctx, bytes, host, mem));
-    p->bytes += bytes;
-    if (!host) {
-        const cl_uchar zero = 0; /* no kernel ever reads bytes nobody wrote */
-        CLATTN_FORWARD(clattn__enqueue_fill(p->ctx, *mem, &zero, 1, 0, bytes));
-    }
-    return CLATTN_SUCCESS;
-}
-
-static clattn_status pool_tq_tables(clattn_kv_pool *p, clattn_kv_format f, int n, cl_mem *rot, cl_mem *tab)
-{
-    if (!is_tq(f)) return CLATTN_SUCCESS;
-    clattn__kv_rot r;
-    clattn__kv_rot_init(&r, n);
-    int32_t table[4 * CLATTN_KV_MAX_DIM];
-    clattn__kv_rot_table(&r, table);
-    float cb[32];
-    clattn__kv_tq_table(clattn__kv_traits_of(f)->tq_bits, cb);
-    CLATTN_FORWARD(pool_alloc(p, clattn__kv_rot_table_len(&r) * sizeof(int32_t), table, rot));
-    return pool_alloc(p, sizeof cb, cb, tab);
-}
 
 clattn_status clattn_kv_pool_create(clattn_context *ctx, int64_t num_pages, int64_t page_size, int64_t Hkv,
                                     int64_t D, int64_t Dv, clattn_kv_format k_format,
@@ -117,10 +92,10 @@ clattn_status clattn_kv_pool_create(clattn_context *ctx, int64_t num_pages, int6
                           "allocation (%llu bytes)",
                           (long long)kbytes, (long long)vbytes, (unsigned long long)clattn__alloc_cap(ctx));
     /* 64 bytes of slack: a kernel reads a tq3 word as 8 bytes, 2 past its end */
-    if (st == CLATTN_SUCCESS) st = pool_alloc(p, (size_t)kbytes + 64u, NULL, &p->k);
-    if (st == CLATTN_SUCCESS) st = pool_alloc(p, (size_t)vbytes + 64u, NULL, &p->v);
-    if (st == CLATTN_SUCCESS) st = pool_tq_tables(p, k_format, (int)D, &p->krot, &p->ktab);
-    if (st == CLATTN_SUCCESS) st = pool_tq_tables(p, v_format, (int)Dv, &p->vrot, &p->vtab);
+    if (st == CLATTN_SUCCESS) st = clattn__kv_buffer(p->ctx, (size_t)kbytes + 64u, NULL, &p->k, &p->bytes);
+    if (st == CLATTN_SUCCESS) st = clattn__kv_buffer(p->ctx, (size_t)vbytes + 64u, NULL, &p->v, &p->bytes);
+    if (st == CLATTN_SUCCESS) st = clattn__kv_tq_buffers(p->ctx, k_format, (int)D, &p->krot, &p->ktab, &p->bytes);
+    if (st == CLATTN_SUCCESS) st = clattn__kv_tq_buffers(p->ctx, v_format, (int)Dv, &p->vrot, &p->vtab, &p->bytes);
     if (st != CLATTN_SUCCESS) {
         clattn_kv_pool_free(p);
         return st;
