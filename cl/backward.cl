@@ -701,20 +701,7 @@ __kernel void bwd_dmask(TENSOR_PARAMS(const __global Q_T *, q),
                         const __global float *dl, TENSOR_PARAMS(__global float *, dm), long mne0,
                         long mne1, long mne2, long mne3, MASK_PARAMS, long B, long Hq, long Hkv)
 {
-    const long idx = get_global_id(0);
-    if (idx >= mne0 * mne1 * mne2 * mne3) return;
-    long rest = idx;
-    const long a3 = rest % mne3;
-    rest /= mne3;
-    const long a2 = rest % mne2;
-    rest /= mne2;
-    const long a1 = rest % mne1;
-    const long a0 = rest / mne1;
-    /* a broadcast extent (1) sums over the whole dimension */
-    const long b0 = mne0 == 1 ? 0 : a0, b1 = mne0 == 1 ? B : a0 + 1;
-    const long h0 = mne1 == 1 ? 0 : a1, h1 = mne1 == 1 ? Hq : a1 + 1;
-    const long q0 = mne2 == 1 ? 0 : a2, q1 = mne2 == 1 ? Lq : a2 + 1;
-    const long k0 = mne3 == 1 ? 0 : a3, k1 = mne3 == 1 ? Lk : a3 + 1;
+    MASK_GRAD_ELEMENT();
     float sum = 0.0f;
     for (long b = b0; b < b1; b++)
         for (long h = h0; h < h1; h++) {

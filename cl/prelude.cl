@@ -184,6 +184,21 @@ inline float clattn_score(float dot, long b, long h, long i, long j, float slope
     clattn_score((dot), (b), (h), (i), (j), (slope), scale, softcap, Lq, Lk, mask,     \
                  mask_off, mask_s0, mask_s1, mask_s2, mask_s3)
 
+/* The float mask's gradient, one work-item per element of the [mne0, mne1, mne2, mne3]
+ * mask (kernels bwd_dmask, bwdu_dmask): this work-item's element (a0..a3; it returns past
+ * the last) and the ranges of batch [b0, b1), head [h0, h1), query [q0, q1) and key
+ * [k0, k1) it sums over; a broadcast extent (1) sums over the whole dimension. */
+#define MASK_GRAD_ELEMENT()                                                              \
+    const long idx = get_global_id(0);                                                   \
+    if (idx >= mne0 * mne1 * mne2 * mne3) return;                                        \
+    const long a3 = idx % mne3, r3_ = idx / mne3;                                        \
+    const long a2 = r3_ % mne2, r2_ = r3_ / mne2;                                        \
+    const long a1 = r2_ % mne1, a0 = r2_ / mne1;                                         \
+    const long b0 = mne0 == 1 ? 0 : a0, b1 = mne0 == 1 ? B : a0 + 1;                     \
+    const long h0 = mne1 == 1 ? 0 : a1, h1 = mne1 == 1 ? Hq : a1 + 1;                    \
+    const long q0 = mne2 == 1 ? 0 : a2, q1 = mne2 == 1 ? Lq : a2 + 1;                    \
+    const long k0 = mne3 == 1 ? 0 : a3, k1 = mne3 == 1 ? Lk : a3 + 1
+
 /* d(softcap·tanh(x/softcap))/dx at x = scale·dot. */
 #if HAS_SOFTCAP
 #define SOFTCAP_DERIV(dot)                                                               \
