@@ -2,8 +2,8 @@
  * message naming it, and leaves the output untouched; contexts on clattn's own device or
  * on the caller's cl_context and queue; cl_mem tensors with an event and no host copies;
  * parameters with bounds; status names; devices; version; descriptor helpers. */
-#include "context.h" /* props, to force max_alloc_bytes */
 #include "test_util.h"
+#include "core/context.h"
 
 #include <math.h>
 #include <stdlib.h>

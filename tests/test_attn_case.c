@@ -14,9 +14,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "attn_case.h"
+#include "support/attn_case.h"
 #include "clattn.h"
-#include "internal.h"
+#include "reference/reference.h"
 
 static void put_value(const clattn_tensor *t, int64_t a, int64_t b, int64_t i, int64_t j,
                       double v)

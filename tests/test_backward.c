@@ -23,9 +23,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "context.h" /* fault injection, host half conversions */
-#include "backward.h" /* clattn__backward_force_form */
+#include "backward/backward.h" /* clattn__backward_force_form */
 #include "test_backward_util.h"
+#include "core/faults.h"
 
 #define SHAPE(b, hq, hkv, lq, lk, d, dv) .B = b, .Hq = hq, .Hkv = hkv, .Lq = lq, .Lk = lk, .D = d, .Dv = dv
 

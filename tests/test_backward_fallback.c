@@ -18,12 +18,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "backward.h" /* clattn__backward_last_form */
+#include "backward/backward.h" /* clattn__backward_last_form */
 #include "cli_util.h" /* CLI_EXIT_OK */
 #include "commands.h" /* cmd_tune */
-#include "context.h"  /* fault injection, clattn__fail_path_set */
-#include "tuning.h"   /* the built-in backward row */
+#include "tuning/tuning.h"   /* the built-in backward row */
 #include "test_backward_util.h"
+#include "core/context.h"
 
 #define SHAPE(b, hq, hkv, lq, lk, d, dv) .B = b, .Hq = hq, .Hkv = hkv, .Lq = lq, .Lk = lk, .D = d, .Dv = dv
 #define UNF .path = CLATTN_PATH_UNFUSED

@@ -14,8 +14,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "context.h"
 #include "test_util.h"
+#include "core/context.h"
 
 /* This build has the path; or the test checks that asking for it says so, prints why and
  * is skipped, so a build without CLBlast reports skips, not passes. */

@@ -9,7 +9,7 @@
 #include <cmocka.h>
 
 #include "clattn.h"
-#include "npy.h"
+#include "support/npy.h"
 #include "test_scratch.h"
 
 #include <dirent.h>

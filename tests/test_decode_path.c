@@ -13,9 +13,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "context.h" /* device_bytes */
 #include "test_util.h"
-#include "tuning.h" /* clattn__tuning_force_form */
+#include "tuning/tuning.h" /* clattn__tuning_force_form */
+#include "core/context.h"
 
 #define SHAPE(b, hq, hkv, lq, lk, d, dv) .B = b, .Hq = hq, .Hkv = hkv, .Lq = lq, .Lk = lk, .D = d, .Dv = dv
 

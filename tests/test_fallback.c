@@ -14,8 +14,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "context.h" /* clattn__fail_path_set */
 #include "test_util.h"
+#include "core/faults.h"
 
 #define SHAPE(b, hq, hkv, lq, lk, d, dv) .B = b, .Hq = hq, .Hkv = hkv, .Lq = lq, .Lk = lk, .D = d, .Dv = dv
 

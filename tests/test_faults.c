@@ -17,12 +17,12 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "context.h"
-#include "kv_cache.h"
+#include "kv/cache.h"
 #include "test_exe.h"
 #include "test_util.h"
 
-#include "tuning.h" /* clattn__tuning_force_form */
+#include "tuning/tuning.h" /* clattn__tuning_force_form */
+#include "core/context.h"
 
 static const char *const kind_names[CLATTN__FAULT_KINDS] = {"alloc", "enqueue", "map", "build", "probe"};
 

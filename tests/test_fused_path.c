@@ -12,9 +12,9 @@
 
 #include <stdbool.h>
 
-#include "context.h"
 #include "test_util.h"
-#include "tuning.h"
+#include "tuning/tuning.h"
+#include "core/context.h"
 
 static clattn_context *ctx;
 

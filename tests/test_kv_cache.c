@@ -15,11 +15,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "context.h" /* fault injection */
-#include "kv_cache.h"
-#include "kv_format.h"
+#include "kv/cache.h"
+#include "kv/format.h"
 #include "test_util.h"
-#include "tuning.h" /* clattn__tuning_force_form */
+#include "tuning/tuning.h" /* clattn__tuning_force_form */
+#include "core/faults.h"
 
 static clattn_context *ctx;
 

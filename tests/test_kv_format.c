@@ -15,7 +15,7 @@
 #include <string.h>
 
 #include "clattn.h"
-#include "kv_format.h"
+#include "kv/format.h"
 
 static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
 static double uniform01(void)

@@ -19,7 +19,7 @@
 #include <string.h>
 
 #include "test_util.h"
-#include "tuning.h" /* clattn__tuning_force_form */
+#include "tuning/tuning.h" /* clattn__tuning_force_form */
 
 static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
 static double uniform01(void)

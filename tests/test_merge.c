@@ -15,8 +15,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "context.h"
 #include "test_util.h"
+#include "core/faults.h"
 
 static uint64_t rng_state;
 static double urand(void) /* uniform in [0, 1) */

@@ -8,8 +8,8 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include "internal.h"
-#include "npy.h"
+#include "reference/reference.h"
+#include "support/npy.h"
 
 #include <dirent.h>
 #include <errno.h>

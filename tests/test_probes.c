@@ -18,10 +18,10 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "context.h"
-#include "probe.h"
+#include "core/probe.h"
 #include "test_util.h"
-#include "tuning.h"
+#include "tuning/tuning.h"
+#include "core/faults.h"
 
 static char dir[64];
 

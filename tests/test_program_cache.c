@@ -4,7 +4,7 @@
  * threads storing and loading the same program at the same time, which must never see a
  * damaged file and must leave no temporary files behind; and a binary the driver refuses
  * (as after a driver update) is rebuilt from source. */
-#include "context.h" /* clattn__disk_cache_store / _load */
+#include "core/program.h"
 #include "test_util.h"
 
 #include <dirent.h>

@@ -11,9 +11,9 @@
 #include <math.h>
 #include <string.h>
 
-#include "attn_case.h"
+#include "support/attn_case.h"
 #include "clattn.h"
-#include "internal.h"
+#include "reference/reference.h"
 
 #define TOL 1e-12
 

@@ -15,10 +15,9 @@
 
 #include <cmocka.h>
 
-#include "context.h"
 #include "test_backward_util.h"
 #include "test_util.h"
-#include "tuning.h"
+#include "tuning/tuning.h"
 
 static clattn_context *ctx;
 

@@ -13,10 +13,9 @@
 
 #include <cmocka.h>
 
-#include "context.h"
 #include "test_scratch.h"
 #include "test_util.h"
-#include "tuning.h"
+#include "tuning/tuning.h"
 
 #include <stdio.h>
 #include <stdlib.h>

@@ -23,8 +23,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "context.h"
 #include "test_util.h"
+#include "core/context.h"
 
 #define RSS_MARGIN_BYTES ((long)4 << 20)
 

@@ -11,7 +11,6 @@
  * test's own thread): they record a message, and the main thread fails the test. */
 #include "test_util.h"
 
-#include "internal.h"
 
 #include <dirent.h>
 #include <fcntl.h>

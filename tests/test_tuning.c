@@ -17,10 +17,10 @@
 
 #include "cli_util.h"
 #include "commands.h"
-#include "context.h"
 #include "test_exe.h"
 #include "test_util.h"
-#include "tuning.h"
+#include "tuning/tuning.h"
+#include "core/context.h"
 
 #define SHAPE(b, hq, hkv, lq, lk, d, dv) .B = b, .Hq = hq, .Hkv = hkv, .Lq = lq, .Lk = lk, .D = d, .Dv = dv
 

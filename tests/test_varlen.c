@@ -17,11 +17,11 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "context.h"
-#include "npy.h"
+#include "support/npy.h"
 #include "test_exe.h"
 #include "test_util.h"
-#include "tuning.h"
+#include "tuning/tuning.h"
+#include "core/faults.h"
 
 static uint64_t rng_state;
 static float frand(void)

@@ -3,7 +3,7 @@
 #ifndef CLATTN_BENCH_BACKWARD_H
 #define CLATTN_BENCH_BACKWARD_H
 
-#include "attn_case.h"
+#include "support/attn_case.h"
 #include "clattn.h"
 
 #include <stdbool.h>

@@ -4,7 +4,7 @@
  * so only the attention call is timed: warm-up runs, then timed runs each ended by
  * clFinish, reported as median, min and max. Prints a table and, with --json, one JSON
  * object per case (SPEC §2). Cases reuse the tests' problem definitions (attn_case). */
-#include "attn_case.h"
+#include "support/attn_case.h"
 #include "cli_util.h"
 #include "bench_backward.h"
 #include "commands.h"

@@ -3,7 +3,7 @@
  * rule, so a new user sees a first correct result within seconds of the build; --full
  * runs the whole suite (attn_case_suite) plus random cases, building every kernel
  * variant. One line per case; exit status 1 when any case is outside tolerance. */
-#include "attn_case.h"
+#include "support/attn_case.h"
 #include "cli_util.h"
 #include "commands.h"
 

@@ -4,10 +4,10 @@
 #include "clattn.h"
 #include "cli_util.h"
 #include "commands.h"
-#include "context.h"
+#include "core/context.h"
 #include "peak.h"
-#include "probe.h"
-#include "tuning.h"
+#include "core/probe.h"
+#include "tuning/tuning.h"
 
 #include <inttypes.h>
 #include <stdio.h>

@@ -5,7 +5,7 @@
 #include "clattn.h"
 #include "cli_util.h"
 #include "commands.h"
-#include "npy.h"
+#include "support/npy.h"
 
 #include <math.h>
 #include <stdio.h>

@@ -6,11 +6,11 @@
 #include "cli_util.h"
 #include "commands.h"
 #include "cp_case.h"
-#include "device.h"   /* clattn__device_find: the reason a --device spec matches nothing */
-#include "internal.h" /* clattn__problem_init: validate before creating a context */
+#include "core/device.h"   /* clattn__device_find: the reason a --device spec matches nothing */
 #include "kv_case.h"
 #include "paged_case.h"
-#include "npy.h"
+#include "support/npy.h"
+#include "core/problem.h"
 
 #include <math.h>
 #include <stdio.h>

@@ -6,12 +6,12 @@
  * lasts. Each candidate is checked against the CPU reference on a small case of the class
  * before it is timed (warm-up, then the median of at least 3 runs). Interrupted (SIGINT)
  * or out of budget, it still writes what it found. */
-#include "attn_case.h"
+#include "support/attn_case.h"
 #include "bench_backward.h"
 #include "cli_util.h"
 #include "commands.h"
-#include "context.h"
-#include "tuning.h"
+#include "core/context.h"
+#include "tuning/tuning.h"
 
 #include <errno.h>
 #include <signal.h>

@@ -5,7 +5,7 @@
 #ifndef CLATTN_COMMANDS_H
 #define CLATTN_COMMANDS_H
 
-#include "attn_case.h"
+#include "support/attn_case.h"
 #include "clattn.h"
 
 #include <stdbool.h>

@@ -11,7 +11,7 @@
 #include <time.h>
 #include <sys/resource.h>
 
-#include "attn_case.h"
+#include "support/attn_case.h"
 #include "cli_util.h"
 
 #if CLATTN_WITH_MPI

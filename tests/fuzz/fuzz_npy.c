@@ -2,7 +2,7 @@
  * arbitrary bytes. A file it accepts must be self-consistent: the element count is the
  * product of the shape, the byte count is count times the element size, and every byte
  * of the data can be read. */
-#include "npy.h"
+#include "support/npy.h"
 
 #include <stdint.h>
 #include <stdlib.h>

@@ -15,7 +15,7 @@
  * cl_mem, and must not read a host tensor it has not accepted). When validation accepts a
  * problem for the reference and the work is small, clattn_reference_attention runs on it
  * and must succeed. */
-#include "internal.h"
+#include "reference/reference.h"
 
 #include <math.h>
 #include <stdint.h>

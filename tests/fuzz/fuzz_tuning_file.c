@@ -3,7 +3,7 @@
  * a made-up GPU whose name the seed corpus uses. Whatever the input, every record it keeps
  * must be for the path it names, legal on the device as it would be used (the built-in row,
  * the record's form, its values), and carry a terminated source; a refusal is reported. */
-#include "tuning.h"
+#include "tuning/tuning.h"
 
 #include <stdint.h>
 #include <stdlib.h>

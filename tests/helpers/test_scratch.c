@@ -1,6 +1,6 @@
 #include "test_scratch.h"
 
-#include "npy.h"
+#include "support/npy.h"
 
 #include <dirent.h>
 #include <setjmp.h>

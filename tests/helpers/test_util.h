@@ -12,7 +12,7 @@
 
 #include <cmocka.h>
 
-#include "attn_case.h"
+#include "support/attn_case.h"
 #include "clattn.h"
 
 /* A context on the default device (CLATTN_DEVICE, else the first GPU, else the first

@@ -19,7 +19,7 @@
 #include <unistd.h>
 
 #include "clattn.h"
-#include "npy.h"
+#include "support/npy.h"
 
 static char dir[256];
 static int nranks = 2;

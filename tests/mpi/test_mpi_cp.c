@@ -17,7 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "attn_case.h"
+#include "support/attn_case.h"
 #include "clattn_mpi.h"
 #include "test_util.h"
 

@@ -7,7 +7,7 @@
  * 1e-2 of each tensor's largest value: a smoke check, test_backward is the real one).
  * Exit status 0 when every case matched. */
 #define _POSIX_C_SOURCE 200809L /* setenv */
-#include "attn_case.h"
+#include "support/attn_case.h"
 
 #include <math.h>
 #include <stdbool.h>

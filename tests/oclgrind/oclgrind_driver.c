@@ -5,7 +5,7 @@
  * reference. Usage: oclgrind_driver PATH... ; "own" names every path of this build whose
  * kernels are clattn's own (all but clblast). Exit status 0 when every case matched. */
 #define _POSIX_C_SOURCE 200809L /* setenv */
-#include "attn_case.h"
+#include "support/attn_case.h"
 
 #include <stdio.h>
 #include <stdlib.h>

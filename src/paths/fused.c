@@ -1,0 +1,363 @@
+/* The fused path: flash attention in one pass over the keys with an online softmax, O
+ * and LSE written once, never an Lq x Lk score matrix (cl/flash_cpu.cl on CPUs,
+ * cl/flash_gpu.cl on GPUs; the form comes from the tuning table). Its only scratch is a
+ * packed float32 copy of K and V (linear in Lk), made per call by the file's pack kernel;
+ * when the copy for every (batch, KV head) exceeds the workspace bound, the heads are
+ * done in groups that fit. */
+#include "core/program.h"
+#include "core/kernel_args.h"
+#include "paths/path.h"
+#include "core/device.h"
+#include "core/probe.h"
+#include "tuning/tuning.h"
+
+#include <string.h>
+
+/* Local memory of the GPU form in bytes (cl/flash_gpu.cl's qs, kvs, ps and red). */
+static uint64_t gpu_local_bytes(const clattn__problem *p, int block_m, int block_n)
+{
+    return clattn__fused_gpu_local_bytes(p->D, p->Dv, block_m, block_n);
+}
+
+/* The kernel parameters of one call: the tuning row adjusted to the device and p. */
+typedef struct fused_plan {
+    int form, block_m, block_n, dv_chunk, row_groups, wg, tc, vw;
+    int sg;         /* gpu-mm: 1 = subgroup reductions (probed: subgroups of tc work-items) */
+    bool sg_intel;  /* through cl_intel_subgroups rather than cl_khr_subgroups */
+    int64_t lk_pad; /* keys of the packed copies: Lk rounded up to block_n (at least one tile) */
+    int64_t dv_pad; /* row length of the packed V */
+    bool v_direct;  /* CPU form: V is read in place (f32, unit stride along Dv, Dv % 16 == 0) */
+    clattn__tsource src; /* where the tuning row came from */
+} fused_plan;
+
+static int64_t ceil_to(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
+
+/* probe_ctx: the context again where the plan may probe the variants (a run), NULL where
+ * it must not (fused_supports: the variants do not change what fits). */
+static void fused_make_plan(const clattn_context *ctx, clattn_context *probe_ctx, const clattn__problem *p,
+                            fused_plan *pl)
+{
+    pl->sg = 0;
+    pl->sg_intel = false;
+    /* the packed V only converts and pads: skip it when V already is f32 rows of whole
+     * float16 vectors (the kernel reads V as float16 vectors) */
+    pl->v_direct = p->v->dtype == CLATTN_F32 && p->v->nb[3] == (int64_t)sizeof(float) &&
+                   p->Dv % 16 == 0;
+    clattn__trow tu;
+    clattn__tuning_row_for(ctx, CLATTN__TP_FUSED, p, -1, &tu, &pl->src);
+    const int form = clattn__tuning_form(ctx, CLATTN__TP_FUSED, p, &tu);
+    if (form != tu.form) clattn__tuning_apply_form(CLATTN__TP_FUSED, form, &tu); /* a fallback */
+    pl->form = tu.form;
+    pl->block_m = tu.block_m;
+    pl->block_n = tu.block_n;
+    pl->dv_chunk = tu.dv_chunk;
+    pl->row_groups = tu.row_groups > 0 ? tu.row_groups : 1;
+    pl->wg = tu.wg;
+    pl->tc = tu.tc;
+    pl->vw = tu.vw;
+    if (pl->form == 2) {
+        /* gpu-mm: WG = (WG / TC) x TC work-items, every tile value a power of two; the
+         * work-group shrinks to the device's limit, then the tiles (keys first, then
+         * rows, then the work-group) until they fit the local memory */
+        const uint64_t budget = ctx->props.local_mem_bytes;
+        while (pl->wg > pl->tc && (size_t)pl->wg > ctx->props.max_work_group_size) pl->wg >>= 1;
+        if (pl->block_m < pl->wg / pl->tc) pl->block_m = pl->wg / pl->tc;
+        while (clattn__fused_gpu_mm_local_bytes(p->D, p->Dv, pl->block_m, pl->block_n, pl->tc) > budget) {
+            if (pl->block_n > pl->tc) pl->block_n >>= 1;
+            else if (pl->block_m > pl->wg / pl->tc) pl->block_m >>= 1;
+            else if (pl->wg > pl->tc) {
+                pl->wg >>= 1;
+                pl->block_m = pl->wg / pl->tc;
+            } else break;
+        }
+        /* the subgroup variant, where the probe measured subgroups of exactly tc */
+        int sgsize = 0;
+        if (probe_ctx && clattn__variant_usable(probe_ctx, CLATTN__VAR_SUBGROUPS, &sgsize, NULL, 0) &&
+            sgsize == pl->tc) {
+            pl->sg = 1;
+            pl->sg_intel = !clattn__device_has_extension(ctx->device, "cl_khr_subgroups") &&
+                           clattn__device_has_extension(ctx->device, "cl_intel_subgroups");
+        }
+    }
+    if (pl->form == 0) {
+        /* one row group when the tuned count would leave compute units idle (fewer than 4
+         * work-items per unit). Nothing in between: ROW_GROUPS is a build option, and
+         * problems that small gain nothing measurable from 2 or 3 groups, while each
+         * value would cost a kernel build of its own. */
+        const int64_t want = 4 * (int64_t)(ctx->props.compute_units ? ctx->props.compute_units : 1);
+        const int64_t blocks = p->B * p->Hq * ((p->Lq + pl->block_m - 1) / pl->block_m);
+        if ((blocks + pl->row_groups - 1) / pl->row_groups < want) pl->row_groups = 1;
+    }
+    if (pl->form == 1) {
+        /* work-groups of 16 x TR work-items; BLOCK_M a multiple of TR; the tiles shrink
+         * until the local arrays fit half the local memory (two groups per unit) */
+        while (pl->wg > 16 && (size_t)pl->wg > ctx->props.max_work_group_size) pl->wg >>= 1;
+        if (pl->wg < 16) pl->wg = 16;
+        const uint64_t budget = ctx->props.local_mem_bytes / 2;
+        while (gpu_local_bytes(p, pl->block_m, pl->block_n) > budget) {
+            if (pl->block_n > 16) pl->block_n >>= 1;
+            else if (pl->block_m > pl->wg / 16) pl->block_m >>= 1;
+            else if (pl->wg > 16) {
+                pl->wg >>= 1;
+                pl->block_m = pl->wg / 16;
+            } else break;
+        }
+        if (pl->block_m < pl->wg / 16) pl->block_m = pl->wg / 16;
+    } else {
+        while (pl->wg > 1 && (size_t)pl->wg > ctx->props.max_work_group_size) pl->wg >>= 1;
+    }
+    pl->lk_pad = ceil_to(p->Lk > 0 ? p->Lk : 1, pl->block_n);
+    pl->dv_pad = ceil_to(p->Dv, 16);
+}
+
+/* gpu-mm: Q and K (V) rows contiguous along the head dim, a multiple of 4, stored as f32
+ * or f16: the kernel loads them as 4-vectors (vload4 / vload_half4). */
+static bool qk_vec(const clattn__dev_problem *dp)
+{
+    const clattn__problem *p = dp->p;
+    return dp->q.st[3] == 1 && dp->k.st[3] == 1 && p->D % 4 == 0 && p->q->dtype != CLATTN_BF16 &&
+           p->k->dtype != CLATTN_BF16;
+}
+
+static bool v_vec(const clattn__dev_problem *dp)
+{
+    const clattn__problem *p = dp->p;
+    return dp->v.st[3] == 1 && p->Dv % 4 == 0 && p->v->dtype != CLATTN_BF16;
+}
+
+/* Bytes of the packed K and V of one (batch, KV head). */
+static uint64_t head_bytes(const clattn__problem *p, const fused_plan *pl)
+{
+    return (uint64_t)pl->lk_pad * (uint64_t)(p->D + (pl->v_direct ? 0 : pl->dv_pad)) * sizeof(float);
+}
+
+static bool fused_supports(const clattn_context *ctx, const clattn__problem *p, const char **why)
+{
+    fused_plan pl;
+    fused_make_plan(ctx, NULL, p, &pl);
+    /* key indices are int lanes in the kernels */
+    if (p->Lk > (int64_t)0x7fffffff - 2 * pl.block_n) {
+        *why = "more than 2^31 keys";
+        return false;
+    }
+    if (pl.form == 2) {
+        if (clattn__fused_gpu_mm_local_bytes(p->D, p->Dv, pl.block_m, pl.block_n, pl.tc) >
+            ctx->props.local_mem_bytes) {
+            *why = "the gpu-mm form's tiles do not fit the device's local memory";
+            return false;
+        }
+        return true;
+    }
+    if (pl.form == 1) {
+        if (gpu_local_bytes(p, pl.block_m, pl.block_n) > ctx->props.local_mem_bytes) {
+            *why = "the GPU form's tiles do not fit the device's local memory";
+            return false;
+        }
+        return true;
+    }
+    if (head_bytes(p, &pl) > clattn__scratch_cap(ctx)) {
+        *why = "the packed K and V of one head exceed the workspace bound";
+        return false;
+    }
+    return true;
+}
+
+/* dp restricted to batches [b0, b0+nb) and KV heads [g0, g0+ng) (with their query
+ * heads): every tensor keeps its buffer and strides, only element offsets move. */
+static void shift_problem(const clattn__dev_problem *dp, int64_t b0, int64_t g0,
+                          clattn__dev_problem *out)
+{
+    *out = *dp;
+    const cl_long h0 = (cl_long)(g0 * dp->p->group);
+    out->q.off += b0 * dp->q.st[0] + h0 * dp->q.st[1];
+    out->o.off += b0 * dp->o.st[0] + h0 * dp->o.st[1];
+    out->k.off += b0 * dp->k.st[0] + g0 * dp->k.st[1];
+    out->v.off += b0 * dp->v.st[0] + g0 * dp->v.st[1];
+    if (dp->lse.mem) out->lse.off += b0 * dp->lse.st[0] + h0 * dp->lse.st[1];
+    if (dp->mask.mem) out->mask.off += b0 * dp->mask.st[0] + h0 * dp->mask.st[1];
+    if (dp->kv_lens.mem) out->kv_lens.off += b0 * dp->kv_lens.st[0];
+    if (dp->alibi.mem) out->alibi.off += h0 * dp->alibi.st[0];
+}
+
+/* The arguments both forms share: q, k, v, o, lse, MASK_PARAMS, B, Hq, Hkv. */
+static clattn_status set_main_args(clattn_context *ctx, cl_kernel k, cl_uint *a,
+                                   const clattn__dev_problem *sp, cl_long B, cl_long Hq,
+                                   cl_long Hkv)
+{
+    CLATTN_FORWARD(clattn__set_tensor_args(ctx, k, a, &sp->q));
+    CLATTN_FORWARD(clattn__set_tensor_args(ctx, k, a, &sp->k));
+    CLATTN_FORWARD(clattn__set_tensor_args(ctx, k, a, &sp->v));
+    CLATTN_FORWARD(clattn__set_tensor_args(ctx, k, a, &sp->o));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, k, a, sp->lse.mem));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, k, a, sp->lse.off));
+    for (int i = 0; i < 3; i++) CLATTN_FORWARD(CLATTN_ARG(ctx, k, a, sp->lse.st[i]));
+    CLATTN_FORWARD(clattn__set_mask_args(ctx, k, a, sp));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, k, a, B));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, k, a, Hq));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, k, a, Hkv));
+    return CLATTN_SUCCESS;
+}
+
+static clattn_status fused_run_plan(clattn_context *ctx, const clattn__dev_problem *dp,
+                                    const fused_plan *plan, cl_event *event)
+{
+    const clattn__problem *p = dp->p;
+    const fused_plan pl = *plan;
+
+    char opts[640] = "";
+    bool ok = clattn__mask_options(dp, opts, sizeof opts) &&
+              clattn__opts_add(opts, sizeof opts,
+                               " -DD=%lld -DDV=%lld -DBLOCK_M=%d -DBLOCK_N=%d -DWG=%d",
+                               (long long)p->D, (long long)p->Dv, pl.block_m, pl.block_n, pl.wg) &&
+              (pl.form != 2 ||
+               clattn__opts_add(opts, sizeof opts, " -DTC=%d -DQK_VEC=%d -DV_VEC=%d -DSG_REDUCE=%d -DSG_INTEL=%d",
+                                pl.tc, pl.vw == 4 && qk_vec(dp), pl.vw == 4 && v_vec(dp), pl.sg,
+                                pl.sg_intel ? 1 : 0)) &&
+              (pl.form != 0 ||
+               clattn__opts_add(opts, sizeof opts, " -DDV_CHUNK=%d -DROW_GROUPS=%d -DV_DIRECT=%d",
+                                pl.dv_chunk, pl.row_groups, pl.v_direct ? 1 : 0));
+    CLATTN_RETURN_IF(ctx, !ok, CLATTN_ERROR_INTERNAL, "fused: build options too long");
+    const int64_t Hkv = p->Hq / p->group;
+    /* work-items (CPU) / work-groups (GPU) along the query rows */
+    const int64_t rows = pl.form != 0 ? pl.block_m : (int64_t)pl.block_m * pl.row_groups;
+    const int64_t nblk = (p->Lq + rows - 1) / rows;
+
+    if (pl.form == 2) {
+        clattn__log(ctx, "fused: flash_gpu_mm.cl, block_m %d, block_n %d, wg %d = %d x %d, vw %d%s "
+                    "(tuning: %s)", pl.block_m, pl.block_n, pl.wg, pl.wg / pl.tc, pl.tc, pl.vw,
+                    pl.sg ? ", subgroup reductions" : "", pl.src.text);
+        cl_kernel kmain;
+        CLATTN_FORWARD(clattn__kernel_get(ctx, "flash_gpu_mm.cl", opts, "flash_gpu_mm", &kmain));
+        cl_uint a = 0;
+        CLATTN_FORWARD(set_main_args(ctx, kmain, &a, dp, p->B, p->Hq, Hkv));
+        /* (b, h) along dimension 0, the row blocks along 1 (in zigzag order in the kernel) */
+        size_t g[2] = {(size_t)(p->B * p->Hq * pl.wg), (size_t)nblk}, l[2] = {(size_t)pl.wg, 1};
+        return clattn__enqueue(ctx, kmain, 2, g, l, event);
+    }
+
+    if (pl.form == 1) {
+        clattn__log(ctx, "fused: flash_gpu.cl, block_m %d, block_n %d, wg %d (tuning: %s)", pl.block_m,
+                    pl.block_n, pl.wg, pl.src.text);
+        cl_kernel kmain;
+        CLATTN_FORWARD(clattn__kernel_get(ctx, "flash_gpu.cl", opts, "flash_gpu", &kmain));
+        cl_uint a = 0;
+        CLATTN_FORWARD(set_main_args(ctx, kmain, &a, dp, p->B, p->Hq, Hkv));
+        size_t g[2] = {(size_t)(nblk * pl.wg), (size_t)(p->B * p->Hq)}, l[2] = {(size_t)pl.wg, 1};
+        return clattn__enqueue(ctx, kmain, 2, g, l, event);
+    }
+
+    cl_kernel kpack, kmain;
+    CLATTN_FORWARD(clattn__kernel_get(ctx, "flash_cpu.cl", opts, "flash_cpu_pack", &kpack));
+    CLATTN_FORWARD(clattn__kernel_get(ctx, "flash_cpu.cl", opts, "flash_cpu", &kmain));
+
+    /* Heads per launch: all of them if their packed copies fit, else whole batches, else
+     * groups of KV heads of one batch. */
+    const uint64_t per_head = head_bytes(p, &pl);
+    uint64_t cap = clattn__scratch_cap(ctx);
+    int64_t nb, ng;
+    cl_mem kt = NULL, vp = NULL;
+    /* The packed copies; when the device cannot allocate them, fewer heads per launch
+     * (half the bytes each time, down to one head) before this path gives up. */
+    for (;;) {
+        nb = p->B;
+        ng = Hkv;
+        if ((uint64_t)(p->B * Hkv) * per_head > cap) {
+            nb = (int64_t)(cap / (per_head * (uint64_t)Hkv));
+            if (nb < 1) {
+                nb = 1;
+                ng = (int64_t)(cap / per_head);
+            }
+        }
+        CLATTN_RETURN_IF(ctx, ng < 1, CLATTN_ERROR_OUT_OF_MEMORY,
+                         "fused: the packed K and V of one head (%llu bytes) exceed the workspace",
+                         (unsigned long long)per_head);
+        const uint64_t heads = (uint64_t)(nb * ng);
+        clattn_status st = clattn__buffer_create(
+            ctx, (size_t)(heads * (uint64_t)pl.lk_pad * (uint64_t)p->D * sizeof(float)), &kt);
+        if (st == CLATTN_SUCCESS && !pl.v_direct)
+            st = clattn__buffer_create(
+                ctx, (size_t)(heads * (uint64_t)pl.lk_pad * (uint64_t)pl.dv_pad * sizeof(float)), &vp);
+        if (st == CLATTN_SUCCESS) break;
+        clattn__buffer_release(ctx, kt);
+        kt = NULL;
+        if (!clattn__alloc_retryable(st) || heads == 1) return st;
+        cap = heads / 2 * per_head;
+        clattn__log(ctx, "fused: retrying with %llu head(s) per launch", (unsigned long long)(heads / 2));
+    }
+    clattn__log(ctx, "fused: flash_cpu.cl, block_m %d x %d groups, block_n %d, dv_chunk %d, wg %d, "
+                "V %s, %lld batch(es) x %lld KV head(s) per launch (tuning: %s)",
+                pl.block_m, pl.row_groups, pl.block_n, pl.dv_chunk, pl.wg,
+                pl.v_direct ? "in place" : "packed", (long long)nb, (long long)ng, pl.src.text);
+
+    /* One launch of the main kernel writes O and LSE only when all heads fit one chunk;
+     * else the caller's cl_mem outputs are shadowed (staging.c). */
+    clattn__dev_problem shadowed;
+    clattn__shadow sh;
+    clattn_status st = clattn__shadow_begin(ctx, dp, nb < p->B || ng < Hkv, &shadowed, &sh);
+    cl_event *last_event = sh.active ? NULL : event;
+    const clattn__dev_problem *dpw = &shadowed;
+
+    const cl_long lk_pad = pl.lk_pad, Lk = p->Lk;
+#define TRY(x)                                                                             \
+    if (st == CLATTN_SUCCESS) st = (x)
+    for (int64_t b0 = 0; b0 < p->B && st == CLATTN_SUCCESS; b0 += nb) {
+        for (int64_t g0 = 0; g0 < Hkv && st == CLATTN_SUCCESS; g0 += ng) {
+            const cl_long cb = p->B - b0 < nb ? p->B - b0 : nb;
+            const cl_long cg = Hkv - g0 < ng ? Hkv - g0 : ng;
+            const cl_long cq = cg * p->group;
+            const bool last = b0 + nb >= p->B && g0 + ng >= Hkv;
+            clattn__dev_problem sp;
+            shift_problem(dpw, b0, g0, &sp);
+
+            cl_uint a = 0;
+            TRY(clattn__set_tensor_args(ctx, kpack, &a, &sp.k));
+            TRY(clattn__set_tensor_args(ctx, kpack, &a, &sp.v));
+            TRY(CLATTN_ARG(ctx, kpack, &a, Lk));
+            TRY(CLATTN_ARG(ctx, kpack, &a, cb));
+            TRY(CLATTN_ARG(ctx, kpack, &a, cg));
+            TRY(CLATTN_ARG(ctx, kpack, &a, kt));
+            TRY(CLATTN_ARG(ctx, kpack, &a, vp));
+            TRY(CLATTN_ARG(ctx, kpack, &a, lk_pad));
+            /* lk_pad is a multiple of block_n, itself a multiple of 16 */
+            size_t gp[2] = {(size_t)lk_pad, (size_t)(cb * cg)}, lp[2] = {16, 1};
+            TRY(clattn__enqueue(ctx, kpack, 2, gp, lp, NULL));
+
+            a = 0;
+            TRY(set_main_args(ctx, kmain, &a, &sp, cb, cq, cg));
+            TRY(CLATTN_ARG(ctx, kmain, &a, kt));
+            TRY(CLATTN_ARG(ctx, kmain, &a, vp));
+            TRY(CLATTN_ARG(ctx, kmain, &a, lk_pad));
+            size_t g[2] = {(size_t)nblk, (size_t)(cb * cq)}, l[2] = {(size_t)pl.wg, 1};
+            TRY(clattn__enqueue(ctx, kmain, 2, g, l, last ? last_event : NULL));
+        }
+    }
+#undef TRY
+    if (st == CLATTN_SUCCESS) st = clattn__shadow_commit(ctx, &sh, event);
+    clattn__shadow_release(ctx, &sh);
+    /* Releasing the scratch while kernels are queued is safe: OpenCL keeps it alive. */
+    clattn__buffer_release(ctx, kt);
+    clattn__buffer_release(ctx, vp);
+    return st;
+}
+
+/* The planned form; one that fails to build gives way to the next form of the path
+ * (tuning.c) before the dispatcher leaves the path. */
+static clattn_status fused_run(clattn_context *ctx, const clattn__dev_problem *dp, cl_event *event)
+{
+    for (;;) {
+        fused_plan pl;
+        fused_make_plan(ctx, ctx, dp->p, &pl);
+        clattn_status st = fused_run_plan(ctx, dp, &pl, event);
+        if (st == CLATTN_ERROR_BUILD_FAILED && pl.sg) {
+            /* the variant, not the form, failed: the same form without it */
+            clattn__variant_failed(ctx, CLATTN__VAR_SUBGROUPS, "the gpu-mm kernel with subgroup reductions did not build");
+            continue;
+        }
+        if (st != CLATTN_ERROR_BUILD_FAILED || !clattn__tuning_form_failed(ctx, CLATTN__TP_FUSED, dp->p, pl.form))
+            return st;
+        const char *why = "";
+        if (!fused_supports(ctx, dp->p, &why)) return st;
+    }
+}
+
+const clattn__path_impl clattn__path_fused = {CLATTN_PATH_FUSED, fused_supports, fused_run};
