@@ -14,6 +14,7 @@
  * a few KiB per work-item. */
 #include "backward/backward.h"
 #include "core/program.h"
+#include "core/faults.h"
 #include "core/kernel_args.h"
 #include "tuning/tuning.h"
 
@@ -554,9 +555,9 @@ clattn_status clattn_attention_backward(clattn_context *ctx, const clattn_tensor
          * on ctx) the other tiled form */
         for (int tries = 0; tries < clattn__tform_count(CLATTN__TP_BACKWARD); tries++) {
             make_plan(ctx, &bp, &pl);
-            ctx->running_path = CLATTN_PATH_FUSED; /* for CLATTN_FAIL_PATH, as dispatch does */
+            clattn__running_path_set(ctx, CLATTN_PATH_FUSED); /* for CLATTN_FAIL_PATH, as dispatch does */
             st = run_form(ctx, &bp, &pl, event);
-            ctx->running_path = CLATTN_PATH_AUTO;
+            clattn__running_path_set(ctx, CLATTN_PATH_AUTO);
             if (st == CLATTN_SUCCESS) {
                 clattn__backward_last_form = pl.form;
                 return st;
@@ -572,9 +573,9 @@ clattn_status clattn_attention_backward(clattn_context *ctx, const clattn_tensor
     }
     memset(&pl, 0, sizeof pl);
     pl.form = 2;
-    ctx->running_path = CLATTN_PATH_UNFUSED;
+    clattn__running_path_set(ctx, CLATTN_PATH_UNFUSED);
     st = run_form(ctx, &bp, &pl, event);
-    ctx->running_path = CLATTN_PATH_AUTO;
+    clattn__running_path_set(ctx, CLATTN_PATH_AUTO);
     if (st == CLATTN_SUCCESS) clattn__backward_last_form = 2;
     if (st != CLATTN_SUCCESS && *first) {
         char second[512];

@@ -31,9 +31,7 @@ static clattn_status context_init(clattn_context *ctx)
     if ((uint64_t)ctx->workspace_bytes > clattn__alloc_cap(ctx))
         ctx->workspace_bytes = (int64_t)clattn__alloc_cap(ctx);
     ctx->last_path = CLATTN_PATH_AUTO;
-    if (ctx->env.fault[0] && !clattn__fault_parse(ctx, ctx->env.fault))
-        clattn__log(ctx, "ignoring CLATTN_FAULT=%s (need alloc:N, enqueue:N, map:N, build:N or probe:N, "
-                    "comma separated, N >= 1)", ctx->env.fault);
+    clattn__faults_init(ctx);
     clattn__log(ctx, "context on %s (%s, driver %s)", ctx->props.name, ctx->props.platform_name,
                 ctx->props.driver_version);
     /* after the log switch, so refused tuning records are reported */

@@ -56,13 +56,13 @@ struct clattn_context {
     size_t nprograms, cap_programs;
     clattn__failure failures[32];
     int nfailures;
-    clattn_path running_path; /* the path being run, for CLATTN_FAIL_PATH */
     unsigned clblast_warm;    /* CLBlast routines compiled on this context (path_clblast.c) */
     uint64_t device_bytes;      /* scratch and staging memory clattn holds now */
     uint64_t device_bytes_peak; /* and its peak since creation or the last reset */
     struct clattn__env env;     /* the environment at creation */
     struct clattn__tuning *tuning; /* device key, tuning file records (tuning.c) */
     clattn__faults faults;
+    clattn__fail_paths fail_paths; /* CLATTN_FAIL_PATH, parsed, and the running path */
     /* feature probes (probe.c), by clattn__variant: 0 = not asked yet, 1 = unusable,
      * 2 = usable; the value a probe measured (the subgroup size) */
     signed char probe_answer[8];
