@@ -8,6 +8,7 @@
 #ifndef CLATTN_TUNING_H
 #define CLATTN_TUNING_H
 
+#include "core/device.h"
 #include "core/problem.h"
 
 /* The paths that read tuned values. DISPATCH holds the order preferences of auto mode. */
@@ -48,16 +49,6 @@ typedef struct clattn__trow {
     int prefer_clblast; /* dispatch: 1 = the CLBlast path goes ahead of the fused one */
 } clattn__trow;
 
-/* The device as the lookup sees it (tests fill it with made-up values). */
-typedef struct clattn__tdevice {
-    uint32_t vendor_id; /* CL_DEVICE_VENDOR_ID */
-    char arch[64];      /* "sm_90", "gfx1100", "intel:0x56a0"; "" where unknown */
-    char name[128];
-    clattn_device_type type;
-    size_t max_wg;
-    uint64_t local_mem;
-} clattn__tdevice;
-
 /* A problem class: what a tuning record is keyed by beside the device. */
 typedef struct clattn__tclass {
     int dtype;  /* clattn_dtype of Q */
@@ -87,9 +78,6 @@ bool clattn__tpath_from_name(const char *name, clattn__tpath *out);
 /* The path's kernel forms in fallback order ("cpu", "gpu"); 1 for paths with one form. */
 int clattn__tform_count(clattn__tpath path);
 const char *clattn__tform_name(clattn__tpath path, int form);
-
-/* The device key of a real device. */
-void clattn__tdevice_of(cl_device_id device, const clattn_device_props *props, clattn__tdevice *out);
 
 /* A built-in row. It applies to a device when each key it sets matches; its level is the
  * most specific key it sets (name > arch > vendor > type > none: default), and the lookup
