@@ -1,5 +1,5 @@
 /* Small value types of the public API: version, dtypes, tensor descriptor constructors,
- * attention options and path names. */
+ * attention options, and the names of paths and KV cache formats. */
 #include "core/common.h"
 
 #include <math.h>
@@ -130,6 +130,28 @@ clattn_status clattn_path_from_name(const char *name, clattn_path *path)
     for (int i = 0; i < CLATTN_PATH_COUNT_; i++)
         if (strcasecmp(name, path_names[i]) == 0) {
             *path = (clattn_path)i;
+            return CLATTN_SUCCESS;
+        }
+    return CLATTN_ERROR_INVALID_ARGUMENT;
+}
+
+/* The KV cache's formats by name (kv/format.c has their layouts): here with the other
+ * enums' names, so the tuning files can name a format without reaching up into kv/. */
+static const char *const kv_format_names[CLATTN_KV_FORMAT_COUNT_] = {"f32", "f16", "int8", "int4",
+                                                                     "tq4", "tq3", "tq2"};
+
+const char *clattn_kv_format_name(clattn_kv_format format)
+{
+    if ((int)format < 0 || format >= CLATTN_KV_FORMAT_COUNT_) return NULL;
+    return kv_format_names[format];
+}
+
+clattn_status clattn_kv_format_from_name(const char *name, clattn_kv_format *format)
+{
+    if (!name || !format) return CLATTN_ERROR_INVALID_ARGUMENT;
+    for (int i = 0; i < CLATTN_KV_FORMAT_COUNT_; i++)
+        if (strcmp(name, kv_format_names[i]) == 0) {
+            *format = (clattn_kv_format)i;
             return CLATTN_SUCCESS;
         }
     return CLATTN_ERROR_INVALID_ARGUMENT;
