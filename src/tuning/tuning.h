@@ -64,6 +64,7 @@ typedef struct clattn__tsource {
     char text[192];
 } clattn__tsource;
 
+/* ---- Names (params.c) ---------------------------------------------------------- */
 /* One parameter's name and where it lives, for the file reader, printing and the tuner. */
 typedef struct clattn__tparam_info {
     const char *name;
@@ -79,6 +80,7 @@ bool clattn__tpath_from_name(const char *name, clattn__tpath *out);
 int clattn__tform_count(clattn__tpath path);
 const char *clattn__tform_name(clattn__tpath path, int form);
 
+/* ---- Built-in rows (rows.c) ---------------------------------------------------- */
 /* A built-in row. It applies to a device when each key it sets matches; its level is the
  * most specific key it sets (name > arch > vendor > type > none: default), and the lookup
  * takes the row of the most specific level (the first such row on a tie). */
@@ -101,6 +103,7 @@ void clattn__tuning_builtin(const clattn__tdevice *dev, clattn__tpath path, clat
  * form other than the one tuned for the device). */
 void clattn__tuning_apply_form(clattn__tpath path, int form, clattn__trow *row);
 
+/* ---- Legality (legal.c) -------------------------------------------------------- */
 /* Is row legal for path on dev for heads up to `head` (local memory, work-group size,
  * the divisibility the kernels need)? If not, why says so. The one place that decides. */
 bool clattn__tuning_legal(const clattn__tdevice *dev, clattn__tpath path, const clattn__trow *row,
@@ -113,11 +116,11 @@ uint64_t clattn__decode_gpu_local_bytes(int64_t D, int64_t Dv, int rows, int kti
 uint64_t clattn__kv_gpu_local_bytes(int64_t D, int64_t Dv, int rows, int ktile);
 
 /* Testing: force a form of a path (-1 = the tuned one) for every context of the process;
- * a forced form never falls back to another one. */
+ * a forced form never falls back to another one (params.c). */
 void clattn__tuning_force_form(clattn__tpath path, int form);
 int clattn__tuning_forced_form(clattn__tpath path);
 
-/* ---- Per context ---------------------------------------------------------------- */
+/* ---- Per context (tuning.c) ----------------------------------------------------- */
 /* A record of a tuning file that applies to the context's device. */
 typedef struct clattn__trecord {
     clattn__tpath path;
