@@ -230,23 +230,8 @@ static clattn_status stage_all(clattn_context *ctx, const clattn__bwd_problem *b
 /* Host outputs: every read-back must succeed before the first caller byte changes. */
 static clattn_status download(clattn_context *ctx, bwd_state *s)
 {
-    void *tmp[4] = {NULL, NULL, NULL, NULL};
-    clattn_status st = CLATTN_SUCCESS;
-    for (int i = 0; i < 4 && st == CLATTN_SUCCESS; i++) {
-        const clattn__dev_tensor *d = &s->out[i];
-        if (!d->download || !d->mem || !d->span) continue;
-        tmp[i] = malloc(d->span);
-        if (!tmp[i])
-            st = clattn__fail(ctx, CLATTN_ERROR_OUT_OF_MEMORY, "reading gradients back: out of host memory");
-        else
-            st = clattn__read(ctx, d->mem, 0, d->span, tmp[i]);
-    }
-    for (int i = 0; i < 4; i++) {
-        if (st == CLATTN_SUCCESS && tmp[i])
-            memcpy((char *)s->out[i].src->host + s->out[i].span_base, tmp[i], s->out[i].span);
-        free(tmp[i]);
-    }
-    return st;
+    const clattn__dev_tensor *outs[4] = {&s->out[0], &s->out[1], &s->out[2], &s->out[3]};
+    return clattn__download(ctx, outs, 4, "gradients");
 }
 
 static clattn_status get_kernels(clattn_context *ctx, const clattn__bwd_problem *bp,
