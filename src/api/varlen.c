@@ -7,6 +7,7 @@
  * is ever allocated. Results reach the caller's cl_mem outputs in one commit launch
  * (staging.c), so a failure in any sequence leaves them untouched. */
 #include "core/context.h"
+#include "core/faults.h"
 #include "paths/path.h"
 #include "api/attention.h"
 
@@ -167,9 +168,9 @@ clattn_status clattn_attention_varlen(clattn_context *ctx, const clattn_tensor *
         shift_rows(&sp.lse, p.lse, sq->q0);
         shift_rows(&sp.k, k, sq->k0);
         shift_rows(&sp.v, v, sq->k0);
-        ctx->running_path = CLATTN_PATH_FUSED; /* for CLATTN_FAIL_PATH, as dispatch does */
+        clattn__running_path_set(ctx, CLATTN_PATH_FUSED); /* for CLATTN_FAIL_PATH, as dispatch does */
         st = clattn__path_fused.run(ctx, &sp, NULL);
-        ctx->running_path = CLATTN_PATH_AUTO;
+        clattn__running_path_set(ctx, CLATTN_PATH_AUTO);
     }
     cl_event ev = NULL;
     if (st == CLATTN_SUCCESS && sh.active) st = clattn__shadow_commit(ctx, &sh, &ev);

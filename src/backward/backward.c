@@ -14,6 +14,7 @@
  * a few KiB per work-item. */
 #include "backward/backward.h"
 #include "core/program.h"
+#include "core/faults.h"
 #include "core/kernel_args.h"
 #include "tuning/tuning.h"
 
@@ -229,23 +230,8 @@ static clattn_status stage_all(clattn_context *ctx, const clattn__bwd_problem *b
 /* Host outputs: every read-back must succeed before the first caller byte changes. */
 static clattn_status download(clattn_context *ctx, bwd_state *s)
 {
-    void *tmp[4] = {NULL, NULL, NULL, NULL};
-    clattn_status st = CLATTN_SUCCESS;
-    for (int i = 0; i < 4 && st == CLATTN_SUCCESS; i++) {
-        const clattn__dev_tensor *d = &s->out[i];
-        if (!d->download || !d->mem || !d->span) continue;
-        tmp[i] = malloc(d->span);
-        if (!tmp[i])
-            st = clattn__fail(ctx, CLATTN_ERROR_OUT_OF_MEMORY, "reading gradients back: out of host memory");
-        else
-            st = clattn__read(ctx, d->mem, 0, d->span, tmp[i]);
-    }
-    for (int i = 0; i < 4; i++) {
-        if (st == CLATTN_SUCCESS && tmp[i])
-            memcpy((char *)s->out[i].src->host + s->out[i].span_base, tmp[i], s->out[i].span);
-        free(tmp[i]);
-    }
-    return st;
+    const clattn__dev_tensor *outs[4] = {&s->out[0], &s->out[1], &s->out[2], &s->out[3]};
+    return clattn__download(ctx, outs, 4, "gradients");
 }
 
 static clattn_status get_kernels(clattn_context *ctx, const clattn__bwd_problem *bp,
@@ -554,9 +540,9 @@ clattn_status clattn_attention_backward(clattn_context *ctx, const clattn_tensor
          * on ctx) the other tiled form */
         for (int tries = 0; tries < clattn__tform_count(CLATTN__TP_BACKWARD); tries++) {
             make_plan(ctx, &bp, &pl);
-            ctx->running_path = CLATTN_PATH_FUSED; /* for CLATTN_FAIL_PATH, as dispatch does */
+            clattn__running_path_set(ctx, CLATTN_PATH_FUSED); /* for CLATTN_FAIL_PATH, as dispatch does */
             st = run_form(ctx, &bp, &pl, event);
-            ctx->running_path = CLATTN_PATH_AUTO;
+            clattn__running_path_set(ctx, CLATTN_PATH_AUTO);
             if (st == CLATTN_SUCCESS) {
                 clattn__backward_last_form = pl.form;
                 return st;
@@ -572,9 +558,9 @@ clattn_status clattn_attention_backward(clattn_context *ctx, const clattn_tensor
     }
     memset(&pl, 0, sizeof pl);
     pl.form = 2;
-    ctx->running_path = CLATTN_PATH_UNFUSED;
+    clattn__running_path_set(ctx, CLATTN_PATH_UNFUSED);
     st = run_form(ctx, &bp, &pl, event);
-    ctx->running_path = CLATTN_PATH_AUTO;
+    clattn__running_path_set(ctx, CLATTN_PATH_AUTO);
     if (st == CLATTN_SUCCESS) clattn__backward_last_form = 2;
     if (st != CLATTN_SUCCESS && *first) {
         char second[512];

@@ -1,6 +1,6 @@
-/* The context's layout (context.c): its device and queue, the programs built for it, the
- * failures recorded per path, the environment read at creation (env.c), the tuning and
- * probe answers, and the fault injection state. */
+/* The context's layout (created by api/context.c, set up by context.c): its device and
+ * queue, the programs built for it, the failures recorded per path, the environment read
+ * at creation (env.c), the tuning and probe answers, and the fault injection state. */
 #ifndef CLATTN_CORE_CONTEXT_H
 #define CLATTN_CORE_CONTEXT_H
 
@@ -56,18 +56,28 @@ struct clattn_context {
     size_t nprograms, cap_programs;
     clattn__failure failures[32];
     int nfailures;
-    clattn_path running_path; /* the path being run, for CLATTN_FAIL_PATH */
     unsigned clblast_warm;    /* CLBlast routines compiled on this context (path_clblast.c) */
     uint64_t device_bytes;      /* scratch and staging memory clattn holds now */
     uint64_t device_bytes_peak; /* and its peak since creation or the last reset */
     struct clattn__env env;     /* the environment at creation */
     struct clattn__tuning *tuning; /* device key, tuning file records (tuning.c) */
     clattn__faults faults;
+    clattn__fail_paths fail_paths; /* CLATTN_FAIL_PATH, parsed, and the running path */
     /* feature probes (probe.c), by clattn__variant: 0 = not asked yet, 1 = unusable,
      * 2 = usable; the value a probe measured (the subgroup size) */
     signed char probe_answer[8];
     int probe_value[8];
     char probe_why[8][112];
 };
+
+/* The smallest workspace bound CLATTN_WORKSPACE_BYTES or the parameter may set. */
+#define CLATTN__MIN_WORKSPACE ((int64_t)4096)
+
+/* ctx->env is read and its device and queue are set: set what derives from them (context.c).
+ * The tuning state is set up after this, by the caller. */
+void clattn__context_init(clattn_context *ctx);
+/* Release the programs, queue and cl_context a context holds, and the context itself
+ * (its tuning state is released first, by the caller). */
+void clattn__context_release(clattn_context *ctx);
 
 #endif /* CLATTN_CORE_CONTEXT_H */

@@ -1,11 +1,13 @@
 /* Device discovery: every device of every OpenCL platform, with its properties, listed
  * once per process (a guarded cache: the set of devices does not change while a process
- * runs), and the resolution of a device spec (index, name substring, cpu or gpu). */
+ * runs), the resolution of a device spec (index, name substring, cpu or gpu), and a
+ * device's key (vendor, architecture, name, limits) that tuning rows and probes go by. */
 #include "core/device.h"
 #include "core/context.h"
 
 #include <ctype.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -233,4 +235,45 @@ bool clattn__device_has_extension(cl_device_id d, const char *ext)
     }
     free(s);
     return found;
+}
+
+/* ---- Device keys: the identity the tuning lookup and the feature probes go by ---- */
+#define CL_DEVICE_COMPUTE_CAPABILITY_MAJOR_NV 0x4000
+#define CL_DEVICE_COMPUTE_CAPABILITY_MINOR_NV 0x4001
+#define CL_DEVICE_GFXIP_MAJOR_AMD 0x404A
+#define CL_DEVICE_GFXIP_MINOR_AMD 0x404B
+#define CL_DEVICE_ID_INTEL 0x4251
+
+void clattn__tdevice_of(cl_device_id device, const clattn_device_props *props, clattn__tdevice *out)
+{
+    memset(out, 0, sizeof *out);
+    clattn__copy_str(out->name, sizeof out->name, props->name);
+    out->type = props->type;
+    out->max_wg = props->max_work_group_size;
+    out->local_mem = props->local_mem_bytes;
+    cl_uint vid = 0;
+    if (device && clGetDeviceInfo(device, CL_DEVICE_VENDOR_ID, sizeof vid, &vid, NULL) == CL_SUCCESS)
+        out->vendor_id = vid;
+    if (!device) return;
+    cl_uint a = 0, b = 0;
+    if (clattn__device_has_extension(device, "cl_nv_device_attribute_query") &&
+        clGetDeviceInfo(device, CL_DEVICE_COMPUTE_CAPABILITY_MAJOR_NV, sizeof a, &a, NULL) == CL_SUCCESS &&
+        clGetDeviceInfo(device, CL_DEVICE_COMPUTE_CAPABILITY_MINOR_NV, sizeof b, &b, NULL) == CL_SUCCESS) {
+        snprintf(out->arch, sizeof out->arch, "sm_%u%u", a, b);
+    } else if (strncmp(props->name, "gfx", 3) == 0) {
+        /* AMD's driver names its devices by their gfx target */
+        size_t i = 0;
+        while (i + 1 < sizeof out->arch && isalnum((unsigned char)props->name[i])) {
+            out->arch[i] = props->name[i];
+            i++;
+        }
+        out->arch[i] = '\0';
+    } else if (clattn__device_has_extension(device, "cl_amd_device_attribute_query") &&
+               clGetDeviceInfo(device, CL_DEVICE_GFXIP_MAJOR_AMD, sizeof a, &a, NULL) == CL_SUCCESS &&
+               clGetDeviceInfo(device, CL_DEVICE_GFXIP_MINOR_AMD, sizeof b, &b, NULL) == CL_SUCCESS) {
+        snprintf(out->arch, sizeof out->arch, "gfx%u%u", a, b);
+    } else if (clattn__device_has_extension(device, "cl_intel_device_attribute_query") &&
+               clGetDeviceInfo(device, CL_DEVICE_ID_INTEL, sizeof a, &a, NULL) == CL_SUCCESS) {
+        snprintf(out->arch, sizeof out->arch, "intel:0x%x", a);
+    }
 }

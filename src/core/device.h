@@ -33,4 +33,18 @@ static inline bool clattn__ieq(const char *a, const char *b)
 /* Does device d list extension ext (a whole word of CL_DEVICE_EXTENSIONS)? */
 bool clattn__device_has_extension(cl_device_id d, const char *ext);
 
+/* The device's key: what the tuning lookup matches its rows against and what the feature
+ * probes ask (tests fill it with made-up values). */
+typedef struct clattn__tdevice {
+    uint32_t vendor_id; /* CL_DEVICE_VENDOR_ID */
+    char arch[64];      /* "sm_90", "gfx1100", "intel:0x56a0"; "" where unknown */
+    char name[128];
+    clattn_device_type type;
+    size_t max_wg;
+    uint64_t local_mem;
+} clattn__tdevice;
+
+/* The device key of a real device. */
+void clattn__tdevice_of(cl_device_id device, const clattn_device_props *props, clattn__tdevice *out);
+
 #endif

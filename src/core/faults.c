@@ -3,7 +3,9 @@
  * the n-th one of a kind fail as a driver would and check that the call then either
  * succeeds another way or fails leaving its outputs and the KV cache untouched. Armed
  * from tests through clattn__fault_arm, or for the CLI by CLATTN_FAULT at context
- * creation. With nothing armed a check is two increments and a compare. */
+ * creation. With nothing armed a check is two increments and a compare.
+ * CLATTN_FAIL_PATH ("fused:build,unfused:launch") is parsed once into a table of the
+ * stages each path fails at, so a build or launch asks one table entry. */
 #include "core/context.h"
 
 #include <stdlib.h>
@@ -72,7 +74,52 @@ bool clattn__fault_parse(clattn_context *ctx, const char *spec)
     return true;
 }
 
+/* The stages CLATTN_FAIL_PATH's text names: each comma-separated entry that is exactly
+ * "NAME:STAGE", with NAME a path's name and STAGE "build" or "launch", sets that path's
+ * stage; every other entry is ignored, as it always was. */
+static void fail_path_parse(clattn__fail_paths *fp, const char *spec)
+{
+    static const char *const stage_names[CLATTN__FAIL_STAGES] = {"build", "launch"};
+    memset(fp->stages, 0, sizeof fp->stages);
+    for (const char *s = spec; *s;) {
+        const char *end = strchr(s, ',');
+        const size_t len = end ? (size_t)(end - s) : strlen(s);
+        for (int p = CLATTN_PATH_AUTO + 1; p < CLATTN_PATH_COUNT_; p++) {
+            const char *name = clattn_path_name((clattn_path)p);
+            const size_t nl = strlen(name);
+            for (int st = 0; st < CLATTN__FAIL_STAGES; st++) {
+                const size_t sl = strlen(stage_names[st]);
+                if (len == nl + 1 + sl && strncmp(s, name, nl) == 0 && s[nl] == ':' &&
+                    strncmp(s + nl + 1, stage_names[st], sl) == 0)
+                    fp->stages[p] |= (unsigned char)(1u << st);
+            }
+        }
+        s += len + (end ? 1 : 0);
+    }
+}
+
+void clattn__faults_init(clattn_context *ctx)
+{
+    if (ctx->env.fault[0] && !clattn__fault_parse(ctx, ctx->env.fault))
+        clattn__log(ctx, "ignoring CLATTN_FAULT=%s (need alloc:N, enqueue:N, map:N, build:N or probe:N, "
+                    "comma separated, N >= 1)", ctx->env.fault);
+    fail_path_parse(&ctx->fail_paths, ctx->env.fail_path);
+    ctx->fail_paths.running = CLATTN_PATH_AUTO;
+}
+
 void clattn__fail_path_set(clattn_context *ctx, const char *spec)
 {
     clattn__copy_str(ctx->env.fail_path, sizeof ctx->env.fail_path, spec ? spec : "");
+    fail_path_parse(&ctx->fail_paths, ctx->env.fail_path);
+}
+
+void clattn__running_path_set(clattn_context *ctx, clattn_path path) { ctx->fail_paths.running = path; }
+
+clattn_path clattn__running_path(const clattn_context *ctx) { return ctx->fail_paths.running; }
+
+bool clattn__fail_injected(const clattn_context *ctx, clattn__fail_stage stage)
+{
+    const clattn_path path = ctx->fail_paths.running;
+    if ((unsigned)path >= CLATTN_PATH_COUNT_) return false;
+    return (ctx->fail_paths.stages[path] >> stage) & 1u;
 }

@@ -5,6 +5,21 @@
 
 #include <string.h>
 
+/* A float's bits and back, through memcpy (no aliasing question; compilers make it a move). */
+static float float_of_bits(uint32_t bits)
+{
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+static uint32_t bits_of_float(float f)
+{
+    uint32_t x;
+    memcpy(&x, &f, sizeof x);
+    return x;
+}
+
 float clattn__half_to_float(uint16_t h)
 {
     uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
@@ -27,15 +42,12 @@ float clattn__half_to_float(uint16_t h)
     } else {
         bits = sign | ((exp + 127 - 15) << 23) | (man << 13);
     }
-    float f;
-    memcpy(&f, &bits, sizeof f);
-    return f;
+    return float_of_bits(bits);
 }
 
 uint16_t clattn__float_to_half(float f)
 {
-    uint32_t x;
-    memcpy(&x, &f, sizeof x);
+    const uint32_t x = bits_of_float(f);
     uint16_t sign = (uint16_t)((x >> 16) & 0x8000u);
     uint32_t ax = x & 0x7fffffffu;
     if (ax >= 0x7f800000u) /* inf or NaN (keep NaN quiet and non-zero) */
@@ -60,18 +72,11 @@ uint16_t clattn__float_to_half(float f)
     return (uint16_t)(sign | res);
 }
 
-float clattn__bf16_to_float(uint16_t b)
-{
-    uint32_t bits = (uint32_t)b << 16;
-    float f;
-    memcpy(&f, &bits, sizeof f);
-    return f;
-}
+float clattn__bf16_to_float(uint16_t b) { return float_of_bits((uint32_t)b << 16); }
 
 uint16_t clattn__float_to_bf16(float f)
 {
-    uint32_t x;
-    memcpy(&x, &f, sizeof x);
+    uint32_t x = bits_of_float(f);
     if ((x & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((x >> 16) | 0x40u);
     x += 0x7fffu + ((x >> 16) & 1u);
     return (uint16_t)(x >> 16);

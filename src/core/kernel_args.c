@@ -3,7 +3,7 @@
  * MASK_PARAMS in the order the prelude declares them. */
 #include "core/program.h"
 #include "core/kernel_args.h"
-#include "paths/path.h"
+#include "core/faults.h"
 
 clattn_status clattn__set_arg(clattn_context *ctx, cl_kernel k, cl_uint *arg, size_t size,
                               const void *value)
@@ -78,7 +78,7 @@ clattn_status clattn__enqueue(clattn_context *ctx, cl_kernel k, cl_uint dims,
         if (local) g[i] = (g[i] + local[i] - 1) / local[i] * local[i];
     }
     cl_int err = clattn__fault_check(ctx, CLATTN__FAULT_ENQUEUE);
-    if (err == CL_SUCCESS && clattn__fail_injected(ctx, "launch"))
+    if (err == CL_SUCCESS && clattn__fail_injected(ctx, CLATTN__FAIL_LAUNCH))
         err = CL_OUT_OF_RESOURCES; /* as a driver short of registers would say */
     if (err == CL_SUCCESS)
         err = clEnqueueNDRangeKernel(ctx->queue, k, dims, NULL, g, local, 0, NULL, event);

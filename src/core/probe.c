@@ -5,7 +5,6 @@
 
 #include "core/program.h"
 #include "core/device.h"
-#include "tuning/tuning.h"
 
 #include <stdio.h>
 #include <stdlib.h>

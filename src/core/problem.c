@@ -78,6 +78,23 @@ static clattn_status check_tensor(const char *name, const clattn_tensor *t, bool
     return CLATTN_SUCCESS;
 }
 
+/* An option that is one value per batch or head: a tensor (check_tensor) of dtype `want`
+ * (`want_name` in the message) and shape [n, 1, 1, 1], n being extent `dim` (kv_lens:
+ * [B] of int32, alibi: [Hq] of f32). */
+static clattn_status check_vector(const char *name, const clattn_tensor *t, bool host_only,
+                                  clattn_dtype want, const char *want_name, const char *dim,
+                                  int64_t n, char *err, size_t errlen)
+{
+    clattn_status st = check_tensor(name, t, host_only, err, errlen);
+    if (st) return st;
+    if (t->dtype != want)
+        FAILP(CLATTN_ERROR_UNSUPPORTED_DTYPE, "%s: dtype %s is not %s", name,
+              clattn_dtype_name(t->dtype), want_name);
+    if (t->ne[0] != n || t->ne[1] != 1 || t->ne[2] != 1 || t->ne[3] != 1)
+        FAILP(CLATTN_ERROR_INVALID_SHAPE, "%s: shape must be [%s] = [%lld]", name, dim, (long long)n);
+    return CLATTN_SUCCESS;
+}
+
 /* An output must not write one element twice: sorted by stride, each dimension with more
  * than one element must step past everything the inner ones cover. */
 static clattn_status check_no_self_overlap(const char *name, const clattn_tensor *t,
@@ -235,14 +252,8 @@ clattn_status clattn__problem_init(clattn__problem *p, const clattn_tensor *q,
     }
     if (opt->kv_lens) {
         const clattn_tensor *t = opt->kv_lens;
-        clattn_status st = check_tensor("kv_lens", t, ref, err, errlen);
+        clattn_status st = check_vector("kv_lens", t, ref, CLATTN_I32, "int32", "B", p->B, err, errlen);
         if (st) return st;
-        if (t->dtype != CLATTN_I32)
-            FAILP(CLATTN_ERROR_UNSUPPORTED_DTYPE, "kv_lens: dtype %s is not int32",
-                  clattn_dtype_name(t->dtype));
-        if (t->ne[0] != p->B || t->ne[1] != 1 || t->ne[2] != 1 || t->ne[3] != 1)
-            FAILP(CLATTN_ERROR_INVALID_SHAPE, "kv_lens: shape must be [B] = [%lld]",
-                  (long long)p->B);
         if (t->host) {
             for (int64_t b = 0; b < p->B; b++) {
                 double len = clattn__host_get(t, b, 0, 0, 0);
@@ -256,14 +267,8 @@ clattn_status clattn__problem_init(clattn__problem *p, const clattn_tensor *q,
     }
     if (opt->alibi) {
         const clattn_tensor *t = opt->alibi;
-        clattn_status st = check_tensor("alibi", t, ref, err, errlen);
+        clattn_status st = check_vector("alibi", t, ref, CLATTN_F32, "f32", "Hq", p->Hq, err, errlen);
         if (st) return st;
-        if (t->dtype != CLATTN_F32)
-            FAILP(CLATTN_ERROR_UNSUPPORTED_DTYPE, "alibi: dtype %s is not f32",
-                  clattn_dtype_name(t->dtype));
-        if (t->ne[0] != p->Hq || t->ne[1] != 1 || t->ne[2] != 1 || t->ne[3] != 1)
-            FAILP(CLATTN_ERROR_INVALID_SHAPE, "alibi: shape must be [Hq] = [%lld]",
-                  (long long)p->Hq);
         p->alibi = t;
     }
     if (opt->lse && !ref) {

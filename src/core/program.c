@@ -3,7 +3,7 @@
  * with the kernels created from them. The on-disk cache of binaries (program_disk.c)
  * sits beneath it, so a second process on the same device does not recompile. */
 #include "core/program.h"
-#include "paths/path.h"
+#include "core/faults.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -61,11 +61,11 @@ static clattn_status build_texts(clattn_context *ctx, const char *file, const ch
     CLATTN_RETURN_IF(ctx, !all_options, CLATTN_ERROR_OUT_OF_MEMORY, "out of host memory");
     snprintf(all_options, olen, "%s %s", base_options, options);
 
-    if (clattn__fail_injected(ctx, "build")) {
+    if (clattn__fail_injected(ctx, CLATTN__FAIL_BUILD)) {
         free(all_options);
         return clattn__fail(ctx, CLATTN_ERROR_BUILD_FAILED,
                             "building cl/%s failed: CLATTN_FAIL_PATH asks path %s to fail", file,
-                            clattn_path_name(ctx->running_path));
+                            clattn_path_name(clattn__running_path(ctx)));
     }
     cl_program prog = NULL;
     clattn_status st = clattn__disk_cache_load(ctx, file, prelude, body, all_options, &prog);

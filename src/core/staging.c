@@ -10,6 +10,17 @@
 
 /* ---- Enqueues other than kernels, each through the fault check ------------------- */
 
+/* The outcome of an enqueue that moves `bytes` bytes: success, or the call's error saying
+ * what failed ("filling 64 bytes on DEVICE failed: ..."). */
+static clattn_status bytes_moved(clattn_context *ctx, cl_int err, const char *doing, size_t bytes,
+                                 const char *where)
+{
+    if (err != CL_SUCCESS)
+        return clattn__fail(ctx, (clattn_status)err, "%s %zu bytes %s %s failed: %s", doing, bytes, where,
+                            ctx->props.name, clattn_status_string(err));
+    return CLATTN_SUCCESS;
+}
+
 clattn_status clattn__enqueue_marker(clattn_context *ctx, cl_event *event)
 {
     cl_int err = clattn__fault_check(ctx, CLATTN__FAULT_ENQUEUE);
@@ -38,10 +49,7 @@ clattn_status clattn__enqueue_fill(clattn_context *ctx, cl_mem mem, const void *
     cl_int err = clattn__fault_check(ctx, CLATTN__FAULT_ENQUEUE);
     if (err == CL_SUCCESS)
         err = clEnqueueFillBuffer(ctx->queue, mem, pattern, pattern_size, offset, bytes, 0, NULL, NULL);
-    if (err != CL_SUCCESS)
-        return clattn__fail(ctx, (clattn_status)err, "filling %zu bytes on %s failed: %s", bytes,
-                            ctx->props.name, clattn_status_string(err));
-    return CLATTN_SUCCESS;
+    return bytes_moved(ctx, err, "filling", bytes, "on");
 }
 
 clattn_status clattn__enqueue_copy(clattn_context *ctx, cl_mem src, size_t src_off, cl_mem dst,
@@ -50,10 +58,7 @@ clattn_status clattn__enqueue_copy(clattn_context *ctx, cl_mem src, size_t src_o
     cl_int err = clattn__fault_check(ctx, CLATTN__FAULT_ENQUEUE);
     if (err == CL_SUCCESS)
         err = clEnqueueCopyBuffer(ctx->queue, src, dst, src_off, dst_off, bytes, 0, NULL, NULL);
-    if (err != CL_SUCCESS)
-        return clattn__fail(ctx, (clattn_status)err, "copying %zu bytes on %s failed: %s", bytes,
-                            ctx->props.name, clattn_status_string(err));
-    return CLATTN_SUCCESS;
+    return bytes_moved(ctx, err, "copying", bytes, "on");
 }
 
 clattn_status clattn__enqueue_copy_rect(clattn_context *ctx, cl_mem src, size_t src_off,
@@ -76,10 +81,7 @@ clattn_status clattn__read(clattn_context *ctx, cl_mem mem, size_t offset, size_
     cl_int err = clattn__fault_check(ctx, CLATTN__FAULT_MAP);
     if (err == CL_SUCCESS)
         err = clEnqueueReadBuffer(ctx->queue, mem, CL_TRUE, offset, bytes, dst, 0, NULL, NULL);
-    if (err != CL_SUCCESS)
-        return clattn__fail(ctx, (clattn_status)err, "reading %zu bytes back from %s failed: %s",
-                            bytes, ctx->props.name, clattn_status_string(err));
-    return CLATTN_SUCCESS;
+    return bytes_moved(ctx, err, "reading", bytes, "back from");
 }
 
 /* ---- Device buffers --------------------------------------------------------------- */
@@ -203,23 +205,26 @@ clattn_status clattn__stage(clattn_context *ctx, const clattn__problem *p, clatt
 }
 
 /* Host outputs come back through host scratch: every read-back must succeed before the
- * first byte of the caller's O or LSE changes, so a failed read leaves both as they were
+ * first byte of any caller output changes, so a failed read leaves them all as they were
  * (a driver may have written part of a failed read's destination). */
-static clattn_status download_outputs(clattn_context *ctx, clattn__dev_problem *dp)
+clattn_status clattn__download(clattn_context *ctx, const clattn__dev_tensor *const *outs, int n,
+                               const char *what)
 {
-    clattn__dev_tensor *outs[2] = {&dp->o, &dp->lse};
-    void *tmp[2] = {NULL, NULL};
+    if (n > CLATTN__DOWNLOAD_MAX)
+        return clattn__fail(ctx, CLATTN_ERROR_INTERNAL, "%d outputs to read back, at most %d", n,
+                            CLATTN__DOWNLOAD_MAX);
+    void *tmp[CLATTN__DOWNLOAD_MAX] = {NULL};
     clattn_status st = CLATTN_SUCCESS;
-    for (int i = 0; i < 2 && st == CLATTN_SUCCESS; i++) {
+    for (int i = 0; i < n && st == CLATTN_SUCCESS; i++) {
         const clattn__dev_tensor *d = outs[i];
         if (!d->download || !d->mem || !d->span) continue;
         tmp[i] = malloc(d->span);
         if (!tmp[i])
-            st = clattn__fail(ctx, CLATTN_ERROR_OUT_OF_MEMORY, "reading results back: out of host memory");
+            st = clattn__fail(ctx, CLATTN_ERROR_OUT_OF_MEMORY, "reading %s back: out of host memory", what);
         else
             st = clattn__read(ctx, d->mem, 0, d->span, tmp[i]);
     }
-    for (int i = 0; i < 2; i++) {
+    for (int i = 0; i < n; i++) {
         if (st == CLATTN_SUCCESS && tmp[i])
             memcpy((char *)outs[i]->src->host + outs[i]->span_base, tmp[i], outs[i]->span);
         free(tmp[i]);
@@ -229,7 +234,8 @@ static clattn_status download_outputs(clattn_context *ctx, clattn__dev_problem *
 
 clattn_status clattn__stage_finish(clattn_context *ctx, clattn__dev_problem *dp, bool ok)
 {
-    clattn_status st = ok ? download_outputs(ctx, dp) : CLATTN_SUCCESS;
+    const clattn__dev_tensor *outs[2] = {&dp->o, &dp->lse};
+    clattn_status st = ok ? clattn__download(ctx, outs, 2, "results") : CLATTN_SUCCESS;
     clattn__dev_tensor *all[] = {&dp->q, &dp->k, &dp->v, &dp->o,
                                  &dp->mask, &dp->kv_lens, &dp->alibi, &dp->lse};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) {

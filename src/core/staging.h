@@ -34,6 +34,12 @@ clattn_status clattn__stage_finish(clattn_context *ctx, clattn__dev_problem *dp,
  * is marked for download. The caller releases d->mem when d->owned. */
 clattn_status clattn__stage_tensor(clattn_context *ctx, const char *name, const clattn_tensor *t,
                                    bool output, clattn__dev_tensor *d);
+/* Read the host outputs among outs[0..n) (those marked download; n at most
+ * CLATTN__DOWNLOAD_MAX) back into the caller's tensors, all or none: a failed read-back
+ * leaves every one as it was. `what` names them in the out-of-memory message. */
+#define CLATTN__DOWNLOAD_MAX 4
+clattn_status clattn__download(clattn_context *ctx, const clattn__dev_tensor *const *outs, int n,
+                               const char *what);
 /* End a staged call whose work returned st and (maybe) the event ev of its last command:
  * finish the staging, hand ev to *event (a marker when the work enqueued nothing) or
  * release it, and return the call's status. */

@@ -1,5 +1,5 @@
 /* Small value types of the public API: version, dtypes, tensor descriptor constructors,
- * attention options and path names. */
+ * attention options, and the names of paths and KV cache formats. */
 #include "core/common.h"
 
 #include <math.h>
@@ -115,24 +115,53 @@ void clattn_options_init_sized(clattn_options *opt, size_t struct_size)
     }
 }
 
+/* ---- Names of enums: value i is names[i] ---------------------------------------- */
+static const char *name_of(const char *const *names, int n, int i, const char *unknown)
+{
+    return i >= 0 && i < n ? names[i] : unknown;
+}
+
+/* The value named `name` (ASCII case ignored where nocase), or -1; -1 for NULL. */
+static int value_of(const char *const *names, int n, const char *name, bool nocase)
+{
+    if (!name) return -1;
+    for (int i = 0; i < n; i++)
+        if ((nocase ? strcasecmp(name, names[i]) : strcmp(name, names[i])) == 0) return i;
+    return -1;
+}
+
 static const char *const path_names[CLATTN_PATH_COUNT_] = {"auto", "fused", "decode",
                                                             "clblast", "unfused"};
 
 const char *clattn_path_name(clattn_path path)
 {
-    if ((int)path < 0 || path >= CLATTN_PATH_COUNT_) return "unknown";
-    return path_names[path];
+    return name_of(path_names, CLATTN_PATH_COUNT_, (int)path, "unknown");
 }
 
 clattn_status clattn_path_from_name(const char *name, clattn_path *path)
 {
-    if (!name || !path) return CLATTN_ERROR_INVALID_ARGUMENT;
-    for (int i = 0; i < CLATTN_PATH_COUNT_; i++)
-        if (strcasecmp(name, path_names[i]) == 0) {
-            *path = (clattn_path)i;
-            return CLATTN_SUCCESS;
-        }
-    return CLATTN_ERROR_INVALID_ARGUMENT;
+    const int i = value_of(path_names, CLATTN_PATH_COUNT_, name, true);
+    if (i < 0 || !path) return CLATTN_ERROR_INVALID_ARGUMENT;
+    *path = (clattn_path)i;
+    return CLATTN_SUCCESS;
+}
+
+/* The KV cache's formats (kv/format.c has their layouts): named here with the other
+ * enums, so the tuning files can name a format without reaching up into kv/. */
+static const char *const kv_format_names[CLATTN_KV_FORMAT_COUNT_] = {"f32", "f16", "int8", "int4",
+                                                                     "tq4", "tq3", "tq2"};
+
+const char *clattn_kv_format_name(clattn_kv_format format)
+{
+    return name_of(kv_format_names, CLATTN_KV_FORMAT_COUNT_, (int)format, NULL);
+}
+
+clattn_status clattn_kv_format_from_name(const char *name, clattn_kv_format *format)
+{
+    const int i = value_of(kv_format_names, CLATTN_KV_FORMAT_COUNT_, name, false);
+    if (i < 0 || !format) return CLATTN_ERROR_INVALID_ARGUMENT;
+    *format = (clattn_kv_format)i;
+    return CLATTN_SUCCESS;
 }
 
 /* The caller's struct may be older (smaller) than ours: copy only the bytes it has and

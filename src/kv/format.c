@@ -500,23 +500,6 @@ void clattn__kv_vtile_get(clattn_kv_format format, int n, const uint8_t *tile, i
 
 /* ---- Public helpers ------------------------------------------------------------- */
 
-const char *clattn_kv_format_name(clattn_kv_format format)
-{
-    const clattn__kv_traits *t = clattn__kv_traits_of(format);
-    return t ? t->name : NULL;
-}
-
-clattn_status clattn_kv_format_from_name(const char *name, clattn_kv_format *format)
-{
-    if (!name || !format) return CLATTN_ERROR_INVALID_ARGUMENT;
-    for (int i = 0; i < CLATTN_KV_FORMAT_COUNT_; i++)
-        if (strcmp(name, traits[i].name) == 0) {
-            *format = traits[i].format;
-            return CLATTN_SUCCESS;
-        }
-    return CLATTN_ERROR_INVALID_ARGUMENT;
-}
-
 double clattn_kv_format_nominal_bits(clattn_kv_format format)
 {
     const clattn__kv_traits *t = clattn__kv_traits_of(format);

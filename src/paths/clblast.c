@@ -5,6 +5,7 @@
 #if CLATTN_WITH_CLBLAST
 
 #include "core/program.h"
+#include "core/faults.h"
 #include "core/kernel_args.h"
 #include "paths/path.h"
 
@@ -228,10 +229,10 @@ static clattn_status clblast_warm(clattn_context *ctx, unsigned which)
     if (clattn__fault_check(ctx, CLATTN__FAULT_BUILD) != CL_SUCCESS)
         return clattn__fail(ctx, CLATTN_ERROR_BUILD_FAILED, "compiling %s's kernels failed: injected fault",
                             routine);
-    if (clattn__fail_injected(ctx, "build"))
+    if (clattn__fail_injected(ctx, CLATTN__FAIL_BUILD))
         return clattn__fail(ctx, CLATTN_ERROR_BUILD_FAILED,
                             "compiling %s's kernels failed: CLATTN_FAIL_PATH asks path %s to fail",
-                            routine, clattn_path_name(ctx->running_path));
+                            routine, clattn_path_name(clattn__running_path(ctx)));
     clattn__log(ctx, "CLBlast: compiling %s's kernels for %s (once per context)", routine,
                 ctx->props.name);
     const float zeros[4] = {0.0f, 0.0f, 0.0f, 0.0f};
@@ -303,7 +304,7 @@ static clattn_status gemm(clattn_context *ctx, CLBlastLayout layout, const gemm_
                          even_steps(c->offs, count, &sc) && sc > 0;
     CLATTN_FORWARD(clblast_warm(ctx, strided ? WARM_STRIDED : WARM_BATCHED));
     cl_int err = clattn__fault_check(ctx, CLATTN__FAULT_ENQUEUE);
-    if (err == CL_SUCCESS && clattn__fail_injected(ctx, "launch")) err = CL_OUT_OF_RESOURCES;
+    if (err == CL_SUCCESS && clattn__fail_injected(ctx, CLATTN__FAIL_LAUNCH)) err = CL_OUT_OF_RESOURCES;
     if (err != CL_SUCCESS)
         return clattn__fail(ctx, (clattn_status)err, "launching %s on %s failed: %s",
                             strided ? "CLBlastSgemmStridedBatched" : "CLBlastSgemmBatched",

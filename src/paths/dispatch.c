@@ -4,6 +4,7 @@
  * order of preference; one that fails to build or launch is recorded for this device
  * and problem class (so it is not retried on every call) and the next one answers; one
  * that runs out of device memory is passed over for this call only. */
+#include "core/faults.h"
 #include "core/program.h"
 #include "paths/path.h"
 #include "tuning/tuning.h"
@@ -87,27 +88,6 @@ clattn_status clattn_context_failure_get(const clattn_context *ctx, size_t i, cl
     return CLATTN_SUCCESS;
 }
 
-/* CLATTN_FAIL_PATH="fused:build,unfused:launch": does the test switch ask the running
- * path to fail at `stage`? The value is the context's, read when it was created (tests
- * change it on a context with clattn__fail_path_set). */
-bool clattn__fail_injected(const clattn_context *ctx, const char *stage)
-{
-    const char *env = ctx->env.fail_path;
-    const clattn_path path = ctx->running_path;
-    if (!*env || path == CLATTN_PATH_AUTO) return false;
-    const char *name = clattn_path_name(path);
-    size_t nl = strlen(name), sl = strlen(stage);
-    for (const char *s = env; *s;) {
-        const char *end = strchr(s, ',');
-        size_t len = end ? (size_t)(end - s) : strlen(s);
-        if (len == nl + 1 + sl && strncmp(s, name, nl) == 0 && s[nl] == ':' &&
-            strncmp(s + nl + 1, stage, sl) == 0)
-            return true;
-        s += len + (end ? 1 : 0);
-    }
-    return false;
-}
-
 /* Auto mode's order: the table's, which lists paths from the most specialised to the
  * most general; a path that does not fit is filtered by its supports(). The CLBlast path
  * moves ahead of the fused one where the tuning row says it measures faster
@@ -136,9 +116,9 @@ static size_t clattn__path_order(const clattn_context *ctx, const clattn__proble
 static clattn_status run_path(clattn_context *ctx, const clattn__path_impl *impl,
                               const clattn__dev_problem *dp, cl_event *event)
 {
-    ctx->running_path = impl->id;
+    clattn__running_path_set(ctx, impl->id);
     clattn_status st = impl->run(ctx, dp, event);
-    ctx->running_path = CLATTN_PATH_AUTO;
+    clattn__running_path_set(ctx, CLATTN_PATH_AUTO);
     return st;
 }
 

@@ -36,8 +36,5 @@ extern const clattn__path_impl clattn__path_clblast;
 
 /* Choose a path for dp (forced or auto with fallback) and run it. */
 clattn_status clattn__dispatch(clattn_context *ctx, const clattn__dev_problem *dp, cl_event *event);
-/* Test switch CLATTN_FAIL_PATH (as read at context creation): should the path running on
- * ctx fail at `stage` ("build" or "launch")? */
-bool clattn__fail_injected(const clattn_context *ctx, const char *stage);
 
 #endif /* CLATTN_PATHS_PATH_H */

@@ -8,6 +8,7 @@
 #ifndef CLATTN_TUNING_H
 #define CLATTN_TUNING_H
 
+#include "core/device.h"
 #include "core/problem.h"
 
 /* The paths that read tuned values. DISPATCH holds the order preferences of auto mode. */
@@ -48,16 +49,6 @@ typedef struct clattn__trow {
     int prefer_clblast; /* dispatch: 1 = the CLBlast path goes ahead of the fused one */
 } clattn__trow;
 
-/* The device as the lookup sees it (tests fill it with made-up values). */
-typedef struct clattn__tdevice {
-    uint32_t vendor_id; /* CL_DEVICE_VENDOR_ID */
-    char arch[64];      /* "sm_90", "gfx1100", "intel:0x56a0"; "" where unknown */
-    char name[128];
-    clattn_device_type type;
-    size_t max_wg;
-    uint64_t local_mem;
-} clattn__tdevice;
-
 /* A problem class: what a tuning record is keyed by beside the device. */
 typedef struct clattn__tclass {
     int dtype;  /* clattn_dtype of Q */
@@ -73,6 +64,7 @@ typedef struct clattn__tsource {
     char text[192];
 } clattn__tsource;
 
+/* ---- Names (params.c) ---------------------------------------------------------- */
 /* One parameter's name and where it lives, for the file reader, printing and the tuner. */
 typedef struct clattn__tparam_info {
     const char *name;
@@ -88,9 +80,7 @@ bool clattn__tpath_from_name(const char *name, clattn__tpath *out);
 int clattn__tform_count(clattn__tpath path);
 const char *clattn__tform_name(clattn__tpath path, int form);
 
-/* The device key of a real device. */
-void clattn__tdevice_of(cl_device_id device, const clattn_device_props *props, clattn__tdevice *out);
-
+/* ---- Built-in rows (rows.c) ---------------------------------------------------- */
 /* A built-in row. It applies to a device when each key it sets matches; its level is the
  * most specific key it sets (name > arch > vendor > type > none: default), and the lookup
  * takes the row of the most specific level (the first such row on a tie). */
@@ -113,6 +103,7 @@ void clattn__tuning_builtin(const clattn__tdevice *dev, clattn__tpath path, clat
  * form other than the one tuned for the device). */
 void clattn__tuning_apply_form(clattn__tpath path, int form, clattn__trow *row);
 
+/* ---- Legality (legal.c) -------------------------------------------------------- */
 /* Is row legal for path on dev for heads up to `head` (local memory, work-group size,
  * the divisibility the kernels need)? If not, why says so. The one place that decides. */
 bool clattn__tuning_legal(const clattn__tdevice *dev, clattn__tpath path, const clattn__trow *row,
@@ -125,11 +116,11 @@ uint64_t clattn__decode_gpu_local_bytes(int64_t D, int64_t Dv, int rows, int kti
 uint64_t clattn__kv_gpu_local_bytes(int64_t D, int64_t Dv, int rows, int ktile);
 
 /* Testing: force a form of a path (-1 = the tuned one) for every context of the process;
- * a forced form never falls back to another one. */
+ * a forced form never falls back to another one (params.c). */
 void clattn__tuning_force_form(clattn__tpath path, int form);
 int clattn__tuning_forced_form(clattn__tpath path);
 
-/* ---- Per context ---------------------------------------------------------------- */
+/* ---- Per context (tuning.c) ----------------------------------------------------- */
 /* A record of a tuning file that applies to the context's device. */
 typedef struct clattn__trecord {
     clattn__tpath path;
