@@ -14,8 +14,9 @@ import numpy as np
 from . import _lib
 from ._lib import lib
 
-__all__ = ["scaled_dot_product_attention", "scaled_dot_product_attention_backward", "KVCache", "devices",
-           "ClattnError", "__version__"]
+__all__ = ["scaled_dot_product_attention", "scaled_dot_product_attention_backward", "KVCache", "KVPool",
+           "PageTable", "merge_states", "devices", "ClattnError", "ClattnValueError", "ClattnTypeError",
+           "__version__"]
 __version__ = lib.clattn_version_string().decode()
 
 
@@ -550,3 +551,8 @@ def devices():
             "has_subgroups": bool(p.has_subgroups),
         })
     return out
+
+
+# The paged KV pool and the merge of states live in their own module, which uses the
+# helpers above (hence imported last).
+from .kv_pool import KVPool, PageTable, merge_states  # noqa: E402
