@@ -14,8 +14,9 @@ import numpy as np
 from . import _lib
 from ._lib import lib
 
-__all__ = ["scaled_dot_product_attention", "scaled_dot_product_attention_backward", "KVCache", "devices",
-           "ClattnError", "__version__"]
+__all__ = ["scaled_dot_product_attention", "scaled_dot_product_attention_backward", "KVCache", "KVPool",
+           "PageTable", "merge_states", "devices", "ClattnError", "ClattnValueError", "ClattnTypeError",
+           "__version__"]
 __version__ = lib.clattn_version_string().decode()
 
 
@@ -301,15 +302,20 @@ def _prepare(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_g
     return q, k, v, q4, k4, v4, code, opt, keep
 
 
+def _lse_output(opt, keep, rows):
+    """A float32 LSE array [B, H, L, 1] for rows = (B, H, L), set as opt.lse; its
+    descriptor goes to keep so it outlives the call."""
+    lse4 = np.empty(tuple(rows) + (1,), dtype=np.float32)
+    lt = _tensor(lse4, _lib.F32)
+    keep.append(lt)
+    opt.lse = ctypes.pointer(lt)
+    return lse4
+
+
 def _forward(ctx, q4, k4, v4, code, opt, keep, dtype, return_lse):
     """clattn_attention on 4-D arrays: (o4, lse4 or None)."""
     o4 = np.empty(q4.shape[:3] + (v4.shape[3],), dtype=dtype)
-    lse4 = None
-    if return_lse:
-        lse4 = np.empty(q4.shape[:3] + (1,), dtype=np.float32)
-        lt = _tensor(lse4, _lib.F32)
-        keep.append(lt)
-        opt.lse = ctypes.pointer(lt)
+    lse4 = _lse_output(opt, keep, q4.shape[:3]) if return_lse else None
     tq, tk, tv, to = _tensor(q4, code), _tensor(k4, code), _tensor(v4, code), _tensor(o4, code)
     with ctx.lock:
         st = lib.clattn_attention(ctx.handle, tq, tk, tv, to, opt, None)
@@ -379,7 +385,61 @@ def scaled_dot_product_attention_backward(grad_out, query, key, value, attn_mask
     return dq4.reshape(q.shape), dk4.reshape(k.shape), dv4.reshape(v.shape)
 
 
-class KVCache:
+def _kv_formats(k_format, v_format):
+    """The clattn_kv_format codes of a (keys, values) pair; v_format None means k_format."""
+    v_format = k_format if v_format is None else v_format
+    for name, f in (("k_format", k_format), ("v_format", v_format)):
+        if f not in _lib.KV_FORMATS:
+            raise ClattnValueError(
+                _lib.INVALID_ARGUMENT, "clattn: %s=%r: expected one of %s" % (name, f, ", ".join(_lib.KV_FORMATS))
+            )
+    return _lib.KV_FORMATS[k_format], _lib.KV_FORMATS[v_format]
+
+
+class _KVStore:
+    """Keys and values on a context's device (the KV cache, the paged KV pool): it keeps
+    the context alive (self._ctx, which the store must not outlive), refuses calls once
+    closed, and frees itself on close(), at the end of a with block, or when collected."""
+
+    _what = "store"  # for the message of a call on a closed store
+    _free = None     # the name of the C call that frees the handle
+
+    def _create(self, device, create, sizes, head_dim, v_head_dim, k_format, v_format):
+        """self._handle from create(ctx, *sizes, D, Dv, k_format, v_format, &handle), under
+        the context's lock; v_head_dim None means head_dim, v_format None k_format."""
+        kf, vf = _kv_formats(k_format, v_format)
+        self.head_dim = int(head_dim)
+        self.v_head_dim = self.head_dim if v_head_dim is None else int(v_head_dim)
+        self._ctx = _context(device)
+        self._handle = ctypes.c_void_p()
+        with self._ctx.lock:
+            st = getattr(lib, create)(self._ctx.handle, *sizes, self.head_dim, self.v_head_dim, kf, vf,
+                                      ctypes.byref(self._handle))
+            self._ctx.check(st)
+
+    def _live(self):
+        if not self._handle:
+            raise ClattnValueError(_lib.INVALID_ARGUMENT, "clattn: the %s is closed" % self._what)
+        return self._handle
+
+    def close(self):
+        if getattr(self, "_handle", None):
+            with self._ctx.lock:
+                getattr(lib, self._free)(self._handle)
+            self._handle = ctypes.c_void_p()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        if lib is not None:
+            self.close()
+
+
+class KVCache(_KVStore):
     """A key/value cache on the device for token-by-token generation.
 
     KVCache(batch, kv_heads, capacity, head_dim, v_head_dim=None, k_format='f16',
@@ -389,29 +449,14 @@ class KVCache:
     default causal bottom-right (each query sees the keys up to its own position).
     """
 
+    _what = "KV cache"
+    _free = "clattn_kv_cache_free"
+
     def __init__(self, batch, kv_heads, capacity, head_dim, v_head_dim=None, k_format="f16",
                  v_format=None, device=None):
-        v_format = k_format if v_format is None else v_format
-        for name, f in (("k_format", k_format), ("v_format", v_format)):
-            if f not in _lib.KV_FORMATS:
-                raise ClattnValueError(
-                    _lib.INVALID_ARGUMENT, "clattn: %s=%r: expected one of %s" % (name, f, ", ".join(_lib.KV_FORMATS))
-                )
-        self._ctx = _context(device)  # the cache must not outlive its context
-        self._handle = ctypes.c_void_p()
         self.batch, self.kv_heads, self.capacity = int(batch), int(kv_heads), int(capacity)
-        self.head_dim = int(head_dim)
-        self.v_head_dim = self.head_dim if v_head_dim is None else int(v_head_dim)
-        with self._ctx.lock:
-            st = lib.clattn_kv_cache_create(
-                self._ctx.handle, self.batch, self.kv_heads, self.capacity, self.head_dim, self.v_head_dim,
-                _lib.KV_FORMATS[k_format], _lib.KV_FORMATS[v_format], ctypes.byref(self._handle))
-            self._ctx.check(st)
-
-    def _live(self):
-        if not self._handle:
-            raise ClattnValueError(_lib.INVALID_ARGUMENT, "clattn: the KV cache is closed")
-        return self._handle
+        self._create(device, "clattn_kv_cache_create", (self.batch, self.kv_heads, self.capacity), head_dim,
+                     v_head_dim, k_format, v_format)
 
     def append(self, key, value, n_per_batch=None):
         """Append key [B, Hkv, n, D] and value [B, Hkv, n, Dv]; batch entry b takes its
@@ -445,12 +490,7 @@ class KVCache:
         _extras(opt, keep, attn_mask, q, int(lengths.max()) if lengths.size else 0, alibi_slopes, None, q.shape[0])
         q4 = _as4d(q)
         o4 = np.empty(q4.shape[:3] + (self.v_head_dim,), dtype=q.dtype)
-        lse4 = None
-        if return_lse:
-            lse4 = np.empty(q4.shape[:3] + (1,), dtype=np.float32)
-            lt = _tensor(lse4, _lib.F32)
-            keep.append(lt)
-            opt.lse = ctypes.pointer(lt)
+        lse4 = _lse_output(opt, keep, q4.shape[:3]) if return_lse else None
         tq, to = _tensor(q4, _DTYPES[q.dtype]), _tensor(o4, _DTYPES[q.dtype])
         with self._ctx.lock:
             st = lib.clattn_kv_cache_attention(self._ctx.handle, self._live(), tq, to, opt, None)
@@ -477,22 +517,6 @@ class KVCache:
     @property
     def bits_per_element(self):
         return float(lib.clattn_kv_cache_bits_per_element(self._live()))
-
-    def close(self):
-        if getattr(self, "_handle", None):
-            with self._ctx.lock:
-                lib.clattn_kv_cache_free(self._handle)
-            self._handle = ctypes.c_void_p()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        if lib is not None:
-            self.close()
 
 
 def devices():
@@ -527,3 +551,8 @@ def devices():
             "has_subgroups": bool(p.has_subgroups),
         })
     return out
+
+
+# The paged KV pool and the merge of states live in their own module, which uses the
+# helpers above (hence imported last).
+from .kv_pool import KVPool, PageTable, merge_states  # noqa: E402

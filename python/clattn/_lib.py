@@ -55,6 +55,17 @@ class Options(ctypes.Structure):
     ]
 
 
+class PageTable(ctypes.Structure):
+    """clattn_page_table: a paged pool's CSR page table (the arrays stay the caller's)."""
+    _fields_ = [
+        ("n_seqs", ctypes.c_size_t),
+        ("indptr", ctypes.c_void_p),
+        ("indices", ctypes.c_void_p),
+        ("last_page_len", ctypes.c_void_p),
+        ("page_size", ctypes.c_int64),
+    ]
+
+
 class DeviceProps(ctypes.Structure):
     _fields_ = [
         ("index", ctypes.c_size_t),
@@ -112,6 +123,8 @@ def _declare(lib):
     P = ctypes.POINTER
     vp = ctypes.c_void_p
     st = ctypes.c_int
+    i64 = ctypes.c_int64
+    size = ctypes.c_size_t
     sigs = {
         "clattn_version_string": (ctypes.c_char_p, []),
         "clattn_status_string": (ctypes.c_char_p, [ctypes.c_int]),
@@ -143,6 +156,23 @@ def _declare(lib):
         "clattn_kv_cache_bytes": (ctypes.c_uint64, [vp]),
         "clattn_kv_cache_bits_per_element": (ctypes.c_double, [vp]),
         "clattn_kv_cache_lengths": (st, [vp, P(ctypes.c_int32)]),
+        "clattn_kv_pool_create": (
+            st, [vp, i64, i64, i64, i64, i64, ctypes.c_int, ctypes.c_int, P(vp)],
+        ),
+        "clattn_kv_pool_free": (None, [vp]),
+        "clattn_kv_pool_bytes": (ctypes.c_uint64, [vp]),
+        # int32 arrays (slot mappings, qo_indptr, page lists) travel as void pointers
+        "clattn_kv_pool_append": (st, [vp, P(PageTable), P(Tensor), P(Tensor), vp, vp]),
+        "clattn_kv_pool_attention": (
+            st, [vp, vp, P(PageTable), vp, P(Tensor), P(Tensor), P(Options), vp],
+        ),
+        "clattn_kv_pool_cascade_attention": (
+            st, [vp, vp, P(PageTable), vp, P(PageTable), vp, P(Tensor), P(Tensor), P(Options), vp],
+        ),
+        "clattn_kv_pool_copy_pages": (st, [vp, size, vp, vp, vp]),
+        "clattn_kv_pool_seq_copy_prefix": (st, [vp, P(PageTable), size, size, i64, vp]),
+        "clattn_kv_pool_seq_remove": (st, [vp, P(PageTable), size, i64, i64, P(i64), vp]),
+        "clattn_merge_states": (st, [vp, size, P(Tensor), P(Tensor), P(Tensor), P(Tensor), vp]),
     }
     for name, (restype, argtypes) in sigs.items():
         fn = getattr(lib, name)

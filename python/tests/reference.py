@@ -1,6 +1,7 @@
 """The float64 numpy reference of SPEC §1 shared by the Python tests: scores in the SPEC's
 order (scale, softcap, ALiBi, additive mask), the keys each row may see (boolean mask,
-causal both ways, window, key lengths), and the softmax probabilities."""
+causal both ways, window, key lengths), the softmax probabilities, the attention's output
+and LSE, and the SPEC's comparison of a result with it."""
 import math
 
 import numpy as np
@@ -54,3 +55,26 @@ def probabilities(q, k, mask=None, causal="none", scale=None, window=None, softc
     z = e.sum(axis=-1, keepdims=True)
     p = np.where(z > 0, e / np.where(z > 0, z, 1.0), 0.0)
     return p, dcap, sc, m, z
+
+
+def attention(q, k, v, **kw):
+    """SPEC §1 in float64 on 4-D [B, H, L, D] inputs; returns (out, lse)."""
+    p, _, _, m, z = probabilities(q, k, **kw)
+    v = np.asarray(v, dtype=np.float64)
+    v = np.repeat(v, q.shape[1] // v.shape[1], axis=1)
+    empty = z <= 0
+    out = np.einsum("bhls,bhsd->bhld", p, v)
+    lse = np.where(empty[..., 0], -np.inf, (m + np.log(np.where(empty, 1.0, z)))[..., 0])
+    return out, lse
+
+
+def close(got, want, f16=False, tol=None):
+    """got within SPEC's tolerance of want: |got - want| <= atol + rtol * |want| with
+    (atol, rtol) = (2e-4, 2e-3) for float32, (3e-3, 3e-3) for float16, or tol if given;
+    -inf where want is -inf (an LSE with no key)."""
+    atol, rtol = tol if tol else (3e-3, 3e-3) if f16 else (2e-4, 2e-3)
+    got = np.asarray(got, dtype=np.float64)
+    assert got.shape == want.shape
+    bad = ~((np.abs(got - want) <= atol + rtol * np.abs(want)) | ((got == want) & np.isinf(want)))
+    assert not bad.any(), "worst at %s: got %r, want %r" % (
+        np.argwhere(bad)[0], got[tuple(np.argwhere(bad)[0])], want[tuple(np.argwhere(bad)[0])])

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 import clattn
-from reference import probabilities
+from reference import close
+from reference import attention as reference
 
 D = 16
 RNG = np.random.default_rng(7)
@@ -15,26 +16,6 @@ RNG = np.random.default_rng(7)
 
 def rand(*shape, dtype=np.float32):
     return RNG.standard_normal(shape).astype(dtype)
-
-
-def reference(q, k, v, **kw):
-    """SPEC §1 in float64 on 4-D [B, H, L, D] inputs; returns (out, lse)."""
-    p, _, _, m, z = probabilities(q, k, **kw)
-    v = np.asarray(v, dtype=np.float64)
-    v = np.repeat(v, q.shape[1] // v.shape[1], axis=1)
-    empty = z <= 0
-    out = np.einsum("bhls,bhsd->bhld", p, v)
-    lse = np.where(empty[..., 0], -np.inf, (m + np.log(np.where(empty, 1.0, z)))[..., 0])
-    return out, lse
-
-
-def close(got, want, f16=False):
-    atol, rtol = (3e-3, 3e-3) if f16 else (2e-4, 2e-3)
-    got = np.asarray(got, dtype=np.float64)
-    assert got.shape == want.shape
-    bad = ~(np.abs(got - want) <= atol + rtol * np.abs(want))
-    assert not bad.any(), "worst at %s: got %r, want %r" % (
-        np.argwhere(bad)[0], got[tuple(np.argwhere(bad)[0])], want[tuple(np.argwhere(bad)[0])])
 
 
 def qkv(B=2, Hq=2, Hkv=2, L=5, S=7, Dv=D, dtype=np.float32):
