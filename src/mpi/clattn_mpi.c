@@ -22,7 +22,13 @@ static _Thread_local char last_err[2048];
 
 const char *clattn_mpi_last_error(void) { return last_err; }
 
-void clmpi_clear_error(void) { last_err[0] = '\0'; }
+clattn_mpi_stats *clmpi_begin(clattn_mpi_stats *stats, clattn_mpi_stats *local)
+{
+    last_err[0] = '\0';
+    clattn_mpi_stats *s = stats ? stats : local;
+    memset(s, 0, sizeof *s);
+    return s;
+}
 
 clattn_status clmpi_fail(clattn_status st, const char *fmt, ...)
 {
@@ -206,7 +212,7 @@ clattn_status clmpi_check_tensor(const clattn_tensor *t, const char *name, bool 
 /* Every rank learns the worst status (and which rank had it). A rank that succeeded
  * returns an error naming the failing rank; a failing rank keeps its own message. */
 clattn_status clmpi_agree(MPI_Comm comm, clattn_status mine, int rank, int step,
-                                 clattn_mpi_stats *s)
+                          clattn_mpi_stats *s)
 {
     int in[2] = {(int)mine, rank}, out[2];
     const double t0 = clmpi_now_s();

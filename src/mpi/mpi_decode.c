@@ -24,10 +24,8 @@ clattn_status clattn_mpi_kv_cache_attention(clattn_context *ctx, MPI_Comm comm,
                                             clattn_tensor *o, const clattn_options *opt,
                                             clattn_mpi_stats *stats)
 {
-    clmpi_clear_error();
     clattn_mpi_stats local;
-    clattn_mpi_stats *s = stats ? stats : &local;
-    memset(s, 0, sizeof *s);
+    clattn_mpi_stats *s = clmpi_begin(stats, &local);
     const double t0 = clmpi_now_s();
     int rank, n;
     MPI_Comm_rank(comm, &rank);

@@ -17,8 +17,9 @@ clattn_status clmpi_fail(clattn_status st, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)))
 #endif
     ;
-/* Empty this thread's last error: every call starts so. */
-void clmpi_clear_error(void);
+/* The start of every call: this thread's last error emptied, and the stats to fill (the
+ * caller's, or local when it passed none) zeroed. Returns them. */
+clattn_mpi_stats *clmpi_begin(clattn_mpi_stats *stats, clattn_mpi_stats *local);
 /* Seconds on a monotonic clock. */
 double clmpi_now_s(void);
 

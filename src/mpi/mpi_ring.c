@@ -90,8 +90,8 @@ static size_t kv_bytes_of(const cp_problem *p, int rank, clattn_dtype kd, clattn
 }
 
 clattn_status clmpi_ring(clattn_context *ctx, MPI_Comm comm, cp_problem *p, const clattn_tensor *q,
-                                const clattn_tensor *k, const clattn_tensor *v, const clattn_tensor *o,
-                                clattn_mpi_stats *s)
+                         const clattn_tensor *k, const clattn_tensor *v, const clattn_tensor *o,
+                         clattn_mpi_stats *s)
 {
     size_t cap = 0;
     for (int r = 0; r < p->n; r++) {

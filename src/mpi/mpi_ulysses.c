@@ -55,6 +55,34 @@ static int a2a_exchange(MPI_Comm comm, const a2a *x, clattn_mpi_stats *s)
     return rc_mpi;
 }
 
+/* Copy the rows l0 .. l0+len-1 of heads h0 .. h0+h-1 (every batch entry) of a dense
+ * [B, H, L, row bytes] array to or from a packed run of them, one after the other: from is
+ * the dense array when from_dense, else the packed run. Returns the bytes copied. */
+static size_t copy_rows(const unsigned char *from, unsigned char *to, bool from_dense, int64_t B,
+                        int64_t H, int64_t L, int64_t h0, int64_t h, int64_t l0, int64_t len,
+                        size_t row)
+{
+    size_t off = 0;
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t hh = 0; hh < h; hh++) {
+            const size_t at = (size_t)((b * H + h0 + hh) * L + l0) * row;
+            memcpy(to + (from_dense ? off : at), from + (from_dense ? at : off), (size_t)len * row);
+            off += (size_t)len * row;
+        }
+    return off;
+}
+
+/* Rank t's contiguous slice of a sequence of length L over n ranks (the split the
+ * all-to-alls use): its length, and its start in *start. */
+static int64_t slice_of(int64_t L, int t, int n, int64_t *start)
+{
+    int64_t st[2] = {0, 0}, ln[2] = {0, 0};
+    int ns;
+    clattn_cp_slices(CLATTN_CP_RING, L, t, n, st, ln, &ns);
+    *start = st[0];
+    return ln[0];
+}
+
 /* An all-to-all of head groups: in is dense [B, H, l_self, W] (elements of es bytes);
  * rank t receives heads t*H/N .. of every rank's rows, assembled by global position into
  * out [B, H/N, L_total, W]. */
@@ -63,44 +91,29 @@ static int seq_to_heads(MPI_Comm comm, const cp_problem *p, const unsigned char 
 {
     const int n = p->n;
     const int64_t h = H / n;
-    int64_t st[2] = {0, 0}, ln[2] = {0, 0};
-    int ns;
-    clattn_cp_slices(CLATTN_CP_RING, L, p->rank, n, st, ln, &ns);
-    const int64_t lself = ln[0];
+    int64_t start;
+    const int64_t lself = slice_of(L, p->rank, n, &start);
     const size_t row = (size_t)W * es;
     size_t sbytes = (size_t)(p->B * H * lself) * row, rbytes = 0;
-    for (int t = 0; t < n; t++) {
-        clattn_cp_slices(CLATTN_CP_RING, L, t, n, st, ln, &ns);
-        rbytes += (size_t)(p->B * h * ln[0]) * row;
-    }
+    for (int t = 0; t < n; t++) rbytes += (size_t)(p->B * h * slice_of(L, t, n, &start)) * row;
     a2a x;
     if (!a2a_alloc(comm, &x, n, sbytes, rbytes)) return -1;
     size_t off = 0;
     for (int t = 0; t < n; t++) { /* to rank t: [B, h, lself, W] of heads t*h .. */
         x.sd[t] = (int)off;
-        for (int64_t b = 0; b < p->B; b++)
-            for (int64_t hh = 0; hh < h; hh++) {
-                memcpy(x.sb + off, in + (size_t)((b * H + t * h + hh) * lself) * row, (size_t)lself * row);
-                off += (size_t)lself * row;
-            }
+        off += copy_rows(in, x.sb + off, true, p->B, H, lself, t * h, h, 0, lself, row);
         x.sc[t] = (int)(off - (size_t)x.sd[t]);
     }
     off = 0;
     for (int t = 0; t < n; t++) {
-        clattn_cp_slices(CLATTN_CP_RING, L, t, n, st, ln, &ns);
         x.rd[t] = (int)off;
-        x.rc[t] = (int)((size_t)(p->B * h * ln[0]) * row);
+        x.rc[t] = (int)((size_t)(p->B * h * slice_of(L, t, n, &start)) * row);
         off += (size_t)x.rc[t];
     }
     int rc_mpi = a2a_exchange(comm, &x, s);
     for (int t = 0; t < n && rc_mpi == MPI_SUCCESS; t++) {
-        clattn_cp_slices(CLATTN_CP_RING, L, t, n, st, ln, &ns);
-        const unsigned char *src = x.rb + x.rd[t];
-        for (int64_t b = 0; b < p->B; b++)
-            for (int64_t hh = 0; hh < h; hh++) {
-                memcpy(out + (size_t)((b * h + hh) * L + st[0]) * row, src, (size_t)ln[0] * row);
-                src += (size_t)ln[0] * row;
-            }
+        const int64_t len = slice_of(L, t, n, &start);
+        copy_rows(x.rb + x.rd[t], out, false, p->B, h, L, 0, h, start, len, row);
     }
     a2a_free(&x);
     return rc_mpi == MPI_SUCCESS ? 0 : -1;
@@ -112,43 +125,31 @@ static int heads_to_seq(MPI_Comm comm, const cp_problem *p, const unsigned char 
 {
     const int n = p->n;
     const int64_t h = H / n;
-    int64_t st[2] = {0, 0}, ln[2] = {0, 0};
-    int ns;
     const size_t row = (size_t)W * es;
-    clattn_cp_slices(CLATTN_CP_RING, L, p->rank, n, st, ln, &ns);
-    const int64_t lself = ln[0];
+    int64_t start;
+    const int64_t lself = slice_of(L, p->rank, n, &start);
     const size_t sbytes = (size_t)(p->B * h * L) * row, rbytes = (size_t)(p->B * H * lself) * row;
     a2a x;
     if (!a2a_alloc(comm, &x, n, sbytes, rbytes)) return -1;
     size_t off = 0;
     for (int t = 0; t < n; t++) { /* to rank t: its rows of my heads, [B, h, l_t, W] */
-        clattn_cp_slices(CLATTN_CP_RING, L, t, n, st, ln, &ns);
+        const int64_t len = slice_of(L, t, n, &start);
         x.sd[t] = (int)off;
-        for (int64_t b = 0; b < p->B; b++)
-            for (int64_t hh = 0; hh < h; hh++) {
-                memcpy(x.sb + off, in + (size_t)((b * h + hh) * L + st[0]) * row, (size_t)ln[0] * row);
-                off += (size_t)ln[0] * row;
-            }
+        off += copy_rows(in, x.sb + off, true, p->B, h, L, 0, h, start, len, row);
         x.sc[t] = (int)(off - (size_t)x.sd[t]);
         x.rd[t] = (int)((size_t)t * (size_t)(p->B * h * lself) * row);
         x.rc[t] = (int)((size_t)(p->B * h * lself) * row);
     }
     int rc_mpi = a2a_exchange(comm, &x, s);
-    for (int t = 0; t < n && rc_mpi == MPI_SUCCESS; t++) {
-        const unsigned char *src = x.rb + x.rd[t];
-        for (int64_t b = 0; b < p->B; b++)
-            for (int64_t hh = 0; hh < h; hh++) {
-                memcpy(out + (size_t)((b * H + t * h + hh) * lself) * row, src, (size_t)lself * row);
-                src += (size_t)lself * row;
-            }
-    }
+    for (int t = 0; t < n && rc_mpi == MPI_SUCCESS; t++)
+        copy_rows(x.rb + x.rd[t], out, false, p->B, H, lself, t * h, h, 0, lself, row);
     a2a_free(&x);
     return rc_mpi == MPI_SUCCESS ? 0 : -1;
 }
 
-clattn_status clmpi_ulysses(clattn_context *ctx, MPI_Comm comm, cp_problem *p, const clattn_tensor *q,
-                                   const clattn_tensor *k, const clattn_tensor *v, const clattn_tensor *o,
-                                   clattn_mpi_stats *s)
+clattn_status clmpi_ulysses(clattn_context *ctx, MPI_Comm comm, cp_problem *p,
+                            const clattn_tensor *q, const clattn_tensor *k,
+                            const clattn_tensor *v, const clattn_tensor *o, clattn_mpi_stats *s)
 {
     const int n = p->n;
     const int64_t hq = p->Hq / n, hk = p->Hkv / n;
