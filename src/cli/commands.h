@@ -82,7 +82,7 @@ int cmd_bench_parse_line(const char *line, const bench_args *base, bench_spec *o
 /* `clattn run`: the value of each option (NULL when not given) and those already decoded. */
 #define CMD_RUN_MAX_OPTS 32
 typedef struct run_args {
-    const char *arg[CMD_RUN_MAX_OPTS]; /* by option, in cmd_run.c's order */
+    const char *arg[CMD_RUN_MAX_OPTS]; /* by option, in cmd_run.h's order */
     int blhd;
     clattn_dtype out_dtype;
     clattn_options opt;  /* scale, softcap, causal, window, path; no tensors yet */
