@@ -54,8 +54,6 @@ static clattn_status validate(cp_problem *p, const clattn_tensor *q, const clatt
     return CLATTN_SUCCESS;
 }
 
-/* Write the merged float32 rows [B, Hq, lq, Dv] (and LSE) into o and opt->lse. */
-
 clattn_status clattn_mpi_attention(clattn_context *ctx, MPI_Comm comm, clattn_cp_scheme scheme,
                                    const clattn_tensor *q, const clattn_tensor *k,
                                    const clattn_tensor *v, clattn_tensor *o, int64_t lq_total,

@@ -13,6 +13,7 @@
 #include <string.h>
 #include <time.h>
 
+/* Write the merged float32 rows [B, Hq, lq, Dv] (and LSE) into o and opt->lse. */
 static void commit(const cp_problem *p, const float *acc_o, const float *acc_l, const clattn_tensor *o)
 {
     clmpi_store_rows(o, p->opt.lse, p->B, p->Hq, p->lq, p->Dv, acc_o, p->Dv, acc_l, 1);
