@@ -236,3 +236,35 @@ static int cmp_double(const void *a, const void *b)
 }
 
 void cli_sort_doubles(double *v, size_t n) { qsort(v, n, sizeof v[0], cmp_double); }
+
+const cli_choice cli_dtypes[] = {
+    {"f32", CLATTN_F32}, {"f16", CLATTN_F16}, {"bf16", CLATTN_BF16}, {NULL, 0}};
+const cli_choice cli_causal_modes[] = {{"none", CLATTN_CAUSAL_NONE},
+                                       {"top-left", CLATTN_CAUSAL_TOP_LEFT},
+                                       {"bottom-right", CLATTN_CAUSAL_BOTTOM_RIGHT},
+                                       {NULL, 0}};
+
+bool cli_choose(const char *cmd, const char *where, const char *option, const char *s,
+                const cli_choice *table, const char *names, int *value)
+{
+    for (const cli_choice *c = table; c->name; c++)
+        if (strcmp(s, c->name) == 0) {
+            *value = c->value;
+            return true;
+        }
+    cli_error(cmd, "%s%s: '%s' is not %s", where, option, s, names);
+    return false;
+}
+
+int cli_no_operands(const char *cmd, int argc, char **argv, const char *hint)
+{
+    if (optind >= argc) return CLI_EXIT_OK;
+    cli_error(cmd, "unexpected argument '%s'%s", argv[optind], hint ? hint : "");
+    return CLI_EXIT_USAGE;
+}
+
+int cli_parse_stop(int rc, bool help, void (*usage)(FILE *f))
+{
+    if (rc == CLI_EXIT_OK && help) usage(stdout);
+    return rc;
+}

@@ -33,6 +33,18 @@ bool cli_parse_double(const char *s, double *out);
 bool cli_parse_float(const char *s, float *out); /* also finite as a float */
 bool cli_parse_int64(const char *s, int64_t *out);
 
+/* A name a command line may give and the value it stands for; tables end in {NULL, 0}. */
+typedef struct cli_choice {
+    const char *name;
+    int value;
+} cli_choice;
+extern const cli_choice cli_dtypes[];       /* f32, f16, bf16 */
+extern const cli_choice cli_causal_modes[]; /* none, top-left, bottom-right */
+/* The value of name s in table into *value; when s is not one of its names, false and
+ * one error line "<where><option>: 's' is not <names>". */
+bool cli_choose(const char *cmd, const char *where, const char *option, const char *s,
+                const cli_choice *table, const char *names, int *value);
+
 /* Prepare getopt_long for a fresh argument vector (glibc re-initialises on optind = 0),
  * with its own messages turned off: the caller reports errors through cli_error. */
 void cli_getopt_reset(void);
@@ -41,6 +53,14 @@ void cli_getopt_reset(void);
  * value, value given to a flag) as one cli_error line. argv/longopts are those passed to
  * getopt_long; the optstring must start with ':'. */
 void cli_getopt_error(const char *cmd, int c, char **argv, const struct option *longopts);
+
+/* After getopt_long: an operand left over is a usage error, reported as "unexpected
+ * argument 'X'" followed by hint (NULL for none). Returns CLI_EXIT_OK or CLI_EXIT_USAGE. */
+int cli_no_operands(const char *cmd, int argc, char **argv, const char *hint);
+
+/* A command's return once its parser said stop (call when rc != CLI_EXIT_OK or help):
+ * the parser's status, or after --help the usage text on stdout and CLI_EXIT_OK. */
+int cli_parse_stop(int rc, bool help, void (*usage)(FILE *f));
 
 /* The long name of the option whose val is `val` ("--q"), for messages. */
 const char *cli_option_name(const struct option *longopts, int val, char *buf, size_t len);

@@ -157,10 +157,7 @@ int cmd_check_parse(int argc, char **argv, check_args *a, bool *help)
         default: cli_getopt_error("check", c, argv, longopts); return CLI_EXIT_USAGE;
         }
     }
-    if (optind < argc) {
-        cli_error("check", "unexpected argument '%s'", argv[optind]);
-        return CLI_EXIT_USAGE;
-    }
+    if (cli_no_operands("check", argc, argv, NULL) != CLI_EXIT_OK) return CLI_EXIT_USAGE;
     if (a->nrandom < 0) a->nrandom = a->full ? 8 : 0;
     const char *path = a->path;
     clattn_path want;
@@ -181,11 +178,7 @@ int cmd_check(int argc, char **argv)
     check_args a;
     bool help;
     int rc = cmd_check_parse(argc, argv, &a, &help);
-    if (rc != CLI_EXIT_OK) return rc;
-    if (help) {
-        usage(stdout);
-        return CLI_EXIT_OK;
-    }
+    if (rc != CLI_EXIT_OK || help) return cli_parse_stop(rc, help, usage);
     /* one line per case as it finishes, also into a pipe or a log (where stdout would
      * otherwise be block-buffered and the first result would wait for the last) */
     setvbuf(stdout, NULL, _IOLBF, 0);

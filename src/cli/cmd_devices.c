@@ -133,10 +133,8 @@ int cmd_devices_parse(int argc, char **argv, devices_args *a, bool *help)
         default: cli_getopt_error(CMD, c, argv, longopts); return CLI_EXIT_USAGE;
         }
     }
-    if (optind < argc) {
-        cli_error(CMD, "unexpected argument '%s' (see clattn devices --help)", argv[optind]);
+    if (cli_no_operands(CMD, argc, argv, " (see clattn devices --help)") != CLI_EXIT_OK)
         return CLI_EXIT_USAGE;
-    }
     if (a->json && (a->tuning || a->variants)) {
         cli_error(CMD, "--tuning and --variants print text only: leave out --json");
         return CLI_EXIT_USAGE;
@@ -183,17 +181,26 @@ static void row_text(clattn__tpath path, const clattn__trow *r, char *buf, size_
     }
 }
 
-/* The rows in force on device i: each path for any class, then each class a tuning
- * file record names. Opens a context (no kernel is built). */
-static void print_tuning(size_t i)
+/* A context on device i for its --tuning or --variants lines, or NULL after a line saying
+ * it cannot be opened (what names the lines). */
+static clattn_context *open_listed(size_t i, const char *what)
 {
     char spec[32];
     snprintf(spec, sizeof spec, "%zu", i);
     clattn_context *ctx = NULL;
     if (clattn_context_create(spec, &ctx) != CLATTN_SUCCESS) {
-        printf("     tuning: cannot open a context on this device\n");
-        return;
+        printf("     %s: cannot open a context on this device\n", what);
+        return NULL;
     }
+    return ctx;
+}
+
+/* The rows in force on device i: each path for any class, then each class a tuning
+ * file record names. Opens a context (no kernel is built). */
+static void print_tuning(size_t i)
+{
+    clattn_context *ctx = open_listed(i, "tuning");
+    if (!ctx) return;
     const clattn__tdevice *dev = &ctx->tuning->dev;
     printf("     tuning key: vendor_id 0x%x, arch \"%s\", name \"%s\"\n", dev->vendor_id, dev->arch, dev->name);
     char cls_s[128], row_s[512];
@@ -221,13 +228,8 @@ static void print_tuning(size_t i)
  * reports the feature and no cached answer exists. */
 static void print_variants(size_t i)
 {
-    char spec[32];
-    snprintf(spec, sizeof spec, "%zu", i);
-    clattn_context *ctx = NULL;
-    if (clattn_context_create(spec, &ctx) != CLATTN_SUCCESS) {
-        printf("     variants: cannot open a context on this device\n");
-        return;
-    }
+    clattn_context *ctx = open_listed(i, "variants");
+    if (!ctx) return;
     for (int v = 0; v < CLATTN__VAR_COUNT; v++) {
         char why[112];
         int value = 0;
@@ -243,11 +245,7 @@ int cmd_devices(int argc, char **argv)
     devices_args a;
     bool help;
     int rc = cmd_devices_parse(argc, argv, &a, &help);
-    if (rc != CLI_EXIT_OK) return rc;
-    if (help) {
-        usage(stdout);
-        return CLI_EXIT_OK;
-    }
+    if (rc != CLI_EXIT_OK || help) return cli_parse_stop(rc, help, usage);
     const int json = a.json;
 
     size_t count = 0;

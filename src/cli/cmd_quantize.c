@@ -53,10 +53,7 @@ int cmd_quantize_parse(int argc, char **argv, quantize_args *a, bool *help)
         default: cli_getopt_error(CMD, c, argv, longopts); return CLI_EXIT_USAGE;
         }
     }
-    if (optind < argc) {
-        cli_error(CMD, "unexpected argument '%s'", argv[optind]);
-        return CLI_EXIT_USAGE;
-    }
+    if (cli_no_operands(CMD, argc, argv, NULL) != CLI_EXIT_OK) return CLI_EXIT_USAGE;
     if (!fmt || !in || !out) {
         cli_error(CMD, "missing %s (see clattn quantize --help)", !fmt ? "--format" : !in ? "--in" : "--out");
         return CLI_EXIT_USAGE;
@@ -86,11 +83,7 @@ int cmd_quantize(int argc, char **argv)
     quantize_args qa;
     bool help;
     int prc = cmd_quantize_parse(argc, argv, &qa, &help);
-    if (prc != CLI_EXIT_OK) return prc;
-    if (help) {
-        usage(stdout);
-        return CLI_EXIT_OK;
-    }
+    if (prc != CLI_EXIT_OK || help) return cli_parse_stop(prc, help, usage);
     const char *fmt = qa.format_name, *in = qa.in, *out = qa.out;
     const clattn_kv_format format = qa.format;
     const clattn_kv_role role = qa.role;

@@ -1,4 +1,6 @@
-/* Entry points of the clattn subcommands (SPEC §2), one file each in src/cli/. Each takes
+/* Entry points of the clattn subcommands (SPEC §2), one file each in src/cli/ (run and
+ * bench read their command line in a second one, cmd_run_args.c and cmd_bench_args.c,
+ * tune its search and output in tune_search.c and tune_write.c). Each takes
  * the arguments after "clattn" (argv[0] is the subcommand's name), prints its own usage
  * for --help, and returns a CLI_EXIT_* status (cli_util.h). They live in the clattn_cli
  * library rather than in main.c so tests and tools can call them directly. */
@@ -10,6 +12,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
 
 int cmd_devices(int argc, char **argv); /* cmd_devices.c */
 int cmd_run(int argc, char **argv);     /* cmd_run.c */
@@ -70,6 +73,7 @@ typedef struct bench_args {
 /* Also checks --path and that --shape and --sweep are not combined; the sweep file itself
  * is read by the command, each line through cmd_bench_parse_line. */
 int cmd_bench_parse(int argc, char **argv, bench_args *a, bool *help);
+void cmd_bench_usage(FILE *f); /* cmd_bench_args.c */
 /* One sweep line as bench options for one case into *out. Returns CLI_EXIT_OK, -1 for a
  * blank or comment line, or CLI_EXIT_USAGE after one cli_error line (where prefixes it). */
 int cmd_bench_parse_line(const char *line, const bench_args *base, bench_spec *out,
@@ -78,7 +82,7 @@ int cmd_bench_parse_line(const char *line, const bench_args *base, bench_spec *o
 /* `clattn run`: the value of each option (NULL when not given) and those already decoded. */
 #define CMD_RUN_MAX_OPTS 32
 typedef struct run_args {
-    const char *arg[CMD_RUN_MAX_OPTS]; /* by option, in cmd_run.c's order */
+    const char *arg[CMD_RUN_MAX_OPTS]; /* by option, in cmd_run.h's order */
     int blhd;
     clattn_dtype out_dtype;
     clattn_options opt;  /* scale, softcap, causal, window, path; no tensors yet */
