@@ -89,6 +89,10 @@ static void make_plan(const clattn_context *ctx, const clattn__problem *p, int k
     pl->nsplit = ceil_div(L, pl->chunk);
 }
 
+/* The kernel file of the plan's form: each form of kv_partial is its own file (both build
+ * on cl/kv_read.cl, core/program.c), and the merge kernel comes from the same program. */
+static const char *kv_attn_file(const kv_plan *pl) { return pl->form == 1 ? "kv_attn_gpu.cl" : "kv_attn.cl"; }
+
 static void rows_options(const clattn__kv_src *c, const clattn__problem *p, int64_t dim, char *opts,
                          size_t cap)
 {
@@ -149,13 +153,13 @@ static clattn_status run_kernels(clattn_context *ctx, const clattn__kv_src *c, c
         if (ok && pl.form == 1)
             ok = clattn__opts_add(opts, sizeof opts, " -DKV_GPU=1 -DWG=%d -DKTILE=%d", pl.wg, pl.ktile);
         CLATTN_RETURN_IF(ctx, !ok, CLATTN_ERROR_INTERNAL, "kv attention: build options too long");
-        const clattn_status bst = clattn__kernel_get(ctx, "kv_attn.cl", opts, "kv_partial", &kp);
+        const clattn_status bst = clattn__kernel_get(ctx, kv_attn_file(&pl), opts, "kv_partial", &kp);
         if (bst == CLATTN_ERROR_BUILD_FAILED && pl.form == 1 && clattn__tuning_form_failed(ctx, CLATTN__TP_KV, p, pl.form))
             continue;
         CLATTN_FORWARD(bst);
         break;
     }
-    CLATTN_FORWARD(clattn__kernel_get(ctx, "kv_attn.cl", opts, "splitkv_merge", &km));
+    CLATTN_FORWARD(clattn__kernel_get(ctx, kv_attn_file(&pl), opts, "splitkv_merge", &km));
     const int64_t rows_all = p->B * p->Hq * p->Lq;
     const int64_t DP = ceil_div(p->D, 16) * 16, DVP = ceil_div(p->Dv, 16) * 16;
     int64_t scratch_i = 0, q_bytes = 0, o_bytes = 0;

@@ -1,8 +1,8 @@
 /* The KV cache object: device buffers in the formats of kv/format.h, appends that
  * quantize on the device (cl/kv_quant.cl), and attention that reads the stored formats
- * directly (cl/kv_attn.cl; host side in attention.c). The host keeps the authoritative lengths, so capacity is
- * checked before anything is written; the device copy of the lengths is a new small
- * buffer per append, so nothing waits for the queue. */
+ * directly (cl/kv_attn.cl; host side in attention.c). The host keeps the authoritative
+ * lengths, so capacity is checked before anything is written; the device copy of the
+ * lengths is a new small buffer per append, so nothing waits for the queue. */
 #include "kv/cache.h"
 #include "kv/attention.h"
 #include "kv/format.h"
