@@ -331,14 +331,16 @@ clattn_status clattn__kv_start(clattn_context *ctx, const char *what, const char
 typedef struct kv_work_arg {
     const clattn__kv_src *src;
     int64_t Lmax;
+    bool want_event; /* the caller asked for an event: else the kernels create none */
 } kv_work_arg;
 
 /* The work of a staged KV attention call (clattn__call_work): a paged call's table goes
  * to the device first (released after: queued kernels keep the buffers alive). */
-static clattn_status kv_work(clattn_context *ctx, const clattn__dev_problem *dp, void *arg, cl_event *ev)
+static clattn_status kv_work(clattn_context *ctx, const clattn__dev_problem *dp, void *arg, cl_event *event)
 {
     const kv_work_arg *w = arg;
     const clattn_page_table *t = w->src->table;
+    cl_event *ev = w->want_event ? event : NULL;
     if (!t) return kv_attend(ctx, w->src, NULL, dp, w->Lmax, ev);
     kv_pages pg;
     memset(&pg, 0, sizeof pg);
@@ -365,6 +367,6 @@ clattn_status clattn__kv_call(clattn_context *ctx, const char *what, const clatt
     clattn__problem p;
     clattn_options all;
     CLATTN_FORWARD(clattn__call_begin_as(ctx, what, q, &kd, &vd, o, full, event, &all, &p));
-    kv_work_arg w = {src, Lmax};
+    kv_work_arg w = {src, Lmax, event != NULL};
     return clattn__call_run(ctx, &p, &all, kv_work, &w, event);
 }
