@@ -88,7 +88,7 @@ void clattn_kv_pool_free(clattn_kv_pool *p)
 /* Every rule of a page table (clattn.h); *max_len / *max_slots receive the longest
  * sequence in tokens and in slots. */
 clattn_status clattn__kv_pool_check_table(const clattn_kv_pool *p, const char *what, const clattn_page_table *t,
-                                 int64_t *max_len, int64_t *max_slots)
+                                          int64_t *max_len, int64_t *max_slots)
 {
     clattn_context *ctx = p->ctx;
     CLATTN_RETURN_IF(ctx, !t, CLATTN_ERROR_INVALID_ARGUMENT, "%s: the page table is NULL", what);
@@ -147,7 +147,7 @@ static clattn_status page_holders(const clattn_kv_pool *p, const clattn_page_tab
 }
 
 clattn_status clattn__kv_pool_check_qo(clattn_context *ctx, const char *what, const int32_t *qo, size_t n, int64_t Nq,
-                              int64_t *lq_max)
+                                       int64_t *lq_max)
 {
     CLATTN_RETURN_IF(ctx, !qo, CLATTN_ERROR_INVALID_ARGUMENT, "%s: qo_indptr is NULL", what);
     CLATTN_RETURN_IF(ctx, qo[0] != 0 || qo[n] != Nq, CLATTN_ERROR_INVALID_ARGUMENT,
@@ -177,7 +177,7 @@ static int cmp_slot(const void *a, const void *b)
     return x->slot < y->slot ? -1 : x->slot > y->slot ? 1 : x->token - y->token;
 }
 clattn_status clattn__kv_group_tiles(clattn_context *ctx, const int32_t *slots, int64_t n, int64_t ps, int32_t **order,
-                                 int32_t **grp, int64_t *ntiles, int64_t *dup)
+                                     int32_t **grp, int64_t *ntiles, int64_t *dup)
 {
     slot_ref *r = malloc((size_t)(n ? n : 1) * sizeof *r);
     *order = malloc((size_t)(n ? n : 1) * sizeof **order);
@@ -249,7 +249,7 @@ static clattn_status enqueue_append(clattn_kv_pool *p, cl_kernel k, bool keys, c
 
 /* No page written through `slots` may be held by two sequences of the table. */
 clattn_status clattn__kv_pool_check_written(clattn_kv_pool *p, const char *what, const clattn_page_table *t,
-                                         const int32_t *pages, size_t n)
+                                            const int32_t *pages, size_t n)
 {
     uint16_t *holders;
     CLATTN_FORWARD(page_holders(p, t, &holders));
