@@ -145,27 +145,20 @@ inline float dec_hmax(FV x)
 #define VLOAD_V(p) CLATTN_CAT(as_float, VW)(CLATTN_CAT(convert_uint, VW)(VLOAD(0, (p))) << 16)
 #endif
 
-inline FV dec_load_k(const __global K_T *p, long base, long st, int c)
-{
-#if K_CONTIG
-    if ((c + 1) * VW <= D) return VLOAD_K(p + base + c * VW);
-#endif
-    float t[VW];
-    for (int e = 0; e < VW; e++)
-        t[e] = (c * VW + e < D) ? LOAD_K(p, base + (long)(c * VW + e) * st) : 0.0f;
-    return VLOAD(0, t);
-}
-
-inline FV dec_load_v(const __global V_T *p, long base, long st, int c)
-{
-#if V_CONTIG
-    if ((c + 1) * VW <= DV) return VLOAD_V(p + base + c * VW);
-#endif
-    float t[VW];
-    for (int e = 0; e < VW; e++)
-        t[e] = (c * VW + e < DV) ? LOAD_V(p, base + (long)(c * VW + e) * st) : 0.0f;
-    return VLOAD(0, t);
-}
+/* dec_load_k and dec_load_v: rows of n elements of type T, read with LOAD (scalar) and
+ * VLOAD_ROW (a full chunk), vector loads only when CONTIG (a constant: the branch
+ * compiles away otherwise). */
+#define DEC_LOAD_ROW(name, T, LOAD, VLOAD_ROW, CONTIG, n)                                 \
+    inline FV name(const __global T *p, long base, long st, int c)                        \
+    {                                                                                     \
+        if (CONTIG && (c + 1) * VW <= (n)) return VLOAD_ROW(p + base + c * VW);           \
+        float t[VW];                                                                      \
+        for (int e = 0; e < VW; e++)                                                      \
+            t[e] = (c * VW + e < (n)) ? LOAD(p, base + (long)(c * VW + e) * st) : 0.0f;   \
+        return VLOAD(0, t);                                                               \
+    }
+DEC_LOAD_ROW(dec_load_k, K_T, LOAD_K, VLOAD_K, K_CONTIG, D)
+DEC_LOAD_ROW(dec_load_v, V_T, LOAD_V, VLOAD_V, V_CONTIG, DV)
 
 inline FV dec_load_q(const __global Q_T *p, long base, long st, int c)
 {
@@ -183,11 +176,7 @@ __kernel void decode_partial(TENSOR_PARAMS(const __global Q_T *, q),
                              long nsplit, long chunk, MASK_PARAMS)
 {
     const long blk = get_global_id(0);
-    const long split = get_global_id(1);
-    const long bk = get_global_id(2);
-    const long b = bk / Hkv;
-    const long kvh = bk - b * Hkv;
-    const long nrows = group * Lq;
+    SPLITKV_PLACE();
     const long c_lo = split * chunk;
     const long c_hi = min(Lk, c_lo + chunk);
 
@@ -400,11 +389,7 @@ void decode_partial(TENSOR_PARAMS(const __global Q_T *, q),
 
     const int t = (int)get_local_id(0);
     const long blk = get_group_id(0);
-    const long split = get_global_id(1);
-    const long bk = get_global_id(2);
-    const long b = bk / Hkv;
-    const long kvh = bk - b * Hkv;
-    const long nrows = group * Lq;
+    SPLITKV_PLACE();
     const long c_lo = split * chunk;
     const long c_hi = min(Lk, c_lo + chunk);
 

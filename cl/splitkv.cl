@@ -42,6 +42,16 @@ inline void splitkv_store_ml(__global float *part_ml, long pr, float m, float l)
     part_ml[pr * 2 + 1] = l;
 }
 
+/* A split step's place in the grid (global (.., nsplit, B * Hkv)): its split, its (batch,
+ * KV head) pair bk = b * Hkv + kvh, and the row count of its GQA group, nrows = group *
+ * Lq. The row block blk (dimension 0) is the caller's: a work-item's or a work-group's. */
+#define SPLITKV_PLACE()                                                                    \
+    const long split = get_global_id(1);                                                   \
+    const long bk = get_global_id(2);                                                      \
+    const long b = bk / Hkv;                                                               \
+    const long kvh = bk - b * Hkv;                                                         \
+    const long nrows = group * Lq
+
 #ifdef SPLITKV_DENSE_OUT
 #define SPLITKV_OUT_PARAMS __global float *od
 #define SPLITKV_STORE(row, bhi, d, val) (od[(row) * W + (d)] = (val))

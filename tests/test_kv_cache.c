@@ -469,7 +469,7 @@ static void test_attention_over_cache_honours_every_spec_option(void **state)
     run_cases(cases, sizeof cases / sizeof cases[0], pairs, sizeof pairs / sizeof pairs[0], 1);
 }
 
-/* The GPU form (cl/kv_attn.cl KV_GPU 1, a work-group per row block with the tile's keys
+/* The GPU form (cl/kv_attn_gpu.cl, a work-group per row block with the tile's keys
  * and values dequantized into local memory), forced through the tuning layer: every
  * format as keys and values, GQA groups split over row blocks, per-batch lengths with
  * an empty entry and one long enough for several key splits (the shared merge), head sizes off the 16-lane grid (D 72, Dv 40), a tile boundary inside

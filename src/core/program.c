@@ -23,11 +23,17 @@ bool clattn__opts_add(char *buf, size_t cap, const char *fmt, ...)
     return n >= 0 && (size_t)n < cap - used;
 }
 
-/* The programs built on the split-KV skeleton (cl/splitkv.cl, after the prelude): decode
- * and the KV-cache attention share its online softmax and merge kernel. */
-static bool uses_splitkv(const char *file)
+/* The files a program's body builds on, after the prelude (NULL-terminated): decode and
+ * the KV-cache attention share the split-KV skeleton (cl/splitkv.cl: online softmax and
+ * the merge kernel); both forms of the KV-cache attention (cl/kv_attn.cl, its GPU form
+ * cl/kv_attn_gpu.cl) also share the stored formats' readers of cl/kv_read.cl. */
+static const char *const *bases_of(const char *file)
 {
-    return strcmp(file, "decode.cl") == 0 || strcmp(file, "kv_attn.cl") == 0;
+    static const char *const none[] = {NULL}, *const splitkv[] = {"splitkv.cl", NULL},
+                             *const kv[] = {"splitkv.cl", "kv_read.cl", NULL};
+    if (strcmp(file, "decode.cl") == 0) return splitkv;
+    if (strcmp(file, "kv_attn.cl") == 0 || strcmp(file, "kv_attn_gpu.cl") == 0) return kv;
+    return none;
 }
 
 static clattn_status build_texts(clattn_context *ctx, const char *file, const char *prelude,
@@ -38,16 +44,24 @@ static clattn_status build_program(clattn_context *ctx, const char *file, const 
 {
     const char *prelude = clattn__kernel_source(ctx->env.kernel_dir, "prelude.cl");
     const char *body = clattn__kernel_source(ctx->env.kernel_dir, file);
-    const char *skeleton = uses_splitkv(file) ? clattn__kernel_source(ctx->env.kernel_dir, "splitkv.cl") : "";
-    CLATTN_RETURN_IF(ctx, !prelude || !body || !skeleton, CLATTN_ERROR_INTERNAL,
-                     "kernel source %s is missing from this build",
-                     !prelude ? "prelude.cl" : !skeleton ? "splitkv.cl" : file);
-    if (!*skeleton) return build_texts(ctx, file, prelude, body, options, out);
-    /* the prelude and the skeleton as one text, so the disk cache's key covers both */
-    size_t hlen = strlen(prelude) + strlen(skeleton) + 2;
+    const char *const *bases = bases_of(file);
+    size_t hlen = prelude ? strlen(prelude) + 1 : 0;
+    const char *missing = !prelude ? "prelude.cl" : !body ? file : NULL;
+    for (int i = 0; bases[i] && !missing; i++) {
+        const char *text = clattn__kernel_source(ctx->env.kernel_dir, bases[i]);
+        if (text) hlen += strlen(text) + 1;
+        else missing = bases[i];
+    }
+    CLATTN_RETURN_IF(ctx, missing, CLATTN_ERROR_INTERNAL, "kernel source %s is missing from this build", missing);
+    if (!bases[0]) return build_texts(ctx, file, prelude, body, options, out);
+    /* the prelude and the bases as one text, so the disk cache's key covers them all */
     char *head = malloc(hlen);
     CLATTN_RETURN_IF(ctx, !head, CLATTN_ERROR_OUT_OF_MEMORY, "out of host memory");
-    snprintf(head, hlen, "%s\n%s", prelude, skeleton);
+    strcpy(head, prelude);
+    for (int i = 0; bases[i]; i++) {
+        strcat(head, "\n");
+        strcat(head, clattn__kernel_source(ctx->env.kernel_dir, bases[i]));
+    }
     clattn_status st = build_texts(ctx, file, head, body, options, out);
     free(head);
     return st;
