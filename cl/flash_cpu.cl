@@ -148,12 +148,7 @@ inline float clattn_hsum16(float16 x)
     return c.lo + c.hi;
 }
 
-__kernel void flash_cpu(TENSOR_PARAMS(const __global Q_T *, q),
-                        TENSOR_PARAMS(const __global K_T *, k),
-                        TENSOR_PARAMS(const __global V_T *, v),
-                        TENSOR_PARAMS(__global O_T *, o), __global float *lse, long lse_off,
-                        long lse_s0, long lse_s1, long lse_s2, MASK_PARAMS, long B, long Hq,
-                        long Hkv, const __global float *kt, const __global float *vp,
+__kernel void flash_cpu(FLASH_PARAMS, const __global float *kt, const __global float *vp,
                         long lk_pad)
 {
     /* Row blocks in the order 0, n-1, 1, n-2, ...: with causal masks a block's cost grows
