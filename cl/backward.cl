@@ -35,10 +35,7 @@ __kernel void bwd_rowdot(TENSOR_PARAMS(const __global Q_T *, q),
                          __global float *qp, __global float *dop, __global float *part,
                          long nsplit, long B, long Hq, long Lq)
 {
-    const long row = get_global_id(0);
-    const long rows = B * Hq * Lq;
-    if (row >= rows) return;
-    const long3 bhi = clattn_decode_row(row, Hq, Lq);
+    QUERY_ROW_ITEM();
     const long ob = o_off + bhi.x * o_s0 + bhi.y * o_s1 + bhi.z * o_s2;
     const long db = dout_off + bhi.x * dout_s0 + bhi.y * dout_s1 + bhi.z * dout_s2;
     /* fma in the order the kernels compute dP = dO · V: a row that sees one key (O = V)

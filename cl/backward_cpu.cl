@@ -119,6 +119,20 @@
 #define TERMS16 LANE_TERMS
 #endif
 
+/* s[r][w] += Σ_d x_{r0+r}[d] · tT[d][16w .. 16w + 15] for the RT rows of a register tile
+ * (x_r: the row xr[r]) and the block's BN keys, d over the n_d columns of the transposed
+ * tile tT ([n_d][BN]): S = Q Kᵀ (s = sa, tT = Kᵀ) and dP = dO Vᵀ (s = pa, tT = Vᵀ). */
+#define ROW_TILE_DOTS(s, n_d, tT, xr)                                                    \
+    for (int d = 0; d < (n_d); d++) {                                                    \
+        float16 kv[NVN];                                                                 \
+        _Pragma("unroll") for (int w = 0; w < NVN; w++) kv[w] = vload16(w, (tT) + d * BN); \
+        _Pragma("unroll") for (int r = 0; r < RT; r++) {                                 \
+            const float x = xr[r0 + r][d];                                               \
+            _Pragma("unroll") for (int w = 0; w < NVN; w++)                              \
+                s[r][w] = fma((float16)(x), kv[w], s[r][w]);                             \
+        }                                                                                \
+    }
+
 /* g[jj0 + t] += Σ_r w[r][jj0 + t] · x_r for the 4 keys jj0.. of a register tile and the
  * NV float16 vectors of a gradient row, CT vectors at a time, over the step's n rows
  * (x_r: the row xr[r]): dV += Pᵀ dO (g = dva, w = pb, x = dO) and dK += dSᵀ Q (g = dka,
@@ -272,28 +286,8 @@ __kernel void bwd_cpu_kv(TENSOR_PARAMS(const __global Q_T *, q),
                     for (int r = 0; r < RT; r++)
 #pragma unroll
                         for (int w = 0; w < NVN; w++) sa[r][w] = pa[r][w] = (float16)(0.0f);
-                    for (int d = 0; d < D; d++) {
-                        float16 kv[NVN];
-#pragma unroll
-                        for (int w = 0; w < NVN; w++) kv[w] = vload16(w, kt + d * BN);
-#pragma unroll
-                        for (int r = 0; r < RT; r++) {
-                            const float x = qr[r0 + r][d];
-#pragma unroll
-                            for (int w = 0; w < NVN; w++) sa[r][w] = fma((float16)(x), kv[w], sa[r][w]);
-                        }
-                    }
-                    for (int c = 0; c < DV; c++) {
-                        float16 vv[NVN];
-#pragma unroll
-                        for (int w = 0; w < NVN; w++) vv[w] = vload16(w, vt + c * BN);
-#pragma unroll
-                        for (int r = 0; r < RT; r++) {
-                            const float x = dr[r0 + r][c];
-#pragma unroll
-                            for (int w = 0; w < NVN; w++) pa[r][w] = fma((float16)(x), vv[w], pa[r][w]);
-                        }
-                    }
+                    ROW_TILE_DOTS(sa, D, kt, qr);
+                    ROW_TILE_DOTS(pa, DV, vt, dr);
                     for (int r = 0; r < RT; r++) {
                         const int R = r0 + r;
                         for (int w = 0; w < NVN; w++) {
@@ -360,10 +354,7 @@ __kernel void bwd_cpu_kv(TENSOR_PARAMS(const __global Q_T *, q),
 __kernel void bwd_dqsum(const __global float *part, long nsplit, TENSOR_PARAMS(__global DQ_T *, dq),
                         float scale, long B, long Hq, long Lq)
 {
-    const long row = get_global_id(0);
-    const long rows = B * Hq * Lq;
-    if (row >= rows) return;
-    const long3 bhi = clattn_decode_row(row, Hq, Lq);
+    QUERY_ROW_ITEM();
     const long ob = dq_off + bhi.x * dq_s0 + bhi.y * dq_s1 + bhi.z * dq_s2;
     for (int d = 0; d < D; d++) {
         float x = 0.0f;

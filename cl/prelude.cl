@@ -111,6 +111,15 @@ inline long3 clattn_decode_row(long row, long Hq, long Lq)
     return (long3)(b, bh - b * Hq, row - bh * Lq);
 }
 
+/* The start of a kernel with one work-item per query row of [B, Hq, Lq] (bwd_rowdot,
+ * bwd_dqsum): this work-item's row (of rows; past the last it returns) and its (b, h, i)
+ * in bhi. */
+#define QUERY_ROW_ITEM()                                                                 \
+    const long row = get_global_id(0);                                                   \
+    const long rows = B * Hq * Lq;                                                       \
+    if (row >= rows) return;                                                             \
+    const long3 bhi = clattn_decode_row(row, Hq, Lq)
+
 /* A tensor argument: pointer, element offset, four element strides. */
 #define TENSOR_PARAMS(T, name) \
     T name, long name##_off, long name##_s0, long name##_s1, long name##_s2, long name##_s3
