@@ -316,19 +316,9 @@ __kernel void bwd_cpu_kv(TENSOR_PARAMS(const __global Q_T *, q),
 #pragma unroll
                             for (int c = 0; c < CT; c++)
                                 if (c0 + c < DP16) a[r][c] = vload16(c0 + c, dqr[r0 + r]);
-                        for (int jj = jlo; jj < jhi; jj++) {
-                            float16 x[CT];
-#pragma unroll
-                            for (int c = 0; c < CT; c++)
-                                if (c0 + c < DP16) x[c] = vload16(c0 + c, KROW(jj));
-#pragma unroll
-                            for (int r = 0; r < RT; r++) {
-                                const float dsv = dsb[r0 + r][jj];
-#pragma unroll
-                                for (int c = 0; c < CT; c++)
-                                    if (c0 + c < DP16) a[r][c] = fma((float16)(dsv), x[c], a[r][c]);
-                            }
-                        }
+#define DS_OF(r, jj) dsb[r0 + (r)][jj]
+                        TILE_KEYS_UPDATE(a, RT, CT, DP16, c0, jlo, jhi, KROW, DS_OF);
+#undef DS_OF
 #pragma unroll
                         for (int r = 0; r < RT; r++)
 #pragma unroll

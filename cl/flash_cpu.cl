@@ -340,19 +340,11 @@ __kernel void flash_cpu(FLASH_PARAMS, const __global float *kt, const __global f
 #pragma unroll
                 for (int c = 0; c < DV_CHUNK; c++)
                     if (c0 + c < NVD) a[r][c] = acc[rb + r][c0 + c];
-            for (int j = jb; j < je; j++) {
-                float16 vv[DV_CHUNK];
-#pragma unroll
-                for (int c = 0; c < DV_CHUNK; c++)
-                    if (c0 + c < NVD) vv[c] = vload16(c0 + c, vt + j * vld);
-#pragma unroll
-                for (int r = 0; r < BLOCK_M; r++) {
-                    const float pj = pbuf[r][j];
-#pragma unroll
-                    for (int c = 0; c < DV_CHUNK; c++)
-                        if (c0 + c < NVD) a[r][c] = fma((float16)pj, vv[c], a[r][c]);
-                }
-            }
+#define V_ROW(j) (vt + (j) * vld)
+#define P_OF(r, j) pbuf[r][j]
+            TILE_KEYS_UPDATE(a, BLOCK_M, DV_CHUNK, NVD, c0, jb, je, V_ROW, P_OF);
+#undef V_ROW
+#undef P_OF
 #pragma unroll
             for (int r = 0; r < BLOCK_M; r++)
 #pragma unroll

@@ -321,6 +321,22 @@ inline float clattn_score(float dot, long b, long h, long i, long j, float slope
 #define DP16 ((D + 15) / 16)
 #define DVP16 ((DV + 15) / 16)
 
+/* The CPU forms' register tile a[R][CH] (float16 vectors c0 .. c0 + CH - 1 of rows of nv
+ * vectors) += Σ_j W(r, j) · x_j over the keys j in [jb, je), x_j the same vectors of the
+ * row at XROW(j): cl/flash_cpu.cl's O += P V and cl/backward_cpu.cl's dQ += dS K, every
+ * product a "broadcast scalar x float16" update. */
+#define TILE_KEYS_UPDATE(a, R, CH, nv, c0, jb, je, XROW, W)                               \
+    for (int j_ = (jb); j_ < (je); j_++) {                                               \
+        float16 x_[CH];                                                                  \
+        _Pragma("unroll") for (int c = 0; c < (CH); c++)                                 \
+            if ((c0) + c < (nv)) x_[c] = vload16((c0) + c, XROW(j_));                    \
+        _Pragma("unroll") for (int r = 0; r < (R); r++) {                                \
+            const float w_ = W(r, j_);                                                   \
+            _Pragma("unroll") for (int c = 0; c < (CH); c++)                             \
+                if ((c0) + c < (nv)) a[r][c] = fma((float16)(w_), x_[c], a[r][c]);       \
+        }                                                                                \
+    }
+
 /* 2^x for x <= 0 or -inf (a score minus a running max or an LSE), within 2e-7 relative,
  * for the CPU forms of the fused and backward kernels:
  * 2^n by the exponent bits times a degree-6 Taylor polynomial of 2^f, n = round(x),
