@@ -10,6 +10,7 @@
  *               every head of its GQA group that sees it: dV_j += P_ij dO_i and
  *               dK_j += dS_ij Q_i (D_i recomputed per row).
  *   bwdu_dmask  global (mask elements): the float mask's gradient, as bwd_dmask does.
+ * The commit of cl_mem outputs is cl/commit.cl's bwd_commit, as for the tiled forms.
  *
  * Every sum runs in one work-item in a fixed order (deterministic, no atomics). Scores go
  * through the prelude's SCORE and KEY_RANGE as in the forward kernels; dP and D use the
@@ -51,6 +52,16 @@
         (dpv) = e_;                                                                      \
     } while (0)
 
+/* Q_i and dO_i of row (b, h, i) into the private rows qr, dr; D_i into dd. */
+#define ROW_INPUTS(b, h, i, qr, dr, dd)                                                  \
+    do {                                                                                 \
+        const long qb_ = q_off + (b) * q_s0 + (h) * q_s1 + (i) * q_s2;                   \
+        const long db_ = dout_off + (b) * dout_s0 + (h) * dout_s1 + (i) * dout_s2;       \
+        for (int d = 0; d < D; d++) (qr)[d] = LOAD_Q(q, qb_ + d * q_s3);                 \
+        for (int c = 0; c < DV; c++) (dr)[c] = LOAD_DO(dout, db_ + c * dout_s3);         \
+        ROW_DELTA((b), (h), (i), (dd));                                                  \
+    } while (0)
+
 __kernel void bwdu_dq(BWDU_INPUTS, TENSOR_PARAMS(__global DQ_T *, dq), MASK_PARAMS, long B,
                       long Hq, long Hkv)
 {
@@ -64,11 +75,7 @@ __kernel void bwdu_dq(BWDU_INPUTS, TENSOR_PARAMS(__global DQ_T *, dq), MASK_PARA
     for (int d = 0; d < D; d++) acc[d] = 0.0f;
     if (l != -INFINITY) {
         float qr[D], dr[DV], dd;
-        const long qb = q_off + b * q_s0 + h * q_s1 + i * q_s2;
-        const long db = dout_off + b * dout_s0 + h * dout_s1 + i * dout_s2;
-        for (int d = 0; d < D; d++) qr[d] = LOAD_Q(q, qb + d * q_s3);
-        for (int c = 0; c < DV; c++) dr[c] = LOAD_DO(dout, db + c * dout_s3);
-        ROW_DELTA(b, h, i, dd);
+        ROW_INPUTS(b, h, i, qr, dr, dd);
         const long2 kr = KEY_RANGE(b, i);
         for (long j = kr.x; j < kr.y; j++) {
             float dot, dpv;
@@ -104,11 +111,7 @@ __kernel void bwdu_dkdv(BWDU_INPUTS, TENSOR_PARAMS(__global DK_T *, dk),
             const float l = lse[lse_off + b * lse_s0 + h * lse_s1 + i * lse_s2];
             if (l == -INFINITY) continue;
             float qr[D], dr[DV], dd, dot, dpv;
-            const long qb = q_off + b * q_s0 + h * q_s1 + i * q_s2;
-            const long db = dout_off + b * dout_s0 + h * dout_s1 + i * dout_s2;
-            for (int d = 0; d < D; d++) qr[d] = LOAD_Q(q, qb + d * q_s3);
-            for (int c = 0; c < DV; c++) dr[c] = LOAD_DO(dout, db + c * dout_s3);
-            ROW_DELTA(b, h, i, dd);
+            ROW_INPUTS(b, h, i, qr, dr, dd);
             PAIR_DOTS(qr, dr, b, kvh, j, dot, dpv);
             const float s = SCORE(dot, b, h, i, j, slope);
             const float p = s == -INFINITY ? 0.0f : exp(s - l);
@@ -128,42 +131,16 @@ __kernel void bwdu_dmask(BWDU_INPUTS, TENSOR_PARAMS(__global float *, dm), long 
 {
     MASK_GRAD_ELEMENT();
     float sum = 0.0f;
-    for (long b = b0; b < b1; b++)
-        for (long h = h0; h < h1; h++) {
-            const long kvh = h / (Hq / Hkv);
-            const float slope = ALIBI_SLOPE(h);
-            for (long i = q0; i < q1; i++) {
-                const float l = lse[lse_off + b * lse_s0 + h * lse_s1 + i * lse_s2];
-                if (l == -INFINITY) continue;
-                float qr[D], dr[DV], dd;
-                const long qb = q_off + b * q_s0 + h * q_s1 + i * q_s2;
-                const long db = dout_off + b * dout_s0 + h * dout_s1 + i * dout_s2;
-                for (int d = 0; d < D; d++) qr[d] = LOAD_Q(q, qb + d * q_s3);
-                for (int c = 0; c < DV; c++) dr[c] = LOAD_DO(dout, db + c * dout_s3);
-                ROW_DELTA(b, h, i, dd);
-                const long2 kr = KEY_RANGE(b, i);
-                for (long j = max(k0, kr.x); j < min(k1, kr.y); j++) {
-                    float dot, dpv;
-                    PAIR_DOTS(qr, dr, b, kvh, j, dot, dpv);
-                    const float s = SCORE(dot, b, h, i, j, slope);
-                    const float p = s == -INFINITY ? 0.0f : exp(s - l);
-                    sum += p * (dpv - dd);
-                }
-            }
-        }
+    MASK_GRAD_ROWS(
+        float qr[D], dr[DV], dd;
+        ROW_INPUTS(b, h, i, qr, dr, dd);
+        const long2 kr = KEY_RANGE(b, i);
+        for (long j = max(k0, kr.x); j < min(k1, kr.y); j++) {
+            float dot, dpv;
+            PAIR_DOTS(qr, dr, b, kvh, j, dot, dpv);
+            const float s = SCORE(dot, b, h, i, j, slope);
+            const float p = s == -INFINITY ? 0.0f : exp(s - l);
+            sum += p * (dpv - dd);
+        })
     dm[dm_off + a0 * dm_s0 + a1 * dm_s1 + a2 * dm_s2 + a3 * dm_s3] = sum;
-}
-
-/* The commit of the cl_mem outputs' scratch copies, as bwd_commit in cl/backward.cl (a
- * copy here, so that this fallback builds nothing from that file). */
-kernel void bwdu_commit(global ushort *d0, ulong o0, global const ushort *s0, ulong n0,
-                        global ushort *d1, ulong o1, global const ushort *s1, ulong n1,
-                        global ushort *d2, ulong o2, global const ushort *s2, ulong n2,
-                        global ushort *d3, ulong o3, global const ushort *s3, ulong n3)
-{
-    const ulong i = get_global_id(0);
-    if (i < n0) d0[o0 + i] = s0[i];
-    if (i < n1) d1[o1 + i] = s1[i];
-    if (i < n2) d2[o2 + i] = s2[i];
-    if (i < n3) d3[o3 + i] = s3[i];
 }

@@ -148,12 +148,7 @@ inline float clattn_hsum16(float16 x)
     return c.lo + c.hi;
 }
 
-__kernel void flash_cpu(TENSOR_PARAMS(const __global Q_T *, q),
-                        TENSOR_PARAMS(const __global K_T *, k),
-                        TENSOR_PARAMS(const __global V_T *, v),
-                        TENSOR_PARAMS(__global O_T *, o), __global float *lse, long lse_off,
-                        long lse_s0, long lse_s1, long lse_s2, MASK_PARAMS, long B, long Hq,
-                        long Hkv, const __global float *kt, const __global float *vp,
+__kernel void flash_cpu(FLASH_PARAMS, const __global float *kt, const __global float *vp,
                         long lk_pad)
 {
     /* Row blocks in the order 0, n-1, 1, n-2, ...: with causal masks a block's cost grows
@@ -345,19 +340,11 @@ __kernel void flash_cpu(TENSOR_PARAMS(const __global Q_T *, q),
 #pragma unroll
                 for (int c = 0; c < DV_CHUNK; c++)
                     if (c0 + c < NVD) a[r][c] = acc[rb + r][c0 + c];
-            for (int j = jb; j < je; j++) {
-                float16 vv[DV_CHUNK];
-#pragma unroll
-                for (int c = 0; c < DV_CHUNK; c++)
-                    if (c0 + c < NVD) vv[c] = vload16(c0 + c, vt + j * vld);
-#pragma unroll
-                for (int r = 0; r < BLOCK_M; r++) {
-                    const float pj = pbuf[r][j];
-#pragma unroll
-                    for (int c = 0; c < DV_CHUNK; c++)
-                        if (c0 + c < NVD) a[r][c] = fma((float16)pj, vv[c], a[r][c]);
-                }
-            }
+#define V_ROW(j) (vt + (j) * vld)
+#define P_OF(r, j) pbuf[r][j]
+            TILE_KEYS_UPDATE(a, BLOCK_M, DV_CHUNK, NVD, c0, jb, je, V_ROW, P_OF);
+#undef V_ROW
+#undef P_OF
 #pragma unroll
             for (int r = 0; r < BLOCK_M; r++)
 #pragma unroll

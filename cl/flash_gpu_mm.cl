@@ -119,10 +119,7 @@
 #endif
 
 __kernel __attribute__((reqd_work_group_size(WG, 1, 1))) void
-flash_gpu_mm(TENSOR_PARAMS(const __global Q_T *, q), TENSOR_PARAMS(const __global K_T *, k),
-             TENSOR_PARAMS(const __global V_T *, v), TENSOR_PARAMS(__global O_T *, o),
-             __global float *lse, long lse_off, long lse_s0, long lse_s1, long lse_s2,
-             MASK_PARAMS, long B, long Hq, long Hkv)
+flash_gpu_mm(FLASH_PARAMS)
 {
     __local float qs[BLOCK_M * D];
     __local float kv[KV_FLOATS]; /* K tile (transposed), then V tile (rows) */
@@ -169,32 +166,11 @@ flash_gpu_mm(TENSOR_PARAMS(const __global Q_T *, q), TENSOR_PARAMS(const __globa
 #endif
 
     /* Key ranges: this work-item's rows; the union and intersection over the block. */
-    long lo[RM], hi[RM];
-    for (int rr = 0; rr < RM; rr++) {
-        const long i = i0 + tr + rr * TR;
-        long2 kr = (long2)(0, 0);
-        if (i < Lq) kr = KEY_RANGE(b, i);
-        lo[rr] = kr.x;
-        hi[rr] = kr.y;
-    }
-    long jlo = Lk, jhi = 0, ilo = 0, ihi = Lk; /* union [jlo, jhi), intersection [ilo, ihi) */
-    for (int r = 0; r < BLOCK_M; r++) {
-        if (i0 + r >= Lq) break;
-        const long2 kr = KEY_RANGE(b, i0 + r);
-        ilo = max(ilo, kr.x);
-        ihi = min(ihi, kr.y);
-        if (kr.x < kr.y) {
-            jlo = min(jlo, kr.x);
-            jhi = max(jhi, kr.y);
-        }
-    }
+    FLASH_GPU_ROW_RANGES(b, lo, hi);
+    const long4 blk = ROWS_KEY_RANGE(b, i0, BLOCK_M);
+    const long jlo = blk.x, jhi = blk.y, ilo = blk.z, ihi = blk.w; /* union, intersection */
 
-    float m[RM], l[RM], acc[RM][RD];
-    for (int rr = 0; rr < RM; rr++) {
-        m[rr] = -INFINITY;
-        l[rr] = 0.0f;
-        for (int c = 0; c < RD; c++) acc[rr][c] = 0.0f;
-    }
+    FLASH_GPU_ROW_STATE(m, l, acc, RD);
 
     for (long j0 = jlo / BLOCK_N * BLOCK_N; j0 < jhi; j0 += BLOCK_N) {
         barrier(CLK_LOCAL_MEM_FENCE); /* qs written / previous V tile and P consumed */
@@ -337,16 +313,6 @@ flash_gpu_mm(TENSOR_PARAMS(const __global Q_T *, q), TENSOR_PARAMS(const __globa
         for (int u = 0; u < TC; u++) lt += red[r * TC + u];
 #endif
         if (i >= Lq) continue;
-        const float inv = lt > 0.0f ? 1.0f / lt : 0.0f;
-        const long ob = o_off + b * o_s0 + h * o_s1 + i * o_s2;
-        for (int c = 0; c < RD; c++) {
-            const int col = tc + c * TC;
-            if (col < DV) STORE_O(o, ob + col * o_s3, acc[rr][c] * inv);
-        }
-        if (lse) { /* LSE asked for (NULL otherwise) */
-            if (tc == 0)
-                lse[lse_off + b * lse_s0 + h * lse_s1 + i * lse_s2] =
-                    lt > 0.0f ? (m[rr] + log2(lt)) * LN2 : -INFINITY;
-        }
+        FLASH_GPU_WRITE_ROW(b, h, i, acc[rr], RD, lt, (m[rr] + log2(lt)) * LN2);
     }
 }

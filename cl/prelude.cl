@@ -111,6 +111,15 @@ inline long3 clattn_decode_row(long row, long Hq, long Lq)
     return (long3)(b, bh - b * Hq, row - bh * Lq);
 }
 
+/* The start of a kernel with one work-item per query row of [B, Hq, Lq] (bwd_rowdot,
+ * bwd_dqsum): this work-item's row (of rows; past the last it returns) and its (b, h, i)
+ * in bhi. */
+#define QUERY_ROW_ITEM()                                                                 \
+    const long row = get_global_id(0);                                                   \
+    const long rows = B * Hq * Lq;                                                       \
+    if (row >= rows) return;                                                             \
+    const long3 bhi = clattn_decode_row(row, Hq, Lq)
+
 /* A tensor argument: pointer, element offset, four element strides. */
 #define TENSOR_PARAMS(T, name) \
     T name, long name##_off, long name##_s0, long name##_s1, long name##_s2, long name##_s3
@@ -128,6 +137,55 @@ inline long3 clattn_decode_row(long row, long Hq, long Lq)
         long mask_s1, long mask_s2, long mask_s3, int causal, long win_left,              \
         long win_right, int has_kvlens, const __global int *kv_lens, long kvl_off,        \
         long kvl_st, long Lq, long Lk
+
+/* The arguments the fused path's kernels (cl/flash_*.cl) begin with, in this order (set
+ * by src/paths/fused.c's set_main_args): Q, K, V, O, the LSE (NULL when not asked for),
+ * MASK_PARAMS, B, Hq, Hkv. */
+#define FLASH_PARAMS                                                                     \
+    TENSOR_PARAMS(const __global Q_T *, q), TENSOR_PARAMS(const __global K_T *, k),       \
+        TENSOR_PARAMS(const __global V_T *, v), TENSOR_PARAMS(__global O_T *, o),         \
+        __global float *lse, long lse_off, long lse_s0, long lse_s1, long lse_s2,         \
+        MASK_PARAMS, long B, long Hq, long Hkv
+
+/* The GPU forms of the fused path (cl/flash_gpu.cl, cl/flash_gpu_mm.cl): the key ranges
+ * [lo[rr], hi[rr]) of the RM rows i0 + tr + rr * TR of batch b this work-item scores
+ * (rows past Lq get an empty range). */
+#define FLASH_GPU_ROW_RANGES(b, lo, hi)                                                  \
+    long lo[RM], hi[RM];                                                                 \
+    for (int rr = 0; rr < RM; rr++) {                                                    \
+        const long i = i0 + tr + rr * TR;                                                \
+        long2 kr = (long2)(0, 0);                                                        \
+        if (i < Lq) kr = KEY_RANGE((b), i);                                              \
+        lo[rr] = kr.x;                                                                   \
+        hi[rr] = kr.y;                                                                   \
+    }
+
+/* Their online softmax state per row rr of the work-item, at the start: the running max
+ * m (-inf: no key yet), the running sum l and nc accumulators of O's columns. */
+#define FLASH_GPU_ROW_STATE(m, l, acc, nc)                                               \
+    float m[RM], l[RM], acc[RM][nc];                                                     \
+    for (int rr = 0; rr < RM; rr++) {                                                    \
+        m[rr] = -INFINITY;                                                               \
+        l[rr] = 0.0f;                                                                    \
+        for (int c = 0; c < (nc); c++) acc[rr][c] = 0.0f;                                \
+    }
+
+/* The GPU forms of the fused path write row i of head (b, h) once: O's columns tc, tc + TC, ... from the accumulators acc_row[0..nc)
+ * over the row's sum lt (zeros for a row that saw no key), and, from the row's first
+ * work-item (tc == 0), the LSE lse_v (-inf for a row that saw no key) when one is asked
+ * for (lse not NULL). */
+#define FLASH_GPU_WRITE_ROW(b, h, i, acc_row, nc, lt, lse_v)                             \
+    do {                                                                                 \
+        const float inv_ = (lt) > 0.0f ? 1.0f / (lt) : 0.0f;                             \
+        const long ob_ = o_off + (b) * o_s0 + (h) * o_s1 + (i) * o_s2;                   \
+        for (int c_ = 0; c_ < (nc); c_++) {                                              \
+            const int col_ = tc + c_ * TC;                                               \
+            if (col_ < DV) STORE_O(o, ob_ + col_ * o_s3, (acc_row)[c_] * inv_);          \
+        }                                                                                \
+        if (lse && tc == 0)                                                              \
+            lse[lse_off + (b) * lse_s0 + (h) * lse_s1 + (i) * lse_s2] =                  \
+                (lt) > 0.0f ? (lse_v) : -INFINITY;                                       \
+    } while (0)
 
 /* The keys row (b, i) may see by position: [lo, hi). Empty when lo >= hi. The branches
  * are uniform across a work-group (every argument is), so they cost one row's worth. */
@@ -148,6 +206,31 @@ inline long2 clattn_key_range(long b, long i, long Lq, long Lk, int causal, long
 #define KEY_RANGE(b, i)                                                                   \
     clattn_key_range((b), (i), Lq, Lk, causal, win_left, win_right, has_kvlens, kv_lens,  \
                      kvl_off, kvl_st)
+
+/* The keys rows [i0, i0 + n) of batch b see (rows past Lq left out), for a block of rows
+ * that walks key tiles together: (x, y) the union of their KEY_RANGEs, empty ranges left
+ * out ([Lk, 0) when all are empty: the tiles to visit), (z, w) their intersection (tiles
+ * inside it need no per-key test). */
+inline long4 clattn_rows_key_range(long b, long i0, long n, long Lq, long Lk, int causal,
+                                   long win_left, long win_right, int has_kvlens,
+                                   const __global int *kv_lens, long kvl_off, long kvl_st)
+{
+    long jlo = Lk, jhi = 0, ilo = 0, ihi = Lk;
+    for (long i = i0; i < min(i0 + n, Lq); i++) {
+        const long2 kr = clattn_key_range(b, i, Lq, Lk, causal, win_left, win_right, has_kvlens,
+                                          kv_lens, kvl_off, kvl_st);
+        ilo = max(ilo, kr.x);
+        ihi = min(ihi, kr.y);
+        if (kr.x < kr.y) {
+            jlo = min(jlo, kr.x);
+            jhi = max(jhi, kr.y);
+        }
+    }
+    return (long4)(jlo, jhi, ilo, ihi);
+}
+#define ROWS_KEY_RANGE(b, i0, n)                                                          \
+    clattn_rows_key_range((b), (i0), (n), Lq, Lk, causal, win_left, win_right, has_kvlens, \
+                          kv_lens, kvl_off, kvl_st)
 
 /* ALiBi slope of query head h (0 when off). */
 #if HAS_ALIBI
@@ -206,6 +289,53 @@ inline float clattn_score(float dot, long b, long h, long i, long j, float slope
 #else
 #define SOFTCAP_DERIV(dot) 1.0f
 #endif
+
+/* The rows (b, h, i) whose gradients the element a0..a3 of MASK_GRAD_ELEMENT sums over,
+ * each with its query head's KV head kvh and slope and its LSE l, rows with l = -inf
+ * (every key excluded: no gradient) left out: runs the statements given for each. */
+#define MASK_GRAD_ROWS(...)                                                              \
+    for (long b = b0; b < b1; b++)                                                       \
+        for (long h = h0; h < h1; h++) {                                                 \
+            const long kvh = h / (Hq / Hkv);                                             \
+            const float slope = ALIBI_SLOPE(h);                                          \
+            for (long i = q0; i < q1; i++) {                                             \
+                const float l = lse[lse_off + b * lse_s0 + h * lse_s1 + i * lse_s2];     \
+                if (l == -INFINITY) continue;                                            \
+                __VA_ARGS__                                                              \
+            }                                                                            \
+        }
+
+/* p and dS of key j for row (b, h, i), with j inside the row's key range: dsf is dLoss/ds
+ * of the final score (the mask's gradient), dsp the one before the softcap (for dQ, dK). */
+#define BWD_TERMS(dot, dpv, b, h, i, j, slope, lse_r, dl_r, p, dsf, dsp)                  \
+    do {                                                                                 \
+        const float s_ = SCORE((dot), (b), (h), (i), (j), (slope));                      \
+        (p) = (s_ == -INFINITY || (lse_r) == -INFINITY) ? 0.0f : exp(s_ - (lse_r));      \
+        (dsf) = (p) * ((dpv) - (dl_r));                                                  \
+        (dsp) = (dsf) * SOFTCAP_DERIV(dot);                                              \
+    } while (0)
+
+/* The backward CPU form's dense float32 rows (cl/backward.cl's bwd_rowdot writes them,
+ * cl/backward_cpu.cl reads them): float16 vectors of a Q or dQ row, zero padded, and of
+ * a dO row. */
+#define DP16 ((D + 15) / 16)
+#define DVP16 ((DV + 15) / 16)
+
+/* The CPU forms' register tile a[R][CH] (float16 vectors c0 .. c0 + CH - 1 of rows of nv
+ * vectors) += Σ_j W(r, j) · x_j over the keys j in [jb, je), x_j the same vectors of the
+ * row at XROW(j): cl/flash_cpu.cl's O += P V and cl/backward_cpu.cl's dQ += dS K, every
+ * product a "broadcast scalar x float16" update. */
+#define TILE_KEYS_UPDATE(a, R, CH, nv, c0, jb, je, XROW, W)                               \
+    for (int j_ = (jb); j_ < (je); j_++) {                                               \
+        float16 x_[CH];                                                                  \
+        _Pragma("unroll") for (int c = 0; c < (CH); c++)                                 \
+            if ((c0) + c < (nv)) x_[c] = vload16((c0) + c, XROW(j_));                    \
+        _Pragma("unroll") for (int r = 0; r < (R); r++) {                                \
+            const float w_ = W(r, j_);                                                   \
+            _Pragma("unroll") for (int c = 0; c < (CH); c++)                             \
+                if ((c0) + c < (nv)) a[r][c] = fma((float16)(w_), x_[c], a[r][c]);       \
+        }                                                                                \
+    }
 
 /* 2^x for x <= 0 or -inf (a score minus a running max or an LSE), within 2e-7 relative,
  * for the CPU forms of the fused and backward kernels:

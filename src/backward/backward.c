@@ -1,18 +1,19 @@
-/* clattn_attention_backward: the gradients of attention on the device. The tiled forms of
- * cl/backward.cl (CPU: one pass over the keys; GPU: FlashAttention-2's two kernels; no
- * atomics, deterministic) come from the tuning layer's backward path, with the unfused
- * form of cl/backward_unfused.cl at the end of the fallback chain. Inputs are staged as
- * the forward call stages them; every output is written into scratch (staging copies for
- * host outputs, copies of the caller's spans for cl_mem outputs) and reaches the caller
- * only after every launch was queued: one commit launch for cl_mem outputs, an
- * all-or-nothing read-back for host ones; or, when a single launch writes every output
- * and is the call's last command (the CPU form, in_place below), in place. So a failed
- * call leaves every output as it was.
+/* clattn_attention_backward: the gradients of attention on the device. The tiled forms
+ * (cl/backward_cpu.cl: one pass over the keys; cl/backward_gpu.cl: FlashAttention-2's two
+ * kernels; both with cl/backward.cl's row sums and mask gradient; no atomics,
+ * deterministic) come from the tuning layer's backward path, with the unfused form of
+ * cl/backward_unfused.cl at the end of the fallback chain (the table of forms.c). Inputs
+ * are staged as the forward call stages them; every output is written into scratch
+ * (staging copies for host outputs, copies of the caller's spans for cl_mem outputs) and
+ * reaches the caller only after every launch was queued: one commit launch for cl_mem
+ * outputs, an all-or-nothing read-back for host ones; or, when a single launch writes
+ * every output and is the call's last command (the CPU form, in_place), in place. So a
+ * failed call leaves every output as it was.
  * Memory beyond the tensors: one float per query row (D = rowsum(dO ∘ O)); the CPU form
  * adds its partial dQ (NSPLIT x rows x D floats, bounded below; none with one split and
  * a dense float32 dQ), dense copies of Q and dO where they cannot be read in place, and
  * a few KiB per work-item. */
-#include "backward/backward.h"
+#include "backward/forms.h"
 #include "core/program.h"
 #include "core/faults.h"
 #include "core/kernel_args.h"
@@ -27,39 +28,10 @@ int clattn__backward_force_form = -1;
 /* Testing only: the form of the calling thread's last successful call (0 CPU, 1 GPU, 2
  * unfused). */
 _Thread_local int clattn__backward_last_form = -1; /* per thread: no race between threads */
-#define BWD_LOCAL_BUDGET 32768u
 
-typedef struct bwd_plan {
-    int form, bm, bn, wg;
-    int commit_unit; /* bytes per work-item of the commit: 16 or 2 */
-    /* CPU form: Q, dO and K rows read in place (f32, unit stride, D or Dv % 16 == 0);
-     * dQ accumulated in the output (one split, f32, dense, unit stride, D % 16 == 0) */
-    bool q_direct, do_direct, k_direct, dq_direct;
-    /* CPU form, dq_direct, every output a cl_mem tensor and no d_mask: one launch writes
-     * dQ, dK and dV in the caller's buffers, so no copies and no commit are needed (it
-     * is the call's last command: queued whole or not at all) */
-    bool in_place;
-    int64_t nsplit; /* CPU form: work-items per (batch, KV head), each with a partial dQ */
-} bwd_plan;
-
-/* The CPU form's partial dQ may take at most this much (and at least one split). */
-#define BWD_PART_BUDGET ((uint64_t)64 << 20)
-/* Floats of one CPU-form work-item's scratch (SCR_FLOATS in cl/backward.cl). */
-static uint64_t cpu_scratch_floats(const clattn__problem *p, int bn)
-{
-    const uint64_t dp = (uint64_t)(p->D + 15) / 16 * 16, dvp = (uint64_t)(p->Dv + 15) / 16 * 16;
-    return (uint64_t)(p->D + p->Dv) * (uint64_t)bn + (uint64_t)bn * dp + (dp > dvp ? dp : dvp) + dp;
-}
-
-static uint64_t local_bytes(const clattn__problem *p, int bm, int bn)
-{
-    return 4u * ((uint64_t)(bm + bn) * (uint64_t)(p->D + p->Dv) + 2u * (uint64_t)bm * (uint64_t)bn +
-                 4u * (uint64_t)bm);
-}
-
-/* The plan of a tiled form: the tuning layer's backward row (src/tuning.c), its form
+/* The plan of a tiled form: the tuning layer's backward row (src/tuning/tuning.c), its form
  * unless that failed to build for this class on ctx (then the other), or a forced one. */
-static void make_plan(const clattn_context *ctx, const clattn__bwd_problem *bp, bwd_plan *pl)
+static void make_plan(const clattn_context *ctx, const clattn__bwd_problem *bp, clattn__bwd_plan *pl)
 {
     const clattn__problem *p = &bp->p;
     memset(pl, 0, sizeof *pl);
@@ -83,65 +55,10 @@ static void make_plan(const clattn_context *ctx, const clattn__bwd_problem *bp, 
     pl->bn = tu.block_n;
     pl->wg = tu.wg;
     clattn__log(ctx, "backward: tuning row from %s", src.text);
-    if (pl->form == 0) {
-        /* dK and dV of a block live in private float16 vectors: keep them within 32 KiB
-         * (a CPU core's L1), halving the block for wide heads */
-        const int64_t vec = (p->D + 15) / 16 + (p->Dv + 15) / 16;
-        while (pl->bn > 16 && (int64_t)pl->bn * vec * 64 > 32768) pl->bn /= 2;
-        pl->q_direct = p->q->dtype == CLATTN_F32 && p->q->nb[3] == (int64_t)sizeof(float) &&
-                       p->D % 16 == 0;
-        pl->k_direct = p->k->dtype == CLATTN_F32 && p->k->nb[3] == (int64_t)sizeof(float) &&
-                       p->D % 16 == 0;
-        pl->do_direct = bp->d_o->dtype == CLATTN_F32 &&
-                        bp->d_o->nb[3] == (int64_t)sizeof(float) && p->Dv % 16 == 0;
-        /* enough work-items to fill the device (4 per compute unit, so the last ones to
-         * finish leave few cores idle), each with its own partial dQ within the budget */
-        const int64_t bk = p->B * p->Hkv, nkb = (p->Lk + pl->bn - 1) / pl->bn;
-        const int64_t want = 4 * (int64_t)(ctx->props.compute_units ? ctx->props.compute_units : 1);
-        int64_t ns = bk > 0 ? (want + bk - 1) / bk : 1;
-        if (ns > nkb) ns = nkb;
-        const uint64_t part = (uint64_t)(p->B * p->Hq * p->Lq) * (uint64_t)((p->D + 15) / 16 * 16) * 4u;
-        while (ns > 1 && (uint64_t)ns * part > BWD_PART_BUDGET) ns--;
-        pl->nsplit = ns < 1 ? 1 : ns;
-        size_t span = 0;
-        const clattn_tensor *dq = bp->dq;
-        pl->dq_direct = pl->nsplit == 1 && dq->dtype == CLATTN_F32 && dq->nb[3] == (int64_t)sizeof(float) &&
-                        p->D % 16 == 0 && clattn__tensor_span(dq, &span) &&
-                        (uint64_t)span == (uint64_t)(p->B * p->Hq * p->Lq * p->D) * sizeof(float);
-        pl->in_place = pl->dq_direct && bp->dq->buffer && bp->dk->buffer && bp->dv->buffer && !bp->d_mask;
-        return;
-    }
-    uint64_t budget = ctx->props.local_mem_bytes;
-    if (budget == 0 || budget > BWD_LOCAL_BUDGET) budget = BWD_LOCAL_BUDGET;
-    while (local_bytes(p, pl->bm, pl->bn) > budget) {
-        if (pl->bm > pl->bn) pl->bm /= 2;
-        else if (pl->bn > 1) pl->bn /= 2;
-        else break;
-    }
-    while (pl->wg > 1 && (size_t)pl->wg > ctx->props.max_work_group_size) pl->wg /= 2;
+    clattn__bwd_form_at(pl->form)->fit(ctx, bp, pl);
 }
 
-typedef struct bwd_kernels {
-    cl_kernel rowdot, dkdv, dq, dmask, commit; /* CPU form: dkdv = bwd_cpu_kv, dq = bwd_dqsum */
-} bwd_kernels;
-
-/* A cl_mem output moved to scratch until the commit. */
-typedef struct bwd_shadow {
-    cl_mem dst, scratch;
-    size_t base, span;
-} bwd_shadow;
-
-typedef struct bwd_state {
-    clattn__dev_problem dp; /* q, k, v, o, mask, kv_lens, alibi (all inputs here) */
-    clattn__dev_tensor d_o, lse, out[4]; /* out: dq, dk, dv, d_mask */
-    bwd_shadow sh[4];
-    cl_mem dl;
-    cl_mem qp, dop; /* the CPU form's dense float32 rows of Q and dO (NULL: read in place) */
-    cl_mem scr;     /* its per-work-item scratch */
-    cl_mem part;    /* its partial dQ, one per split */
-} bwd_state;
-
-static void state_release(clattn_context *ctx, bwd_state *s)
+static void state_release(clattn_context *ctx, clattn__bwd_state *s)
 {
     clattn__dev_tensor *all[] = {&s->dp.q, &s->dp.k, &s->dp.v, &s->dp.o, &s->dp.mask,
                                  &s->dp.kv_lens, &s->dp.alibi, &s->d_o, &s->lse,
@@ -164,7 +81,7 @@ static void state_release(clattn_context *ctx, bwd_state *s)
 }
 
 static clattn_status stage_all(clattn_context *ctx, const clattn__bwd_problem *bp,
-                               const bwd_plan *pl, bwd_state *s)
+                               const clattn__bwd_plan *pl, clattn__bwd_state *s)
 {
     const clattn__problem *p = &bp->p;
     s->dp.p = p;
@@ -193,7 +110,7 @@ static clattn_status stage_all(clattn_context *ctx, const clattn__bwd_problem *b
     for (int i = 0; i < 4 && !pl->in_place; i++) {
         clattn__dev_tensor *d = &s->out[i];
         if (!d->mem || d->owned) continue;
-        bwd_shadow *sh = &s->sh[i];
+        clattn__bwd_shadow *sh = &s->sh[i];
         clattn__tensor_span(d->src, &sh->span);
         if (!sh->span) continue;
         sh->base = d->src->offset;
@@ -209,226 +126,55 @@ static clattn_status stage_all(clattn_context *ctx, const clattn__bwd_problem *b
         d->mem = sh->scratch;
         d->off = 0;
     }
+    const clattn__bwd_form *f = clattn__bwd_form_at(pl->form);
+    if (f->stage) CLATTN_FORWARD(f->stage(ctx, p, pl, s));
+    if (!f->row_sums) return CLATTN_SUCCESS; /* the form recomputes D per row */
     const int64_t rows = p->B * p->Hq * p->Lq;
-    if (pl->form == 0) {
-        const size_t nrows = (size_t)(rows > 0 ? rows : 1);
-        const size_t dp = (size_t)((p->D + 15) / 16 * 16), dvp = (size_t)((p->Dv + 15) / 16 * 16);
-        const size_t items = (size_t)(p->B * p->Hkv * pl->nsplit);
-        if (!pl->q_direct)
-            CLATTN_FORWARD(clattn__buffer_create(ctx, nrows * dp * sizeof(float), &s->qp));
-        if (!pl->do_direct)
-            CLATTN_FORWARD(clattn__buffer_create(ctx, nrows * dvp * sizeof(float), &s->dop));
-        CLATTN_FORWARD(clattn__buffer_create(
-            ctx, (items > 0 ? items : 1) * (size_t)cpu_scratch_floats(p, pl->bn) * sizeof(float), &s->scr));
-        if (!pl->dq_direct)
-            CLATTN_FORWARD(clattn__buffer_create(ctx, (size_t)pl->nsplit * nrows * dp * sizeof(float), &s->part));
-    }
-    if (pl->form == 2) return CLATTN_SUCCESS; /* the unfused form recomputes D per row */
     return clattn__buffer_create(ctx, (size_t)(rows > 0 ? rows : 1) * sizeof(float), &s->dl);
 }
 
 /* Host outputs: every read-back must succeed before the first caller byte changes. */
-static clattn_status download(clattn_context *ctx, bwd_state *s)
+static clattn_status download(clattn_context *ctx, clattn__bwd_state *s)
 {
     const clattn__dev_tensor *outs[4] = {&s->out[0], &s->out[1], &s->out[2], &s->out[3]};
     return clattn__download(ctx, outs, 4, "gradients");
 }
 
+/* The form's kernels first (a build failure is the form's), then the row sums, the mask's
+ * gradient and the commit. */
 static clattn_status get_kernels(clattn_context *ctx, const clattn__bwd_problem *bp,
-                                 const clattn__dev_problem *dp, const bwd_plan *pl,
-                                 bwd_kernels *kn)
+                                 const clattn__dev_problem *dp, const clattn__bwd_plan *pl,
+                                 clattn__bwd_kernels *kn)
 {
     const clattn__problem *p = &bp->p;
-    char opts[640] = "";
+    const clattn__bwd_form *f = clattn__bwd_form_at(pl->form);
+    /* opts: what every backward kernel file takes; fopts: the form's file adds its own */
+    char opts[640] = "", fopts[640];
     bool ok = clattn__mask_options(dp, opts, sizeof opts) &&
               clattn__opts_add(opts, sizeof opts,
-                               " -DDO_DT=%d -DDQ_DT=%d -DDK_DT=%d -DDV_DT=%d -DD=%lld -DDV=%lld"
-                               " -DFORM=%d",
+                               " -DDO_DT=%d -DDQ_DT=%d -DDK_DT=%d -DDV_DT=%d -DD=%lld -DDV=%lld",
                                (int)bp->d_o->dtype, (int)bp->dq->dtype, (int)bp->dk->dtype,
-                               (int)bp->dv->dtype, (long long)p->D, (long long)p->Dv, pl->form) &&
-              (pl->form == 0 ? clattn__opts_add(opts, sizeof opts,
-                                                " -DBN=%d -DRB=%d -DQ_DIRECT=%d -DDO_DIRECT=%d -DK_DIRECT=%d"
-                                                " -DDQ_DIRECT=%d",
-                                                pl->bn, pl->bm, pl->q_direct ? 1 : 0, pl->do_direct ? 1 : 0,
-                                                pl->k_direct ? 1 : 0, pl->dq_direct ? 1 : 0)
-                             : clattn__opts_add(opts, sizeof opts, " -DBM=%d -DBN=%d -DWG=%d",
-                                                pl->bm, pl->bn, pl->wg));
+                               (int)bp->dv->dtype, (long long)p->D, (long long)p->Dv);
+    if (ok) memcpy(fopts, opts, sizeof opts);
+    ok = ok && (!f->options || f->options(pl, fopts, sizeof fopts));
     CLATTN_RETURN_IF(ctx, !ok, CLATTN_ERROR_INTERNAL, "backward: build options too long");
-    if (pl->form == 2) {
-        clattn__log(ctx, "backward: backward_unfused.cl");
-        const char *f = "backward_unfused.cl";
-        CLATTN_FORWARD(clattn__kernel_get(ctx, f, opts, "bwdu_dq", &kn->dq));
-        CLATTN_FORWARD(clattn__kernel_get(ctx, f, opts, "bwdu_dkdv", &kn->dkdv));
-        CLATTN_FORWARD(clattn__kernel_get(ctx, f, opts, "bwdu_dmask", &kn->dmask));
-        return clattn__kernel_get(ctx, f, opts, "bwdu_commit", &kn->commit);
-    }
-    if (pl->form == 0) {
-        clattn__log(ctx, "backward: backward.cl CPU form, bn %d, rb %d, %lld splits%s%s", pl->bn, pl->bm,
-                    (long long)pl->nsplit, pl->dq_direct ? ", dQ in the output" : "",
-                    pl->in_place ? ", outputs in place" : "");
-        CLATTN_FORWARD(clattn__kernel_get(ctx, "backward.cl", opts, "bwd_cpu_kv", &kn->dkdv));
-        CLATTN_FORWARD(clattn__kernel_get(ctx, "backward.cl", opts, "bwd_dqsum", &kn->dq));
-    } else {
-        clattn__log(ctx, "backward: backward.cl GPU form, bm %d, bn %d, wg %d", pl->bm, pl->bn,
-                    pl->wg);
-        CLATTN_FORWARD(clattn__kernel_get(ctx, "backward.cl", opts, "bwd_dkdv", &kn->dkdv));
-        CLATTN_FORWARD(clattn__kernel_get(ctx, "backward.cl", opts, "bwd_dq", &kn->dq));
-    }
-    CLATTN_FORWARD(clattn__kernel_get(ctx, "backward.cl", opts, "bwd_rowdot", &kn->rowdot));
-    CLATTN_FORWARD(clattn__kernel_get(ctx, "backward.cl", opts, "bwd_dmask", &kn->dmask));
-    CLATTN_FORWARD(clattn__kernel_get(ctx, "backward.cl", opts,
-                                      pl->commit_unit == 16 ? "bwd_commit16" : "bwd_commit", &kn->commit));
-    return CLATTN_SUCCESS;
+    f->log(ctx, pl);
+    CLATTN_FORWARD(clattn__kernel_get(ctx, f->file, fopts, f->dkdv, &kn->dkdv));
+    CLATTN_FORWARD(clattn__kernel_get(ctx, f->file, fopts, f->dq, &kn->dq));
+    if (f->row_sums) CLATTN_FORWARD(clattn__kernel_get(ctx, "backward.cl", opts, "bwd_rowdot", &kn->rowdot));
+    CLATTN_FORWARD(clattn__kernel_get(ctx, f->dmask_file, f->dmask_file == f->file ? fopts : opts, f->dmask,
+                                      &kn->dmask));
+    return clattn__kernel_get(ctx, "commit.cl", "", pl->commit_unit == 16 ? "bwd_commit16" : "bwd_commit",
+                              &kn->commit);
 }
 
-/* q, k, v, d_o, lse, dl: the leading arguments of bwd_dkdv, bwd_dq and bwd_dmask. */
-static clattn_status set_inputs(clattn_context *ctx, cl_kernel k, cl_uint *a, const bwd_state *s)
-{
-    CLATTN_FORWARD(clattn__set_tensor_args(ctx, k, a, &s->dp.q));
-    CLATTN_FORWARD(clattn__set_tensor_args(ctx, k, a, &s->dp.k));
-    CLATTN_FORWARD(clattn__set_tensor_args(ctx, k, a, &s->dp.v));
-    CLATTN_FORWARD(clattn__set_tensor_args(ctx, k, a, &s->d_o));
-    CLATTN_FORWARD(CLATTN_ARG(ctx, k, a, s->lse.mem));
-    CLATTN_FORWARD(CLATTN_ARG(ctx, k, a, s->lse.off));
-    for (int i = 0; i < 3; i++) CLATTN_FORWARD(CLATTN_ARG(ctx, k, a, s->lse.st[i]));
-    return CLATTN_ARG(ctx, k, a, s->dl);
-}
-
-/* q, k, v, o, d_o, lse: the leading arguments of the unfused form's kernels. */
-static clattn_status set_inputs_unfused(clattn_context *ctx, cl_kernel k, cl_uint *a,
-                                        const bwd_state *s)
-{
-    CLATTN_FORWARD(clattn__set_tensor_args(ctx, k, a, &s->dp.q));
-    CLATTN_FORWARD(clattn__set_tensor_args(ctx, k, a, &s->dp.k));
-    CLATTN_FORWARD(clattn__set_tensor_args(ctx, k, a, &s->dp.v));
-    CLATTN_FORWARD(clattn__set_tensor_args(ctx, k, a, &s->dp.o));
-    CLATTN_FORWARD(clattn__set_tensor_args(ctx, k, a, &s->d_o));
-    CLATTN_FORWARD(CLATTN_ARG(ctx, k, a, s->lse.mem));
-    CLATTN_FORWARD(CLATTN_ARG(ctx, k, a, s->lse.off));
-    for (int i = 0; i < 3; i++) CLATTN_FORWARD(CLATTN_ARG(ctx, k, a, s->lse.st[i]));
-    return CLATTN_SUCCESS;
-}
-
-static clattn_status set_tail(clattn_context *ctx, cl_kernel k, cl_uint *a, const bwd_state *s)
-{
-    const clattn__problem *p = s->dp.p;
-    const cl_long B = p->B, Hq = p->Hq, Hkv = p->Hkv;
-    CLATTN_FORWARD(clattn__set_mask_args(ctx, k, a, &s->dp));
-    CLATTN_FORWARD(CLATTN_ARG(ctx, k, a, B));
-    CLATTN_FORWARD(CLATTN_ARG(ctx, k, a, Hq));
-    return CLATTN_ARG(ctx, k, a, Hkv);
-}
-
-static clattn_status enqueue_gpu_form(clattn_context *ctx, const bwd_kernels *kn,
-                                      const bwd_plan *pl, bwd_state *s)
+static clattn_status enqueue_all(clattn_context *ctx, const clattn__bwd_kernels *kn, const clattn__bwd_plan *pl,
+                                 clattn__bwd_state *s, cl_event *event)
 {
     const clattn__problem *p = s->dp.p;
     cl_uint a = 0;
-    CLATTN_FORWARD(set_inputs(ctx, kn->dkdv, &a, s));
-    CLATTN_FORWARD(clattn__set_tensor_args(ctx, kn->dkdv, &a, &s->out[1]));
-    CLATTN_FORWARD(clattn__set_tensor_args(ctx, kn->dkdv, &a, &s->out[2]));
-    CLATTN_FORWARD(set_tail(ctx, kn->dkdv, &a, s));
-    const size_t wg = (size_t)pl->wg;
-    const size_t g_kv[2] = {(size_t)((p->Lk + pl->bn - 1) / pl->bn) * wg, (size_t)(p->B * p->Hkv)};
-    const size_t l2[2] = {wg, 1};
-    CLATTN_FORWARD(clattn__enqueue(ctx, kn->dkdv, 2, g_kv, l2, NULL));
-
-    a = 0;
-    CLATTN_FORWARD(set_inputs(ctx, kn->dq, &a, s));
-    CLATTN_FORWARD(clattn__set_tensor_args(ctx, kn->dq, &a, &s->out[0]));
-    CLATTN_FORWARD(set_tail(ctx, kn->dq, &a, s));
-    const size_t g_q[2] = {(size_t)((p->Lq + pl->bm - 1) / pl->bm) * wg, (size_t)(p->B * p->Hq)};
-    return clattn__enqueue(ctx, kn->dq, 2, g_q, l2, NULL);
-}
-
-static clattn_status enqueue_cpu_form(clattn_context *ctx, const bwd_kernels *kn,
-                                      const bwd_plan *pl, bwd_state *s, cl_event *event)
-{
-    const clattn__problem *p = s->dp.p;
-    const cl_long nsplit = pl->nsplit, B = p->B, Hq = p->Hq, Lq = p->Lq;
-    cl_uint a = 0;
-    CLATTN_FORWARD(set_inputs(ctx, kn->dkdv, &a, s));
-    CLATTN_FORWARD(clattn__set_tensor_args(ctx, kn->dkdv, &a, &s->out[1]));
-    CLATTN_FORWARD(clattn__set_tensor_args(ctx, kn->dkdv, &a, &s->out[2]));
-    CLATTN_FORWARD(clattn__set_tensor_args(ctx, kn->dkdv, &a, &s->out[0]));
-    CLATTN_FORWARD(set_tail(ctx, kn->dkdv, &a, s));
-    CLATTN_FORWARD(CLATTN_ARG(ctx, kn->dkdv, &a, s->qp));
-    CLATTN_FORWARD(CLATTN_ARG(ctx, kn->dkdv, &a, s->dop));
-    CLATTN_FORWARD(CLATTN_ARG(ctx, kn->dkdv, &a, s->scr));
-    CLATTN_FORWARD(CLATTN_ARG(ctx, kn->dkdv, &a, s->part));
-    CLATTN_FORWARD(CLATTN_ARG(ctx, kn->dkdv, &a, nsplit));
-    const size_t g_kv[2] = {(size_t)nsplit, (size_t)(p->B * p->Hkv)}, l1[2] = {1, 1};
-    /* with outputs written in place, this launch is the call's last and its event */
-    if (pl->in_place && g_kv[1] > 0) return clattn__enqueue(ctx, kn->dkdv, 2, g_kv, l1, event);
-    if (g_kv[1] > 0) CLATTN_FORWARD(clattn__enqueue(ctx, kn->dkdv, 2, g_kv, l1, NULL));
-    if (pl->dq_direct) return CLATTN_SUCCESS;
-
-    a = 0;
-    const cl_float scale = p->scale;
-    CLATTN_FORWARD(CLATTN_ARG(ctx, kn->dq, &a, s->part));
-    CLATTN_FORWARD(CLATTN_ARG(ctx, kn->dq, &a, nsplit));
-    CLATTN_FORWARD(clattn__set_tensor_args(ctx, kn->dq, &a, &s->out[0]));
-    CLATTN_FORWARD(CLATTN_ARG(ctx, kn->dq, &a, scale));
-    CLATTN_FORWARD(CLATTN_ARG(ctx, kn->dq, &a, B));
-    CLATTN_FORWARD(CLATTN_ARG(ctx, kn->dq, &a, Hq));
-    CLATTN_FORWARD(CLATTN_ARG(ctx, kn->dq, &a, Lq));
-    const size_t g_q[1] = {(size_t)(p->B * p->Hq * p->Lq)}, l_q[1] = {64};
-    return clattn__enqueue(ctx, kn->dq, 1, g_q, l_q, NULL);
-}
-
-static clattn_status enqueue_unfused(clattn_context *ctx, const bwd_kernels *kn, bwd_state *s)
-{
-    const clattn__problem *p = s->dp.p;
-    cl_uint a = 0;
-    CLATTN_FORWARD(set_inputs_unfused(ctx, kn->dq, &a, s));
-    CLATTN_FORWARD(clattn__set_tensor_args(ctx, kn->dq, &a, &s->out[0]));
-    CLATTN_FORWARD(set_tail(ctx, kn->dq, &a, s));
-    const size_t g_q[1] = {(size_t)(p->B * p->Hq * p->Lq)}, l_q[1] = {64};
-    CLATTN_FORWARD(clattn__enqueue(ctx, kn->dq, 1, g_q, l_q, NULL));
-    a = 0;
-    CLATTN_FORWARD(set_inputs_unfused(ctx, kn->dkdv, &a, s));
-    CLATTN_FORWARD(clattn__set_tensor_args(ctx, kn->dkdv, &a, &s->out[1]));
-    CLATTN_FORWARD(clattn__set_tensor_args(ctx, kn->dkdv, &a, &s->out[2]));
-    CLATTN_FORWARD(set_tail(ctx, kn->dkdv, &a, s));
-    const size_t g_kv[2] = {(size_t)p->Lk, (size_t)(p->B * p->Hkv)}, l_kv[2] = {64, 1};
-    return clattn__enqueue(ctx, kn->dkdv, 2, g_kv, l_kv, NULL);
-}
-
-/* D = rowsum(dO ∘ O), then the tiled form's gradient kernels. */
-static clattn_status enqueue_tiled(clattn_context *ctx, const bwd_kernels *kn, const bwd_plan *pl,
-                                   bwd_state *s, cl_event *event)
-{
-    const clattn__problem *p = s->dp.p;
-    const cl_long B = p->B, Hq = p->Hq, Lq = p->Lq;
-    cl_uint a = 0;
-    CLATTN_FORWARD(clattn__set_tensor_args(ctx, kn->rowdot, &a, &s->dp.q));
-    CLATTN_FORWARD(clattn__set_tensor_args(ctx, kn->rowdot, &a, &s->dp.o));
-    CLATTN_FORWARD(clattn__set_tensor_args(ctx, kn->rowdot, &a, &s->d_o));
-    CLATTN_FORWARD(CLATTN_ARG(ctx, kn->rowdot, &a, s->dl));
-    const cl_long nsplit = pl->form == 0 ? pl->nsplit : 0;
-    CLATTN_FORWARD(CLATTN_ARG(ctx, kn->rowdot, &a, s->qp)); /* NULL: the GPU form, or in place */
-    CLATTN_FORWARD(CLATTN_ARG(ctx, kn->rowdot, &a, s->dop));
-    CLATTN_FORWARD(CLATTN_ARG(ctx, kn->rowdot, &a, s->part));
-    CLATTN_FORWARD(CLATTN_ARG(ctx, kn->rowdot, &a, nsplit));
-    CLATTN_FORWARD(CLATTN_ARG(ctx, kn->rowdot, &a, B));
-    CLATTN_FORWARD(CLATTN_ARG(ctx, kn->rowdot, &a, Hq));
-    CLATTN_FORWARD(CLATTN_ARG(ctx, kn->rowdot, &a, Lq));
-    const size_t g_row[1] = {(size_t)(p->B * p->Hq * p->Lq)}, l_row[1] = {64};
-    CLATTN_FORWARD(clattn__enqueue(ctx, kn->rowdot, 1, g_row, l_row, NULL));
-
-    if (pl->form == 0) return enqueue_cpu_form(ctx, kn, pl, s, event);
-    return enqueue_gpu_form(ctx, kn, pl, s);
-}
-
-static clattn_status enqueue_all(clattn_context *ctx, const bwd_kernels *kn, const bwd_plan *pl,
-                                 bwd_state *s, cl_event *event)
-{
-    const clattn__problem *p = s->dp.p;
-    cl_uint a = 0;
-    if (pl->form == 2)
-        CLATTN_FORWARD(enqueue_unfused(ctx, kn, s));
-    else
-        CLATTN_FORWARD(enqueue_tiled(ctx, kn, pl, s, event));
+    const clattn__bwd_form *f = clattn__bwd_form_at(pl->form);
+    CLATTN_FORWARD(f->enqueue(ctx, kn, pl, s, event));
     if (pl->in_place) {
         /* no d_mask and no commit; an empty problem's event is a marker */
         if (event && !*event) CLATTN_FORWARD(clattn__enqueue_marker(ctx, event));
@@ -439,11 +185,10 @@ static clattn_status enqueue_all(clattn_context *ctx, const bwd_kernels *kn, con
         const clattn_tensor *m = p->mask;
         const cl_long ne[4] = {m->ne[0], m->ne[1], m->ne[2], m->ne[3]};
         a = 0;
-        CLATTN_FORWARD(pl->form == 2 ? set_inputs_unfused(ctx, kn->dmask, &a, s)
-                                     : set_inputs(ctx, kn->dmask, &a, s));
+        CLATTN_FORWARD(clattn__bwd_set_inputs(ctx, kn->dmask, &a, s, f->row_sums));
         CLATTN_FORWARD(clattn__set_tensor_args(ctx, kn->dmask, &a, &s->out[3]));
         for (int i = 0; i < 4; i++) CLATTN_FORWARD(CLATTN_ARG(ctx, kn->dmask, &a, ne[i]));
-        CLATTN_FORWARD(set_tail(ctx, kn->dmask, &a, s));
+        CLATTN_FORWARD(clattn__bwd_set_tail(ctx, kn->dmask, &a, s));
         const size_t g_m[1] = {(size_t)(ne[0] * ne[1] * ne[2] * ne[3])}, l_m[1] = {64};
         CLATTN_FORWARD(clattn__enqueue(ctx, kn->dmask, 1, g_m, l_m, NULL));
     }
@@ -453,8 +198,8 @@ static clattn_status enqueue_all(clattn_context *ctx, const bwd_kernels *kn, con
     cl_ulong maxn = 0;
     a = 0;
     for (int i = 0; i < 4; i++) {
-        const bwd_shadow *sh = &s->sh[i];
-        const cl_ulong unit = pl->form == 2 ? 2 : (cl_ulong)pl->commit_unit;
+        const clattn__bwd_shadow *sh = &s->sh[i];
+        const cl_ulong unit = (cl_ulong)pl->commit_unit;
         const cl_ulong off = sh->base / unit, n = sh->scratch ? sh->span / unit : 0;
         any = any || n > 0;
         if (n > maxn) maxn = n;
@@ -475,14 +220,14 @@ static clattn_status enqueue_all(clattn_context *ctx, const bwd_kernels *kn, con
 /* One try with the plan's form: kernels, staging, launches, read-back; a failure leaves
  * every output as it was. */
 static clattn_status run_form(clattn_context *ctx, const clattn__bwd_problem *bp,
-                              const bwd_plan *pl, cl_event *event)
+                              const clattn__bwd_plan *pl, cl_event *event)
 {
-    bwd_state s;
+    clattn__bwd_state s;
     memset(&s, 0, sizeof s);
     s.dp.p = &bp->p;
     /* the kernels first: a build failure must come before anything is allocated or queued
      * (the build options need only the problem's dtypes and features) */
-    bwd_kernels kn;
+    clattn__bwd_kernels kn;
     memset(&kn, 0, sizeof kn);
     CLATTN_FORWARD(get_kernels(ctx, bp, &s.dp, pl, &kn));
     clattn_status st = stage_all(ctx, bp, pl, &s);
@@ -533,7 +278,7 @@ clattn_status clattn_attention_backward(clattn_context *ctx, const clattn_tensor
         clattn_path_from_name(ctx->env.path, &env_path) == CLATTN_SUCCESS &&
         (env_path == CLATTN_PATH_FUSED || env_path == CLATTN_PATH_UNFUSED))
         want = env_path;
-    bwd_plan pl;
+    clattn__bwd_plan pl;
     char first[512] = "";
     if (want != CLATTN_PATH_UNFUSED) {
         /* the tuned form, then (after a build failure, remembered for the problem's class
@@ -557,11 +302,12 @@ clattn_status clattn_attention_backward(clattn_context *ctx, const clattn_tensor
         clattn__log(ctx, "backward: the tiled forms failed (%s); the unfused form runs", first);
     }
     memset(&pl, 0, sizeof pl);
-    pl.form = 2;
+    pl.form = CLATTN__BWD_UNFUSED;
+    pl.commit_unit = 2; /* any offset and span */
     clattn__running_path_set(ctx, CLATTN_PATH_UNFUSED);
     st = run_form(ctx, &bp, &pl, event);
     clattn__running_path_set(ctx, CLATTN_PATH_AUTO);
-    if (st == CLATTN_SUCCESS) clattn__backward_last_form = 2;
+    if (st == CLATTN_SUCCESS) clattn__backward_last_form = CLATTN__BWD_UNFUSED;
     if (st != CLATTN_SUCCESS && *first) {
         char second[512];
         snprintf(second, sizeof second, "%.500s", ctx->last_error);

@@ -6,7 +6,7 @@
  * a max, a sum and Dv floats, bounded by the context's workspace. */
 #include "core/program.h"
 #include "core/kernel_args.h"
-#include "paths/path.h"
+#include "paths/form_fallback.h"
 #include "tuning/tuning.h"
 
 #include <string.h>
@@ -54,6 +54,23 @@ typedef struct decode_plan {
     clattn__tsource src; /* where the tuning row came from */
 } decode_plan;
 
+/* One kernel form of the path (cl/decode.cl built with its DEC_GPU), indexed by the form
+ * number of the tuning layer: adding a form is adding a row to decode_forms and its
+ * functions. */
+typedef struct decode_form {
+    const char *name;    /* in the log */
+    const char *file;    /* in cl/ */
+    const char *kernel;  /* the partial kernel (the merge is splitkv_merge) */
+    int dec_gpu;         /* the file's DEC_GPU */
+    bool wg_per_block;   /* a work-group per row block (else one per split, for all blocks) */
+    /* Fit the row's values to the device and p (prefetch, local memory). */
+    void (*fit)(const clattn_context *ctx, const clattn__problem *p, const clattn__trow *tu,
+                decode_plan *pl);
+    /* The partial kernel's NDRange: global g, local *l (NULL: the runtime's choice). */
+    void (*shape)(const clattn_context *ctx, const clattn__problem *p, const decode_plan *pl,
+                  size_t g[3], size_t lbuf[3], size_t **l);
+} decode_form;
+
 static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 /* Local memory the GPU form needs (cl/decode.cl: qs, ss, red, red4 and per-row values). */
@@ -62,18 +79,72 @@ static uint64_t gpu_local_bytes(const clattn__problem *p, int rows, int ktile, i
     return clattn__decode_gpu_local_bytes(p->D, p->Dv, rows, ktile, wg);
 }
 
+static void cpu_fit(const clattn_context *ctx, const clattn__problem *p, const clattn__trow *tu,
+                    decode_plan *pl)
+{
+    (void)ctx;
+    (void)p;
+    pl->prefetch = tu->prefetch;
+}
+
+static void gpu_fit(const clattn_context *ctx, const clattn__problem *p, const clattn__trow *tu,
+                    decode_plan *pl)
+{
+    (void)tu;
+    pl->prefetch = 0;
+    size_t maxwg = ctx->props.max_work_group_size;
+    while (pl->wg > 1 && (size_t)pl->wg > maxwg) pl->wg >>= 1;
+    /* the key block shrinks until the local arrays fit in half the local memory, so
+     * two work-groups can share a compute unit */
+    uint64_t budget = ctx->props.local_mem_bytes / 2;
+    while (pl->ktile > 1 && gpu_local_bytes(p, pl->rows, pl->ktile, pl->wg) > budget)
+        pl->ktile >>= 1;
+}
+
+static void cpu_shape(const clattn_context *ctx, const clattn__problem *p, const decode_plan *pl,
+                      size_t g[3], size_t lbuf[3], size_t **l)
+{
+    /* the blocks of one split share a work-group, so one core runs them while the
+     * split is in its cache */
+    g[0] = (size_t)pl->nblk;
+    g[1] = (size_t)pl->nsplit;
+    g[2] = (size_t)(p->B * (p->Hq / p->group));
+    lbuf[0] = (size_t)pl->nblk;
+    lbuf[1] = lbuf[2] = 1;
+    *l = (size_t)pl->nblk <= ctx->props.max_work_group_size ? lbuf : NULL;
+}
+
+static void gpu_shape(const clattn_context *ctx, const clattn__problem *p, const decode_plan *pl,
+                      size_t g[3], size_t lbuf[3], size_t **l)
+{
+    (void)ctx;
+    g[0] = (size_t)pl->wg * (size_t)pl->nblk;
+    g[1] = (size_t)pl->nsplit;
+    g[2] = (size_t)(p->B * (p->Hq / p->group));
+    lbuf[0] = (size_t)pl->wg;
+    lbuf[1] = lbuf[2] = 1;
+    *l = lbuf;
+}
+
+static const decode_form decode_forms[] = {
+    {"cpu", "decode.cl", "decode_partial", 0, false, cpu_fit, cpu_shape},
+    {"gpu", "decode.cl", "decode_partial", 1, true, gpu_fit, gpu_shape},
+};
+
+static const decode_form *decode_form_at(int form) { return &decode_forms[form]; }
+
 static void decode_make_plan(const clattn_context *ctx, const clattn__problem *p,
                              decode_plan *pl)
 {
     clattn__trow row;
     decode_row(ctx, p, &row, &pl->src);
     const clattn__trow *tu = &row;
+    const decode_form *f = decode_form_at(tu->form);
     const int64_t nrows = p->group * p->Lq; /* rows of one (b, kvh) */
     pl->form = tu->form;
     pl->vw = tu->vw;
     pl->ktile = tu->ktile;
     pl->wg = tu->wg;
-    pl->prefetch = tu->form == 0 ? tu->prefetch : 0;
     /* rows per block: at most tu->rows, spread evenly over the blocks */
     const int max_rows = tu->rows;
     pl->nblk = ceil_div(nrows, max_rows);
@@ -84,19 +155,11 @@ static void decode_make_plan(const clattn_context *ctx, const clattn__problem *p
     while (rows < pl->rows) rows <<= 1;
     pl->rows = rows < max_rows ? rows : max_rows;
     pl->nblk = ceil_div(nrows, pl->rows);
-    if (pl->form == 1) {
-        size_t maxwg = ctx->props.max_work_group_size;
-        while (pl->wg > 1 && (size_t)pl->wg > maxwg) pl->wg >>= 1;
-        /* the key block shrinks until the local arrays fit in half the local memory, so
-         * two work-groups can share a compute unit */
-        uint64_t budget = ctx->props.local_mem_bytes / 2;
-        while (pl->ktile > 1 && gpu_local_bytes(p, pl->rows, pl->ktile, pl->wg) > budget)
-            pl->ktile >>= 1;
-    }
+    f->fit(ctx, p, tu, pl);
 
     /* splits: enough work-groups for every compute unit, within the chunk bounds */
     const int64_t Lk = p->Lk > 0 ? p->Lk : 1;
-    const int64_t groups = p->B * (p->Hq / p->group) * (pl->form == 1 ? pl->nblk : 1);
+    const int64_t groups = p->B * (p->Hq / p->group) * (f->wg_per_block ? pl->nblk : 1);
     const int64_t want = (int64_t)(ctx->props.compute_units ? ctx->props.compute_units : 1) *
                          tu->wgs_per_cu;
     int64_t nsplit = ceil_div(want, groups);
@@ -118,22 +181,23 @@ static clattn_status decode_run_plan(clattn_context *ctx, const clattn__dev_prob
 {
     const clattn__problem *p = dp->p;
     const decode_plan pl = *plan;
+    const decode_form *f = decode_form_at(pl.form);
 
     char opts[640] = "";
     bool ok = clattn__mask_options(dp, opts, sizeof opts) &&
               clattn__opts_add(opts, sizeof opts,
                                " -DD=%lld -DDV=%lld -DDEC_GPU=%d -DROWS=%d -DKTILE=%d -DVW=%d"
                                " -DWG=%d -DK_CONTIG=%d -DV_CONTIG=%d -DDEC_PF_KEYS=%d",
-                               (long long)p->D, (long long)p->Dv, pl.form, pl.rows, pl.ktile,
+                               (long long)p->D, (long long)p->Dv, f->dec_gpu, pl.rows, pl.ktile,
                                pl.vw, pl.wg, dp->k.st[3] == 1, dp->v.st[3] == 1, pl.prefetch);
     CLATTN_RETURN_IF(ctx, !ok, CLATTN_ERROR_INTERNAL, "decode: build options too long");
     clattn__log(ctx, "decode: form %s, %d rows x %lld blocks, %lld splits of %lld keys, ktile %d (tuning: %s)",
-                pl.form ? "gpu" : "cpu", pl.rows, (long long)pl.nblk, (long long)pl.nsplit,
+                f->name, pl.rows, (long long)pl.nblk, (long long)pl.nsplit,
                 (long long)pl.chunk, pl.ktile, pl.src.text);
 
     cl_kernel kpart, kmerge;
-    CLATTN_FORWARD(clattn__kernel_get(ctx, "decode.cl", opts, "decode_partial", &kpart));
-    CLATTN_FORWARD(clattn__kernel_get(ctx, "decode.cl", opts, "splitkv_merge", &kmerge));
+    CLATTN_FORWARD(clattn__kernel_get(ctx, f->file, opts, f->kernel, &kpart));
+    CLATTN_FORWARD(clattn__kernel_get(ctx, f->file, opts, "splitkv_merge", &kmerge));
 
     cl_mem part_o, part_ml;
     const uint64_t nrows_all = (uint64_t)(p->B * p->Hq * p->Lq);
@@ -162,18 +226,9 @@ static clattn_status decode_run_plan(clattn_context *ctx, const clattn__dev_prob
     TRY(CLATTN_ARG(ctx, kpart, &a, nsplit));
     TRY(CLATTN_ARG(ctx, kpart, &a, chunk));
     TRY(clattn__set_mask_args(ctx, kpart, &a, dp));
-    if (pl.form == 1) {
-        size_t g[3] = {(size_t)pl.wg * (size_t)pl.nblk, (size_t)nsplit, (size_t)(p->B * Hkv)};
-        size_t l[3] = {(size_t)pl.wg, 1, 1};
-        TRY(clattn__enqueue(ctx, kpart, 3, g, l, NULL));
-    } else {
-        /* the blocks of one split share a work-group, so one core runs them while the
-         * split is in its cache */
-        size_t g[3] = {(size_t)pl.nblk, (size_t)nsplit, (size_t)(p->B * Hkv)};
-        size_t l[3] = {(size_t)pl.nblk, 1, 1};
-        TRY(clattn__enqueue(ctx, kpart, 3, g,
-                            (size_t)pl.nblk <= ctx->props.max_work_group_size ? l : NULL, NULL));
-    }
+    size_t g[3], lbuf[3], *l;
+    f->shape(ctx, p, &pl, g, lbuf, &l);
+    TRY(clattn__enqueue(ctx, kpart, 3, g, l, NULL));
 
     a = 0;
     TRY(CLATTN_ARG(ctx, kmerge, &a, part_o));
@@ -199,19 +254,20 @@ static clattn_status decode_run_plan(clattn_context *ctx, const clattn__dev_prob
     return st;
 }
 
-/* The planned form; one that fails to build gives way to the next form of the path
- * (tuning.c) before the dispatcher leaves the path. */
+static clattn_status decode_run_form(clattn_context *ctx, const clattn__dev_problem *dp, cl_event *event,
+                                     int *form)
+{
+    decode_plan pl;
+    decode_make_plan(ctx, dp->p, &pl);
+    *form = pl.form;
+    return decode_run_plan(ctx, dp, &pl, event);
+}
+
+/* The planned form, then (after a build failure) the next forms of the path. */
 static clattn_status decode_run(clattn_context *ctx, const clattn__dev_problem *dp, cl_event *event)
 {
-    for (;;) {
-        decode_plan pl;
-        decode_make_plan(ctx, dp->p, &pl);
-        clattn_status st = decode_run_plan(ctx, dp, &pl, event);
-        if (st != CLATTN_ERROR_BUILD_FAILED || !clattn__tuning_form_failed(ctx, CLATTN__TP_DECODE, dp->p, pl.form))
-            return st;
-        const char *why = "";
-        if (!decode_supports(ctx, dp->p, &why)) return st;
-    }
+    return clattn__run_with_form_fallback(ctx, CLATTN__TP_DECODE, &clattn__path_decode, dp, event,
+                                          decode_run_form);
 }
 
 const clattn__path_impl clattn__path_decode = {CLATTN_PATH_DECODE, decode_supports, decode_run};

@@ -1,23 +1,18 @@
 /* The fused path: flash attention in one pass over the keys with an online softmax, O
  * and LSE written once, never an Lq x Lk score matrix (cl/flash_cpu.cl on CPUs,
- * cl/flash_gpu.cl on GPUs; the form comes from the tuning table). Its only scratch is a
- * packed float32 copy of K and V (linear in Lk), made per call by the file's pack kernel;
- * when the copy for every (batch, KV head) exceeds the workspace bound, the heads are
- * done in groups that fit. */
+ * cl/flash_gpu.cl and cl/flash_gpu_mm.cl on GPUs; the form comes from the tuning table,
+ * each form is a row of fused_forms). The CPU form's only scratch is a packed float32
+ * copy of K and V (linear in Lk), made per call by the file's pack kernel; when the copy
+ * for every (batch, KV head) exceeds the workspace bound, the heads are done in groups
+ * that fit. */
 #include "core/program.h"
 #include "core/kernel_args.h"
-#include "paths/path.h"
+#include "paths/form_fallback.h"
 #include "core/device.h"
 #include "core/probe.h"
 #include "tuning/tuning.h"
 
 #include <string.h>
-
-/* Local memory of the GPU form in bytes (cl/flash_gpu.cl's qs, kvs, ps and red). */
-static uint64_t gpu_local_bytes(const clattn__problem *p, int block_m, int block_n)
-{
-    return clattn__fused_gpu_local_bytes(p->D, p->Dv, block_m, block_n);
-}
 
 /* The kernel parameters of one call: the tuning row adjusted to the device and p. */
 typedef struct fused_plan {
@@ -29,6 +24,27 @@ typedef struct fused_plan {
     bool v_direct;  /* CPU form: V is read in place (f32, unit stride along Dv, Dv % 16 == 0) */
     clattn__tsource src; /* where the tuning row came from */
 } fused_plan;
+
+/* One kernel form of the path, indexed by the form number of the tuning layer (tuning.c's
+ * fallback order): adding a form is adding a row to fused_forms and its functions. */
+typedef struct fused_form {
+    const char *file;   /* in cl/ */
+    const char *kernel; /* the main kernel */
+    /* Fit the tuning row's tiles and work-group to the device and p (local memory, the
+     * work-group limit). probe_ctx: as for fused_make_plan. */
+    void (*fit)(const clattn_context *ctx, clattn_context *probe_ctx, const clattn__problem *p,
+                fused_plan *pl);
+    /* Can the fitted plan run p on ctx's device? If not, *why says why. */
+    bool (*fits)(const clattn_context *ctx, const clattn__problem *p, const fused_plan *pl,
+                 const char **why);
+    /* The form's own build options, appended to opts (NULL: none). */
+    bool (*options)(const clattn__dev_problem *dp, const fused_plan *pl, char *opts, size_t cap);
+    /* Get the form's kernels (built with opts), set their arguments and enqueue them. */
+    clattn_status (*launch)(clattn_context *ctx, const struct fused_form *f, const clattn__dev_problem *dp,
+                            const fused_plan *pl, const char *opts, cl_event *event);
+} fused_form;
+
+static const fused_form *fused_form_at(int form);
 
 static int64_t ceil_to(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
 
@@ -55,59 +71,83 @@ static void fused_make_plan(const clattn_context *ctx, clattn_context *probe_ctx
     pl->wg = tu.wg;
     pl->tc = tu.tc;
     pl->vw = tu.vw;
-    if (pl->form == 2) {
-        /* gpu-mm: WG = (WG / TC) x TC work-items, every tile value a power of two; the
-         * work-group shrinks to the device's limit, then the tiles (keys first, then
-         * rows, then the work-group) until they fit the local memory */
-        const uint64_t budget = ctx->props.local_mem_bytes;
-        while (pl->wg > pl->tc && (size_t)pl->wg > ctx->props.max_work_group_size) pl->wg >>= 1;
-        if (pl->block_m < pl->wg / pl->tc) pl->block_m = pl->wg / pl->tc;
-        while (clattn__fused_gpu_mm_local_bytes(p->D, p->Dv, pl->block_m, pl->block_n, pl->tc) > budget) {
-            if (pl->block_n > pl->tc) pl->block_n >>= 1;
-            else if (pl->block_m > pl->wg / pl->tc) pl->block_m >>= 1;
-            else if (pl->wg > pl->tc) {
-                pl->wg >>= 1;
-                pl->block_m = pl->wg / pl->tc;
-            } else break;
-        }
-        /* the subgroup variant, where the probe measured subgroups of exactly tc */
-        int sgsize = 0;
-        if (probe_ctx && clattn__variant_usable(probe_ctx, CLATTN__VAR_SUBGROUPS, &sgsize, NULL, 0) &&
-            sgsize == pl->tc) {
-            pl->sg = 1;
-            pl->sg_intel = !clattn__device_has_extension(ctx->device, "cl_khr_subgroups") &&
-                           clattn__device_has_extension(ctx->device, "cl_intel_subgroups");
-        }
-    }
-    if (pl->form == 0) {
-        /* one row group when the tuned count would leave compute units idle (fewer than 4
-         * work-items per unit). Nothing in between: ROW_GROUPS is a build option, and
-         * problems that small gain nothing measurable from 2 or 3 groups, while each
-         * value would cost a kernel build of its own. */
-        const int64_t want = 4 * (int64_t)(ctx->props.compute_units ? ctx->props.compute_units : 1);
-        const int64_t blocks = p->B * p->Hq * ((p->Lq + pl->block_m - 1) / pl->block_m);
-        if ((blocks + pl->row_groups - 1) / pl->row_groups < want) pl->row_groups = 1;
-    }
-    if (pl->form == 1) {
-        /* work-groups of 16 x TR work-items; BLOCK_M a multiple of TR; the tiles shrink
-         * until the local arrays fit half the local memory (two groups per unit) */
-        while (pl->wg > 16 && (size_t)pl->wg > ctx->props.max_work_group_size) pl->wg >>= 1;
-        if (pl->wg < 16) pl->wg = 16;
-        const uint64_t budget = ctx->props.local_mem_bytes / 2;
-        while (gpu_local_bytes(p, pl->block_m, pl->block_n) > budget) {
-            if (pl->block_n > 16) pl->block_n >>= 1;
-            else if (pl->block_m > pl->wg / 16) pl->block_m >>= 1;
-            else if (pl->wg > 16) {
-                pl->wg >>= 1;
-                pl->block_m = pl->wg / 16;
-            } else break;
-        }
-        if (pl->block_m < pl->wg / 16) pl->block_m = pl->wg / 16;
-    } else {
-        while (pl->wg > 1 && (size_t)pl->wg > ctx->props.max_work_group_size) pl->wg >>= 1;
-    }
+    fused_form_at(pl->form)->fit(ctx, probe_ctx, p, pl);
     pl->lk_pad = ceil_to(p->Lk > 0 ? p->Lk : 1, pl->block_n);
     pl->dv_pad = ceil_to(p->Dv, 16);
+}
+
+/* The work-group within the device's limit (the forms without a shape of their own). */
+static void shrink_wg(const clattn_context *ctx, fused_plan *pl)
+{
+    while (pl->wg > 1 && (size_t)pl->wg > ctx->props.max_work_group_size) pl->wg >>= 1;
+}
+
+static void cpu_fit(const clattn_context *ctx, clattn_context *probe_ctx, const clattn__problem *p,
+                    fused_plan *pl)
+{
+    (void)probe_ctx;
+    /* one row group when the tuned count would leave compute units idle (fewer than 4
+     * work-items per unit). Nothing in between: ROW_GROUPS is a build option, and
+     * problems that small gain nothing measurable from 2 or 3 groups, while each
+     * value would cost a kernel build of its own. */
+    const int64_t want = 4 * (int64_t)(ctx->props.compute_units ? ctx->props.compute_units : 1);
+    const int64_t blocks = p->B * p->Hq * ((p->Lq + pl->block_m - 1) / pl->block_m);
+    if ((blocks + pl->row_groups - 1) / pl->row_groups < want) pl->row_groups = 1;
+    shrink_wg(ctx, pl);
+}
+
+/* Local memory of the GPU form in bytes (cl/flash_gpu.cl's qs, kvs, ps and red). */
+static uint64_t gpu_local_bytes(const clattn__problem *p, int block_m, int block_n)
+{
+    return clattn__fused_gpu_local_bytes(p->D, p->Dv, block_m, block_n);
+}
+
+static void gpu_fit(const clattn_context *ctx, clattn_context *probe_ctx, const clattn__problem *p,
+                    fused_plan *pl)
+{
+    (void)probe_ctx;
+    /* work-groups of 16 x TR work-items; BLOCK_M a multiple of TR; the tiles shrink
+     * until the local arrays fit half the local memory (two groups per unit) */
+    while (pl->wg > 16 && (size_t)pl->wg > ctx->props.max_work_group_size) pl->wg >>= 1;
+    if (pl->wg < 16) pl->wg = 16;
+    const uint64_t budget = ctx->props.local_mem_bytes / 2;
+    while (gpu_local_bytes(p, pl->block_m, pl->block_n) > budget) {
+        if (pl->block_n > 16) pl->block_n >>= 1;
+        else if (pl->block_m > pl->wg / 16) pl->block_m >>= 1;
+        else if (pl->wg > 16) {
+            pl->wg >>= 1;
+            pl->block_m = pl->wg / 16;
+        } else break;
+    }
+    if (pl->block_m < pl->wg / 16) pl->block_m = pl->wg / 16;
+}
+
+static void mm_fit(const clattn_context *ctx, clattn_context *probe_ctx, const clattn__problem *p,
+                   fused_plan *pl)
+{
+    /* gpu-mm: WG = (WG / TC) x TC work-items, every tile value a power of two; the
+     * work-group shrinks to the device's limit, then the tiles (keys first, then
+     * rows, then the work-group) until they fit the local memory */
+    const uint64_t budget = ctx->props.local_mem_bytes;
+    while (pl->wg > pl->tc && (size_t)pl->wg > ctx->props.max_work_group_size) pl->wg >>= 1;
+    if (pl->block_m < pl->wg / pl->tc) pl->block_m = pl->wg / pl->tc;
+    while (clattn__fused_gpu_mm_local_bytes(p->D, p->Dv, pl->block_m, pl->block_n, pl->tc) > budget) {
+        if (pl->block_n > pl->tc) pl->block_n >>= 1;
+        else if (pl->block_m > pl->wg / pl->tc) pl->block_m >>= 1;
+        else if (pl->wg > pl->tc) {
+            pl->wg >>= 1;
+            pl->block_m = pl->wg / pl->tc;
+        } else break;
+    }
+    /* the subgroup variant, where the probe measured subgroups of exactly tc */
+    int sgsize = 0;
+    if (probe_ctx && clattn__variant_usable(probe_ctx, CLATTN__VAR_SUBGROUPS, &sgsize, NULL, 0) &&
+        sgsize == pl->tc) {
+        pl->sg = 1;
+        pl->sg_intel = !clattn__device_has_extension(ctx->device, "cl_khr_subgroups") &&
+                       clattn__device_has_extension(ctx->device, "cl_intel_subgroups");
+    }
+    shrink_wg(ctx, pl);
 }
 
 /* gpu-mm: Q and K (V) rows contiguous along the head dim, a multiple of 4, stored as f32
@@ -131,6 +171,37 @@ static uint64_t head_bytes(const clattn__problem *p, const fused_plan *pl)
     return (uint64_t)pl->lk_pad * (uint64_t)(p->D + (pl->v_direct ? 0 : pl->dv_pad)) * sizeof(float);
 }
 
+static bool cpu_fits(const clattn_context *ctx, const clattn__problem *p, const fused_plan *pl,
+                     const char **why)
+{
+    if (head_bytes(p, pl) > clattn__scratch_cap(ctx)) {
+        *why = "the packed K and V of one head exceed the workspace bound";
+        return false;
+    }
+    return true;
+}
+
+static bool gpu_fits(const clattn_context *ctx, const clattn__problem *p, const fused_plan *pl,
+                     const char **why)
+{
+    if (gpu_local_bytes(p, pl->block_m, pl->block_n) > ctx->props.local_mem_bytes) {
+        *why = "the GPU form's tiles do not fit the device's local memory";
+        return false;
+    }
+    return true;
+}
+
+static bool mm_fits(const clattn_context *ctx, const clattn__problem *p, const fused_plan *pl,
+                    const char **why)
+{
+    if (clattn__fused_gpu_mm_local_bytes(p->D, p->Dv, pl->block_m, pl->block_n, pl->tc) >
+        ctx->props.local_mem_bytes) {
+        *why = "the gpu-mm form's tiles do not fit the device's local memory";
+        return false;
+    }
+    return true;
+}
+
 static bool fused_supports(const clattn_context *ctx, const clattn__problem *p, const char **why)
 {
     fused_plan pl;
@@ -140,26 +211,7 @@ static bool fused_supports(const clattn_context *ctx, const clattn__problem *p, 
         *why = "more than 2^31 keys";
         return false;
     }
-    if (pl.form == 2) {
-        if (clattn__fused_gpu_mm_local_bytes(p->D, p->Dv, pl.block_m, pl.block_n, pl.tc) >
-            ctx->props.local_mem_bytes) {
-            *why = "the gpu-mm form's tiles do not fit the device's local memory";
-            return false;
-        }
-        return true;
-    }
-    if (pl.form == 1) {
-        if (gpu_local_bytes(p, pl.block_m, pl.block_n) > ctx->props.local_mem_bytes) {
-            *why = "the GPU form's tiles do not fit the device's local memory";
-            return false;
-        }
-        return true;
-    }
-    if (head_bytes(p, &pl) > clattn__scratch_cap(ctx)) {
-        *why = "the packed K and V of one head exceed the workspace bound";
-        return false;
-    }
-    return true;
+    return fused_form_at(pl.form)->fits(ctx, p, &pl, why);
 }
 
 /* dp restricted to batches [b0, b0+nb) and KV heads [g0, g0+ng) (with their query
@@ -179,7 +231,8 @@ static void shift_problem(const clattn__dev_problem *dp, int64_t b0, int64_t g0,
     if (dp->alibi.mem) out->alibi.off += h0 * dp->alibi.st[0];
 }
 
-/* The arguments both forms share: q, k, v, o, lse, MASK_PARAMS, B, Hq, Hkv. */
+/* The arguments every form's main kernel begins with (FLASH_PARAMS in cl/prelude.cl): q,
+ * k, v, o, lse, MASK_PARAMS, B, Hq, Hkv. */
 static clattn_status set_main_args(clattn_context *ctx, cl_kernel k, cl_uint *a,
                                    const clattn__dev_problem *sp, cl_long B, cl_long Hq,
                                    cl_long Hkv)
@@ -198,57 +251,68 @@ static clattn_status set_main_args(clattn_context *ctx, cl_kernel k, cl_uint *a,
     return CLATTN_SUCCESS;
 }
 
-static clattn_status fused_run_plan(clattn_context *ctx, const clattn__dev_problem *dp,
-                                    const fused_plan *plan, cl_event *event)
+static bool cpu_options(const clattn__dev_problem *dp, const fused_plan *pl, char *opts, size_t cap)
+{
+    (void)dp;
+    return clattn__opts_add(opts, cap, " -DDV_CHUNK=%d -DROW_GROUPS=%d -DV_DIRECT=%d", pl->dv_chunk,
+                            pl->row_groups, pl->v_direct ? 1 : 0);
+}
+
+static bool mm_options(const clattn__dev_problem *dp, const fused_plan *pl, char *opts, size_t cap)
+{
+    return clattn__opts_add(opts, cap, " -DTC=%d -DQK_VEC=%d -DV_VEC=%d -DSG_REDUCE=%d -DSG_INTEL=%d",
+                            pl->tc, pl->vw == 4 && qk_vec(dp), pl->vw == 4 && v_vec(dp), pl->sg,
+                            pl->sg_intel ? 1 : 0);
+}
+
+/* Blocks of `rows` query rows: work-items (CPU) / work-groups (GPU) along the query rows. */
+static int64_t row_blocks(const clattn__problem *p, int64_t rows) { return (p->Lq + rows - 1) / rows; }
+
+/* The GPU forms' one launch: work-groups of wg work-items, global size g. */
+static clattn_status launch_one(clattn_context *ctx, const fused_form *f, const clattn__dev_problem *dp,
+                                const fused_plan *pl, const char *opts, const size_t g[2], cl_event *event)
+{
+    const clattn__problem *p = dp->p;
+    cl_kernel kmain;
+    CLATTN_FORWARD(clattn__kernel_get(ctx, f->file, opts, f->kernel, &kmain));
+    cl_uint a = 0;
+    CLATTN_FORWARD(set_main_args(ctx, kmain, &a, dp, p->B, p->Hq, p->Hq / p->group));
+    const size_t l[2] = {(size_t)pl->wg, 1};
+    return clattn__enqueue(ctx, kmain, 2, g, l, event);
+}
+
+static clattn_status mm_launch(clattn_context *ctx, const fused_form *f, const clattn__dev_problem *dp,
+                               const fused_plan *pl, const char *opts, cl_event *event)
+{
+    const clattn__problem *p = dp->p;
+    clattn__log(ctx, "fused: flash_gpu_mm.cl, block_m %d, block_n %d, wg %d = %d x %d, vw %d%s "
+                "(tuning: %s)", pl->block_m, pl->block_n, pl->wg, pl->wg / pl->tc, pl->tc, pl->vw,
+                pl->sg ? ", subgroup reductions" : "", pl->src.text);
+    /* (b, h) along dimension 0, the row blocks along 1 (in zigzag order in the kernel) */
+    const size_t g[2] = {(size_t)(p->B * p->Hq * pl->wg), (size_t)row_blocks(p, pl->block_m)};
+    return launch_one(ctx, f, dp, pl, opts, g, event);
+}
+
+static clattn_status gpu_launch(clattn_context *ctx, const fused_form *f, const clattn__dev_problem *dp,
+                                const fused_plan *pl, const char *opts, cl_event *event)
+{
+    const clattn__problem *p = dp->p;
+    clattn__log(ctx, "fused: flash_gpu.cl, block_m %d, block_n %d, wg %d (tuning: %s)", pl->block_m,
+                pl->block_n, pl->wg, pl->src.text);
+    const size_t g[2] = {(size_t)(row_blocks(p, pl->block_m) * pl->wg), (size_t)(p->B * p->Hq)};
+    return launch_one(ctx, f, dp, pl, opts, g, event);
+}
+
+static clattn_status cpu_launch(clattn_context *ctx, const fused_form *f, const clattn__dev_problem *dp,
+                                const fused_plan *plan, const char *opts, cl_event *event)
 {
     const clattn__problem *p = dp->p;
     const fused_plan pl = *plan;
-
-    char opts[640] = "";
-    bool ok = clattn__mask_options(dp, opts, sizeof opts) &&
-              clattn__opts_add(opts, sizeof opts,
-                               " -DD=%lld -DDV=%lld -DBLOCK_M=%d -DBLOCK_N=%d -DWG=%d",
-                               (long long)p->D, (long long)p->Dv, pl.block_m, pl.block_n, pl.wg) &&
-              (pl.form != 2 ||
-               clattn__opts_add(opts, sizeof opts, " -DTC=%d -DQK_VEC=%d -DV_VEC=%d -DSG_REDUCE=%d -DSG_INTEL=%d",
-                                pl.tc, pl.vw == 4 && qk_vec(dp), pl.vw == 4 && v_vec(dp), pl.sg,
-                                pl.sg_intel ? 1 : 0)) &&
-              (pl.form != 0 ||
-               clattn__opts_add(opts, sizeof opts, " -DDV_CHUNK=%d -DROW_GROUPS=%d -DV_DIRECT=%d",
-                                pl.dv_chunk, pl.row_groups, pl.v_direct ? 1 : 0));
-    CLATTN_RETURN_IF(ctx, !ok, CLATTN_ERROR_INTERNAL, "fused: build options too long");
     const int64_t Hkv = p->Hq / p->group;
-    /* work-items (CPU) / work-groups (GPU) along the query rows */
-    const int64_t rows = pl.form != 0 ? pl.block_m : (int64_t)pl.block_m * pl.row_groups;
-    const int64_t nblk = (p->Lq + rows - 1) / rows;
-
-    if (pl.form == 2) {
-        clattn__log(ctx, "fused: flash_gpu_mm.cl, block_m %d, block_n %d, wg %d = %d x %d, vw %d%s "
-                    "(tuning: %s)", pl.block_m, pl.block_n, pl.wg, pl.wg / pl.tc, pl.tc, pl.vw,
-                    pl.sg ? ", subgroup reductions" : "", pl.src.text);
-        cl_kernel kmain;
-        CLATTN_FORWARD(clattn__kernel_get(ctx, "flash_gpu_mm.cl", opts, "flash_gpu_mm", &kmain));
-        cl_uint a = 0;
-        CLATTN_FORWARD(set_main_args(ctx, kmain, &a, dp, p->B, p->Hq, Hkv));
-        /* (b, h) along dimension 0, the row blocks along 1 (in zigzag order in the kernel) */
-        size_t g[2] = {(size_t)(p->B * p->Hq * pl.wg), (size_t)nblk}, l[2] = {(size_t)pl.wg, 1};
-        return clattn__enqueue(ctx, kmain, 2, g, l, event);
-    }
-
-    if (pl.form == 1) {
-        clattn__log(ctx, "fused: flash_gpu.cl, block_m %d, block_n %d, wg %d (tuning: %s)", pl.block_m,
-                    pl.block_n, pl.wg, pl.src.text);
-        cl_kernel kmain;
-        CLATTN_FORWARD(clattn__kernel_get(ctx, "flash_gpu.cl", opts, "flash_gpu", &kmain));
-        cl_uint a = 0;
-        CLATTN_FORWARD(set_main_args(ctx, kmain, &a, dp, p->B, p->Hq, Hkv));
-        size_t g[2] = {(size_t)(nblk * pl.wg), (size_t)(p->B * p->Hq)}, l[2] = {(size_t)pl.wg, 1};
-        return clattn__enqueue(ctx, kmain, 2, g, l, event);
-    }
-
+    const int64_t nblk = row_blocks(p, (int64_t)pl.block_m * pl.row_groups);
     cl_kernel kpack, kmain;
-    CLATTN_FORWARD(clattn__kernel_get(ctx, "flash_cpu.cl", opts, "flash_cpu_pack", &kpack));
-    CLATTN_FORWARD(clattn__kernel_get(ctx, "flash_cpu.cl", opts, "flash_cpu", &kmain));
+    CLATTN_FORWARD(clattn__kernel_get(ctx, f->file, opts, "flash_cpu_pack", &kpack));
+    CLATTN_FORWARD(clattn__kernel_get(ctx, f->file, opts, f->kernel, &kmain));
 
     /* Heads per launch: all of them if their packed copies fit, else whole batches, else
      * groups of KV heads of one batch. */
@@ -340,24 +404,50 @@ static clattn_status fused_run_plan(clattn_context *ctx, const clattn__dev_probl
     return st;
 }
 
-/* The planned form; one that fails to build gives way to the next form of the path
- * (tuning.c) before the dispatcher leaves the path. */
-static clattn_status fused_run(clattn_context *ctx, const clattn__dev_problem *dp, cl_event *event)
+static const fused_form fused_forms[] = {
+    {"flash_cpu.cl", "flash_cpu", cpu_fit, cpu_fits, cpu_options, cpu_launch},
+    {"flash_gpu.cl", "flash_gpu", gpu_fit, gpu_fits, NULL, gpu_launch},
+    {"flash_gpu_mm.cl", "flash_gpu_mm", mm_fit, mm_fits, mm_options, mm_launch},
+};
+
+static const fused_form *fused_form_at(int form) { return &fused_forms[form]; }
+
+static clattn_status fused_run_plan(clattn_context *ctx, const clattn__dev_problem *dp,
+                                    const fused_plan *pl, cl_event *event)
+{
+    const clattn__problem *p = dp->p;
+    const fused_form *f = fused_form_at(pl->form);
+    char opts[640] = "";
+    bool ok = clattn__mask_options(dp, opts, sizeof opts) &&
+              clattn__opts_add(opts, sizeof opts,
+                               " -DD=%lld -DDV=%lld -DBLOCK_M=%d -DBLOCK_N=%d -DWG=%d",
+                               (long long)p->D, (long long)p->Dv, pl->block_m, pl->block_n, pl->wg) &&
+              (!f->options || f->options(dp, pl, opts, sizeof opts));
+    CLATTN_RETURN_IF(ctx, !ok, CLATTN_ERROR_INTERNAL, "fused: build options too long");
+    return f->launch(ctx, f, dp, pl, opts, event);
+}
+
+/* The planned form; a subgroup variant that fails to build gives way to the same form
+ * without it. */
+static clattn_status fused_run_form(clattn_context *ctx, const clattn__dev_problem *dp, cl_event *event,
+                                    int *form)
 {
     for (;;) {
         fused_plan pl;
         fused_make_plan(ctx, ctx, dp->p, &pl);
+        *form = pl.form;
         clattn_status st = fused_run_plan(ctx, dp, &pl, event);
-        if (st == CLATTN_ERROR_BUILD_FAILED && pl.sg) {
-            /* the variant, not the form, failed: the same form without it */
-            clattn__variant_failed(ctx, CLATTN__VAR_SUBGROUPS, "the gpu-mm kernel with subgroup reductions did not build");
-            continue;
-        }
-        if (st != CLATTN_ERROR_BUILD_FAILED || !clattn__tuning_form_failed(ctx, CLATTN__TP_FUSED, dp->p, pl.form))
-            return st;
-        const char *why = "";
-        if (!fused_supports(ctx, dp->p, &why)) return st;
+        if (st != CLATTN_ERROR_BUILD_FAILED || !pl.sg) return st;
+        /* the variant, not the form, failed: the same form without it */
+        clattn__variant_failed(ctx, CLATTN__VAR_SUBGROUPS, "the gpu-mm kernel with subgroup reductions did not build");
     }
+}
+
+/* The planned form, then (after a build failure) the next forms of the path. */
+static clattn_status fused_run(clattn_context *ctx, const clattn__dev_problem *dp, cl_event *event)
+{
+    return clattn__run_with_form_fallback(ctx, CLATTN__TP_FUSED, &clattn__path_fused, dp, event,
+                                          fused_run_form);
 }
 
 const clattn__path_impl clattn__path_fused = {CLATTN_PATH_FUSED, fused_supports, fused_run};

@@ -36,28 +36,32 @@ clattn_status clattn__softmax_kernels_get(clattn_context *ctx, const clattn__dev
     return clattn__kernel_get(ctx, "unfused_softmax.cl", osoft, "unfused_softmax", &k->soft);
 }
 
+/* S, ldS, row0, n, Hq: the chunk both steps begin with. */
+static clattn_status set_chunk_args(clattn_context *ctx, cl_kernel k, cl_uint *a, const clattn__problem *p,
+                                    cl_mem S, cl_long ldS, cl_long row0, cl_long n)
+{
+    const cl_long Hq = p->Hq;
+    CLATTN_FORWARD(CLATTN_ARG(ctx, k, a, S));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, k, a, ldS));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, k, a, row0));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, k, a, n));
+    return CLATTN_ARG(ctx, k, a, Hq);
+}
+
 clattn_status clattn__softmax_enqueue(clattn_context *ctx, const clattn__dev_problem *dp,
                                       const clattn__softmax_kernels *k, cl_mem S, cl_long ldS,
                                       cl_long row0, cl_long n)
 {
     const clattn__problem *p = dp->p;
-    const cl_long Hq = p->Hq, Lq = p->Lq, Lk = p->Lk;
+    const cl_long Lq = p->Lq, Lk = p->Lk;
     cl_uint a = 0;
-    CLATTN_FORWARD(CLATTN_ARG(ctx, k->mask, &a, S));
-    CLATTN_FORWARD(CLATTN_ARG(ctx, k->mask, &a, ldS));
-    CLATTN_FORWARD(CLATTN_ARG(ctx, k->mask, &a, row0));
-    CLATTN_FORWARD(CLATTN_ARG(ctx, k->mask, &a, n));
-    CLATTN_FORWARD(CLATTN_ARG(ctx, k->mask, &a, Hq));
+    CLATTN_FORWARD(set_chunk_args(ctx, k->mask, &a, p, S, ldS, row0, n));
     CLATTN_FORWARD(clattn__set_mask_args(ctx, k->mask, &a, dp));
     const size_t gm[2] = {(size_t)Lk, (size_t)n};
     CLATTN_FORWARD(clattn__enqueue(ctx, k->mask, 2, gm, NULL, NULL));
 
     a = 0;
-    CLATTN_FORWARD(CLATTN_ARG(ctx, k->soft, &a, S));
-    CLATTN_FORWARD(CLATTN_ARG(ctx, k->soft, &a, ldS));
-    CLATTN_FORWARD(CLATTN_ARG(ctx, k->soft, &a, row0));
-    CLATTN_FORWARD(CLATTN_ARG(ctx, k->soft, &a, n));
-    CLATTN_FORWARD(CLATTN_ARG(ctx, k->soft, &a, Hq));
+    CLATTN_FORWARD(set_chunk_args(ctx, k->soft, &a, p, S, ldS, row0, n));
     CLATTN_FORWARD(CLATTN_ARG(ctx, k->soft, &a, Lq));
     CLATTN_FORWARD(CLATTN_ARG(ctx, k->soft, &a, Lk));
     CLATTN_FORWARD(CLATTN_ARG(ctx, k->soft, &a, dp->lse.mem));
@@ -87,25 +91,33 @@ typedef struct chunk {
     cl_long bh0, nh, i0, ni;
 } chunk;
 
+/* bh0, i0, ni, Hq, Lk, group: the chunk's rows, which the QKᵀ and P·V kernels end with. */
+static clattn_status set_block_args(clattn_context *ctx, cl_kernel k, cl_uint *a, const clattn__problem *p,
+                                    const chunk *c)
+{
+    const cl_long Hq = p->Hq, Lk = p->Lk, group = p->group;
+    CLATTN_FORWARD(CLATTN_ARG(ctx, k, a, c->bh0));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, k, a, c->i0));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, k, a, c->ni));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, k, a, Hq));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, k, a, Lk));
+    return CLATTN_ARG(ctx, k, a, group);
+}
+
 static clattn_status run_chunk(clattn_context *ctx, const clattn__dev_problem *dp, cl_kernel kqk,
                                const clattn__softmax_kernels *ksm, cl_kernel kpv, cl_mem S,
                                chunk c, size_t tile, cl_event *event)
 {
     const clattn__problem *p = dp->p;
     const cl_long ldS = p->Lk > 0 ? p->Lk : 1;
-    const cl_long Hq = p->Hq, Lk = p->Lk, group = p->group;
+    const cl_long Lk = p->Lk;
     const cl_long row0 = c.bh0 * p->Lq + c.i0, n = c.nh * c.ni;
     cl_uint a = 0;
     CLATTN_FORWARD(clattn__set_tensor_args(ctx, kqk, &a, &dp->q));
     CLATTN_FORWARD(clattn__set_tensor_args(ctx, kqk, &a, &dp->k));
     CLATTN_FORWARD(CLATTN_ARG(ctx, kqk, &a, S));
     CLATTN_FORWARD(CLATTN_ARG(ctx, kqk, &a, ldS));
-    CLATTN_FORWARD(CLATTN_ARG(ctx, kqk, &a, c.bh0));
-    CLATTN_FORWARD(CLATTN_ARG(ctx, kqk, &a, c.i0));
-    CLATTN_FORWARD(CLATTN_ARG(ctx, kqk, &a, c.ni));
-    CLATTN_FORWARD(CLATTN_ARG(ctx, kqk, &a, Hq));
-    CLATTN_FORWARD(CLATTN_ARG(ctx, kqk, &a, Lk));
-    CLATTN_FORWARD(CLATTN_ARG(ctx, kqk, &a, group));
+    CLATTN_FORWARD(set_block_args(ctx, kqk, &a, p, &c));
     const size_t lt[3] = {tile, tile, 1};
     const size_t *local = tile > 1 ? lt : NULL;
     const size_t gqk[3] = {round_up((size_t)Lk, tile), round_up((size_t)c.ni, tile), (size_t)c.nh};
@@ -118,12 +130,7 @@ static clattn_status run_chunk(clattn_context *ctx, const clattn__dev_problem *d
     CLATTN_FORWARD(CLATTN_ARG(ctx, kpv, &a, ldS));
     CLATTN_FORWARD(clattn__set_tensor_args(ctx, kpv, &a, &dp->v));
     CLATTN_FORWARD(clattn__set_tensor_args(ctx, kpv, &a, &dp->o));
-    CLATTN_FORWARD(CLATTN_ARG(ctx, kpv, &a, c.bh0));
-    CLATTN_FORWARD(CLATTN_ARG(ctx, kpv, &a, c.i0));
-    CLATTN_FORWARD(CLATTN_ARG(ctx, kpv, &a, c.ni));
-    CLATTN_FORWARD(CLATTN_ARG(ctx, kpv, &a, Hq));
-    CLATTN_FORWARD(CLATTN_ARG(ctx, kpv, &a, Lk));
-    CLATTN_FORWARD(CLATTN_ARG(ctx, kpv, &a, group));
+    CLATTN_FORWARD(set_block_args(ctx, kpv, &a, p, &c));
     const size_t gpv[3] = {round_up((size_t)p->Dv, tile), round_up((size_t)c.ni, tile), (size_t)c.nh};
     return clattn__enqueue(ctx, kpv, 3, gpv, local, event);
 }

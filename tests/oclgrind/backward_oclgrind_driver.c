@@ -1,7 +1,8 @@
-/* Runs the backward kernels (the CPU and GPU forms of cl/backward.cl and the unfused
- * form of cl/backward_unfused.cl) on small cases that switch on
- * every build option they take (dtypes, mask kinds with the mask's gradient, softcap,
- * ALiBi, odd head sizes, GQA, causal, window, key lengths), so that under oclgrind each
+/* Runs the backward kernels (the CPU form of cl/backward_cpu.cl, the GPU form of
+ * cl/backward_gpu.cl, both with cl/backward.cl's, and the unfused form of
+ * cl/backward_unfused.cl) on small cases that switch on every build option they take
+ * (dtypes, mask kinds with the mask's gradient, softcap, ALiBi, odd head sizes, GQA,
+ * causal, window, key lengths), so that under oclgrind each
  * variant is checked for out-of-bounds accesses, races and API misuse. O and LSE come from
  * the float64 reference; gradients are compared with the backward reference (within
  * 1e-2 of each tensor's largest value: a smoke check, test_backward is the real one).
