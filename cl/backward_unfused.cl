@@ -1,5 +1,5 @@
 /* backward_unfused.cl: the backward pass's simple form, the last link of its fallback
- * chain (src/backward.c runs it when the tiled forms of cl/backward.cl fail to build or
+ * chain (src/backward/backward.c runs it when the tiled forms of cl/backward.cl fail to build or
  * launch, or when the unfused path is asked for). No tiles, no local memory and no
  * scratch at all: every work-item recomputes what it needs, so only the outputs (and
  * their commit copies) take memory, whatever the shape.

@@ -22,7 +22,7 @@
  * Build options: D, DV (1..256), BLOCK_M (a multiple of WG / 16), BLOCK_N (a multiple
  * of 16), WG (a multiple of 16). Local memory, in floats:
  *   BLOCK_M*D + BLOCK_N*(max(D, DV) + 1) + BLOCK_M*(BLOCK_N + 1) + BLOCK_M*16
- * which the host keeps within the device's local memory (path_fused.c).
+ * which the host keeps within the device's local memory (src/paths/fused.c).
  * Where it was checked and what it measured: docs/measurements.md.
  * P·V runs key-inner per output column: the register-blocked order (keys outer, RM x OC
  * accumulators updated per key) gave wrong rows or heap corruption on PoCL 3.1 at some

@@ -67,7 +67,7 @@
 #endif
 /* SG_REDUCE 1: the TC work-items of a row group are one subgroup (the host sets it only
  * when the subgroup probe measured a size of TC with subgroups as runs of consecutive
- * work-items, src/probe.c): row maxima and sums by sub_group_reduce_* instead of a
+ * work-items, src/core/probe.c): row maxima and sums by sub_group_reduce_* instead of a
  * round trip through local memory. SG_INTEL: through cl_intel_subgroups. */
 #ifndef SG_REDUCE
 #define SG_REDUCE 0

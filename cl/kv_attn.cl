@@ -14,7 +14,7 @@
  *                  still rotated for TQ values) and LSE. kv_store_o (cl/kv_quant.cl)
  *                  rotates it back and stores O.
  *
- * Scores (K_FMT; layouts in src/kv_format.h):
+ * Scores (K_FMT; layouts in src/kv/format.h):
  *   int8, tq   keys in 16-token tiles, coordinate-major: for each coordinate i one
  *              vector holds the codes of 16 tokens, so a tile's 16 scores are one
  *              vector accumulated over i with the query's q_i broadcast (no horizontal

@@ -25,7 +25,7 @@
 #define KTILE 16
 #endif
 
-/* Lane l's code of a 16-lane TQ or INT4 word at w (layouts in src/kv_format.h), reading
+/* Lane l's code of a 16-lane TQ or INT4 word at w (layouts in src/kv/format.h), reading
  * only the bytes of the word. */
 inline int kv_code_at(const __global uchar *w, int bits, int l)
 {

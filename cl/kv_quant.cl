@@ -1,7 +1,7 @@
 /* kv_quant.cl: the KV cache's work outside attention: quantize new keys/values on append,
  * and the rotation of the TQ formats applied to the query before attention and to the
  * output after it (the cache itself is never rotated back). The arithmetic repeats
- * src/kv_format.c operation for operation (explicit fma, the same constants, ties to
+ * src/kv/format.c operation for operation (explicit fma, the same constants, ties to
  * even), so the packed bytes equal the CPU reference's wherever division and sqrt are
  * correctly rounded (PoCL: always; tests/test_kv_format.c checks it).
  *
@@ -33,11 +33,11 @@
 #define DIMP ((DIM + 15) / 16 * 16) /* a dense row, padded to whole 16-lane vectors */
 #define KV_HALF_MAX 65504.0f
 
-/* ---- Rotation (src/kv_format.c documents R) ----------------------------------------
+/* ---- Rotation (src/kv/rotation.c documents R) ----------------------------------------
  * tab: for round k, sign[k][0..DIM) then perm[k][0..DIM), int32. */
 #define ROT_ROUNDS ((DIM & (DIM - 1)) == 0 ? 1 : 2)
 
-/* 1/sqrt(bs) for bs = 2^k, computed as src/kv_format.c's block_scale does. */
+/* 1/sqrt(bs) for bs = 2^k, computed as src/kv/format.c's block_scale does. */
 inline float kv_block_scale(int bs)
 {
     int k = 0;
@@ -111,14 +111,14 @@ inline void kv_int4_block(const float *v, int m, uchar *d_at, uchar *m_at, uchar
     for (int e = 0; e < 16; e++) qs[e] = 0;
     for (int e = 0; e < m; e++) {
         const uchar q = (uchar)clamp(rint((v[e] - mf) * id), 0.0f, 15.0f);
-        /* two 16-lane words in the tq4 layout (src/kv_format.h) */
+        /* two 16-lane words in the tq4 layout (src/kv/format.h) */
         const int l = e & 15, byte = 8 * (e >> 4) + 4 * (l & 1) + (l >> 2);
         qs[byte] |= (uchar)(q << (4 * ((l >> 1) & 1)));
     }
 }
 
 #ifdef KV_APPEND
-/* Bytes of one row (src/kv_format.h): the reference layout every format quantizes into. */
+/* Bytes of one row (src/kv/format.h): the reference layout every format quantizes into. */
 #define NB32 ((DIM + 31) / 32)
 #define TQ_GB (TQ_BITS == 4 ? 8 : TQ_BITS == 3 ? 6 : 4)
 #if FMT == FMT_F32
@@ -174,7 +174,7 @@ inline void kv_word_set_global(__global uchar *w, int l, int c)
 }
 
 /* Quantize v (DIM floats, overwritten) into row (ROW_BYTES, private) exactly as
- * src/kv_format.c's from_float does. tq: the format's table (codebook, then thresholds;
+ * src/kv/format.c's from_float does. tq: the format's table (codebook, then thresholds;
  * clattn__kv_tq_table) and the rotation table; sqrt_n = sqrtf(DIM) from the host. */
 inline void kv_quantize_row(float *v, uchar *row, const __global int *rot, const __global float *tab,
                             float sqrt_n)
@@ -205,7 +205,7 @@ inline void kv_quantize_row(float *v, uchar *row, const __global int *rot, const
         for (int e = 0; e < m; e++) w[e] = clamp(v[32 * b + e], -KV_HALF_MAX, KV_HALF_MAX);
         kv_int4_block(w, m, row + 2 * b, row + 2 * NB32 + 2 * b, row + 4 * NB32 + 16 * b);
     }
-#else /* TQ: src/kv_format.c explains the least-squares scale */
+#else /* TQ: src/kv/format.c explains the least-squares scale */
     kv_rot_forward(v, rot);
     float ss = 0.0f;
     for (int i = 0; i < DIM; i++) ss = fma(v[i], v[i], ss);
@@ -230,7 +230,7 @@ inline void kv_quantize_row(float *v, uchar *row, const __global int *rot, const
 /* ---- Append: rows, one vector per work-item ----------------------------------------
  * global (n, H, B): new row t of (b, h) goes to position p = old_len[b] + t when
  * t < new_len[b] - old_len[b]; slab = bytes per (b, h). VTILES 0: plain rows (f32 and
- * f16 keys); VTILES 1: value tiles of 16 tokens (src/kv_format.h): the row's NSCALE
+ * f16 keys); VTILES 1: value tiles of 16 tokens (src/kv/format.h): the row's NSCALE
  * scale halves go to their fields' lane, its codes to slot p % 16. Tokens never share a
  * byte, so one work-item per token writes without races. */
 #ifndef VTILES
@@ -329,7 +329,7 @@ __kernel void kv_paged_append_rows(TENSOR_PARAMS(const __global K_T *, x), __glo
 
 #if FMT == FMT_INT8 || TQ_BITS
 /* Quantize the input row at x[xb + i * xs] into lane l of key tile tp (16 rows
- * transposed, src/kv_format.h). */
+ * transposed, src/kv/format.h). */
 inline void kv_tile_store(__global uchar *tp, int l, const uchar *row)
 {
 #if FMT == FMT_INT8
@@ -382,7 +382,7 @@ inline void kv_tile_load(const __global uchar *tp, int l, uchar *row)
 
 /* ---- Append: key tiles, one tile per work-item -------------------------------------
  * global (ntiles, H, B): work-item k owns tile old_len[b] / 16 + k of (b, h) and writes
- * the lanes of its new tokens (src/kv_format.h: 16 rows transposed). TQ packs several
+ * the lanes of its new tokens (src/kv/format.h: 16 rows transposed). TQ packs several
  * tokens into one byte, so a tile has one writer. tile_bytes, tiles per (b, h) slab. */
 __kernel void kv_append_tiles(TENSOR_PARAMS(const __global K_T *, x), __global uchar *cache,
                               long tile_bytes, long tiles, long H, const __global int *old_len,
@@ -446,7 +446,7 @@ __kernel void kv_paged_gather(const __global uchar *pool, long page_bytes, long 
 
 /* kv_paged_dequant: token t's stored row (slot src[t], every head) as floats, into
  * out[(t * H + h) * DIM + i] (a dense [tokens, H, DIM] block, [1, H, tokens, DIM] with
- * BLHD strides), dequantized as src/kv_format.c's to_float does (TQ: codebook times
+ * BLHD strides), dequantized as src/kv/format.c's to_float does (TQ: codebook times
  * the scale, then the inverse rotation). Cascade attention reads a shared prefix this
  * way once per call and runs it as one dense problem. */
 __kernel void kv_paged_dequant(const __global uchar *pool, long page_bytes, long tile_bytes, long H, long ps,
@@ -522,7 +522,7 @@ __kernel void kv_append_int4_keys(TENSOR_PARAMS(const __global K_T *, x), __glob
     const long l0 = old_len[b], l1 = new_len[b];
     if (l1 <= l0) return;
     __global half *tl = tail + (b * H + h) * 32 * DIM + i;
-    /* group layout (src/kv_format.h): d[DIM], m[DIM], qs[DIM][16] */
+    /* group layout (src/kv/format.h): d[DIM], m[DIM], qs[DIM][16] */
     __global uchar *groups = cache + (b * H + h) * ngroups * (DIM * 20);
     const long xb = x_off + b * x_s0 + h * x_s1 + i * x_s3;
     float v[32];

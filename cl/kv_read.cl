@@ -86,7 +86,7 @@
 #define DVP (NVC * 16)
 #define NKB ((D + 31) / 32)   /* int8 blocks per key */
 #define NVB ((DV + 31) / 32)  /* int8 / int4 blocks per value */
-/* Value tiles (src/kv_format.h): VNS scale halves per token, gathered per field, then
+/* Value tiles (src/kv/format.h): VNS scale halves per token, gathered per field, then
  * each token's VCB code bytes. */
 #if V_FMT == FMT_INT8
 #define VNS NVB
@@ -133,7 +133,7 @@ inline float16 kv_halves16(const __global uchar *p)
     return vload_half16(0, (const half *)&raw);
 }
 
-/* The 16 codes of a TQ word as lane indices (bit layouts in src/kv_format.h): a
+/* The 16 codes of a TQ word as lane indices (bit layouts in src/kv/format.h): a
  * broadcast load and a per-lane shift, so no shuffle competes with the permute below.
  * With the AVX-512 permute only the low 4 bits of an index count and the tables repeat
  * with the codebook's period, so bits above a code need no mask (KV_MASKED 0). */
@@ -180,7 +180,7 @@ inline float16 kv_lookup_generic(const __global float *tab, int16 c)
 #define KV_LOOKUP(table, tabp, c) kv_lookup_generic((tabp), (c))
 #endif
 
-/* 16 INT4 codes (a 4-bit word, src/kv_format.h) as floats 0..15: on AVX-512 a permute of
+/* 16 INT4 codes (a 4-bit word, src/kv/format.h) as floats 0..15: on AVX-512 a permute of
  * the table 0..15 (so the conversion shares the shuffle port with nothing else and needs
  * no mask); elsewhere a mask and a conversion. */
 #if !KV_MASKED

@@ -1,4 +1,4 @@
-/* Merge of partial attention states (src/merge.c): parts (O_i, LSE_i) computed over
+/* Merge of partial attention states (src/api/merge.c): parts (O_i, LSE_i) computed over
  * disjoint key sets combine into O = sum_i exp(LSE_i - LSE) O_i, LSE = log sum_i
  * exp(LSE_i). One work-item per row [B, H, Lq]. Each part is folded into a float32
  * accumulator with a running maximum (merge_accum, one launch per part, so any number

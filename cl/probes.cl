@@ -1,5 +1,5 @@
 /* probes.cl: tiny kernels that decide whether a device's optional features work as
- * clattn needs them (src/probe.c). Each is built on its own, with one -DPROBE_* option,
+ * clattn needs them (src/core/probe.c). Each is built on its own, with one -DPROBE_* option,
  * run once on a small fixed input, and its output compared with the host's answer; a
  * probe that fails to build, fails to run or answers wrongly marks its feature unusable
  * on that device and driver. The answers are cached with the program binaries.

@@ -1,5 +1,5 @@
 /* splitkv.cl: the split-KV skeleton shared by decode (cl/decode.cl) and the KV-cache
- * attention (cl/kv_attn.cl); src/program.c builds it between cl/prelude.cl and either
+ * attention (cl/kv_attn.cl); src/core/program.c builds it between cl/prelude.cl and either
  * file, so both run one copy of the online softmax, the partial-result layout and the
  * log-sum-exp merge.
  *

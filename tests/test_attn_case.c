@@ -1,4 +1,4 @@
-/* The attention-case harness (src/cli/attn_case.c) that every device test, `clattn check`
+/* The attention-case harness (src/support/attn_case.c) that every device test, `clattn check`
  * and `clattn bench` rely on: its cases are valid and cover SPEC §1, its data is
  * deterministic, and its comparison accepts a perfect answer and catches each kind of
  * wrong one. A "perfect device" here is the reference written into O by hand. */

@@ -1,4 +1,4 @@
-/* The backward pass's forms and fallback chain (src/backward.c): the unfused form
+/* The backward pass's forms and fallback chain (src/backward/backward.c): the unfused form
  * (cl/backward_unfused.cl) against the float64 backward reference when asked for with
  * opt.path = unfused; a tiled form that fails to build gives way to the other tiled form,
  * and when both fail or a launch or allocation fails, auto mode ends on the unfused form:

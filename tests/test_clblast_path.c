@@ -1,4 +1,4 @@
-/* The CLBlast path (src/path_clblast.c) forced on the default device and compared with the
+/* The CLBlast path (src/paths/clblast.c) forced on the default device and compared with the
  * float64 CPU reference: every SPEC §1 option (the shared suite), random cases, device
  * tensors with offsets, tiny workspaces that split work into many chunks, no keys at all,
  * and both of CLBlast's batch forms. One context for the whole file: CLBlast compiles its

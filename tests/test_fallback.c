@@ -1,4 +1,4 @@
-/* The fallback chain (src/dispatch.c): with CLATTN_FAIL_PATH making paths fail at build or
+/* The fallback chain (src/paths/dispatch.c): with CLATTN_FAIL_PATH making paths fail at build or
  * launch as a broken driver would, auto mode must answer correctly from the next path,
  * record the failure on the context and not retry it, and give NO_USABLE_PATH naming the
  * device when every path fails; a forced path's failure is the call's own. Written over

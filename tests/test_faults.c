@@ -1,5 +1,5 @@
 /* Device faults: every device allocation, enqueue, read-back and kernel get of every
- * path and of the KV cache is made to fail in turn (src/faults.c), and each call must
+ * path and of the KV cache is made to fail in turn (src/core/faults.c), and each call must
  * then either succeed with the right answer or fail with a message, leaving O, LSE and
  * the cache byte for byte as they were and no device memory behind. A walk arms a fault
  * at site n = 1, 2, ... of one kind until a call passes fewer than n sites, and checks

@@ -1,4 +1,4 @@
-/* The KV-cache formats on the CPU (src/kv_format.c), no device needed: the codebooks are
+/* The KV-cache formats on the CPU (src/kv/format.c), no device needed: the codebooks are
  * the Lloyd-Max fixed points they claim to be, the TQ rotation is orthogonal for every
  * head size, the TQ distortion targets of issue 5 hold on unit vectors, and the INT8 and
  * INT4 reference quantizers keep every value within half a step. */

@@ -1,4 +1,4 @@
-/* Tests of the .npy reader and writer (src/cli/npy.c): round trips of every dtype, byte
+/* Tests of the .npy reader and writer (src/support/npy*.c): round trips of every dtype, byte
  * equality with what numpy writes, each class of malformed file refused with its reason,
  * fuzz-style truncation and byte flips that must never crash, and the writer's promise
  * that a failed write leaves no file behind. */

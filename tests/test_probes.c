@@ -1,4 +1,4 @@
-/* Feature probes (src/probe.c, cl/probes.cl): a feature the device does not report is
+/* Feature probes (src/core/probe.c, cl/probes.cl): a feature the device does not report is
  * unusable and says why; a probe that cannot build or answers wrongly makes its feature
  * unusable without failing anything; answers are kept per context and on disk beside the
  * program binaries (a damaged answer file is probed again); and the gpu-mm form's

@@ -1,4 +1,4 @@
-/* The on-disk program cache (src/program_disk.c): its key, which kernel comments must
+/* The on-disk program cache (src/core/program_disk.c): its key, which kernel comments must
  * not change (an edited comment must not invalidate every user's cached programs) while
  * any change the compiler sees must; and several contexts of one process on different
  * threads storing and loading the same program at the same time, which must never see a

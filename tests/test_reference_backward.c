@@ -1,4 +1,4 @@
-/* The float64 backward reference (src/reference_backward.c) checked on its own, by
+/* The float64 backward reference (src/reference/reference_backward.c) checked on its own, by
  * central finite differences of the forward reference: for the loss L = Σ dO ∘ O, each
  * element of q, k, v (and of a float mask) is moved by ±1e-3 and (L+ - L-) / (x+ - x-)
  * must match the analytic gradient within 1e-5 + 1e-4·|g| (the truncation error of the

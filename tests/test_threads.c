@@ -193,7 +193,7 @@ static void *worker_main(void *arg)
 
 /* A file of the program cache must be whole: the 8-byte magic, three 64-bit fields (key,
  * binary size, FNV-1a of the binary) and exactly `size` bytes of binary with that checksum.
- * This is the layout src/program_disk.c writes; it is repeated here on purpose, so that a
+ * This is the layout src/core/program_disk.c writes; it is repeated here on purpose, so that a
  * file two threads wrote over each other is caught even though the library would only
  * rebuild it silently. */
 static int cache_file_is_whole(const char *path, char *why, size_t whylen)

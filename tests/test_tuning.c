@@ -1,4 +1,4 @@
-/* The tuning layer (src/tuning.c, src/tuning_file.c, src/cli/cmd_tune.c): built-in rows
+/* The tuning layer (src/tuning/, src/cli/cmd_tune.c and tune_*.c): built-in rows
  * found at each level of the device key, illegal rows refused with a message, a form that
  * fails to build replaced by the next form of its path, tuning files that are bad in every
  * way ignored (built-in rows, correct results), a good record beating the built-in row, and

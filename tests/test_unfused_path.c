@@ -1,4 +1,4 @@
-/* The unfused path (src/path_unfused.c) forced on the default device and compared with the
+/* The unfused path (src/paths/unfused.c) forced on the default device and compared with the
  * float64 CPU reference: every SPEC §1 rule (the shared suite), random cases over every
  * option, shape, dtype and layout, device tensors, workspaces small enough to split one
  * head's queries into many chunks, and problems with no keys or no queries. */

@@ -1,4 +1,4 @@
-/* The measurement behind int4's layout (src/kv_format.h): relative K/V error and attention
+/* The measurement behind int4's layout (src/kv/format.h): relative K/V error and attention
  * output error of 4-bit variants on synthetic keys with six large, offset channels (as
  * real keys have) and on plain normal data; D = 128, 2048 keys, 64 queries.
  *   cc -O2 int4_grouping.c -lm && ./a.out 1   (outlier keys)   ./a.out 0   (normal)

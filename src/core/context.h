@@ -56,7 +56,7 @@ struct clattn_context {
     size_t nprograms, cap_programs;
     clattn__failure failures[32];
     int nfailures;
-    unsigned clblast_warm;    /* CLBlast routines compiled on this context (path_clblast.c) */
+    unsigned clblast_warm;    /* CLBlast routines compiled on this context (src/paths/clblast.c) */
     uint64_t device_bytes;      /* scratch and staging memory clattn holds now */
     uint64_t device_bytes_peak; /* and its peak since creation or the last reset */
     struct clattn__env env;     /* the environment at creation */

@@ -22,7 +22,7 @@ typedef struct kv_pages {
 } kv_pages;
 
 /* Launch shape: ROWS rows per work-item, key splits for the compute units; the values
- * (rows, split bounds, work-groups per unit, prefetch) are the kv rows of src/tuning.c.
+ * (rows, split bounds, work-groups per unit, prefetch) are the kv rows of src/tuning/rows.c.
  *
  * Measured with bench/kv_report.py (one clattn bench run: the f16 decode path and every
  * format interleaved, five rounds; a format's time over the f16 path's in the same round,

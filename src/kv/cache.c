@@ -20,7 +20,7 @@ struct clattn_kv_cache {
     cl_mem k, v;         /* codes and scales: [B, Hkv] slabs of k_slab / v_slab bytes */
     cl_mem ktail;        /* INT4 keys: the unfinished group's keys, [B, Hkv, 32, D] halves */
     cl_mem lens;         /* int32 [B], the device copy of len */
-    cl_mem krot, vrot;   /* TQ rotation tables (kv_format.h), or NULL */
+    cl_mem krot, vrot;   /* TQ rotation tables (format.h), or NULL */
     cl_mem ktab, vtab;   /* TQ codebook + thresholds (32 floats), or NULL */
     size_t k_row, v_row; /* keys: bytes per row (f32, f16), tile of 16 (int8, tq) or
                             group of 32 (int4) tokens; values: per tile of 16 tokens */

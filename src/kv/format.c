@@ -52,7 +52,7 @@ static void f16_to(const clattn__kv_rot *rot, int n, const uint8_t *row, float *
     for (int i = 0; i < n; i++) x[i] = clattn__half_to_float(get_u16(row + 2 * i));
 }
 
-/* Lane l's code of a 16-lane word at w (bit layouts in kv_format.h; INT4 uses the 4-bit
+/* Lane l's code of a 16-lane word at w (bit layouts in kv/format.h; INT4 uses the 4-bit
  * one too). */
 static uint64_t get_u48(const uint8_t *w)
 {

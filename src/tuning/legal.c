@@ -152,7 +152,7 @@ bool clattn__tuning_legal(const clattn__tdevice *dev, clattn__tpath path, const 
                   r->prefer_clblast);
         return true;
     case CLATTN__TP_BACKWARD:
-        /* local memory is no criterion: src/backward.c halves the GPU form's tiles until
+        /* local memory is no criterion: src/backward/backward.c halves the GPU form's tiles until
          * they fit the device, and the CPU form's block for wide heads */
         REFUSE_IF(r->form < 0 || r->form > 1, "form %d is not cpu (0) or gpu (1)", r->form);
         if (r->form == 0) {

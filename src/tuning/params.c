@@ -65,12 +65,15 @@ bool clattn__tpath_from_name(const char *name, clattn__tpath *out)
 /* Forms in fallback order. Fused: cl/flash_cpu.cl, cl/flash_gpu.cl, cl/flash_gpu_mm.cl
  * (gpu-mm: after it fails, the CPU form, which needs no local memory). Decode: cl/decode.cl
  * with DEC_GPU 0 (work-item per row block, vectors along D, no local memory) or 1
- * (work-group per row block, local memory). Backward: cl/backward.cl with FORM 0 (one
- * pass over key blocks per work-item, no local memory) or 1 (work-groups with local
- * tiles); after both, backward.c runs cl/backward_unfused.cl. KV cache: cl/kv_attn.cl with
- * KV_GPU 0 (work-item per row block, no local memory) or 1 (work-group per row block, the
- * tile's keys and values dequantized into local memory once for the group's rows). A form that fails to build is followed by the
- * next index, wrapping round (clattn__tuning_form), before the path gives up. */
+ * (work-group per row block, local memory). Backward: cl/backward_cpu.cl (one pass over
+ * key blocks per work-item, no local memory) or cl/backward_gpu.cl (work-groups with local
+ * tiles); after both, backward.c runs cl/backward_unfused.cl. KV cache: cl/kv_attn.cl
+ * (work-item per row block, no local memory) or cl/kv_attn_gpu.cl (work-group per row
+ * block, the tile's keys and values dequantized into local memory once for the group's
+ * rows). A form that fails to build is followed by the next index, wrapping round
+ * (clattn__tuning_form), before the path gives up. The paths' form tables
+ * (src/paths/fused.c, src/paths/decode.c, src/backward/forms.c, src/kv/attention.c) are
+ * indexed by these numbers. */
 int clattn__tform_count(clattn__tpath path)
 {
     return path == CLATTN__TP_FUSED                                                       ? 3

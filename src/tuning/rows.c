@@ -28,7 +28,7 @@ typedef clattn__tbuiltin builtin_row;
 /* gpu-mm (cl/flash_gpu_mm.cl): 32 rows x 32 keys per tile, 128 work-items as 8 row
  * groups x 16 along the keys: 4 x 2 scores and 4 x ceil(Dv / 16) outputs per work-item;
  * 23 KiB of local memory at head size 64, so it fits 32 KiB devices (Apple) as it is.
- * Untuned: the host shrinks the tiles to the device's local memory (path_fused.c). */
+ * Untuned: the host shrinks the tiles to the device's local memory (src/paths/fused.c). */
 #define FUSED_GPU_MM                                                                       \
     {.form = 2, .block_m = 32, .block_n = 32, .dv_chunk = 0, .row_groups = 1, .wg = 128, .tc = 16, .vw = 4}
 static const builtin_row fused_rows[] = {
@@ -84,11 +84,11 @@ static const builtin_row unfused_rows[] = {
     {0, NULL, NULL, 0, {.tile = 16, .softmax_wg = 64}},
 };
 
-/* KV-cache attention (cl/kv_attn.cl through kv_cache.c). CPU (PoCL, 2-core Xeon with
+/* KV-cache attention (cl/kv_attn.cl through kv/attention.c). CPU (PoCL, 2-core Xeon with
  * AVX-512, decode 1x32x32x1x8192x128): as the decode path, splits of 256 to 2048 keys
  * (K and V of a split stay within a core's 2 MiB L2 for every format), about 8
  * work-groups per compute unit with a split's row blocks in one work-group, software
- * prefetch (memory stalls: int8 0.68 -> 0.58 of the f16 time, kv_cache.c has the
+ * prefetch (memory stalls: int8 0.68 -> 0.58 of the f16 time, kv/attention.c has the
  * figures). Other devices: untuned, smaller splits for more work-groups, each row block
  * counted as a work-group.
  * GPU devices take the GPU form (KV_GPU 1): 64 work-items per (row block, split), tiles
@@ -121,13 +121,13 @@ static const builtin_row dispatch_rows[] = {
     {0, NULL, NULL, 0, {.prefer_clblast = 0}},
 };
 
-/* Backward pass (cl/backward.cl, src/backward.c).
- * CPU row (FORM 0): PoCL 3.1 on a 2-core Xeon with AVX-512, 1x8x8x1024x1024x64 f32
+/* Backward pass (cl/backward_cpu.cl and cl/backward_gpu.cl, src/backward/forms.c).
+ * CPU row (form 0): PoCL 3.1 on a 2-core Xeon with AVX-512, 1x8x8x1024x1024x64 f32
  * (docs/measurements.md): blocks of 64 keys (their dK and dV, 32 KiB of float16
  * vectors, stay in L1; 32 ran 4% slower, and wide heads halve the block to stay within
  * 32 KiB), 16 query rows per step (8 ran 10% slower, 32 the same); wg is 1 (a CPU runs
  * a work-group's items as a loop, and this form has no barriers to share).
- * GPU row (FORM 1): untuned starting values; the plan halves the tiles to fit 32 KiB of
+ * GPU row (form 1): untuned starting values; the plan halves the tiles to fit 32 KiB of
  * local memory (the smallest among the GPUs clattn targets). It is also the default:
  * the CPU form puts one work-item on each (batch, KV head, key split), too few for a GPU.
  * llvmpipe takes the GPU form as the fused and decode paths do (its CPU-form builds

@@ -18,7 +18,7 @@ typedef enum clattn__tpath {
     CLATTN__TP_UNFUSED,
     CLATTN__TP_KV,
     CLATTN__TP_DISPATCH,
-    CLATTN__TP_BACKWARD, /* clattn_attention_backward's tiled forms (cl/backward.cl) */
+    CLATTN__TP_BACKWARD, /* clattn_attention_backward's tiled forms (cl/backward_cpu.cl, cl/backward_gpu.cl) */
     CLATTN__TP_COUNT
 } clattn__tpath;
 

@@ -16,7 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-extern int clattn__backward_force_form; /* src/backward.c, testing only */
+extern int clattn__backward_force_form; /* src/backward/backward.c, testing only */
 
 static const attn_case cases[] = {
     {.name = "plain-odd-d", .B = 1, .Hq = 2, .Hkv = 1, .Lq = 5, .Lk = 19, .D = 3, .Dv = 5},
