@@ -58,7 +58,9 @@
  * pg_indptr[b+1]), its last page holding pg_last[b] tokens, and the query rows
  * qo_indptr[b] .. qo_indptr[b+1] of the packed [Hq, Nq] rows (Lq = the longest count,
  * rows past a sequence's own count idle); causal and window positions align bottom-right
- * per sequence as in the cache.
+ * per sequence as in the cache. A mask is per sequence ([n_seqs, Hq, Lq_max, Lk_max],
+ * src/kv/pool.c): the score reads element (b, h, i, j) with b the sequence, i its own
+ * query row and j the token, as the contiguous cache reads (batch entry, h, i, j).
  */
 
 /* ---- Partial attention -------------------------------------------------------------

@@ -186,10 +186,18 @@ CLATTN_API clattn_status clattn_kv_pool_append(clattn_kv_pool *pool, const clatt
  * rows. Each sequence attends as clattn_kv_cache_attention's batch entry would: its keys
  * are 0 .. len-1 and its query i sits at position i + len - Lq_s (bottom-right per
  * sequence). Options: scale, softcap, ALiBi ([Hq]), causal (opt == NULL means the
- * defaults with CLATTN_CAUSAL_BOTTOM_RIGHT, as the cache), window, GQA and LSE apply;
- * options.mask and options.kv_lens are refused (the page table gives the lengths) and
- * options.path is ignored. A sequence without pages gives O = 0 and LSE = -inf. Events
- * and host tensors behave as in clattn_attention; ctx must be the pool's. */
+ * defaults with CLATTN_CAUSAL_BOTTOM_RIGHT, as the cache), window, GQA, LSE and a mask
+ * apply; options.kv_lens is refused (the page table gives the lengths) and options.path
+ * is ignored. The mask (bool or additive f32, as clattn_attention's) is described per
+ * sequence, not over the packed rows: [n_seqs or 1, Hq or 1, Lq_max or 1, Lk_max or 1]
+ * with n_seqs = table->n_seqs, Lq_max the largest query count of a sequence
+ * (max_s qo_indptr[s+1] - qo_indptr[s]) and Lk_max the longest sequence in tokens;
+ * element (s, h, i, j) applies to sequence s's query row i (row qo_indptr[s] + i of q,
+ * 0 <= i < its own count) and its key position j (0 .. len_s - 1), and elements past a
+ * sequence's own rows or length are never read. Extents of 1 broadcast; any other
+ * extent is refused with CLATTN_ERROR_INVALID_SHAPE and a message naming the expected
+ * ones. A sequence without pages gives O = 0 and LSE = -inf. Events and host tensors
+ * behave as in clattn_attention; ctx must be the pool's. */
 CLATTN_API clattn_status clattn_kv_pool_attention(clattn_context *ctx, clattn_kv_pool *pool,
                                                   const clattn_page_table *table,
                                                   const int32_t *qo_indptr, const clattn_tensor *q,
@@ -206,8 +214,8 @@ CLATTN_API clattn_status clattn_kv_pool_attention(clattn_context *ctx, clattn_kv
  * lie within one group. The result equals clattn_kv_pool_attention over each sequence's
  * prefix pages followed by its own (prefix tokens first), to float32 rounding. Options:
  * scale, softcap, causal (within the suffix; the prefix precedes every query), GQA and
- * LSE as in clattn_kv_pool_attention; ALiBi and windows are refused (they depend on each
- * query's absolute position, which the shared prefix problem does not have). Memory:
+ * LSE as in clattn_kv_pool_attention; ALiBi, windows and masks are refused (they depend
+ * on each query's absolute position, which the shared prefix problem does not have). Memory:
  * two float32 copies of O and LSE as scratch. */
 CLATTN_API clattn_status clattn_kv_pool_cascade_attention(
     clattn_context *ctx, clattn_kv_pool *pool, const clattn_page_table *prefix,

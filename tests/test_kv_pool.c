@@ -217,7 +217,42 @@ typedef struct pool_case {
     int max_lq;      /* query rows per sequence: 1 (decode) .. max_lq (chunked prefill) */
     int options;     /* 1: softcap + ALiBi + window + scale */
     clattn_causal causal;
+    int mask;        /* 0 none, 1 bool, 2 float (with some -inf) */
+    int bcast;       /* bit i: the mask's extent i is 1 (broadcast) */
 } pool_case;
+
+/* A random mask of the pool's per-sequence shape [nseq, Hq, Lq_max, Lk_max], extents of
+ * pc->bcast's bits 1, in *t (its data malloc'ed; NULL for none). */
+static void *make_mask(const pool_case *pc, int Lq_max, int Lk_max, clattn_tensor *t)
+{
+    if (!pc->mask) return NULL;
+    const int64_t full[4] = {pc->nseq, pc->Hq, Lq_max, Lk_max};
+    int64_t ne[4], n = 1;
+    for (int i = 0; i < 4; i++) {
+        ne[i] = (pc->bcast >> i) & 1 ? 1 : full[i];
+        n *= ne[i];
+    }
+    const clattn_dtype dt = pc->mask == 1 ? CLATTN_BOOL : CLATTN_F32;
+    void *data = malloc((size_t)(n > 0 ? n : 1) * clattn_dtype_size(dt));
+    for (int64_t e = 0; e < n; e++) {
+        if (pc->mask == 1) ((uint8_t *)data)[e] = uniform01() < 0.75;
+        else ((float *)data)[e] = uniform01() < 0.05 ? -INFINITY : 2.0f * gauss();
+    }
+    *t = clattn_tensor_host(data, dt, ne[0], ne[1], ne[2], ne[3]);
+    return data;
+}
+
+/* Sequence s's part of the pool's mask as the reference's [1, Hq|1, lq|1, len|1] mask:
+ * element (s, h, i, j) of the pool's mask is (0, h, i, j) of the sequence's. */
+static clattn_tensor seq_mask_view(const clattn_tensor *m, int s, int lq, int len)
+{
+    clattn_tensor v = *m;
+    if (v.ne[0] != 1) v.offset += (size_t)(s * v.nb[0]);
+    v.ne[0] = 1;
+    if (v.ne[2] != 1) v.ne[2] = lq;
+    if (v.ne[3] != 1) v.ne[3] = len;
+    return v;
+}
 
 static void run_pool_case(const pool_case *pc)
 {
@@ -261,6 +296,14 @@ static void run_pool_case(const pool_case *pc)
         opt.window_left = 37;
         opt.scale = 0.11f;
     }
+    int lq_max = 0, len_max = 0;
+    for (int s = 0; s < pc->nseq; s++) {
+        lq_max = lq[s] > lq_max ? lq[s] : lq_max;
+        len_max = m.len[s] > len_max ? m.len[s] : len_max;
+    }
+    clattn_tensor tm;
+    void *mask = make_mask(pc, lq_max, len_max, &tm);
+    if (mask) opt.mask = &tm;
     const clattn_status st = clattn_kv_pool_attention(cx, m.pool, model_table(&m), qo, &tq, &to, &opt, NULL);
     if (st != CLATTN_SUCCESS) print_error("%s: %s\n", pc->name, clattn_context_last_error(cx));
     assert_int_equal(st, CLATTN_SUCCESS);
@@ -268,7 +311,13 @@ static void run_pool_case(const pool_case *pc)
     char why[256] = "";
     for (int s = 0; s < pc->nseq; s++) {
         char w[256];
-        const double e = check_rows(&m, s, NULL, 0, q, Hq, Nq, qo[s], lq[s], o, lse, &opt, w, sizeof w);
+        clattn_options so = opt; /* the reference sees sequence s's part of the mask */
+        clattn_tensor sm;
+        if (mask) {
+            sm = seq_mask_view(&tm, s, lq[s], m.len[s]);
+            so.mask = &sm;
+        }
+        const double e = check_rows(&m, s, NULL, 0, q, Hq, Nq, qo[s], lq[s], o, lse, &so, w, sizeof w);
         if (e > worst) {
             worst = e;
             snprintf(why, sizeof why, "%s", w);
@@ -282,6 +331,7 @@ static void run_pool_case(const pool_case *pc)
     free(q);
     free(o);
     free(lse);
+    free(mask);
 }
 
 static void test_paged_attention_matches_reference_on_dequantized_pages(void **state)
@@ -292,15 +342,33 @@ static void test_paged_attention_matches_reference_on_dequantized_pages(void **s
      * programs and the appends of a format are shared between cases */
     static const pool_case cases[] = {
         {"f16 decode+prefill, page 16, GQA", CLATTN_KV_F16, CLATTN_KV_F16, 16, 4, 2, 32, 32, 5, 90, 4, 0,
-         CLATTN_CAUSAL_BOTTOM_RIGHT},
+         CLATTN_CAUSAL_BOTTOM_RIGHT, 0, 0},
         {"int8, page 4 (padded to a tile), every option", CLATTN_KV_INT8, CLATTN_KV_INT8, 4, 2, 1, 40, 24, 4, 70, 3,
-         1, CLATTN_CAUSAL_BOTTOM_RIGHT},
+         1, CLATTN_CAUSAL_BOTTOM_RIGHT, 0, 0},
         {"tq4 keys, f16 values, page 64, no causal", CLATTN_KV_TQ4, CLATTN_KV_F16, 64, 4, 1, 32, 32, 4, 150, 2, 0,
-         CLATTN_CAUSAL_NONE},
+         CLATTN_CAUSAL_NONE, 0, 0},
         {"f32 keys, int4 values, page 1", CLATTN_KV_F32, CLATTN_KV_INT4, 1, 4, 2, 32, 32, 3, 40, 2, 0,
-         CLATTN_CAUSAL_BOTTOM_RIGHT},
+         CLATTN_CAUSAL_BOTTOM_RIGHT, 0, 0},
         {"f16, page 2 (unpadded small pages)", CLATTN_KV_F16, CLATTN_KV_F16, 2, 4, 2, 32, 32, 3, 50, 3, 0,
-         CLATTN_CAUSAL_BOTTOM_RIGHT},
+         CLATTN_CAUSAL_BOTTOM_RIGHT, 0, 0},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) run_pool_case(&cases[i]);
+}
+
+/* Masks described per sequence ([n_seqs, Hq, Lq_max, Lk_max], clattn_kv.h), bool and
+ * float, full and broadcast extents, over decode and chunked prefill rows. */
+static void test_paged_attention_with_masks_matches_reference(void **state)
+{
+    (void)state;
+    static const pool_case cases[] = {
+        {"bool mask, every extent, chunked prefill, GQA, page 16", CLATTN_KV_F16, CLATTN_KV_F16, 16, 4, 2, 32, 32, 5,
+         90, 4, 0, CLATTN_CAUSAL_BOTTOM_RIGHT, 1, 0},
+        {"float mask over heads (Hq 1), every option, page 4", CLATTN_KV_INT8, CLATTN_KV_INT8, 4, 2, 1, 40, 24, 4, 70,
+         3, 1, CLATTN_CAUSAL_BOTTOM_RIGHT, 2, 2},
+        {"float mask [n_seqs, Hq, 1, Lk_max], decode, tq4 keys, page 64", CLATTN_KV_TQ4, CLATTN_KV_F16, 64, 4, 1, 32,
+         32, 4, 150, 1, 0, CLATTN_CAUSAL_NONE, 2, 4},
+        {"bool mask [1, 1, Lq_max, Lk_max], f32 keys, int4 values, page 1", CLATTN_KV_F32, CLATTN_KV_INT4, 1, 4, 2, 32,
+         32, 3, 40, 3, 0, CLATTN_CAUSAL_BOTTOM_RIGHT, 1, 3},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) run_pool_case(&cases[i]);
 }
@@ -314,11 +382,15 @@ static void test_gpu_form_over_pages_matches_reference(void **state)
     clattn__tuning_force_form(CLATTN__TP_KV, 1);
     static const pool_case cases[] = {
         {"gpu: int8 keys, tq4 values, page 4 (padded to a tile), every option", CLATTN_KV_INT8, CLATTN_KV_TQ4, 4, 2, 1,
-         40, 24, 4, 70, 3, 1, CLATTN_CAUSAL_BOTTOM_RIGHT},
+         40, 24, 4, 70, 3, 1, CLATTN_CAUSAL_BOTTOM_RIGHT, 0, 0},
         {"gpu: tq3 keys, int4 values, page 32, GQA", CLATTN_KV_TQ3, CLATTN_KV_INT4, 32, 4, 2, 32, 32, 3, 90, 2, 0,
-         CLATTN_CAUSAL_BOTTOM_RIGHT},
+         CLATTN_CAUSAL_BOTTOM_RIGHT, 0, 0},
         {"gpu: f16, page 2 (unpadded small pages)", CLATTN_KV_F16, CLATTN_KV_F16, 2, 4, 2, 32, 32, 3, 50, 3, 0,
-         CLATTN_CAUSAL_NONE},
+         CLATTN_CAUSAL_NONE, 0, 0},
+        {"gpu: bool mask [n_seqs, 1, Lq_max, Lk_max], int8 keys, page 16", CLATTN_KV_INT8, CLATTN_KV_F16, 16, 4, 2,
+         32, 32, 3, 60, 3, 0, CLATTN_CAUSAL_BOTTOM_RIGHT, 1, 2},
+        {"gpu: float mask, every extent, every option, page 4", CLATTN_KV_INT8, CLATTN_KV_TQ4, 4, 2, 1, 40, 24, 4, 70,
+         3, 1, CLATTN_CAUSAL_BOTTOM_RIGHT, 2, 0},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) run_pool_case(&cases[i]);
 }
@@ -426,12 +498,40 @@ static void test_bad_tables_and_slots_are_refused_and_nothing_is_written(void **
             assert_non_null(strstr(clattn_context_last_error(cx), cases[c].expect));
         }
     }
-    /* qo_indptr that does not cover the rows, and a mask */
+    /* qo_indptr that does not cover the rows */
     clattn_tensor tq = clattn_tensor_host(q, CLATTN_F32, 1, OPS_HQ, 2, 32);
     clattn_tensor to = clattn_tensor_host(after, CLATTN_F32, 1, OPS_HQ, 2, 32);
     const int32_t qo_bad[3] = {0, 1, 3};
     assert_int_equal(clattn_kv_pool_attention(cx, m.pool, good, qo_bad, &tq, &to, NULL, NULL), CLATTN_ERROR_INVALID_ARGUMENT);
     assert_non_null(strstr(clattn_context_last_error(cx), "qo_indptr"));
+    /* masks of the wrong shape or dtype: the message names the per-sequence extents
+     * [n_seqs, Hq, Lq_max, Lk_max] = [2, 2, 1, 20]; o keeps its contents */
+    static uint8_t mb[2 * OPS_HQ * 2 * 21];
+    static const struct {
+        int64_t ne[4];
+        clattn_dtype dt;
+        clattn_status st;
+        const char *expect;
+    } bad_masks[] = {
+        {{2, OPS_HQ, 1, 21}, CLATTN_BOOL, CLATTN_ERROR_INVALID_SHAPE, "ne[3] = 21 must be 1 or Lk_max = 20"},
+        {{3, 1, 1, 20}, CLATTN_BOOL, CLATTN_ERROR_INVALID_SHAPE, "ne[0] = 3 must be 1 or n_seqs = 2"},
+        {{1, 1, 2, 20}, CLATTN_BOOL, CLATTN_ERROR_INVALID_SHAPE, "[n_seqs, Hq, Lq_max, Lk_max] = [2, 2, 1, 20]"},
+        {{2, 3, 1, 1}, CLATTN_BOOL, CLATTN_ERROR_INVALID_SHAPE, "ne[1] = 3 must be 1 or Hq = 2"},
+        {{2, 1, 1, 20}, CLATTN_I32, CLATTN_ERROR_UNSUPPORTED_DTYPE, "not bool or f32"},
+    };
+    for (size_t c = 0; c < sizeof bad_masks / sizeof bad_masks[0]; c++) {
+        clattn_tensor tm = clattn_tensor_host(mb, bad_masks[c].dt, bad_masks[c].ne[0], bad_masks[c].ne[1],
+                                              bad_masks[c].ne[2], bad_masks[c].ne[3]);
+        clattn_options mo;
+        clattn_options_init(&mo);
+        mo.mask = &tm;
+        for (size_t i = 0; i < sizeof after / sizeof after[0]; i++) after[i] = 7.0f;
+        assert_int_equal(clattn_kv_pool_attention(cx, m.pool, good, qo, &tq, &to, &mo, NULL), bad_masks[c].st);
+        const char *msg = clattn_context_last_error(cx);
+        if (!strstr(msg, bad_masks[c].expect)) print_error("mask %zu: \"%s\" lacks \"%s\"\n", c, msg, bad_masks[c].expect);
+        assert_non_null(strstr(msg, bad_masks[c].expect));
+        for (size_t i = 0; i < sizeof after / sizeof after[0]; i++) assert_true(after[i] == 7.0f);
+    }
     /* pool creation: page size not a power of two, int4 keys */
     clattn_kv_pool *p2 = NULL;
     assert_int_equal(clattn_kv_pool_create(cx, 4, 12, 1, 32, 32, CLATTN_KV_F16, CLATTN_KV_F16, &p2), CLATTN_ERROR_INVALID_SHAPE);
@@ -585,6 +685,7 @@ int main(int argc, char **argv)
     if (argc > 1) cmocka_set_test_filter(argv[1]);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_paged_attention_matches_reference_on_dequantized_pages),
+        cmocka_unit_test(test_paged_attention_with_masks_matches_reference),
         cmocka_unit_test_teardown(test_gpu_form_over_pages_matches_reference, unforce_kv_form),
         cmocka_unit_test(test_bad_tables_and_slots_are_refused_and_nothing_is_written),
         cmocka_unit_test(test_page_copy_prefix_copy_and_range_removal),

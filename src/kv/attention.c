@@ -367,6 +367,7 @@ clattn_status clattn__kv_call(clattn_context *ctx, const char *what, const clatt
     clattn__problem p;
     clattn_options all;
     CLATTN_FORWARD(clattn__call_begin_as(ctx, what, q, &kd, &vd, o, full, event, &all, &p));
+    if (src->seq_mask) p.mask = src->seq_mask; /* staged with the rest (broadcast strides 0) */
     kv_work_arg w = {src, Lmax, event != NULL};
     return clattn__call_run(ctx, &p, &all, kv_work, &w, event);
 }

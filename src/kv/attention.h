@@ -20,6 +20,10 @@ typedef struct clattn__kv_src {
     const int32_t *qo_indptr;
     int64_t page_size, page_slots; /* PS and PT of cl/kv_attn.cl */
     int64_t lq_max;                /* the longest query count of a sequence */
+    /* paged: the per-sequence mask [n_seqs, Hq, Lq_max, Lk_max] (broadcastable), checked
+     * by pool.c and kept out of the validation's options (which would read it as the
+     * packed [1, Hq, Nq, Lk] shape); NULL for none */
+    const clattn_tensor *seq_mask;
 } clattn__kv_src;
 
 /* The options of a KV attention call: a copy of the caller's (an older, smaller struct

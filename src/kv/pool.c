@@ -331,6 +331,28 @@ clattn_status clattn_kv_pool_append(clattn_kv_pool *p, const clattn_page_table *
 
 /* ---- Attention -------------------------------------------------------------------- */
 
+/* The mask of a pool's attention is described per sequence (clattn_kv.h): bool or f32,
+ * [n_seqs, Hq, Lq_max, Lk_max] = ne (the validation's descriptor checks; each extent 1
+ * or ne[i], numpy broadcasting). The kernel reads element (s, h, i, j) with s the
+ * sequence, i its own query row and j its key position. */
+static clattn_status check_seq_mask(clattn_context *ctx, const clattn_tensor *m, const int64_t ne[4])
+{
+    char err[512];
+    const clattn_status st = clattn__check_tensor("mask", m, false, err, sizeof err);
+    CLATTN_RETURN_IF(ctx, st != CLATTN_SUCCESS, st, "kv pool attention: %s", err);
+    CLATTN_RETURN_IF(ctx, m->dtype != CLATTN_BOOL && m->dtype != CLATTN_F32, CLATTN_ERROR_UNSUPPORTED_DTYPE,
+                     "kv pool attention: mask: dtype %s is not bool or f32", clattn_dtype_name(m->dtype));
+    static const char *const dims[4] = {"n_seqs", "Hq", "Lq_max", "Lk_max"};
+    for (int i = 0; i < 4; i++)
+        CLATTN_RETURN_IF(ctx, m->ne[i] != 1 && m->ne[i] != ne[i], CLATTN_ERROR_INVALID_SHAPE,
+                         "kv pool attention: mask: extent ne[%d] = %lld must be 1 or %s = %lld to broadcast "
+                         "(a pool's mask is per sequence: [n_seqs, Hq, Lq_max, Lk_max] = [%lld, %lld, %lld, "
+                         "%lld], each extent 1 or that)",
+                         i, (long long)m->ne[i], dims[i], (long long)ne[i], (long long)ne[0], (long long)ne[1],
+                         (long long)ne[2], (long long)ne[3]);
+    return CLATTN_SUCCESS;
+}
+
 clattn_status clattn_kv_pool_attention(clattn_context *ctx, clattn_kv_pool *p, const clattn_page_table *table,
                                        const int32_t *qo_indptr, const clattn_tensor *q, clattn_tensor *o,
                                        const clattn_options *opt, cl_event *event)
@@ -339,21 +361,22 @@ clattn_status clattn_kv_pool_attention(clattn_context *ctx, clattn_kv_pool *p, c
     clattn_options o2;
     CLATTN_FORWARD(clattn__kv_start(ctx, "kv pool attention", "pool", p, p ? p->ctx : NULL, q, o, opt,
                                     "the page table gives the lengths", event, &o2));
-    CLATTN_RETURN_IF(ctx, o2.mask, CLATTN_ERROR_INVALID_ARGUMENT,
-                     "kv pool attention: options.mask is not supported over pages (a ragged batch has no "
-                     "common mask shape)");
     int64_t max_len = 0, max_slots = 0, lq_max = 0;
     CLATTN_FORWARD(clattn__kv_pool_check_table(p, "kv pool attention", table, &max_len, &max_slots));
     CLATTN_RETURN_IF(ctx, q->ne[0] != 1, CLATTN_ERROR_INVALID_SHAPE,
                      "kv pool attention: q must be packed as [1, Hq, Nq, D] (its first extent is %lld)",
                      (long long)q->ne[0]);
     CLATTN_FORWARD(clattn__kv_pool_check_qo(ctx, "kv pool attention", qo_indptr, table->n_seqs, q->ne[2], &lq_max));
+    const int64_t mask_ne[4] = {(int64_t)table->n_seqs, q->ne[1], lq_max, max_len};
+    if (o2.mask) CLATTN_FORWARD(check_seq_mask(ctx, o2.mask, mask_ne));
     const clattn__kv_src src = {.kf = p->kf, .vf = p->vf, .Hkv = p->Hkv, .D = p->D, .Dv = p->Dv, .k = p->k,
                                 .v = p->v, .krot = p->krot, .vrot = p->vrot, .ktab = p->ktab, .vtab = p->vtab,
                                 .k_slab = p->k_page, .k_row = p->k_row, .v_slab = p->v_page, .v_row = p->v_row,
                                 .table = table, .qo_indptr = qo_indptr, .page_size = p->ps, .page_slots = p->pt,
-                                .lq_max = lq_max > 0 ? lq_max : 1};
-    /* the packed rows are one batch entry of max_len keys to the validation */
+                                .lq_max = lq_max > 0 ? lq_max : 1, .seq_mask = o2.mask};
+    /* the packed rows are one batch entry of max_len keys to the validation, which would
+     * read the mask as [1, Hq, Nq, max_len]: it is checked above and set after that */
+    o2.mask = NULL;
     return clattn__kv_call(ctx, "kv pool attention", &src, q, o, &o2, 1, max_len, max_slots, event);
 }
 
