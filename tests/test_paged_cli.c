@@ -52,20 +52,28 @@ static void test_run_paged_kv_matches_reference_per_sequence(void **state)
     test_save_npy("k.npy", CLATTN_F32, 4, sk, k);
     test_save_npy("v.npy", CLATTN_F32, 4, sv, v);
     test_save_npy("lens.npy", CLATTN_I32, 1, sl, lens);
-    const char *formats[] = {"int8", "none"}; /* none: f32 pages */
-    const char *pages[] = {"4,7", "16,3"};
-    for (size_t f = 0; f < 2; f++) {
+    /* a bool mask [B, 1, LQ, LK] for the third run: entry b's part applies to sequence b */
+    static uint8_t mask[B * LQ * LK];
+    for (size_t i = 0; i < sizeof mask; i++) mask[i] = test_lcg_value(&seed) > -0.5f;
+    const int64_t sm[4] = {B, 1, LQ, LK};
+    test_save_npy("mask.npy", CLATTN_BOOL, 4, sm, mask);
+    const char *formats[] = {"int8", "none", "f16"}; /* none: f32 pages */
+    const char *pages[] = {"4,7", "16,3", "8,5"};
+    for (size_t f = 0; f < 3; f++) {
         clattn_kv_format fmt = CLATTN_KV_F32;
-        if (f == 0) assert_int_equal(clattn_kv_format_from_name(formats[f], &fmt), CLATTN_SUCCESS);
+        if (f != 1) assert_int_equal(clattn_kv_format_from_name(formats[f], &fmt), CLATTN_SUCCESS);
         for (int bh = 0; bh < B * HKV; bh++) {
             clattn_kv_quantize_host(fmt, CLATTN_KV_KEYS, k + bh * LK * D, LK, D, kh + bh * LK * D, NULL);
             clattn_kv_quantize_host(fmt, CLATTN_KV_VALUES, v + bh * LK * DV, LK, DV, vh + bh * LK * DV, NULL);
         }
         test_exe_result r;
+        /* the masked run passes --mask last; the others end the list before it */
+        const bool masked = f == 2;
         test_run_clattn(test_scratch_dir(), &r, ARGS("run", "--q", test_scratch_path("q.npy"), "--k", test_scratch_path("k.npy"), "--v", test_scratch_path("v.npy"),
                                       "--out", test_scratch_path("o.npy"), "--lse", test_scratch_path("lse.npy"), "--causal",
                                       "bottom-right", "--kv-quant", formats[f], "--kv-lens", test_scratch_path("lens.npy"),
-                                      "--paged-kv", pages[f], "--softcap", "25"));
+                                      "--paged-kv", pages[f], "--softcap", "25", masked ? "--mask" : NULL,
+                                      test_scratch_path("mask.npy")));
         if (r.status != 0) fail_msg("run --paged-kv %s: %s", pages[f], r.err);
         if (!strstr(r.out, "kv-pool")) fail_msg("run --paged-kv printed: %s", r.out);
         npy_array a, l;
@@ -85,6 +93,9 @@ static void test_run_paged_kv_matches_reference_per_sequence(void **state)
             clattn_options_init(&opt);
             opt.causal = CLATTN_CAUSAL_BOTTOM_RIGHT;
             opt.softcap = 25.0f;
+            clattn_tensor tm = clattn_tensor_host(mask + b * LQ * LK, CLATTN_BOOL, 1, 1, LQ, lens[b]);
+            tm.nb[2] = LK; /* rows of the full [LK] mask */
+            if (masked) opt.mask = &tm;
             assert_int_equal(clattn_reference_attention(&tq, &tk, &tv, &opt, ref, rlse), CLATTN_SUCCESS);
             for (int i = 0; i < HQ * LQ * DV; i++) {
                 const double got = o[b * HQ * LQ * DV + i];

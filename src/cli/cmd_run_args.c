@@ -65,8 +65,9 @@ void cmd_run_usage(FILE *f)
             "                            format (none: f32), the pages placed in an order\n"
             "                            shuffled by SEED (default 0: in order); batch entry\n"
             "                            b is a sequence of kv_lens[b] keys (--kv-lens) whose\n"
-            "                            queries sit at its end, as in a cache; not with\n"
-            "                            --mask, --varlen, --grad-out or int4\n"
+            "                            queries sit at its end, as in a cache (a --mask\n"
+            "                            applies to entry b's rows and keys); not with\n"
+            "                            --varlen, --grad-out or int4\n"
             "  --context-parallel ring|zigzag|ulysses\n"
             "                            under mpirun (a build with -DCLATTN_WITH_MPI=ON): rank 0\n"
             "                            reads the files and writes the same output; every rank\n"
@@ -228,8 +229,8 @@ static int parse_options(run_args *a)
                 return -1;
             }
     }
-    /* --paged-kv: the pool takes the --kv-quant format; no mask, packed sequences or
-     * backward pass through it */
+    /* --paged-kv: the pool takes the --kv-quant format; no packed sequences or backward
+     * pass through it */
     if (ARGV_OF(a, OPT_PAGED_KV)) {
         int ps;
         unsigned long long seed;
@@ -238,8 +239,8 @@ static int parse_options(run_args *a)
             cli_error(CMD, "--paged-kv %s", err);
             return -1;
         }
-        const int no[4] = {OPT_MASK, OPT_VARLEN, OPT_GRAD_OUT, OPT_CONTEXT_PARALLEL};
-        for (int i = 0; i < 4; i++)
+        const int no[3] = {OPT_VARLEN, OPT_GRAD_OUT, OPT_CONTEXT_PARALLEL};
+        for (int i = 0; i < 3; i++)
             if (ARGV_OF(a, no[i])) {
                 char n1[64];
                 cli_error(CMD, "--paged-kv does not combine with %s", cli_option_name(cmd_run_longopts, no[i], n1, sizeof n1));

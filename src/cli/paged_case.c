@@ -117,6 +117,21 @@ clattn_status paged_prepare(clattn_context *ctx, const clattn_tensor *q, const c
             pp->indices[j] = t;
         }
     pp->table = (clattn_page_table){(size_t)B, pp->indptr, pp->indices, pp->last, page_size};
+    /* the pool's mask is [n_seqs, Hq, Lq_max, Lk_max] (clattn_kv.h): the same as the
+     * batch's but for the keys, which end at the longest sequence; a view of the first
+     * columns (other extents are left for the library to refuse) */
+    if (pp->opt.mask) {
+        int64_t lk_max = 0;
+        for (int64_t b = 0; b < B; b++) {
+            const int64_t n = pp->indptr[b + 1] > pp->indptr[b]
+                                  ? (int64_t)(pp->indptr[b + 1] - pp->indptr[b] - 1) * page_size + pp->last[b]
+                                  : 0;
+            lk_max = n > lk_max ? n : lk_max;
+        }
+        pp->tm = *pp->opt.mask;
+        if (pp->tm.ne[3] == Lk) pp->tm.ne[3] = lk_max;
+        pp->opt.mask = &pp->tm;
+    }
     clattn_status st = clattn_kv_pool_create(ctx, pool_pages, page_size, Hkv, D, Dv, format, format, &pp->pool);
     /* one append per sequence: k[b, :, 0:len, :] is a view, whatever k's strides */
     int32_t *slots = malloc(sizeof(int32_t) * (size_t)(Lk > 0 ? Lk : 1));

@@ -23,13 +23,16 @@ typedef struct paged_prepared {
     clattn_tensor tq; /* its descriptor */
     float *op, *lp;   /* packed O and LSE (float32) */
     clattn_tensor to, tl;
+    clattn_tensor tm;   /* the mask as the pool takes it (paged_prepare) */
     clattn_options opt; /* the caller's options without kv_lens, lse on the packed LSE */
 } paged_prepared;
 
 /* A pool on ctx holding k [B, Hkv, Lk, D] and v (host or cl_mem) in `format` with pages
  * of page_size tokens in the order shuffled by seed; batch entry b keeps its first
  * lens[b] keys (lens NULL: all Lk). q [B, Hq, Lq, D] must be a host tensor (it is packed
- * once here). A mask is refused (no ragged mask layout). */
+ * once here). A mask [B, Hq, Lq, Lk] (broadcastable) is the pool's per-sequence mask
+ * (batch entries are the sequences), its keys cut to the longest sequence. pp must not
+ * move until paged_release (its options point at pp->tm). */
 clattn_status paged_prepare(clattn_context *ctx, const clattn_tensor *q, const clattn_tensor *k,
                             const clattn_tensor *v, const clattn_options *opt, const int32_t *lens,
                             clattn_kv_format format, int page_size, unsigned long long seed,
