@@ -56,6 +56,28 @@ def _packed(x, name):
     return a, _as4d(a if a.ndim == 4 else a[None])
 
 
+def _seq_mask(mask, opt, keep):
+    """attn_mask of a pool's attention into opt: bool or float, shape [n_seqs, Hq, Lq_max,
+    Lk_max] with extents of 1 broadcast (missing leading dimensions are 1); the C call
+    checks the extents against the table and queries."""
+    m = np.asarray(mask)
+    if m.dtype == np.bool_:
+        code = _lib.BOOL
+    elif np.issubdtype(m.dtype, np.floating):
+        code = _lib.F32
+        m = m.astype(np.float32, copy=False)
+    else:
+        raise ClattnTypeError(_lib.UNSUPPORTED_DTYPE, "clattn: attn_mask: dtype %s is not bool or a float type" % m.dtype)
+    if m.ndim > 4:
+        raise ClattnValueError(
+            _lib.INVALID_SHAPE, "clattn: attn_mask must be [n_seqs, Hq, Lq_max, Lk_max] (4 dimensions at most), "
+            "got shape %s" % (m.shape,))
+    m = np.ascontiguousarray(m.reshape((1,) * (4 - m.ndim) + m.shape))
+    mt = _tensor(m, code)
+    keep += [m, mt]
+    opt.mask = ctypes.pointer(mt)
+
+
 class KVPool(_KVStore):
     """A pool of num_pages pages of page_size tokens (a power of two, 1..256) of keys
     [kv_heads, head_dim] and values [kv_heads, v_head_dim] on the device, in any KV
@@ -131,20 +153,26 @@ class KVPool(_KVStore):
             self._ctx.check(lib.clattn_kv_pool_append(self._live(), tt, tk, tv, slots.ctypes.data, None))
 
     def attention(self, table, qo_indptr, query, *, causal="bottom_right", scale=None, window=None, softcap=None,
-                  alibi_slopes=None, return_lse=False):
+                  alibi_slopes=None, attn_mask=None, return_lse=False):
         """Attention of a ragged batch over its pages: query [Hq, Nq, D] (or [1, Hq, Nq, D];
         Hq a multiple of kv_heads), sequence s's rows qo_indptr[s] .. qo_indptr[s+1]-1.
         Each sequence is aligned bottom-right to its own length (query i at position
         i + len - Lq_s). Returns O [Hq, Nq, Dv] in query's dtype and rank, and with
         return_lse its float32 log-sum-exp [Hq, Nq]. A sequence without pages gives O = 0
         and LSE = -inf. causal: 'bottom_right', 'top_left' or None; window (left, right),
-        softcap and alibi_slopes [Hq] as in scaled_dot_product_attention."""
+        softcap and alibi_slopes [Hq] as in scaled_dot_product_attention. attn_mask (bool,
+        True = may attend, or float, added to the scores) is per sequence: shape [n_seqs,
+        Hq, Lq_max, Lk_max] (Lq_max the largest query count of a sequence, Lk_max the
+        longest sequence), extents of 1 broadcast; element [s, h, i, j] applies to sequence
+        s's query row i (row qo_indptr[s] + i) and its key position j."""
         keep = []
         tt = self._table(table, keep)
         qo = self._qo(qo_indptr, "qo_indptr", tt.n_seqs)
         q, q4 = _packed(query, "query")
         opt = _options(scale, causal or "none", window, softcap, "auto")
         _extras(opt, keep, None, q, 0, alibi_slopes, None, 1)
+        if attn_mask is not None:
+            _seq_mask(attn_mask, opt, keep)
         return self._attend(q, q4, opt, keep, return_lse, lambda tq, to: lib.clattn_kv_pool_attention(
             self._ctx.handle, self._live(), tt, qo.ctypes.data, tq, to, opt, None))
 

@@ -112,6 +112,32 @@ def test_ragged_batch_matches_reference(fmt, ps, qdtype):
                     softcap=5.0, alibi=slopes, scale=0.2)
 
 
+@pytest.mark.parametrize("kind, shape", [("bool", "full"), ("float", "broadcast")])
+def test_masked_ragged_batch_matches_reference(kind, shape):
+    """attn_mask per sequence: [n_seqs, Hq, Lq_max, Lk_max], element [s, h, i, j] for
+    sequence s's row i and key j; extents of 1 broadcast."""
+    with clattn.KVPool(128, 4, HKV, D, k_format="f32") as pool:
+        book = Pages(pool, 4)
+        lengths = [30, 0, 7, 19]
+        book.append(lengths)
+        lq = [3, 1, 2, 1]  # chunked prefill and decode rows
+        qo = np.concatenate([[0], np.cumsum(lq)]).astype(np.int32)
+        q = rand(HQ, qo[-1], D)
+        full = (4, HQ, max(lq), max(lengths))
+        dims = full if shape == "full" else (1, HQ, 1, full[3])
+        mask = RNG.random(dims) < 0.7 if kind == "bool" else rand(*dims) * 2
+        o, lse = pool.attention(book.table(), qo, q, attn_mask=mask, softcap=20.0, return_lse=True)
+        for s in range(4):
+            rows = slice(qo[s], qo[s + 1])
+            ms = mask[min(s, mask.shape[0] - 1)][None]  # sequence s's part, [1, Hq|1, Lq|1, Lk|1]
+            ms = ms[:, :, :lq[s] if ms.shape[2] > 1 else 1, :lengths[s] if ms.shape[3] > 1 else 1]
+            expect_rows(q[:, rows], [0, lq[s]], [book.k[s]], [book.v[s]], (2e-4, 2e-3), o[:, rows], lse[:, rows],
+                        causal="bottom_right", softcap=20.0, mask=ms)
+        # extents other than 1 or the per-sequence ones are refused with the C message
+        with pytest.raises(ValueError, match=r"must be 1 or Lk_max = 30"):
+            pool.attention(book.table(), qo, q, attn_mask=np.ones((4, HQ, 3, 31), dtype=bool))
+
+
 def test_cascade_equals_attention_over_prefix_and_own_pages():
     ps = 16
     with clattn.KVPool(64, ps, HKV, D, k_format="f16") as pool:
