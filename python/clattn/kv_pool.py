@@ -18,7 +18,7 @@ import numpy as np
 from . import _lib
 from ._lib import lib
 from . import (_DTYPES, ClattnTypeError, ClattnValueError, _KVStore, _as4d, _context, _extras, _float_input,
-               _lse_output, _options, _tensor)
+               _lse_output, _mask4d, _options, _tensor)
 
 PageTable = collections.namedtuple("PageTable", "indptr indices last_page_len page_size", defaults=(None,))
 PageTable.__doc__ = """A page table in FlashInfer's CSR form: sequence s owns pages
@@ -57,22 +57,15 @@ def _packed(x, name):
 
 
 def _seq_mask(mask, opt, keep):
-    """attn_mask of a pool's attention into opt: bool or float, shape [n_seqs, Hq, Lq_max,
-    Lk_max] with extents of 1 broadcast (missing leading dimensions are 1); the C call
-    checks the extents against the table and queries."""
-    m = np.asarray(mask)
-    if m.dtype == np.bool_:
-        code = _lib.BOOL
-    elif np.issubdtype(m.dtype, np.floating):
-        code = _lib.F32
-        m = m.astype(np.float32, copy=False)
-    else:
-        raise ClattnTypeError(_lib.UNSUPPORTED_DTYPE, "clattn: attn_mask: dtype %s is not bool or a float type" % m.dtype)
-    if m.ndim > 4:
+    """attn_mask of a pool's attention into opt: bool or float, 4-D [n_seqs, Hq, Lq_max,
+    Lk_max] with extents of 1 broadcast; the C call checks the extents against the table
+    and the queries."""
+    shape = np.shape(mask)
+    if len(shape) != 4:
         raise ClattnValueError(
-            _lib.INVALID_SHAPE, "clattn: attn_mask must be [n_seqs, Hq, Lq_max, Lk_max] (4 dimensions at most), "
-            "got shape %s" % (m.shape,))
-    m = np.ascontiguousarray(m.reshape((1,) * (4 - m.ndim) + m.shape))
+            _lib.INVALID_SHAPE, "clattn: attn_mask must be 4-D [n_seqs, Hq, Lq_max, Lk_max] (extents of 1 "
+            "broadcast), got shape %s" % (shape,))
+    m, code = _mask4d(mask, shape[:3] + (1,), shape[3])  # dtype and layout as every clattn mask
     mt = _tensor(m, code)
     keep += [m, mt]
     opt.mask = ctypes.pointer(mt)
@@ -161,7 +154,7 @@ class KVPool(_KVStore):
         return_lse its float32 log-sum-exp [Hq, Nq]. A sequence without pages gives O = 0
         and LSE = -inf. causal: 'bottom_right', 'top_left' or None; window (left, right),
         softcap and alibi_slopes [Hq] as in scaled_dot_product_attention. attn_mask (bool,
-        True = may attend, or float, added to the scores) is per sequence: shape [n_seqs,
+        True = may attend, or float, added to the scores) is per sequence: 4-D [n_seqs,
         Hq, Lq_max, Lk_max] (Lq_max the largest query count of a sequence, Lk_max the
         longest sequence), extents of 1 broadcast; element [s, h, i, j] applies to sequence
         s's query row i (row qo_indptr[s] + i) and its key position j."""

@@ -136,6 +136,10 @@ def test_masked_ragged_batch_matches_reference(kind, shape):
         # extents other than 1 or the per-sequence ones are refused with the C message
         with pytest.raises(ValueError, match=r"must be 1 or Lk_max = 30"):
             pool.attention(book.table(), qo, q, attn_mask=np.ones((4, HQ, 3, 31), dtype=bool))
+        with pytest.raises(ValueError, match=r"4-D"):
+            pool.attention(book.table(), qo, q, attn_mask=np.ones((3, 30), dtype=bool))
+        with pytest.raises(TypeError, match=r"not bool or a float type"):
+            pool.attention(book.table(), qo, q, attn_mask=np.ones((1, 1, 1, 30), dtype=np.int32))
 
 
 def test_cascade_equals_attention_over_prefix_and_own_pages():
