@@ -1,8 +1,8 @@
 /* Runs the paged pool's kernels (cl/kv_quant.cl's paged append, move and row kernels,
  * cl/kv_attn.cl built with -DPAGED) on small pools: appends through shuffled slot
  * mappings in two pieces, attention of a ragged batch with decode and chunked rows,
- * padded small pages and unpadded ones, GQA, LSE and causal, cascade attention, page
- * copies and a range removal, so that under oclgrind each variant is checked for
+ * padded small pages and unpadded ones, GQA, LSE and causal, bool and float masks,
+ * cascade attention, page copies and a range removal, so that under oclgrind each variant is checked for
  * out-of-bounds accesses, races and API misuse. Correctness is tests/test_kv_pool.c's
  * job; here every output must be finite and within the range of the values appended.
  * Exit 0 when every case ran clean. */
@@ -68,6 +68,20 @@ static int run_case(clattn_kv_format kf, clattn_kv_format vf, int ps, int ops)
     opt.causal = CLATTN_CAUSAL_BOTTOM_RIGHT;
     opt.lse = &tl;
     if (st == CLATTN_SUCCESS) st = clattn_kv_pool_attention(ctx, pool, &table, qo, &tq, &to, &opt, NULL);
+    if (ops && st == CLATTN_SUCCESS) {
+        /* a per-sequence mask [NSEQ, HQ|1, 3, 21] (the longest rows and sequence): bool
+         * with every extent for f16 pages, float broadcast over heads with some -inf
+         * otherwise; a mask buffer of the exact size, so any read past it is reported */
+        static uint8_t mb[NSEQ * HQ * 3 * 21];
+        static float mf[NSEQ * 3 * 21];
+        for (size_t i = 0; i < sizeof mb; i++) mb[i] = (i * 7 + 1) % 5 != 0;
+        for (size_t i = 0; i < sizeof mf / 4; i++) mf[i] = i % 9 == 4 ? -INFINITY : rnd(&s);
+        clattn_tensor tm = kf == CLATTN_KV_F16 ? clattn_tensor_host(mb, CLATTN_BOOL, NSEQ, HQ, 3, 21)
+                                               : clattn_tensor_host(mf, CLATTN_F32, NSEQ, 1, 3, 21);
+        clattn_options mo = opt;
+        mo.mask = &tm;
+        st = clattn_kv_pool_attention(ctx, pool, &table, qo, &tq, &to, &mo, NULL);
+    }
     if (ops && st == CLATTN_SUCCESS) {
         /* cascade: sequence 0 as the prefix of every row, sequences 0..2 as suffixes */
         const int32_t gqo[2] = {0, nq};
