@@ -30,8 +30,9 @@ LAYERS = {
 }
 
 
-def read_objects(obj_dir):
-    """{source file relative to src/: (defined symbols, undefined symbols)}"""
+def read_objects(src_dir, obj_dir):
+    """{source file relative to src/: (defined symbols, undefined symbols)}. An object
+    whose source is gone (a build folder from before a file moved) is left out."""
     out = {}
     for root, _, files in os.walk(obj_dir):
         for f in files:
@@ -40,6 +41,8 @@ def read_objects(obj_dir):
             path = os.path.join(root, f)
             rel = os.path.relpath(path, obj_dir)
             rel = rel.split("src" + os.sep, 1)[-1][: -len(".o")]
+            if not os.path.isfile(os.path.join(src_dir, "src", rel)):
+                continue
             text = subprocess.run(["nm", path], capture_output=True, text=True,
                                   check=True).stdout
             defined, undefined = set(), set()
@@ -115,7 +118,7 @@ def main():
         sys.exit(__doc__)
     src_dir, obj_dir = sys.argv[1], sys.argv[2]
     problems = []
-    objects = read_objects(obj_dir)
+    objects = read_objects(src_dir, obj_dir)
     if not objects:
         sys.exit("check_layout: no object files under " + obj_dir)
     graph = dependency_graph(objects)
