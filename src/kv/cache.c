@@ -463,7 +463,7 @@ clattn_status clattn_kv_cache_attention(clattn_context *ctx, clattn_kv_cache *c,
     return clattn__kv_call(ctx, "kv attention", &src, q, o, &o2, c->B, Lmax, Lmax, event);
 }
 
-/* ---- Testing access (kv_cache.h) ------------------------------------------------ */
+/* ---- Testing access (cache.h) ------------------------------------------------ */
 
 size_t clattn__kv_cache_slab_bytes(const clattn_kv_cache *c, int which)
 {
