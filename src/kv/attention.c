@@ -38,7 +38,7 @@ typedef struct kv_pages {
  * 0.53); under CPU contention the decode path, which mostly waits on memory, loses less
  * than the formats, which also compute. */
 typedef struct kv_plan {
-    int form;     /* 0 = CPU form, 1 = GPU form (KV_GPU) */
+    int form;     /* index in kv_forms: 0 = CPU form, 1 = GPU form (KV_GPU) */
     int wg, ktile; /* GPU form: work-group size, keys per tile */
     int rows;
     int prefetch; /* KV_PREFETCH */
@@ -47,6 +47,56 @@ typedef struct kv_plan {
 } kv_plan;
 
 static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+/* GPU form: tiles halved until the group's local memory fits the device (a row tuned at
+ * one head size meets wider heads, e.g. D = 256 on a 32 KiB device). */
+static void fit_gpu(const clattn_context *ctx, const clattn__problem *p, kv_plan *pl)
+{
+    while (pl->ktile > 1 && clattn__kv_gpu_local_bytes(p->D, p->Dv, pl->rows, pl->ktile) > ctx->props.local_mem_bytes)
+        pl->ktile /= 2;
+}
+
+static bool options_gpu(const kv_plan *pl, char *opts, size_t cap)
+{
+    return clattn__opts_add(opts, cap, " -DKV_GPU=1 -DWG=%d -DKTILE=%d", pl->wg, pl->ktile);
+}
+
+/* CPU form: a work-item per (row block, split, (b, kvh)), the row blocks of a split in one
+ * work-group, so one core runs them back to back while the split's keys and values are
+ * in its cache. */
+static clattn_status launch_cpu(clattn_context *ctx, cl_kernel kp, const kv_plan *pl, size_t nbk)
+{
+    size_t wg = 0;
+    clGetKernelWorkGroupInfo(kp, ctx->device, CL_KERNEL_WORK_GROUP_SIZE, sizeof wg, &wg, NULL);
+    const size_t gp[3] = {(size_t)pl->nblk, (size_t)pl->nsplit, nbk};
+    const size_t lp[3] = {(size_t)pl->nblk, 1, 1};
+    return clattn__enqueue(ctx, kp, 3, gp, (size_t)pl->nblk <= wg ? lp : NULL, NULL);
+}
+
+/* GPU form: a work-group per (row block, split, (b, kvh)). */
+static clattn_status launch_gpu(clattn_context *ctx, cl_kernel kp, const kv_plan *pl, size_t nbk)
+{
+    const size_t gp[3] = {(size_t)pl->wg * (size_t)pl->nblk, (size_t)pl->nsplit, nbk};
+    const size_t lp[3] = {(size_t)pl->wg, 1, 1};
+    return clattn__enqueue(ctx, kp, 3, gp, lp, NULL);
+}
+
+/* The forms of kv_partial, indexed by the tuning layer's kv form number
+ * (tuning/params.c). Each is its own file (both build on cl/kv_read.cl, core/program.c),
+ * and the merge kernel comes from the same program. A form that may fail to build gives
+ * way to the next; the CPU form runs on every device, so its failure is reported (a CPU
+ * running the GPU form would take ~50x as long, docs/measurements.md). */
+static const struct kv_form {
+    const char *name; /* in CLATTN_LOG */
+    const char *file;
+    bool gives_way;   /* a build failure moves on to the next form */
+    void (*fit)(const clattn_context *ctx, const clattn__problem *p, kv_plan *pl); /* NULL: none */
+    bool (*options)(const kv_plan *pl, char *opts, size_t cap);                    /* NULL: none */
+    clattn_status (*launch)(clattn_context *ctx, cl_kernel kp, const kv_plan *pl, size_t nbk);
+} kv_forms[] = {
+    {"cpu", "kv_attn.cl", false, NULL, NULL, launch_cpu},
+    {"gpu", "kv_attn_gpu.cl", true, fit_gpu, options_gpu, launch_gpu},
+};
 
 static void make_plan(const clattn_context *ctx, const clattn__problem *p, int kf, int64_t Lmax,
                       kv_plan *pl)
@@ -62,11 +112,7 @@ static void make_plan(const clattn_context *ctx, const clattn__problem *p, int k
     const int64_t nrows = p->group * p->Lq;
     pl->nblk = ceil_div(nrows, tu.rows);
     pl->rows = (int)ceil_div(nrows, pl->nblk);
-    /* GPU form: tiles halved until the group's local memory fits the device (a row tuned
-     * at one head size meets wider heads, e.g. D = 256 on a 32 KiB device) */
-    if (pl->form == 1)
-        while (pl->ktile > 1 && clattn__kv_gpu_local_bytes(p->D, p->Dv, pl->rows, pl->ktile) > ctx->props.local_mem_bytes)
-            pl->ktile /= 2;
+    if (kv_forms[pl->form].fit) kv_forms[pl->form].fit(ctx, p, pl);
     pl->prefetch = tu.prefetch;
     const int64_t min_chunk = tu.min_chunk, max_chunk = tu.max_chunk;
     const int64_t per_cu = tu.wgs_per_cu;
@@ -89,9 +135,6 @@ static void make_plan(const clattn_context *ctx, const clattn__problem *p, int k
     pl->nsplit = ceil_div(L, pl->chunk);
 }
 
-/* The kernel file of the plan's form: each form of kv_partial is its own file (both build
- * on cl/kv_read.cl, core/program.c), and the merge kernel comes from the same program. */
-static const char *kv_attn_file(const kv_plan *pl) { return pl->form == 1 ? "kv_attn_gpu.cl" : "kv_attn.cl"; }
 
 static void rows_options(const clattn__kv_src *c, const clattn__problem *p, int64_t dim, char *opts,
                          size_t cap)
@@ -137,10 +180,8 @@ static clattn_status run_kernels(clattn_context *ctx, const clattn__kv_src *c, c
         } else {
             make_plan(ctx, p, (int)c->kf, Lmax, &pl);
         }
-        /* partial attention's program first: a GPU form that fails to build gives way to
-         * the CPU form (tuning.c remembers it) before any scratch exists. Not the other
-         * way round: the CPU form runs on every device, so its failure is reported (a
-         * CPU running the GPU form would take ~50x as long, docs/measurements.md). */
+        /* partial attention's program first, so a form that gives way does so (tuning.c
+         * remembers it) before any scratch exists */
         opts[0] = '\0';
         bool ok = clattn__mask_options(dp, opts, sizeof opts) &&
                   clattn__opts_add(opts, sizeof opts, " -DD=%lld -DDV=%lld -DK_FMT=%d -DV_FMT=%d -DROWS=%d -DKV_PREFETCH=%d"
@@ -150,16 +191,17 @@ static clattn_status run_kernels(clattn_context *ctx, const clattn__kv_src *c, c
         if (ok && pg)
             ok = clattn__opts_add(opts, sizeof opts, " -DPAGED -DPS=%lld -DPT=%lld", (long long)c->page_size,
                                   (long long)c->page_slots);
-        if (ok && pl.form == 1)
-            ok = clattn__opts_add(opts, sizeof opts, " -DKV_GPU=1 -DWG=%d -DKTILE=%d", pl.wg, pl.ktile);
+        const struct kv_form *f = &kv_forms[pl.form];
+        if (ok && f->options) ok = f->options(&pl, opts, sizeof opts);
         CLATTN_RETURN_IF(ctx, !ok, CLATTN_ERROR_INTERNAL, "kv attention: build options too long");
-        const clattn_status bst = clattn__kernel_get(ctx, kv_attn_file(&pl), opts, "kv_partial", &kp);
-        if (bst == CLATTN_ERROR_BUILD_FAILED && pl.form == 1 && clattn__tuning_form_failed(ctx, CLATTN__TP_KV, p, pl.form))
+        const clattn_status bst = clattn__kernel_get(ctx, f->file, opts, "kv_partial", &kp);
+        if (bst == CLATTN_ERROR_BUILD_FAILED && f->gives_way &&
+            clattn__tuning_form_failed(ctx, CLATTN__TP_KV, p, pl.form))
             continue;
         CLATTN_FORWARD(bst);
         break;
     }
-    CLATTN_FORWARD(clattn__kernel_get(ctx, kv_attn_file(&pl), opts, "splitkv_merge", &km));
+    CLATTN_FORWARD(clattn__kernel_get(ctx, kv_forms[pl.form].file, opts, "splitkv_merge", &km));
     const int64_t rows_all = p->B * p->Hq * p->Lq;
     const int64_t DP = ceil_div(p->D, 16) * 16, DVP = ceil_div(p->Dv, 16) * 16;
     int64_t scratch_i = 0, q_bytes = 0, o_bytes = 0;
@@ -181,7 +223,7 @@ static clattn_status run_kernels(clattn_context *ctx, const clattn__kv_src *c, c
     CLATTN_FORWARD(clattn__buffer_create(ctx, (size_t)(rows_all * pl.nsplit * 2) * 4u, &s->part_ml));
     CLATTN_FORWARD(clattn__buffer_create(ctx, (size_t)o_bytes, &s->od));
     clattn__log(ctx, "kv attention%s: form %s, k %s, v %s, %d rows x %lld blocks, %lld splits of %lld keys (tuning: %s)",
-                pg ? " (paged)" : "", pl.form ? "gpu" : "cpu", clattn_kv_format_name(c->kf), clattn_kv_format_name(c->vf),
+                pg ? " (paged)" : "", kv_forms[pl.form].name, clattn_kv_format_name(c->kf), clattn_kv_format_name(c->vf),
                 pl.rows, (long long)pl.nblk, (long long)pl.nsplit, (long long)pl.chunk, pl.src.text);
 
     const cl_long Hq = p->Hq, Lq = p->Lq, Hkv = p->Hkv, group = p->group;
@@ -225,20 +267,8 @@ static clattn_status run_kernels(clattn_context *ctx, const clattn__kv_src *c, c
         dpl.p = &pq;
     }
     CLATTN_FORWARD(clattn__set_mask_args(ctx, kp, &a, &dpl));
-    /* the row blocks of a split in one work-group: one core runs them back to back while
-     * the split's keys and values are in its cache */
     const size_t nbk = (size_t)((pg ? pg->n_seqs : p->B) * p->Hkv);
-    if (pl.form == 1) { /* a work-group per (row block, split, (b, kvh)) */
-        const size_t gp[3] = {(size_t)pl.wg * (size_t)pl.nblk, (size_t)pl.nsplit, nbk};
-        const size_t lp[3] = {(size_t)pl.wg, 1, 1};
-        CLATTN_FORWARD(clattn__enqueue(ctx, kp, 3, gp, lp, NULL));
-    } else {
-        size_t wg = 0;
-        clGetKernelWorkGroupInfo(kp, ctx->device, CL_KERNEL_WORK_GROUP_SIZE, sizeof wg, &wg, NULL);
-        const size_t gp[3] = {(size_t)pl.nblk, (size_t)pl.nsplit, nbk};
-        const size_t lp[3] = {(size_t)pl.nblk, 1, 1};
-        CLATTN_FORWARD(clattn__enqueue(ctx, kp, 3, gp, (size_t)pl.nblk <= wg ? lp : NULL, NULL));
-    }
+    CLATTN_FORWARD(kv_forms[pl.form].launch(ctx, kp, &pl, nbk));
 
     const cl_long nrows = rows_all;
     const cl_long width = DVP; /* part_o's and od's row width */
