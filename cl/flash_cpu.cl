@@ -81,6 +81,24 @@
 #define ROW_GROUPS 1
 #endif
 #define ROWS (BLOCK_M * ROW_GROUPS) /* query rows per work-item */
+#ifndef VARLEN
+#define VARLEN 0
+#endif
+#if VARLEN
+/* Packed sequences in one launch: the host's table vl (int) holds cu_seqlens_q and
+ * cu_seqlens_k (vl_n + 1 each), each sequence's first key in the copies (a multiple of
+ * BLOCK_N, vl_n + 1), the row blocks (sequence, first row; vl_blocks of them) and each
+ * tile's sequence. */
+#define VARLEN_PARAMS , const __global int *vl, long vl_n, long vl_blocks
+#define VL_CU_Q(s) ((long)vl[(s)])
+#define VL_CU_K(s) ((long)vl[vl_n + 1 + (s)])
+#define VL_KPAD(s) ((long)vl[2 * (vl_n + 1) + (s)])
+#define VL_BLOCK_SEQ(t) vl[3 * (vl_n + 1) + 2 * (t)]
+#define VL_BLOCK_ROW(t) ((long)vl[3 * (vl_n + 1) + 2 * (t) + 1])
+#define VL_TILE_SEQ(t) vl[3 * (vl_n + 1) + 2 * vl_blocks + (t)]
+#else
+#define VARLEN_PARAMS
+#endif
 #if V_DIRECT && (V_DT != 0 || (DV % 16) != 0)
 #error "V_DIRECT needs float32 V and DV a multiple of 16"
 #endif
@@ -97,22 +115,33 @@
 
 __kernel void flash_cpu_pack(TENSOR_PARAMS(const __global K_T *, k),
                              TENSOR_PARAMS(const __global V_T *, v), long Lk, long B,
-                             long Hkv, __global float *kt, __global float *vp, long lk_pad)
+                             long Hkv, __global float *kt, __global float *vp, long lk_pad
+                             VARLEN_PARAMS)
 {
     const long j = get_global_id(0);
     const long bh = get_global_id(1);
     if (j >= lk_pad || bh >= B * Hkv) return;
     const long b = bh / Hkv, h = bh % Hkv;
+#if VARLEN
+    /* key j of the copy is key jv of its tile's sequence, packed key row jrow */
+    const int s_ = VL_TILE_SEQ(j / BLOCK_N);
+    const long jv = j - VL_KPAD(s_), jrow = VL_CU_K(s_) + jv;
+#define PACK_KEY_IN (jv < VL_CU_K(s_ + 1) - VL_CU_K(s_))
+#define PACK_KEY_ROW jrow
+#else
+#define PACK_KEY_IN (j < Lk)
+#define PACK_KEY_ROW j
+#endif
     /* tile-major: each tile's Kᵀ is one contiguous D x BLOCK_N block */
     __global float *ktp = kt + bh * (long)D * lk_pad + (j / BLOCK_N) * (long)(D * BLOCK_N) + j % BLOCK_N;
 #if !V_DIRECT
     __global float *vpp = vp + (bh * lk_pad + j) * DV_PAD;
 #endif
-    if (j < Lk) {
-        const long kb = k_off + b * k_s0 + h * k_s1 + j * k_s2;
+    if (PACK_KEY_IN) {
+        const long kb = k_off + b * k_s0 + h * k_s1 + PACK_KEY_ROW * k_s2;
         for (int d = 0; d < D; d++) ktp[d * BLOCK_N] = LOAD_K(k, kb + d * k_s3);
 #if !V_DIRECT
-        const long vb = v_off + b * v_s0 + h * v_s1 + j * v_s2;
+        const long vb = v_off + b * v_s0 + h * v_s1 + PACK_KEY_ROW * v_s2;
         for (int c = 0; c < DV; c++) vpp[c] = LOAD_V(v, vb + c * v_s3);
         for (int c = DV; c < DV_PAD; c++) vpp[c] = 0.0f;
 #endif
@@ -122,6 +151,8 @@ __kernel void flash_cpu_pack(TENSOR_PARAMS(const __global K_T *, k),
         for (int c = 0; c < DV_PAD; c++) vpp[c] = 0.0f;
 #endif
     }
+#undef PACK_KEY_IN
+#undef PACK_KEY_ROW
 }
 
 /* max without fmax's NaN handling (scores are never NaN). */
@@ -148,18 +179,44 @@ inline float clattn_hsum16(float16 x)
     return c.lo + c.hi;
 }
 
+#if VARLEN /* the packed totals; the kernel's Lq and Lk are its sequence's */
+#define Lq Lq_packed
+#define Lk Lk_packed
+#endif
 __kernel void flash_cpu(FLASH_PARAMS, const __global float *kt, const __global float *vp,
-                        long lk_pad)
+                        long lk_pad VARLEN_PARAMS)
 {
     /* Row blocks in the order 0, n-1, 1, n-2, ...: with causal masks a block's cost grows
      * with its index, and this keeps any run of consecutive work-items (as a CPU runtime
      * hands them to its threads) near the average cost. */
+#if VARLEN
+#undef Lq
+#undef Lk
+    const long nblk = vl_blocks; /* the table's row blocks, every sequence's */
+#else
     const long nblk = (Lq + ROWS - 1) / ROWS;
+#endif
     const long gid = get_global_id(0);
     const long bh = get_global_id(1);
     if (gid >= nblk || bh >= B * Hq) return;
     const long blk = (gid & 1) ? nblk - 1 - (gid >> 1) : (gid >> 1);
+#if VARLEN
+    /* row block blk is rows i0.. of sequence s: every tensor moves to the sequence's
+     * first row (its keys' copies to its first tile), Lq and Lk are the sequence's */
+    const int s_ = VL_BLOCK_SEQ(blk);
+    const long i0 = VL_BLOCK_ROW(blk);
+    const long Lq = VL_CU_Q(s_ + 1) - VL_CU_Q(s_), Lk = VL_CU_K(s_ + 1) - VL_CU_K(s_);
+    q_off += VL_CU_Q(s_) * q_s2;
+    o_off += VL_CU_Q(s_) * o_s2;
+    lse_off += VL_CU_Q(s_) * lse_s2;
+    v_off += VL_CU_K(s_) * v_s2;
+    kt += VL_KPAD(s_) * D;
+#if !V_DIRECT
+    vp += VL_KPAD(s_) * DV_PAD;
+#endif
+#else
     const long i0 = blk * ROWS;
+#endif
     const long b = bh / Hq, h = bh % Hq;
     const long kvh = h / (Hq / Hkv);
     const __global float *ktb = kt + (b * Hkv + kvh) * (long)D * lk_pad;
