@@ -87,15 +87,16 @@
 #if VARLEN
 /* Packed sequences in one launch: the host's table vl (int) holds cu_seqlens_q and
  * cu_seqlens_k (vl_n + 1 each), each sequence's first key in the copies (a multiple of
- * BLOCK_N, vl_n + 1), the row blocks (sequence, first row; vl_blocks of them) and each
- * tile's sequence. */
+ * BLOCK_N) and its first row block (vl_n + 1 each), the row blocks' first rows
+ * (vl_blocks of them, each sequence's in the order 0, n-1, 1, n-2, ...) and each tile's
+ * sequence. */
 #define VARLEN_PARAMS , const __global int *vl, long vl_n, long vl_blocks
 #define VL_CU_Q(s) ((long)vl[(s)])
 #define VL_CU_K(s) ((long)vl[vl_n + 1 + (s)])
 #define VL_KPAD(s) ((long)vl[2 * (vl_n + 1) + (s)])
-#define VL_BLOCK_SEQ(t) vl[3 * (vl_n + 1) + 2 * (t)]
-#define VL_BLOCK_ROW(t) ((long)vl[3 * (vl_n + 1) + 2 * (t) + 1])
-#define VL_TILE_SEQ(t) vl[3 * (vl_n + 1) + 2 * vl_blocks + (t)]
+#define VL_BSTART(s) ((long)vl[3 * (vl_n + 1) + (s)])
+#define VL_BLOCK_ROW(t) ((long)vl[4 * (vl_n + 1) + (t)])
+#define VL_TILE_SEQ(t) vl[4 * (vl_n + 1) + vl_blocks + (t)]
 #else
 #define VARLEN_PARAMS
 #endif
@@ -197,14 +198,24 @@ __kernel void flash_cpu(FLASH_PARAMS, const __global float *kt, const __global f
     const long nblk = (Lq + ROWS - 1) / ROWS;
 #endif
     const long gid = get_global_id(0);
-    const long bh = get_global_id(1);
-    if (gid >= nblk || bh >= B * Hq) return;
-    const long blk = (gid & 1) ? nblk - 1 - (gid >> 1) : (gid >> 1);
 #if VARLEN
+    if (gid >= nblk || get_global_id(1) >= B * Hq) return;
+    /* The work-items in the order a CPU runtime hands them out (dimension 0 first) take
+     * sequence by sequence, in each head by head, as one launch per sequence would: a
+     * head's key copies stay in the cache. s_: the last sequence whose row blocks start
+     * at or before this work-item's (empty sequences start where the next does). */
+    const long lin = get_global_id(1) * nblk + gid, q_ = lin / (B * Hq);
+    int s_ = 0;
+    for (int lo_ = 0, hi_ = (int)vl_n; lo_ <= hi_;) {
+        const int mid_ = (lo_ + hi_) / 2;
+        if (VL_BSTART(mid_) <= q_) s_ = mid_, lo_ = mid_ + 1;
+        else hi_ = mid_ - 1;
+    }
+    const long nbs_ = VL_BSTART(s_ + 1) - VL_BSTART(s_), r_ = lin - B * Hq * VL_BSTART(s_);
+    const long bh = r_ / nbs_;
     /* row block blk is rows i0.. of sequence s: every tensor moves to the sequence's
      * first row (its keys' copies to its first tile), Lq and Lk are the sequence's */
-    const int s_ = VL_BLOCK_SEQ(blk);
-    const long i0 = VL_BLOCK_ROW(blk);
+    const long i0 = VL_BLOCK_ROW(VL_BSTART(s_) + r_ - bh * nbs_);
     const long Lq = VL_CU_Q(s_ + 1) - VL_CU_Q(s_), Lk = VL_CU_K(s_ + 1) - VL_CU_K(s_);
     q_off += VL_CU_Q(s_) * q_s2;
     o_off += VL_CU_Q(s_) * o_s2;
@@ -215,6 +226,9 @@ __kernel void flash_cpu(FLASH_PARAMS, const __global float *kt, const __global f
     vp += VL_KPAD(s_) * DV_PAD;
 #endif
 #else
+    const long bh = get_global_id(1);
+    if (gid >= nblk || bh >= B * Hq) return;
+    const long blk = (gid & 1) ? nblk - 1 - (gid >> 1) : (gid >> 1);
     const long i0 = blk * ROWS;
 #endif
     const long b = bh / Hq, h = bh % Hq;

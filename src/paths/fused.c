@@ -311,8 +311,10 @@ static clattn_status gpu_launch(clattn_context *ctx, const fused_form *f, const 
 
 /* The CPU form's varlen table (the layout cl/flash_cpu.cl's VL_ macros read): cu_q,
  * cu_k, each sequence's first key in the packed copies (its keys padded to whole tiles of
- * pl->block_n), the row blocks of ROWS rows (sequence, first row) and each tile's
- * sequence; *blocks gets the number of row blocks. */
+ * pl->block_n) and first row block, the row blocks' first rows (blocks of ROWS rows,
+ * each sequence's in the order 0, n-1, 1, n-2, ...: with causal masks a block's cost
+ * grows with its index, and this keeps consecutive work-items near the average cost) and
+ * each tile's sequence; *blocks gets the number of row blocks. */
 static clattn_status varlen_table(clattn_context *ctx, const fused_plan *pl, cl_mem *mem,
                                   cl_long *blocks)
 {
@@ -320,21 +322,22 @@ static clattn_status varlen_table(clattn_context *ctx, const fused_plan *pl, cl_
     const size_t n = vs->n, rows = (size_t)pl->block_m * (size_t)pl->row_groups;
     size_t nblk = 0;
     for (size_t s = 0; s < n; s++) nblk += ((size_t)(vs->cu_q[s + 1] - vs->cu_q[s]) + rows - 1) / rows;
-    const size_t ntiles = (size_t)(pl->lk_pad / pl->block_n), len = 3 * (n + 1) + 2 * nblk + ntiles;
+    const size_t ntiles = (size_t)(pl->lk_pad / pl->block_n), len = 4 * (n + 1) + nblk + ntiles;
     int32_t *t = calloc(len, sizeof *t); /* tiles past every sequence's (none when any
                                             sequence has keys) belong to sequence 0 */
     CLATTN_RETURN_IF(ctx, !t, CLATTN_ERROR_OUT_OF_MEMORY, "fused: out of host memory");
-    int32_t *kpad = t + 2 * (n + 1), *blk = kpad + n + 1, *tile = blk + 2 * nblk;
+    int32_t *kpad = t + 2 * (n + 1), *bstart = kpad + n + 1, *blk = bstart + n + 1,
+            *tile = blk + nblk;
     memcpy(t, vs->cu_q, (n + 1) * sizeof *t);
     memcpy(t + n + 1, vs->cu_k, (n + 1) * sizeof *t);
     for (size_t s = 0; s < n; s++) {
         const int32_t lk = vs->cu_k[s + 1] - vs->cu_k[s];
         kpad[s + 1] = kpad[s] + (int32_t)ceil_to(lk, pl->block_n);
         for (int32_t j = kpad[s]; j < kpad[s + 1]; j += pl->block_n) tile[j / pl->block_n] = (int32_t)s;
-        for (int32_t i = 0; i < vs->cu_q[s + 1] - vs->cu_q[s]; i += (int32_t)rows) {
-            *blk++ = (int32_t)s;
-            *blk++ = i;
-        }
+        const int32_t nb = (int32_t)(((size_t)(vs->cu_q[s + 1] - vs->cu_q[s]) + rows - 1) / rows);
+        bstart[s + 1] = bstart[s] + nb;
+        for (int32_t g = 0; g < nb; g++)
+            blk[bstart[s] + g] = (int32_t)rows * ((g & 1) ? nb - 1 - (g >> 1) : (g >> 1));
     }
     *blocks = (cl_long)nblk;
     clattn_status st = clattn__buffer_create_copy(ctx, len * sizeof *t, t, mem);
