@@ -37,6 +37,11 @@
  *   FAST_EXP2    1 (default): the probabilities' exp2 is clattn_exp2_neg; 0: EXP2
  *   EXP2         exp2 (default) or native_exp2, for the rescaling factors (and FAST_EXP2 0)
  *   SKIP_RESCALE 1 (default): rescale a row's accumulators only when its running max moves
+ *   VARLEN       1: packed (varlen) sequences in one launch, B = 1: both kernels end with
+ *                VARLEN_PARAMS (the host's table, below); the key copies hold each
+ *                sequence's keys padded to whole tiles (LK_PAD their sum), flash_cpu runs
+ *                on (vl_blocks, Hq) and takes Lq, Lk and the rows of Q, K, V, O and LSE
+ *                from its sequence (its Lq and Lk arguments are the packed totals)
  *
  * Design (from measurements on PoCL 3.1, 2-core Xeon Cascade Lake with AVX-512):
  * scores and outputs are rank-1 updates "broadcast scalar x float16 vector": for each d,
