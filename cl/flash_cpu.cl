@@ -38,7 +38,7 @@
  *   EXP2         exp2 (default) or native_exp2, for the rescaling factors (and FAST_EXP2 0)
  *   SKIP_RESCALE 1 (default): rescale a row's accumulators only when its running max moves
  *   VARLEN       1: packed (varlen) sequences in one launch, B = 1: both kernels end with
- *                VARLEN_PARAMS (the host's table, below); the key copies hold each
+ *                VARLEN_PARAMS (the host's table, prelude.cl); the key copies hold each
  *                sequence's keys padded to whole tiles (LK_PAD their sum), flash_cpu runs
  *                on (vl_blocks, Hq) and takes Lq, Lk and the rows of Q, K, V, O and LSE
  *                from its sequence (its Lq and Lk arguments are the packed totals)
@@ -86,25 +86,6 @@
 #define ROW_GROUPS 1
 #endif
 #define ROWS (BLOCK_M * ROW_GROUPS) /* query rows per work-item */
-#ifndef VARLEN
-#define VARLEN 0
-#endif
-#if VARLEN
-/* Packed sequences in one launch: the host's table vl (int) holds cu_seqlens_q and
- * cu_seqlens_k (vl_n + 1 each), each sequence's first key in the copies (a multiple of
- * BLOCK_N) and its first row block (vl_n + 1 each), the row blocks' first rows
- * (vl_blocks of them, each sequence's in the order 0, n-1, 1, n-2, ...) and each tile's
- * sequence. */
-#define VARLEN_PARAMS , const __global int *vl, long vl_n, long vl_blocks
-#define VL_CU_Q(s) ((long)vl[(s)])
-#define VL_CU_K(s) ((long)vl[vl_n + 1 + (s)])
-#define VL_KPAD(s) ((long)vl[2 * (vl_n + 1) + (s)])
-#define VL_BSTART(s) ((long)vl[3 * (vl_n + 1) + (s)])
-#define VL_BLOCK_ROW(t) ((long)vl[4 * (vl_n + 1) + (t)])
-#define VL_TILE_SEQ(t) vl[4 * (vl_n + 1) + vl_blocks + (t)]
-#else
-#define VARLEN_PARAMS
-#endif
 #if V_DIRECT && (V_DT != 0 || (DV % 16) != 0)
 #error "V_DIRECT needs float32 V and DV a multiple of 16"
 #endif
@@ -185,10 +166,6 @@ inline float clattn_hsum16(float16 x)
     return c.lo + c.hi;
 }
 
-#if VARLEN /* the packed totals; the kernel's Lq and Lk are its sequence's */
-#define Lq Lq_packed
-#define Lk Lk_packed
-#endif
 __kernel void flash_cpu(FLASH_PARAMS, const __global float *kt, const __global float *vp,
                         long lk_pad VARLEN_PARAMS)
 {
@@ -196,8 +173,6 @@ __kernel void flash_cpu(FLASH_PARAMS, const __global float *kt, const __global f
      * with its index, and this keeps any run of consecutive work-items (as a CPU runtime
      * hands them to its threads) near the average cost. */
 #if VARLEN
-#undef Lq
-#undef Lk
     const long nblk = vl_blocks; /* the table's row blocks, every sequence's */
 #else
     const long nblk = (Lq + ROWS - 1) / ROWS;
@@ -205,27 +180,10 @@ __kernel void flash_cpu(FLASH_PARAMS, const __global float *kt, const __global f
     const long gid = get_global_id(0);
 #if VARLEN
     if (gid >= nblk || get_global_id(1) >= B * Hq) return;
-    /* The work-items in the order a CPU runtime hands them out (dimension 0 first) take
-     * sequence by sequence, in each head by head, as one launch per sequence would: a
-     * head's key copies stay in the cache. s_: the last sequence whose row blocks start
-     * at or before this work-item's (empty sequences start where the next does). */
-    const long lin = get_global_id(1) * nblk + gid, q_ = lin / (B * Hq);
-    int s_ = 0;
-    for (int lo_ = 0, hi_ = (int)vl_n; lo_ <= hi_;) {
-        const int mid_ = (lo_ + hi_) / 2;
-        if (VL_BSTART(mid_) <= q_) s_ = mid_, lo_ = mid_ + 1;
-        else hi_ = mid_ - 1;
-    }
-    const long nbs_ = VL_BSTART(s_ + 1) - VL_BSTART(s_), r_ = lin - B * Hq * VL_BSTART(s_);
-    const long bh = r_ / nbs_;
-    /* row block blk is rows i0.. of sequence s: every tensor moves to the sequence's
-     * first row (its keys' copies to its first tile), Lq and Lk are the sequence's */
-    const long i0 = VL_BLOCK_ROW(VL_BSTART(s_) + r_ - bh * nbs_);
-    const long Lq = VL_CU_Q(s_ + 1) - VL_CU_Q(s_), Lk = VL_CU_K(s_ + 1) - VL_CU_K(s_);
-    q_off += VL_CU_Q(s_) * q_s2;
-    o_off += VL_CU_Q(s_) * o_s2;
-    lse_off += VL_CU_Q(s_) * lse_s2;
-    v_off += VL_CU_K(s_) * v_s2;
+    /* work-items in the order a CPU runtime hands them out (dimension 0 first); the
+     * copies of the sequence's keys start at its first tile */
+    VARLEN_ITEM(get_global_id(1) * nblk + gid, B * Hq, s_, bh, i0);
+    VARLEN_SEQ(s_);
     kt += VL_KPAD(s_) * D;
 #if !V_DIRECT
     vp += VL_KPAD(s_) * DV_PAD;

@@ -3,8 +3,9 @@
  * lengths that differ per sequence, empty sequences and sequences with no keys, GQA,
  * both causal alignments, windows, softcap and ALiBi, f16 storage, LSE, both fused
  * kernel forms, cl_mem tensors; refused arguments leave the outputs untouched; and
- * `clattn run --varlen` against the same reference. The CPU form runs every sequence in
- * one launch: cases of many mixed lengths check that launch (and that it is one). */
+ * `clattn run --varlen` against the same reference. The CPU and GPU forms run every
+ * sequence in one launch: cases of many mixed lengths check that launch (and that it
+ * is one). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -281,14 +282,21 @@ static void test_varlen_cl_mem(void **state)
 static const int32_t cu_q2[] = {0, 1, 1, 70, 71, 71, 200, 203, 203, 267, 268, 400};
 static const int32_t cu_k2[] = {0, 1, 9, 79, 79, 79, 150, 290, 291, 355, 356, 488};
 
-/* Run c on the CPU kernel form with host tensors: every sequence in one launch, which
- * is two enqueues (the K and V copies, the main kernel), and each matches the reference. */
+/* Enqueues of the one launch by kernel form: the CPU form's K and V copies and main
+ * kernel, the GPU form's kernel; and allocations with cl_mem tensors and V read in place:
+ * the table of sequences, and the CPU form's K copy. */
+static const uint64_t one_launch_enqueues[2] = {2, 1}, one_launch_allocs[2] = {2, 1};
+
+/* Run c on both kernel forms that run packed sequences in one launch, with host
+ * tensors: every sequence in one launch, and each matches the reference. */
 static void run_one_launch(clattn_context *ctx, const vl_case *c)
 {
-    clattn__tuning_force_form(CLATTN__TP_FUSED, 0);
-    clattn__fault_arm(ctx, CLATTN__FAULT_ENQUEUE, 0); /* zero the counts */
-    run_host(ctx, c);
-    assert_int_equal(clattn__fault_sites(ctx, CLATTN__FAULT_ENQUEUE), 2);
+    for (int form = 0; form <= 1; form++) {
+        clattn__tuning_force_form(CLATTN__TP_FUSED, form);
+        clattn__fault_arm(ctx, CLATTN__FAULT_ENQUEUE, 0); /* zero the counts */
+        run_host(ctx, c);
+        assert_int_equal(clattn__fault_sites(ctx, CLATTN__FAULT_ENQUEUE), one_launch_enqueues[form]);
+    }
     clattn__tuning_force_form(CLATTN__TP_FUSED, -1);
 }
 
@@ -317,17 +325,16 @@ static void test_varlen_one_launch(void **state)
     run_one_launch(ctx, &c);
 }
 
-/* cl_mem outputs and the one launch: a fault at the copies' or the main kernel's enqueue,
- * or at any allocation, fails the call and leaves O and LSE as they were. */
-static void test_varlen_one_launch_fault(void **state)
+/* cl_mem outputs and the one launch on kernel form `form`: a fault at the copies' or the
+ * main kernel's enqueue, or at an allocation, fails the call and leaves O and LSE as they
+ * were. */
+static void one_launch_fault(clattn_context *ctx, int form)
 {
-    (void)state;
-    clattn_context *ctx = test_shared_context();
     rng_state = 26;
     const vl_case c = {.Hq = 4, .Hkv = 2, .D = 16, .Dv = 16, .n = 11, .cu_q = cu_q2,
                        .cu_k = cu_k2, .dtype = CLATTN_F32, .causal = CLATTN_CAUSAL_BOTTOM_RIGHT,
                        .win_left = 20, .win_right = -1};
-    clattn__tuning_force_form(CLATTN__TP_FUSED, 0);
+    clattn__tuning_force_form(CLATTN__TP_FUSED, form);
     vl_data d;
     data_create(&c, &d);
     const size_t bq = (size_t)(c.Hq * d.tq * c.D) * 4, bk = (size_t)(c.Hkv * d.tk * c.D) * 4,
@@ -356,6 +363,9 @@ static void test_varlen_one_launch_fault(void **state)
     } faults[] = {{CLATTN__FAULT_ENQUEUE, 1}, {CLATTN__FAULT_ENQUEUE, 2}, {CLATTN__FAULT_ALLOC, 1},
                   {CLATTN__FAULT_ALLOC, 2}};
     for (size_t f = 0; f < sizeof faults / sizeof faults[0]; f++) {
+        if (faults[f].nth > (faults[f].kind == CLATTN__FAULT_ENQUEUE ? one_launch_enqueues
+                                                                     : one_launch_allocs)[form])
+            continue;
         clEnqueueWriteBuffer(queue, mo, CL_TRUE, 0, bo, sentinel, 0, NULL, NULL);
         clEnqueueWriteBuffer(queue, ml, CL_TRUE, 0, bl, sentinel, 0, NULL, NULL);
         clattn__fault_arm(ctx, faults[f].kind, faults[f].nth);
@@ -371,7 +381,8 @@ static void test_varlen_one_launch_fault(void **state)
     clattn__fault_arm(ctx, CLATTN__FAULT_ENQUEUE, 0);
     clattn_status st = clattn_attention_varlen(ctx, &tq, &tk, &tv, &to, c.n, c.cu_q, c.cu_k, &opt, NULL);
     assert_int_equal(st, CLATTN_SUCCESS);
-    assert_int_equal(clattn__fault_sites(ctx, CLATTN__FAULT_ENQUEUE), 2); /* no commit launch */
+    /* no commit launch */
+    assert_int_equal(clattn__fault_sites(ctx, CLATTN__FAULT_ENQUEUE), one_launch_enqueues[form]);
     clEnqueueReadBuffer(queue, mo, CL_TRUE, 0, bo, d.so, 0, NULL, NULL);
     clEnqueueReadBuffer(queue, ml, CL_TRUE, 0, bl, d.lse, 0, NULL, NULL);
     assert_int_equal(compare(&c, &d, d.so, d.lse), 0);
@@ -380,6 +391,12 @@ static void test_varlen_one_launch_fault(void **state)
     free(sentinel), free(after);
     data_free(&d);
     clattn__tuning_force_form(CLATTN__TP_FUSED, -1);
+}
+
+static void test_varlen_one_launch_fault(void **state)
+{
+    (void)state;
+    for (int form = 0; form <= 1; form++) one_launch_fault(test_shared_context(), form);
 }
 
 static void test_varlen_refuses_bad_arguments(void **state)

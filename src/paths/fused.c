@@ -261,8 +261,7 @@ static bool cpu_options(const clattn__dev_problem *dp, const fused_plan *pl, cha
 {
     (void)dp;
     return clattn__opts_add(opts, cap, " -DDV_CHUNK=%d -DROW_GROUPS=%d -DV_DIRECT=%d", pl->dv_chunk,
-                            pl->row_groups, pl->v_direct ? 1 : 0) &&
-           (!pl->vl || clattn__opts_add(opts, cap, " -DVARLEN=1"));
+                            pl->row_groups, pl->v_direct ? 1 : 0);
 }
 
 static bool mm_options(const clattn__dev_problem *dp, const fused_plan *pl, char *opts, size_t cap)
@@ -275,6 +274,57 @@ static bool mm_options(const clattn__dev_problem *dp, const fused_plan *pl, char
 /* Blocks of `rows` query rows: work-items (CPU) / work-groups (GPU) along the query rows. */
 static int64_t row_blocks(const clattn__problem *p, int64_t rows) { return (p->Lq + rows - 1) / rows; }
 
+/* Row blocks of `rows` rows of the packed sequences vs, every sequence's. */
+static int64_t varlen_blocks(const clattn__varlen_seqs *vs, int64_t rows)
+{
+    int64_t n = 0;
+    for (size_t s = 0; s < vs->n; s++) n += (vs->cu_q[s + 1] - vs->cu_q[s] + rows - 1) / rows;
+    return n;
+}
+
+/* The varlen table (the layout cl/prelude.cl's VL_ macros read): cu_q, cu_k, each
+ * sequence's first key in the CPU form's packed copies (its keys padded to whole tiles
+ * of pl->block_n) and first row block, the row blocks' first rows (blocks of `rows` rows,
+ * each sequence's in the order 0, n-1, 1, n-2, ...: with causal masks a block's cost
+ * grows with its index, and this keeps consecutive work-items near the average cost) and
+ * each tile's sequence; *blocks gets the number of row blocks. */
+static clattn_status varlen_table(clattn_context *ctx, const fused_plan *pl, int64_t rows,
+                                  cl_mem *mem, cl_long *blocks)
+{
+    const clattn__varlen_seqs *vs = pl->vl;
+    const size_t n = vs->n, nblk = (size_t)varlen_blocks(vs, rows);
+    const size_t ntiles = (size_t)(pl->lk_pad / pl->block_n), len = 4 * (n + 1) + nblk + ntiles;
+    int32_t *t = calloc(len, sizeof *t); /* tiles past every sequence's (none when any
+                                            sequence has keys) belong to sequence 0 */
+    CLATTN_RETURN_IF(ctx, !t, CLATTN_ERROR_OUT_OF_MEMORY, "fused: out of host memory");
+    int32_t *kpad = t + 2 * (n + 1), *bstart = kpad + n + 1, *blk = bstart + n + 1,
+            *tile = blk + nblk;
+    memcpy(t, vs->cu_q, (n + 1) * sizeof *t);
+    memcpy(t + n + 1, vs->cu_k, (n + 1) * sizeof *t);
+    for (size_t s = 0; s < n; s++) {
+        const int32_t lk = vs->cu_k[s + 1] - vs->cu_k[s];
+        kpad[s + 1] = kpad[s] + (int32_t)ceil_to(lk, pl->block_n);
+        for (int32_t j = kpad[s]; j < kpad[s + 1]; j += pl->block_n) tile[j / pl->block_n] = (int32_t)s;
+        const int32_t nb = (int32_t)((vs->cu_q[s + 1] - vs->cu_q[s] + rows - 1) / rows);
+        bstart[s + 1] = bstart[s] + nb;
+        for (int32_t g = 0; g < nb; g++)
+            blk[bstart[s] + g] = (int32_t)rows * ((g & 1) ? nb - 1 - (g >> 1) : (g >> 1));
+    }
+    *blocks = (cl_long)nblk;
+    clattn_status st = clattn__buffer_create_copy(ctx, len * sizeof *t, t, mem);
+    free(t);
+    return st;
+}
+
+/* The varlen arguments the kernels end with (VARLEN_PARAMS in cl/prelude.cl). */
+static clattn_status set_varlen_args(clattn_context *ctx, cl_kernel k, cl_uint *a, cl_mem vtab,
+                                     cl_long n, cl_long blocks)
+{
+    CLATTN_FORWARD(CLATTN_ARG(ctx, k, a, vtab));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, k, a, n));
+    return CLATTN_ARG(ctx, k, a, blocks);
+}
+
 /* The GPU forms' one launch: work-groups of wg work-items, global size g. */
 static clattn_status launch_one(clattn_context *ctx, const fused_form *f, const clattn__dev_problem *dp,
                                 const fused_plan *pl, const char *opts, const size_t g[2], cl_event *event)
@@ -284,8 +334,17 @@ static clattn_status launch_one(clattn_context *ctx, const fused_form *f, const 
     CLATTN_FORWARD(clattn__kernel_get(ctx, f->file, opts, f->kernel, &kmain));
     cl_uint a = 0;
     CLATTN_FORWARD(set_main_args(ctx, kmain, &a, dp, p->B, p->Hq, p->Hq / p->group));
+    cl_mem vtab = NULL; /* packed sequences (pl->vl): their table, row blocks of block_m */
+    cl_long vl_blocks = 0;
+    clattn_status st = CLATTN_SUCCESS;
+    if (pl->vl) {
+        CLATTN_FORWARD(varlen_table(ctx, pl, pl->block_m, &vtab, &vl_blocks));
+        st = set_varlen_args(ctx, kmain, &a, vtab, (cl_long)pl->vl->n, vl_blocks);
+    }
     const size_t l[2] = {(size_t)pl->wg, 1};
-    return clattn__enqueue(ctx, kmain, 2, g, l, event);
+    if (st == CLATTN_SUCCESS) st = clattn__enqueue(ctx, kmain, 2, g, l, event);
+    clattn__buffer_release(ctx, vtab);
+    return st;
 }
 
 static clattn_status mm_launch(clattn_context *ctx, const fused_form *f, const clattn__dev_problem *dp,
@@ -306,53 +365,9 @@ static clattn_status gpu_launch(clattn_context *ctx, const fused_form *f, const 
     const clattn__problem *p = dp->p;
     clattn__log(ctx, "fused: flash_gpu.cl, block_m %d, block_n %d, wg %d (tuning: %s)", pl->block_m,
                 pl->block_n, pl->wg, pl->src.text);
-    const size_t g[2] = {(size_t)(row_blocks(p, pl->block_m) * pl->wg), (size_t)(p->B * p->Hq)};
+    const int64_t nblk = pl->vl ? varlen_blocks(pl->vl, pl->block_m) : row_blocks(p, pl->block_m);
+    const size_t g[2] = {(size_t)(nblk * pl->wg), (size_t)(p->B * p->Hq)};
     return launch_one(ctx, f, dp, pl, opts, g, event);
-}
-
-/* The CPU form's varlen table (the layout cl/flash_cpu.cl's VL_ macros read): cu_q,
- * cu_k, each sequence's first key in the packed copies (its keys padded to whole tiles of
- * pl->block_n) and first row block, the row blocks' first rows (blocks of ROWS rows,
- * each sequence's in the order 0, n-1, 1, n-2, ...: with causal masks a block's cost
- * grows with its index, and this keeps consecutive work-items near the average cost) and
- * each tile's sequence; *blocks gets the number of row blocks. */
-static clattn_status varlen_table(clattn_context *ctx, const fused_plan *pl, cl_mem *mem,
-                                  cl_long *blocks)
-{
-    const clattn__varlen_seqs *vs = pl->vl;
-    const size_t n = vs->n, rows = (size_t)pl->block_m * (size_t)pl->row_groups;
-    size_t nblk = 0;
-    for (size_t s = 0; s < n; s++) nblk += ((size_t)(vs->cu_q[s + 1] - vs->cu_q[s]) + rows - 1) / rows;
-    const size_t ntiles = (size_t)(pl->lk_pad / pl->block_n), len = 4 * (n + 1) + nblk + ntiles;
-    int32_t *t = calloc(len, sizeof *t); /* tiles past every sequence's (none when any
-                                            sequence has keys) belong to sequence 0 */
-    CLATTN_RETURN_IF(ctx, !t, CLATTN_ERROR_OUT_OF_MEMORY, "fused: out of host memory");
-    int32_t *kpad = t + 2 * (n + 1), *bstart = kpad + n + 1, *blk = bstart + n + 1,
-            *tile = blk + nblk;
-    memcpy(t, vs->cu_q, (n + 1) * sizeof *t);
-    memcpy(t + n + 1, vs->cu_k, (n + 1) * sizeof *t);
-    for (size_t s = 0; s < n; s++) {
-        const int32_t lk = vs->cu_k[s + 1] - vs->cu_k[s];
-        kpad[s + 1] = kpad[s] + (int32_t)ceil_to(lk, pl->block_n);
-        for (int32_t j = kpad[s]; j < kpad[s + 1]; j += pl->block_n) tile[j / pl->block_n] = (int32_t)s;
-        const int32_t nb = (int32_t)(((size_t)(vs->cu_q[s + 1] - vs->cu_q[s]) + rows - 1) / rows);
-        bstart[s + 1] = bstart[s] + nb;
-        for (int32_t g = 0; g < nb; g++)
-            blk[bstart[s] + g] = (int32_t)rows * ((g & 1) ? nb - 1 - (g >> 1) : (g >> 1));
-    }
-    *blocks = (cl_long)nblk;
-    clattn_status st = clattn__buffer_create_copy(ctx, len * sizeof *t, t, mem);
-    free(t);
-    return st;
-}
-
-/* The varlen arguments both CPU kernels end with (VARLEN_PARAMS in cl/flash_cpu.cl). */
-static clattn_status set_varlen_args(clattn_context *ctx, cl_kernel k, cl_uint *a, cl_mem vtab,
-                                     cl_long n, cl_long blocks)
-{
-    CLATTN_FORWARD(CLATTN_ARG(ctx, k, a, vtab));
-    CLATTN_FORWARD(CLATTN_ARG(ctx, k, a, n));
-    return CLATTN_ARG(ctx, k, a, blocks);
 }
 
 static clattn_status cpu_launch(clattn_context *ctx, const fused_form *f, const clattn__dev_problem *dp,
@@ -365,7 +380,7 @@ static clattn_status cpu_launch(clattn_context *ctx, const fused_form *f, const 
     cl_mem vtab = NULL; /* the varlen table (varlen_table), with pl.vl */
     cl_long vl_n = 0, vl_blocks = 0;
     if (pl.vl) {
-        CLATTN_FORWARD(varlen_table(ctx, &pl, &vtab, &vl_blocks));
+        CLATTN_FORWARD(varlen_table(ctx, &pl, (int64_t)pl.block_m * pl.row_groups, &vtab, &vl_blocks));
         vl_n = (cl_long)pl.vl->n;
         nblk = vl_blocks;
     }
@@ -476,7 +491,7 @@ static clattn_status cpu_launch(clattn_context *ctx, const fused_form *f, const 
 
 static const fused_form fused_forms[] = {
     {"flash_cpu.cl", "flash_cpu", true, cpu_fit, cpu_fits, cpu_options, cpu_launch},
-    {"flash_gpu.cl", "flash_gpu", false, gpu_fit, gpu_fits, NULL, gpu_launch},
+    {"flash_gpu.cl", "flash_gpu", true, gpu_fit, gpu_fits, NULL, gpu_launch},
     {"flash_gpu_mm.cl", "flash_gpu_mm", false, mm_fit, mm_fits, mm_options, mm_launch},
 };
 
@@ -492,7 +507,8 @@ static clattn_status fused_run_plan(clattn_context *ctx, const clattn__dev_probl
               clattn__opts_add(opts, sizeof opts,
                                " -DD=%lld -DDV=%lld -DBLOCK_M=%d -DBLOCK_N=%d -DWG=%d",
                                (long long)p->D, (long long)p->Dv, pl->block_m, pl->block_n, pl->wg) &&
-              (!f->options || f->options(dp, pl, opts, sizeof opts));
+              (!f->options || f->options(dp, pl, opts, sizeof opts)) &&
+              (!pl->vl || clattn__opts_add(opts, sizeof opts, " -DVARLEN=1"));
     CLATTN_RETURN_IF(ctx, !ok, CLATTN_ERROR_INTERNAL, "fused: build options too long");
     return f->launch(ctx, f, dp, pl, opts, event);
 }

@@ -1,8 +1,8 @@
 /* Runs clattn_attention_varlen on small packed cases (sequences of 0, 1 and several
  * queries, one with no keys, GQA, both causal alignments, a window, softcap, ALiBi, f16
- * storage, LSE), so that run under oclgrind the fused kernels' varlen build (every
- * sequence in one launch, on the CPU form that fused_cpu_form.json selects) is checked
- * for out-of-bounds accesses, races and API misuse. Each sequence is compared with the
+ * storage, LSE), so that run under oclgrind the fused kernels' varlen builds (every
+ * sequence in one launch, on the form that fused_cpu_form.json or fused_gpu_form.json
+ * selects) are checked for out-of-bounds accesses, races and API misuse. Each sequence is compared with the
  * float64 reference run on it alone. Exit status 0 when every case matched. */
 #define _POSIX_C_SOURCE 200809L /* setenv */
 #include "clattn.h"
