@@ -4,7 +4,7 @@
  * each form is a row of fused_forms). The CPU form's only scratch is a packed float32
  * copy of K and V (linear in Lk), made per call by the file's pack kernel; when the copy
  * for every (batch, KV head) exceeds the workspace bound, the heads are done in groups
- * that fit. The CPU form also runs packed (varlen) sequences in one launch
+ * that fit. The CPU and GPU forms also run packed (varlen) sequences in one launch
  * (fused_varlen.h). */
 #include "core/program.h"
 #include "core/kernel_args.h"
