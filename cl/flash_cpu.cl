@@ -37,6 +37,11 @@
  *   FAST_EXP2    1 (default): the probabilities' exp2 is clattn_exp2_neg; 0: EXP2
  *   EXP2         exp2 (default) or native_exp2, for the rescaling factors (and FAST_EXP2 0)
  *   SKIP_RESCALE 1 (default): rescale a row's accumulators only when its running max moves
+ *   VARLEN       1: packed (varlen) sequences in one launch, B = 1: both kernels end with
+ *                VARLEN_PARAMS (the host's table, prelude.cl); the key copies hold each
+ *                sequence's keys padded to whole tiles (LK_PAD their sum), flash_cpu runs
+ *                on (vl_blocks, Hq) and takes Lq, Lk and the rows of Q, K, V, O and LSE
+ *                from its sequence (its Lq and Lk arguments are the packed totals)
  *
  * Design (from measurements on PoCL 3.1, 2-core Xeon Cascade Lake with AVX-512):
  * scores and outputs are rank-1 updates "broadcast scalar x float16 vector": for each d,
@@ -97,22 +102,33 @@
 
 __kernel void flash_cpu_pack(TENSOR_PARAMS(const __global K_T *, k),
                              TENSOR_PARAMS(const __global V_T *, v), long Lk, long B,
-                             long Hkv, __global float *kt, __global float *vp, long lk_pad)
+                             long Hkv, __global float *kt, __global float *vp, long lk_pad
+                             VARLEN_PARAMS)
 {
     const long j = get_global_id(0);
     const long bh = get_global_id(1);
     if (j >= lk_pad || bh >= B * Hkv) return;
     const long b = bh / Hkv, h = bh % Hkv;
+#if VARLEN
+    /* key j of the copy is key jv of its tile's sequence, packed key row jrow */
+    const int s_ = VL_TILE_SEQ(j / BLOCK_N);
+    const long jv = j - VL_KPAD(s_), jrow = VL_CU_K(s_) + jv;
+#define PACK_KEY_IN (jv < VL_CU_K(s_ + 1) - VL_CU_K(s_))
+#define PACK_KEY_ROW jrow
+#else
+#define PACK_KEY_IN (j < Lk)
+#define PACK_KEY_ROW j
+#endif
     /* tile-major: each tile's Kᵀ is one contiguous D x BLOCK_N block */
     __global float *ktp = kt + bh * (long)D * lk_pad + (j / BLOCK_N) * (long)(D * BLOCK_N) + j % BLOCK_N;
 #if !V_DIRECT
     __global float *vpp = vp + (bh * lk_pad + j) * DV_PAD;
 #endif
-    if (j < Lk) {
-        const long kb = k_off + b * k_s0 + h * k_s1 + j * k_s2;
+    if (PACK_KEY_IN) {
+        const long kb = k_off + b * k_s0 + h * k_s1 + PACK_KEY_ROW * k_s2;
         for (int d = 0; d < D; d++) ktp[d * BLOCK_N] = LOAD_K(k, kb + d * k_s3);
 #if !V_DIRECT
-        const long vb = v_off + b * v_s0 + h * v_s1 + j * v_s2;
+        const long vb = v_off + b * v_s0 + h * v_s1 + PACK_KEY_ROW * v_s2;
         for (int c = 0; c < DV; c++) vpp[c] = LOAD_V(v, vb + c * v_s3);
         for (int c = DV; c < DV_PAD; c++) vpp[c] = 0.0f;
 #endif
@@ -122,6 +138,8 @@ __kernel void flash_cpu_pack(TENSOR_PARAMS(const __global K_T *, k),
         for (int c = 0; c < DV_PAD; c++) vpp[c] = 0.0f;
 #endif
     }
+#undef PACK_KEY_IN
+#undef PACK_KEY_ROW
 }
 
 /* max without fmax's NaN handling (scores are never NaN). */
@@ -149,17 +167,33 @@ inline float clattn_hsum16(float16 x)
 }
 
 __kernel void flash_cpu(FLASH_PARAMS, const __global float *kt, const __global float *vp,
-                        long lk_pad)
+                        long lk_pad VARLEN_PARAMS)
 {
     /* Row blocks in the order 0, n-1, 1, n-2, ...: with causal masks a block's cost grows
      * with its index, and this keeps any run of consecutive work-items (as a CPU runtime
      * hands them to its threads) near the average cost. */
+#if VARLEN
+    const long nblk = vl_blocks; /* the table's row blocks, every sequence's */
+#else
     const long nblk = (Lq + ROWS - 1) / ROWS;
+#endif
     const long gid = get_global_id(0);
+#if VARLEN
+    if (gid >= nblk || get_global_id(1) >= B * Hq) return;
+    /* work-items in the order a CPU runtime hands them out (dimension 0 first); the
+     * copies of the sequence's keys start at its first tile */
+    VARLEN_ITEM(get_global_id(1) * nblk + gid, B * Hq, s_, bh, i0);
+    VARLEN_SEQ(s_);
+    kt += VL_KPAD(s_) * D;
+#if !V_DIRECT
+    vp += VL_KPAD(s_) * DV_PAD;
+#endif
+#else
     const long bh = get_global_id(1);
     if (gid >= nblk || bh >= B * Hq) return;
     const long blk = (gid & 1) ? nblk - 1 - (gid >> 1) : (gid >> 1);
     const long i0 = blk * ROWS;
+#endif
     const long b = bh / Hq, h = bh % Hq;
     const long kvh = h / (Hq / Hkv);
     const __global float *ktb = kt + (b * Hkv + kvh) * (long)D * lk_pad;

@@ -20,7 +20,8 @@
  *   so this form needs no scratch.
  *
  * Build options: D, DV (1..256), BLOCK_M (a multiple of WG / 16), BLOCK_N (a multiple
- * of 16), WG (a multiple of 16). Local memory, in floats:
+ * of 16), WG (a multiple of 16); VARLEN 1: packed sequences in one launch (B = 1), the
+ * kernel ending with VARLEN_PARAMS (prelude.cl), on (vl_blocks * WG, Hq). Local memory, in floats:
  *   BLOCK_M*D + BLOCK_N*(max(D, DV) + 1) + BLOCK_M*(BLOCK_N + 1) + BLOCK_M*16
  * which the host keeps within the device's local memory (src/paths/fused.c).
  * Where it was checked and what it measured: docs/measurements.md.
@@ -58,7 +59,7 @@
 #endif
 
 __kernel __attribute__((reqd_work_group_size(WG, 1, 1))) void
-flash_gpu(FLASH_PARAMS)
+flash_gpu(FLASH_PARAMS VARLEN_PARAMS)
 {
     __local float qs[BLOCK_M * D];
     __local float kvs[BLOCK_N * KS_LD]; /* K tile, then V tile */
@@ -67,10 +68,17 @@ flash_gpu(FLASH_PARAMS)
 
     const int t = (int)get_local_id(0);
     const int tc = t % TC, tr = t / TC;
+#if VARLEN
+    /* a work-group per entry of the table's row blocks (prelude.cl) */
+    if ((long)get_group_id(0) >= vl_blocks || get_global_id(1) >= B * Hq) return;
+    VARLEN_ITEM(get_global_id(1) * vl_blocks + (long)get_group_id(0), B * Hq, s_, bh, i0);
+    VARLEN_SEQ(s_);
+#else
     const long i0 = (long)get_group_id(0) * BLOCK_M;
     const long bh = get_global_id(1);
     /* whole work-groups leave together, before any barrier */
     if (i0 >= Lq || bh >= B * Hq) return;
+#endif
     const long b = bh / Hq, h = bh - b * Hq;
     const long kvh = h / (Hq / Hkv);
     const long kbase = k_off + b * k_s0 + kvh * k_s1;

@@ -130,13 +130,63 @@ inline long3 clattn_decode_row(long row, long Hq, long Lq)
 #define MASK_T float
 #endif
 
+/* ---- packed (varlen) sequences in one launch: the fused path's forms built with
+ * -DVARLEN (src/paths/fused.c). The kernels end with VARLEN_PARAMS, the host's table vl
+ * (int): cu_seqlens_q and cu_seqlens_k (vl_n + 1 each), each sequence's first key in
+ * the CPU form's key copies (its keys padded to whole tiles of BLOCK_N) and its first
+ * row block (vl_n + 1 each), the row blocks' first rows (vl_blocks of them, each
+ * sequence's in the order 0, n-1, 1, n-2, ...) and each key tile's sequence. Their
+ * MASK_PARAMS Lq and Lk are the packed totals, named Lq_packed and Lk_packed so that
+ * VARLEN_SEQ can declare the sequence's own. */
+#ifndef VARLEN
+#define VARLEN 0
+#endif
+#if VARLEN
+#define VARLEN_PARAMS , const __global int *vl, long vl_n, long vl_blocks
+#define CLATTN_LQ_ARG Lq_packed
+#define CLATTN_LK_ARG Lk_packed
+#define VL_CU_Q(s) ((long)vl[(s)])
+#define VL_CU_K(s) ((long)vl[vl_n + 1 + (s)])
+#define VL_KPAD(s) ((long)vl[2 * (vl_n + 1) + (s)])
+#define VL_BSTART(s) ((long)vl[3 * (vl_n + 1) + (s)])
+#define VL_BLOCK_ROW(t) ((long)vl[4 * (vl_n + 1) + (t)])
+#define VL_TILE_SEQ(t) vl[4 * (vl_n + 1) + vl_blocks + (t)]
+/* Work index w of vl_blocks x nbh (B*Hq rows) taken sequence by sequence, in each (b, h)
+ * by (b, h), as one launch per sequence would (a head's keys stay in the cache): its
+ * sequence s_, its (b, h) bh and its row block's first row i0. s_ is the last sequence
+ * whose row blocks start at or before w's (empty sequences start where the next does). */
+#define VARLEN_ITEM(w, nbh, s_, bh, i0)                                                  \
+    const long w_ = (w), q_ = w_ / (nbh);                                                \
+    int s_ = 0;                                                                          \
+    for (int lo_ = 0, hi_ = (int)vl_n; lo_ <= hi_;) {                                    \
+        const int mid_ = (lo_ + hi_) / 2;                                                \
+        if (VL_BSTART(mid_) <= q_) s_ = mid_, lo_ = mid_ + 1;                            \
+        else hi_ = mid_ - 1;                                                             \
+    }                                                                                    \
+    const long nbs_ = VL_BSTART(s_ + 1) - VL_BSTART(s_), r_ = w_ - (nbh) * VL_BSTART(s_); \
+    const long bh = r_ / nbs_;                                                           \
+    const long i0 = VL_BLOCK_ROW(VL_BSTART(s_) + r_ - bh * nbs_)
+/* Sequence s_'s Lq and Lk, and Q, K, V, O and LSE moved to its first rows. */
+#define VARLEN_SEQ(s_)                                                                   \
+    const long Lq = VL_CU_Q(s_ + 1) - VL_CU_Q(s_), Lk = VL_CU_K(s_ + 1) - VL_CU_K(s_);  \
+    q_off += VL_CU_Q(s_) * q_s2;                                                         \
+    o_off += VL_CU_Q(s_) * o_s2;                                                         \
+    lse_off += VL_CU_Q(s_) * lse_s2;                                                     \
+    k_off += VL_CU_K(s_) * k_s2;                                                         \
+    v_off += VL_CU_K(s_) * v_s2
+#else
+#define VARLEN_PARAMS
+#define CLATTN_LQ_ARG Lq
+#define CLATTN_LK_ARG Lk
+#endif
+
 /* The masking arguments every kernel takes, in this order. */
 #define MASK_PARAMS                                                                      \
     float scale, float softcap, const __global float *alibi, long alibi_off,             \
         long alibi_st, const __global MASK_T *mask, long mask_off, long mask_s0,          \
         long mask_s1, long mask_s2, long mask_s3, int causal, long win_left,              \
         long win_right, int has_kvlens, const __global int *kv_lens, long kvl_off,        \
-        long kvl_st, long Lq, long Lk
+        long kvl_st, long CLATTN_LQ_ARG, long CLATTN_LK_ARG
 
 /* The arguments the fused path's kernels (cl/flash_*.cl) begin with, in this order (set
  * by src/paths/fused.c's set_main_args): Q, K, V, O, the LSE (NULL when not asked for),

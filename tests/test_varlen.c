@@ -3,7 +3,9 @@
  * lengths that differ per sequence, empty sequences and sequences with no keys, GQA,
  * both causal alignments, windows, softcap and ALiBi, f16 storage, LSE, both fused
  * kernel forms, cl_mem tensors; refused arguments leave the outputs untouched; and
- * `clattn run --varlen` against the same reference. */
+ * `clattn run --varlen` against the same reference. The CPU and GPU forms run every
+ * sequence in one launch: cases of many mixed lengths check that launch (and that it
+ * is one). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -64,12 +66,14 @@ static void *store(const float *x, size_t n, clattn_dtype dt)
         return s;
     }
     uint16_t *s = malloc(n * 2);
-    for (size_t i = 0; i < n; i++) s[i] = clattn__float_to_half(x[i]);
+    for (size_t i = 0; i < n; i++)
+        s[i] = dt == CLATTN_BF16 ? clattn__float_to_bf16(x[i]) : clattn__float_to_half(x[i]);
     return s;
 }
 
 static double stored_get(const void *s, size_t i, clattn_dtype dt)
 {
+    if (dt == CLATTN_BF16) return clattn__bf16_to_float(((const uint16_t *)s)[i]);
     return dt == CLATTN_F32 ? ((const float *)s)[i] : clattn__half_to_float(((const uint16_t *)s)[i]);
 }
 
@@ -131,7 +135,8 @@ static void data_free(vl_data *d)
 /* Compare o (stored) and lse with the reference; returns the number of bad elements. */
 static int compare(const vl_case *c, const vl_data *d, const void *o, const float *lse)
 {
-    const double atol = c->dtype == CLATTN_F32 ? 2e-4 : 3e-3, rtol = c->dtype == CLATTN_F32 ? 2e-3 : 3e-3;
+    double atol = c->dtype == CLATTN_F32 ? 2e-4 : 3e-3, rtol = c->dtype == CLATTN_F32 ? 2e-3 : 3e-3;
+    if (c->dtype == CLATTN_BF16) atol = rtol = 1e-2; /* bf16 keeps 8 significant bits */
     int bad = 0;
     const size_t no = (size_t)(c->Hq * d->tq * c->Dv);
     for (size_t i = 0; i < no; i++) {
@@ -272,6 +277,128 @@ static void test_varlen_cl_mem(void **state)
     data_free(&d);
 }
 
+/* Many sequences of mixed lengths (0, 1, one tile, several tiles, more keys than queries
+ * and fewer), keys with none for some, for the one-launch cases below. */
+static const int32_t cu_q2[] = {0, 1, 1, 70, 71, 71, 200, 203, 203, 267, 268, 400};
+static const int32_t cu_k2[] = {0, 1, 9, 79, 79, 79, 150, 290, 291, 355, 356, 488};
+
+/* Enqueues of the one launch by kernel form: the CPU form's K and V copies and main
+ * kernel, the GPU form's kernel; and allocations with cl_mem tensors and V read in place:
+ * the table of sequences, and the CPU form's K copy. */
+static const uint64_t one_launch_enqueues[2] = {2, 1}, one_launch_allocs[2] = {2, 1};
+
+/* Run c on both kernel forms that run packed sequences in one launch, with host
+ * tensors: every sequence in one launch, and each matches the reference. */
+static void run_one_launch(clattn_context *ctx, const vl_case *c)
+{
+    for (int form = 0; form <= 1; form++) {
+        clattn__tuning_force_form(CLATTN__TP_FUSED, form);
+        clattn__fault_arm(ctx, CLATTN__FAULT_ENQUEUE, 0); /* zero the counts */
+        run_host(ctx, c);
+        assert_int_equal(clattn__fault_sites(ctx, CLATTN__FAULT_ENQUEUE), one_launch_enqueues[form]);
+    }
+    clattn__tuning_force_form(CLATTN__TP_FUSED, -1);
+}
+
+static void test_varlen_one_launch(void **state)
+{
+    (void)state;
+    clattn_context *ctx = test_shared_context();
+    rng_state = 25;
+    const vl_case base = {.Hq = 4, .Hkv = 2, .D = 16, .Dv = 16, .n = 11, .cu_q = cu_q2,
+                          .cu_k = cu_k2, .dtype = CLATTN_F32, .causal = CLATTN_CAUSAL_BOTTOM_RIGHT,
+                          .win_left = -1, .win_right = -1};
+    vl_case c = base; /* causal bottom-right, V read in place (f32, Dv % 16 == 0) */
+    run_one_launch(ctx, &c);
+    c.causal = CLATTN_CAUSAL_TOP_LEFT, c.Hkv = 1, c.Dv = 24; /* MQA, V packed */
+    run_one_launch(ctx, &c);
+    c = base; /* windows both sides, no causal mask; Hq = Hkv */
+    c.causal = CLATTN_CAUSAL_NONE, c.Hkv = 4, c.win_left = 9, c.win_right = 3;
+    run_one_launch(ctx, &c);
+    c = base; /* ALiBi positions and softcap per sequence, D not a multiple of 16 */
+    c.D = 40, c.Dv = 8, c.softcap = 3.0f, c.alibi = 1, c.win_left = 30;
+    run_one_launch(ctx, &c);
+    c = base;
+    c.dtype = CLATTN_F16, c.Hq = 8, c.causal = CLATTN_CAUSAL_TOP_LEFT;
+    run_one_launch(ctx, &c);
+    c.dtype = CLATTN_BF16, c.causal = CLATTN_CAUSAL_BOTTOM_RIGHT, c.alibi = 1;
+    run_one_launch(ctx, &c);
+}
+
+/* cl_mem outputs and the one launch on kernel form `form`: a fault at the copies' or the
+ * main kernel's enqueue, or at an allocation, fails the call and leaves O and LSE as they
+ * were. */
+static void one_launch_fault(clattn_context *ctx, int form)
+{
+    rng_state = 26;
+    const vl_case c = {.Hq = 4, .Hkv = 2, .D = 16, .Dv = 16, .n = 11, .cu_q = cu_q2,
+                       .cu_k = cu_k2, .dtype = CLATTN_F32, .causal = CLATTN_CAUSAL_BOTTOM_RIGHT,
+                       .win_left = 20, .win_right = -1};
+    clattn__tuning_force_form(CLATTN__TP_FUSED, form);
+    vl_data d;
+    data_create(&c, &d);
+    const size_t bq = (size_t)(c.Hq * d.tq * c.D) * 4, bk = (size_t)(c.Hkv * d.tk * c.D) * 4,
+                 bo = (size_t)(c.Hq * d.tq * c.Dv) * 4, bl = (size_t)(c.Hq * d.tq) * 4;
+    cl_context clctx = clattn_context_cl_context(ctx);
+    cl_command_queue queue = clattn_context_cl_queue(ctx);
+    cl_int e;
+    cl_mem mq = clCreateBuffer(clctx, CL_MEM_READ_WRITE | CL_MEM_COPY_HOST_PTR, bq, d.sq, &e);
+    cl_mem mk = clCreateBuffer(clctx, CL_MEM_READ_WRITE | CL_MEM_COPY_HOST_PTR, bk, d.sk, &e);
+    cl_mem mv = clCreateBuffer(clctx, CL_MEM_READ_WRITE | CL_MEM_COPY_HOST_PTR, bk, d.sv, &e);
+    cl_mem mo = clCreateBuffer(clctx, CL_MEM_READ_WRITE, bo, NULL, &e);
+    cl_mem ml = clCreateBuffer(clctx, CL_MEM_READ_WRITE, bl, NULL, &e);
+    assert_int_equal(e, CL_SUCCESS);
+    clattn_tensor tq = clattn_tensor_cl(mq, 0, CLATTN_F32, 1, c.Hq, d.tq, c.D);
+    clattn_tensor tk = clattn_tensor_cl(mk, 0, CLATTN_F32, 1, c.Hkv, d.tk, c.D);
+    clattn_tensor tv = clattn_tensor_cl(mv, 0, CLATTN_F32, 1, c.Hkv, d.tk, c.Dv);
+    clattn_tensor to = clattn_tensor_cl(mo, 0, CLATTN_F32, 1, c.Hq, d.tq, c.Dv);
+    clattn_tensor tl = clattn_tensor_cl(ml, 0, CLATTN_F32, 1, c.Hq, d.tq, 1), ta;
+    clattn_options opt = case_options(&c, &d, &ta);
+    opt.lse = &tl;
+    float *sentinel = malloc(bo), *after = malloc(bo);
+    for (size_t i = 0; i < bo / 4; i++) sentinel[i] = 42.0f;
+    struct {
+        clattn__fault_kind kind;
+        uint64_t nth;
+    } faults[] = {{CLATTN__FAULT_ENQUEUE, 1}, {CLATTN__FAULT_ENQUEUE, 2}, {CLATTN__FAULT_ALLOC, 1},
+                  {CLATTN__FAULT_ALLOC, 2}};
+    for (size_t f = 0; f < sizeof faults / sizeof faults[0]; f++) {
+        if (faults[f].nth > (faults[f].kind == CLATTN__FAULT_ENQUEUE ? one_launch_enqueues
+                                                                     : one_launch_allocs)[form])
+            continue;
+        clEnqueueWriteBuffer(queue, mo, CL_TRUE, 0, bo, sentinel, 0, NULL, NULL);
+        clEnqueueWriteBuffer(queue, ml, CL_TRUE, 0, bl, sentinel, 0, NULL, NULL);
+        clattn__fault_arm(ctx, faults[f].kind, faults[f].nth);
+        clattn_status st = clattn_attention_varlen(ctx, &tq, &tk, &tv, &to, c.n, c.cu_q, c.cu_k, &opt, NULL);
+        assert_int_equal(clattn__fault_fired(ctx), 1);
+        clattn__fault_arm(ctx, faults[f].kind, 0);
+        assert_int_not_equal(st, CLATTN_SUCCESS);
+        clEnqueueReadBuffer(queue, mo, CL_TRUE, 0, bo, after, 0, NULL, NULL);
+        assert_memory_equal(after, sentinel, bo);
+        clEnqueueReadBuffer(queue, ml, CL_TRUE, 0, bl, after, 0, NULL, NULL);
+        assert_memory_equal(after, sentinel, bl);
+    }
+    clattn__fault_arm(ctx, CLATTN__FAULT_ENQUEUE, 0);
+    clattn_status st = clattn_attention_varlen(ctx, &tq, &tk, &tv, &to, c.n, c.cu_q, c.cu_k, &opt, NULL);
+    assert_int_equal(st, CLATTN_SUCCESS);
+    /* no commit launch */
+    assert_int_equal(clattn__fault_sites(ctx, CLATTN__FAULT_ENQUEUE), one_launch_enqueues[form]);
+    clEnqueueReadBuffer(queue, mo, CL_TRUE, 0, bo, d.so, 0, NULL, NULL);
+    clEnqueueReadBuffer(queue, ml, CL_TRUE, 0, bl, d.lse, 0, NULL, NULL);
+    assert_int_equal(compare(&c, &d, d.so, d.lse), 0);
+    clReleaseMemObject(mq), clReleaseMemObject(mk), clReleaseMemObject(mv);
+    clReleaseMemObject(mo), clReleaseMemObject(ml);
+    free(sentinel), free(after);
+    data_free(&d);
+    clattn__tuning_force_form(CLATTN__TP_FUSED, -1);
+}
+
+static void test_varlen_one_launch_fault(void **state)
+{
+    (void)state;
+    for (int form = 0; form <= 1; form++) one_launch_fault(test_shared_context(), form);
+}
+
 static void test_varlen_refuses_bad_arguments(void **state)
 {
     (void)state;
@@ -382,6 +509,8 @@ int main(void)
         cmocka_unit_test(test_varlen_matches_each_sequence_alone),
         cmocka_unit_test(test_varlen_f16_softcap_alibi),
         cmocka_unit_test(test_varlen_cl_mem),
+        cmocka_unit_test(test_varlen_one_launch),
+        cmocka_unit_test(test_varlen_one_launch_fault),
         cmocka_unit_test(test_varlen_refuses_bad_arguments),
         cmocka_unit_test(test_cli_varlen),
     };

@@ -1,14 +1,17 @@
 /* Ragged (varlen) attention: sequences packed one after another along the L axis of
  * [1, H, total, D] tensors, cu_seqlens giving where each starts (FlashAttention's varlen
  * interface), every sequence attending only within itself. It runs on the fused path:
- * every tensor is staged once as packed, and each sequence is the fused path's problem
- * on views of the packed buffers (element offsets moved to its rows), with its own Lq and
- * Lk, so causal alignment, windows and ALiBi positions are per sequence and no padding
- * is ever allocated. Results reach the caller's cl_mem outputs in one commit launch
- * (staging.c), so a failure in any sequence leaves them untouched. */
+ * every tensor is staged once as packed, and each sequence has its own Lq and Lk, so
+ * causal alignment, windows and ALiBi positions are per sequence and no padding is ever
+ * allocated. Where the planned kernel form supports it (fused_varlen.h), one launch
+ * covers every sequence and writes O and LSE once. Otherwise each sequence is the fused
+ * path's problem on views of the packed buffers (element offsets moved to its rows), and
+ * results reach the caller's cl_mem outputs in one commit launch (staging.c); either
+ * way a failure in any sequence leaves them untouched. */
 #include "core/context.h"
 #include "core/faults.h"
 #include "paths/path.h"
+#include "paths/fused_varlen.h"
 #include "api/attention.h"
 
 #include <stdlib.h>
@@ -118,6 +121,18 @@ static void shift_rows(clattn__dev_tensor *d, const clattn_tensor *t, int64_t r0
     d->off += (cl_long)(r0 * (t->nb[2] / (int64_t)clattn_dtype_size(t->dtype)));
 }
 
+/* The end of a staged call whose work returned st (ev: its last command's event). */
+static clattn_status varlen_end(clattn_context *ctx, clattn__dev_problem *dp, varlen_seq *seqs,
+                                size_t n_seqs, clattn_status st, cl_event ev, cl_event *event)
+{
+    free(seqs);
+    if (st == CLATTN_SUCCESS) {
+        ctx->last_path = CLATTN_PATH_FUSED;
+        snprintf(ctx->last_reason, sizeof ctx->last_reason, "varlen: %zu sequence(s)", n_seqs);
+    }
+    return clattn__stage_complete(ctx, dp, st, ev, event);
+}
+
 clattn_status clattn_attention_varlen(clattn_context *ctx, const clattn_tensor *q,
                                       const clattn_tensor *k, const clattn_tensor *v,
                                       clattn_tensor *o, size_t n_seqs,
@@ -152,6 +167,15 @@ clattn_status clattn_attention_varlen(clattn_context *ctx, const clattn_tensor *
     }
     size_t nonempty = 0;
     for (size_t s = 0; s < n_seqs; s++) nonempty += seqs[s].p.Lq > 0;
+    cl_event ev = NULL;
+    const clattn__varlen_seqs vs = {n_seqs, cu_seqlens_q, cu_seqlens_k};
+    if (nonempty > 1 && clattn__fused_varlen_supported(ctx, &p, &vs)) {
+        clattn__running_path_set(ctx, CLATTN_PATH_FUSED); /* for CLATTN_FAIL_PATH, as dispatch does */
+        st = clattn__fused_run_varlen(ctx, &dp, &vs, &ev);
+        clattn__running_path_set(ctx, CLATTN_PATH_AUTO);
+        /* a varlen kernel that fails to build gives way to one launch per sequence */
+        if (st != CLATTN_ERROR_BUILD_FAILED) return varlen_end(ctx, &dp, seqs, n_seqs, st, ev, event);
+    }
     /* more than one sequence writes O and LSE in more than one launch: shadow them */
     clattn__dev_problem packed;
     clattn__shadow sh;
@@ -172,13 +196,7 @@ clattn_status clattn_attention_varlen(clattn_context *ctx, const clattn_tensor *
         st = clattn__path_fused.run(ctx, &sp, NULL);
         clattn__running_path_set(ctx, CLATTN_PATH_AUTO);
     }
-    cl_event ev = NULL;
     if (st == CLATTN_SUCCESS && sh.active) st = clattn__shadow_commit(ctx, &sh, &ev);
     if (shadowed) clattn__shadow_release(ctx, &sh);
-    free(seqs);
-    if (st == CLATTN_SUCCESS) {
-        ctx->last_path = CLATTN_PATH_FUSED;
-        snprintf(ctx->last_reason, sizeof ctx->last_reason, "varlen: %zu sequence(s)", n_seqs);
-    }
-    return clattn__stage_complete(ctx, &dp, st, ev, event);
+    return varlen_end(ctx, &dp, seqs, n_seqs, st, ev, event);
 }

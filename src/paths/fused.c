@@ -4,14 +4,17 @@
  * each form is a row of fused_forms). The CPU form's only scratch is a packed float32
  * copy of K and V (linear in Lk), made per call by the file's pack kernel; when the copy
  * for every (batch, KV head) exceeds the workspace bound, the heads are done in groups
- * that fit. */
+ * that fit. The CPU and GPU forms also run packed (varlen) sequences in one launch
+ * (fused_varlen.h). */
 #include "core/program.h"
 #include "core/kernel_args.h"
 #include "paths/form_fallback.h"
+#include "paths/fused_varlen.h"
 #include "core/device.h"
 #include "core/probe.h"
 #include "tuning/tuning.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 /* The kernel parameters of one call: the tuning row adjusted to the device and p. */
@@ -23,6 +26,7 @@ typedef struct fused_plan {
     int64_t dv_pad; /* row length of the packed V */
     bool v_direct;  /* CPU form: V is read in place (f32, unit stride along Dv, Dv % 16 == 0) */
     clattn__tsource src; /* where the tuning row came from */
+    const clattn__varlen_seqs *vl; /* packed sequences in one launch (-DVARLEN), or NULL */
 } fused_plan;
 
 /* One kernel form of the path, indexed by the form number of the tuning layer (tuning.c's
@@ -30,6 +34,7 @@ typedef struct fused_plan {
 typedef struct fused_form {
     const char *file;   /* in cl/ */
     const char *kernel; /* the main kernel */
+    bool varlen;        /* runs packed sequences in one launch (fused_varlen.h) */
     /* Fit the tuning row's tiles and work-group to the device and p (local memory, the
      * work-group limit). probe_ctx: as for fused_make_plan. */
     void (*fit)(const clattn_context *ctx, clattn_context *probe_ctx, const clattn__problem *p,
@@ -55,6 +60,7 @@ static void fused_make_plan(const clattn_context *ctx, clattn_context *probe_ctx
 {
     pl->sg = 0;
     pl->sg_intel = false;
+    pl->vl = NULL;
     /* the packed V only converts and pads: skip it when V already is f32 rows of whole
      * float16 vectors (the kernel reads V as float16 vectors) */
     pl->v_direct = p->v->dtype == CLATTN_F32 && p->v->nb[3] == (int64_t)sizeof(float) &&
@@ -268,6 +274,57 @@ static bool mm_options(const clattn__dev_problem *dp, const fused_plan *pl, char
 /* Blocks of `rows` query rows: work-items (CPU) / work-groups (GPU) along the query rows. */
 static int64_t row_blocks(const clattn__problem *p, int64_t rows) { return (p->Lq + rows - 1) / rows; }
 
+/* Row blocks of `rows` rows of the packed sequences vs, every sequence's. */
+static int64_t varlen_blocks(const clattn__varlen_seqs *vs, int64_t rows)
+{
+    int64_t n = 0;
+    for (size_t s = 0; s < vs->n; s++) n += (vs->cu_q[s + 1] - vs->cu_q[s] + rows - 1) / rows;
+    return n;
+}
+
+/* The varlen table (the layout cl/prelude.cl's VL_ macros read): cu_q, cu_k, each
+ * sequence's first key in the CPU form's packed copies (its keys padded to whole tiles
+ * of pl->block_n) and first row block, the row blocks' first rows (blocks of `rows` rows,
+ * each sequence's in the order 0, n-1, 1, n-2, ...: with causal masks a block's cost
+ * grows with its index, and this keeps consecutive work-items near the average cost) and
+ * each tile's sequence; *blocks gets the number of row blocks. */
+static clattn_status varlen_table(clattn_context *ctx, const fused_plan *pl, int64_t rows,
+                                  cl_mem *mem, cl_long *blocks)
+{
+    const clattn__varlen_seqs *vs = pl->vl;
+    const size_t n = vs->n, nblk = (size_t)varlen_blocks(vs, rows);
+    const size_t ntiles = (size_t)(pl->lk_pad / pl->block_n), len = 4 * (n + 1) + nblk + ntiles;
+    int32_t *t = calloc(len, sizeof *t); /* tiles past every sequence's (none when any
+                                            sequence has keys) belong to sequence 0 */
+    CLATTN_RETURN_IF(ctx, !t, CLATTN_ERROR_OUT_OF_MEMORY, "fused: out of host memory");
+    int32_t *kpad = t + 2 * (n + 1), *bstart = kpad + n + 1, *blk = bstart + n + 1,
+            *tile = blk + nblk;
+    memcpy(t, vs->cu_q, (n + 1) * sizeof *t);
+    memcpy(t + n + 1, vs->cu_k, (n + 1) * sizeof *t);
+    for (size_t s = 0; s < n; s++) {
+        const int32_t lk = vs->cu_k[s + 1] - vs->cu_k[s];
+        kpad[s + 1] = kpad[s] + (int32_t)ceil_to(lk, pl->block_n);
+        for (int32_t j = kpad[s]; j < kpad[s + 1]; j += pl->block_n) tile[j / pl->block_n] = (int32_t)s;
+        const int32_t nb = (int32_t)((vs->cu_q[s + 1] - vs->cu_q[s] + rows - 1) / rows);
+        bstart[s + 1] = bstart[s] + nb;
+        for (int32_t g = 0; g < nb; g++)
+            blk[bstart[s] + g] = (int32_t)rows * ((g & 1) ? nb - 1 - (g >> 1) : (g >> 1));
+    }
+    *blocks = (cl_long)nblk;
+    clattn_status st = clattn__buffer_create_copy(ctx, len * sizeof *t, t, mem);
+    free(t);
+    return st;
+}
+
+/* The varlen arguments the kernels end with (VARLEN_PARAMS in cl/prelude.cl). */
+static clattn_status set_varlen_args(clattn_context *ctx, cl_kernel k, cl_uint *a, cl_mem vtab,
+                                     cl_long n, cl_long blocks)
+{
+    CLATTN_FORWARD(CLATTN_ARG(ctx, k, a, vtab));
+    CLATTN_FORWARD(CLATTN_ARG(ctx, k, a, n));
+    return CLATTN_ARG(ctx, k, a, blocks);
+}
+
 /* The GPU forms' one launch: work-groups of wg work-items, global size g. */
 static clattn_status launch_one(clattn_context *ctx, const fused_form *f, const clattn__dev_problem *dp,
                                 const fused_plan *pl, const char *opts, const size_t g[2], cl_event *event)
@@ -277,8 +334,17 @@ static clattn_status launch_one(clattn_context *ctx, const fused_form *f, const 
     CLATTN_FORWARD(clattn__kernel_get(ctx, f->file, opts, f->kernel, &kmain));
     cl_uint a = 0;
     CLATTN_FORWARD(set_main_args(ctx, kmain, &a, dp, p->B, p->Hq, p->Hq / p->group));
+    cl_mem vtab = NULL; /* packed sequences (pl->vl): their table, row blocks of block_m */
+    cl_long vl_blocks = 0;
+    clattn_status st = CLATTN_SUCCESS;
+    if (pl->vl) {
+        CLATTN_FORWARD(varlen_table(ctx, pl, pl->block_m, &vtab, &vl_blocks));
+        st = set_varlen_args(ctx, kmain, &a, vtab, (cl_long)pl->vl->n, vl_blocks);
+    }
     const size_t l[2] = {(size_t)pl->wg, 1};
-    return clattn__enqueue(ctx, kmain, 2, g, l, event);
+    if (st == CLATTN_SUCCESS) st = clattn__enqueue(ctx, kmain, 2, g, l, event);
+    clattn__buffer_release(ctx, vtab);
+    return st;
 }
 
 static clattn_status mm_launch(clattn_context *ctx, const fused_form *f, const clattn__dev_problem *dp,
@@ -299,7 +365,8 @@ static clattn_status gpu_launch(clattn_context *ctx, const fused_form *f, const 
     const clattn__problem *p = dp->p;
     clattn__log(ctx, "fused: flash_gpu.cl, block_m %d, block_n %d, wg %d (tuning: %s)", pl->block_m,
                 pl->block_n, pl->wg, pl->src.text);
-    const size_t g[2] = {(size_t)(row_blocks(p, pl->block_m) * pl->wg), (size_t)(p->B * p->Hq)};
+    const int64_t nblk = pl->vl ? varlen_blocks(pl->vl, pl->block_m) : row_blocks(p, pl->block_m);
+    const size_t g[2] = {(size_t)(nblk * pl->wg), (size_t)(p->B * p->Hq)};
     return launch_one(ctx, f, dp, pl, opts, g, event);
 }
 
@@ -309,10 +376,21 @@ static clattn_status cpu_launch(clattn_context *ctx, const fused_form *f, const 
     const clattn__problem *p = dp->p;
     const fused_plan pl = *plan;
     const int64_t Hkv = p->Hq / p->group;
-    const int64_t nblk = row_blocks(p, (int64_t)pl.block_m * pl.row_groups);
+    int64_t nblk = row_blocks(p, (int64_t)pl.block_m * pl.row_groups);
+    cl_mem vtab = NULL; /* the varlen table (varlen_table), with pl.vl */
+    cl_long vl_n = 0, vl_blocks = 0;
+    if (pl.vl) {
+        CLATTN_FORWARD(varlen_table(ctx, &pl, (int64_t)pl.block_m * pl.row_groups, &vtab, &vl_blocks));
+        vl_n = (cl_long)pl.vl->n;
+        nblk = vl_blocks;
+    }
     cl_kernel kpack, kmain;
-    CLATTN_FORWARD(clattn__kernel_get(ctx, f->file, opts, "flash_cpu_pack", &kpack));
-    CLATTN_FORWARD(clattn__kernel_get(ctx, f->file, opts, f->kernel, &kmain));
+    clattn_status st = clattn__kernel_get(ctx, f->file, opts, "flash_cpu_pack", &kpack);
+    if (st == CLATTN_SUCCESS) st = clattn__kernel_get(ctx, f->file, opts, f->kernel, &kmain);
+    if (st != CLATTN_SUCCESS) {
+        clattn__buffer_release(ctx, vtab);
+        return st;
+    }
 
     /* Heads per launch: all of them if their packed copies fit, else whole batches, else
      * groups of KV heads of one batch. */
@@ -334,9 +412,9 @@ static clattn_status cpu_launch(clattn_context *ctx, const fused_form *f, const 
         }
         CLATTN_RETURN_IF(ctx, ng < 1, CLATTN_ERROR_OUT_OF_MEMORY,
                          "fused: the packed K and V of one head (%llu bytes) exceed the workspace",
-                         (unsigned long long)per_head);
+                         (unsigned long long)per_head); /* never with pl.vl: cpu_fits */
         const uint64_t heads = (uint64_t)(nb * ng);
-        clattn_status st = clattn__buffer_create(
+        st = clattn__buffer_create(
             ctx, (size_t)(heads * (uint64_t)pl.lk_pad * (uint64_t)p->D * sizeof(float)), &kt);
         if (st == CLATTN_SUCCESS && !pl.v_direct)
             st = clattn__buffer_create(
@@ -344,7 +422,11 @@ static clattn_status cpu_launch(clattn_context *ctx, const fused_form *f, const 
         if (st == CLATTN_SUCCESS) break;
         clattn__buffer_release(ctx, kt);
         kt = NULL;
-        if (!clattn__alloc_retryable(st) || heads == 1) return st;
+        /* packed sequences (pl.vl) keep their one launch: the call fails instead */
+        if (!clattn__alloc_retryable(st) || heads == 1 || pl.vl) {
+            clattn__buffer_release(ctx, vtab);
+            return st;
+        }
         cap = heads / 2 * per_head;
         clattn__log(ctx, "fused: retrying with %llu head(s) per launch", (unsigned long long)(heads / 2));
     }
@@ -357,7 +439,7 @@ static clattn_status cpu_launch(clattn_context *ctx, const fused_form *f, const 
      * else the caller's cl_mem outputs are shadowed (staging.c). */
     clattn__dev_problem shadowed;
     clattn__shadow sh;
-    clattn_status st = clattn__shadow_begin(ctx, dp, nb < p->B || ng < Hkv, &shadowed, &sh);
+    st = clattn__shadow_begin(ctx, dp, nb < p->B || ng < Hkv, &shadowed, &sh);
     cl_event *last_event = sh.active ? NULL : event;
     const clattn__dev_problem *dpw = &shadowed;
 
@@ -382,6 +464,7 @@ static clattn_status cpu_launch(clattn_context *ctx, const fused_form *f, const 
             TRY(CLATTN_ARG(ctx, kpack, &a, kt));
             TRY(CLATTN_ARG(ctx, kpack, &a, vp));
             TRY(CLATTN_ARG(ctx, kpack, &a, lk_pad));
+            if (pl.vl) TRY(set_varlen_args(ctx, kpack, &a, vtab, vl_n, vl_blocks));
             /* lk_pad is a multiple of block_n, itself a multiple of 16 */
             size_t gp[2] = {(size_t)lk_pad, (size_t)(cb * cg)}, lp[2] = {16, 1};
             TRY(clattn__enqueue(ctx, kpack, 2, gp, lp, NULL));
@@ -391,6 +474,7 @@ static clattn_status cpu_launch(clattn_context *ctx, const fused_form *f, const 
             TRY(CLATTN_ARG(ctx, kmain, &a, kt));
             TRY(CLATTN_ARG(ctx, kmain, &a, vp));
             TRY(CLATTN_ARG(ctx, kmain, &a, lk_pad));
+            if (pl.vl) TRY(set_varlen_args(ctx, kmain, &a, vtab, vl_n, vl_blocks));
             size_t g[2] = {(size_t)nblk, (size_t)(cb * cq)}, l[2] = {(size_t)pl.wg, 1};
             TRY(clattn__enqueue(ctx, kmain, 2, g, l, last ? last_event : NULL));
         }
@@ -401,13 +485,14 @@ static clattn_status cpu_launch(clattn_context *ctx, const fused_form *f, const 
     /* Releasing the scratch while kernels are queued is safe: OpenCL keeps it alive. */
     clattn__buffer_release(ctx, kt);
     clattn__buffer_release(ctx, vp);
+    clattn__buffer_release(ctx, vtab);
     return st;
 }
 
 static const fused_form fused_forms[] = {
-    {"flash_cpu.cl", "flash_cpu", cpu_fit, cpu_fits, cpu_options, cpu_launch},
-    {"flash_gpu.cl", "flash_gpu", gpu_fit, gpu_fits, NULL, gpu_launch},
-    {"flash_gpu_mm.cl", "flash_gpu_mm", mm_fit, mm_fits, mm_options, mm_launch},
+    {"flash_cpu.cl", "flash_cpu", true, cpu_fit, cpu_fits, cpu_options, cpu_launch},
+    {"flash_gpu.cl", "flash_gpu", true, gpu_fit, gpu_fits, NULL, gpu_launch},
+    {"flash_gpu_mm.cl", "flash_gpu_mm", false, mm_fit, mm_fits, mm_options, mm_launch},
 };
 
 static const fused_form *fused_form_at(int form) { return &fused_forms[form]; }
@@ -422,7 +507,8 @@ static clattn_status fused_run_plan(clattn_context *ctx, const clattn__dev_probl
               clattn__opts_add(opts, sizeof opts,
                                " -DD=%lld -DDV=%lld -DBLOCK_M=%d -DBLOCK_N=%d -DWG=%d",
                                (long long)p->D, (long long)p->Dv, pl->block_m, pl->block_n, pl->wg) &&
-              (!f->options || f->options(dp, pl, opts, sizeof opts));
+              (!f->options || f->options(dp, pl, opts, sizeof opts)) &&
+              (!pl->vl || clattn__opts_add(opts, sizeof opts, " -DVARLEN=1"));
     CLATTN_RETURN_IF(ctx, !ok, CLATTN_ERROR_INTERNAL, "fused: build options too long");
     return f->launch(ctx, f, dp, pl, opts, event);
 }
@@ -451,3 +537,37 @@ static clattn_status fused_run(clattn_context *ctx, const clattn__dev_problem *d
 }
 
 const clattn__path_impl clattn__path_fused = {CLATTN_PATH_FUSED, fused_supports, fused_run};
+
+/* The plan for packed sequences in one launch: the packed problem's plan, its key copies
+ * every sequence's keys padded to whole tiles; false when the form cannot (no varlen
+ * support, int key indices, or the copies of one head beyond the workspace bound). */
+static bool varlen_plan(const clattn_context *ctx, clattn_context *probe_ctx,
+                        const clattn__problem *p, const clattn__varlen_seqs *vs, fused_plan *pl)
+{
+    fused_make_plan(ctx, probe_ctx, p, pl);
+    const fused_form *f = fused_form_at(pl->form);
+    if (!f->varlen) return false;
+    int64_t pad = 0;
+    for (size_t s = 0; s < vs->n; s++) pad += ceil_to(vs->cu_k[s + 1] - vs->cu_k[s], pl->block_n);
+    if (pad > (int64_t)0x7fffffff - 2 * pl->block_n) return false;
+    pl->lk_pad = pad > 0 ? pad : pl->block_n;
+    pl->vl = vs;
+    const char *why = "";
+    return f->fits(ctx, p, pl, &why);
+}
+
+bool clattn__fused_varlen_supported(const clattn_context *ctx, const clattn__problem *p,
+                                    const clattn__varlen_seqs *vs)
+{
+    fused_plan pl;
+    return varlen_plan(ctx, NULL, p, vs, &pl);
+}
+
+clattn_status clattn__fused_run_varlen(clattn_context *ctx, const clattn__dev_problem *dp,
+                                       const clattn__varlen_seqs *vs, cl_event *event)
+{
+    fused_plan pl;
+    if (!varlen_plan(ctx, ctx, dp->p, vs, &pl)) return CLATTN_ERROR_PATH_UNSUPPORTED;
+    clattn__log(ctx, "fused: %zu packed sequence(s) in one launch", vs->n);
+    return fused_run_plan(ctx, dp, &pl, event);
+}
