@@ -277,6 +277,73 @@ static void test_varlen_cl_mem(void **state)
     data_free(&d);
 }
 
+/* cl_mem outputs under workspace bounds from the smallest up: where one launch cannot
+ * hold the packed sequences, each sequence runs alone under varlen's shadow of O and LSE,
+ * and where one sequence's heads do not fit either, the fused path splits them and must
+ * write into that shadow (not shadow it again). Every bound either succeeds with the
+ * reference's results or is refused for memory with O and LSE untouched. */
+static void test_varlen_cl_mem_small_workspace(void **state)
+{
+    (void)state;
+    clattn_context *ctx = test_shared_context();
+    rng_state = 29;
+    const vl_case c = {.Hq = 4, .Hkv = 2, .D = 16, .Dv = 16, .n = 5, .cu_q = cu_q1, .cu_k = cu_k1,
+                       .dtype = CLATTN_F32, .causal = CLATTN_CAUSAL_BOTTOM_RIGHT,
+                       .win_left = -1, .win_right = -1};
+    vl_data d;
+    data_create(&c, &d);
+    const size_t bq = (size_t)(c.Hq * d.tq * c.D) * 4, bk = (size_t)(c.Hkv * d.tk * c.D) * 4,
+                 bo = (size_t)(c.Hq * d.tq * c.Dv) * 4, bl = (size_t)(c.Hq * d.tq) * 4;
+    const size_t oq = 128, ok = oq + bq, ov = ok + bk, oo = ov + bk, ol = oo + bo, total = ol + bl;
+    cl_int e;
+    cl_mem buf = clCreateBuffer(clattn_context_cl_context(ctx), CL_MEM_READ_WRITE, total, NULL, &e);
+    assert_int_equal(e, CL_SUCCESS);
+    cl_command_queue queue = clattn_context_cl_queue(ctx);
+    clEnqueueWriteBuffer(queue, buf, CL_TRUE, oq, bq, d.sq, 0, NULL, NULL);
+    clEnqueueWriteBuffer(queue, buf, CL_TRUE, ok, bk, d.sk, 0, NULL, NULL);
+    clEnqueueWriteBuffer(queue, buf, CL_TRUE, ov, bk, d.sv, 0, NULL, NULL);
+    clattn_tensor tq = clattn_tensor_cl(buf, oq, CLATTN_F32, 1, c.Hq, d.tq, c.D);
+    clattn_tensor tk = clattn_tensor_cl(buf, ok, CLATTN_F32, 1, c.Hkv, d.tk, c.D);
+    clattn_tensor tv = clattn_tensor_cl(buf, ov, CLATTN_F32, 1, c.Hkv, d.tk, c.Dv);
+    clattn_tensor to = clattn_tensor_cl(buf, oo, CLATTN_F32, 1, c.Hq, d.tq, c.Dv);
+    clattn_tensor tl = clattn_tensor_cl(buf, ol, CLATTN_F32, 1, c.Hq, d.tq, 1), ta;
+    clattn_options opt = case_options(&c, &d, &ta);
+    opt.lse = &tl;
+    int64_t saved = 0;
+    assert_int_equal(clattn_context_get_param(ctx, CLATTN_PARAM_WORKSPACE_BYTES, &saved), CLATTN_SUCCESS);
+    float *sentinel = malloc(bo + bl), *after = malloc(bo + bl);
+    for (size_t i = 0; i < (bo + bl) / 4; i++) sentinel[i] = 42.0f;
+    /* the bound is restored before any check fails, so later tests see the default */
+    int succeeded = 0, wrong = 0;
+    for (int64_t w = 4096; w <= ((int64_t)1 << 20) && !wrong; w *= 2) {
+        assert_int_equal(clattn_context_set_param(ctx, CLATTN_PARAM_WORKSPACE_BYTES, w), CLATTN_SUCCESS);
+        clEnqueueWriteBuffer(queue, buf, CL_TRUE, oo, bo + bl, sentinel, 0, NULL, NULL);
+        const clattn_status st = clattn_attention_varlen(ctx, &tq, &tk, &tv, &to, c.n, c.cu_q, c.cu_k, &opt, NULL);
+        clFinish(queue);
+        if (st != CLATTN_SUCCESS) {
+            clEnqueueReadBuffer(queue, buf, CL_TRUE, oo, bo + bl, after, 0, NULL, NULL);
+            if (st != CLATTN_ERROR_OUT_OF_MEMORY || memcmp(after, sentinel, bo + bl) != 0) {
+                fprintf(stderr, "workspace %lld: %s\n", (long long)w, clattn_context_last_error(ctx));
+                wrong++;
+            }
+            continue;
+        }
+        succeeded++;
+        clEnqueueReadBuffer(queue, buf, CL_TRUE, oo, bo, d.so, 0, NULL, NULL);
+        clEnqueueReadBuffer(queue, buf, CL_TRUE, ol, bl, d.lse, 0, NULL, NULL);
+        if (compare(&c, &d, d.so, d.lse) != 0) {
+            fprintf(stderr, "workspace %lld: results differ from the reference\n", (long long)w);
+            wrong++;
+        }
+    }
+    assert_int_equal(clattn_context_set_param(ctx, CLATTN_PARAM_WORKSPACE_BYTES, saved), CLATTN_SUCCESS);
+    assert_int_equal(wrong, 0);
+    assert_true(succeeded > 0);
+    free(sentinel), free(after);
+    clReleaseMemObject(buf);
+    data_free(&d);
+}
+
 /* Many sequences of mixed lengths (0, 1, one tile, several tiles, more keys than queries
  * and fewer), keys with none for some, for the one-launch cases below. */
 static const int32_t cu_q2[] = {0, 1, 1, 70, 71, 71, 200, 203, 203, 267, 268, 400};
@@ -509,6 +576,7 @@ int main(void)
         cmocka_unit_test(test_varlen_matches_each_sequence_alone),
         cmocka_unit_test(test_varlen_f16_softcap_alibi),
         cmocka_unit_test(test_varlen_cl_mem),
+        cmocka_unit_test(test_varlen_cl_mem_small_workspace),
         cmocka_unit_test(test_varlen_one_launch),
         cmocka_unit_test(test_varlen_one_launch_fault),
         cmocka_unit_test(test_varlen_refuses_bad_arguments),

@@ -283,6 +283,11 @@ static clattn_status shadow_one(clattn_context *ctx, clattn__dev_tensor *d, cl_m
         CLATTN_FORWARD(clattn__enqueue_copy(ctx, d->mem, *base, *scratch, 0, *span));
     d->mem = *scratch;
     d->off = 0; /* the copy starts at the tensor's first byte */
+    /* from here on the tensor is clattn's scratch (released by clattn__shadow_release):
+     * a path run on it that shadows its own outputs (the fused path when it splits its
+     * heads, under varlen's shadow) leaves it alone, as it does a staging copy; d->src
+     * still describes the caller's bytes, not this buffer's */
+    d->owned = true;
     return CLATTN_SUCCESS;
 }
 
