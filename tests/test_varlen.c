@@ -215,66 +215,108 @@ static void test_varlen_f16_softcap_alibi(void **state)
     run_host(ctx, &c);
 }
 
+/* The packed f32 tensors of case c in one cl_mem buffer at byte offsets, after `lead`
+ * bytes: q, k and v written from d, then o and lse (lse right after o). */
+typedef struct vl_mem {
+    cl_mem buf;
+    cl_command_queue queue;
+    clattn_tensor q, k, v, o, lse;
+    size_t oo, bo, bl; /* o's offset and bytes, lse's bytes */
+} vl_mem;
+
+static void mem_create(clattn_context *ctx, const vl_case *c, const vl_data *d, size_t lead, vl_mem *m)
+{
+    const size_t bq = (size_t)(c->Hq * d->tq * c->D) * 4, bk = (size_t)(c->Hkv * d->tk * c->D) * 4;
+    m->bo = (size_t)(c->Hq * d->tq * c->Dv) * 4;
+    m->bl = (size_t)(c->Hq * d->tq) * 4;
+    const size_t ok = lead + bq, ov = ok + bk;
+    m->oo = ov + bk;
+    cl_int e;
+    m->buf = clCreateBuffer(clattn_context_cl_context(ctx), CL_MEM_READ_WRITE, m->oo + m->bo + m->bl, NULL, &e);
+    assert_int_equal(e, CL_SUCCESS);
+    m->queue = clattn_context_cl_queue(ctx);
+    clEnqueueWriteBuffer(m->queue, m->buf, CL_TRUE, lead, bq, d->sq, 0, NULL, NULL);
+    clEnqueueWriteBuffer(m->queue, m->buf, CL_TRUE, ok, bk, d->sk, 0, NULL, NULL);
+    clEnqueueWriteBuffer(m->queue, m->buf, CL_TRUE, ov, bk, d->sv, 0, NULL, NULL);
+    m->q = clattn_tensor_cl(m->buf, lead, CLATTN_F32, 1, c->Hq, d->tq, c->D);
+    m->k = clattn_tensor_cl(m->buf, ok, CLATTN_F32, 1, c->Hkv, d->tk, c->D);
+    m->v = clattn_tensor_cl(m->buf, ov, CLATTN_F32, 1, c->Hkv, d->tk, c->Dv);
+    m->o = clattn_tensor_cl(m->buf, m->oo, CLATTN_F32, 1, c->Hq, d->tq, c->Dv);
+    m->lse = clattn_tensor_cl(m->buf, m->oo + m->bo, CLATTN_F32, 1, c->Hq, d->tq, 1);
+}
+
+/* A run of the cl_mem case: five sequences (cu_q1, cu_k1) in one buffer, its options
+ * with LSE, and a sentinel pattern of O and LSE's bytes with room to read them back. */
+typedef struct vl_mem_run {
+    vl_case c;
+    vl_data d;
+    vl_mem m;
+    clattn_tensor alibi;
+    clattn_options opt;
+    float *sentinel, *after;
+} vl_mem_run;
+
+static void mem_run_begin(clattn_context *ctx, uint64_t seed, size_t lead, vl_mem_run *r)
+{
+    rng_state = seed;
+    const vl_case c = {.Hq = 4, .Hkv = 2, .D = 16, .Dv = 16, .n = 5, .cu_q = cu_q1, .cu_k = cu_k1,
+                       .dtype = CLATTN_F32, .causal = CLATTN_CAUSAL_BOTTOM_RIGHT,
+                       .win_left = -1, .win_right = -1};
+    r->c = c;
+    data_create(&r->c, &r->d);
+    mem_create(ctx, &r->c, &r->d, lead, &r->m);
+    r->opt = case_options(&r->c, &r->d, &r->alibi);
+    r->opt.lse = &r->m.lse;
+    const size_t n = (r->m.bo + r->m.bl) / 4;
+    r->sentinel = malloc(n * 4);
+    r->after = malloc(n * 4);
+    for (size_t i = 0; i < n; i++) r->sentinel[i] = 42.0f;
+}
+
+static void mem_run_end(vl_mem_run *r)
+{
+    free(r->sentinel), free(r->after);
+    clReleaseMemObject(r->m.buf);
+    data_free(&r->d);
+}
+
 /* cl_mem tensors at byte offsets inside one buffer; O committed in one launch */
 static void test_varlen_cl_mem(void **state)
 {
     (void)state;
     clattn_context *ctx = test_shared_context();
-    rng_state = 23;
-    const vl_case c = {.Hq = 4, .Hkv = 2, .D = 16, .Dv = 16, .n = 5, .cu_q = cu_q1, .cu_k = cu_k1,
-                       .dtype = CLATTN_F32, .causal = CLATTN_CAUSAL_BOTTOM_RIGHT,
-                       .win_left = -1, .win_right = -1};
-    vl_data d;
-    data_create(&c, &d);
-    const size_t bq = (size_t)(c.Hq * d.tq * c.D) * 4, bk = (size_t)(c.Hkv * d.tk * c.D) * 4,
-                 bo = (size_t)(c.Hq * d.tq * c.Dv) * 4, bl = (size_t)(c.Hq * d.tq) * 4;
-    const size_t oq = 64, ok = oq + bq, ov = ok + bk, oo = ov + bk, ol = oo + bo, total = ol + bl;
-    cl_int e;
-    cl_mem buf = clCreateBuffer(clattn_context_cl_context(ctx), CL_MEM_READ_WRITE, total, NULL, &e);
-    assert_int_equal(e, CL_SUCCESS);
-    cl_command_queue queue = clattn_context_cl_queue(ctx);
-    clEnqueueWriteBuffer(queue, buf, CL_TRUE, oq, bq, d.sq, 0, NULL, NULL);
-    clEnqueueWriteBuffer(queue, buf, CL_TRUE, ok, bk, d.sk, 0, NULL, NULL);
-    clEnqueueWriteBuffer(queue, buf, CL_TRUE, ov, bk, d.sv, 0, NULL, NULL);
-    clattn_tensor tq = clattn_tensor_cl(buf, oq, CLATTN_F32, 1, c.Hq, d.tq, c.D);
-    clattn_tensor tk = clattn_tensor_cl(buf, ok, CLATTN_F32, 1, c.Hkv, d.tk, c.D);
-    clattn_tensor tv = clattn_tensor_cl(buf, ov, CLATTN_F32, 1, c.Hkv, d.tk, c.Dv);
-    clattn_tensor to = clattn_tensor_cl(buf, oo, CLATTN_F32, 1, c.Hq, d.tq, c.Dv);
-    clattn_tensor tl = clattn_tensor_cl(buf, ol, CLATTN_F32, 1, c.Hq, d.tq, 1), ta;
-    clattn_options opt = case_options(&c, &d, &ta);
-    opt.lse = &tl;
+    vl_mem_run r;
+    mem_run_begin(ctx, 23, 64, &r);
     /* a failed enqueue or allocation anywhere in the call leaves O and LSE as they were
      * (several sequences write them through scratch and one commit launch) */
-    float *sentinel = malloc(bo + bl), *after = malloc(bo + bl);
-    for (size_t i = 0; i < (bo + bl) / 4; i++) sentinel[i] = 42.0f;
     for (int kind = CLATTN__FAULT_ALLOC; kind <= CLATTN__FAULT_ENQUEUE; kind++)
         for (uint64_t nth = 1; nth <= 24; nth++) {
-            clEnqueueWriteBuffer(queue, buf, CL_TRUE, oo, bo + bl, sentinel, 0, NULL, NULL);
+            clEnqueueWriteBuffer(r.m.queue, r.m.buf, CL_TRUE, r.m.oo, r.m.bo + r.m.bl, r.sentinel, 0, NULL, NULL);
             clattn__fault_arm(ctx, (clattn__fault_kind)kind, nth);
-            clattn_status fst = clattn_attention_varlen(ctx, &tq, &tk, &tv, &to, c.n, c.cu_q, c.cu_k, &opt, NULL);
+            clattn_status fst = clattn_attention_varlen(ctx, &r.m.q, &r.m.k, &r.m.v, &r.m.o, r.c.n, r.c.cu_q,
+                                                       r.c.cu_k, &r.opt, NULL);
             const bool fired = clattn__fault_fired(ctx) > 0;
             clattn__fault_arm(ctx, (clattn__fault_kind)kind, 0);
-            clEnqueueReadBuffer(queue, buf, CL_TRUE, oo, bo + bl, after, 0, NULL, NULL);
+            clEnqueueReadBuffer(r.m.queue, r.m.buf, CL_TRUE, r.m.oo, r.m.bo + r.m.bl, r.after, 0, NULL, NULL);
             if (fired) {
                 assert_int_not_equal(fst, CLATTN_SUCCESS);
-                assert_memory_equal(after, sentinel, bo + bl);
+                assert_memory_equal(r.after, r.sentinel, r.m.bo + r.m.bl);
             } else {
                 assert_int_equal(fst, CLATTN_SUCCESS);
             }
         }
-    free(sentinel), free(after);
     cl_event ev = NULL;
-    clattn_status st = clattn_attention_varlen(ctx, &tq, &tk, &tv, &to, c.n, c.cu_q, c.cu_k, &opt, &ev);
+    clattn_status st = clattn_attention_varlen(ctx, &r.m.q, &r.m.k, &r.m.v, &r.m.o, r.c.n, r.c.cu_q,
+                                                       r.c.cu_k, &r.opt, &ev);
     if (st) fprintf(stderr, "varlen: %s\n", clattn_context_last_error(ctx));
     assert_int_equal(st, CLATTN_SUCCESS);
     assert_non_null(ev);
     clWaitForEvents(1, &ev);
     clReleaseEvent(ev);
-    clEnqueueReadBuffer(queue, buf, CL_TRUE, oo, bo, d.so, 0, NULL, NULL);
-    clEnqueueReadBuffer(queue, buf, CL_TRUE, ol, bl, d.lse, 0, NULL, NULL);
-    clReleaseMemObject(buf);
-    assert_int_equal(compare(&c, &d, d.so, d.lse), 0);
-    data_free(&d);
+    clEnqueueReadBuffer(r.m.queue, r.m.buf, CL_TRUE, r.m.oo, r.m.bo, r.d.so, 0, NULL, NULL);
+    clEnqueueReadBuffer(r.m.queue, r.m.buf, CL_TRUE, r.m.oo + r.m.bo, r.m.bl, r.d.lse, 0, NULL, NULL);
+    assert_int_equal(compare(&r.c, &r.d, r.d.so, r.d.lse), 0);
+    mem_run_end(&r);
 }
 
 /* cl_mem outputs under workspace bounds from the smallest up: where one launch cannot
@@ -286,52 +328,30 @@ static void test_varlen_cl_mem_small_workspace(void **state)
 {
     (void)state;
     clattn_context *ctx = test_shared_context();
-    rng_state = 29;
-    const vl_case c = {.Hq = 4, .Hkv = 2, .D = 16, .Dv = 16, .n = 5, .cu_q = cu_q1, .cu_k = cu_k1,
-                       .dtype = CLATTN_F32, .causal = CLATTN_CAUSAL_BOTTOM_RIGHT,
-                       .win_left = -1, .win_right = -1};
-    vl_data d;
-    data_create(&c, &d);
-    const size_t bq = (size_t)(c.Hq * d.tq * c.D) * 4, bk = (size_t)(c.Hkv * d.tk * c.D) * 4,
-                 bo = (size_t)(c.Hq * d.tq * c.Dv) * 4, bl = (size_t)(c.Hq * d.tq) * 4;
-    const size_t oq = 128, ok = oq + bq, ov = ok + bk, oo = ov + bk, ol = oo + bo, total = ol + bl;
-    cl_int e;
-    cl_mem buf = clCreateBuffer(clattn_context_cl_context(ctx), CL_MEM_READ_WRITE, total, NULL, &e);
-    assert_int_equal(e, CL_SUCCESS);
-    cl_command_queue queue = clattn_context_cl_queue(ctx);
-    clEnqueueWriteBuffer(queue, buf, CL_TRUE, oq, bq, d.sq, 0, NULL, NULL);
-    clEnqueueWriteBuffer(queue, buf, CL_TRUE, ok, bk, d.sk, 0, NULL, NULL);
-    clEnqueueWriteBuffer(queue, buf, CL_TRUE, ov, bk, d.sv, 0, NULL, NULL);
-    clattn_tensor tq = clattn_tensor_cl(buf, oq, CLATTN_F32, 1, c.Hq, d.tq, c.D);
-    clattn_tensor tk = clattn_tensor_cl(buf, ok, CLATTN_F32, 1, c.Hkv, d.tk, c.D);
-    clattn_tensor tv = clattn_tensor_cl(buf, ov, CLATTN_F32, 1, c.Hkv, d.tk, c.Dv);
-    clattn_tensor to = clattn_tensor_cl(buf, oo, CLATTN_F32, 1, c.Hq, d.tq, c.Dv);
-    clattn_tensor tl = clattn_tensor_cl(buf, ol, CLATTN_F32, 1, c.Hq, d.tq, 1), ta;
-    clattn_options opt = case_options(&c, &d, &ta);
-    opt.lse = &tl;
+    vl_mem_run r;
+    mem_run_begin(ctx, 29, 128, &r);
     int64_t saved = 0;
     assert_int_equal(clattn_context_get_param(ctx, CLATTN_PARAM_WORKSPACE_BYTES, &saved), CLATTN_SUCCESS);
-    float *sentinel = malloc(bo + bl), *after = malloc(bo + bl);
-    for (size_t i = 0; i < (bo + bl) / 4; i++) sentinel[i] = 42.0f;
     /* the bound is restored before any check fails, so later tests see the default */
     int succeeded = 0, wrong = 0;
     for (int64_t w = 4096; w <= ((int64_t)1 << 20) && !wrong; w *= 2) {
         assert_int_equal(clattn_context_set_param(ctx, CLATTN_PARAM_WORKSPACE_BYTES, w), CLATTN_SUCCESS);
-        clEnqueueWriteBuffer(queue, buf, CL_TRUE, oo, bo + bl, sentinel, 0, NULL, NULL);
-        const clattn_status st = clattn_attention_varlen(ctx, &tq, &tk, &tv, &to, c.n, c.cu_q, c.cu_k, &opt, NULL);
-        clFinish(queue);
+        clEnqueueWriteBuffer(r.m.queue, r.m.buf, CL_TRUE, r.m.oo, r.m.bo + r.m.bl, r.sentinel, 0, NULL, NULL);
+        const clattn_status st = clattn_attention_varlen(ctx, &r.m.q, &r.m.k, &r.m.v, &r.m.o, r.c.n, r.c.cu_q,
+                                                       r.c.cu_k, &r.opt, NULL);
+        clFinish(r.m.queue);
         if (st != CLATTN_SUCCESS) {
-            clEnqueueReadBuffer(queue, buf, CL_TRUE, oo, bo + bl, after, 0, NULL, NULL);
-            if (st != CLATTN_ERROR_OUT_OF_MEMORY || memcmp(after, sentinel, bo + bl) != 0) {
+            clEnqueueReadBuffer(r.m.queue, r.m.buf, CL_TRUE, r.m.oo, r.m.bo + r.m.bl, r.after, 0, NULL, NULL);
+            if (st != CLATTN_ERROR_OUT_OF_MEMORY || memcmp(r.after, r.sentinel, r.m.bo + r.m.bl) != 0) {
                 fprintf(stderr, "workspace %lld: %s\n", (long long)w, clattn_context_last_error(ctx));
                 wrong++;
             }
             continue;
         }
         succeeded++;
-        clEnqueueReadBuffer(queue, buf, CL_TRUE, oo, bo, d.so, 0, NULL, NULL);
-        clEnqueueReadBuffer(queue, buf, CL_TRUE, ol, bl, d.lse, 0, NULL, NULL);
-        if (compare(&c, &d, d.so, d.lse) != 0) {
+        clEnqueueReadBuffer(r.m.queue, r.m.buf, CL_TRUE, r.m.oo, r.m.bo, r.d.so, 0, NULL, NULL);
+        clEnqueueReadBuffer(r.m.queue, r.m.buf, CL_TRUE, r.m.oo + r.m.bo, r.m.bl, r.d.lse, 0, NULL, NULL);
+        if (compare(&r.c, &r.d, r.d.so, r.d.lse) != 0) {
             fprintf(stderr, "workspace %lld: results differ from the reference\n", (long long)w);
             wrong++;
         }
@@ -339,9 +359,7 @@ static void test_varlen_cl_mem_small_workspace(void **state)
     assert_int_equal(clattn_context_set_param(ctx, CLATTN_PARAM_WORKSPACE_BYTES, saved), CLATTN_SUCCESS);
     assert_int_equal(wrong, 0);
     assert_true(succeeded > 0);
-    free(sentinel), free(after);
-    clReleaseMemObject(buf);
-    data_free(&d);
+    mem_run_end(&r);
 }
 
 /* Many sequences of mixed lengths (0, 1, one tile, several tiles, more keys than queries
