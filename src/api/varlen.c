@@ -121,16 +121,56 @@ static void shift_rows(clattn__dev_tensor *d, const clattn_tensor *t, int64_t r0
     d->off += (cl_long)(r0 * (t->nb[2] / (int64_t)clattn_dtype_size(t->dtype)));
 }
 
-/* The end of a staged call whose work returned st (ev: its last command's event). */
-static clattn_status varlen_end(clattn_context *ctx, clattn__dev_problem *dp, varlen_seq *seqs,
-                                size_t n_seqs, clattn_status st, cl_event ev, cl_event *event)
+/* What varlen's staged work needs: the validated sequences and the packed tensors. */
+typedef struct varlen_work_arg {
+    const varlen_seq *seqs;
+    size_t n_seqs, nonempty;
+    const clattn__varlen_seqs *vs;
+    const clattn_tensor *q, *k, *v, *o, *lse;
+} varlen_work_arg;
+
+/* One launch for every sequence where the planned form can; else each sequence is the
+ * fused path's problem on views of the packed buffers, under one shadow of O and LSE. */
+static clattn_status varlen_work(clattn_context *ctx, const clattn__dev_problem *dp, void *arg,
+                                 cl_event *ev)
 {
-    free(seqs);
+    const varlen_work_arg *w = arg;
+    clattn_status st = CLATTN_ERROR_BUILD_FAILED;
+    if (w->nonempty > 1 && clattn__fused_varlen_supported(ctx, dp->p, w->vs)) {
+        clattn__running_path_set(ctx, CLATTN_PATH_FUSED); /* for CLATTN_FAIL_PATH, as dispatch does */
+        st = clattn__fused_run_varlen(ctx, dp, w->vs, ev);
+        clattn__running_path_set(ctx, CLATTN_PATH_AUTO);
+    }
+    /* a varlen kernel that fails to build gives way to one launch per sequence */
+    if (st == CLATTN_ERROR_BUILD_FAILED) {
+        /* more than one sequence writes O and LSE in more than one launch: shadow them */
+        clattn__dev_problem packed;
+        clattn__shadow sh;
+        /* every row of O and LSE belongs to a sequence and is written: nothing to copy in */
+        st = clattn__shadow_begin_whole(ctx, dp, w->nonempty > 1, true, &packed, &sh);
+        const bool shadowed = st == CLATTN_SUCCESS;
+        for (size_t s = 0; s < w->n_seqs && st == CLATTN_SUCCESS; s++) {
+            const varlen_seq *sq = &w->seqs[s];
+            if (sq->p.Lq == 0) continue;
+            clattn__dev_problem sp = packed;
+            sp.p = &sq->p;
+            shift_rows(&sp.q, w->q, sq->q0);
+            shift_rows(&sp.o, w->o, sq->q0);
+            shift_rows(&sp.lse, w->lse, sq->q0);
+            shift_rows(&sp.k, w->k, sq->k0);
+            shift_rows(&sp.v, w->v, sq->k0);
+            clattn__running_path_set(ctx, CLATTN_PATH_FUSED);
+            st = clattn__path_fused.run(ctx, &sp, NULL);
+            clattn__running_path_set(ctx, CLATTN_PATH_AUTO);
+        }
+        if (st == CLATTN_SUCCESS && sh.active) st = clattn__shadow_commit(ctx, &sh, ev);
+        if (shadowed) clattn__shadow_release(ctx, &sh);
+    }
     if (st == CLATTN_SUCCESS) {
         ctx->last_path = CLATTN_PATH_FUSED;
-        snprintf(ctx->last_reason, sizeof ctx->last_reason, "varlen: %zu sequence(s)", n_seqs);
+        snprintf(ctx->last_reason, sizeof ctx->last_reason, "varlen: %zu sequence(s)", w->n_seqs);
     }
-    return clattn__stage_complete(ctx, dp, st, ev, event);
+    return st;
 }
 
 clattn_status clattn_attention_varlen(clattn_context *ctx, const clattn_tensor *q,
@@ -152,51 +192,11 @@ clattn_status clattn_attention_varlen(clattn_context *ctx, const clattn_tensor *
         free(seqs);
         return clattn__fail(ctx, st, "%s", err);
     }
-    st = clattn__enqueue_wait(ctx, full.wait_events, full.num_wait_events);
-    if (st != CLATTN_SUCCESS || clattn__tensor_numel(o) == 0) {
-        free(seqs);
-        if (st == CLATTN_SUCCESS && event) st = clattn__enqueue_marker(ctx, event);
-        return st;
-    }
-
-    clattn__dev_problem dp;
-    st = clattn__stage(ctx, &p, &dp);
-    if (st != CLATTN_SUCCESS) {
-        free(seqs);
-        return st;
-    }
     size_t nonempty = 0;
     for (size_t s = 0; s < n_seqs; s++) nonempty += seqs[s].p.Lq > 0;
-    cl_event ev = NULL;
     const clattn__varlen_seqs vs = {n_seqs, cu_seqlens_q, cu_seqlens_k};
-    if (nonempty > 1 && clattn__fused_varlen_supported(ctx, &p, &vs)) {
-        clattn__running_path_set(ctx, CLATTN_PATH_FUSED); /* for CLATTN_FAIL_PATH, as dispatch does */
-        st = clattn__fused_run_varlen(ctx, &dp, &vs, &ev);
-        clattn__running_path_set(ctx, CLATTN_PATH_AUTO);
-        /* a varlen kernel that fails to build gives way to one launch per sequence */
-        if (st != CLATTN_ERROR_BUILD_FAILED) return varlen_end(ctx, &dp, seqs, n_seqs, st, ev, event);
-    }
-    /* more than one sequence writes O and LSE in more than one launch: shadow them */
-    clattn__dev_problem packed;
-    clattn__shadow sh;
-    /* every row of O and LSE belongs to a sequence and is written: nothing to copy in */
-    st = clattn__shadow_begin_whole(ctx, &dp, nonempty > 1, true, &packed, &sh);
-    const bool shadowed = st == CLATTN_SUCCESS;
-    for (size_t s = 0; s < n_seqs && st == CLATTN_SUCCESS; s++) {
-        const varlen_seq *sq = &seqs[s];
-        if (sq->p.Lq == 0) continue;
-        clattn__dev_problem sp = packed;
-        sp.p = &sq->p;
-        shift_rows(&sp.q, q, sq->q0);
-        shift_rows(&sp.o, o, sq->q0);
-        shift_rows(&sp.lse, p.lse, sq->q0);
-        shift_rows(&sp.k, k, sq->k0);
-        shift_rows(&sp.v, v, sq->k0);
-        clattn__running_path_set(ctx, CLATTN_PATH_FUSED); /* for CLATTN_FAIL_PATH, as dispatch does */
-        st = clattn__path_fused.run(ctx, &sp, NULL);
-        clattn__running_path_set(ctx, CLATTN_PATH_AUTO);
-    }
-    if (st == CLATTN_SUCCESS && sh.active) st = clattn__shadow_commit(ctx, &sh, &ev);
-    if (shadowed) clattn__shadow_release(ctx, &sh);
-    return varlen_end(ctx, &dp, seqs, n_seqs, st, ev, event);
+    const varlen_work_arg w = {seqs, n_seqs, nonempty, &vs, q, k, v, o, p.lse};
+    st = clattn__call_run(ctx, &p, &full, varlen_work, (void *)&w, event);
+    free(seqs);
+    return st;
 }
