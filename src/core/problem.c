@@ -235,20 +235,11 @@ clattn_status clattn__problem_init(clattn__problem *p, const clattn_tensor *q,
     p->path = opt->path;
 
     if (opt->mask) {
-        const clattn_tensor *m = opt->mask;
-        clattn_status st = check_tensor("mask", m, ref, err, errlen);
-        if (st) return st;
-        if (m->dtype != CLATTN_BOOL && m->dtype != CLATTN_F32)
-            FAILP(CLATTN_ERROR_UNSUPPORTED_DTYPE, "mask: dtype %s is not bool or f32",
-                  clattn_dtype_name(m->dtype));
         const int64_t full[4] = {p->B, p->Hq, p->Lq, p->Lk};
-        const char *dims[4] = {"B", "Hq", "Lq", "Lk"};
-        for (int i = 0; i < 4; i++)
-            if (m->ne[i] != 1 && m->ne[i] != full[i])
-                FAILP(CLATTN_ERROR_INVALID_SHAPE,
-                      "mask: extent ne[%d] = %lld must be 1 or %s = %lld to broadcast", i,
-                      (long long)m->ne[i], dims[i], (long long)full[i]);
-        p->mask = m;
+        static const char *const dims[4] = {"B", "Hq", "Lq", "Lk"};
+        clattn_status st = clattn__check_mask(opt->mask, full, dims, ref, "", err, errlen);
+        if (st) return st;
+        p->mask = opt->mask;
     }
     if (opt->kv_lens) {
         const clattn_tensor *t = opt->kv_lens;
@@ -297,6 +288,20 @@ clattn_status clattn__check_tensor(const char *name, const clattn_tensor *t, boo
                                    char *err, size_t errlen)
 {
     return check_tensor(name, t, host_only, err, errlen);
+}
+
+clattn_status clattn__check_mask(const clattn_tensor *m, const int64_t full[4], const char *const dims[4],
+                                 bool host_only, const char *note, char *err, size_t errlen)
+{
+    clattn_status st = check_tensor("mask", m, host_only, err, errlen);
+    if (st) return st;
+    if (m->dtype != CLATTN_BOOL && m->dtype != CLATTN_F32)
+        FAILP(CLATTN_ERROR_UNSUPPORTED_DTYPE, "mask: dtype %s is not bool or f32", clattn_dtype_name(m->dtype));
+    for (int i = 0; i < 4; i++)
+        if (m->ne[i] != 1 && m->ne[i] != full[i])
+            FAILP(CLATTN_ERROR_INVALID_SHAPE, "mask: extent ne[%d] = %lld must be 1 or %s = %lld to broadcast%s",
+                  i, (long long)m->ne[i], dims[i], (long long)full[i], note);
+    return CLATTN_SUCCESS;
 }
 
 clattn_status clattn__check_no_self_overlap(const char *name, const clattn_tensor *t, char *err,

@@ -35,6 +35,11 @@ clattn_status clattn__problem_init(clattn__problem *p, const clattn_tensor *q,
  * of an output's strides (no element written twice), for the backward pass's tensors. */
 clattn_status clattn__check_tensor(const char *name, const clattn_tensor *t, bool host_only,
                                    char *err, size_t errlen);
+/* problem_init's check of a mask (descriptor, bool or f32, each extent 1 or full[i],
+ * named dims[i]) against the full extents of the call that takes it; note is appended
+ * to an extent's message ("" for none). */
+clattn_status clattn__check_mask(const clattn_tensor *m, const int64_t full[4], const char *const dims[4],
+                                 bool host_only, const char *note, char *err, size_t errlen);
 clattn_status clattn__check_no_self_overlap(const char *name, const clattn_tensor *t, char *err,
                                             size_t errlen);
 

@@ -335,21 +335,17 @@ clattn_status clattn_kv_pool_append(clattn_kv_pool *p, const clattn_page_table *
  * [n_seqs, Hq, Lq_max, Lk_max] = ne (the validation's descriptor checks; each extent 1
  * or ne[i], numpy broadcasting). The kernel reads element (s, h, i, j) with s the
  * sequence, i its own query row and j its key position. */
+/* A pool's mask is per sequence: [n_seqs, Hq, Lq_max, Lk_max], each extent 1 or that. */
 static clattn_status check_seq_mask(clattn_context *ctx, const clattn_tensor *m, const int64_t ne[4])
 {
-    char err[512];
-    const clattn_status st = clattn__check_tensor("mask", m, false, err, sizeof err);
-    CLATTN_RETURN_IF(ctx, st != CLATTN_SUCCESS, st, "kv pool attention: %s", err);
-    CLATTN_RETURN_IF(ctx, m->dtype != CLATTN_BOOL && m->dtype != CLATTN_F32, CLATTN_ERROR_UNSUPPORTED_DTYPE,
-                     "kv pool attention: mask: dtype %s is not bool or f32", clattn_dtype_name(m->dtype));
     static const char *const dims[4] = {"n_seqs", "Hq", "Lq_max", "Lk_max"};
-    for (int i = 0; i < 4; i++)
-        CLATTN_RETURN_IF(ctx, m->ne[i] != 1 && m->ne[i] != ne[i], CLATTN_ERROR_INVALID_SHAPE,
-                         "kv pool attention: mask: extent ne[%d] = %lld must be 1 or %s = %lld to broadcast "
-                         "(a pool's mask is per sequence: [n_seqs, Hq, Lq_max, Lk_max] = [%lld, %lld, %lld, "
-                         "%lld], each extent 1 or that)",
-                         i, (long long)m->ne[i], dims[i], (long long)ne[i], (long long)ne[0], (long long)ne[1],
-                         (long long)ne[2], (long long)ne[3]);
+    char note[192], err[768];
+    snprintf(note, sizeof note,
+             " (a pool's mask is per sequence: [n_seqs, Hq, Lq_max, Lk_max] = [%lld, %lld, %lld, %lld], each "
+             "extent 1 or that)",
+             (long long)ne[0], (long long)ne[1], (long long)ne[2], (long long)ne[3]);
+    const clattn_status st = clattn__check_mask(m, ne, dims, false, note, err, sizeof err);
+    CLATTN_RETURN_IF(ctx, st != CLATTN_SUCCESS, st, "kv pool attention: %s", err);
     return CLATTN_SUCCESS;
 }
 
